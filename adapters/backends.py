@@ -1,0 +1,249 @@
+"""Adapter backends: one base model with named LoRA adapters, behind a small interface.
+
+The runtime's tasks (classify, generate, extract) need only four operations from a backend:
+render a chat, score continuations, complete prompts in a batch, and stream one completion.
+``LocalBackend`` runs them with transformers + PEFT in this process. A server backend (an
+OpenAI-compatible server such as vLLM with LoRA enabled, where the adapter name is the model
+name, and prompt log-probabilities give the scores) can implement the same ``Backend`` protocol
+without changing any caller.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .base_models import DEFAULT_BASE, LoadOptions, canonical_name, load_base
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings for one request; ``temperature == 0`` is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+
+class BaseMismatchError(ValueError):
+    """An adapter was trained on another base model than the one loaded."""
+
+
+class Backend(Protocol):
+    """What the runtime needs from an engine that serves a base model and named adapters.
+
+    ``adapter=None`` everywhere means the base model (adapters disabled).
+    """
+
+    base_name: str
+    context_length: int
+
+    def adapter_names(self) -> list[str]: ...
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def truncate(self, text: str, max_tokens: int) -> str: ...
+
+    def score(self, adapter: str | None, prompts: Sequence[str],
+              continuations: Sequence[str], batch_size: int = 16) -> list[list[float]]:
+        """Log-likelihood of every continuation after every prompt: [prompt][continuation]."""
+        ...
+
+    def complete(self, adapter: str | None, prompts: Sequence[str], params: GenerationParams,
+                 batch_size: int = 8) -> list[str]: ...
+
+    def stream(self, adapter: str | None, prompt: str, params: GenerationParams) -> Iterator[str]: ...
+
+
+def recorded_base(adapter_dir: Path) -> str | None:
+    """The base model an adapter's ``adapter_config.json`` says it was trained on."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return config.get("base_model_name_or_path")
+
+
+class LocalBackend:
+    """Base model + PEFT adapters in this process; thread-safe, one model in memory.
+
+    "Base" is the same weights with adapters disabled, so a base-vs-fine-tuned comparison never
+    loads a second model. A lock makes every model call atomic with its adapter choice, so
+    concurrent callers (threads, browser sessions) never mix adapters or outputs.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, base_name: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_name = base_name
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        self._lock = threading.RLock()
+        self._adapters: list[str] = []
+
+    @classmethod
+    def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,
+             options: LoadOptions = LoadOptions(), *, progress: bool = True) -> "LocalBackend":
+        """Load the base once and every given adapter folder as a named PEFT adapter on it."""
+        model, tokenizer = load_base(base, options, progress=progress)
+        backend = cls(model, tokenizer, canonical_name(base))
+        for name, path in (adapters or {}).items():
+            backend.add_adapter(name, path)
+        return backend
+
+    def adapter_names(self) -> list[str]:
+        return list(self._adapters)
+
+    def add_adapter(self, name: str, path: Path) -> None:
+        """Attach the PEFT adapter in ``path`` under ``name``; refuses one trained on another base."""
+        from peft import PeftModel
+
+        trained_on = recorded_base(path)
+        if trained_on is not None and canonical_name(trained_on) != self.base_name:
+            raise BaseMismatchError(
+                f"adapter {name!r} ({path}) was trained on base model {canonical_name(trained_on)!r}, "
+                f"but the loaded base model is {self.base_name!r}")
+        with self._lock:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
+                                                       is_trainable=False)
+            self.model.eval()
+            self._adapters.append(name)
+
+    # --- text helpers ----------------------------------------------------------------------
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        from .prompts import render
+
+        return render(self.tokenizer, messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # --- model calls -----------------------------------------------------------------------
+
+    @contextmanager
+    def _using(self, adapter: str | None):
+        """Hold the model with ``adapter`` active (None: adapters disabled)."""
+        with self._lock:
+            if not self._adapters:
+                if adapter is not None:
+                    raise KeyError(f"adapter {adapter!r} is not loaded")
+                yield self.model
+            elif adapter is None:
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                if adapter not in self._adapters:
+                    raise KeyError(f"adapter {adapter!r} is not loaded (loaded: {self._adapters})")
+                self.model.set_adapter(adapter)
+                yield self.model
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def score(self, adapter, prompts, continuations, batch_size=16):
+        import torch
+
+        tok = self.tokenizer
+        cont_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        rows = []  # (prompt index, continuation index, token ids, number of continuation tokens)
+        for i, prompt in enumerate(prompts):
+            prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            for j, ids in enumerate(cont_ids):
+                rows.append((i, j, prompt_ids + ids, len(ids)))
+        scores = [[0.0] * len(continuations) for _ in prompts]
+        pad = tok.pad_token_id
+        with self._using(adapter) as model, torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                width = max(len(r[2]) for r in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for k, (_, _, seq, _) in enumerate(chunk):
+                    ids[k, :len(seq)] = torch.tensor(seq)
+                    mask[k, :len(seq)] = 1
+                device = self._device()
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for k, (i, j, seq, n) in enumerate(chunk):
+                    end = len(seq)
+                    targets = torch.tensor(seq[end - n:], device=device)
+                    # logits at position t predict token t + 1
+                    picked = logprobs[k, end - n - 1:end - 1].gather(1, targets[:, None])
+                    scores[i][j] = float(picked.sum())
+        return scores
+
+    def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def complete(self, adapter, prompts, params, batch_size=8):
+        import torch
+
+        tok = self.tokenizer
+        outputs: list[str] = []
+        with self._using(adapter) as model, torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start:start + batch_size])
+                tok.padding_side = "left"  # generation continues from the right edge
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(self._device()) for k, v in enc.items()}
+                out = model.generate(**enc, **self._generate_kwargs(params))
+                new_tokens = out[:, enc["input_ids"].shape[1]:]
+                outputs.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
+        return outputs
+
+    def stream(self, adapter, prompt, params) -> Iterator[str]:
+        """Yield text pieces as they are decoded; closing the iterator stops the generation."""
+        from transformers import StoppingCriteria, TextIteratorStreamer
+
+        tok = self.tokenizer
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        cancelled = threading.Event()
+        failure: list[BaseException] = []
+
+        class StopWhenCancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancelled.is_set()
+
+        def work():
+            import torch
+
+            try:
+                with self._using(adapter) as model, torch.inference_mode():
+                    if cancelled.is_set():
+                        return
+                    enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self._device())
+                    model.generate(**enc, streamer=streamer, stopping_criteria=[StopWhenCancelled()],
+                                   **self._generate_kwargs(params))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failure.append(exc)
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=work, daemon=True, name="adapterlab-generate")
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+            worker.join()
+            if failure:
+                raise failure[0]
+        finally:
+            cancelled.set()

@@ -1,0 +1,201 @@
+"""The ``adapterlab`` command line: list and prepare base models, list adapters, run predictions.
+
+Every expected failure (bad input, unknown adapter, untrained adapter, wrong base) ends with a
+one-line ``adapterlab: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .backends import BaseMismatchError
+from .base_models import DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, materialize, materialized_path
+from .catalog import CATALOG_DIR, get_spec, load_catalog
+from .runtime import AdapterNotTrainedError, InputError, Runtime
+from .spec import SpecError
+
+EXPECTED_ERRORS = (SpecError, InputError, AdapterNotTrainedError, BaseMismatchError,
+                   BaseModelError, ValueError, OSError)
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("adapterlab: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, *EXPECTED_ERRORS) as exc:
+        print(f"adapterlab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adapterlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list base models; prepare the embedded default")
+    models.add_argument("--prepare", metavar="NAME", default=DEFAULT_BASE,
+                        help=f"embedded base to convert if needed (default: {DEFAULT_BASE})")
+    models.set_defaults(func=cmd_models)
+
+    adapters = sub.add_parser("adapters", help="list the adapter catalogue")
+    adapters.add_argument("--catalog", default=str(CATALOG_DIR), help=argparse.SUPPRESS)
+    adapters.set_defaults(func=cmd_adapters)
+
+    predict = sub.add_parser("predict", help="run an adapter over a JSONL file of {\"text\": ...}")
+    predict.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
+    predict.add_argument("--input", required=True, type=Path, help="JSONL, one {\"text\": ...} a line")
+    predict.add_argument("--output", required=True, type=Path, help="JSONL written atomically")
+    predict.add_argument("--base", action="store_true",
+                         help="same prompt with adapters disabled (the base model)")
+    predict.add_argument("--batch-size", type=_positive_int, default=16)
+    predict.add_argument("--base-model", default=None,
+                         help="base model name, Hub id or folder (default: the spec's)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    predict.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    predict.add_argument("--load-in-4bit", action="store_true", help="NF4 4-bit base (bitsandbytes)")
+    predict.add_argument("--catalog", default=str(CATALOG_DIR), help=argparse.SUPPRESS)
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+# --- commands --------------------------------------------------------------------------------
+
+def cmd_models(args) -> int:
+    info = KNOWN_BASES.get(args.prepare)
+    if info is None or not info.gguf_package:
+        embedded = [n for n, i in KNOWN_BASES.items() if i.gguf_package]
+        raise UsageError(f"--prepare {args.prepare!r}: not an embedded base (embedded: {', '.join(embedded)})")
+    materialize(info)
+    for name, base in KNOWN_BASES.items():
+        path = materialized_path(name)
+        where = str(path) if path else ("not prepared" if base.gguf_package else f"Hub: {base.hub_id}")
+        default = " (default)" if name == DEFAULT_BASE else ""
+        print(f"{name}{default}\n  {base.description}\n  {where}")
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    for name, spec in load_catalog(args.catalog).items():
+        state = "trained" if spec.has_weights else f"not trained (adapterlab train {name})"
+        print(f"{name:10} {spec.task:9} {spec.title} — {state}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    specs = load_catalog(args.catalog)
+    spec = get_spec(specs, args.adapter)
+    if not args.base and not spec.has_weights:
+        raise AdapterNotTrainedError(
+            f"adapter {spec.name!r} has no trained weights in {spec.directory}: train it with "
+            f"`adapterlab train {spec.name}`, or run the base model with --base")
+    rows = read_jsonl_texts(args.input)
+    options = LoadOptions(dtype=args.dtype, device=args.device, load_in_4bit=args.load_in_4bit)
+    runtime = Runtime.local(args.catalog, base=args.base_model, options=options,
+                            only=[] if args.base else [spec.name])
+    write_jsonl_atomic(args.output, _predictions(runtime, spec.name, spec.task, rows, args))
+    print(f"wrote {len(rows)} lines to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _predictions(runtime: Runtime, name: str, task: str, rows: list[dict], args) -> Iterator[dict]:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(rows), desc=f"{name}{' (base)' if args.base else ''}", unit="line") as bar:
+        for start in range(0, len(rows), args.batch_size):
+            batch = rows[start:start + args.batch_size]
+            texts = [r["text"] for r in batch]
+            if task == "classify":
+                for row, r in zip(batch, runtime.classify(name, texts, base=args.base,
+                                                          batch_size=args.batch_size)):
+                    yield {**row, "label": r.label, "probs": r.probs, "truncated": r.truncated}
+            elif task == "extract":
+                for row, r in zip(batch, runtime.extract(name, texts, base=args.base,
+                                                         batch_size=args.batch_size)):
+                    yield {**row, "fields": r.fields, "valid": r.valid, "repaired": r.repaired,
+                           "truncated": r.truncated}
+            else:
+                for row, text in zip(batch, texts):
+                    g = runtime.generate(name, [{"role": "user", "content": text}], base=args.base,
+                                         stream=False)
+                    yield {**row, "answer": g.read(), "truncated": g.truncated}
+            bar.update(len(batch))
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def read_jsonl_texts(path: Path) -> list[dict]:
+    """Every line of a JSONL file as an object with a non-empty string ``text``.
+
+    All problems are collected first, each naming its line, so nothing runs on a half-bad file.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    rows, problems = [], []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{where}: not valid UTF-8 (byte {exc.start})")
+            continue
+        if not line.strip():
+            continue  # blank lines separate nothing in JSONL; skipping them loses nothing
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})")
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            problems.append(f"{where}: expected an object with a string field \"text\"")
+        elif not obj["text"].strip():
+            problems.append(f"{where}: \"text\" is empty")
+        else:
+            rows.append(obj)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise UsageError(f"{len(problems)} bad line(s) in the input, nothing was run:\n  {shown}{more}")
+    if not rows:
+        raise UsageError(f"{path}: no input lines")
+    return rows
+
+
+def write_jsonl_atomic(path: Path, rows) -> None:
+    """Write rows to a temporary file beside ``path`` and rename it into place at the end."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Turning an extraction model's text into exactly the spec's fields.
+
+The result always has every field and nothing else, each value a string or None. Output that is
+not clean JSON is repaired only in ways that invent nothing (cutting prose around the object,
+closing a truncated object); when that fails the result is flagged invalid with all fields None.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Fields parsed from one model output, with flags saying how far it could be trusted."""
+
+    fields: dict[str, str | None]
+    valid: bool  # the output held a JSON object (possibly after repair)
+    repaired: bool  # it needed cutting, closing or value coercion to fit the fields
+    raw: str  # the model's text, unchanged
+    error: str | None = None
+    truncated: bool = False  # the input was cut to fit the context
+
+
+def parse_fields(raw: str, fields: Sequence[str]) -> Extraction:
+    """Parse a model's output into exactly ``fields``; never raises on bad output."""
+    obj, repaired = _find_json_object(raw)
+    if obj is None:
+        return Extraction({f: None for f in fields}, valid=False, repaired=False, raw=raw,
+                          error="the model's output is not a JSON object")
+    values: dict[str, str | None] = {}
+    for name in fields:
+        value, changed = _as_text(obj.get(name))
+        values[name] = value
+        repaired |= changed or name not in obj
+    repaired |= bool(set(obj) - set(fields))
+    return Extraction(values, valid=True, repaired=repaired, raw=raw)
+
+
+def _find_json_object(raw: str) -> tuple[dict | None, bool]:
+    text = raw.strip()
+    for candidate, repaired in _candidates(text):
+        try:
+            obj = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj, repaired
+    return None, False
+
+
+def _candidates(text: str):
+    yield text, False
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    if fenced:
+        yield fenced.group(1).strip(), True
+    start = text.find("{")
+    if start < 0:
+        return
+    end = text.rfind("}")
+    if end > start:
+        yield text[start:end + 1], True
+    body = text[start:].rstrip().rstrip(",")
+    for closing in ('"}', "}", '": null}', "null}"):  # an object cut off by max_new_tokens
+        yield body + closing, True
+
+
+def _as_text(value: Any) -> tuple[str | None, bool]:
+    """A field value as a string or None, and whether it had to be changed."""
+    if value is None:
+        return None, False
+    if isinstance(value, str):
+        stripped = value.strip()
+        if not stripped:
+            return None, True
+        return stripped, stripped != value
+    if isinstance(value, list):
+        parts = [p for p in (_as_text(v)[0] for v in value) if p]
+        return ("; ".join(parts) or None), True
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False), True
+    return str(value).lower() if isinstance(value, bool) else str(value), True

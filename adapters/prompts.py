@@ -1,0 +1,65 @@
+"""The one prompt renderer, used by training, evaluation, the CLI and the app.
+
+A spec's system message and user template become chat messages, and the tokenizer's own chat
+template turns them into text. Training renders the same messages plus the target answer, and
+splits the text where the prompt ends, so the model learns exactly the continuation it is later
+asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .spec import AdapterSpec
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+def task_messages(spec: AdapterSpec, text: str, *, system: str | None = None,
+                  examples: Sequence[tuple[str, str]] = ()) -> list[Message]:
+    """Messages for one input: system, optional few-shot turns, then the user turn."""
+    messages = [{"role": "system", "content": system if system is not None else spec.prompt.system}]
+    for example_input, example_target in examples:
+        messages.append({"role": "user", "content": spec.prompt.user_template.format(text=example_input)})
+        messages.append({"role": "assistant", "content": example_target})
+    messages.append({"role": "user", "content": spec.prompt.user_template.format(text=text)})
+    return messages
+
+
+def chat_messages(spec: AdapterSpec | None, history: Sequence[Message], *,
+                  system: str | None = None) -> list[Message]:
+    """A multi-turn conversation, with the spec's system message unless one is given or present."""
+    history = list(history)
+    if history and history[0]["role"] == "system":
+        return history
+    system = system if system is not None else (spec.prompt.system if spec else None)
+    return ([{"role": "system", "content": system}] if system else []) + history
+
+
+def render(tokenizer: Any, messages: Sequence[Message]) -> str:
+    """The exact text the model sees, ending where the assistant's answer begins."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def target_text(spec: AdapterSpec, target: Any) -> str:
+    """The assistant answer a spec trains on: a label, an answer, or compact JSON of the fields."""
+    if spec.task == "extract":
+        return json.dumps({f: target.get(f) for f in spec.fields}, ensure_ascii=False)
+    return str(target)
+
+
+def render_example(tokenizer: Any, messages: Sequence[Message], answer: str) -> tuple[str, str]:
+    """Split a rendered training conversation into (prompt, completion).
+
+    The completion includes the template's end-of-turn marker, so the trained model learns to
+    stop; the prompt is byte-identical to what ``render`` produces at inference time.
+    """
+    prompt = render(tokenizer, messages)
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the prompt differently with an answer; "
+                         "cannot align training with inference")
+    return prompt, full[len(prompt):]

@@ -1,0 +1,230 @@
+"""The runtime: the three tasks (classify, generate, extract) over a backend and the catalogue.
+
+Training's evaluation, the CLI and the Chainlit app all call these methods, so a prompt is
+rendered one way everywhere and a metric measures exactly what a user sees.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends import Backend, GenerationParams, LocalBackend
+from .base_models import DEFAULT_BASE, LoadOptions
+from .catalog import CATALOG_DIR, get_spec, load_catalog
+from .fields import Extraction, parse_fields
+from .prompts import Message, chat_messages, task_messages
+from .spec import AdapterSpec
+
+GENERATION_RESERVE = 64  # tokens kept free for the chat template around the user's text
+
+
+class InputError(ValueError):
+    """An input the runtime refuses (empty text, a wrong message list); says what is wrong."""
+
+
+class AdapterNotTrainedError(RuntimeError):
+    """The adapter has a spec but no weights yet; the message says how to train it."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str
+    probs: dict[str, float]  # one probability per label, summing to 1
+    truncated: bool = False
+
+
+@dataclass
+class Generation:
+    """A generated answer: iterate it for text pieces as they arrive, or read ``text``."""
+
+    pieces: Iterator[str]
+    truncated: bool = False
+    prompt_tokens: int = 0
+    text: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    first_piece_at: float | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self.pieces:
+            if self.first_piece_at is None:
+                self.first_piece_at = time.perf_counter()
+            self.text += piece
+            yield piece
+
+    def read(self) -> str:
+        """Consume the whole stream and return the full text."""
+        for _ in self:
+            pass
+        return self.text
+
+
+class Runtime:
+    """Runs adapters from the catalogue on one backend."""
+
+    def __init__(self, backend: Backend, specs: dict[str, AdapterSpec]):
+        self.backend = backend
+        self.specs = specs
+
+    @classmethod
+    def local(cls, catalog: str | Path = CATALOG_DIR, base: str | None = None,
+              options: LoadOptions = LoadOptions(), *, only: Sequence[str] | None = None,
+              progress: bool = True) -> "Runtime":
+        """Load the base once and every catalogue adapter that has weights (or just ``only``)."""
+        specs = load_catalog(catalog)
+        base = base or _common_base(specs)
+        names = [n for n in (only if only is not None else specs) if get_spec(specs, n).has_weights]
+        backend = LocalBackend.load(base, {n: specs[n].directory for n in names}, options,
+                                    progress=progress)
+        return cls(backend, specs)
+
+    def spec(self, name: str) -> AdapterSpec:
+        return get_spec(self.specs, name)
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def classify(self, adapter: str, texts: Sequence[str], *, base: bool = False,
+                 system: str | None = None, batch_size: int = 16) -> list[Classification]:
+        """Label each text with a probability for every label, from label log-likelihoods.
+
+        Each label is scored as the full continuation the fine-tuned model is trained to emit
+        (label + end-of-turn), so multi-token labels and labels that prefix others are handled.
+        """
+        spec = self._task_spec(adapter, "classify")
+        target = self._target(spec, base)
+        fitted = [self._fit(spec, text) for text in texts]
+        prompts = [self.backend.render(task_messages(spec, text, system=system)) for text, _ in fitted]
+        continuations = [self._label_continuation(spec, label) for label in spec.labels]
+        scores = self.backend.score(target, prompts, continuations, batch_size=batch_size)
+        results = []
+        for row, (_, truncated) in zip(scores, fitted):
+            probs = _softmax(row)
+            best = max(range(len(probs)), key=probs.__getitem__)
+            results.append(Classification(spec.labels[best], dict(zip(spec.labels, probs)), truncated))
+        return results
+
+    def generate(self, adapter: str | None, messages: Sequence[Message], *, base: bool = False,
+                 system: str | None = None, temperature: float | None = None,
+                 top_p: float | None = None, max_new_tokens: int | None = None,
+                 stream: bool = True) -> Generation:
+        """Answer a conversation; ``adapter=None`` chats with the plain base model."""
+        spec = self.spec(adapter) if adapter is not None else None
+        target = self._target(spec, base) if spec else None
+        params = self._params(spec, temperature, top_p, max_new_tokens)
+        messages, truncated = self._fit_conversation(spec, messages, system, params.max_new_tokens)
+        prompt = self.backend.render(messages)
+        if stream:
+            pieces = self.backend.stream(target, prompt, params)
+        else:
+            pieces = iter(self.backend.complete(target, [prompt], params))
+        return Generation(pieces, truncated=truncated, prompt_tokens=self.backend.count_tokens(prompt))
+
+    def extract(self, adapter: str, texts: Sequence[str], *, base: bool = False,
+                system: str | None = None, batch_size: int = 8,
+                max_new_tokens: int | None = None) -> list[Extraction]:
+        """The spec's fields for each text; invalid model output is flagged, never invented."""
+        spec = self._task_spec(adapter, "extract")
+        target = self._target(spec, base)
+        params = self._params(spec, 0.0, 1.0, max_new_tokens)
+        fitted = [self._fit(spec, text) for text in texts]
+        prompts = [self.backend.render(task_messages(spec, text, system=system)) for text, _ in fitted]
+        outputs = self.backend.complete(target, prompts, params, batch_size=batch_size)
+        results = []
+        for raw, (_, truncated) in zip(outputs, fitted):
+            result = parse_fields(raw, spec.fields)
+            results.append(Extraction(result.fields, result.valid, result.repaired, result.raw,
+                                      result.error, truncated))
+        return results
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _task_spec(self, name: str, task: str) -> AdapterSpec:
+        spec = self.spec(name)
+        if spec.task != task:
+            raise InputError(f"adapter {name!r} is a {spec.task} adapter, not {task}")
+        return spec
+
+    def _target(self, spec: AdapterSpec, base: bool) -> str | None:
+        """The backend adapter name to run, or None for the base model."""
+        if base:
+            return None
+        if spec.name not in self.backend.adapter_names():
+            raise AdapterNotTrainedError(
+                f"adapter {spec.name!r} has no trained weights in {spec.directory}: train it with "
+                f"`adapterlab train {spec.name}`, or run the base model with --base")
+        return spec.name
+
+    def _params(self, spec: AdapterSpec | None, temperature, top_p, max_new_tokens) -> GenerationParams:
+        defaults = spec.generation if spec else GenerationParams(temperature=0.7, top_p=0.9,
+                                                                  max_new_tokens=256)
+        params = GenerationParams(
+            temperature=defaults.temperature if temperature is None else float(temperature),
+            top_p=defaults.top_p if top_p is None else float(top_p),
+            max_new_tokens=defaults.max_new_tokens if max_new_tokens is None else int(max_new_tokens))
+        if params.temperature < 0 or not 0 < params.top_p <= 1 or params.max_new_tokens < 1:
+            raise InputError(f"invalid generation settings {params}: need temperature >= 0, "
+                             "0 < top_p <= 1, max_new_tokens >= 1")
+        return params
+
+    def _input_budget(self, spec: AdapterSpec | None, max_new_tokens: int) -> int:
+        room = self.backend.context_length - max_new_tokens - GENERATION_RESERVE
+        return max(1, min(spec.max_input_tokens, room) if spec else room)
+
+    def _fit(self, spec: AdapterSpec, text: str) -> tuple[str, bool]:
+        """The text, cut to the spec's input budget; and whether it was cut."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("the text is empty")
+        budget = self._input_budget(spec, spec.generation.max_new_tokens)
+        if self.backend.count_tokens(text) <= budget:
+            return text, False
+        return self.backend.truncate(text, budget), True
+
+    def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], bool]:
+        """The conversation with the spec's system message; oldest turns dropped if too long."""
+        turns = [dict(m) for m in messages]
+        for i, m in enumerate(turns):
+            if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+                raise InputError(f"message {i}: needs role system/user/assistant and text content")
+        if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+            raise InputError("the last message must be a non-empty user message")
+        budget = self._input_budget(spec, max_new_tokens)
+        truncated = False
+        if self.backend.count_tokens(turns[-1]["content"]) > budget:
+            turns[-1]["content"] = self.backend.truncate(turns[-1]["content"], budget)
+            truncated = True
+        full = chat_messages(spec, turns, system=system)
+        limit = self.backend.context_length - max_new_tokens
+        while self.backend.count_tokens(self.backend.render(full)) > limit:
+            first_turn = 1 if full[0]["role"] == "system" else 0
+            if len(full) - first_turn <= 1:
+                break
+            del full[first_turn]
+            truncated = True
+        return full, truncated
+
+    def _label_continuation(self, spec: AdapterSpec, label: str) -> str:
+        from .prompts import render_example
+
+        tokenizer = getattr(self.backend, "tokenizer", None)
+        if tokenizer is None:
+            return label
+        _, completion = render_example(tokenizer, task_messages(spec, "x"), label)
+        return completion.rstrip()
+
+
+def _softmax(values: Sequence[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _common_base(specs: dict[str, AdapterSpec]) -> str:
+    bases = {s.base_model for s in specs.values()}
+    if len(bases) > 1:
+        raise ValueError(f"catalogue adapters name several base models ({sorted(bases)}); "
+                         "pass base= to choose one")
+    return bases.pop() if bases else DEFAULT_BASE

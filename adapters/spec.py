@@ -1,0 +1,235 @@
+"""What an adapter is: the typed, validated form of ``adapters/<name>/adapter.yaml``.
+
+One spec drives training, evaluation and serving, so the prompt a model is trained on is
+the prompt it is evaluated and served with. Specs are validated once, here, at load time;
+every error names the file and the field (``adapters/spam/adapter.yaml: lora.r: expected
+an integer, got 'sixteen'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+TASK_KINDS = ("classify", "generate", "extract")
+SPEC_FILE = "adapter.yaml"
+
+
+class SpecError(ValueError):
+    """An adapter spec is malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """The system message and the user turn; ``{text}`` marks where the input goes."""
+
+    system: str
+    user_template: str = "{text}"
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Decoding defaults; ``temperature: 0`` means greedy decoding."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How the data set is cut into train/validation/test; ``group_by`` keeps groups whole."""
+
+    seed: int = 42
+    validation: float = 0.1
+    test: float = 0.1
+    group_by: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the examples come from: a local file (path relative to the project root) or the Hub."""
+
+    format: Literal["sms_spam_tsv", "medquad_csv", "oncology_jsonl"]
+    local_path: str | None = None
+    hub_id: str | None = None
+    split: SplitSpec = field(default_factory=SplitSpec)
+    max_target_words: int | None = None
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA hyper-parameters, passed to ``peft.LoraConfig``."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Optimisation hyper-parameters; ``method: qlora`` loads the base in 4-bit NF4."""
+
+    method: Literal["lora", "qlora"] = "lora"
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    batch_size: int = 16
+    gradient_accumulation: int = 1
+    max_seq_length: int = 512
+    warmup_ratio: float = 0.03
+    eval_steps: int = 100
+    early_stopping_patience: int = 3
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One adapter: what it does, how it is prompted, trained and measured."""
+
+    name: str
+    title: str
+    description: str
+    task: Literal["classify", "generate", "extract"]
+    base_model: str
+    prompt: PromptSpec
+    data: DataSpec
+    labels: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    metrics: tuple[str, ...] = ()
+    max_input_tokens: int = 1024
+    directory: Path = Path(".")
+
+    @property
+    def has_weights(self) -> bool:
+        """True once training has written PEFT weights next to the spec."""
+        return (self.directory / "adapter_config.json").is_file() and any(
+            (self.directory / f).is_file()
+            for f in ("adapter_model.safetensors", "adapter_model.bin")
+        )
+
+
+def load_spec(path: str | Path) -> AdapterSpec:
+    """Read and validate one ``adapter.yaml`` (or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SPEC_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    raw = {"name": path.parent.name, **raw, "directory": path.parent}
+    spec = _build(AdapterSpec, raw, str(path), "")
+    _check_semantics(spec, str(path))
+    return spec
+
+
+def _check_semantics(spec: AdapterSpec, where: str) -> None:
+    def fail(field_name: str, message: str) -> None:
+        raise SpecError(f"{where}: {field_name}: {message}")
+
+    if "{text}" not in spec.prompt.user_template:
+        fail("prompt.user_template", "must contain the placeholder {text}")
+    if spec.task == "classify" and len(spec.labels) < 2:
+        fail("labels", "a classify adapter needs at least two labels")
+    if spec.task == "classify" and len(set(spec.labels)) != len(spec.labels):
+        fail("labels", "labels must be distinct")
+    if spec.task == "extract" and not spec.fields:
+        fail("fields", "an extract adapter needs at least one field")
+    if spec.task != "classify" and spec.labels:
+        fail("labels", f"only classify adapters have labels (task is {spec.task!r})")
+    if spec.task != "extract" and spec.fields:
+        fail("fields", f"only extract adapters have fields (task is {spec.task!r})")
+    if not spec.data.local_path and not spec.data.hub_id:
+        fail("data", "give local_path, hub_id or both")
+    for name, value in (("generation.temperature", spec.generation.temperature),
+                        ("lora.dropout", spec.lora.dropout)):
+        if value < 0:
+            fail(name, f"must be >= 0, got {value}")
+    if not 0 < spec.generation.top_p <= 1:
+        fail("generation.top_p", f"must be in (0, 1], got {spec.generation.top_p}")
+    for name, value in (("generation.max_new_tokens", spec.generation.max_new_tokens),
+                        ("lora.r", spec.lora.r), ("max_input_tokens", spec.max_input_tokens),
+                        ("training.batch_size", spec.training.batch_size)):
+        if value < 1:
+            fail(name, f"must be >= 1, got {value}")
+    split = spec.data.split
+    if not (0 <= split.validation < 1 and 0 < split.test < 1 and split.validation + split.test < 1):
+        fail("data.split", "validation and test must be fractions that leave room for training")
+
+
+# --- a small typed loader: dataclass fields and their annotations are the schema ------------
+
+def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: {prefix.rstrip('.') or 'top level'}: expected a mapping, "
+                        f"got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise SpecError(f"{where}: {prefix}{unknown[0]}: unknown field "
+                        f"(known: {', '.join(sorted(known))})")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(f"{where}: {prefix}{name}: required field is missing")
+            continue
+        values[name] = _coerce(hints[name], raw[name], where, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str, name: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise SpecError(f"{where}: {name}: expected {expected}, got {value!r}")
+
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, name + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where, name)
+    if origin is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            fail("a list")
+        return tuple(_coerce(args[0], v, where, f"{name}[{i}]") for i, v in enumerate(value))
+    if hint is Path:
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str) or not value.strip():
+            fail("a non-empty string")
+        return value
+    raise TypeError(f"unsupported annotation {hint!r} for {name}")  # a bug in this module

@@ -1,0 +1,214 @@
+"""The runtime on a tiny random model: classify, generate, extract, adapters, threads, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from adapters import AdapterNotTrainedError, InputError, Runtime, UnknownAdapterError
+from adapters.backends import BaseMismatchError
+from adapters.catalog import load_catalog
+from conftest import train_tiny_lora
+
+SPAMMY = ["win a free prize call now", "free cash prize win now", "call now to win cash"]
+HAMMY = ["meet for dinner tonight", "lecture notes from today", "hello see you at dinner"]
+
+
+def runtime(tiny_base, catalog, **kw) -> Runtime:
+    return Runtime.local(catalog, base=str(tiny_base), progress=False, **kw)
+
+
+@pytest.fixture()
+def trained_spam(tiny_base, catalog):
+    """The catalogue's spam adapter trained a few dozen steps on a toy pattern."""
+    spec = load_catalog(catalog)["spam"]
+    examples = [(t, "spam") for t in SPAMMY] + [(t, "ham") for t in HAMMY]
+    train_tiny_lora(tiny_base, spec, examples, spec.directory)
+    return catalog
+
+
+def test_classify_probabilities_cover_every_label_and_sum_to_one(tiny_base, catalog):
+    results = runtime(tiny_base, catalog).classify("spam", SPAMMY + HAMMY, base=True, batch_size=4)
+    assert len(results) == 6
+    for r in results:
+        assert set(r.probs) == {"ham", "spam"}
+        assert sum(r.probs.values()) == pytest.approx(1.0, abs=1e-6)
+        assert r.label == max(r.probs, key=r.probs.get)
+
+
+def test_batching_does_not_change_classification(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    one_by_one = [rt.classify("spam", [t], base=True)[0].probs["spam"] for t in SPAMMY + HAMMY]
+    batched = [r.probs["spam"] for r in rt.classify("spam", SPAMMY + HAMMY, base=True, batch_size=5)]
+    assert batched == pytest.approx(one_by_one, abs=1e-4)
+
+
+def test_multi_token_labels_are_scored_whole(tiny_base, catalog):
+    spec_file = catalog / "spam" / "adapter.yaml"
+    spec_file.write_text(spec_file.read_text().replace("labels: [ham, spam]",
+                                                       'labels: ["not spam", "spam", "spam call now"]'))
+    rt = runtime(tiny_base, catalog)
+    tokens = [rt.backend.count_tokens(label) for label in rt.spec("spam").labels]
+    assert max(tokens) > 1
+    (result,) = rt.classify("spam", ["hello"], base=True)
+    assert set(result.probs) == {"not spam", "spam", "spam call now"}
+    assert sum(result.probs.values()) == pytest.approx(1.0)
+    assert len(set(round(p, 6) for p in result.probs.values())) == 3
+
+
+def test_a_trained_adapter_flips_predictions_and_base_stays_the_base(tiny_base, catalog):
+    before = runtime(tiny_base, catalog).classify("spam", SPAMMY + HAMMY, base=True)
+    spec = load_catalog(catalog)["spam"]
+    # teach the opposite of whatever the random base says, so the flip is certain to be learned
+    targets = ["ham" if r.label == "spam" else "spam" for r in before]
+    train_tiny_lora(tiny_base, spec, list(zip(SPAMMY + HAMMY, targets)), spec.directory)
+
+    rt = runtime(tiny_base, catalog)
+    assert rt.backend.adapter_names() == ["spam"]
+    after = rt.classify("spam", SPAMMY + HAMMY)
+    assert [r.label for r in after] == targets
+    base_again = rt.classify("spam", SPAMMY + HAMMY, base=True)
+    assert [r.probs["spam"] for r in base_again] == pytest.approx([r.probs["spam"] for r in before], abs=1e-4)
+
+
+def test_streaming_yields_the_same_text_as_greedy_non_streaming(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    messages = [{"role": "user", "content": "What are the symptoms of diabetes?"}]
+    streamed = rt.generate("medquad", messages, base=True, max_new_tokens=24, stream=True)
+    pieces = list(streamed)
+    whole = rt.generate("medquad", messages, base=True, max_new_tokens=24, stream=False).read()
+    assert len(pieces) > 1
+    assert "".join(pieces) == streamed.text == whole
+    assert whole.strip()
+
+
+def test_multi_turn_history_reaches_the_prompt(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    seen = []
+    original = rt.backend.render
+    rt.backend.render = lambda messages: seen.append(messages) or original(messages)
+    history = [{"role": "user", "content": "first question"},
+               {"role": "assistant", "content": "first answer"},
+               {"role": "user", "content": "second question"}]
+    rt.generate(None, history, max_new_tokens=3, stream=False).read()
+    assert [m["content"] for m in seen[-1]] == ["first question", "first answer", "second question"]
+
+
+def test_closing_a_stream_early_frees_the_model(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    stream = iter(rt.generate(None, [{"role": "user", "content": "hello"}], max_new_tokens=200))
+    next(stream)
+    stream.close()
+    # the next request must not wait for the abandoned 200-token generation to hold the lock forever
+    assert rt.classify("spam", ["hello"], base=True)[0].label in ("ham", "spam")
+
+
+def test_extract_returns_exactly_the_fields_even_from_garbage(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    fields = rt.spec("oncology").fields
+    results = rt.extract("oncology", ["Metastatic melanoma, stage IV, nivolumab.", "x"], base=True,
+                         max_new_tokens=12)
+    for r in results:
+        assert list(r.fields) == list(fields)
+        assert all(v is None or isinstance(v, str) for v in r.fields.values())
+        if not r.valid:  # a random model emits garbage: flagged, nothing invented
+            assert all(v is None for v in r.fields.values()) and r.error
+
+
+def test_extract_adapter_learns_json(tiny_base, catalog):
+    spec = load_catalog(catalog)["oncology"]
+    target = json.dumps({f: ("melanoma" if f == "cancer_type" else None) for f in spec.fields})
+    train_tiny_lora(tiny_base, spec, [("melanoma stage IV", target)] * 2, spec.directory, steps=60)
+    (r,) = runtime(tiny_base, catalog).extract("oncology", ["melanoma stage IV"])
+    assert r.valid and not r.repaired
+    assert r.fields == {f: ("melanoma" if f == "cancer_type" else None) for f in spec.fields}
+
+
+def test_concurrent_callers_with_different_adapters_get_their_own_results(tiny_base, catalog, trained_spam):
+    onc = load_catalog(catalog)["oncology"]
+    train_tiny_lora(tiny_base, onc, [("melanoma", '{"cancer_type": "melanoma"}')], onc.directory, steps=30)
+    rt = runtime(tiny_base, catalog)
+    assert sorted(rt.backend.adapter_names()) == ["oncology", "spam"]
+    jobs = {
+        "spam": lambda: [r.probs["spam"] for r in rt.classify("spam", SPAMMY + HAMMY)],
+        "spam-base": lambda: [r.probs["spam"] for r in rt.classify("spam", SPAMMY + HAMMY, base=True)],
+        "onc": lambda: [r.raw for r in rt.extract("oncology", ["melanoma", "lecture"], max_new_tokens=16)],
+        "onc-base": lambda: [r.raw for r in rt.extract("oncology", ["melanoma", "lecture"], base=True,
+                                                        max_new_tokens=16)],
+        "chat": lambda: rt.generate(None, [{"role": "user", "content": "hello"}], max_new_tokens=16,
+                                    temperature=0).read(),
+    }
+    expected = {name: job() for name, job in jobs.items()}
+    got: dict[str, list] = {name: [] for name in jobs}
+    errors = []
+
+    def worker(name):
+        try:
+            for _ in range(3):
+                got[name].append(jobs[name]())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in jobs for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for name, results in got.items():
+        assert len(results) == 6
+        for result in results:
+            if name.startswith("spam"):
+                assert result == pytest.approx(expected[name], abs=1e-4), name
+            else:
+                assert result == expected[name], name
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "   \n\t "])
+def test_empty_text_is_refused_clearly(tiny_base, catalog, text):
+    rt = runtime(tiny_base, catalog)
+    with pytest.raises(InputError, match="empty"):
+        rt.classify("spam", [text], base=True)
+    with pytest.raises(InputError, match="empty"):
+        rt.generate("medquad", [{"role": "user", "content": text}], base=True)
+
+
+def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    long_text = "win a free prize call now " * 2000
+    (r,) = rt.classify("spam", [long_text], base=True)
+    assert r.truncated and sum(r.probs.values()) == pytest.approx(1.0)
+    (short,) = rt.classify("spam", ["hello"], base=True)
+    assert not short.truncated
+    g = rt.generate("medquad", [{"role": "user", "content": long_text}], base=True, max_new_tokens=4)
+    g.read()
+    assert g.truncated and g.prompt_tokens <= rt.backend.context_length
+
+
+def test_unknown_adapter_lists_the_known_ones(tiny_base, catalog):
+    with pytest.raises(UnknownAdapterError, match="known adapters: medquad, oncology, spam"):
+        runtime(tiny_base, catalog).classify("spma", ["hi"])
+
+
+def test_untrained_adapter_says_how_to_train_it(tiny_base, catalog):
+    with pytest.raises(AdapterNotTrainedError, match="adapterlab train spam"):
+        runtime(tiny_base, catalog).classify("spam", ["hi"])
+
+
+def test_wrong_task_is_refused(tiny_base, catalog):
+    with pytest.raises(InputError, match="generate adapter, not classify"):
+        runtime(tiny_base, catalog).classify("medquad", ["hi"], base=True)
+
+
+def test_adapter_trained_on_another_base_is_refused_naming_both(tiny_base, catalog, trained_spam):
+    config_file = catalog / "spam" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = "meta-llama/Llama-3.2-1B-Instruct"
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(BaseMismatchError) as caught:
+        runtime(tiny_base, catalog)
+    assert "llama-3.2-1b-instruct" in str(caught.value) and str(tiny_base) in str(caught.value)
