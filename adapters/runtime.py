@@ -19,6 +19,8 @@ from .fields import Extraction, parse_fields
 from .prompts import Message, chat_messages, task_messages
 from .spec import AdapterSpec
 
+FEW_SHOT_FILE = "few_shot.jsonl"  # written by training: k examples from the training split
+
 GENERATION_RESERVE = 64  # tokens kept free for the chat template around the user's text
 
 
@@ -84,10 +86,15 @@ class Runtime:
     def spec(self, name: str) -> AdapterSpec:
         return get_spec(self.specs, name)
 
+    def few_shot_examples(self, name: str) -> list[tuple[str, str]]:
+        """The (input, answer) pairs training chose for the few-shot baseline; [] before training."""
+        return read_few_shot(self.spec(name))
+
     # --- tasks -----------------------------------------------------------------------------
 
     def classify(self, adapter: str, texts: Sequence[str], *, base: bool = False,
-                 system: str | None = None, batch_size: int = 16) -> list[Classification]:
+                 system: str | None = None, examples: Sequence[tuple[str, str]] = (),
+                 batch_size: int = 16) -> list[Classification]:
         """Label each text with a probability for every label, from label log-likelihoods.
 
         Each label is scored as the full continuation the fine-tuned model is trained to emit
@@ -96,7 +103,8 @@ class Runtime:
         spec = self._task_spec(adapter, "classify")
         target = self._target(spec, base)
         fitted = [self._fit(spec, text) for text in texts]
-        prompts = [self.backend.render(task_messages(spec, text, system=system)) for text, _ in fitted]
+        prompts = [self.backend.render(task_messages(spec, text, system=system, examples=examples))
+                   for text, _ in fitted]
         continuations = [self._label_continuation(spec, label) for label in spec.labels]
         scores = self.backend.score(target, prompts, continuations, batch_size=batch_size)
         results = []
@@ -109,12 +117,18 @@ class Runtime:
     def generate(self, adapter: str | None, messages: Sequence[Message], *, base: bool = False,
                  system: str | None = None, temperature: float | None = None,
                  top_p: float | None = None, max_new_tokens: int | None = None,
-                 stream: bool = True) -> Generation:
-        """Answer a conversation; ``adapter=None`` chats with the plain base model."""
+                 examples: Sequence[tuple[str, str]] = (), stream: bool = True) -> Generation:
+        """Answer a conversation; ``adapter=None`` chats with the plain base model.
+
+        ``examples`` (input, answer) pairs are put before the conversation as few-shot turns.
+        """
         spec = self.spec(adapter) if adapter is not None else None
         target = self._target(spec, base) if spec else None
         params = self._params(spec, temperature, top_p, max_new_tokens)
-        messages, truncated = self._fit_conversation(spec, messages, system, params.max_new_tokens)
+        shots = [m for q, a in examples for m in ({"role": "user", "content": q},
+                                                  {"role": "assistant", "content": a})]
+        messages, truncated = self._fit_conversation(spec, [*shots, *messages], system,
+                                                     params.max_new_tokens)
         prompt = self.backend.render(messages)
         if stream:
             pieces = self.backend.stream(target, prompt, params)
@@ -123,14 +137,16 @@ class Runtime:
         return Generation(pieces, truncated=truncated, prompt_tokens=self.backend.count_tokens(prompt))
 
     def extract(self, adapter: str, texts: Sequence[str], *, base: bool = False,
-                system: str | None = None, batch_size: int = 8,
+                system: str | None = None, examples: Sequence[tuple[str, str]] = (),
+                batch_size: int = 8,
                 max_new_tokens: int | None = None) -> list[Extraction]:
         """The spec's fields for each text; invalid model output is flagged, never invented."""
         spec = self._task_spec(adapter, "extract")
         target = self._target(spec, base)
         params = self._params(spec, 0.0, 1.0, max_new_tokens)
         fitted = [self._fit(spec, text) for text in texts]
-        prompts = [self.backend.render(task_messages(spec, text, system=system)) for text, _ in fitted]
+        prompts = [self.backend.render(task_messages(spec, text, system=system, examples=examples))
+                   for text, _ in fitted]
         outputs = self.backend.complete(target, prompts, params, batch_size=batch_size)
         results = []
         for raw, (_, truncated) in zip(outputs, fitted):
@@ -138,6 +154,19 @@ class Runtime:
             results.append(Extraction(result.fields, result.valid, result.repaired, result.raw,
                                       result.error, truncated))
         return results
+
+    def rendered_prompt(self, adapter: str | None, messages: Sequence[Message], *,
+                        system: str | None = None, examples: Sequence[tuple[str, str]] = ()) -> str:
+        """The exact text a task would send to the model for this input (for prompt testing)."""
+        spec = self.spec(adapter) if adapter is not None else None
+        if spec is not None and spec.task in ("classify", "extract"):
+            text, _ = self._fit(spec, messages[-1]["content"])
+            return self.backend.render(task_messages(spec, text, system=system, examples=examples))
+        shots = [m for q, a in examples for m in ({"role": "user", "content": q},
+                                                  {"role": "assistant", "content": a})]
+        max_new = spec.generation.max_new_tokens if spec else 256
+        full, _ = self._fit_conversation(spec, [*shots, *messages], system, max_new)
+        return self.backend.render(full)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -213,6 +242,17 @@ class Runtime:
             return label
         _, completion = render_example(tokenizer, task_messages(spec, "x"), label)
         return completion.rstrip()
+
+
+def read_few_shot(spec: AdapterSpec) -> list[tuple[str, str]]:
+    """Few-shot pairs stored beside a spec, as (input, rendered answer)."""
+    path = spec.directory / FEW_SHOT_FILE
+    if not path.is_file():
+        return []
+    import json
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(row["input"], row["target"]) for row in rows]
 
 
 def _softmax(values: Sequence[float]) -> list[float]:
