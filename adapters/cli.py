@@ -68,7 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--load-in-4bit", action="store_true", help="NF4 4-bit base (bitsandbytes)")
     predict.add_argument("--catalog", default=str(CATALOG_DIR), help=argparse.SUPPRESS)
     predict.set_defaults(func=cmd_predict)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON results in benchmarks/results/)")
+    bench_sub = bench.add_subparsers(required=True, metavar="BENCHMARK")
+    from .bench import add_parser as add_bench_serve
+
+    add_bench_serve(bench_sub)
+    add_plugin_commands(sub, bench_sub)
     return parser
+
+
+def add_plugin_commands(sub, bench_sub) -> None:
+    """Commands other packages register (``training`` adds train/eval) without adapters importing them.
+
+    A package lists ``register(subparsers, bench_subparsers)`` under the entry-point group
+    ``adapterlab.commands`` in pyproject.toml.
+    """
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="adapterlab.commands"):
+        entry.load()(sub, bench_sub)
 
 
 def _positive_int(value: str) -> int:

@@ -1,0 +1,123 @@
+"""Serving benchmarks: latency and throughput of the runtime, written as JSON with the device,
+library versions and the exact command, so a README table can be regenerated from them.
+
+Run with ``adapterlab bench serve``; timings never live in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .runtime import Runtime
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+SAMPLE_SMS = "URGENT! You have won a £1,000 cash prize. Call 09061234567 now to claim. T&Cs apply."
+SAMPLE_QUESTION = "What are the symptoms of type 2 diabetes?"
+
+
+def environment() -> dict:
+    """Device name and versions that the numbers depend on."""
+    import peft
+    import torch
+    import transformers
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return {"device": device, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["adapterlab", *sys.argv[1:]]) if sys.argv else ""}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def bench_classify(runtime: Runtime, adapter: str, base: bool, calls: int, batch: int) -> dict:
+    """p50/p95 latency of one message, and messages/s when classifying a batch."""
+    runtime.classify(adapter, [SAMPLE_SMS], base=base)  # warm-up
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        runtime.classify(adapter, [SAMPLE_SMS], base=base)
+        latencies.append((time.perf_counter() - start) * 1000)
+    texts = [f"{SAMPLE_SMS} ({i})" for i in range(batch)]
+    start = time.perf_counter()
+    runtime.classify(adapter, texts, base=base, batch_size=batch)
+    seconds = time.perf_counter() - start
+    return {"adapter": adapter, "base": base, "calls": calls,
+            "latency_ms_p50": round(statistics.median(latencies), 2),
+            "latency_ms_p95": round(percentile(latencies, 95), 2),
+            "batch_size": batch, "batched_messages_per_s": round(batch / seconds, 1)}
+
+
+def bench_generate(runtime: Runtime, adapter: str | None, base: bool, runs: int, tokens: int) -> dict:
+    """Time to first token (p50) and decode tokens/s of one greedy stream."""
+    messages = [{"role": "user", "content": SAMPLE_QUESTION}]
+    runtime.generate(adapter, messages, base=base, temperature=0, max_new_tokens=4).read()
+    ttft, rates = [], []
+    tokenizer_count = runtime.backend.count_tokens
+    for _ in range(runs):
+        g = runtime.generate(adapter, messages, base=base, temperature=0, max_new_tokens=tokens)
+        g.read()
+        done = time.perf_counter()
+        ttft.append((g.first_piece_at - g.started) * 1000)
+        produced = tokenizer_count(g.text)
+        if produced > 1 and done > g.first_piece_at:
+            rates.append((produced - 1) / (done - g.first_piece_at))
+    return {"adapter": adapter, "base": base, "runs": runs, "max_new_tokens": tokens,
+            "ttft_ms_p50": round(statistics.median(ttft), 1),
+            "decode_tokens_per_s": round(statistics.median(rates), 1) if rates else None}
+
+
+def run_serve(args) -> int:
+    from .base_models import LoadOptions
+
+    options = LoadOptions(dtype=args.dtype, device=args.device)
+    start = time.perf_counter()
+    runtime = Runtime.local(base=args.base_model, options=options)
+    load_s = time.perf_counter() - start
+    use_base = "spam" not in runtime.backend.adapter_names()
+    result = {"benchmark": "serve", **environment(), "load_seconds": round(load_s, 2),
+              "note": "adapters disabled (spam not trained yet): base model with the spam prompt"
+              if use_base else "trained spam adapter",
+              "classify": bench_classify(runtime, "spam", use_base, args.calls, args.batch)}
+    if not args.skip_generate:
+        result["generate"] = bench_generate(runtime, None, False, args.runs, args.tokens)
+    print(json.dumps(result, indent=2))
+    out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{_slug(result['device'])}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _slug(device: str) -> str:
+    return "cuda-" + device.split()[-1].lower() if not device.startswith("CPU") else "cpu"
+
+
+def add_parser(bench_sub) -> None:
+    serve = bench_sub.add_parser("serve", help="classify latency/throughput, generate TTFT and tokens/s")
+    serve.add_argument("--calls", type=int, default=50, help="single-message classify calls")
+    serve.add_argument("--batch", type=int, default=64, help="messages in the batched classify run")
+    serve.add_argument("--runs", type=int, default=5, help="generation runs")
+    serve.add_argument("--tokens", type=int, default=64, help="max new tokens per generation run")
+    serve.add_argument("--skip-generate", action="store_true")
+    serve.add_argument("--base-model", default=None)
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--dtype", default="auto")
+    serve.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
+    serve.set_defaults(func=run_serve)
