@@ -52,8 +52,9 @@ class Backend(Protocol):
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
     def score(self, adapter: str | None, prompts: Sequence[str],
-              continuations: Sequence[str], batch_size: int = 16) -> list[list[float]]:
-        """Log-likelihood of every continuation after every prompt: [prompt][continuation]."""
+              continuations: Sequence[Sequence[str]], batch_size: int = 16) -> list[list[float]]:
+        """Log-likelihood of each prompt's continuations: ``result[i][j]`` for
+        ``continuations[i][j]`` after ``prompts[i]``."""
         ...
 
     def complete(self, adapter: str | None, prompts: Sequence[str], params: GenerationParams,
@@ -155,13 +156,13 @@ class LocalBackend:
         import torch
 
         tok = self.tokenizer
-        cont_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
         rows = []  # (prompt index, continuation index, token ids, number of continuation tokens)
-        for i, prompt in enumerate(prompts):
+        for i, (prompt, options) in enumerate(zip(prompts, continuations, strict=True)):
             prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-            for j, ids in enumerate(cont_ids):
+            for j, continuation in enumerate(options):
+                ids = tok(continuation, add_special_tokens=False)["input_ids"]
                 rows.append((i, j, prompt_ids + ids, len(ids)))
-        scores = [[0.0] * len(continuations) for _ in prompts]
+        scores = [[0.0] * len(options) for options in continuations]
         pad = tok.pad_token_id
         with self._using(adapter) as model, torch.inference_mode():
             for start in range(0, len(rows), batch_size):

@@ -53,8 +53,9 @@ def target_text(spec: AdapterSpec, target: Any) -> str:
 def render_example(tokenizer: Any, messages: Sequence[Message], answer: str) -> tuple[str, str]:
     """Split a rendered training conversation into (prompt, completion).
 
-    The completion includes the template's end-of-turn marker, so the trained model learns to
-    stop; the prompt is byte-identical to what ``render`` produces at inference time.
+    The completion ends with the template's end-of-turn marker, so the trained model learns to
+    stop (whitespace the template puts after the marker is dropped: the model never has to emit
+    it); the prompt is byte-identical to what ``render`` produces at inference time.
     """
     prompt = render(tokenizer, messages)
     full = tokenizer.apply_chat_template(
@@ -62,4 +63,4 @@ def render_example(tokenizer: Any, messages: Sequence[Message], answer: str) -> 
     if not full.startswith(prompt):
         raise ValueError("the chat template renders the prompt differently with an answer; "
                          "cannot align training with inference")
-    return prompt, full[len(prompt):]
+    return prompt, full[len(prompt):].rstrip()

@@ -106,7 +106,8 @@ class Runtime:
         prompts = [self.backend.render(task_messages(spec, text, system=system, examples=examples))
                    for text, _ in fitted]
         continuations = [self._label_continuation(spec, label) for label in spec.labels]
-        scores = self.backend.score(target, prompts, continuations, batch_size=batch_size)
+        scores = self.backend.score(target, prompts, [continuations] * len(prompts),
+                                    batch_size=batch_size)
         results = []
         for row, (_, truncated) in zip(scores, fitted):
             probs = _softmax(row)
@@ -154,6 +155,18 @@ class Runtime:
             results.append(Extraction(result.fields, result.valid, result.repaired, result.raw,
                                       result.error, truncated))
         return results
+
+    def answer_logprob(self, adapter: str, questions: Sequence[str], answers: Sequence[str], *,
+                       base: bool = False, batch_size: int = 8) -> list[tuple[float, int]]:
+        """(log-likelihood, token count) of each reference answer after its question's prompt.
+
+        Evaluation turns these into perplexity of the references, under the same prompt the app uses.
+        """
+        spec = self.spec(adapter)
+        target = self._target(spec, base)
+        prompts = [self.backend.render(task_messages(spec, self._fit(spec, q)[0])) for q in questions]
+        scores = self.backend.score(target, prompts, [[a] for a in answers], batch_size=batch_size)
+        return [(row[0], self.backend.count_tokens(a)) for row, a in zip(scores, answers)]
 
     def rendered_prompt(self, adapter: str | None, messages: Sequence[Message], *,
                         system: str | None = None, examples: Sequence[tuple[str, str]] = ()) -> str:
@@ -241,7 +254,7 @@ class Runtime:
         if tokenizer is None:
             return label
         _, completion = render_example(tokenizer, task_messages(spec, "x"), label)
-        return completion.rstrip()
+        return completion
 
 
 def read_few_shot(spec: AdapterSpec) -> list[tuple[str, str]]:
