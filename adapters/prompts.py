@@ -30,8 +30,16 @@ def task_messages(spec: AdapterSpec, text: str, *, system: str | None = None,
 
 def chat_messages(spec: AdapterSpec | None, history: Sequence[Message], *,
                   system: str | None = None) -> list[Message]:
-    """A multi-turn conversation, with the spec's system message unless one is given or present."""
-    history = list(history)
+    """A multi-turn conversation, with the spec's system message unless one is given or present.
+
+    User turns go through the spec's user template, so a chat's first turn is exactly the prompt
+    the adapter was trained on (``task_messages``).
+    """
+    history = [dict(m) for m in history]
+    if spec is not None:
+        for m in history:
+            if m["role"] == "user":
+                m["content"] = spec.prompt.user_template.format(text=m["content"])
     if history and history[0]["role"] == "system":
         return history
     system = system if system is not None else (spec.prompt.system if spec else None)

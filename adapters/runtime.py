@@ -137,6 +137,18 @@ class Runtime:
             pieces = iter(self.backend.complete(target, [prompt], params))
         return Generation(pieces, truncated=truncated, prompt_tokens=self.backend.count_tokens(prompt))
 
+    def answer(self, adapter: str, questions: Sequence[str], *, base: bool = False,
+               system: str | None = None, examples: Sequence[tuple[str, str]] = (),
+               max_new_tokens: int | None = None, batch_size: int = 8) -> list[str]:
+        """Answers to single-turn questions in batches (greedy): what evaluation of a generate
+        adapter needs, through the same prompt as a chat's first turn."""
+        spec = self._task_spec(adapter, "generate")
+        target = self._target(spec, base)
+        params = self._params(spec, 0.0, 1.0, max_new_tokens)
+        prompts = [self.rendered_prompt(adapter, [{"role": "user", "content": q}], system=system,
+                                        examples=examples) for q in questions]
+        return self.backend.complete(target, prompts, params, batch_size=batch_size)
+
     def extract(self, adapter: str, texts: Sequence[str], *, base: bool = False,
                 system: str | None = None, examples: Sequence[tuple[str, str]] = (),
                 batch_size: int = 8,

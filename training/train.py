@@ -1,0 +1,278 @@
+"""Turn an adapter spec into trained LoRA weights in ``adapters/<name>/``.
+
+TRL's ``SFTTrainer`` does the work: prompt/completion examples rendered by the runtime's own
+prompt renderer (so training sees exactly the inference prompt), loss on the completion only,
+padding-free packing (no compute on padding), evaluation loss every ``eval_steps``, the best
+checkpoint kept, early stopping, and resumption from the last checkpoint after a kill. LoRA runs in
+bf16 on CUDA (fp32 on CPU); QLoRA loads the base in 4-bit NF4 with double quantization and uses
+paged 8-bit AdamW on CUDA. ``accelerate launch -m training.cli train <name>`` runs the same code
+with DDP on several GPUs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from adapters.base_models import LoadOptions, canonical_name, load_base
+from adapters.prompts import render_example, target_text, task_messages
+from adapters.spec import AdapterSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RUNS_DIR = PROJECT_ROOT / "runs"  # checkpoints of runs in progress (git-ignored)
+WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class TrainResult:
+    """What a training run did, for metrics.json and the model card."""
+
+    adapter: str
+    base_model: str
+    method: str
+    device: str
+    steps: int
+    epochs: float
+    train_examples: int
+    train_seconds: float
+    train_tokens: int  # real (non-padding) tokens the optimizer saw
+    tokens_per_second: float
+    best_eval_loss: float | None
+    best_checkpoint: str | None
+    resumed_from: str | None
+    seed: int
+
+
+def sft_rows(tokenizer: Any, spec: AdapterSpec, examples) -> list[dict[str, str]]:
+    """Prompt/completion pairs, rendered exactly as the runtime renders them at inference."""
+    rows = []
+    for ex in examples:
+        prompt, completion = render_example(tokenizer, task_messages(spec, ex.input), target_text(spec, ex.target))
+        rows.append({"prompt": prompt, "completion": completion})
+    return rows
+
+
+def run_fingerprint(spec: AdapterSpec, base: str, overrides: dict) -> str:
+    """Checkpoints are resumed only by a run with the same spec, base and overrides."""
+    text = (spec.directory / "adapter.yaml").read_text() + base + json.dumps(overrides, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_dir: Path | None = None,
+                  run_dir: Path | None = None, max_steps: int | None = None, device: str = "auto",
+                  restart: bool = False, progress: bool = True, extra_args: dict | None = None) -> TrainResult:
+    """Train ``spec`` on ``splits.train`` (early-stopped on ``splits.validation``) and write the
+    adapter into ``output_dir`` (default: the spec's folder), replacing any previous one atomically."""
+    import torch
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    base = base or spec.base_model
+    t = spec.training
+    overrides = {"max_steps": max_steps, **(extra_args or {})}
+    run_dir = Path(run_dir or RUNS_DIR / spec.name)
+    fingerprint = run_fingerprint(spec, canonical_name(base), overrides)
+    resume_from = _checkpoint_to_resume(run_dir, fingerprint, restart)
+
+    qlora = t.method == "qlora"
+    options = LoadOptions(device=device, load_in_4bit=qlora)
+    on_cuda = options.torch_device().startswith("cuda")
+    model, tokenizer = load_base(base, options, progress=progress)
+    if qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+    train_rows = sft_rows(tokenizer, spec, splits.train)
+    eval_rows = sft_rows(tokenizer, spec, splits.validation)
+    steps_per_eval = t.eval_steps
+    config = dict(
+        output_dir=str(run_dir),
+        num_train_epochs=t.epochs,
+        max_steps=max_steps if max_steps else -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is read as a ratio of the total steps
+        lr_scheduler_type="cosine",
+        max_length=t.max_seq_length,
+        packing=True,  # best-fit packing, padding-free: no compute is spent on padding
+        completion_only_loss=True,
+        eval_strategy="steps",
+        eval_steps=steps_per_eval,
+        save_strategy="steps",
+        save_steps=steps_per_eval,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=max(1, min(10, steps_per_eval)),
+        include_num_input_tokens_seen="non_padding",
+        bf16=on_cuda and not qlora,
+        optim="paged_adamw_8bit" if (qlora and on_cuda) else ("adamw_torch_fused" if on_cuda else "adamw_torch"),
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[],
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not on_cuda,
+    )
+    args = SFTConfig(**{**config, **(extra_args or {})})
+    lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                      target_modules=list(spec.lora.target_modules), task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
+                         peft_config=lora,
+                         callbacks=[EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)])
+    throughput = ThroughputCallback()
+    trainer.add_callback(throughput)
+    if trainer.is_world_process_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "fingerprint").write_text(fingerprint)
+
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    result = TrainResult(
+        adapter=spec.name, base_model=canonical_name(base), method=t.method,
+        device=torch.cuda.get_device_name(0) if on_cuda else "cpu",
+        steps=trainer.state.global_step, epochs=round(trainer.state.epoch or 0, 3),
+        train_examples=len(train_rows), train_seconds=round(throughput.train_seconds, 2),
+        train_tokens=int(trainer.state.num_input_tokens_seen),
+        tokens_per_second=round(throughput.tokens_per_second(trainer.state), 1),
+        best_eval_loss=trainer.state.best_metric, best_checkpoint=trainer.state.best_model_checkpoint,
+        resumed_from=resume_from, seed=t.seed)
+    if trainer.is_world_process_zero():
+        write_adapter(trainer.model, spec, Path(output_dir or spec.directory), canonical_name(base),
+                      trainer.state.log_history, result)
+    return result
+
+
+def _checkpoint_to_resume(run_dir: Path, fingerprint: str, restart: bool) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if not run_dir.is_dir():
+        return None
+    recorded = (run_dir / "fingerprint").read_text() if (run_dir / "fingerprint").is_file() else None
+    if recorded != fingerprint:
+        shutil.rmtree(run_dir)  # checkpoints of a different configuration: not resumable
+        return None
+    return get_last_checkpoint(str(run_dir))
+
+
+class ThroughputCallback(TrainerCallback):
+    """Measures training time (evaluation excluded) and real tokens/s; shows them in the logs."""
+
+    def __init__(self):
+        self.train_seconds = 0.0
+        self._since = None
+        self._tokens_at_start = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._since = time.perf_counter()
+        self._tokens_at_start = state.num_input_tokens_seen
+
+    def on_evaluate(self, args, state, control, **kw):
+        self._pause()
+
+    def on_prediction_step(self, args, state, control, **kw):
+        self._pause()
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs is not None and "loss" in logs:
+            logs["tokens_per_s"] = round(self.tokens_per_second(state), 1)
+
+    def on_train_end(self, args, state, control, **kw):
+        self._pause()
+
+    def _pause(self):
+        if self._since is not None:
+            self.train_seconds += time.perf_counter() - self._since
+            self._since = None
+
+    def tokens_per_second(self, state) -> float:
+        running = self.train_seconds + (time.perf_counter() - self._since if self._since else 0.0)
+        tokens = state.num_input_tokens_seen - (self._tokens_at_start or 0)
+        return tokens / running if running > 0 else 0.0
+
+
+# --- artifacts ---------------------------------------------------------------------------------
+
+def write_adapter(model, spec: AdapterSpec, out: Path, base_name: str, log_history: list[dict],
+                  result: TrainResult) -> None:
+    """Write PEFT weights, the training log and the loss plot into ``out``.
+
+    Files are first written to a staging folder, then moved into place with ``os.replace``, config
+    last: a run killed while saving leaves the previous adapter's files in place.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging))
+    config_file = staging / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = base_name
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    weights = staging / "adapter_model.safetensors"
+    # bf16 halves the size of the shipped weights; PEFT casts them to the base's dtype on load
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(weights)).items()},
+              str(weights), metadata={"format": "pt"})
+    write_training_log(staging / "training_log.csv", log_history)
+    plot_loss(staging / "loss.png", log_history, spec.name)
+    (staging / "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    for name in ("adapter_model.safetensors", "training_log.csv", "loss.png", "train_result.json",
+                 "adapter_config.json"):
+        os.replace(staging / name, out / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_training_log(path: Path, log_history: list[dict]) -> None:
+    columns = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s",
+               "num_input_tokens_seen"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in log_history:
+            if "loss" in row or "eval_loss" in row:
+                writer.writerow(row)
+
+
+def plot_loss(path: Path, log_history: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in log_history if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.set_title(f"{title}: training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
