@@ -169,14 +169,16 @@ class Runtime:
         return results
 
     def answer_logprob(self, adapter: str, questions: Sequence[str], answers: Sequence[str], *,
-                       base: bool = False, batch_size: int = 8) -> list[tuple[float, int]]:
+                       base: bool = False, examples: Sequence[tuple[str, str]] = (),
+                       batch_size: int = 8) -> list[tuple[float, int]]:
         """(log-likelihood, token count) of each reference answer after its question's prompt.
 
         Evaluation turns these into perplexity of the references, under the same prompt the app uses.
         """
         spec = self.spec(adapter)
         target = self._target(spec, base)
-        prompts = [self.backend.render(task_messages(spec, self._fit(spec, q)[0])) for q in questions]
+        prompts = [self.rendered_prompt(adapter, [{"role": "user", "content": q}], examples=examples)
+                   for q in questions]
         scores = self.backend.score(target, prompts, [[a] for a in answers], batch_size=batch_size)
         return [(row[0], self.backend.count_tokens(a)) for row, a in zip(scores, answers)]
 

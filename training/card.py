@@ -1,0 +1,159 @@
+"""The model card (``adapters/<name>/README.md``, Hugging Face model-card format) and
+``metrics.json``, written from measured results only: nothing in a card is typed by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from adapters.base_models import KNOWN_BASES
+from adapters.spec import AdapterSpec
+
+# What "good enough" means for each adapter (issue #3); the card states whether it was met.
+TARGETS = {
+    "spam": [("accuracy", ">=", 0.985), ("f1", ">=", 0.95), ("auroc", ">=", 0.99)],
+    "medquad": [("rougeL", ">=", 0.25), ("rougeL", ">= base +", 0.10), ("bertscore_f1", "> base", 0.0)],
+    "oncology": [("json_valid", ">=", 1.0), ("micro_field_accuracy", ">=", 0.90)],
+}
+HEADLINE = {"classify": ["accuracy", "precision", "recall", "f1", "auroc"],
+            "generate": ["rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1", "perplexity", "length_ratio"],
+            "extract": ["json_valid", "micro_field_accuracy", "exact_match_all_fields", "repaired_rate"]}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_targets(name: str, variants: dict) -> list[dict]:
+    """Each target of the adapter with the measured value and whether it was met."""
+    tuned, base = variants.get("fine_tuned", {}), variants.get("base", {})
+    checks = []
+    for metric, op, bound in TARGETS.get(name, []):
+        value = tuned.get(metric)
+        if value is None:
+            checks.append({"metric": metric, "target": f"{op} {bound}", "value": None, "met": False})
+            continue
+        if op == ">=":
+            met, target = value >= bound, f">= {bound}"
+        elif op == ">= base +":
+            met, target = value >= base.get(metric, 0) + bound, f">= base ({base.get(metric, 0):.3f}) + {bound}"
+        else:
+            met, target = value > base.get(metric, 0), f"> base ({base.get(metric, 0):.3f})"
+        checks.append({"metric": metric, "target": target, "value": value, "met": bool(met)})
+    return checks
+
+
+def write_metrics(spec: AdapterSpec, report: dict, split_report: dict | None, train_result: dict | None,
+                  out_dir: Path) -> dict:
+    metrics = {**report, "split": split_report, "training": train_result,
+               "targets": check_targets(spec.name, report["variants"]),
+               "headline": {k: report["variants"].get("fine_tuned", {}).get(k)
+                            for k in HEADLINE[spec.task]}}
+    atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    return metrics
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def write_card(spec: AdapterSpec, metrics: dict, out_dir: Path) -> None:
+    """Render ``README.md`` for the adapter from its spec and measured metrics."""
+    base = KNOWN_BASES.get(metrics.get("base_model", spec.base_model))
+    base_id = base.hub_id if base else metrics.get("base_model", spec.base_model)
+    variants = metrics["variants"]
+    shown = [v for v in ("base", "few_shot", "fine_tuned") if "skipped" not in variants.get(v, {"skipped": 1})]
+    names = {"base": "base", "few_shot": f"few-shot (k={metrics.get('few_shot_k')})", "fine_tuned": "fine-tuned"}
+    keys = HEADLINE[spec.task]
+    rows = "\n".join(f"| {k} | " + " | ".join(_fmt(variants[v].get(k)) for v in shown) + " |" for k in keys)
+    table = f"| metric | {' | '.join(names[v] for v in shown)} |\n|---|{'---|' * len(shown)}\n{rows}"
+    if spec.task == "extract" and shown:
+        table += "\n\n| field | " + " | ".join(names[v] for v in shown) + " |\n|---|" + "---|" * len(shown) + "\n"
+        table += "\n".join(f"| {f} | " + " | ".join(_fmt(variants[v]["per_field"][f]) for v in shown) + " |"
+                           for f in spec.fields)
+    targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {_fmt(t['value'])}"
+                        for t in metrics.get("targets", []))
+    plots = [p for p in ("confusion.png", "metrics.png", "fields.png", "loss.png") if (out_dir / p).is_file()]
+    split = metrics.get("split") or {}
+    training = metrics.get("training") or {}
+    t, lora = spec.training, spec.lora
+    data_source = spec.data.hub_id or spec.data.local_path
+    encoder = variants.get("fine_tuned", variants.get("base", {})).get("bertscore_encoder")
+    front = [
+        "---",
+        f"base_model: {base_id}",
+        "library_name: peft",
+        "pipeline_tag: text-generation",
+        "license: apache-2.0",
+        f"tags: [lora, peft, adapterlab, {spec.task}{', medical' if spec.name != 'spam' else ''}]",
+    ] + ([f"datasets: [{spec.data.hub_id}]"] if spec.data.hub_id else []) + ["---", ""]
+    body = f"""# {spec.title} — LoRA adapter for {base_id}
+
+{spec.description}
+
+Trained and evaluated with [adapterlab](../../README.md) from `adapters/{spec.name}/adapter.yaml`; the
+prompt below is the one used in training, evaluation and the app.
+
+## Results
+
+Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
+*base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt,
+*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}
+
+{table}
+
+Targets:
+{targets or '- none set'}
+
+{' '.join(f'![{p}]({p})' for p in plots)}
+
+## Data
+
+- Source: `{data_source}` (local copy `{spec.data.local_path}` when present)
+- Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}
+- Details: `{json.dumps({k: v for k, v in split.items() if k not in ('train', 'validation', 'test')}, default=str)[:600]}`
+
+## Training
+
+| setting | value |
+|---|---|
+| method | {t.method} (LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules {', '.join(lora.target_modules)}) |
+| optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
+| sequences | completion-only loss, padding-free packing, max length {t.max_seq_length} |
+| hardware | {training.get('device', '—')} |
+| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_fmt(training.get('train_seconds'))} s, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
+| best validation loss | {_fmt(training.get('best_eval_loss'))} |
+| seed | {t.seed} |
+
+## Prompt
+
+System: {spec.prompt.system}
+
+User template: `{spec.prompt.user_template}`
+
+## Use
+
+```bash
+adapterlab predict {spec.name} --input in.jsonl --output out.jsonl
+```
+
+```python
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "adapters/{spec.name}")
+```
+
+## Intended use and limitations
+
+A teaching and demonstration adapter for a 135M-parameter model. It can be wrong with high confidence.
+**Not for clinical decisions**, diagnosis or treatment; not medical advice.{' The oncology data are synthetic.' if spec.name == 'oncology' else ''}
+{'MedQuAD answers come from NIH pages; the model paraphrases and can invent facts.' if spec.name == 'medquad' else ''}
+"""
+    atomic_write(out_dir / "README.md", "\n".join(front) + body)

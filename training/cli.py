@@ -1,0 +1,100 @@
+"""``adapterlab train`` and ``adapterlab eval``: the training package's commands.
+
+Registered through the ``adapterlab.commands`` entry point, so the CLI in ``adapters`` offers them
+without importing this package. Heavy imports happen only when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
+
+
+def register(sub, bench_sub) -> None:
+    train = sub.add_parser("train", help="train an adapter from its spec, then evaluate it")
+    _common(train)
+    train.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
+    train.add_argument("--restart", action="store_true", help="discard checkpoints instead of resuming")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate base, few-shot and fine-tuned on the test split")
+    _common(ev)
+    ev.add_argument("--variants", default="base,few_shot,fine_tuned")
+    ev.set_defaults(func=cmd_eval)
+
+
+def _common(p) -> None:
+    p.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
+    p.add_argument("--base-model", default=None, help="base model name, Hub id or folder")
+    p.add_argument("--data", default=None, help="data file (default: the spec's local_path, else the Hub)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
+
+
+def _splits(spec, args):
+    from .data import load_splits
+
+    splits = load_splits(spec, path=args.data)
+    print(f"data: {json.dumps(_report_dict(splits.report), default=str)[:400]}", file=sys.stderr)
+    return splits
+
+
+def _report_dict(report) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(report) if is_dataclass(report) else dict(report)
+
+
+def cmd_train(args) -> int:
+    from dataclasses import asdict
+
+    from .train import train_adapter
+
+    spec = get_spec(load_catalog(args.catalog), args.adapter)
+    splits = _splits(spec, args)
+    result = train_adapter(spec, splits, base=args.base_model, max_steps=args.max_steps,
+                           device=args.device, restart=args.restart)
+    print(json.dumps(asdict(result), indent=2))
+    if not args.no_eval:
+        _evaluate(spec.name, args, splits, asdict(result))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    spec = get_spec(load_catalog(args.catalog), args.adapter)
+    result_file = spec.directory / "train_result.json"
+    train_result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    _evaluate(spec.name, args, _splits(spec, args), train_result,
+              variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+    return 0
+
+
+def _evaluate(name: str, args, splits, train_result, variants=None) -> None:
+    from adapters.base_models import LoadOptions
+    from adapters.runtime import Runtime
+
+    from .card import write_card, write_metrics
+    from .evaluate import VARIANTS, evaluate_adapter
+
+    runtime = Runtime.local(args.catalog, base=args.base_model, options=LoadOptions(device=args.device),
+                            only=[name])
+    spec = runtime.spec(name)
+    batch = args.batch_size or (64 if LoadOptions(device=args.device).torch_device().startswith("cuda") else 8)
+    report = evaluate_adapter(runtime, spec, splits, limit=args.eval_limit, variants=variants or VARIANTS,
+                              batch_size=batch, out_dir=spec.directory)
+    metrics = write_metrics(spec, report, _report_dict(splits.report), train_result, spec.directory)
+    write_card(spec, metrics, spec.directory)
+    print(json.dumps({"variants": metrics["variants"], "targets": metrics["targets"]}, indent=2, default=str))
+    print(f"wrote {spec.directory / 'metrics.json'} and {spec.directory / 'README.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # `accelerate launch -m training.cli train spam` for several GPUs
+    from adapters.cli import main
+
+    sys.exit(main(sys.argv[1:]))

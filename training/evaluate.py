@@ -1,0 +1,178 @@
+"""Measure an adapter against its baselines on the held-out test split.
+
+Three variants answer the same test examples through the same runtime calls the app makes:
+``base`` (the spec's prompt, adapters disabled), ``few_shot`` (the base with k training examples in
+the prompt: the in-context learning baseline) and ``fine_tuned`` (the trained adapter). Metrics go
+through the ``evaluate`` API with this project's own metric modules (``training/metrics/``), loaded
+by path, so an offline run computes exactly what an online one does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from adapters.prompts import target_text
+from adapters.runtime import Runtime
+from adapters.spec import AdapterSpec
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+VARIANTS = ("base", "few_shot", "fine_tuned")
+FEW_SHOT_K = {"classify": 4, "generate": 2, "extract": 3}
+
+
+def load_metric(name: str):
+    """One of the project's `evaluate` modules, loaded by path (no Hub access needed)."""
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / f"{name}.py"))
+
+
+def few_shot_pairs(spec: AdapterSpec, train, k: int, seed: int) -> list[tuple[str, str]]:
+    from .data import few_shot_examples
+
+    return [(ex.input, target_text(spec, ex.target)) for ex in few_shot_examples(train, k, seed)]
+
+
+def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int | None = None,
+                     variants=VARIANTS, batch_size: int = 16, out_dir: Path | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Metrics of every variant on the same test examples; plots and predictions into ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    test = list(splits.test)[:limit] if limit else list(splits.test)
+    k = FEW_SHOT_K[spec.task]
+    shots = few_shot_pairs(spec, splits.train, k, spec.training.seed)
+    trained = spec.name in runtime.backend.adapter_names()
+    results: dict[str, Any] = {}
+    predictions: dict[str, list] = {}
+    for variant in tqdm(variants, desc=f"evaluate {spec.name}", disable=not progress):
+        if variant == "fine_tuned" and not trained:
+            results[variant] = {"skipped": "no trained weights"}
+            continue
+        kwargs = {"base": variant != "fine_tuned", "examples": shots if variant == "few_shot" else ()}
+        task = {"classify": _classify, "generate": _generate, "extract": _extract}[spec.task]
+        results[variant], predictions[variant] = task(runtime, spec, test, kwargs, batch_size)
+    report = {
+        "adapter": spec.name, "task": spec.task, "base_model": runtime.backend.base_name,
+        "test_examples": len(test), "test_split_size": len(splits.test), "few_shot_k": k,
+        "variants": results, "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_few_shot(out_dir, shots)
+        plot_results(spec, report, predictions, test, out_dir)
+    return report
+
+
+# --- tasks ---------------------------------------------------------------------------------------
+
+def _classify(runtime, spec, test, kwargs, batch_size):
+    positive = spec.labels[-1]  # spam: the last label is the positive class
+    out = runtime.classify(spec.name, [ex.input for ex in test], batch_size=batch_size, **kwargs)
+    metric = load_metric("spam_classification")
+    refs = [int(ex.target == positive) for ex in test]
+    preds = [int(r.label == positive) for r in out]
+    scores = [r.probs[positive] for r in out]
+    result = metric.compute(predictions=preds, references=refs, scores=scores)
+    result["confusion"] = _confusion(refs, preds)
+    return result, out
+
+
+def _generate(runtime, spec, test, kwargs, batch_size):
+    questions = [ex.input for ex in test]
+    references = [getattr(ex, "reference", None) or ex.target for ex in test]
+    answers = runtime.answer(spec.name, questions, batch_size=batch_size, **kwargs)
+    result = load_metric("medquad_generation").compute(predictions=answers, references=references)
+    bert = load_metric("bertscore_local").compute(predictions=answers, references=references)
+    result["bertscore_f1"] = bert["f1"]
+    result["bertscore_encoder"] = bert["encoder"]
+    logprobs = runtime.answer_logprob(spec.name, questions, [ex.target for ex in test],
+                                      batch_size=max(1, batch_size // 2), **kwargs)
+    import math
+
+    total_lp = sum(lp for lp, _ in logprobs)
+    total_tokens = sum(n for _, n in logprobs)
+    result["perplexity"] = math.exp(-total_lp / max(1, total_tokens))
+    return result, answers
+
+
+def _extract(runtime, spec, test, kwargs, batch_size):
+    out = runtime.extract(spec.name, [ex.input for ex in test], batch_size=batch_size, **kwargs)
+    result = load_metric("oncology_fields").compute(
+        predictions=[json.dumps(r.fields) for r in out],
+        references=[json.dumps({f: ex.target.get(f) for f in spec.fields}) for ex in test],
+        fields=list(spec.fields), valid=[r.valid for r in out])
+    result["repaired_rate"] = sum(r.repaired for r in out) / max(1, len(out))
+    return result, out
+
+
+def _confusion(refs: list[int], preds: list[int]) -> list[list[int]]:
+    matrix = [[0, 0], [0, 0]]
+    for r, p in zip(refs, preds):
+        matrix[r][p] += 1
+    return matrix
+
+
+def _write_few_shot(out_dir: Path, shots: list[tuple[str, str]]) -> None:
+    import os
+
+    tmp = out_dir / "few_shot.jsonl.tmp"
+    tmp.write_text("".join(json.dumps({"input": q, "target": a}, ensure_ascii=False) + "\n" for q, a in shots),
+                   encoding="utf-8")
+    os.replace(tmp, out_dir / "few_shot.jsonl")
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+def plot_results(spec: AdapterSpec, report: dict, predictions: dict, test, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [v for v in VARIANTS if v in predictions]
+    if not shown:
+        return
+    variants = report["variants"]
+    if spec.task == "classify":
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.2), dpi=110)
+        axes = [axes] if len(shown) == 1 else axes
+        for ax, v in zip(axes, shown):
+            m = variants[v]["confusion"]
+            ax.imshow(m, cmap="Blues")
+            for i in range(2):
+                for j in range(2):
+                    ax.text(j, i, m[i][j], ha="center", va="center", fontsize=12)
+            ax.set_xticks([0, 1], [f"pred {spec.labels[0]}", f"pred {spec.labels[-1]}"])
+            ax.set_yticks([0, 1], [spec.labels[0], spec.labels[-1]])
+            ax.set_title(f"{v}\nacc {variants[v]['accuracy']:.3f}  F1 {variants[v]['f1']:.3f}", fontsize=9)
+        name = "confusion.png"
+    elif spec.task == "generate":
+        keys = ["rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1"]
+        fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+        width = 0.8 / len(shown)
+        for i, v in enumerate(shown):
+            ax.bar([x + i * width for x in range(len(keys))], [variants[v][k] for k in keys], width, label=v)
+        ax.set_xticks([x + width * (len(shown) - 1) / 2 for x in range(len(keys))], keys)
+        ax.legend()
+        ax.set_title(f"{spec.name}: answer quality on {report['test_examples']} test questions")
+        name = "metrics.png"
+    else:
+        keys = list(spec.fields)
+        fig, ax = plt.subplots(figsize=(8, 3.4), dpi=110)
+        width = 0.8 / len(shown)
+        for i, v in enumerate(shown):
+            ax.bar([x + i * width for x in range(len(keys))], [variants[v]["per_field"][k] for k in keys],
+                   width, label=f"{v} (micro {variants[v]['micro_field_accuracy']:.2f})")
+        ax.set_xticks([x + width * (len(shown) - 1) / 2 for x in range(len(keys))], keys, rotation=20)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{spec.name}: exact match per field on {report['test_examples']} test narratives")
+        name = "fields.png"
+    fig.tight_layout()
+    fig.savefig(out_dir / name)
+    plt.close(fig)
