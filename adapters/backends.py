@@ -153,35 +153,39 @@ class LocalBackend:
         return next(self.model.parameters()).device
 
     def score(self, adapter, prompts, continuations, batch_size=16):
+        """One forward pass per prompt: the prompt once, each continuation after it.
+
+        A row holds ``prompt + c1 + c2 + ...``; a 4-D attention mask lets each continuation see the
+        prompt and its own earlier tokens only, and position ids restart after the prompt for each
+        one, so every continuation is scored exactly as if it followed the prompt alone — at the
+        cost of one prompt instead of one prompt per label.
+        """
         import torch
 
         tok = self.tokenizer
-        rows = []  # (prompt index, continuation index, token ids, number of continuation tokens)
-        for i, (prompt, options) in enumerate(zip(prompts, continuations, strict=True)):
+        rows = []
+        for prompt, options in zip(prompts, continuations, strict=True):
             prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-            for j, continuation in enumerate(options):
-                ids = tok(continuation, add_special_tokens=False)["input_ids"]
-                rows.append((i, j, prompt_ids + ids, len(ids)))
-        scores = [[0.0] * len(options) for options in continuations]
-        pad = tok.pad_token_id
+            rows.append((prompt_ids, [tok(c, add_special_tokens=False)["input_ids"] for c in options]))
+        scores: list[list[float]] = []
         with self._using(adapter) as model, torch.inference_mode():
+            device = self._device()
+            dtype = next(model.parameters()).dtype
+            dtype = dtype if dtype.is_floating_point else torch.float32
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
-                width = max(len(r[2]) for r in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for k, (_, _, seq, _) in enumerate(chunk):
-                    ids[k, :len(seq)] = torch.tensor(seq)
-                    mask[k, :len(seq)] = 1
-                device = self._device()
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-                for k, (i, j, seq, n) in enumerate(chunk):
-                    end = len(seq)
-                    targets = torch.tensor(seq[end - n:], device=device)
-                    # logits at position t predict token t + 1
-                    picked = logprobs[k, end - n - 1:end - 1].gather(1, targets[:, None])
-                    scores[i][j] = float(picked.sum())
+                ids, positions, mask, targets = _packed_rows(chunk, tok.pad_token_id)
+                additive = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+                # the vocabulary projection is computed only where a scored token is predicted
+                keep = sorted({at for per_option in targets for pairs in per_option for at, _ in pairs})
+                column = {at: i for i, at in enumerate(keep)}
+                logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
+                               attention_mask=additive[:, None].to(device),
+                               logits_to_keep=torch.tensor(keep, device=device)).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+                for row, per_option in enumerate(targets):
+                    scores.append([float(sum(logprobs[row, column[at], token] for at, token in pairs))
+                                   for pairs in per_option])
         return scores
 
     def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
@@ -248,3 +252,35 @@ class LocalBackend:
                 raise failure[0]
         finally:
             cancelled.set()
+
+
+def _packed_rows(rows, pad_id):
+    """Token ids, position ids, boolean attention mask [batch, q, k] and, per row and continuation,
+    the (logit index, token id) pairs whose log-probabilities add up to the continuation's score."""
+    import torch
+
+    width = max(len(p) + sum(len(c) for c in cs) for p, cs in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    targets = []
+    for r, (prompt, options) in enumerate(rows):
+        n = len(prompt)
+        ids[r, :n] = torch.tensor(prompt)
+        positions[r, :n] = torch.arange(n)
+        mask[r, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        at, per_option = n, []
+        for option in options:
+            m = len(option)
+            ids[r, at:at + m] = torch.tensor(option, dtype=torch.long)
+            positions[r, at:at + m] = torch.arange(n, n + m)
+            mask[r, at:at + m, :n] = True
+            mask[r, at:at + m, at:at + m] = torch.ones(m, m, dtype=torch.bool).tril()
+            # the logit predicting token t of the option sits one place before it
+            previous = [n - 1] + list(range(at, at + m - 1))
+            per_option.append(list(zip(previous, option)))
+            at += m
+        for q in range(at, width):
+            mask[r, q, q] = True  # padding attends to itself only, so no row is fully masked
+        targets.append(per_option)
+    return ids, positions, mask, targets

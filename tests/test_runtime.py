@@ -212,3 +212,23 @@ def test_adapter_trained_on_another_base_is_refused_naming_both(tiny_base, catal
     with pytest.raises(BaseMismatchError) as caught:
         runtime(tiny_base, catalog)
     assert "llama-3.2-1b-instruct" in str(caught.value) and str(tiny_base) in str(caught.value)
+
+
+def test_packed_scoring_equals_scoring_each_continuation_alone(tiny_base, catalog):
+    """The one-pass scorer must give what a plain forward pass over prompt + label gives."""
+    import torch
+
+    rt = runtime(tiny_base, catalog)
+    model, tok = rt.backend.model, rt.backend.tokenizer
+    prompts = ["<|im_start|>user\nwin a prize<|im_end|>\n<|im_start|>assistant\n", "hello there"]
+    options = [["spam<|im_end|>", "ham<|im_end|>", "not spam at all"], ["x", "dinner tonight"]]
+    packed = rt.backend.score(None, prompts, options, batch_size=2)
+    for prompt, opts, got in zip(prompts, options, packed):
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        for option, value in zip(opts, got):
+            c = tok(option, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([p + c])).logits[0]
+            logprobs = torch.log_softmax(logits.float(), -1)
+            expected = sum(float(logprobs[len(p) - 1 + i, t]) for i, t in enumerate(c))
+            assert value == pytest.approx(expected, abs=1e-3)
