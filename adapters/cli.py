@@ -190,6 +190,9 @@ def read_jsonl_texts(path: Path) -> list[dict]:
             problems.append(f"{where}: expected an object with a string field \"text\"")
         elif not obj["text"].strip():
             problems.append(f"{where}: \"text\" is empty")
+        elif not _encodable(obj):
+            # a \ud800-style escape is valid JSON but no text: the tokenizer and the output reject it
+            problems.append(f"{where}: holds an unpaired surrogate escape (\\ud800-\\udfff), not text")
         else:
             rows.append(obj)
     if problems:
@@ -199,6 +202,14 @@ def read_jsonl_texts(path: Path) -> list[dict]:
     if not rows:
         raise UsageError(f"{path}: no input lines")
     return rows
+
+
+def _encodable(obj: dict) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def write_jsonl_atomic(path: Path, rows) -> None:

@@ -43,30 +43,37 @@ def parse_fields(raw: str, fields: Sequence[str]) -> Extraction:
 
 def _find_json_object(raw: str) -> tuple[dict | None, bool]:
     text = raw.strip()
-    for candidate, repaired in _candidates(text):
+    for candidate, repaired, cut_in_string in _candidates(text):
         try:
             obj = json.loads(candidate)
         except json.JSONDecodeError:
             continue
         if isinstance(obj, dict):
+            if cut_in_string and obj:
+                # the last value was cut mid-string ("stage": "I of "IV"): a plausible-looking
+                # wrong value is worse than none, so it becomes null
+                obj[list(obj)[-1]] = None
             return obj, repaired
     return None, False
 
 
 def _candidates(text: str):
-    yield text, False
+    """(candidate JSON text, whether it is a repair, whether the last string value was cut)."""
+    yield text, False, False
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     if fenced:
-        yield fenced.group(1).strip(), True
+        yield fenced.group(1).strip(), True, False
     start = text.find("{")
     if start < 0:
         return
     end = text.rfind("}")
     if end > start:
-        yield text[start:end + 1], True
+        yield text[start:end + 1], True, False
     body = text[start:].rstrip().rstrip(",")
-    for closing in ('"}', "}", '": null}', "null}"):  # an object cut off by max_new_tokens
-        yield body + closing, True
+    # an object cut off by max_new_tokens: in a value, after a value, in a key, after a key, after ':'
+    for closing in ('"}', "}", '": null}', ": null}", "null}"):
+        yield body + closing, True, closing == '"}'
+
 
 
 def _as_text(value: Any) -> tuple[str | None, bool]:

@@ -233,6 +233,7 @@ class Runtime:
         """The text, cut to the spec's input budget; and whether it was cut."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the text is empty")
+        _check_encodable(text)
         budget = self._input_budget(spec, spec.generation.max_new_tokens)
         if self.backend.count_tokens(text) <= budget:
             return text, False
@@ -246,6 +247,8 @@ class Runtime:
                 raise InputError(f"message {i}: needs role system/user/assistant and text content")
         if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
             raise InputError("the last message must be a non-empty user message")
+        for m in turns:
+            _check_encodable(m["content"])
         budget = self._input_budget(spec, max_new_tokens)
         truncated = False
         if self.backend.count_tokens(turns[-1]["content"]) > budget:
@@ -280,6 +283,15 @@ def read_few_shot(spec: AdapterSpec) -> list[tuple[str, str]]:
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [(row["input"], row["target"]) for row in rows]
+
+
+def _check_encodable(text: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (a lone surrogate from a bad JSON escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the text holds a character that is not valid Unicode at position "
+                         f"{exc.start} (an unpaired surrogate)") from None
 
 
 def _softmax(values: Sequence[float]) -> list[float]:

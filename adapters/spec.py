@@ -9,6 +9,7 @@ an integer, got 'sixteen'``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -227,6 +228,8 @@ def _coerce(hint: Any, value: Any, where: str, name: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("a number")
+        if not math.isfinite(value):  # YAML's .nan and .inf would slip past every range check
+            fail("a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str) or not value.strip():

@@ -232,3 +232,8 @@ def test_packed_scoring_equals_scoring_each_continuation_alone(tiny_base, catalo
             logprobs = torch.log_softmax(logits.float(), -1)
             expected = sum(float(logprobs[len(p) - 1 + i, t]) for i, t in enumerate(c))
             assert value == pytest.approx(expected, abs=1e-3)
+
+
+def test_text_with_an_unpaired_surrogate_is_refused(tiny_base, catalog):
+    with pytest.raises(InputError, match="unpaired surrogate"):
+        runtime(tiny_base, catalog).classify("spam", ["win \ud800 now"], base=True)

@@ -41,7 +41,10 @@ def _splits(spec, args):
     from .data import load_splits
 
     splits = load_splits(spec, path=args.data)
-    print(f"data: {json.dumps(_report_dict(splits.report), default=str)[:400]}", file=sys.stderr)
+    r = splits.report
+    print(f"data: {r.source}: train {r.train}, validation {r.validation}, test {r.test} (seed {r.seed}, "
+          f"{r.duplicates_removed} duplicates removed, skipped {r.skipped or 'none'}, labels {r.label_counts})",
+          file=sys.stderr)
     return splits
 
 

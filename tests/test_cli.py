@@ -1,0 +1,278 @@
+"""The ``adapterlab`` command line, run in-process on a copy of the catalogue and the tiny base.
+
+Predictions keep every input key and add the task's answer; every expected failure ends with one
+``adapterlab: error: ...`` message and exit status 2, never a traceback, and a failed run writes
+no output file (nor touches one that was there).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters.cli import main
+
+ONCOLOGY_FIELDS = ["cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
+                   "metastasis_site"]
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    """A JSONL input file: dicts are dumped, str and bytes lines are written as they are."""
+    data = b"".join((line if isinstance(line, bytes) else
+                     (line if isinstance(line, str) else json.dumps(line)).encode("utf-8")) + b"\n"
+                    for line in lines)
+    path.write_bytes(data)
+    return path
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def limit_generation(catalog: Path, name: str, max_new_tokens: int) -> None:
+    """Lower an adapter's max_new_tokens in the catalogue copy so a random model stops soon."""
+    spec_file = catalog / name / "adapter.yaml"
+    text = spec_file.read_text(encoding="utf-8")
+    for old in ("max_new_tokens: 256", "max_new_tokens: 192"):
+        text = text.replace(old, f"max_new_tokens: {max_new_tokens}")
+    assert f"max_new_tokens: {max_new_tokens}" in text
+    spec_file.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture()
+def cli(tiny_base, catalog, capsys):
+    """Run ``adapterlab ARGS`` against the catalogue copy; (exit status, stdout, stderr)."""
+
+    def run(*args: str, base_model: bool = True) -> tuple[int, str, str]:
+        argv = [str(a) for a in args]
+        if argv[0] in ("predict", "adapters"):
+            argv += ["--catalog", str(catalog)]
+        if argv[0] == "predict" and base_model:
+            argv += ["--base-model", str(tiny_base), "--device", "cpu"]
+        status = main(argv)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return status, out, err
+
+    return run
+
+
+def assert_refused(result: tuple[int, str, str], *needles: str) -> str:
+    status, _, err = result
+    assert status == 2, err
+    assert "adapterlab: error: " in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# --- predictions -------------------------------------------------------------------------------
+
+def test_predict_spam_with_the_base_labels_every_line_and_keeps_its_keys(cli, tmp_path):
+    rows = [{"id": 1, "text": "win a free prize call now"},
+            {"id": "b", "text": "meet for dinner tonight", "source": "phone"},
+            {"id": 3, "text": "lecture notes from today"}]
+    inp, out = write_lines(tmp_path / "in.jsonl", rows), tmp_path / "out" / "pred.jsonl"
+    status, _, err = cli("predict", "spam", "--base", "--input", inp, "--output", out, "--batch-size", 2)
+    assert status == 0, err
+    assert f"wrote 3 lines to {out}" in err
+    got = read_lines(out)
+    assert len(got) == 3
+    for row, pred in zip(rows, got):
+        assert {k: pred[k] for k in row} == row  # the input's keys and values, in input order
+        assert pred["label"] in ("ham", "spam")
+        assert set(pred["probs"]) == {"ham", "spam"}
+        assert sum(pred["probs"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert pred["label"] == max(pred["probs"], key=pred["probs"].get)
+        assert pred["truncated"] is False
+    assert not [p for p in out.parent.iterdir() if p.name != "pred.jsonl"]  # no temporary left behind
+
+
+def test_batch_size_does_not_change_predictions(cli, tmp_path):
+    rows = [{"text": t} for t in ("win cash now", "hello", "free prize", "dinner at eight", "call me")]
+    inp = write_lines(tmp_path / "in.jsonl", rows)
+    cli("predict", "spam", "--base", "--input", inp, "--output", tmp_path / "a.jsonl", "--batch-size", 1)
+    cli("predict", "spam", "--base", "--input", inp, "--output", tmp_path / "b.jsonl", "--batch-size", 4)
+    one, four = read_lines(tmp_path / "a.jsonl"), read_lines(tmp_path / "b.jsonl")
+    assert [r["label"] for r in one] == [r["label"] for r in four]
+    assert [r["probs"]["spam"] for r in one] == pytest.approx([r["probs"]["spam"] for r in four], abs=1e-4)
+
+
+def test_blank_lines_in_the_input_are_skipped(cli, tmp_path):
+    inp = write_lines(tmp_path / "in.jsonl", ["", {"text": "hello"}, "   ", {"text": "win"}, ""])
+    status, _, err = cli("predict", "spam", "--base", "--input", inp, "--output", tmp_path / "o.jsonl")
+    assert status == 0, err
+    assert [r["text"] for r in read_lines(tmp_path / "o.jsonl")] == ["hello", "win"]
+
+
+def test_predict_oncology_with_the_base_writes_exactly_the_fields(cli, catalog, tmp_path):
+    limit_generation(catalog, "oncology", 12)
+    rows = [{"id": 7, "text": "Metastatic melanoma, stage IV, BRAF V600E, on nivolumab."},
+            {"id": 8, "text": "Lung adenocarcinoma with liver metastases."}]
+    inp, out = write_lines(tmp_path / "in.jsonl", rows), tmp_path / "onc.jsonl"
+    status, _, err = cli("predict", "oncology", "--base", "--input", inp, "--output", out)
+    assert status == 0, err
+    got = read_lines(out)
+    assert [p["id"] for p in got] == [7, 8]
+    for pred in got:
+        assert list(pred["fields"]) == ONCOLOGY_FIELDS
+        assert all(v is None or isinstance(v, str) for v in pred["fields"].values())
+        assert isinstance(pred["valid"], bool) and isinstance(pred["repaired"], bool)
+        if not pred["valid"]:  # a random model writes garbage: flagged, nothing invented
+            assert all(v is None for v in pred["fields"].values())
+
+
+def test_predict_medquad_with_the_base_writes_an_answer(cli, catalog, tmp_path):
+    limit_generation(catalog, "medquad", 8)
+    rows = [{"text": "What are the symptoms of diabetes?", "q": 1}, {"text": "What is a stage?", "q": 2}]
+    inp, out = write_lines(tmp_path / "in.jsonl", rows), tmp_path / "med.jsonl"
+    status, _, err = cli("predict", "medquad", "--base", "--input", inp, "--output", out)
+    assert status == 0, err
+    got = read_lines(out)
+    assert [(p["text"], p["q"]) for p in got] == [(r["text"], r["q"]) for r in rows]
+    for pred in got:
+        assert isinstance(pred["answer"], str) and pred["answer"].strip()
+        assert pred["truncated"] is False
+
+
+def test_output_is_utf8_text_not_ascii_escapes(cli, tmp_path):
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "réunion à 18h — ça marche?"}])
+    out = tmp_path / "o.jsonl"
+    assert cli("predict", "spam", "--base", "--input", inp, "--output", out)[0] == 0
+    assert "réunion à 18h — ça marche?" in out.read_text(encoding="utf-8")
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+def test_an_untrained_adapter_without_base_says_how_to_train_it(cli, tmp_path):
+    inp, out = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}]), tmp_path / "o.jsonl"
+    assert_refused(cli("predict", "spam", "--input", inp, "--output", out),
+                   "adapterlab train spam", "--base")
+    assert not out.exists()
+
+
+def test_an_unknown_adapter_lists_the_known_ones(cli, tmp_path):
+    inp, out = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}]), tmp_path / "o.jsonl"
+    assert_refused(cli("predict", "spma", "--base", "--input", inp, "--output", out),
+                   "'spma'", "medquad, oncology, spam")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("bad_line", "problem"), [
+    ('{"text": "unterminated', "not valid JSON"),
+    ("not json at all", "not valid JSON"),
+    (b'{"text": "caf\xe9"}', "not valid UTF-8"),
+    ('{"body": "no text key"}', 'expected an object with a string field "text"'),
+    ('{"text": 42}', 'expected an object with a string field "text"'),
+    ('["text", "in a list"]', 'expected an object with a string field "text"'),
+    ('{"text": "hi \\ud800 there"}', "holds an unpaired surrogate"),  # valid JSON, but not text
+    ('{"text": "hi", "id": "\\udc00"}', "holds an unpaired surrogate"),  # could not be written back out
+    ('{"text": ""}', '"text" is empty'),
+    ('{"text": "  \\n\\t "}', '"text" is empty'),
+])
+def test_a_bad_input_line_is_named_and_nothing_is_written(cli, tmp_path, bad_line, problem):
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "fine"}, {"text": "also fine"}, bad_line,
+                                              {"text": "fine again"}])
+    out = tmp_path / "out" / "o.jsonl"
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out),
+                   f"{inp}:3: {problem}", "nothing was run")
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_every_bad_line_is_reported_at_once(cli, tmp_path):
+    inp = write_lines(tmp_path / "in.jsonl", ["{oops", {"text": "ok"}, {"text": ""}, b"\xff\xfe"])
+    err = assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", tmp_path / "o.jsonl"),
+                         "3 bad line(s)", f"{inp}:1:", f"{inp}:3:", f"{inp}:4:")
+    assert f"{inp}:2:" not in err
+
+
+def test_a_failed_run_leaves_an_existing_output_untouched(cli, tmp_path):
+    tmp_path = tmp_path / "run"  # a folder of its own, to see that nothing else appears in it
+    tmp_path.mkdir()
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"previous": "results"}\n', encoding="utf-8")
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "fine"}, '{"text": '])
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out), f"{inp}:2:")
+    assert out.read_text(encoding="utf-8") == '{"previous": "results"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.jsonl"]
+
+
+def test_a_failure_during_prediction_leaves_no_partial_output(cli, catalog, tmp_path, monkeypatch):
+    from adapters.runtime import InputError, Runtime
+
+    calls = []
+
+    def classify_then_fail(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise InputError("the model went away")
+        return original(self, *args, **kwargs)
+
+    original = Runtime.classify
+    monkeypatch.setattr(Runtime, "classify", classify_then_fail)
+    tmp_path = tmp_path / "run"  # a folder of its own, to see that no temporary file is left
+    tmp_path.mkdir()
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n", encoding="utf-8")
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": f"message {i}"} for i in range(4)])
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out, "--batch-size", 2),
+                   "the model went away")
+    assert len(calls) == 2  # the first batch was written to the temporary file, then it failed
+    assert out.read_text(encoding="utf-8") == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.jsonl"]
+
+
+def test_an_input_without_any_line_is_refused(cli, tmp_path):
+    inp = write_lines(tmp_path / "in.jsonl", ["", "  "])
+    out = tmp_path / "o.jsonl"
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out), "no input lines")
+    assert not out.exists()
+
+
+def test_a_missing_input_file(cli, tmp_path):
+    out = tmp_path / "o.jsonl"
+    assert_refused(cli("predict", "spam", "--base", "--input", tmp_path / "nope.jsonl", "--output", out),
+                   f"{tmp_path / 'nope.jsonl'}: no such file")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_batch_size_must_be_a_positive_integer(cli, tmp_path, capsys, value):
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    with pytest.raises(SystemExit) as caught:
+        cli("predict", "spam", "--base", "--input", inp, "--output", tmp_path / "o.jsonl",
+            "--batch-size", value)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_broken_spec_in_the_catalogue_is_one_line_naming_file_and_field(cli, catalog, tmp_path):
+    spec_file = catalog / "spam" / "adapter.yaml"
+    spec_file.write_text(spec_file.read_text(encoding="utf-8").replace("r: 16", "r: sixteen", 1),
+                         encoding="utf-8")
+    assert_refused(cli("adapters"), f"{spec_file}: lora.r: expected an integer")
+
+
+# --- listing -----------------------------------------------------------------------------------
+
+def test_adapters_lists_the_catalogue_as_not_trained(cli):
+    status, out, _ = cli("adapters")
+    assert status == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["medquad", "oncology", "spam"]
+    for line, task in zip(lines, ("generate", "extract", "classify")):
+        name = line.split()[0]
+        assert line.split()[1] == task
+        assert line.endswith(f"not trained (adapterlab train {name})")
+
+
+def test_adapters_shows_a_trained_adapter_as_trained(cli, catalog):
+    (catalog / "spam" / "adapter_config.json").write_text("{}")
+    (catalog / "spam" / "adapter_model.safetensors").write_bytes(b"")
+    lines = {line.split()[0]: line for line in cli("adapters")[1].splitlines()}
+    assert lines["spam"].endswith("— trained")
+    assert "not trained" in lines["medquad"] and "not trained" in lines["oncology"]

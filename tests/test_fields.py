@@ -1,0 +1,198 @@
+"""parse_fields: whatever an extraction model writes, the result has exactly the spec's fields, in
+the spec's order, each a string or None; repairs invent nothing and are always flagged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapters.fields import Extraction, parse_fields
+
+FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
+          "metastasis_site")
+EXAMPLE = {"cancer_type": "melanoma", "stage": "IV", "gene_mutation": "BRAF V600E",
+           "biomarker": None, "treatment": "nivolumab", "response": "partial response",
+           "metastasis_site": "liver"}
+CLEAN = json.dumps(EXAMPLE)
+
+
+def parse(raw: str) -> Extraction:
+    result = parse_fields(raw, FIELDS)
+    # the invariants every result keeps, whatever the model wrote
+    assert list(result.fields) == list(FIELDS)
+    assert all(v is None or (isinstance(v, str) and v.strip() == v and v) for v in result.fields.values())
+    assert result.raw == raw
+    return result
+
+
+def test_clean_json_is_valid_and_not_repaired():
+    result = parse(CLEAN)
+    assert result.valid and not result.repaired and result.error is None
+    assert result.fields == EXAMPLE
+
+
+def test_keys_in_another_order_come_back_in_spec_order_without_repair():
+    result = parse(json.dumps(dict(reversed(list(EXAMPLE.items())))))
+    assert not result.repaired
+    assert list(result.fields) == list(FIELDS) and result.fields == EXAMPLE
+
+
+def test_whitespace_around_clean_json_is_not_a_repair():
+    result = parse(f"\n  {CLEAN}\n")
+    assert result.valid and not result.repaired and result.fields == EXAMPLE
+
+
+def test_all_null_object_is_valid_and_clean():
+    result = parse(json.dumps({f: None for f in FIELDS}))
+    assert result.valid and not result.repaired
+    assert result.fields == {f: None for f in FIELDS}
+
+
+@pytest.mark.parametrize("raw", [
+    f"Here is the extraction:\n{CLEAN}\nLet me know if you need anything else.",
+    f"```json\n{CLEAN}\n```",
+    f"```\n{CLEAN}\n```",
+    f"Sure!\n```json\n{CLEAN}\n```\nDone.",
+])
+def test_prose_and_code_fences_are_cut_and_flagged(raw):
+    result = parse(raw)
+    assert result.valid and result.repaired and result.error is None
+    assert result.fields == EXAMPLE
+
+
+def test_object_cut_by_max_tokens_keeps_the_complete_values():
+    cut = CLEAN[:CLEAN.index('"treatment"') + len('"treatment": "nivol')]
+    result = parse(cut)
+    assert result.valid and result.repaired
+    assert {k: result.fields[k] for k in ("cancer_type", "stage", "gene_mutation", "biomarker")} == {
+        "cancer_type": "melanoma", "stage": "IV", "gene_mutation": "BRAF V600E", "biomarker": None}
+    assert result.fields["response"] is None and result.fields["metastasis_site"] is None
+
+
+@pytest.mark.parametrize("cut_after", [
+    '"treat',  # inside a key
+    '"treatment"',  # right after a key
+    '"treatment":',  # after the colon
+    '"treatment": ',  # after the colon and a space
+    '"nivolumab",',  # after a comma
+    '"nivolumab"',  # after a complete value
+])
+def test_truncation_at_any_point_still_parses(cut_after):
+    cut = CLEAN[:CLEAN.index(cut_after) + len(cut_after)]
+    result = parse(cut)
+    assert result.valid and result.repaired
+    assert result.fields["cancer_type"] == "melanoma" and result.fields["gene_mutation"] == "BRAF V600E"
+    assert result.fields["metastasis_site"] is None
+    expected_treatment = "nivolumab" if "nivolumab" in cut_after else None
+    assert result.fields["treatment"] == expected_treatment
+
+
+@pytest.mark.parametrize("raw", [
+    "",
+    "   \n",
+    "I could not find any cancer information.",
+    "<|im_end|>ham spam null null",
+    "[1, 2, 3]",
+    json.dumps([EXAMPLE, EXAMPLE]),
+    "42",
+    "null",
+    '"melanoma"',
+    "{not json at all}",
+])
+def test_output_without_an_object_is_invalid_with_every_field_none(raw):
+    result = parse(raw)
+    assert not result.valid and not result.repaired
+    assert result.fields == {f: None for f in FIELDS}
+    assert result.error and "JSON object" in result.error
+
+
+def test_a_single_object_wrapped_in_an_array_is_unwrapped_and_flagged():
+    result = parse(json.dumps([EXAMPLE]))
+    assert result.valid and result.repaired and result.fields == EXAMPLE
+
+
+def test_missing_keys_become_none_and_are_flagged():
+    result = parse(json.dumps({"cancer_type": "melanoma", "stage": "IV"}))
+    assert result.valid and result.repaired
+    assert result.fields == {**{f: None for f in FIELDS}, "cancer_type": "melanoma", "stage": "IV"}
+
+
+def test_an_empty_object_is_valid_all_none_and_flagged():
+    result = parse("{}")
+    assert result.valid and result.repaired
+    assert result.fields == {f: None for f in FIELDS}
+
+
+def test_extra_keys_are_dropped_and_flagged():
+    result = parse(json.dumps({**EXAMPLE, "patient_name": "Jane Doe", "age": 54}))
+    assert result.valid and result.repaired
+    assert result.fields == EXAMPLE
+    assert "patient_name" not in result.fields and "age" not in result.fields
+
+
+def test_list_values_are_joined_with_semicolons():
+    result = parse(json.dumps({**EXAMPLE, "treatment": ["nivolumab", " ipilimumab ", "", None],
+                               "metastasis_site": ["liver", "lung"]}))
+    assert result.valid and result.repaired
+    assert result.fields["treatment"] == "nivolumab; ipilimumab"
+    assert result.fields["metastasis_site"] == "liver; lung"
+
+
+def test_an_empty_list_is_none():
+    result = parse(json.dumps({**EXAMPLE, "metastasis_site": []}))
+    assert result.repaired and result.fields["metastasis_site"] is None
+
+
+def test_numbers_and_booleans_become_strings():
+    result = parse(json.dumps({**EXAMPLE, "stage": 4, "biomarker": 0.5, "response": True}))
+    assert result.valid and result.repaired
+    assert result.fields["stage"] == "4"
+    assert result.fields["biomarker"] == "0.5"
+    assert result.fields["response"] == "true"  # JSON's spelling, not Python's "True"
+
+
+def test_a_nested_object_is_kept_as_json_text():
+    result = parse(json.dumps({**EXAMPLE, "biomarker": {"PD-L1": "50%"}}))
+    assert result.repaired
+    assert json.loads(result.fields["biomarker"]) == {"PD-L1": "50%"}
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\n\t"])
+def test_whitespace_only_strings_are_none(blank):
+    result = parse(json.dumps({**EXAMPLE, "response": blank}))
+    assert result.valid and result.repaired
+    assert result.fields["response"] is None
+
+
+def test_values_are_stripped_and_that_counts_as_a_repair():
+    result = parse(json.dumps({**EXAMPLE, "cancer_type": "  melanoma\n"}))
+    assert result.repaired and result.fields["cancer_type"] == "melanoma"
+
+
+def test_non_ascii_values_survive_unchanged():
+    result = parse(json.dumps({**EXAMPLE, "cancer_type": "carcinome épidermoïde"}, ensure_ascii=False))
+    assert not result.repaired and result.fields["cancer_type"] == "carcinome épidermoïde"
+
+
+def test_the_spec_decides_the_fields_and_their_order():
+    result = parse_fields(CLEAN, ["stage", "cancer_type", "grade"])
+    assert list(result.fields) == ["stage", "cancer_type", "grade"]
+    assert result.fields == {"stage": "IV", "cancer_type": "melanoma", "grade": None}
+    assert result.repaired  # "grade" was missing and five keys were dropped
+
+
+def test_invalid_output_still_has_exactly_the_spec_fields():
+    result = parse_fields("nonsense", ["b", "a"])
+    assert list(result.fields) == ["b", "a"] and not result.valid
+
+
+def test_parsing_never_raises_on_odd_text():
+    for raw in ["{", "}", "{{{{", '{"a": "\\', "```json```", "```", '{"cancer_type": [', "\x00{}\x00"]:
+        parse(raw)  # the invariants in parse() hold; no exception
+
+
+def test_a_value_cut_mid_string_becomes_null_rather_than_a_wrong_value():
+    result = parse_fields('{"cancer_type": "melanoma", "stage": "I', ["cancer_type", "stage"])
+    assert result.valid and result.repaired
+    assert result.fields == {"cancer_type": "melanoma", "stage": None}

@@ -1,0 +1,289 @@
+"""Adapter specs: the real catalogue loads as documented, and every malformed spec is refused with
+an error naming the file and the dotted field, so a typo is found at load time, not mid-training."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adapters.catalog import CATALOG_DIR, load_catalog
+from adapters.spec import AdapterSpec, SpecError, load_spec
+
+ONCOLOGY_FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
+                   "metastasis_site")
+
+
+def real_spec(name: str) -> dict:
+    """The raw YAML of one shipped adapter, as a dict to break in a test."""
+    return yaml.safe_load((CATALOG_DIR / name / "adapter.yaml").read_text(encoding="utf-8"))
+
+
+def write_spec(tmp_path: Path, content: dict | str, name: str = "demo") -> Path:
+    path = tmp_path / name / "adapter.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False),
+                    encoding="utf-8")
+    return path
+
+
+def refused(path: Path, field: str) -> str:
+    """Load ``path`` expecting a SpecError that names the file and then ``field``; the message."""
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: "), message
+    assert re.search(rf"(^|: ){re.escape(field)}: ", message[len(str(path)):]), message
+    return message
+
+
+# --- the shipped catalogue -----------------------------------------------------------------------
+
+def test_the_catalogue_holds_the_three_documented_adapters():
+    specs = load_catalog()
+    assert sorted(specs) == ["medquad", "oncology", "spam"]
+    assert {name: s.task for name, s in specs.items()} == {
+        "spam": "classify", "medquad": "generate", "oncology": "extract"}
+    for name, spec in specs.items():
+        assert isinstance(spec, AdapterSpec)
+        assert spec.name == name == spec.directory.name
+        assert "{text}" in spec.prompt.user_template
+        assert spec.prompt.system.strip() and spec.title.strip()
+
+
+def test_spam_labels_are_ham_and_spam():
+    spec = load_catalog()["spam"]
+    assert spec.labels == ("ham", "spam")
+    assert spec.fields == ()
+
+
+def test_oncology_extracts_the_seven_fields_in_order():
+    spec = load_catalog()["oncology"]
+    assert spec.fields == ONCOLOGY_FIELDS
+    assert spec.labels == ()
+    # the system prompt promises the model exactly the keys the parser keeps
+    for field in ONCOLOGY_FIELDS:
+        assert field in spec.prompt.system
+
+
+def test_medquad_is_a_generate_adapter_without_labels_or_fields():
+    spec = load_catalog()["medquad"]
+    assert spec.labels == () and spec.fields == ()
+    assert spec.generation.temperature == 0.0 and spec.generation.max_new_tokens == 256
+
+
+def test_nested_sections_become_typed_values():
+    spec = load_catalog()["spam"]
+    assert spec.lora.r == 16 and isinstance(spec.lora.dropout, float)
+    assert spec.lora.target_modules[:4] == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert isinstance(spec.training.epochs, float)  # `epochs: 2` in YAML, a float in the spec
+    assert spec.data.split.validation == 0.1 and spec.data.split.test == 0.15
+
+
+def test_a_spec_loads_from_its_folder_or_its_file_and_is_named_after_the_folder(tmp_path):
+    path = write_spec(tmp_path, real_spec("spam"), name="my-spam")
+    assert load_spec(path.parent) == load_spec(path)
+    assert load_spec(path).name == "my-spam"
+    assert load_spec(path).directory == path.parent
+
+
+def test_untrained_adapters_have_no_weights(catalog):
+    assert not any(spec.has_weights for spec in load_catalog(catalog).values())
+
+
+def test_a_copy_of_an_unchanged_spec_loads_equal_apart_from_its_folder(tmp_path):
+    original = load_catalog()["oncology"]
+    copy = load_spec(write_spec(tmp_path, real_spec("oncology"), name="oncology"))
+    assert copy.fields == original.fields and copy.prompt == original.prompt
+    assert copy.lora == original.lora and copy.training == original.training
+
+
+# --- malformed specs: the error names the file and the field ---------------------------------
+
+def test_missing_required_field(tmp_path):
+    raw = real_spec("spam")
+    del raw["title"]
+    assert "required field is missing" in refused(write_spec(tmp_path, raw), "title")
+
+
+def test_missing_required_nested_field(tmp_path):
+    raw = real_spec("spam")
+    del raw["prompt"]["system"]
+    assert "required field is missing" in refused(write_spec(tmp_path, raw), "prompt.system")
+
+
+def test_wrong_type_names_the_field_and_the_value(tmp_path):
+    raw = real_spec("spam")
+    raw["lora"]["r"] = "sixteen"
+    message = refused(write_spec(tmp_path, raw), "lora.r")
+    assert "expected an integer" in message and "'sixteen'" in message
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("training", "learning_rate", "fast", "expected a number"),
+    ("training", "batch_size", 16.5, "expected an integer"),
+    ("lora", "r", True, "expected an integer"),  # YAML `yes` is not a rank
+    ("lora", "target_modules", "q_proj", "expected a list"),
+    ("prompt", "system", "   ", "expected a non-empty string"),
+])
+def test_more_wrong_types(tmp_path, section, key, value, expected):
+    raw = real_spec("spam")
+    raw[section][key] = value
+    assert expected in refused(write_spec(tmp_path, raw), f"{section}.{key}")
+
+
+def test_wrong_type_inside_a_list_names_the_index(tmp_path):
+    raw = real_spec("spam")
+    raw["labels"] = ["ham", 7]
+    assert "expected a non-empty string" in refused(write_spec(tmp_path, raw), "labels[1]")
+
+
+def test_a_section_that_is_not_a_mapping(tmp_path):
+    raw = real_spec("spam")
+    raw["lora"] = 16
+    assert "expected a mapping" in refused(write_spec(tmp_path, raw), "lora")
+
+
+def test_unknown_top_level_field_is_a_typo_not_ignored(tmp_path):
+    raw = real_spec("spam")
+    raw["lables"] = raw.pop("labels")
+    message = refused(write_spec(tmp_path, raw), "lables")
+    assert "unknown field" in message and "labels" in message  # the known names help spot the typo
+
+
+def test_unknown_nested_field(tmp_path):
+    raw = real_spec("spam")
+    raw["training"]["learnig_rate"] = 1e-4
+    message = refused(write_spec(tmp_path, raw), "training.learnig_rate")
+    assert "unknown field" in message and "learning_rate" in message
+
+
+def test_user_template_without_the_text_placeholder(tmp_path):
+    raw = real_spec("spam")
+    raw["prompt"]["user_template"] = "Message: {message}"
+    assert "{text}" in refused(write_spec(tmp_path, raw), "prompt.user_template")
+
+
+@pytest.mark.parametrize("labels", [["spam"], []])
+def test_classify_needs_at_least_two_labels(tmp_path, labels):
+    raw = real_spec("spam")
+    raw["labels"] = labels
+    assert "at least two labels" in refused(write_spec(tmp_path, raw), "labels")
+
+
+def test_classify_without_labels_at_all(tmp_path):
+    raw = real_spec("spam")
+    del raw["labels"]
+    assert "at least two labels" in refused(write_spec(tmp_path, raw), "labels")
+
+
+def test_classify_labels_must_be_distinct(tmp_path):
+    raw = real_spec("spam")
+    raw["labels"] = ["ham", "spam", "ham"]
+    assert "distinct" in refused(write_spec(tmp_path, raw), "labels")
+
+
+def test_labels_on_a_generate_task(tmp_path):
+    raw = real_spec("medquad")
+    raw["labels"] = ["yes", "no"]
+    message = refused(write_spec(tmp_path, raw), "labels")
+    assert "only classify adapters have labels" in message and "'generate'" in message
+
+
+def test_fields_on_a_classify_task(tmp_path):
+    raw = real_spec("spam")
+    raw["fields"] = ["stage"]
+    assert "only extract adapters have fields" in refused(write_spec(tmp_path, raw), "fields")
+
+
+def test_extract_needs_fields(tmp_path):
+    raw = real_spec("oncology")
+    del raw["fields"]
+    assert "at least one field" in refused(write_spec(tmp_path, raw), "fields")
+
+
+def test_bad_yaml_syntax(tmp_path):
+    path = write_spec(tmp_path, "title: Spam\nprompt: {system: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML") as caught:
+        load_spec(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("content", ["- a\n- list\n", "just a string\n", "42\n", ""])
+def test_top_level_must_be_a_mapping(tmp_path, content):
+    path = write_spec(tmp_path, content)
+    with pytest.raises(SpecError, match="expected a mapping at the top level") as caught:
+        load_spec(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_a_missing_file_is_a_spec_error_naming_it(tmp_path):
+    (tmp_path / "empty-folder").mkdir()
+    for path in (tmp_path / "nowhere.yaml", tmp_path / "empty-folder"):
+        with pytest.raises(SpecError, match="file not found") as caught:
+            load_spec(path)
+        expected = path / "adapter.yaml" if path.is_dir() else path
+        assert str(caught.value).startswith(f"{expected}: ")
+
+
+@pytest.mark.parametrize("top_p", [0, 1.5, -0.1])
+def test_top_p_out_of_range(tmp_path, top_p):
+    raw = real_spec("spam")
+    raw["generation"] = {"top_p": top_p}
+    assert "must be in (0, 1]" in refused(write_spec(tmp_path, raw), "generation.top_p")
+
+
+def test_top_p_of_exactly_one_is_allowed(tmp_path):
+    raw = real_spec("spam")
+    raw["generation"] = {"top_p": 1}
+    assert load_spec(write_spec(tmp_path, raw)).generation.top_p == 1.0
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("generation", "temperature", -0.5),
+    ("generation", "max_new_tokens", 0),
+    ("lora", "r", 0),
+    ("training", "batch_size", 0),
+])
+def test_out_of_range_numbers(tmp_path, section, key, value):
+    raw = real_spec("spam")
+    raw.setdefault(section, {})[key] = value
+    assert "must be >=" in refused(write_spec(tmp_path, raw), f"{section}.{key}")
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    # YAML's .nan compares false with everything, so it would pass every range check
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    path = write_spec(tmp_path, text + f"generation: {{temperature: {value}}}\n")
+    assert "expected a finite number" in refused(path, "generation.temperature")
+
+
+def test_task_must_be_one_of_the_three_kinds(tmp_path):
+    raw = real_spec("spam")
+    raw["task"] = "summarize"
+    message = refused(write_spec(tmp_path, raw), "task")
+    assert all(repr(kind) in message for kind in ("classify", "generate", "extract"))
+    assert "'summarize'" in message
+
+
+def test_data_needs_a_source(tmp_path):
+    raw = real_spec("spam")
+    del raw["data"]["local_path"], raw["data"]["hub_id"]
+    assert "local_path" in refused(write_spec(tmp_path, raw), "data")
+
+
+def test_split_fractions_must_leave_room_for_training(tmp_path):
+    raw = real_spec("spam")
+    raw["data"]["split"] = {"validation": 0.5, "test": 0.5}
+    refused(write_spec(tmp_path, raw), "data.split")
+
+
+def test_a_bad_spec_in_the_catalogue_stops_the_whole_catalogue_naming_it(catalog):
+    path = catalog / "spam" / "adapter.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("r: 16", "r: sixteen", 1), encoding="utf-8")
+    with pytest.raises(SpecError, match=r"lora\.r: expected an integer") as caught:
+        load_catalog(catalog)
+    assert str(caught.value).startswith(f"{path}: ")

@@ -1,0 +1,737 @@
+"""The data layer: an adapter spec becomes deterministic train/validation/test lists of ``Example``.
+
+Where the data come from (first that exists): the ``path`` argument (a file, or a datasets folder),
+``$ADAPTERLAB_DATA_DIR`` (a datasets folder laid out like ``../shared/datasets``), the spec's
+``data.local_path`` (relative to the project root, the folder holding ``adapters/``), and last the
+Hugging Face Hub (``data.hub_id`` through ``datasets.load_dataset``). The report says which.
+
+Formats: the SMS Spam Collection (``label<TAB>text`` per line, an optional header line), MedQuAD CSV
+(header with at least ``Question,Answer``; ``qtype,focus,source,document_id`` optional) and the
+oncology JSONL (``instruction,input,output``; ``output`` holds the spec's fields, each a string or
+null). Structural problems (a missing header column, a file that is not UTF-8, broken CSV quoting)
+raise ``DataError`` naming the file and line. A bad row (blank, unknown label, empty text, invalid
+JSON, a missing field...) is skipped and counted by reason; ``LoadReport.skipped`` has the counts and
+``skipped_lines`` the first line numbers of each reason. A file that is not UTF-8 is an error rather
+than a skip: skipping its undecodable lines would silently drop mostly spam (``£`` signs).
+
+Splitting (``load_splits``):
+
+1. de-duplicate: inputs equal after ``normalise_text`` (casefold, collapsed whitespace) are one
+   example and the first is kept (for ``generate``, the question *and* the answer must be equal:
+   MedQuAD has the same question answered by several sources);
+2. group: examples that share ``Example.group`` (the spec's ``split.group_by`` value, e.g. MedQuAD's
+   ``focus``; by default the normalised input) or a normalised input are one unit, and a unit is
+   never cut, so neither a duplicate nor a topic straddles two splits;
+3. assign units: within each stratum (the label for ``classify``, so every split keeps the class
+   share; one stratum otherwise) units are ordered by a SHA-256 of ``seed`` and the unit's key and cut
+   at the spec's validation/test fractions. The same data and seed give the same split on any
+   machine and Python version; another seed gives another split;
+4. for ``generate`` with ``data.max_target_words``: the training target is cut to that many words
+   (at a sentence end when one is in the second half), the full answer stays in ``reference``.
+
+Nothing here prints: everything worth recording is in ``Splits.report`` (a dataclass; the CLI
+prints it and ``metrics.json``/the model card record it).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.spec import AdapterSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder holding adapters/
+DATA_DIR_ENV = "ADAPTERLAB_DATA_DIR"
+SPLIT_NAMES = ("train", "validation", "test")
+# Where each format's file lies inside a datasets folder (used when a spec has no local_path).
+DEFAULT_FILES = {
+    "sms_spam_tsv": "sms_spam/SMSSpamCollection",
+    "medquad_csv": "medquad/medquad.csv",
+    "oncology_jsonl": "oncology/train.jsonl",
+}
+SMS_HEADER_NAMES = frozenset({"label", "labels", "class", "category", "type", "v1"})
+HUB_SMS_LABELS = ("ham", "spam")  # ucirvine/sms_spam: label 0 = ham, 1 = spam
+MAX_LINES_KEPT = 10  # line numbers kept per skip reason in a report
+
+
+class DataError(ValueError):
+    """The data cannot be read as the spec says; the message names the file and the line."""
+
+
+class DataNotFoundError(DataError):
+    """Neither a local file nor the Hub could provide the data; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example. ``target`` is the label (classify), the answer (generate; capped for training
+    when the spec says so) or a dict of the spec's fields (extract). ``reference`` is the full,
+    uncapped answer of a generate example (``None`` otherwise). ``group`` is the key that keeps
+    examples together in one split. ``line`` is the 1-based line (or Hub row) it was read from."""
+
+    input: str
+    target: Any
+    group: str
+    reference: str | None = None
+    line: int = 0
+    meta: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass
+class LoadReport:
+    """What reading a source did: rows seen (header excluded), rows kept, and skips by reason."""
+
+    source: str
+    format: str
+    rows: int = 0
+    loaded: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_lines: dict[str, list[int]] = field(default_factory=dict)
+    header: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SplitReport:
+    """Everything about how the splits were made; ``dataclasses.asdict`` it for metrics.json.
+    (Fields in order of interest: the model card shows the first few hundred characters.)"""
+
+    seed: int
+    source: str
+    rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    duplicates_removed: int = 0
+    examples: int = 0
+    groups: int = 0
+    train: int = 0
+    validation: int = 0
+    test: int = 0
+    label_counts: dict[str, dict[str, int]] | None = None
+    oversampling: dict[str, Any] | None = None
+    max_target_words: int | None = None
+    targets_capped: int = 0
+    fractions: dict[str, float] = field(default_factory=dict)
+    group_by: str | None = None
+    stratified: bool = False
+    conflicting_duplicates: int = 0
+    format: str = ""
+    adapter: str = ""
+    task: str = ""
+    notes: list[str] = field(default_factory=list)
+    skipped_lines: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class Splits:
+    """The three splits, each in its seeded order, and the report of how they were made."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    report: SplitReport
+
+    def items(self) -> list[tuple[str, list[Example]]]:
+        return [(name, getattr(self, name)) for name in SPLIT_NAMES]
+
+
+# --- text helpers -----------------------------------------------------------------------------
+
+def normalise_text(text: str) -> str:
+    """The comparison form of a text: casefolded, whitespace runs collapsed to one space."""
+    return " ".join(text.casefold().split())
+
+
+_WORD = re.compile(r"\S+")
+_SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s|$)")
+
+
+def cap_words(text: str, max_words: int) -> str:
+    """``text`` cut to at most ``max_words`` words: at the last sentence end when that keeps at least
+    half of them, else at the word limit. Shorter texts come back unchanged (layout kept)."""
+    if max_words < 1:
+        raise ValueError(f"max_words must be >= 1, got {max_words}")
+    words = _WORD.finditer(text)
+    end = None
+    for count, match in enumerate(words, 1):
+        if count == max_words:
+            end = match.end()
+            break
+    if end is None or not _WORD.search(text, end):
+        return text
+    head = text[:end]
+    sentence_ends = [m.end() for m in _SENTENCE_END.finditer(head)]
+    if sentence_ends and len(_WORD.findall(head[:sentence_ends[-1]])) * 2 >= max_words:
+        head = head[:sentence_ends[-1]]
+    return head.strip()
+
+
+# --- reading files ----------------------------------------------------------------------------
+
+class _Collector:
+    """Examples and skips while reading one source."""
+
+    def __init__(self, source: str, fmt: str):
+        self.report = LoadReport(source=source, format=fmt)
+        self.examples: list[Example] = []
+        self._skipped: Counter[str] = Counter()
+        self._lines: dict[str, list[int]] = defaultdict(list)
+
+    def row(self) -> None:
+        self.report.rows += 1
+
+    def skip(self, reason: str, line: int) -> None:
+        self._skipped[reason] += 1
+        if len(self._lines[reason]) < MAX_LINES_KEPT:
+            self._lines[reason].append(line)
+
+    def add(self, example: Example) -> None:
+        self.examples.append(example)
+
+    def finish(self, where: str) -> tuple[list[Example], LoadReport]:
+        report = self.report
+        report.loaded = len(self.examples)
+        report.skipped = dict(sorted(self._skipped.items()))
+        report.skipped_lines = {k: self._lines[k] for k in report.skipped}
+        if not self.examples:
+            detail = f" (skipped: {report.skipped}; first lines: {report.skipped_lines})" if report.skipped else ""
+            raise DataError(f"{where}: no usable rows in {report.rows} data rows{detail}; "
+                            f"is this really {report.format} data?")
+        return self.examples, report
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a byte-order mark is dropped); anything else is a DataError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
+                        f"{column}); convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def _lines(text: str) -> Iterable[tuple[int, str]]:
+    # split on "\n" only: str.splitlines would also split on \u2028, \x0b... inside a message
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        yield number, line.removesuffix("\r")
+
+
+def _sms_record(out: _Collector, line: int, label: Any, text: Any, labels: Sequence[str]) -> None:
+    label = str(label).strip().casefold() if label is not None else ""
+    if label not in labels:
+        out.skip("unknown_label", line)
+        return
+    text = "" if text is None else str(text).strip()
+    if not text:
+        out.skip("empty_text", line)
+        return
+    out.add(Example(input=text, target=label, group=normalise_text(text), line=line))
+
+
+def read_sms_spam(path: str | Path, labels: Sequence[str] = ("ham", "spam")) -> tuple[list[Example], LoadReport]:
+    """SMS Spam Collection: ``label<TAB>text`` per line; a first line like ``Label<TAB>SMS`` is a header."""
+    path = Path(path)
+    labels = tuple(label.casefold() for label in labels)
+    out = _Collector(str(path), "sms_spam_tsv")
+    for number, line in _lines(_read_text(path)):
+        label, tab, text = line.partition("\t")
+        if number == 1 and tab and label.strip().casefold() in SMS_HEADER_NAMES - set(labels):
+            out.report.header = True
+            continue
+        out.row()
+        if not line.strip():
+            out.skip("empty_row", number)
+        elif not tab:
+            out.skip("malformed_row", number)
+        else:
+            _sms_record(out, number, label, text, labels)
+    return out.finish(str(path))
+
+
+def _medquad_record(out: _Collector, line: int, row: Mapping[str, Any], group_by: str | None,
+                    extra: Sequence[str]) -> None:
+    def get(name: str) -> str:
+        value = row.get(name)
+        return "" if value is None else str(value).strip()
+
+    question, answer = get("question"), get("answer")
+    if not question:
+        out.skip("empty_question", line)
+        return
+    if not answer:
+        out.skip("empty_answer", line)
+        return
+    group = normalise_text(get(group_by.casefold())) if group_by else ""
+    if not group:  # no group column, or a blank value in this row: the question is its own group
+        group = normalise_text(question)
+    meta = {name: get(name) for name in extra if get(name)}
+    out.add(Example(input=question, target=answer, group=group, reference=answer, line=line, meta=meta))
+
+
+MEDQUAD_EXTRA = ("qtype", "focus", "source", "document_id")
+
+
+def read_medquad_csv(path: str | Path, group_by: str | None = "focus") -> tuple[list[Example], LoadReport]:
+    """MedQuAD CSV with a header holding at least ``Question`` and ``Answer`` (any case, any order).
+
+    ``group_by`` names the column that groups examples (``focus``); without that column, or where
+    a row leaves it blank, an example's group is its normalised question (noted in the report).
+    """
+    path = Path(path)
+    out = _Collector(str(path), "medquad_csv")
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: line 1: empty file; expected a CSV header with Question and Answer") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: CSV error: {exc}") from None
+    names = [h.strip().casefold() for h in header]
+    for required in ("Question", "Answer"):
+        if required.casefold() not in names:
+            raise DataError(f"{path}: line 1: missing column '{required}' in the header "
+                            f"(found: {', '.join(header) or 'nothing'})")
+    out.report.header = True
+    if group_by and group_by.casefold() not in names:
+        out.report.notes.append(f"no '{group_by}' column: grouped by the normalised question")
+    blank_groups = 0
+    previous = reader.line_num
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DataError(f"{path}: line {previous + 1}: CSV error: {exc} (a quote not closed?)") from None
+        line, previous = previous + 1, reader.line_num
+        out.row()
+        if not any(f.strip() for f in fields):
+            out.skip("empty_row", line)
+            continue
+        if len(fields) != len(names):
+            out.skip("malformed_row", line)
+            continue
+        row = dict(zip(names, fields))
+        if group_by and group_by.casefold() in row and not row[group_by.casefold()].strip():
+            blank_groups += 1
+        _medquad_record(out, line, row, group_by, MEDQUAD_EXTRA)
+    if blank_groups:
+        out.report.notes.append(f"{blank_groups} rows with a blank '{group_by}': each grouped by its question")
+    return out.finish(str(path))
+
+
+def _oncology_record(out: _Collector, line: int, obj: Any, fields: Sequence[str], group_by: str | None) -> None:
+    if not isinstance(obj, dict):
+        out.skip("not_an_object", line)
+        return
+    text, output = obj.get("input"), obj.get("output")
+    if "input" not in obj or "output" not in obj:
+        out.skip("missing_key", line)
+        return
+    if isinstance(output, str):  # a Hub dataset may store the object as JSON text
+        try:
+            output = json.loads(output)
+        except ValueError:
+            out.skip("bad_output", line)
+            return
+    if not isinstance(output, dict):
+        out.skip("bad_output", line)
+        return
+    if not isinstance(text, str) or not text.strip():
+        out.skip("empty_input", line)
+        return
+    if any(f not in output for f in fields):
+        out.skip("missing_field", line)
+        return
+    if any(output[f] is not None and not isinstance(output[f], str) for f in fields):
+        out.skip("bad_field_value", line)
+        return
+    text = text.strip()
+    group = normalise_text(str(obj.get(group_by) or "")) if group_by else ""
+    meta = {"instruction": obj["instruction"]} if isinstance(obj.get("instruction"), str) else {}
+    out.add(Example(input=text, target={f: output[f] for f in fields}, group=group or normalise_text(text),
+                    line=line, meta=meta))
+
+
+def read_oncology_jsonl(path: str | Path, fields: Sequence[str],
+                        group_by: str | None = None) -> tuple[list[Example], LoadReport]:
+    """One JSON object a line with ``input`` and ``output`` (an object with every one of ``fields``,
+    each a string or null; extra keys are ignored)."""
+    path = Path(path)
+    out = _Collector(str(path), "oncology_jsonl")
+    for number, line in _lines(_read_text(path)):
+        out.row()
+        if not line.strip():
+            out.skip("empty_row", number)
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            out.skip("invalid_json", number)
+            continue
+        _oncology_record(out, number, obj, fields, group_by)
+    return out.finish(str(path))
+
+
+def read_file(spec: AdapterSpec, path: str | Path) -> tuple[list[Example], LoadReport]:
+    """Read ``path`` in the spec's ``data.format``."""
+    fmt = spec.data.format
+    if fmt == "sms_spam_tsv":
+        return read_sms_spam(path, spec.labels or ("ham", "spam"))
+    if fmt == "medquad_csv":
+        return read_medquad_csv(path, spec.data.split.group_by)
+    if fmt == "oncology_jsonl":
+        return read_oncology_jsonl(path, spec.fields, spec.data.split.group_by)
+    raise DataError(f"unknown data format {fmt!r}")
+
+
+def read_hub(spec: AdapterSpec, hub_id: str | None = None) -> tuple[list[Example], LoadReport]:
+    """The spec's Hub data set (all of its ``train`` split), converted like the local formats.
+
+    ``ucirvine/sms_spam``: columns ``sms`` and ``label`` (0 = ham, 1 = spam);
+    ``keivalya/MedQuad-MedicalQnADataset``: ``qtype``, ``Question``, ``Answer`` (no ``focus``: each
+    question is its own group). Rows are numbered from 1 in the report.
+    """
+    import datasets
+
+    hub_id = hub_id or spec.data.hub_id
+    if not hub_id:
+        raise DataError(f"adapter {spec.name!r}: the spec has no data.hub_id")
+    ds = datasets.load_dataset(hub_id, split="train")
+    where = f"hub dataset {hub_id}"
+    out = _Collector(f"hf://datasets/{hub_id}", spec.data.format)
+    columns = {c.casefold(): c for c in ds.column_names}
+
+    def column(*names: str, required: bool = True) -> str | None:
+        for name in names:
+            if name.casefold() in columns:
+                return columns[name.casefold()]
+        if required:
+            raise DataError(f"{where}: missing column '{names[0]}' (found: {', '.join(ds.column_names)})")
+        return None
+
+    fmt = spec.data.format
+    if fmt == "sms_spam_tsv":
+        text_col, label_col = column("sms", "text", "message"), column("label")
+        feature = ds.features.get(label_col)
+        names = list(getattr(feature, "names", None) or HUB_SMS_LABELS)
+        labels = tuple(label.casefold() for label in (spec.labels or HUB_SMS_LABELS))
+        for number, row in enumerate(ds, 1):
+            out.row()
+            label = row[label_col]
+            if isinstance(label, int) and not isinstance(label, bool):
+                label = names[label] if 0 <= label < len(names) else None
+            _sms_record(out, number, label, row[text_col], labels)
+    elif fmt == "medquad_csv":
+        q_col, a_col = column("Question"), column("Answer")
+        group_by = spec.data.split.group_by
+        g_col = column(group_by, required=False) if group_by else None
+        if group_by and g_col is None:
+            out.report.notes.append(f"no '{group_by}' column: grouped by the normalised question")
+        extra = {name: column(name, required=False) for name in MEDQUAD_EXTRA}
+        for number, row in enumerate(ds, 1):
+            out.row()
+            record = {"question": row[q_col], "answer": row[a_col]}
+            record.update({name: row[col] for name, col in extra.items() if col})
+            if g_col:
+                record[group_by.casefold()] = row[g_col]
+            _medquad_record(out, number, record, group_by if g_col else None, MEDQUAD_EXTRA)
+    elif fmt == "oncology_jsonl":
+        column("input"), column("output")
+        for number, row in enumerate(ds, 1):
+            out.row()
+            _oncology_record(out, number, dict(row), spec.fields, spec.data.split.group_by)
+    else:
+        raise DataError(f"unknown data format {fmt!r}")
+    return out.finish(where)
+
+
+# --- finding the data -------------------------------------------------------------------------
+
+def _tails(spec: AdapterSpec) -> list[Path]:
+    """Where the spec's file may lie inside a datasets folder: ``<name>/<file>``, then ``<file>``."""
+    tails = []
+    if spec.data.local_path:
+        parts = [p for p in Path(spec.data.local_path).parts if p not in ("..", ".")]
+        tails += [Path(*parts[-2:]), Path(parts[-1])] if parts else []
+    default = Path(DEFAULT_FILES.get(spec.data.format, ""))
+    tails += [default, Path(default.name)] if default.name else []
+    return list(dict.fromkeys(tails))
+
+
+def data_candidates(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: str | Path | None = None,
+                    root: str | Path | None = None) -> list[Path]:
+    """The local files tried, in order: ``path`` (a file, or a folder searched like a datasets
+    folder), then ``data_dir`` (default ``$ADAPTERLAB_DATA_DIR``), then ``root / data.local_path``
+    (``root`` defaults to the project root, the folder holding ``adapters/``)."""
+    if path is not None:
+        path = Path(path).expanduser()
+        return [path / tail for tail in _tails(spec)] if path.is_dir() else [path]
+    candidates = []
+    data_dir = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    if data_dir:
+        candidates += [Path(data_dir).expanduser() / tail for tail in _tails(spec)]
+    if spec.data.local_path:
+        candidates.append(Path(root or PROJECT_ROOT) / spec.data.local_path)
+    return candidates
+
+
+def load_examples(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: str | Path | None = None,
+                  root: str | Path | None = None, hub: bool = True) -> tuple[list[Example], LoadReport]:
+    """Every example of the spec's data, read from the first local file that exists, else the Hub.
+
+    An explicit ``path`` that does not exist is an error (no silent fall-back to other data).
+    """
+    candidates = data_candidates(spec, path, data_dir=data_dir, root=root)
+    for candidate in candidates:
+        if candidate.is_file():
+            return read_file(spec, candidate.resolve())
+    tried = "; ".join(os.path.abspath(c) for c in candidates) or "no local path"
+    env = os.environ.get(DATA_DIR_ENV)
+    hint = (f"pass the file with --data PATH (load_splits(spec, path=...)), or set {DATA_DIR_ENV} to a "
+            f"datasets folder holding {DEFAULT_FILES.get(spec.data.format, 'the file')}"
+            + (f" (it is set to {env!r})" if env else ""))
+    if path is not None:
+        raise DataNotFoundError(f"adapter {spec.name!r}: data file not found: {tried}; {hint}")
+    if hub and spec.data.hub_id:
+        try:
+            return read_hub(spec)
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - offline, no `datasets`, unknown id: all mean "not reachable"
+            hub_problem = f"the Hub data set {spec.data.hub_id!r} could not be loaded ({type(exc).__name__}: {exc})"
+    elif spec.data.hub_id:
+        hub_problem = f"the Hub data set {spec.data.hub_id!r} was not tried (hub=False)"
+    else:
+        hub_problem = "the spec has no data.hub_id"
+    raise DataNotFoundError(f"adapter {spec.name!r} ({spec.data.format}): no local data file (looked for: "
+                            f"{tried}) and {hub_problem}; {hint}")
+
+
+# --- de-duplication, grouping, splitting ------------------------------------------------------
+
+def dedup_key(example: Example, task: str) -> str:
+    """What makes two examples the same: the normalised input; for ``generate`` also the answer."""
+    key = normalise_text(example.input)
+    if task == "generate":
+        key += "\x00" + normalise_text(example.reference if example.reference is not None else str(example.target))
+    return key
+
+
+def deduplicate(examples: Sequence[Example], task: str) -> tuple[list[Example], int, int]:
+    """Keep the first of each ``dedup_key``; returns (kept, removed, removed ones whose target differed)."""
+    first: dict[str, Example] = {}
+    removed = conflicts = 0
+    for example in examples:
+        key = dedup_key(example, task)
+        if key in first:
+            removed += 1
+            conflicts += first[key].target != example.target
+        else:
+            first[key] = example
+    return list(first.values()), removed, conflicts
+
+
+def _units(examples: Sequence[Example]) -> list[list[int]]:
+    """Indices of examples that must stay together: linked by a shared group or normalised input."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for example in examples:
+        a, b = find("g\x00" + example.group), find("i\x00" + normalise_text(example.input))
+        if a != b:
+            parent[a] = b
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, example in enumerate(examples):
+        members[find("g\x00" + example.group)].append(index)
+    return list(members.values())
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
+
+
+def split_examples(examples: Sequence[Example], *, validation: float, test: float, seed: int,
+                   stratify: bool = False) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, validation, test): whole units (see ``_units``) cut at the fractions, per stratum.
+
+    With ``stratify`` a unit's stratum is its (majority) target, so each split keeps the label
+    shares. Within a stratum, units are ordered by SHA-256 of the seed and the unit's smallest group
+    key, and a unit goes to the split its middle falls in (test first, then validation, then train):
+    the sizes match the fractions to within a unit. Each split comes back in a seeded order.
+    """
+    if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
+        raise ValueError(f"validation ({validation}) and test ({test}) must be fractions that leave room for training")
+    strata: dict[str, list[list[int]]] = defaultdict(list)
+    for unit in _units(examples):
+        label = (Counter(str(examples[i].target) for i in unit).most_common(1)[0][0]) if stratify else ""
+        strata[label].append(unit)
+    chosen: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+    for label in sorted(strata):
+        units = sorted(strata[label], key=lambda u: _digest(seed, min(examples[i].group for i in u)))
+        size = sum(len(u) for u in units)
+        n_test = round(size * test)
+        n_validation = round(size * validation)
+        position = 0
+        for unit in units:
+            middle = position + len(unit) / 2
+            name = "test" if middle < n_test else "validation" if middle < n_test + n_validation else "train"
+            chosen[name].extend(unit)
+            position += len(unit)
+    result = []
+    for name in SPLIT_NAMES:
+        order = sorted(chosen[name], key=lambda i: _digest(seed, name, examples[i].group, examples[i].input, i))
+        result.append([examples[i] for i in order])
+    return result[0], result[1], result[2]
+
+
+# --- class balance ----------------------------------------------------------------------------
+
+def label_counts(splits: Splits | Mapping[str, Sequence[Example]]) -> dict[str, dict[str, int]]:
+    """``{split: {label: count}}`` (labels sorted), for a ``Splits`` or a mapping of name to examples."""
+    items = splits.items() if isinstance(splits, Splits) else splits.items()
+    return {name: dict(sorted(Counter(str(ex.target) for ex in examples).items())) for name, examples in items}
+
+
+def oversample_minority(examples: Sequence[Example], *, seed: int, ratio: float = 1.0) -> list[Example]:
+    """The examples plus repeats of each smaller class until it has ``ratio`` x the largest class.
+
+    For the TRAIN split only (validation and test must keep the natural class shares), and off
+    by default in ``load_splits``. Why off: the spam adapter is read through its label-token
+    probabilities, and training at the natural prior (~12% spam) keeps them calibrated to the
+    messages it will see; AUROC does not depend on the prior; the ~400 training spams are plenty
+    for LoRA, whereas balancing would show each of them about seven times per epoch (memorisation
+    risk). Turn it on (``load_splits(..., oversample=True)``) when spam recall matters more than
+    false alarms, and the choice is recorded in ``SplitReport.oversampling`` and the model card.
+
+    Each minority example is repeated as evenly as possible (never one example many times), and
+    the result is shuffled with ``seed``.
+    """
+    if ratio <= 0:
+        raise ValueError(f"ratio must be > 0, got {ratio}")
+    rng = random.Random(seed)
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        by_label[str(example.target)].append(example)
+    if not by_label:
+        return []
+    largest = max(len(v) for v in by_label.values())
+    result = list(examples)
+    for label in sorted(by_label):
+        members = by_label[label]
+        missing = math.ceil(largest * ratio) - len(members)
+        if missing <= 0:
+            continue
+        rounds, rest = divmod(missing, len(members))
+        result += members * rounds + rng.sample(members, rest)
+    rng.shuffle(result)
+    return result
+
+
+def few_shot_examples(train: Sequence[Example], k: int, seed: int, *,
+                      balanced: bool | None = None) -> list[Example]:
+    """``k`` examples drawn from ``train`` with ``seed`` (all of them when there are fewer).
+
+    ``balanced`` (default: when every target is a string and there are at most ``k`` distinct
+    targets, i.e. a classify split) takes the same number of each label, the remainder going to
+    labels in a seeded order, interleaved label by label.
+    """
+    if k <= 0 or not train:
+        return []
+    rng = random.Random(seed)
+    if balanced is None:
+        targets = {ex.target for ex in train if isinstance(ex.target, str)}
+        balanced = len(targets) <= k and all(isinstance(ex.target, str) for ex in train)
+    if not balanced:
+        return rng.sample(list(train), min(k, len(train)))
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for example in train:
+        by_label[str(example.target)].append(example)
+    labels = sorted(by_label)
+    rng.shuffle(labels)
+    pools = {label: rng.sample(by_label[label], len(by_label[label])) for label in labels}
+    picked: list[Example] = []
+    while len(picked) < k and any(pools.values()):
+        for label in labels:
+            if pools[label] and len(picked) < k:
+                picked.append(pools[label].pop())
+    return picked
+
+
+# --- the whole thing --------------------------------------------------------------------------
+
+def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: str | Path | None = None,
+                root: str | Path | None = None, hub: bool = True, seed: int | None = None,
+                oversample: bool | float = False) -> Splits:
+    """Deterministic train/validation/test splits of the spec's data (see the module docstring).
+
+    ``seed`` overrides ``data.split.seed``; ``oversample`` (classify only, train split only; True
+    means ``ratio=1.0``, a float is the ratio) repeats minority-class examples, see
+    ``oversample_minority`` for why it is off by default.
+    """
+    examples, loaded = load_examples(spec, path, data_dir=data_dir, root=root, hub=hub)
+    split = spec.data.split
+    seed = split.seed if seed is None else seed
+    kept, removed, conflicts = deduplicate(examples, spec.task)
+    notes = list(loaded.notes)
+    capped = 0
+    if spec.task == "generate" and spec.data.max_target_words:
+        capped_examples = []
+        for example in kept:
+            target = cap_words(example.target, spec.data.max_target_words)
+            capped += target != example.target
+            capped_examples.append(dataclasses.replace(example, target=target))
+        kept = capped_examples
+    stratify = spec.task == "classify"
+    train, validation, test = split_examples(kept, validation=split.validation, test=split.test, seed=seed,
+                                             stratify=stratify)
+    oversampling = None
+    if oversample:
+        if spec.task != "classify":
+            raise ValueError(f"oversampling is for classify adapters; {spec.name!r} is {spec.task!r}")
+        ratio = 1.0 if oversample is True else float(oversample)
+        before_examples, before = train, len(train)
+        train = oversample_minority(train, seed=seed, ratio=ratio)
+        oversampling = {"split": "train", "ratio": ratio, "examples_before": before,
+                        "examples_added": len(train) - before,
+                        "label_counts_before": label_counts({"train": before_examples})["train"]}
+    report = SplitReport(
+        seed=seed, source=loaded.source, format=loaded.format, adapter=spec.name, task=spec.task,
+        fractions={"validation": split.validation, "test": split.test}, group_by=split.group_by,
+        stratified=stratify, rows=loaded.rows, skipped=loaded.skipped, duplicates_removed=removed,
+        conflicting_duplicates=conflicts, examples=len(kept), groups=len(_units(kept)),
+        train=len(train), validation=len(validation), test=len(test),
+        oversampling=oversampling, max_target_words=spec.data.max_target_words if spec.task == "generate" else None,
+        targets_capped=capped, skipped_lines=loaded.skipped_lines, notes=notes)
+    splits = Splits(train=train, validation=validation, test=test, report=report)
+    if stratify:
+        report.label_counts = label_counts(splits)
+    return splits
