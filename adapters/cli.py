@@ -28,8 +28,8 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed as one line."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, registrars=()) -> int:
+    parser = build_parser(registrars)
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registrars=()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adapterlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -74,11 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_serve
 
     add_bench_serve(bench_sub)
-    add_plugin_commands(sub, bench_sub)
+    add_plugin_commands(sub, bench_sub, registrars)
     return parser
 
 
-def add_plugin_commands(sub, bench_sub) -> None:
+def add_plugin_commands(sub, bench_sub, registrars=()) -> None:
     """Commands other packages register (``training`` adds train/eval) without adapters importing them.
 
     A package lists ``register(subparsers, bench_subparsers)`` under the entry-point group
@@ -86,8 +86,9 @@ def add_plugin_commands(sub, bench_sub) -> None:
     """
     from importlib.metadata import entry_points
 
-    for entry in entry_points(group="adapterlab.commands"):
-        entry.load()(sub, bench_sub)
+    found = [entry.load() for entry in entry_points(group="adapterlab.commands")]
+    for register in dict.fromkeys([*found, *registrars]):  # each once, in order
+        register(sub, bench_sub)
 
 
 def _positive_int(value: str) -> int:

@@ -98,6 +98,7 @@ def _evaluate(name: str, args, splits, train_result, variants=None) -> None:
 
 
 if __name__ == "__main__":  # `accelerate launch -m training.cli train spam` for several GPUs
+    import training.cli  # the module object the entry point names, not this __main__ copy
     from adapters.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], registrars=[training.cli.register]))
