@@ -1,0 +1,434 @@
+"""The adapterlab web app: ``chainlit run chat_app/app.py`` (or ``adapterlab serve``).
+
+Profiles: Chat (base model), Spam check, Medical Q&A, Oncology extraction and Compare. The base model
+and the trained adapters load once per process, in a background thread started at import, so the
+page is usable at once (the status panel shows the loading state). Every model call goes through
+``adapters.Runtime``, wrapped as LangChain chains (``chains.py``); what to show is decided by the
+plain functions in ``handlers.py``. Settings come from environment variables (``config.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import chainlit as cl
+from chainlit.config import config as chainlit_config
+from chainlit.input_widget import Select, Slider, Switch, TextInput
+
+from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
+from chat_app import chains, handlers, offline, welcome
+from chat_app.config import load_config
+from chat_app.persistence import HistoryDataLayer
+from chat_app.state import RuntimeHolder
+
+log = logging.getLogger("adapterlab.chat_app")
+log.setLevel(logging.INFO)
+
+CONFIG = load_config(app_root=chainlit_config.root)
+SPECS = load_catalog(CONFIG.catalog)
+BASE_MODEL = CONFIG.base_model or ", ".join(sorted({s.base_model for s in SPECS.values()})) or DEFAULT_BASE
+HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_model, progress=False)).start()
+offline.install()
+welcome.write_chainlit_md(chainlit_config.root, SPECS, BASE_MODEL)
+log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)
+
+LANGCHAIN_IGNORE = ["RunnableSequence", "RunnableParallel", "RunnableAssign", "RunnableLambda", "<lambda>",
+                    "prompt template", "history"]
+LANGCHAIN_KEEP = ["retriever", "llm", "agent", "chain", "tool", "prompt"]
+UPLOAD_TASKS = ("classify", "extract")
+CHUNK = {"classify": 32, "extract": 8}  # texts per model call in a batch upload (progress in between)
+
+
+# --- set-up: data layer, login, profiles ---------------------------------------------------------------
+
+@cl.data_layer
+def data_layer():
+    return HistoryDataLayer(CONFIG.database_url)
+
+
+if CONFIG.login_required:
+    if not os.environ.get("CHAINLIT_AUTH_SECRET"):
+        os.environ["CHAINLIT_AUTH_SECRET"] = secrets.token_urlsafe(48)
+        log.warning("adapterlab: CHAINLIT_AUTH_SECRET is not set; using a random one, so logins end "
+                    "when the app restarts (`chainlit create-secret` makes a lasting one)")
+
+    @cl.password_auth_callback
+    async def password_login(username: str, password: str):
+        user_ok = hmac.compare_digest(username.encode(), CONFIG.app_user.encode())
+        password_ok = hmac.compare_digest(password.encode(), CONFIG.app_password.encode())
+        if user_ok and password_ok:
+            return cl.User(identifier=username, metadata={"role": "user", "provider": "credentials"})
+        return None
+
+
+def _trained(name: str) -> bool:
+    runtime = HOLDER.runtime
+    if runtime is not None:
+        return name in runtime.backend.adapter_names()
+    return SPECS[name].has_weights
+
+
+@cl.set_chat_profiles
+async def chat_profiles(current_user=None, language=None):
+    profiles = []
+    for p in handlers.PROFILES:
+        status = ""
+        if p.adapter:
+            status = "\n\n" + handlers.adapter_status_line(SPECS[p.adapter], _trained(p.adapter))
+        if p.task == "generate":
+            status += "\n\n" + handlers.NOT_MEDICAL_ADVICE
+        profiles.append(cl.ChatProfile(
+            name=p.name, markdown_description=p.description + status, default=p.default,
+            starters=[cl.Starter(label=s.label, message=s.message, command=s.command) for s in p.starters]))
+    return profiles
+
+
+# --- session state ---------------------------------------------------------------------------------
+
+def _profile() -> handlers.Profile:
+    return handlers.profile_named(cl.user_session.get("chat_profile"))
+
+
+def _setting_items(profile: handlers.Profile) -> list[handlers.Setting]:
+    spec = SPECS.get(profile.adapter) if profile.adapter else None
+    return handlers.settings_for(profile, spec, _trained(profile.adapter) if profile.adapter else True)
+
+
+def _widget(item: handlers.Setting, value):
+    common = {"id": item.id, "label": item.label, "initial": value, "description": item.description or None}
+    if item.kind == "slider":
+        return Slider(**common, min=item.min, max=item.max, step=item.step)
+    if item.kind == "switch":
+        return Switch(**common)
+    if item.kind == "select":
+        common.pop("initial")
+        return Select(**common, values=list(item.values), initial_value=value)
+    return TextInput(**common, multiline=True, placeholder="the adapter's own system prompt")
+
+
+def _settings() -> handlers.Settings:
+    return handlers.read_settings(cl.user_session.get("settings"), _setting_items(_profile()))
+
+
+async def _setup_session(restored: dict | None = None) -> None:
+    profile = _profile()
+    items = _setting_items(profile)
+    values = {i.id: i.initial for i in items} | {k: v for k, v in (restored or {}).items()
+                                                  if k in {i.id for i in items}}
+    cl.user_session.set("settings", await cl.ChatSettings([_widget(i, values[i.id]) for i in items]).send())
+    await cl.context.emitter.set_commands([
+        {"id": name, "icon": icon, "description": f"Compare base / few-shot / fine-tuned on `{name}`",
+         "button": True, "persistent": False}
+        for name, icon in (("spam", "shield-alert"), ("medquad", "stethoscope"), ("oncology", "microscope"))
+    ] if profile.task == "compare" else [])
+    await _show_status(profile)
+    if HOLDER.state == "loading":
+        asyncio.create_task(_announce_when_ready(profile))
+
+
+async def _show_status(profile: handlers.Profile) -> None:
+    runtime = HOLDER.runtime
+    loaded = runtime.backend.adapter_names() if runtime else []
+    content = handlers.status_markdown(HOLDER.state, HOLDER.elapsed(), HOLDER.load_seconds, HOLDER.error,
+                                       SPECS, loaded, BASE_MODEL, profile)
+    await cl.ElementSidebar.set_elements([cl.Text(name="status", content=content)], key=uuid.uuid4().hex)
+    await cl.ElementSidebar.set_title("Status")
+
+
+async def _announce_when_ready(profile: handlers.Profile) -> None:
+    try:
+        await cl.context.emitter.send_toast("Loading the model… the page works meanwhile.", "info")
+        while HOLDER.state == "loading":
+            await asyncio.to_thread(HOLDER.wait, 5)
+            await _show_status(profile)
+        if HOLDER.state == "ready":
+            await cl.context.emitter.send_toast(f"Model ready ({HOLDER.load_seconds:.0f} s).", "success")
+        else:
+            await cl.context.emitter.send_toast("The model could not be loaded: see the status panel.", "error")
+    except Exception as exc:  # noqa: BLE001 - the page was closed meanwhile
+        log.debug("status update skipped: %s", type(exc).__name__)
+
+
+@cl.on_chat_start
+async def on_chat_start():
+    cl.user_session.set("history", [])
+    await _setup_session()
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread):
+    if not cl.user_session.get("history"):
+        cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
+    await _setup_session(cl.user_session.get("settings"))
+
+
+@cl.on_settings_update
+async def on_settings_update(settings):
+    cl.user_session.set("settings", settings)
+    cl.user_session.set("compare_adapter", None)  # the panel's adapter applies until a command is picked
+
+
+# --- messages --------------------------------------------------------------------------------------
+
+@cl.on_message
+async def on_message(message: cl.Message):
+    profile = _profile()
+    try:
+        runtime = await _ready_runtime()
+        files = [e for e in (message.elements or []) if getattr(e, "path", None)]
+        if files:
+            await _uploads(runtime, profile, files)
+            return
+        text, notes = handlers.check_text(message.content)
+        for note in notes:
+            await cl.Message(content=f"ℹ️ {note}").send()
+        if profile.task == "compare":
+            # the command picked with this message, else the last one picked, else the settings' adapter
+            adapter = message.command or cl.user_session.get("compare_adapter") or _settings().compare_adapter
+            cl.user_session.set("compare_adapter", adapter)
+            await _compare(runtime, text, adapter)
+        elif profile.task in ("chat", "generate"):
+            await _generate(runtime, profile, text)
+        elif profile.task == "classify":
+            await _classify(runtime, profile, text)
+        else:
+            await _extract(runtime, profile, text)
+    except handlers.InputProblem as exc:
+        await cl.Message(content=str(exc)).send()
+    except InputError as exc:
+        await cl.Message(content=f"✏️ {exc}").send()
+    except AdapterNotTrainedError:
+        await cl.Message(content=handlers.not_trained_message(SPECS[profile.adapter])).send()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the app keeps serving; details without message text
+        log.error("adapterlab: %s failed with %s\n%s", profile.name, type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))
+        await cl.Message(content=f"❌ Something went wrong ({type(exc).__name__}). The app keeps running; "
+                                 "try again, or with a shorter input.").send()
+
+
+async def _ready_runtime() -> Runtime:
+    if HOLDER.state == "ready":
+        return HOLDER.runtime
+    if HOLDER.state == "failed":
+        raise handlers.InputProblem(handlers.load_failed_message(HOLDER.error or "unknown error"))
+    waiting = cl.Message(content=handlers.loading_message(HOLDER.elapsed()))
+    await waiting.send()
+    while HOLDER.state == "loading":
+        await asyncio.to_thread(HOLDER.wait, 3)
+        waiting.content = handlers.loading_message(HOLDER.elapsed())
+        await waiting.update()
+    if HOLDER.state == "failed":
+        waiting.content = handlers.load_failed_message(HOLDER.error or "unknown error")
+        await waiting.update()
+        raise handlers.InputProblem("The model is not available.")
+    waiting.content = handlers.ready_message(HOLDER.load_seconds, HOLDER.runtime.backend.adapter_names())
+    await waiting.update()
+    return HOLDER.runtime
+
+
+def _callbacks() -> dict:
+    return {"callbacks": [cl.LangchainCallbackHandler(to_ignore=LANGCHAIN_IGNORE, to_keep=LANGCHAIN_KEEP)]}
+
+
+def _variant(runtime: Runtime, profile: handlers.Profile, settings: handlers.Settings) -> handlers.Variant:
+    spec = runtime.spec(profile.adapter)
+    return handlers.choose_variant(spec, profile.adapter in runtime.backend.adapter_names(), settings.use_base)
+
+
+async def _prompt_element(runtime: Runtime, adapter: str | None, messages: list[dict], settings,
+                          examples=()) -> list:
+    if not settings.show_prompt:
+        return []
+    prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, messages, system=settings.system,
+                                     examples=examples)
+    tokens = runtime.backend.count_tokens(prompt)
+    return [cl.Text(name=handlers.rendered_prompt_title(tokens), content=prompt, display="inline",
+                    language="text")]
+
+
+async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> None:
+    settings = _settings()
+    spec = runtime.spec(profile.adapter) if profile.adapter else None
+    if spec is not None:
+        variant = _variant(runtime, profile, settings)
+        if variant.problem:
+            await cl.Message(content=variant.problem).send()
+            return
+        base, label = variant.base, variant.label
+    else:
+        base, label = True, "base model (no adapter)"
+    history = list(cl.user_session.get("history") or [])
+    info = chains.GenerationInfo()
+    chain = chains.generate_chain(runtime, profile.adapter, base=base, system=settings.system,
+                                  temperature=settings.temperature, top_p=settings.top_p,
+                                  max_new_tokens=settings.max_new_tokens, info=info)
+    answer = cl.Message(content="")
+    async for piece in chain.astream({"history": history, "text": text}, config=_callbacks()):
+        await answer.stream_token(piece)
+    output_tokens = runtime.backend.count_tokens(info.text) if info.text else 0
+    footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
+                                        output_tokens, info.truncated, medical=profile.task == "generate")
+    answer.content = (info.text if info.text.strip() else "*(the model produced no text)*") + "\n\n---\n" + footer
+    answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
+    answer.elements = await _prompt_element(runtime, profile.adapter, [*history, {"role": "user", "content": text}],
+                                            settings)
+    await answer.send()  # ends the stream, persists the message and sends its elements
+    cl.user_session.set("history", handlers.add_turn(history, text, info.text))
+
+
+async def _classify(runtime: Runtime, profile: handlers.Profile, text: str) -> None:
+    settings = _settings()
+    variant = _variant(runtime, profile, settings)
+    if variant.problem:
+        await cl.Message(content=variant.problem).send()
+        return
+    spec = runtime.spec(profile.adapter)
+    chain = chains.classify_chain(runtime, profile.adapter, base=variant.base, system=settings.system)
+    (result,) = await chain.ainvoke({"texts": [text]}, config=_callbacks())
+    content = handlers.classification_markdown(result, spec.labels, variant.label)
+    if result["truncated"]:
+        content += "\n\n" + handlers.truncation_note(spec, text)
+    elements = await _prompt_element(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
+    await cl.Message(content=content, elements=elements,
+                     metadata={"answer": result["label"], "probs": result["probs"]}).send()
+
+
+async def _extract(runtime: Runtime, profile: handlers.Profile, text: str) -> None:
+    settings = _settings()
+    variant = _variant(runtime, profile, settings)
+    if variant.problem:
+        await cl.Message(content=variant.problem).send()
+        return
+    spec = runtime.spec(profile.adapter)
+    chain = chains.extract_chain(runtime, profile.adapter, base=variant.base, system=settings.system,
+                                 max_new_tokens=settings.max_new_tokens)
+    (result,) = await chain.ainvoke({"texts": [text]}, config=_callbacks())
+    content = handlers.extraction_markdown(result, spec.fields, variant.label)
+    if result["truncated"]:
+        content += "\n\n" + handlers.truncation_note(spec, text)
+    content += "\n\n" + handlers.NOT_CLINICAL
+    elements = await _prompt_element(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
+    await cl.Message(content=content, elements=elements, metadata={"answer": result["fields"]}).send()
+
+
+async def _uploads(runtime: Runtime, profile: handlers.Profile, files: list) -> None:
+    if profile.task not in UPLOAD_TASKS:
+        await cl.Message(content="📎 Batch uploads work in the **Spam check** and **Oncology extraction** "
+                                 "profiles; here, type your message instead.").send()
+        return
+    settings = _settings()
+    variant = _variant(runtime, profile, settings)
+    if variant.problem:
+        await cl.Message(content=variant.problem).send()
+        return
+    spec = runtime.spec(profile.adapter)
+    limit = CONFIG.batch_limit if profile.task == "classify" else CONFIG.extract_batch_limit
+    for file in files:
+        try:
+            path = Path(file.path)
+            if path.stat().st_size > handlers.MAX_UPLOAD_BYTES:
+                raise handlers.InputProblem(f"📎 `{file.name}` is larger than "
+                                            f"{handlers.MAX_UPLOAD_BYTES // 2**20} MB; split it into smaller files.")
+            upload = handlers.read_upload(file.name, await asyncio.to_thread(path.read_bytes), limit, file.mime)
+        except handlers.InputProblem as exc:
+            await cl.Message(content=str(exc)).send()
+            continue
+        await _run_batch(runtime, profile, spec, variant, settings, file.name, upload)
+
+
+async def _run_batch(runtime, profile, spec, variant, settings, name: str, upload: handlers.Upload) -> None:
+    if profile.task == "classify":
+        chain = chains.classify_chain(runtime, spec.name, base=variant.base, system=settings.system)
+    else:
+        chain = chains.extract_chain(runtime, spec.name, base=variant.base, system=settings.system,
+                                     max_new_tokens=settings.max_new_tokens)
+    total = len(upload.texts)
+    progress = cl.Message(content=f"⏳ Processing {total:,} texts from `{name}`…")
+    await progress.send()
+    started = time.perf_counter()
+    results: list[dict] = []
+    step = CHUNK[profile.task]
+    for start in range(0, total, step):
+        # no LangChain step per chunk: a 1,000-row upload would fill the page with steps
+        results += await chain.ainvoke({"texts": upload.texts[start:start + step]})
+        progress.content = f"⏳ Processed {len(results):,} of {total:,} texts from `{name}`…"
+        await progress.update()
+    seconds = time.perf_counter() - started
+    header, rows = handlers.batch_rows(profile.task, upload.texts, results, spec.labels, spec.fields)
+    stem = Path(name).stem or "upload"
+    elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows),
+                        mime="text/csv", display="inline")]
+    table = _dataframe(header, rows)
+    if table is not None:
+        elements.append(table)
+    content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds)
+    if profile.task == "extract":
+        content += "\n\n" + handlers.NOT_CLINICAL
+    await progress.remove()
+    await cl.Message(content=content, elements=elements).send()
+
+
+def _dataframe(header, rows):
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas comes with datasets
+        return None
+    return cl.Dataframe(data=pd.DataFrame(rows, columns=header), name="results table", display="inline")
+
+
+async def _compare(runtime: Runtime, text: str, adapter: str) -> None:
+    if adapter not in handlers.COMPARE_ADAPTERS:
+        adapter = "spam"
+    settings = _settings()
+    spec = runtime.spec(adapter)
+    examples = runtime.few_shot_examples(adapter)
+    trained = adapter in runtime.backend.adapter_names()
+    columns = [("base", True, (), None),
+               (chains.variant_name(True, examples) if examples else "few-shot", True, examples,
+                None if examples else handlers.few_shot_unavailable(spec)),
+               ("fine-tuned", False, (), None if trained else f"the `{adapter}` adapter is not trained yet "
+                                                             f"(`adapterlab train {adapter}`)")]
+    outcomes = []
+    config = _callbacks()
+    for name, base, shots, unavailable in columns:
+        if unavailable:
+            outcomes.append(handlers.Outcome(name, unavailable=unavailable))
+            continue
+        started = time.perf_counter()
+        output_tokens = None
+        if spec.task == "classify":
+            chain = chains.classify_chain(runtime, adapter, base=base, system=settings.system, examples=shots)
+            (result,) = await chain.ainvoke({"texts": [text]}, config=config)
+        elif spec.task == "extract":
+            chain = chains.extract_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
+                                         max_new_tokens=settings.max_new_tokens)
+            (result,) = await chain.ainvoke({"texts": [text]}, config=config)
+            output_tokens = runtime.backend.count_tokens(result["raw"])
+        else:
+            info = chains.GenerationInfo()
+            chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
+                                          temperature=0.0, max_new_tokens=settings.max_new_tokens, info=info)
+            result = "".join([piece async for piece in chain.astream({"history": [], "text": text}, config=config)])
+            output_tokens = runtime.backend.count_tokens(result)
+        seconds = time.perf_counter() - started
+        prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
+                                         system=settings.system, examples=shots)
+        outcomes.append(handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens))
+    content = handlers.compare_markdown(spec, text, outcomes)
+    if spec.task == "generate":
+        content += "\n\n*Greedy decoding (temperature 0) in every column, so the columns differ only by model and prompt.*"
+        content += "\n\n" + handlers.NOT_MEDICAL_ADVICE
+    elif spec.task == "extract":
+        content += "\n\n" + handlers.NOT_CLINICAL
+    elements = await _prompt_element(runtime, adapter, [{"role": "user", "content": text}], settings)
+    await cl.Message(content=content, elements=elements, metadata={"compare": adapter}).send()

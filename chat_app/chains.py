@@ -1,0 +1,257 @@
+"""The runtime's tasks as LangChain Runnables: a prompt template built from the adapter spec, then the
+runtime call.
+
+The templates are a LangChain *view* of ``adapters.prompts``: ``task_prompt`` produces exactly
+``task_messages`` and ``chat_prompt`` exactly ``chat_messages`` (tests check it, and every chain checks
+it again before calling the model), while the model call itself is the runtime's, so the app renders
+and runs a prompt the one way training and evaluation do. Chainlit's LangChain callback handler shows
+each chain's steps (prompt, then the runtime call) in the UI.
+
+Every chain takes a dict and returns plain data (dicts, strings), so the steps display as JSON:
+
+- ``classify_chain``: ``{"texts": [...]}`` → ``[{"label", "probs", "truncated"}, ...]``
+- ``extract_chain``: ``{"texts": [...]}`` → ``[{"fields", "valid", "repaired", "raw", "error", "truncated"}, ...]``
+- ``generate_chain``: ``{"history": [...], "text": str}`` → streamed text pieces
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.prompts import ChatPromptTemplate, HumanMessagePromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import Runnable, RunnableLambda
+
+from adapters import Runtime
+from adapters.prompts import Message, chat_messages, task_messages
+from adapters.spec import AdapterSpec
+
+ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+LC_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+
+
+class PromptMismatchError(RuntimeError):
+    """The LangChain template and ``adapters.prompts`` disagree: a bug, never shown as an answer."""
+
+
+# --- prompt templates ------------------------------------------------------------------------------
+
+def task_prompt(spec: AdapterSpec, *, system: str | None = None,
+                examples: Sequence[tuple[str, str]] = ()) -> ChatPromptTemplate:
+    """The spec's prompt with one variable, ``text``: system, few-shot turns, the user template.
+
+    Fixed parts are message objects, not templates, so braces in a system prompt or a JSON few-shot
+    answer are kept as they are; the user template is formatted like ``str.format`` does in
+    ``task_messages``.
+    """
+    parts: list = [SystemMessage(content=system if system is not None else spec.prompt.system)]
+    for example_input, example_target in examples:
+        parts.append(HumanMessage(content=spec.prompt.user_template.format(text=example_input)))
+        parts.append(AIMessage(content=example_target))
+    parts.append(HumanMessagePromptTemplate.from_template(spec.prompt.user_template))
+    return ChatPromptTemplate.from_messages(parts)
+
+
+def chat_prompt(spec: AdapterSpec | None, *, system: str | None = None) -> ChatPromptTemplate:
+    """A conversation: the system message, ``history`` (earlier turns and few-shot pairs, user turns
+    already through the user template: see ``history_messages``), then the new user ``text``."""
+    system = system if system is not None else (spec.prompt.system if spec else None)
+    parts: list = [SystemMessage(content=system)] if system else []
+    parts.append(MessagesPlaceholder("history", optional=True))
+    parts.append(HumanMessagePromptTemplate.from_template(spec.prompt.user_template if spec else "{text}"))
+    return ChatPromptTemplate.from_messages(parts)
+
+
+def history_messages(spec: AdapterSpec | None, turns: Sequence[Message]) -> list[BaseMessage]:
+    """Earlier turns as LangChain messages, user turns through the spec's user template."""
+    out = []
+    for turn in turns:
+        content = turn["content"]
+        if spec is not None and turn["role"] == "user":
+            content = spec.prompt.user_template.format(text=content)
+        out.append(LC_TYPES[turn["role"]](content=content))
+    return out
+
+
+def as_dicts(messages: Sequence[BaseMessage]) -> list[Message]:
+    """LangChain messages as the runtime's ``{"role", "content"}`` dicts."""
+    return [{"role": ROLES[m.type], "content": m.content} for m in messages]
+
+
+def few_shot_turns(examples: Sequence[tuple[str, str]]) -> list[Message]:
+    return [m for q, a in examples for m in ({"role": "user", "content": q},
+                                             {"role": "assistant", "content": a})]
+
+
+# --- chains ----------------------------------------------------------------------------------------
+
+def variant_name(base: bool, examples: Sequence[tuple[str, str]] = ()) -> str:
+    if not base:
+        return "fine-tuned"
+    return f"few-shot (k={len(examples)})" if examples else "base"
+
+
+def classify_chain(runtime: Runtime, adapter: str, *, base: bool, system: str | None = None,
+                   examples: Sequence[tuple[str, str]] = (), batch_size: int = 16) -> Runnable:
+    spec = runtime.spec(adapter)
+    prompt = task_prompt(spec, system=system, examples=examples)
+
+    def run(inputs: dict) -> list[dict]:
+        _check_task_prompts(spec, inputs, system, examples)
+        results = runtime.classify(adapter, inputs["texts"], base=base, system=system,
+                                   examples=examples, batch_size=batch_size)
+        return [{"label": r.label, "probs": dict(r.probs), "truncated": r.truncated} for r in results]
+
+    name = f"{adapter} · classify · {variant_name(base, examples)}"
+    return (_with_prompts(prompt) | RunnableLambda(run, name="runtime.classify")).with_config(run_name=name)
+
+
+def extract_chain(runtime: Runtime, adapter: str, *, base: bool, system: str | None = None,
+                  examples: Sequence[tuple[str, str]] = (), max_new_tokens: int | None = None,
+                  batch_size: int = 8) -> Runnable:
+    spec = runtime.spec(adapter)
+    prompt = task_prompt(spec, system=system, examples=examples)
+
+    def run(inputs: dict) -> list[dict]:
+        _check_task_prompts(spec, inputs, system, examples)
+        results = runtime.extract(adapter, inputs["texts"], base=base, system=system, examples=examples,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return [{"fields": dict(r.fields), "valid": r.valid, "repaired": r.repaired, "raw": r.raw,
+                 "error": r.error, "truncated": r.truncated} for r in results]
+
+    name = f"{adapter} · extract · {variant_name(base, examples)}"
+    return (_with_prompts(prompt) | RunnableLambda(run, name="runtime.extract")).with_config(run_name=name)
+
+
+@dataclass
+class GenerationInfo:
+    """What a generate chain learned about its run, for the UI (filled while it streams)."""
+
+    prompt_tokens: int = 0
+    truncated: bool = False
+    first_piece_seconds: float | None = None
+    seconds: float | None = None
+    text: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
+                   system: str | None = None, examples: Sequence[tuple[str, str]] = (),
+                   temperature: float | None = None, top_p: float | None = None,
+                   max_new_tokens: int | None = None,
+                   info: GenerationInfo | None = None) -> Runnable:
+    """Stream an answer to ``{"history": earlier turns, "text": the new user message}``.
+
+    ``adapter=None`` is the plain base model (the Chat profile). ``info`` receives the token count,
+    truncation flag and timing of the run.
+    """
+    spec = runtime.spec(adapter) if adapter is not None else None
+    prompt = chat_prompt(spec, system=system)
+    info = info if info is not None else GenerationInfo()
+
+    def prepare(inputs: dict) -> dict:
+        turns = [*few_shot_turns(examples), *inputs.get("history", [])]
+        return {**inputs, "turns": turns, "history": history_messages(spec, turns)}
+
+    def start(inputs: dict):
+        messages = [*inputs["turns"], {"role": "user", "content": inputs["text"]}]
+        expected = chat_messages(spec, messages, system=system)
+        if as_dicts(inputs["prompt"].to_messages()) != expected:
+            raise PromptMismatchError("the LangChain chat prompt differs from adapters.prompts.chat_messages")
+        info.started = time.perf_counter()
+        # few-shot turns are already in ``messages``: the runtime puts ``examples`` first the same way
+        return runtime.generate(adapter, messages, base=base, system=system, temperature=temperature,
+                                top_p=top_p, max_new_tokens=max_new_tokens, stream=True)
+
+    def finish(generation) -> None:
+        info.prompt_tokens = generation.prompt_tokens
+        info.truncated = generation.truncated
+        info.text = generation.text
+        info.seconds = time.perf_counter() - info.started
+        if generation.first_piece_at is not None:
+            info.first_piece_seconds = generation.first_piece_at - info.started
+
+    def run(inputs: dict) -> Iterator[str]:
+        generation = start(inputs)
+        try:
+            yield from generation
+        finally:
+            finish(generation)
+
+    async def arun(inputs: dict) -> AsyncIterator[str]:
+        generation = await asyncio.to_thread(start, inputs)
+        async for piece in _iterate_in_thread(iter(generation)):
+            yield piece
+        finish(generation)
+
+    name = f"{adapter or 'chat'} · generate · {variant_name(base, examples) if spec else 'base'}"
+    step = RunnableLambda(run, afunc=arun, name="runtime.generate")
+    return (RunnableLambda(prepare, name="history") | _with_prompt(prompt) | step).with_config(run_name=name)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _with_prompts(prompt: ChatPromptTemplate) -> Runnable:
+    """Add ``prompts`` (one prompt value per text) to the input, through the template.
+
+    The async variant keeps the template's run (and its callbacks) on the caller's event loop: run
+    from a worker thread, async callback handlers would get a loop of their own, and Chainlit's
+    data layer, bound to the server's loop, cannot be used from there.
+    """
+
+    def render(inputs: dict) -> dict:
+        return {**inputs, "prompts": [prompt.invoke({"text": t}) for t in inputs["texts"]]}
+
+    async def arender(inputs: dict) -> dict:
+        return {**inputs, "prompts": [await prompt.ainvoke({"text": t}) for t in inputs["texts"]]}
+
+    return RunnableLambda(render, afunc=arender, name="prompt template")
+
+
+def _with_prompt(prompt: ChatPromptTemplate) -> Runnable:
+    def render(inputs: dict) -> dict:
+        return {**inputs, "prompt": prompt.invoke({"history": inputs["history"], "text": inputs["text"]})}
+
+    async def arender(inputs: dict) -> dict:
+        return {**inputs, "prompt": await prompt.ainvoke({"history": inputs["history"], "text": inputs["text"]})}
+
+    return RunnableLambda(render, afunc=arender, name="prompt template")
+
+
+def _check_task_prompts(spec: AdapterSpec, inputs: dict, system, examples) -> None:
+    for text, value in zip(inputs["texts"], inputs["prompts"], strict=True):
+        if as_dicts(value.to_messages()) != task_messages(spec, text, system=system, examples=examples):
+            raise PromptMismatchError("the LangChain prompt differs from adapters.prompts.task_messages")
+
+
+async def _iterate_in_thread(iterator: Iterator[str]) -> AsyncIterator[str]:
+    """Pull a blocking iterator from a worker thread; if the consumer stops (Stop button, a closed
+    page), close it once the pending pull returns, which stops the model's generation."""
+    loop = asyncio.get_running_loop()
+    done = object()
+    pending = None
+    try:
+        while True:
+            pending = loop.run_in_executor(None, next, iterator, done)
+            piece = await asyncio.shield(pending)
+            pending = None
+            if piece is done:
+                return
+            yield piece
+    finally:
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: _close(iterator))
+        else:
+            _close(iterator)
+
+
+def _close(iterator) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        try:
+            close()
+        except ValueError:  # still running in its thread: it stops at its next piece
+            pass

@@ -1,0 +1,600 @@
+"""What the app says, as plain functions: profiles and starters, input checks, upload parsing and the
+markdown of every answer. No Chainlit and no model here, so all of it is unit-tested without a browser.
+
+``app.py`` calls the runtime (through ``chains``) and sends what these functions return.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePath
+
+from adapters.spec import AdapterSpec
+
+NOT_MEDICAL_ADVICE = ("⚕️ **Not medical advice.** Answers come from a 135M-parameter demo model that can "
+                      "be wrong or invent facts. Ask a health professional about your own situation.")
+NOT_CLINICAL = ("🧪 **Not for clinical decisions.** A demo on synthetic narratives: check every field "
+                "against the source text.")
+MAX_MESSAGE_CHARS = 200_000  # beyond this a message is cut before tokenizing (the model reads far less)
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report", "question", "content", "body")
+UPLOAD_SUFFIXES = (".txt", ".csv")
+PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV and the table hold all of them
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Starter:
+    label: str
+    message: str
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str  # what the profile picker shows
+    task: str  # chat | classify | generate | extract | compare
+    adapter: str | None
+    description: str
+    starters: tuple[Starter, ...] = ()
+    default: bool = False
+
+
+ONCOLOGY_EXAMPLE = ("58-year-old woman with stage IIIA lung adenocarcinoma. NGS showed an EGFR exon 19 "
+                    "deletion; PD-L1 TPS 5%. She was started on osimertinib and CT after three months "
+                    "showed a partial response, with a new lesion in the right femur consistent with bone "
+                    "metastasis.")
+ONCOLOGY_EXAMPLE_2 = ("Follow-up note: 66-year-old man with metastatic colorectal adenocarcinoma, KRAS G12D "
+                      "mutated, microsatellite stable, CEA 48 ng/mL. Liver metastases. Receiving FOLFOX plus "
+                      "bevacizumab; restaging CT shows stable disease.")
+SPAM_EXAMPLE = "URGENT! You have won a £1,000 cash prize. Call 09061234567 now to claim. T&Cs apply."
+HAM_EXAMPLE = "Hey, are we still on for dinner at 7? I can pick you up on the way."
+
+PROFILES: tuple[Profile, ...] = (
+    Profile("Chat", "chat", None,
+            "Talk to the plain base model (SmolLM2-135M-Instruct), no adapter. Settings change the "
+            "sampling and the system prompt.",
+            (Starter("Explain LoRA", "Explain in two sentences what a LoRA adapter is."),
+             Starter("Reminder text", "Write a short, friendly SMS reminding a patient of a dentist "
+                                      "appointment on Monday at 9am."),
+             Starter("Capital cities", "What is the capital of France, and of Japan?")),
+            default=True),
+    Profile("Spam check", "classify", "spam",
+            "Classify an SMS as spam or ham with a probability for each label. Attach a .txt (one "
+            "message a line) or .csv (with a `text` column) to classify a batch.",
+            (Starter("Prize scam", SPAM_EXAMPLE),
+             Starter("Dinner plans", HAM_EXAMPLE),
+             Starter("Weekly draw", "FREE entry into our weekly draw! Text WIN to 80086 to receive your "
+                                    "prize. 18+ only."))),
+    Profile("Medical Q&A", "generate", "medquad",
+            "Consumer health questions answered in the style of NIH patient pages (MedQuAD). "
+            "Not medical advice.",
+            (Starter("Glaucoma symptoms", "What are the symptoms of glaucoma?"),
+             Starter("Type 2 diabetes", "How is type 2 diabetes treated?"),
+             Starter("High blood pressure", "What causes high blood pressure?"))),
+    Profile("Oncology extraction", "extract", "oncology",
+            "Extract cancer type, stage, mutation, biomarker, treatment, response and metastasis site "
+            "from a clinical narrative as JSON. Synthetic demo: not for clinical decisions.",
+            (Starter("Lung adenocarcinoma", ONCOLOGY_EXAMPLE),
+             Starter("Colorectal follow-up", ONCOLOGY_EXAMPLE_2))),
+    Profile("Compare", "compare", None,
+            "The same input through the base model, the few-shot prompt and the fine-tuned adapter, "
+            "side by side with latency and token counts. Pick the adapter with the command buttons "
+            "(spam, medquad, oncology) under the message box; it stays picked for the next messages.",
+            (Starter("Spam: three ways", SPAM_EXAMPLE, "spam"),
+             Starter("Medical: three ways", "What is glaucoma?", "medquad"),
+             Starter("Oncology: three ways", ONCOLOGY_EXAMPLE, "oncology"))),
+)
+COMPARE_ADAPTERS = ("spam", "medquad", "oncology")
+
+
+def profile_named(name: str | None) -> Profile:
+    """The profile called ``name``; the default one for None or an unknown name."""
+    for p in PROFILES:
+        if p.name == name:
+            return p
+    return next(p for p in PROFILES if p.default)
+
+
+# --- adapter state -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    base: bool
+    label: str  # shown with every answer
+    problem: str | None = None  # set when it cannot run: the message to show instead
+
+
+def not_trained_message(spec: AdapterSpec) -> str:
+    return (f"🚧 **The `{spec.name}` adapter is not trained yet** (no weights in "
+            f"`adapters/{spec.name}/`). Train it with `adapterlab train {spec.name}`, then restart the "
+            f"app. Meanwhile, switch on *Use the base model* in the settings to try the {spec.name} "
+            "prompt on the base model.")
+
+
+def choose_variant(spec: AdapterSpec, trained: bool, use_base: bool) -> Variant:
+    """Fine-tuned when trained and wanted; the base model with the adapter's prompt otherwise."""
+    if use_base:
+        why = "" if trained else " — adapter not trained yet"
+        return Variant(True, f"base model + {spec.name} prompt{why}")
+    if not trained:
+        return Variant(False, "fine-tuned", not_trained_message(spec))
+    return Variant(False, f"fine-tuned `{spec.name}` adapter")
+
+
+def adapter_status_line(spec: AdapterSpec, trained: bool) -> str:
+    if trained:
+        return f"✅ `{spec.name}` adapter: trained and loaded."
+    return (f"🚧 `{spec.name}` adapter: **not trained yet** — answers come from the base model with the "
+            f"`{spec.name}` prompt until it is (`adapterlab train {spec.name}`).")
+
+
+def loading_message(elapsed: float) -> str:
+    return (f"⏳ Loading the base model and adapters… ({elapsed:.0f} s so far; the first start converts "
+            "the embedded model, about 30 s). You can type already: your message is answered as soon "
+            "as the model is ready.")
+
+
+def ready_message(seconds: float | None, adapters: Sequence[str]) -> str:
+    loaded = ", ".join(f"`{a}`" for a in adapters) or "none trained yet"
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    return f"✅ Model ready{took}. Adapters loaded: {loaded}."
+
+
+def load_failed_message(error: str) -> str:
+    return (f"❌ **The model could not be loaded**: {error}\n\nCheck the set-up (`./dev start` prepares "
+            "the embedded model) and restart the app.")
+
+
+# --- input checks --------------------------------------------------------------------------------
+
+class InputProblem(ValueError):
+    """Input the app refuses; the message is shown in the chat as it is."""
+
+
+EMPTY_MESSAGE = ("✏️ The message is empty. Type some text, or attach a .txt (one message a line) or "
+                 ".csv (with a `text` column) file.")
+
+
+def check_text(text: str | None) -> tuple[str, list[str]]:
+    """The text to send and notes for the user; refuses empty text."""
+    text = text or ""
+    if not text.strip():
+        raise InputProblem(EMPTY_MESSAGE)
+    notes = []
+    if len(text) > MAX_MESSAGE_CHARS:
+        notes.append(f"Your message has {len(text):,} characters; only the first {MAX_MESSAGE_CHARS:,} "
+                     "were read.")
+        text = text[:MAX_MESSAGE_CHARS]
+    return text, notes
+
+
+def truncation_note(spec: AdapterSpec | None, text: str) -> str:
+    limit = f"{spec.max_input_tokens} tokens" if spec else "the model's context"
+    return (f"✂️ Your text ({len(text):,} characters) is longer than this adapter reads ({limit}); "
+            "only its beginning was used.")
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+@dataclass
+class Upload:
+    texts: list[str]
+    source: str  # "lines" or the CSV column used
+    total: int  # non-empty rows in the file
+    notes: list[str] = field(default_factory=list)
+
+
+def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> Upload:
+    """The texts of an uploaded .txt (one a line) or .csv (a text column), at most ``limit`` of them.
+
+    Every problem raises ``InputProblem`` with a message that says what to do.
+    """
+    suffix = PurePath(name or "").suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        kind = f" ({mime})" if mime else ""
+        raise InputProblem(f"📎 `{_safe_name(name)}`{kind} cannot be read: upload a `.txt` file (one text a "
+                           "line) or a `.csv` file with a `text` column.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise InputProblem(f"📎 `{_safe_name(name)}` is {len(data) / 1e6:.1f} MB; the limit is "
+                           f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB. Split it into smaller files.")
+    if b"\x00" in data[:65536]:
+        raise InputProblem(f"📎 `{_safe_name(name)}` looks like a binary file, not text. Upload a UTF-8 "
+                           f"`{suffix}` file.")
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputProblem(f"📎 `{_safe_name(name)}` is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                           f"position {exc.start:,}). Save it as UTF-8 and upload it again.") from None
+    if suffix == ".txt":
+        texts = [line.strip() for line in content.splitlines() if line.strip()]
+        source = "lines"
+    else:
+        texts, source = _csv_texts(name, content)
+    if not texts:
+        raise InputProblem(f"📎 `{_safe_name(name)}` holds no text to process.")
+    upload = Upload(texts, source, len(texts))
+    if len(texts) > limit:
+        upload.texts = texts[:limit]
+        upload.notes.append(f"The file has {len(texts):,} texts; only the first {limit:,} were processed "
+                            "(the limit for one upload on this server). Split the file to process the rest.")
+    return upload
+
+
+def _csv_texts(name: str, content: str) -> tuple[list[str], str]:
+    try:
+        rows = list(csv.reader(io.StringIO(content, newline="")))
+    except csv.Error as exc:
+        raise InputProblem(f"📎 `{_safe_name(name)}` is not a valid CSV file ({exc}).") from None
+    if not rows:
+        raise InputProblem(f"📎 `{_safe_name(name)}` is empty.")
+    header = [h.strip().lower() for h in rows[0]]
+    column = next((header.index(c) for c in TEXT_COLUMNS if c in header), None)
+    if column is None:
+        found = ", ".join(f"`{_safe_name(h)}`" for h in rows[0][:12]) or "none"
+        raise InputProblem(f"📎 `{_safe_name(name)}` has no text column (columns found: {found}). Name the "
+                           f"column with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
+    texts = [row[column].strip() for row in rows[1:] if len(row) > column and row[column].strip()]
+    return texts, rows[0][column].strip()
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[`\r\n|]", "_", str(name))[:120]
+
+
+# --- markdown helpers ----------------------------------------------------------------------------
+
+def cell(value) -> str:
+    """A value as one markdown table cell: escaped, on one line; None as *null*."""
+    if value is None:
+        return "*null*"
+    text = str(value).replace("\r", " ").replace("\n", " ").strip()
+    text = re.sub(r"([\\`*_|<>\[\]#~])", r"\\\1", text)
+    return text or "*empty*"
+
+
+def code_block(text: str, language: str = "") -> str:
+    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
+def percent(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def bar(p: float, width: int = 20) -> str:
+    filled = 0 if not math.isfinite(p) else round(max(0.0, min(1.0, p)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+def classification_markdown(result: dict, labels: Sequence[str], variant: str) -> str:
+    probs = result["probs"]
+    label = result["label"]
+    rows = [[f"**{cell(name)}**" if name == label else cell(name), percent(probs[name]), f"`{bar(probs[name])}`"]
+            for name in labels]
+    lines = [f"### {cell(label).upper()} · {percent(probs[label])}",
+             table(["label", "probability", ""], rows),
+             f"*{variant}*"]
+    return "\n\n".join(lines)
+
+
+def extraction_markdown(result: dict, fields: Sequence[str], variant: str) -> str:
+    rows = [[f"`{name}`", cell(result["fields"].get(name))] for name in fields]
+    parts = [extraction_flag(result), table(["field", "value"], rows),
+             "JSON (copy with the button on the block):",
+             code_block(json.dumps(result["fields"], ensure_ascii=False, indent=2), "json")]
+    if not result["valid"] or result["repaired"]:
+        parts.append("The model's output as it came:")
+        parts.append(code_block(result["raw"] or "(empty)", "text"))
+    parts.append(f"*{variant}*")
+    return "\n\n".join(parts)
+
+
+def extraction_flag(result: dict) -> str:
+    if not result["valid"]:
+        return ("❌ **Invalid output**: the model did not produce a JSON object, so every field is null "
+                f"(nothing is invented). {result.get('error') or ''}").strip()
+    if result["repaired"]:
+        return ("⚠️ **Repaired output**: the model's JSON needed repair (cut from surrounding text, closed, "
+                "or keys added/dropped/converted). Check the fields against the text.")
+    return "✅ Valid JSON, no repair needed."
+
+
+def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,
+                      output_tokens: int | None, truncated: bool, medical: bool) -> str:
+    bits = [variant]
+    if first is not None:
+        bits.append(f"first token {first:.2f} s")
+    if seconds is not None:
+        bits.append(f"total {seconds:.1f} s")
+    bits.append(f"{prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else ""))
+    if truncated:
+        bits.append("earlier turns or the message were cut to fit the context")
+    footer = "*" + " · ".join(bits) + "*"
+    if medical:
+        footer += "\n\n" + NOT_MEDICAL_ADVICE
+    return footer
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels: Sequence[str] = (),
+               fields: Sequence[str] = ()) -> tuple[list[str], list[list]]:
+    """Header and rows of a batch result (plain values: for the CSV and the table)."""
+    if task == "classify":
+        header = ["text", "label", *[f"p_{label}" for label in labels], "truncated"]
+        rows = [[t, r["label"], *[round(r["probs"][label], 6) for label in labels], r["truncated"]]
+                for t, r in zip(texts, results, strict=True)]
+    else:
+        header = ["text", *fields, "valid", "repaired", "truncated"]
+        rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"]]
+                for t, r in zip(texts, results, strict=True)]
+    return header, rows
+
+
+def results_csv(header: Sequence[str], rows: Sequence[Sequence]) -> bytes:
+    """CSV bytes (UTF-8 with BOM so spreadsheet programs read it right); None becomes empty."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row])
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], rows: Sequence[Sequence],
+                   variant: str, seconds: float) -> str:
+    shown = rows[:PREVIEW_ROWS]
+    summary = f"### {len(rows):,} texts from `{_safe_name(name)}` ({'lines' if upload.source == 'lines' else 'column `' + _safe_name(upload.source) + '`'})"
+    parts = [summary]
+    if task == "classify":
+        labels = [h[2:] for h in header if h.startswith("p_")]
+        counts = {label: sum(1 for r in rows if r[1] == label) for label in labels}
+        parts.append(" · ".join(f"**{cell(k)}**: {v:,}" for k, v in counts.items()))
+        md_rows = [[str(i + 1), cell(_short(r[0])), f"**{cell(r[1])}**",
+                    *[percent(p) for p in r[2:2 + len(labels)]]] for i, r in enumerate(shown)]
+        parts.append(table(["#", "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
+    else:
+        fields = header[1:-3]
+        valid = sum(1 for r in rows if r[-3])
+        repaired = sum(1 for r in rows if r[-2])
+        parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**")
+        md_rows = [[str(i + 1), cell(_short(r[0], 60)), *[cell(v) for v in r[1:1 + len(fields)]],
+                    "✅" if r[-3] and not r[-2] else ("⚠️" if r[-3] else "❌")] for i, r in enumerate(shown)]
+        parts.append(table(["#", "text", *fields, "ok"], md_rows))
+    if len(rows) > PREVIEW_ROWS:
+        parts.append(f"First {PREVIEW_ROWS} rows shown; the table and the CSV below hold all {len(rows):,}.")
+    parts.extend(f"ℹ️ {note}" for note in upload.notes)
+    truncated = sum(1 for r in rows if r[-1])
+    if truncated:
+        parts.append(f"✂️ {truncated} text(s) were longer than the adapter reads; only their beginning was used.")
+    parts.append(f"*{variant} · {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} texts/s)*")
+    return "\n\n".join(parts)
+
+
+def _short(text: str, width: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --- compare -------------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """One column of a comparison."""
+
+    name: str  # base | few-shot (k=…) | fine-tuned
+    result: dict | str | None = None
+    seconds: float | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    unavailable: str | None = None  # why this column has no result
+
+
+def few_shot_unavailable(spec: AdapterSpec) -> str:
+    return (f"no few-shot examples yet (training writes `adapters/{spec.name}/few_shot.jsonl`: "
+            f"`adapterlab train {spec.name}`)")
+
+
+def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome]) -> str:
+    """One table, a column per variant; for extraction, fields whose values differ are marked."""
+    header = ["", *[f"**{o.name}**" for o in outcomes]]
+    rows: list[list[str]] = []
+    ran = [o for o in outcomes if o.unavailable is None]
+
+    def per(fn) -> list[str]:
+        return [fn(o) if o.unavailable is None else "—" for o in outcomes]
+
+    if spec.task == "classify":
+        rows.append(["label", *per(lambda o: f"**{cell(o.result['label'])}**")])
+        for label in spec.labels:
+            rows.append([f"p({cell(label)})", *per(lambda o, l=label: f"{percent(o.result['probs'][l])} `{bar(o.result['probs'][l], 10)}`")])
+    elif spec.task == "extract":
+        for name in spec.fields:
+            values = {json.dumps(o.result["fields"].get(name)) for o in ran}
+            differs = len(values) > 1
+            rows.append([f"`{name}`" + (" ≠" if differs else ""),
+                         *per(lambda o, n=name, d=differs: f"**{cell(o.result['fields'].get(n))}**" if d
+                              else cell(o.result["fields"].get(n)))])
+        rows.append(["output", *per(lambda o: "❌ invalid" if not o.result["valid"]
+                                    else ("⚠️ repaired" if o.result["repaired"] else "✅ valid"))])
+    else:
+        rows.append(["answer", *per(lambda o: cell(o.result) if o.result and o.result.strip() else "*(empty)*")])
+    rows.append(["latency", *per(lambda o: f"{o.seconds:.2f} s" if o.seconds is not None else "—")])
+    rows.append(["tokens", *per(lambda o: _tokens(o))])
+    rows.append(["status", *[("ran" if o.unavailable is None else f"⚠️ {_one_line(o.unavailable)}") for o in outcomes]])
+    intro = f"### Compare · `{spec.name}` ({spec.task})"
+    parts = [intro, table(header, rows)]
+    if spec.task == "extract" and any("≠" in r[0] for r in rows):
+        parts.append("≠ marks fields where the variants disagree (shown in bold).")
+    return "\n\n".join(parts)
+
+
+def _one_line(markdown: str) -> str:
+    """The app's own markdown (not user text) made safe for one table cell."""
+    return markdown.replace("\n", " ").replace("|", "\\|")
+
+
+def _tokens(o: Outcome) -> str:
+    if o.prompt_tokens is None:
+        return "—"
+    return f"{o.prompt_tokens} in" + (f" / {o.output_tokens} out" if o.output_tokens is not None else "")
+
+
+# --- prompts shown to the user -------------------------------------------------------------------
+
+def rendered_prompt_title(tokens: int) -> str:
+    return f"Rendered prompt · {tokens} tokens"
+
+
+# --- history -------------------------------------------------------------------------------------
+
+def add_turn(history: list[dict], question: str, answer: str, max_messages: int = 40) -> list[dict]:
+    """The conversation with one more exchange; the oldest exchanges are dropped past ``max_messages``
+    (the runtime also drops turns that do not fit the context)."""
+    history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return history[-max_messages:]
+
+
+def history_from_steps(steps: Sequence[dict]) -> list[dict]:
+    """Rebuild a conversation from a persisted thread's steps (on resume): user messages and the
+    assistant answers the app marked with ``metadata.answer``."""
+    history: list[dict] = []
+    for step in sorted(steps, key=lambda s: s.get("createdAt") or ""):
+        metadata = step.get("metadata") or {}
+        if isinstance(metadata, str):
+            try:
+                metadata = json.loads(metadata)
+            except json.JSONDecodeError:
+                metadata = {}
+        if step.get("type") == "user_message" and (step.get("output") or "").strip():
+            history.append({"role": "user", "content": step["output"]})
+        elif step.get("type") == "assistant_message" and isinstance(metadata.get("answer"), str):
+            if history and history[-1]["role"] == "user":
+                history.append({"role": "assistant", "content": metadata["answer"]})
+    if history and history[-1]["role"] == "user":
+        history.pop()
+    return history
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """One widget of the settings panel (app.py turns it into a Chainlit input widget)."""
+
+    kind: str  # slider | switch | text | select
+    id: str
+    label: str
+    initial: object
+    description: str = ""
+    min: float = 0
+    max: float = 1
+    step: float = 1
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    system: str | None = None  # None: the adapter's own system prompt
+    show_prompt: bool = False
+    use_base: bool = False
+    compare_adapter: str = "spam"
+
+
+CHAT_DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256}  # the runtime's for adapter=None
+
+
+def settings_for(profile: Profile, spec: AdapterSpec | None, trained: bool) -> list[Setting]:
+    """The settings panel of a profile, with the adapter's own defaults as initial values."""
+    items: list[Setting] = []
+    if profile.task in ("chat", "generate"):
+        gen = spec.generation if spec else None
+        items += [
+            Setting("slider", "temperature", "Temperature", gen.temperature if gen else CHAT_DEFAULTS["temperature"],
+                    "0 is greedy (deterministic); higher samples more freely.", 0, 1.5, 0.05),
+            Setting("slider", "top_p", "Top-p", gen.top_p if gen else CHAT_DEFAULTS["top_p"],
+                    "Sample only from the most likely tokens covering this much probability.", 0.05, 1, 0.05),
+        ]
+    if profile.task in ("chat", "generate", "extract", "compare"):
+        default = spec.generation.max_new_tokens if spec else CHAT_DEFAULTS["max_new_tokens"]
+        items.append(Setting("slider", "max_new_tokens", "Max new tokens", default,
+                             "Longest answer, in tokens (extraction and compare use it too).", 16, 1024, 16))
+    if profile.task == "compare":
+        items.append(Setting("select", "compare_adapter", "Adapter to compare", "spam",
+                             "Used until a command (spam / medquad / oncology) is picked.",
+                             values=COMPARE_ADAPTERS))
+    if profile.task in ("classify", "generate", "extract"):
+        items.append(Setting("switch", "use_base", "Use the base model (adapter off)", not trained,
+                             "Runs the adapter's prompt on the base model, as `--base` does."
+                             + ("" if trained else " On because the adapter is not trained yet.")))
+    system_default = spec.prompt.system if spec else "(none)"
+    items += [
+        Setting("text", "system", "System prompt override", "",
+                f"Empty: the {'adapter' if spec else 'chat'}'s own system prompt: {system_default}"),
+        Setting("switch", "show_prompt", "Show the rendered prompt",
+                False, "Attach the exact text sent to the model (after the chat template) and its token count."),
+    ]
+    return items
+
+
+def read_settings(raw: dict | None, items: Sequence[Setting]) -> Settings:
+    """Settings from the panel's values (missing ones take the panel's initial values)."""
+    values = {s.id: s.initial for s in items}
+    values.update({k: v for k, v in (raw or {}).items() if k in values})
+
+    def number(key, cast):
+        value = values.get(key)
+        return None if value is None else cast(value)
+
+    system = values.get("system")
+    compare = values.get("compare_adapter") or "spam"
+    return Settings(
+        temperature=number("temperature", float),
+        top_p=max(0.01, min(1.0, number("top_p", float))) if values.get("top_p") is not None else None,
+        max_new_tokens=number("max_new_tokens", lambda v: max(1, int(round(float(v))))),
+        system=system if isinstance(system, str) and system.strip() else None,
+        show_prompt=bool(values.get("show_prompt")),
+        use_base=bool(values.get("use_base")),
+        compare_adapter=compare if compare in COMPARE_ADAPTERS else "spam",
+    )
+
+
+def status_markdown(state: str, elapsed: float, load_seconds: float | None, error: str | None,
+                    specs: dict, loaded: Sequence[str], base_model: str, profile: Profile) -> str:
+    """The status panel beside the chat: model state, adapters, the profile's notices."""
+    if state == "ready":
+        model = f"✅ **Model ready** (`{base_model}`, loaded in {load_seconds or 0:.0f} s)"
+    elif state == "failed":
+        model = load_failed_message(error or "unknown error")
+    else:
+        model = (f"⏳ **Loading the model…** {elapsed:.0f} s so far (the first start converts the embedded "
+                 "model, about 30 s). You can type already.")
+    lines = [model, ""]
+    for name, spec in specs.items():
+        trained = name in loaded if state == "ready" else spec.has_weights
+        lines.append(f"- `{name}` — {spec.title}: " + ("trained ✅" if trained else "**not trained yet** 🚧 "
+                                                          "(base model + its prompt)"))
+    if profile.task == "generate":
+        lines += ["", NOT_MEDICAL_ADVICE]
+    elif profile.task in ("extract", "compare"):
+        lines += ["", NOT_CLINICAL]
+    return "\n".join(lines)

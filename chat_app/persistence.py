@@ -1,0 +1,139 @@
+"""Chat history and feedback through Chainlit's SQLAlchemy data layer.
+
+SQLite by default (a local file whose tables are created on first use), PostgreSQL by URL
+(``postgresql+asyncpg://...``, needs ``pip install asyncpg``). Differences from the stock layer:
+
+- the tables are created when missing (Chainlit leaves that to the deployer);
+- on SQLite, list and dict values (thread tags, step modes) are stored as JSON text and read back;
+- database errors are logged with their type only: SQLAlchemy's messages include the statement's
+  parameters, which hold message text, and this app keeps message text out of the logs;
+- attachments (CSV downloads, tables) are not persisted (there is no blob storage): a resumed
+  thread keeps every message's text but not its files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger("adapterlab.chat_app")
+
+# The columns Chainlit's SQLAlchemy layer reads and writes (chainlit 2.12: StepDict, ElementDict,
+# Feedback); types follow Chainlit's documented PostgreSQL schema.
+POSTGRES_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS users ("id" UUID PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE,
+        "metadata" JSONB NOT NULL, "createdAt" TEXT)""",
+    """CREATE TABLE IF NOT EXISTS threads ("id" UUID PRIMARY KEY, "createdAt" TEXT, "name" TEXT,
+        "userId" UUID, "userIdentifier" TEXT, "tags" TEXT[], "metadata" JSONB,
+        FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS steps ("id" UUID PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL,
+        "threadId" UUID NOT NULL, "parentId" UUID, "streaming" BOOLEAN NOT NULL, "waitForAnswer" BOOLEAN,
+        "isError" BOOLEAN, "metadata" JSONB, "tags" TEXT[], "input" TEXT, "output" TEXT, "createdAt" TEXT,
+        "command" TEXT, "start" TEXT, "end" TEXT, "generation" JSONB, "showInput" TEXT, "language" TEXT,
+        "indent" INT, "defaultOpen" BOOLEAN, "autoCollapse" BOOLEAN, "modes" JSONB, "icon" TEXT,
+        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS elements ("id" UUID PRIMARY KEY, "threadId" UUID, "type" TEXT, "url" TEXT,
+        "chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT, "size" TEXT,
+        "page" INT, "language" TEXT, "forId" UUID, "mime" TEXT, "props" JSONB, "autoPlay" BOOLEAN,
+        "playerConfig" JSONB, FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS feedbacks ("id" UUID PRIMARY KEY, "forId" UUID NOT NULL, "threadId" UUID,
+        "value" INT NOT NULL, "comment" TEXT,
+        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+]
+
+SQLITE_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS users ("id" TEXT PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE,
+        "metadata" TEXT NOT NULL, "createdAt" TEXT)""",
+    """CREATE TABLE IF NOT EXISTS threads ("id" TEXT PRIMARY KEY, "createdAt" TEXT, "name" TEXT,
+        "userId" TEXT, "userIdentifier" TEXT, "tags" TEXT, "metadata" TEXT,
+        FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS steps ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL,
+        "threadId" TEXT NOT NULL, "parentId" TEXT, "streaming" BOOLEAN NOT NULL, "waitForAnswer" BOOLEAN,
+        "isError" BOOLEAN, "metadata" TEXT, "tags" TEXT, "input" TEXT, "output" TEXT, "createdAt" TEXT,
+        "command" TEXT, "start" TEXT, "end" TEXT, "generation" TEXT, "showInput" TEXT, "language" TEXT,
+        "indent" INT, "defaultOpen" BOOLEAN, "autoCollapse" BOOLEAN, "modes" TEXT, "icon" TEXT,
+        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS elements ("id" TEXT PRIMARY KEY, "threadId" TEXT, "type" TEXT, "url" TEXT,
+        "chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT, "size" TEXT,
+        "page" INT, "language" TEXT, "forId" TEXT, "mime" TEXT, "props" TEXT, "autoPlay" BOOLEAN,
+        "playerConfig" TEXT, FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS feedbacks ("id" TEXT PRIMARY KEY, "forId" TEXT NOT NULL, "threadId" TEXT,
+        "value" INT NOT NULL, "comment" TEXT,
+        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    'CREATE INDEX IF NOT EXISTS steps_thread ON steps ("threadId")',
+    'CREATE INDEX IF NOT EXISTS threads_user ON threads ("userId")',
+]
+
+
+class HistoryDataLayer(SQLAlchemyDataLayer):
+    """Chainlit's SQLAlchemy data layer, creating its tables and keeping message text out of logs."""
+
+    def __init__(self, url: str):
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(conninfo=url, storage_provider=None, show_logger=False)
+        self._schema_ready = False
+
+    async def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        statements = SQLITE_SCHEMA if self.dialect == "sqlite" else POSTGRES_SCHEMA
+        async with self.engine.begin() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+        self._schema_ready = True
+
+    async def execute_sql(self, query: str, parameters: dict) -> list[dict[str, Any]] | int | None:
+        await self.ensure_schema()
+        if self.dialect == "sqlite":
+            parameters = {k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                          for k, v in parameters.items()}
+        async with self.async_session() as session:
+            try:
+                await session.begin()
+                result = await session.execute(text(query), parameters)
+                await session.commit()
+                if result.returns_rows:
+                    return self.clean_result([dict(row._mapping) for row in result.fetchall()])
+                return result.rowcount
+            except Exception as exc:  # noqa: BLE001 - the stock layer also returns None on errors
+                await session.rollback()
+                log.warning("chat history: a %s statement failed (%s)", query.split(None, 1)[0].upper(),
+                            type(exc).__name__)
+                return None
+
+    async def get_all_user_threads(self, user_id=None, thread_id=None):
+        threads = await super().get_all_user_threads(user_id=user_id, thread_id=thread_id)
+        if self.dialect == "sqlite" and threads:
+            for thread in threads:
+                thread["tags"] = _loads(thread.get("tags"), None)
+                thread["metadata"] = _loads(thread.get("metadata"), {})
+                for step in thread.get("steps", []):
+                    step["metadata"] = _loads(step.get("metadata"), {})
+                    step["tags"] = _loads(step.get("tags"), None)
+                    step["generation"] = _loads(step.get("generation"), None)
+                    for key in ("streaming", "waitForAnswer", "isError"):
+                        if isinstance(step.get(key), int):
+                            step[key] = bool(step[key])
+        return threads
+
+    async def create_element(self, element) -> None:
+        """Attachments are not persisted (no blob storage configured); the message text is."""
+        return None
+
+
+def _loads(value, default):
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return value if value is not None else default

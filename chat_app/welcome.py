@@ -1,0 +1,125 @@
+"""``chainlit.md``, the app's readme page, rendered from the adapter specs and each adapter's
+``metrics.json`` (written by training's evaluation) at start-up: no number in it is typed by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from adapters.spec import AdapterSpec
+
+GENERATED_NOTE = ("*This page is generated when the app starts, from each adapter's `adapter.yaml` and "
+                  "`metrics.json` (chat_app/welcome.py); edits to chainlit.md are overwritten.*")
+
+LIMITATIONS = {
+    "spam": "Trained on one public SMS collection (English, UK-centric, 2000s); new scam styles and other "
+            "languages are out of scope. A high probability is not proof.",
+    "medquad": "Paraphrases NIH patient pages and can invent facts, drugs or doses; it knows nothing about "
+               "you. Not medical advice.",
+    "oncology": "Trained on synthetic narratives; real notes are messier. It can miss or misplace a field; "
+                "invalid output is flagged and never filled with invented values.",
+}
+
+
+def read_metrics(spec: AdapterSpec) -> dict | None:
+    """The adapter's metrics.json, or None when absent or unreadable."""
+    path = spec.directory / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
+    """Headline metrics as a table (fine-tuned vs base and few-shot), or the "not trained yet" line."""
+    if not metrics:
+        state = "weights present, not evaluated yet" if spec.has_weights else "**not trained yet**"
+        return (f"Metrics: {state} — `adapterlab train {spec.name}` trains and evaluates it, writing "
+                f"`adapters/{spec.name}/metrics.json`; this page shows them at the next start.")
+    headline = metrics.get("headline") or {}
+    variants = metrics.get("variants") or {}
+    keys = list(headline) or sorted({k for v in variants.values() if isinstance(v, dict) for k, x in v.items()
+                                     if isinstance(x, (int, float)) and not isinstance(x, bool)})
+    shown = [v for v in ("base", "few_shot", "fine_tuned")
+             if isinstance(variants.get(v), dict) and "skipped" not in variants[v]]
+    if not keys or not shown:
+        return "Metrics: `metrics.json` holds no headline metrics."
+    names = {"base": "base", "few_shot": f"few-shot (k={metrics.get('few_shot_k', '?')})", "fine_tuned": "fine-tuned"}
+    lines = [f"| metric | {' | '.join(names[v] for v in shown)} |", "|---|" + "---|" * len(shown)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_fmt(variants[v].get(key)) for v in shown) + " |")
+    where = f"held-out test split, {metrics.get('test_examples', '?')} examples"
+    when = metrics.get("evaluated_at")
+    intro = f"Headline metrics ({where}{', evaluated ' + str(when) if when else ''}):"
+    targets = metrics.get("targets") or []
+    met = "".join(f"\n- {'✅' if t.get('met') else '❌'} {t.get('metric')} {t.get('target')}: "
+                  f"measured {_fmt(t.get('value'))}" for t in targets)
+    return intro + "\n\n" + "\n".join(lines) + (f"\n\nTargets:{met}" if met else "")
+
+
+def render_chainlit_md(specs: Mapping[str, AdapterSpec], base_model: str) -> str:
+    sections = []
+    for name, spec in specs.items():
+        sections.append(f"### {spec.title} (`{name}`, {spec.task})\n\n{spec.description}\n\n"
+                        f"{metrics_section(spec, read_metrics(spec))}\n\n"
+                        f"Limitations: {LIMITATIONS.get(name, 'see the model card in adapters/' + name + '/README.md.')}")
+    return f"""# adapterlab
+
+> ⚠️ **Nothing here is for clinical decisions.** This is a teaching and demonstration app on a
+> 135M-parameter model: it is often wrong, sometimes confidently. Medical answers are not medical
+> advice; the oncology adapter is trained on synthetic data.
+
+One base model (`{base_model}`) with LoRA adapters, side by side. Pick a **chat profile** at the top:
+
+- **Chat** — the plain base model.
+- **Spam check** — an SMS → spam/ham with a probability for each; attach a `.txt`/`.csv` for a batch.
+- **Medical Q&A** — streamed answers, multi-turn.
+- **Oncology extraction** — 7 fields as a table and JSON; attach a `.txt`/`.csv` for a batch.
+- **Compare** — base vs few-shot vs fine-tuned on the same input.
+
+The ⚙️ settings (next to the message box) set temperature, top-p, the number of new tokens, a system
+prompt override, and can show the exact rendered prompt with its token count.
+
+## Adapters
+
+{chr(10).join(sections)}
+
+## Privacy
+
+Conversations are stored in this server's chat history database (and feedback with them). Message
+text is not written to the server logs.
+
+{GENERATED_NOTE}
+"""
+
+
+def write_chainlit_md(root: str | Path, specs: Mapping[str, AdapterSpec], base_model: str) -> Path:
+    """Write ``chainlit.md`` into the app root if its content changed (atomically)."""
+    path = Path(root) / "chainlit.md"
+    text = render_chainlit_md(specs, base_model)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return path
+    except OSError:
+        pass
+    tmp = path.with_name(f".chainlit.md.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":  # python -m chat_app.welcome: refresh chainlit.md after an evaluation
+    from adapters.base_models import DEFAULT_BASE
+    from adapters.catalog import CATALOG_DIR, load_catalog
+
+    print(write_chainlit_md(CATALOG_DIR.parent, load_catalog(CATALOG_DIR), DEFAULT_BASE))

@@ -1,0 +1,434 @@
+"""End to end: a real ``chainlit run chat_app/app.py`` on a free port with the real embedded model,
+driven through Debian's Chromium (headless) with Python Playwright. Each profile gets a message and
+the rendered answer is checked; screenshots and timings go to ``test-artifacts/e2e/``.
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``); skipped with a reason otherwise. Runs on the
+adapters as they are: untrained ones answer through the base model, trained ones through the adapter.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+MODEL_READY_TIMEOUT = 420  # the first start converts the embedded model (about 30 s; more on a busy CI)
+ANSWER_TIMEOUT = 120
+SECRET = "zebra-4417"  # marks message text: it must never reach the server log
+
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian's chromium package "
+                "(`apt-get install -y chromium`)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
+
+TIMINGS: dict[str, float] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``chainlit run chat_app/app.py --headless`` in its own process group, stopped by its pid."""
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None, name: str = "server"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ARTIFACTS / f"{name}.log"
+        environment = {**os.environ, "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'history.sqlite3'}",
+                       **(env or {})}
+        self.log = open(self.log_path, "w")
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chainlit", "run", "chat_app/app.py", "--headless", "--host", "127.0.0.1",
+             "--port", str(self.port)], cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 120) -> float:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"chainlit exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - self.started
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"chainlit did not answer within {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the group this test started, by its id
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    srv = Server(tmp_path_factory.mktemp("e2e"))
+    TIMINGS["command_to_health_s"] = srv.wait_healthy()
+    yield srv
+    srv.stop()
+    (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+OUTSIDE: list[str] = []
+
+
+def new_page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    host = f"127.0.0.1:{server.port}"
+    page.on("request", lambda r: None if host in r.url or r.url.startswith(("data:", "blob:")) else OUTSIDE.append(r.url))
+    page.set_default_timeout(30_000)
+    return page
+
+
+def open_app(page, server):
+    page.goto(server.url)
+    page.wait_for_selector("#chat-input")
+
+
+def wait_model_ready(page):
+    page.wait_for_selector("text=Model ready", timeout=MODEL_READY_TIMEOUT * 1000)
+
+
+def choose_profile(page, name: str) -> None:
+    page.click("#chat-profiles")
+    page.click(f'[data-test="select-item:{name}"]')
+    confirm = page.get_by_role("button", name="Confirm")
+    try:
+        confirm.wait_for(timeout=1500)
+        confirm.click()
+    except sync_api.TimeoutError:
+        pass  # no confirmation when the chat is still empty
+    page.wait_for_selector(f"#chat-profiles:has-text('{name}')")
+    page.wait_for_selector("#starters")
+
+
+def set_max_new_tokens(page, value: int) -> None:
+    """Settings panel: move the "Max new tokens" slider with the keyboard (16 at Home, steps of 16)."""
+    page.click("#chat-settings-open-modal")
+    thumb = page.locator("#max_new_tokens [role=slider]")
+    thumb.focus()
+    thumb.press("Home")
+    for _ in range(value // 16 - 1):
+        thumb.press("ArrowRight")
+    assert thumb.get_attribute("aria-valuenow") == str(value)
+
+
+def send(page, text: str) -> None:
+    page.fill("#chat-input", text)
+    page.click("#chat-submit")
+
+
+def answers(page):
+    return page.locator("[data-step-type=assistant_message]")
+
+
+def wait_idle(page, timeout: float = ANSWER_TIMEOUT) -> None:
+    page.wait_for_timeout(300)
+    page.wait_for_selector("#stop-button", state="detached", timeout=timeout * 1000)
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+def test_the_page_is_usable_while_the_model_loads(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    TIMINGS["command_to_usable_page_s"] = time.perf_counter() - server.started
+    status = page.locator("#side-view-content").get_by_text(re.compile(r"Loading the model… \d+ s so far|Model ready \("))
+    status.wait_for()
+    TIMINGS["page_showed_loading_state"] = float("Loading the model" in status.inner_text())
+    assert page.locator("#starters button").count() >= 2  # starters usable at once
+    shot(page, "01-loading-or-ready")
+    wait_model_ready(page)
+    TIMINGS["command_to_model_ready_s"] = time.perf_counter() - server.started
+    shot(page, "02-chat-start")
+    page.click("#readme-button")  # chainlit.md, generated at start-up from the adapters' metrics.json
+    readme = page.get_by_role("dialog")
+    readme.get_by_text("Nothing here is for clinical decisions").wait_for()
+    text = readme.inner_text()
+    for title in ("Spam check", "Medical Q&A", "Oncology extraction"):
+        assert title in text
+    assert text.count("not trained yet") + text.count("Headline metrics") >= 3
+    page.wait_for_timeout(500)  # the dialog's fade-in
+    shot(page, "02b-readme")
+    page.context.close()
+
+
+def test_chat_profile_answers_with_the_base_model(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page)
+    send(page, f"Say hello to {SECRET} in one short sentence.")
+    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    text = answers(page).last.inner_text()
+    assert "base model (no adapter)" in text and "prompt tokens" in text
+    assert len(text.split("---")[0].strip()) > 0
+    shot(page, "03-chat")
+    page.context.close()
+
+
+def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    choose_profile(page, "Spam check")
+    page.get_by_text("Prize scam").click()
+    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    message = answers(page).last
+    text = message.inner_text()
+    assert re.search(r"^(SPAM|HAM) · \d+\.\d%", text), text
+    cells = [c.inner_text() for c in message.locator("table td").all()]
+    assert "ham" in cells[0] and "spam" in cells[3]
+    probs = [float(c.rstrip("%")) for c in cells if re.fullmatch(r"\d+\.\d%", c)]
+    assert len(probs) == 2 and abs(sum(probs) - 100) < 0.2
+    assert page.locator("text=/Used spam · classify/").count() == 1  # the LangChain chain step is shown
+    shot(page, "04-spam-check")
+    # a 100 kB message: answered, and the user is told only its beginning was read
+    send(page, ("WIN a free prize " + SECRET + " call now! ") * 2800)
+    page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]').length >= 2",
+                           timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    assert "only its beginning was used" in answers(page).last.inner_text()
+    page.context.close()
+
+
+def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(server, browser, tmp_path):
+    page = new_page(browser, server)
+    open_app(page, server)
+    choose_profile(page, "Spam check")
+    good = tmp_path / "messages.csv"
+    good.write_text("id,text\n1,Are we still meeting for lunch today?\n2,WINNER! Claim your FREE prize: "
+                    "text WIN to 80086 now\n3,See you at the lecture tomorrow\n", encoding="utf-8")
+    page.set_input_files("#upload-button-input", str(good))
+    page.wait_for_selector("#attachments :text('messages.csv')")
+    page.click("#chat-submit")
+    page.wait_for_selector("h3:has-text('3 texts from')", timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    message = answers(page).last
+    assert message.locator("table").first.locator("tbody tr").count() == 3
+    link = page.locator('a.inline-file[download="messages-spam-results.csv"]')
+    response = page.request.get(link.get_attribute("href"))
+    assert response.ok
+    rows = list(csv.reader(io.StringIO(response.body().decode("utf-8-sig"))))
+    assert rows[0] == ["text", "label", "p_ham", "p_spam", "truncated"] and len(rows) == 4
+    assert all(r[1] in ("ham", "spam") and abs(float(r[2]) + float(r[3]) - 1) < 1e-4 for r in rows[1:])
+    shot(page, "05-spam-upload")
+    bad = tmp_path / "notes.txt"
+    bad.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    nocol = tmp_path / "labels.csv"
+    nocol.write_text("id,label\n1,ham\n", encoding="utf-8")
+    page.set_input_files("#upload-button-input", [str(bad), str(nocol)])
+    page.wait_for_selector("#attachments :text('labels.csv')")
+    page.click("#chat-submit")
+    page.wait_for_selector("text=is not UTF-8 text", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("text=has no text column", timeout=ANSWER_TIMEOUT * 1000)
+    shot(page, "06-bad-uploads")
+    page.context.close()
+
+
+def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page)
+    choose_profile(page, "Medical Q&A")
+    # settings panel: 64 new tokens and the rendered prompt switched on
+    set_max_new_tokens(page, 64)
+    page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
+    page.get_by_role("button", name="Confirm").click()
+    clicked = time.perf_counter()
+    send(page, f"What are the symptoms of glaucoma? ({SECRET})")
+    message = answers(page).first
+    message.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    TIMINGS["medical_first_token_in_browser_s"] = time.perf_counter() - clicked
+    seen = set()
+    while page.locator("#stop-button").count():
+        seen.add(len(message.inner_text()))
+        page.wait_for_timeout(40)
+    assert len(seen) >= 3, f"the answer did not arrive in pieces: lengths seen {sorted(seen)}"
+    wait_idle(page)
+    text = message.inner_text()
+    assert "Not medical advice" in text and "first token" in text
+    TIMINGS["medical_first_token_server_s"] = float(re.search(r"first token (\d+\.\d+) s", text).group(1))
+    assert re.search(r"\d+ prompt tokens, \d+ generated", text)
+    prompt_title = page.locator("text=/Rendered prompt · \\d+ tokens/").first
+    assert prompt_title.count() == 1
+    shot(page, "07-medical-qa")
+    send(page, "How is it treated?")
+    page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]').length >= 2",
+                           timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    # the second turn's rendered prompt holds the first question and answer: history within the session
+    page.locator("text=/Rendered prompt · \\d+ tokens/").last.click()
+    page.wait_for_selector("text=/What are the symptoms of glaucoma\\?/ >> nth=1")
+    shot(page, "08-medical-qa-second-turn")
+    page.context.close()
+
+
+def test_oncology_extraction_shows_the_seven_fields_and_a_batch(server, browser, tmp_path):
+    page = new_page(browser, server)
+    open_app(page, server)
+    choose_profile(page, "Oncology extraction")
+    page.get_by_text("Lung adenocarcinoma").click()
+    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    message = answers(page).last
+    fields = [c.inner_text() for c in message.locator("table").first.locator("tbody tr td:first-child").all()]
+    assert fields == ["cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
+                      "metastasis_site"]
+    text = message.inner_text()
+    assert re.search(r"Valid JSON|Repaired output|Invalid output", text)
+    assert '"cancer_type"' in text and "Not for clinical decisions" in text
+    shot(page, "09-oncology")
+    # a batch: two narratives in a .txt file, one a line (64 new tokens each, to keep the test short)
+    set_max_new_tokens(page, 64)
+    page.get_by_role("button", name="Confirm").click()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Stage IV melanoma with BRAF V600E, started on dabrafenib and trametinib.\n"
+                     "Follow-up: breast cancer, HER2 positive, complete response after trastuzumab.\n")
+    page.set_input_files("#upload-button-input", str(notes))
+    page.wait_for_selector("#attachments :text('notes.txt')")
+    page.click("#chat-submit")
+    page.wait_for_selector("h3:has-text('2 texts from')", timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    table = answers(page).last.locator("table").first
+    assert [h.inner_text() for h in table.locator("th").all()][2:9] == fields
+    assert table.locator("tbody tr").count() == 2
+    assert page.locator('a.inline-file[download="notes-oncology-results.csv"]').count() == 1
+    shot(page, "10-oncology-upload")
+    page.context.close()
+
+
+def test_compare_answers_in_three_labelled_columns(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    choose_profile(page, "Compare")
+    page.get_by_text("Spam: three ways").click()
+    page.wait_for_selector("text=/Compare · spam/", timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    headers = [h.inner_text() for h in answers(page).last.locator("table th").all()]
+    assert headers[1:] == ["base", "few-shot" if "few-shot (" not in headers[2] else headers[2], "fine-tuned"]
+    rows = {r.locator("td").first.inner_text(): r for r in answers(page).last.locator("tbody tr").all()}
+    assert {"label", "p(ham)", "p(spam)", "latency", "tokens", "status"} <= set(rows)
+    assert re.search(r"\d+\.\d%", rows["p(spam)"].locator("td").nth(1).inner_text())
+    shot(page, "11-compare")
+    page.context.close()
+
+
+def test_two_sessions_with_different_adapters_get_their_own_answers(server, browser):
+    spam, medical = new_page(browser, server), new_page(browser, server)
+    for page, profile in ((spam, "Spam check"), (medical, "Medical Q&A")):
+        open_app(page, server)
+        choose_profile(page, profile)
+    set_max_new_tokens(medical, 96)
+    medical.get_by_role("button", name="Confirm").click()
+    send(medical, "What causes high blood pressure?")
+    send(spam, "Hi mum, I'll be home late tonight, keep some dinner for me")
+    for page in (spam, medical):
+        answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+        wait_idle(page)
+    assert answers(spam).count() == 1 and answers(medical).count() == 1
+    spam_text, medical_text = answers(spam).first.inner_text(), answers(medical).first.inner_text()
+    assert "probability" in spam_text and "Not medical advice" not in spam_text
+    assert "Not medical advice" in medical_text and "probability" not in medical_text
+    shot(spam, "12-two-sessions-spam")
+    shot(medical, "13-two-sessions-medical")
+    for page in (spam, medical):
+        page.context.close()
+
+
+def test_nothing_left_this_machine_and_no_message_text_in_the_log(server):
+    assert OUTSIDE == [], f"the page requested other hosts: {OUTSIDE[:5]}"
+    log = server.log_text()
+    assert SECRET not in log and "glaucoma" not in log.lower()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalog):
+    """A second app on the tiny model: login from environment variables, and a conversation that is
+    stored in SQLite and comes back from the history sidebar."""
+    srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
+                            "ADAPTERLAB_APP_USER": "ana", "ADAPTERLAB_APP_PASSWORD": "s3cret-pw",
+                            "CHAINLIT_AUTH_SECRET": "x" * 64}, name="server-login")
+    try:
+        srv.wait_healthy()
+        page = new_page(browser, srv)
+        page.goto(srv.url)
+        page.fill("#email", "ana")
+        page.fill("#password", "wrong")
+        page.get_by_role("button", name=re.compile("continue|sign in|log in", re.I)).click()
+        page.wait_for_selector("text=/Sign in failed|Unable to sign in|different account/i")
+        page.fill("#password", "s3cret-pw")
+        page.get_by_role("button", name=re.compile("continue|sign in|log in", re.I)).click()
+        page.wait_for_selector("#chat-input")
+        choose_profile(page, "Spam check")
+        send(page, "Remember the milk")
+        answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+        wait_idle(page)
+        # thumbs up with a comment: stored through Chainlit's data layer
+        page.locator("[data-step-type=assistant_message] button").filter(
+            has=page.locator(".lucide-thumbs-up")).first.click()
+        page.get_by_role("dialog").locator("textarea").fill("right label")
+        page.click("#submit-feedback")
+        page.wait_for_timeout(1000)
+        with sqlite3.connect(tmp_path / "history.sqlite3") as db:
+            assert db.execute('SELECT "value", "comment" FROM feedbacks').fetchall() == [(1, "right label")]
+            assert ("Remember the milk",) in db.execute('SELECT "output" FROM steps').fetchall()
+        page.goto(srv.url)
+        page.wait_for_selector("#chat-input")
+        thread = page.locator("#thread-history a").filter(has_text="Remember the milk").first
+        page.goto(srv.url + thread.get_attribute("href"))  # the history sidebar's link to the thread
+        page.wait_for_selector("text=Remember the milk")
+        page.wait_for_selector("text=probability")
+        shot(page, "14-login-resumed-thread")
+        page.context.close()
+    finally:
+        srv.stop()

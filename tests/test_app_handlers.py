@@ -1,0 +1,495 @@
+"""The chat app without a browser: LangChain prompts equal adapters.prompts, the chains return what the
+runtime returns, and the handlers say the right thing for good and bad input (tiny random model)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import re
+
+import pytest
+
+from adapters import AdapterNotTrainedError, Runtime
+from adapters.catalog import load_catalog
+from adapters.prompts import chat_messages, task_messages
+from chat_app import chains, handlers, offline, welcome
+from chat_app.config import load_config
+
+EXAMPLES = [("win {cash} now", "spam"), ("dinner at 7?", '{"cancer_type": null, "stage": "IV"}')]
+TEXTS = ["hello", "Braces {text} and {0} stay as they are", "ünïcødé ✓ \n two lines"]
+
+
+def runtime(tiny_base, catalog) -> Runtime:
+    return Runtime.local(catalog, base=str(tiny_base), progress=False)
+
+
+# --- prompts: the LangChain templates are adapters.prompts ----------------------------------------
+
+@pytest.mark.parametrize("system", [None, "Custom system prompt with {braces}"])
+@pytest.mark.parametrize("examples", [(), EXAMPLES])
+def test_task_prompt_messages_are_exactly_task_messages(catalog, system, examples):
+    for spec in load_catalog(catalog).values():
+        template = chains.task_prompt(spec, system=system, examples=examples)
+        for text in TEXTS:
+            got = chains.as_dicts(template.invoke({"text": text}).to_messages())
+            assert got == task_messages(spec, text, system=system, examples=examples)
+
+
+def test_task_prompt_follows_a_changed_user_template(catalog):
+    spec_file = catalog / "spam" / "adapter.yaml"
+    spec_file.write_text(spec_file.read_text().replace('user_template: "Message: {text}"',
+                                                       'user_template: "SMS <<{text}>> end"'))
+    spec = load_catalog(catalog)["spam"]
+    got = chains.as_dicts(chains.task_prompt(spec, examples=EXAMPLES).invoke({"text": "hi"}).to_messages())
+    assert got == task_messages(spec, "hi", examples=EXAMPLES)
+    assert got[-1]["content"] == "SMS <<hi>> end"
+
+
+@pytest.mark.parametrize("adapter", [None, "medquad", "spam"])
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_chat_prompt_messages_are_exactly_chat_messages(catalog, adapter, system):
+    spec = load_catalog(catalog)[adapter] if adapter else None
+    turns = [{"role": "user", "content": "first {question}"}, {"role": "assistant", "content": "an answer"}]
+    shots = chains.few_shot_turns(EXAMPLES[:1])
+    value = chains.chat_prompt(spec, system=system).invoke(
+        {"history": chains.history_messages(spec, [*shots, *turns]), "text": "second"})
+    expected = chat_messages(spec, [*shots, *turns, {"role": "user", "content": "second"}], system=system)
+    assert chains.as_dicts(value.to_messages()) == expected
+
+
+def test_a_first_chat_turn_is_the_task_prompt(catalog):
+    spec = load_catalog(catalog)["medquad"]
+    value = chains.chat_prompt(spec).invoke({"history": [], "text": "What is glaucoma?"})
+    assert chains.as_dicts(value.to_messages()) == task_messages(spec, "What is glaucoma?")
+
+
+# --- chains over the runtime -----------------------------------------------------------------------
+
+def test_classify_and_extract_chains_return_what_the_runtime_returns(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    got = chains.classify_chain(rt, "spam", base=True).invoke({"texts": TEXTS})
+    direct = rt.classify("spam", TEXTS, base=True)
+    assert [g["label"] for g in got] == [d.label for d in direct]
+    for g, d in zip(got, direct):
+        assert g["probs"] == pytest.approx(d.probs)
+    got = chains.extract_chain(rt, "oncology", base=True, max_new_tokens=8).invoke({"texts": TEXTS[:2]})
+    direct = rt.extract("oncology", TEXTS[:2], base=True, max_new_tokens=8)
+    assert [g["raw"] for g in got] == [d.raw for d in direct]
+    assert [list(g["fields"]) for g in got] == [list(rt.spec("oncology").fields)] * 2
+
+
+def test_few_shot_examples_reach_the_runtime(tiny_base, catalog, monkeypatch):
+    rt = runtime(tiny_base, catalog)
+    seen = []
+    original = rt.classify
+    monkeypatch.setattr(rt, "classify", lambda *a, **kw: seen.append(kw) or original(*a, **kw))
+    chains.classify_chain(rt, "spam", base=True, system="S", examples=EXAMPLES[:1]).invoke({"texts": ["x"]})
+    assert seen[0]["examples"] == EXAMPLES[:1] and seen[0]["system"] == "S" and seen[0]["base"] is True
+
+
+def test_a_chain_refuses_to_run_when_its_prompt_drifts_from_adapters_prompts(tiny_base, catalog, monkeypatch):
+    rt = runtime(tiny_base, catalog)
+    monkeypatch.setattr(chains, "task_messages", lambda *a, **kw: [{"role": "user", "content": "other"}])
+    with pytest.raises(chains.PromptMismatchError):
+        chains.classify_chain(rt, "spam", base=True).invoke({"texts": ["hello"]})
+
+
+def test_an_untrained_adapter_says_so_and_the_base_path_works(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    with pytest.raises(AdapterNotTrainedError, match="adapterlab train spam"):
+        chains.classify_chain(rt, "spam", base=False).invoke({"texts": ["hello"]})
+    assert chains.classify_chain(rt, "spam", base=True).invoke({"texts": ["hello"]})[0]["label"] in ("ham", "spam")
+    spec = rt.spec("spam")
+    variant = handlers.choose_variant(spec, trained=False, use_base=False)
+    assert variant.problem and "not trained yet" in variant.problem and "adapterlab train spam" in variant.problem
+    assert handlers.choose_variant(spec, trained=False, use_base=True) == handlers.Variant(
+        True, "base model + spam prompt — adapter not trained yet")
+    assert not handlers.choose_variant(spec, trained=True, use_base=False).base
+
+
+def test_generate_chain_streams_the_runtime_answer_with_history(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+    info = chains.GenerationInfo()
+    chain = chains.generate_chain(rt, "medquad", base=True, temperature=0, max_new_tokens=12, info=info)
+    pieces = list(chain.stream({"history": history, "text": "q2"}))
+    direct = rt.generate("medquad", [*history, {"role": "user", "content": "q2"}], base=True, temperature=0,
+                         max_new_tokens=12, stream=False).read()
+    assert len(pieces) > 1 and "".join(pieces) == info.text == direct
+    assert info.prompt_tokens > 0 and info.first_piece_seconds is not None and not info.truncated
+
+
+def test_generate_chain_streams_asynchronously_and_stops_when_abandoned(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+
+    async def scenario():
+        info = chains.GenerationInfo()
+        chain = chains.generate_chain(rt, None, temperature=0, max_new_tokens=10, info=info)
+        pieces = [p async for p in chain.astream({"history": [], "text": "hello"})]
+        long_run = chains.generate_chain(rt, None, temperature=0, max_new_tokens=400)
+        stream = long_run.astream({"history": [], "text": "hello"})
+        await stream.__anext__()
+        await stream.aclose()  # the Stop button: the generation must end and free the model
+        return pieces, info
+
+    pieces, info = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert "".join(pieces) == info.text and info.text
+    # the model is free again: a classify call does not wait for the abandoned 400-token generation
+    result = asyncio.run(asyncio.wait_for(asyncio.to_thread(rt.classify, "spam", ["x"], base=True), 30))
+    assert result[0].label in ("ham", "spam")
+
+
+# --- input checks and uploads -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "   \n\t", None])
+def test_an_empty_message_gets_a_clear_answer(text):
+    with pytest.raises(handlers.InputProblem, match="empty"):
+        handlers.check_text(text)
+
+
+def test_a_100kb_message_is_truncated_by_the_runtime_and_the_user_is_told(tiny_base, catalog):
+    text, notes = handlers.check_text("win a free prize call now " * 4000)  # ~100 kB
+    assert len(text) > 100_000 and notes == []
+    rt = runtime(tiny_base, catalog)
+    (result,) = chains.classify_chain(rt, "spam", base=True).invoke({"texts": [text]})
+    assert result["truncated"]
+    assert "only its beginning was used" in handlers.truncation_note(rt.spec("spam"), text)
+    huge, notes = handlers.check_text("x" * 300_000)
+    assert len(huge) == handlers.MAX_MESSAGE_CHARS and "only the first" in notes[0]
+
+
+def test_txt_upload_is_one_text_a_line():
+    upload = handlers.read_upload("sms.txt", "first\n\n  second  \r\nthird\n".encode(), limit=100)
+    assert upload.texts == ["first", "second", "third"] and upload.source == "lines" and not upload.notes
+
+
+def test_csv_upload_uses_the_text_column_whatever_its_case():
+    data = 'id,Message,label\n1,"Hello, there",ham\n2,"WIN ""now""",spam\n3,,ham\n'.encode()
+    upload = handlers.read_upload("batch.CSV", data, limit=100)
+    assert upload.texts == ["Hello, there", 'WIN "now"'] and upload.source == "Message"
+    bom = "\ufefftext\nnoted\n".encode()
+    assert handlers.read_upload("x.csv", bom, limit=5).texts == ["noted"]
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("data.csv", b"id,label\n1,ham\n", r"no text column \(columns found: `id`, `label`\)"),
+    ("blob.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+    ("latin1.txt", "café crème".encode("latin-1"), "not UTF-8 text"),
+    ("photo.png", b"\x89PNG", r"upload a `\.txt` file"),
+    ("empty.txt", b"\n\n  \n", "no text"),
+    ("empty.csv", b"", "empty"),
+])
+def test_bad_uploads_get_a_clear_message(name, data, message):
+    with pytest.raises(handlers.InputProblem, match=message):
+        handlers.read_upload(name, data, limit=10)
+
+
+def test_a_10000_line_upload_is_cut_to_the_limit_and_says_so():
+    data = "\n".join(f"message number {i}" for i in range(10_000)).encode()
+    upload = handlers.read_upload("big.txt", data, limit=1000)
+    assert len(upload.texts) == 1000 and upload.total == 10_000
+    assert "10,000 texts; only the first 1,000" in upload.notes[0]
+
+
+def test_an_upload_over_the_size_limit_is_refused():
+    with pytest.raises(handlers.InputProblem, match="limit is 5 MB"):
+        handlers.read_upload("big.txt", b"x\n" * (3 * 1024 * 1024), limit=10)
+
+
+# --- what is rendered --------------------------------------------------------------------------
+
+def test_classification_shows_the_label_and_each_probability():
+    md = handlers.classification_markdown({"label": "spam", "probs": {"ham": 0.25, "spam": 0.75},
+                                           "truncated": False}, ["ham", "spam"], "fine-tuned `spam` adapter")
+    assert md.startswith("### SPAM · 75.0%")
+    assert "| ham | 25.0% |" in md and "| **spam** | 75.0% |" in md
+    assert "█" * 15 + "░" * 5 in md and "fine-tuned `spam` adapter" in md
+
+
+FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response", "metastasis_site")
+
+
+def extraction(valid=True, repaired=False, **values):
+    return {"fields": {f: values.get(f) for f in FIELDS}, "valid": valid, "repaired": repaired,
+            "raw": "raw | output", "error": None if valid else "the model's output is not a JSON object",
+            "truncated": False}
+
+
+def test_extraction_shows_seven_fields_null_json_and_flags():
+    md = handlers.extraction_markdown(extraction(cancer_type="lung | adenocarcinoma", stage="IIIA"), FIELDS, "v")
+    assert len(re.findall(r"^\| `\w+` \|", md, re.M)) == 7
+    assert "| `cancer_type` | lung \\| adenocarcinoma |" in md and "| `response` | *null* |" in md
+    assert '```json\n{\n  "cancer_type": "lung | adenocarcinoma",' in md and '"response": null' in md
+    assert md.startswith("✅ Valid JSON") and "output as it came" not in md
+    repaired = handlers.extraction_markdown(extraction(repaired=True), FIELDS, "v")
+    assert repaired.startswith("⚠️ **Repaired output**") and "raw | output" in repaired
+    invalid = handlers.extraction_markdown(extraction(valid=False), FIELDS, "v")
+    assert invalid.startswith("❌ **Invalid output**") and "nothing is invented" in invalid
+
+
+def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
+    specs = load_catalog(catalog)
+    outcomes = [handlers.Outcome("base", {"label": "ham", "probs": {"ham": 0.6, "spam": 0.4}}, 0.12, 90),
+                handlers.Outcome("few-shot", unavailable=handlers.few_shot_unavailable(specs["spam"])),
+                handlers.Outcome("fine-tuned", {"label": "spam", "probs": {"ham": 0.1, "spam": 0.9}}, 0.2, 90)]
+    md = handlers.compare_markdown(specs["spam"], "x", outcomes)
+    assert "|  | **base** | **few-shot** | **fine-tuned** |" in md
+    assert "| p(spam) | 40.0%" in md and "| latency | 0.12 s | — | 0.20 s |" in md
+    assert "| tokens | 90 in | — | 90 in |" in md and "no few-shot examples yet" in md
+    onc = [handlers.Outcome("base", extraction(stage="IV"), 1.0, 100, 20),
+           handlers.Outcome("few-shot (k=3)", extraction(stage="IV"), 1.0, 300, 20),
+           handlers.Outcome("fine-tuned", extraction(stage="IIIA", repaired=True), 1.0, 100, 20)]
+    md = handlers.compare_markdown(specs["oncology"], "x", onc)
+    assert "| `stage` ≠ | **IV** | **IV** | **IIIA** |" in md  # fields that differ are marked
+    assert "| `response` | *null* | *null* | *null* |" in md and "⚠️ repaired" in md
+    gen = handlers.compare_markdown(specs["medquad"], "q", [handlers.Outcome("base", "line one\nline | two", 2.0, 50, 9)])
+    assert "| answer | line one line \\| two |" in gen and "50 in / 9 out" in gen
+
+
+def test_batch_rows_table_and_csv(catalog):
+    texts = ["a", "b, with comma"]
+    results = [{"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False},
+               {"label": "spam", "probs": {"ham": 0.2, "spam": 0.8}, "truncated": True}]
+    header, rows = handlers.batch_rows("classify", texts, results, labels=("ham", "spam"))
+    data = handlers.results_csv(header, rows)
+    assert data.startswith("\ufeff".encode())
+    parsed = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    assert parsed == [["text", "label", "p_ham", "p_spam", "truncated"],
+                      ["a", "ham", "0.9", "0.1", "False"], ["b, with comma", "spam", "0.2", "0.8", "True"]]
+    upload = handlers.Upload(texts, "text", 2, ["only the first 2"])
+    md = handlers.batch_markdown("classify", "in.csv", upload, header, rows, "base", 0.5)
+    assert "**ham**: 1 · **spam**: 1" in md and "| 2 | b, with comma | **spam** | 20.0% | 80.0% |" in md
+    assert "ℹ️ only the first 2" in md and "✂️ 1 text(s)" in md
+    header, rows = handlers.batch_rows("extract", ["n"], [extraction(stage="IV")], fields=FIELDS)
+    assert header == ["text", *FIELDS, "valid", "repaired", "truncated"] and rows[0][2] == "IV"
+    assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
+
+
+def test_profiles_have_realistic_starters_and_compare_uses_commands():
+    names = [p.name for p in handlers.PROFILES]
+    assert names == ["Chat", "Spam check", "Medical Q&A", "Oncology extraction", "Compare"]
+    assert all(len(p.starters) >= 2 for p in handlers.PROFILES)
+    compare = handlers.profile_named("Compare")
+    assert {s.command for s in compare.starters} == set(handlers.COMPARE_ADAPTERS)
+    assert handlers.profile_named(None).name == "Chat" and handlers.profile_named("nope").name == "Chat"
+
+
+def test_settings_take_the_adapters_defaults_and_normalise(catalog):
+    specs = load_catalog(catalog)
+    medical = handlers.profile_named("Medical Q&A")
+    items = handlers.settings_for(medical, specs["medquad"], trained=False)
+    assert {i.id for i in items} == {"temperature", "top_p", "max_new_tokens", "use_base", "system", "show_prompt"}
+    defaults = handlers.read_settings(None, items)
+    assert (defaults.temperature, defaults.top_p, defaults.max_new_tokens) == (0.0, 1.0, 256)
+    assert defaults.use_base and defaults.system is None and not defaults.show_prompt
+    changed = handlers.read_settings({"temperature": 0.7, "top_p": 0, "max_new_tokens": 64.0, "system": "  ",
+                                      "show_prompt": True, "unknown": 1}, items)
+    assert (changed.temperature, changed.top_p, changed.max_new_tokens) == (0.7, 0.01, 64)
+    assert changed.system is None and changed.show_prompt
+    spam_items = handlers.settings_for(handlers.profile_named("Spam check"), specs["spam"], trained=True)
+    assert {i.id for i in spam_items} == {"use_base", "system", "show_prompt"}
+    assert handlers.read_settings({"system": "Only say spam."}, spam_items).system == "Only say spam."
+    compare_items = handlers.settings_for(handlers.profile_named("Compare"), None, trained=True)
+    assert handlers.read_settings({"compare_adapter": "bogus"}, compare_items).compare_adapter == "spam"
+
+
+def test_rendered_prompt_and_its_token_count_come_from_the_runtime(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    prompt = rt.rendered_prompt("spam", [{"role": "user", "content": "hello"}], system="Sys")
+    assert prompt.startswith("<|im_start|>system\nSys<|im_end|>") and "Message: hello" in prompt
+    assert handlers.rendered_prompt_title(rt.backend.count_tokens(prompt)).startswith("Rendered prompt · ")
+
+
+def test_status_panel_shows_loading_then_adapters_and_notices(catalog):
+    specs = load_catalog(catalog)
+    loading = handlers.status_markdown("loading", 12.3, None, None, specs, [], "base", handlers.profile_named("Chat"))
+    assert "Loading the model" in loading and "12 s" in loading
+    ready = handlers.status_markdown("ready", 20, 7.0, None, specs, [], "base", handlers.profile_named("Medical Q&A"))
+    assert "Model ready" in ready and ready.count("not trained yet") == 3 and "Not medical advice" in ready
+    failed = handlers.status_markdown("failed", 1, 1, "OSError: gone", specs, [], "b", handlers.profile_named("Chat"))
+    assert "could not be loaded" in failed and "OSError: gone" in failed
+
+
+def test_history_keeps_turns_and_is_rebuilt_from_a_saved_thread():
+    history = handlers.add_turn([], "q1", "a1")
+    history = handlers.add_turn(history, "q2", "a2", max_messages=2)
+    assert history == [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    steps = [{"type": "user_message", "output": "q1", "createdAt": "1"},
+             {"type": "run", "output": "chain step", "createdAt": "2"},
+             {"type": "assistant_message", "output": "a1\n---\nfooter", "createdAt": "3",
+              "metadata": json.dumps({"answer": "a1"})},
+             {"type": "user_message", "output": "unanswered", "createdAt": "4"}]
+    assert handlers.history_from_steps(steps) == [{"role": "user", "content": "q1"},
+                                                  {"role": "assistant", "content": "a1"}]
+
+
+# --- chainlit.md, offline page, settings from the environment ------------------------------------
+
+def test_chainlit_md_says_not_trained_yet_and_carries_the_disclaimer(catalog, tmp_path):
+    specs = load_catalog(catalog)
+    path = welcome.write_chainlit_md(tmp_path, specs, "smollm2-135m-instruct")
+    text = path.read_text()
+    assert "Nothing here is for clinical decisions" in text
+    assert text.count("**not trained yet**") == 3
+    for spec in specs.values():
+        assert spec.title in text and f"adapterlab train {spec.name}" in text
+
+
+def test_chainlit_md_shows_the_metrics_json_numbers(catalog, tmp_path):
+    metrics = {"adapter": "spam", "task": "classify", "test_examples": 836, "few_shot_k": 4,
+               "evaluated_at": "2026-11-23T10:00:00+00:00",
+               "variants": {"base": {"accuracy": 0.41, "f1": 0.2}, "few_shot": {"accuracy": 0.6, "f1": 0.35},
+                            "fine_tuned": {"accuracy": 0.9876, "f1": 0.9512}},
+               "headline": {"accuracy": 0.9876, "f1": 0.9512},
+               "targets": [{"metric": "f1", "target": ">= 0.95", "value": 0.9512, "met": True}]}
+    (catalog / "spam" / "metrics.json").write_text(json.dumps(metrics))
+    (catalog / "oncology" / "metrics.json").write_text("{not json")
+    text = welcome.render_chainlit_md(load_catalog(catalog), "base")
+    assert "| metric | base | few-shot (k=4) | fine-tuned |" in text
+    assert "| accuracy | 0.410 | 0.600 | 0.988 |" in text and "| f1 | 0.200 | 0.350 | 0.951 |" in text
+    assert "836 examples" in text and "✅ f1 >= 0.95: measured 0.951" in text
+    assert text.count("**not trained yet**") == 2  # an unreadable metrics.json counts as none
+
+
+def test_the_committed_chainlit_md_is_generated_from_the_shipped_metrics():
+    """chainlit.md is in the repository (Chainlit shows it as the readme) and the app rewrites it at
+    start-up; it must already equal what the shipped specs and metrics.json files produce."""
+    from adapters.catalog import CATALOG_DIR
+    from adapters.base_models import DEFAULT_BASE
+
+    committed = (CATALOG_DIR.parent / "chainlit.md").read_text(encoding="utf-8")
+    assert committed == welcome.render_chainlit_md(load_catalog(CATALOG_DIR), DEFAULT_BASE), (
+        "chainlit.md is stale: run `python -m chat_app.welcome` and commit it")
+
+
+def test_the_served_page_loads_nothing_from_other_hosts():
+    import chainlit.server as server
+
+    html = offline.strip_external_assets(open(server.build_dir + "/index.html", encoding="utf-8").read())
+    assert not re.search(r"""<(link|script)[^>]+(href|src)=["']https?://""", html)
+    assert '/assets/index-' in html and "<div id=\"root\">" in html
+
+
+def test_config_from_environment(tmp_path):
+    config = load_config({}, app_root=tmp_path)
+    assert config.database_url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/.chainlit/adapterlab-history.sqlite3"
+    assert not config.login_required and config.batch_limit == 1000 and config.database_kind == "sqlite"
+    config = load_config({"ADAPTERLAB_APP_USER": "ana", "ADAPTERLAB_APP_PASSWORD": "pw",
+                          "ADAPTERLAB_DATABASE_URL": "postgresql+asyncpg://u:secret@db/chat",
+                          "ADAPTERLAB_BATCH_LIMIT": "20"}, app_root=tmp_path)
+    assert config.login_required and config.batch_limit == 20 and config.database_kind == "postgresql"
+    with pytest.raises(ValueError, match="ADAPTERLAB_BATCH_LIMIT"):
+        load_config({"ADAPTERLAB_BATCH_LIMIT": "0"}, app_root=tmp_path)
+
+
+# --- persistence ---------------------------------------------------------------------------------
+
+def test_history_and_feedback_are_stored_in_a_sqlite_file_created_on_first_use(tmp_path, caplog):
+    from chainlit.context import init_http_context
+    from chainlit.types import Feedback
+    from chainlit.user import User
+
+    from chat_app.persistence import HistoryDataLayer
+
+    db = tmp_path / "sub" / "history.sqlite3"
+    secret = "patient note: stage IV melanoma"
+
+    async def scenario():
+        init_http_context()
+        layer = HistoryDataLayer(f"sqlite+aiosqlite:///{db}")
+        user = await layer.create_user(User(identifier="ana"))
+        await layer.update_thread("t1", name="first", user_id=user.id, tags=["Oncology extraction"],
+                                  metadata={"chat_profile": "Oncology extraction", "history": []})
+        await layer.create_step({"id": "s1", "threadId": "t1", "name": "ana", "type": "user_message",
+                                 "output": secret, "streaming": False, "createdAt": "2026-01-01T00:00:00Z",
+                                 "metadata": {}, "modes": {"m": "x"}})
+        await layer.create_step({"id": "s2", "threadId": "t1", "name": "adapterlab", "type": "assistant_message",
+                                 "output": "a table", "streaming": False, "createdAt": "2026-01-01T00:00:01Z",
+                                 "metadata": {"answer": "a table"}})
+        await layer.upsert_feedback(Feedback(forId="s2", value=0, threadId="t1", comment="wrong stage"))
+        await layer.execute_sql("INSERT INTO nowhere VALUES (:x)", {"x": secret})  # fails, logged safely
+        thread = await layer.get_thread("t1")
+        await layer.engine.dispose()
+        return thread
+
+    thread = asyncio.run(scenario())
+    assert db.is_file()
+    assert thread["tags"] == ["Oncology extraction"] and thread["metadata"]["chat_profile"] == "Oncology extraction"
+    steps = {s["id"]: s for s in thread["steps"]}
+    assert steps["s1"]["output"] == secret and steps["s2"]["metadata"] == {"answer": "a table"}
+    assert steps["s2"]["feedback"]["value"] == 0 and steps["s2"]["feedback"]["comment"] == "wrong stage"
+    assert "INSERT statement failed (OperationalError)" in caplog.text
+    assert secret not in caplog.text
+
+
+def test_adapterlab_serve_runs_chainlit_on_the_app():
+    from adapters.cli import build_parser
+    from chat_app import cli
+
+    args = build_parser().parse_args(["serve", "--port", "8123", "--base-model", "/models/x"])
+    command, env = cli.serve_command(args)
+    assert args.func is cli.cmd_serve
+    assert command[1:4] == ["-m", "chainlit", "run"] and command[4].endswith("chat_app/app.py")
+    assert command[-5:] == ["--host", "127.0.0.1", "--port", "8123", "--headless"]
+    assert env["ADAPTERLAB_BASE_MODEL"] == "/models/x" and (cli.PROJECT_ROOT / ".chainlit" / "config.toml").is_file()
+
+
+def test_the_runtime_loads_once_in_the_background_and_failures_are_reported():
+    import threading
+
+    from chat_app.state import RuntimeHolder
+
+    release, calls = threading.Event(), []
+
+    def loader():
+        calls.append(1)
+        release.wait(10)
+        return "runtime"
+
+    holder = RuntimeHolder(loader)
+    assert holder.state == "idle"
+    holder.start().start()
+    assert holder.state == "loading" and holder.wait(timeout=0.05) is None
+    release.set()
+    assert holder.wait(timeout=10) == "runtime" and holder.state == "ready" and calls == [1]
+    assert holder.load_seconds is not None
+
+    def broken():
+        raise OSError("no space left on device")
+
+    failed = RuntimeHolder(broken).start()
+    assert failed.wait(timeout=10) is None and failed.state == "failed"
+    assert failed.error == "OSError: no space left on device"
+
+
+def test_chain_callbacks_run_on_the_callers_event_loop(tiny_base, catalog):
+    """Chainlit's LangChain handler is async and writes to a data layer bound to the server's loop:
+    every step of a chain (the prompt template included) must report on that loop, not a new one."""
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    rt = runtime(tiny_base, catalog)
+
+    class Loops(AsyncCallbackHandler):
+        def __init__(self):
+            self.seen = []
+
+        async def on_chain_start(self, serialized, inputs, **kwargs):
+            self.seen.append(asyncio.get_running_loop())
+
+        async def on_chat_model_start(self, *args, **kwargs):  # pragma: no cover - no chat model here
+            pass
+
+    async def scenario():
+        handler = Loops()
+        config = {"callbacks": [handler]}
+        await chains.classify_chain(rt, "spam", base=True).ainvoke({"texts": ["a", "b"]}, config=config)
+        await chains.extract_chain(rt, "oncology", base=True, max_new_tokens=4).ainvoke({"texts": ["a"]}, config=config)
+        async for _ in chains.generate_chain(rt, "medquad", base=True, max_new_tokens=4).astream(
+                {"history": [], "text": "q"}, config=config):
+            pass
+        return handler.seen, asyncio.get_running_loop()
+
+    seen, loop = asyncio.run(scenario())
+    assert len(seen) >= 9 and all(s is loop for s in seen)
