@@ -150,6 +150,16 @@ from peft import PeftModel
 model = PeftModel.from_pretrained(base_model, "adapters/{spec.name}")
 ```
 
+## Reproduce
+
+```bash
+adapterlab train {spec.name} --no-eval    # trained on: {training.get('device', '—')}
+adapterlab eval {spec.name}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
+```
+
+`adapterlab train {spec.name}` alone trains and evaluates in one go; either way the configuration is
+`adapter.yaml` as committed, with the data split recorded above.
+
 ## Intended use and limitations
 
 A teaching and demonstration adapter for a 135M-parameter model. It can be wrong with high confidence.

@@ -19,6 +19,8 @@ def register(sub, bench_sub) -> None:
     train.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
     train.add_argument("--restart", action="store_true", help="discard checkpoints instead of resuming")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    train.add_argument("--run-dir", default=None,
+                       help="checkpoints of the run in progress (default: runs/<adapter>); a killed run resumes from here")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate base, few-shot and fine-tuned on the test split")
@@ -62,7 +64,8 @@ def cmd_train(args) -> int:
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     splits = _splits(spec, args)
     result = train_adapter(spec, splits, base=args.base_model, max_steps=args.max_steps,
-                           device=args.device, restart=args.restart)
+                           device=args.device, restart=args.restart,
+                           run_dir=args.run_dir)
     print(json.dumps(asdict(result), indent=2))
     if not args.no_eval:
         _evaluate(spec.name, args, splits, asdict(result))

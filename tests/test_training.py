@@ -1,0 +1,188 @@
+"""Training on a tiny random model, as the README describes it: `adapterlab train` for ten steps, then
+the evaluation, the artifacts, resuming a killed run, and the atomic write of the adapter folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters.catalog import load_catalog
+from adapters.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPAM = ["WIN a free cash prize now, call {i} to claim", "URGENT you have won {i} pounds, text CLAIM now"]
+HAM = ["see you at dinner {i}, bring the notes", "ok I will call you after the lecture {i}"]
+
+
+def write_sms_collection(path: Path, n: int = 120) -> Path:
+    """A small SMS Spam Collection file (label<TAB>text), a quarter spam, every text distinct."""
+    lines = []
+    for i in range(n):
+        label, pool = ("spam", SPAM) if i % 4 == 0 else ("ham", HAM)
+        lines.append(f"{label}\t{pool[i % 2].format(i=i)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def set_training(catalog: Path, adapter: str, **values) -> None:
+    """Edit the ``training:`` line of a catalogue copy's adapter.yaml (e.g. a tiny model's learning rate)."""
+    path = catalog / adapter / "adapter.yaml"
+    text = path.read_text()
+    for key, value in values.items():
+        text, n = re.subn(rf"(^training: {{.*\b{key}: )[^,}}]+", rf"\g<1>{value}", text, flags=re.M)
+        assert n == 1, f"{key} not in the training line of {path}"
+    path.write_text(text)
+
+
+def train_args(catalog: Path, base: Path, data: Path, runs: Path, *extra: str) -> list[str]:
+    return ["train", "spam", "--catalog", str(catalog), "--base-model", str(base), "--data", str(data),
+            "--device", "cpu", "--run-dir", str(runs), *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, tmp_path_factory):
+    """`adapterlab train spam` for 10 steps on the tiny model, evaluated on 8 test messages."""
+    import shutil
+
+    from adapters.catalog import CATALOG_DIR
+
+    root = tmp_path_factory.mktemp("trained")
+    catalog = root / "catalog"
+    (catalog / "spam").mkdir(parents=True)
+    shutil.copy(CATALOG_DIR / "spam" / "adapter.yaml", catalog / "spam" / "adapter.yaml")
+    set_training(catalog, "spam", learning_rate="5.0e-3")
+    data = write_sms_collection(root / "SMSSpamCollection")
+    rc = main(train_args(catalog, tiny_base, data, root / "runs", "--max-steps", "10", "--eval-limit", "8"))
+    assert rc == 0
+    return catalog / "spam"
+
+
+def test_ten_steps_write_a_standard_peft_adapter_with_its_log_and_plot(trained, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    for name in ("adapter_config.json", "adapter_model.safetensors", "training_log.csv", "loss.png",
+                 "train_result.json"):
+        assert (trained / name).is_file(), name
+    result = json.loads((trained / "train_result.json").read_text())
+    assert result["steps"] == 10 and result["train_tokens"] > 0 and result["seed"] == 42
+    log = (trained / "training_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,loss") and len(log) > 1
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), trained)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: training moved it
+
+
+def test_evaluation_reports_base_few_shot_and_fine_tuned_on_the_same_examples(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["test_examples"] == 8
+    assert set(metrics["variants"]) == {"base", "few_shot", "fine_tuned"}
+    for variant in metrics["variants"].values():
+        assert 0.0 <= variant["accuracy"] <= 1.0 and "auroc" in variant
+        assert sum(map(sum, variant["confusion"])) == 8
+    assert {t["metric"] for t in metrics["targets"]} == {"accuracy", "f1", "auroc"}
+    assert (trained / "confusion.png").stat().st_size > 0
+    shots = [json.loads(line) for line in (trained / "few_shot.jsonl").read_text().splitlines()]
+    assert len(shots) == metrics["few_shot_k"] > 0  # the in-context examples, from the training split
+
+
+def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(trained, tiny_base):
+    card = (trained / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "library_name: peft" in front and f"base_model: {tiny_base}" in front
+    metrics = json.loads((trained / "metrics.json").read_text())
+    fine = metrics["variants"]["fine_tuned"]["accuracy"]
+    assert re.search(rf"\| accuracy \| [0-9.]+ \| [0-9.]+ \| {fine:.3f} \|", card)
+    assert "Not for clinical decisions" in card and "adapterlab eval spam --eval-limit 8" in card
+
+
+def test_the_trained_adapter_changes_what_the_runtime_predicts(trained, tiny_base):
+    from adapters import Runtime
+
+    runtime = Runtime.local(trained.parent, base=str(tiny_base), progress=False)
+    texts = [SPAM[0].format(i=1000), HAM[0].format(i=1001)]
+    tuned = runtime.classify("spam", texts)
+    base = runtime.classify("spam", texts, base=True)
+    assert [r.label for r in tuned] == ["spam", "ham"]
+    assert tuned[0].probs["spam"] > base[0].probs["spam"]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_path):
+    set_training(catalog, "spam", learning_rate="5.0e-3", eval_steps="2", early_stopping_patience="100")
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    runs = tmp_path / "runs"
+    args = train_args(catalog, tiny_base, data, runs, "--max-steps", "30", "--no-eval")
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", *args], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while not list(runs.glob("checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (catalog / "spam" / "adapter_model.safetensors").exists()  # killed before the end
+
+    assert main(args) == 0
+    result = json.loads((catalog / "spam" / "train_result.json").read_text())
+    assert result["resumed_from"] and Path(result["resumed_from"]).parent == runs
+    resumed_at = int(result["resumed_from"].rsplit("-", 1)[1])
+    assert 2 <= resumed_at < 30 and result["steps"] == 30
+    logged = [int(row.split(",")[0]) for row in (catalog / "spam" / "training_log.csv").read_text().splitlines()[1:]]
+    assert min(logged) <= 2 and max(logged) == 30  # the log before the kill was kept
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
+    from training.train import _checkpoint_to_resume
+
+    run = tmp_path / "runs" / "spam"
+    (run / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (run / "fingerprint").write_text("old-config")
+    assert _checkpoint_to_resume(run, "old-config", restart=False).endswith("checkpoint-4")
+    assert _checkpoint_to_resume(run, "new-config", restart=False) is None
+    assert not run.exists()
+
+
+def test_a_save_killed_half_way_leaves_the_previous_adapter_loadable(trained, tiny_base, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import training.train as train_module
+
+    out = tmp_path / "spam"
+    shutil.copytree(trained, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out, is_trainable=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(1.0)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(train_module, "plot_loss", killed)  # after the weights went to the staging folder
+    spec = load_catalog(trained.parent)["spam"]
+    result = train_module.TrainResult(**json.loads((trained / "train_result.json").read_text()))
+    with pytest.raises(KeyboardInterrupt):
+        train_module.write_adapter(model, spec, out, str(tiny_base), [], result)
+
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
