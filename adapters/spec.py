@@ -62,6 +62,9 @@ class DataSpec:
     hub_id: str | None = None
     split: SplitSpec = field(default_factory=SplitSpec)
     max_target_words: int | None = None
+    # classify only: repeat minority-label training examples up to this fraction of the majority
+    # label's count (validation and test are never touched); null keeps the natural balance
+    oversample: float | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,11 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
                         ("training.batch_size", spec.training.batch_size)):
         if value < 1:
             fail(name, f"must be >= 1, got {value}")
+    if spec.data.oversample is not None:
+        if spec.task != "classify":
+            fail("data.oversample", f"only classify adapters can oversample (task is {spec.task!r})")
+        if not 0 < spec.data.oversample <= 1:
+            fail("data.oversample", f"must be in (0, 1], got {spec.data.oversample}")
     split = spec.data.split
     if not (0 <= split.validation < 1 and 0 < split.test < 1 and split.validation + split.test < 1):
         fail("data.split", "validation and test must be fractions that leave room for training")

@@ -375,6 +375,18 @@ def test_oversampling_is_off_by_default_and_touches_only_train(sms_file):
     assert balanced.report.label_counts["train"] == counts
 
 
+def test_the_spec_can_ask_for_oversampling(sms_file):
+    import dataclasses
+
+    path, _ = sms_file
+    spec = make_spec("classify")
+    spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, oversample=0.5))
+    splits = load_splits(spec, path)
+    counts = label_counts({"train": splits.train})["train"]
+    assert splits.report.oversampling["ratio"] == 0.5
+    assert counts["spam"] == -(-counts["ham"] // 2)  # ceil(ham * 0.5)
+
+
 def test_oversample_minority_repeats_evenly():
     examples = labelled(ham=10, spam=3)
     out = oversample_minority(examples, seed=0, ratio=0.5)

@@ -235,6 +235,15 @@ def test_top_p_out_of_range(tmp_path, top_p):
     assert "must be in (0, 1]" in refused(write_spec(tmp_path, raw), "generation.top_p")
 
 
+@pytest.mark.parametrize(("adapter", "value", "expected"), [
+    ("spam", 0, "must be in (0, 1]"), ("spam", 1.5, "must be in (0, 1]"),
+    ("medquad", 0.5, "only classify adapters can oversample")])
+def test_oversample_is_a_fraction_and_only_for_classify(tmp_path, adapter, value, expected):
+    raw = real_spec(adapter)
+    raw["data"]["oversample"] = value
+    assert expected in refused(write_spec(tmp_path, raw), "data.oversample")
+
+
 def test_top_p_of_exactly_one_is_allowed(tmp_path):
     raw = real_spec("spam")
     raw["generation"] = {"top_p": 1}

@@ -629,7 +629,7 @@ def oversample_minority(examples: Sequence[Example], *, seed: int, ratio: float 
     probabilities, and training at the natural prior (~12% spam) keeps them calibrated to the
     messages it will see; AUROC does not depend on the prior; the ~400 training spams are plenty
     for LoRA, whereas balancing would show each of them about seven times per epoch (memorisation
-    risk). Turn it on (``load_splits(..., oversample=True)``) when spam recall matters more than
+    risk). Turn it on (``data.oversample`` in adapter.yaml) when spam recall matters more than
     false alarms, and the choice is recorded in ``SplitReport.oversampling`` and the model card.
 
     Each minority example is repeated as evenly as possible (never one example many times), and
@@ -690,13 +690,15 @@ def few_shot_examples(train: Sequence[Example], k: int, seed: int, *,
 
 def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: str | Path | None = None,
                 root: str | Path | None = None, hub: bool = True, seed: int | None = None,
-                oversample: bool | float = False) -> Splits:
+                oversample: bool | float | None = None) -> Splits:
     """Deterministic train/validation/test splits of the spec's data (see the module docstring).
 
     ``seed`` overrides ``data.split.seed``; ``oversample`` (classify only, train split only; True
     means ``ratio=1.0``, a float is the ratio) repeats minority-class examples, see
-    ``oversample_minority`` for why it is off by default.
+    ``oversample_minority`` for why it is off by default. ``None`` takes ``data.oversample`` from the spec.
     """
+    if oversample is None:
+        oversample = spec.data.oversample or False
     examples, loaded = load_examples(spec, path, data_dir=data_dir, root=root, hub=hub)
     split = spec.data.split
     seed = split.seed if seed is None else seed
