@@ -19,6 +19,8 @@ from adapters.spec import AdapterSpec
 
 NOT_MEDICAL_ADVICE = ("⚕️ **Not medical advice.** Answers come from a 135M-parameter demo model that can "
                       "be wrong or invent facts. Ask a health professional about your own situation.")
+NOT_CLINICAL_COMPARE = ("🧪 **Not for clinical decisions.** Three answers from a 135M-parameter model, side by "
+                        "side: compare them, do not rely on them.")
 NOT_CLINICAL = ("🧪 **Not for clinical decisions.** A demo on synthetic narratives: check every field "
                 "against the source text.")
 MAX_MESSAGE_CHARS = 200_000  # beyond this a message is cut before tokenizing (the model reads far less)
@@ -595,6 +597,8 @@ def status_markdown(state: str, elapsed: float, load_seconds: float | None, erro
                                                           "(base model + its prompt)"))
     if profile.task == "generate":
         lines += ["", NOT_MEDICAL_ADVICE]
-    elif profile.task in ("extract", "compare"):
+    elif profile.task == "extract":
         lines += ["", NOT_CLINICAL]
+    elif profile.task == "compare":
+        lines += ["", NOT_CLINICAL_COMPARE]
     return "\n".join(lines)

@@ -310,6 +310,11 @@ def test_status_panel_shows_loading_then_adapters_and_notices(catalog):
     assert "Model ready" in ready and ready.count("not trained yet") == 3 and "Not medical advice" in ready
     failed = handlers.status_markdown("failed", 1, 1, "OSError: gone", specs, [], "b", handlers.profile_named("Chat"))
     assert "could not be loaded" in failed and "OSError: gone" in failed
+    compare = handlers.status_markdown("ready", 2, 1, None, specs, [], "b", handlers.profile_named("Compare"))
+    oncology = handlers.status_markdown("ready", 2, 1, None, specs, [], "b",
+                                        handlers.profile_named("Oncology extraction"))
+    assert "Not for clinical decisions" in compare and "synthetic narratives" not in compare
+    assert "synthetic narratives" in oncology
 
 
 def test_history_keeps_turns_and_is_rebuilt_from_a_saved_thread():
