@@ -1,4 +1,4 @@
-"""``adapterlab train`` and ``adapterlab eval``: the training package's commands.
+"""``adapterlab train``, ``adapterlab eval`` and ``adapterlab bench train``: the training package's commands.
 
 Registered through the ``adapterlab.commands`` entry point, so the CLI in ``adapters`` offers them
 without importing this package. Heavy imports happen only when a command runs.
@@ -27,6 +27,10 @@ def register(sub, bench_sub) -> None:
     _common(ev)
     ev.add_argument("--variants", default="base,few_shot,fine_tuned")
     ev.set_defaults(func=cmd_eval)
+
+    from .bench import add_parser as add_bench_train
+
+    add_bench_train(bench_sub)
 
 
 def _common(p) -> None:

@@ -1,0 +1,50 @@
+"""`adapterlab bench train` on the tiny model: three recipes on the same examples, one JSON result.
+No timing assertions: only that every recipe was measured and the numbers are consistent."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from adapters.cli import main
+from test_training import set_training, write_sms_collection
+
+
+def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, catalog, tmp_path):
+    set_training(catalog, "spam", batch_size="4", eval_steps="100")
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    out = tmp_path / "train.json"
+    adapter_dir = catalog / "spam"
+    before = sorted(p.name for p in adapter_dir.iterdir())
+
+    rc = main(["bench", "train", "--adapter", "spam", "--catalog", str(catalog), "--base-model", str(tiny_base),
+               "--data", str(data), "--examples", "32", "--val-examples", "8", "--device", "cpu",
+               "--output", str(out)])
+
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "train" and result["device_kind"] == "cpu" and result["adapter"] == "spam"
+    assert result["examples"] == 32 and result["validation_examples"] == 8
+    assert "bench train" in result["command"] and "--examples 32" in result["command"]
+    for key in ("device", "torch", "transformers", "peft", "trl", "date", "base_model"):
+        assert result[key], key
+    recipes = result["recipes"]
+    assert set(recipes) == {"reference", "strong_baseline", "adapterlab"}
+    for name, r in recipes.items():
+        assert r["real_tokens"] > 0 and r["tokens_per_s"] > 0 and r["examples_per_s"] > 0, name
+        assert r["examples"] == 32 and r["peak_gpu_memory_bytes"] is None, name
+        assert r["validation_loss"] is not None and math.isfinite(r["validation_loss"]), name
+
+    reference, strong = recipes["reference"], recipes["strong_baseline"]
+    assert reference["padded_tokens"] == 32 * 256 and reference["real_tokens"] < reference["padded_tokens"]
+    assert reference["real_tokens"] == strong["real_tokens"]  # the same token sequences, padded differently
+    assert strong["padded_tokens"] < reference["padded_tokens"]
+    assert reference["real_token_share"] < strong["real_token_share"]
+
+    ratios = result["ratios"]
+    mine = recipes["adapterlab"]["tokens_per_s"]
+    assert math.isclose(ratios["tokens_per_s_adapterlab_over_reference"], mine / reference["tokens_per_s"])
+    assert math.isclose(ratios["tokens_per_s_adapterlab_over_strong_baseline"], mine / strong["tokens_per_s"])
+
+    assert sorted(p.name for p in adapter_dir.iterdir()) == before == ["adapter.yaml"]
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

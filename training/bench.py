@@ -1,0 +1,401 @@
+"""``adapterlab bench train``: what the project's training recipe buys, measured.
+
+``train_adapter`` (TRL SFT, padding-free packing, loss on the completion only, bf16) is claimed to
+train faster than the plain ``transformers.Trainer`` recipe this project grew from, and faster than a
+well-tuned version of it. This benchmark checks the claim in ONE process, on the same device, base
+model, data and training examples, and writes the numbers as JSON (device, versions, date, command)
+into ``benchmarks/results/train-<cpu|cuda>.json`` so the README can quote them:
+
+* ``reference``: the recipe of the notebooks this project grew from (see ``reference_recipe``);
+* ``strong_baseline``: the same Trainer with the usual fixes (bf16, dynamic padding, length grouping,
+  larger batches);
+* ``adapterlab``: ``training.train.train_adapter`` with the spec's own hyper-parameters.
+
+Every recipe sees the same examples once (one epoch). For each: real (non-padding) tokens seen,
+training seconds (evaluation and checkpointing excluded), real tokens/s, examples/s, peak GPU memory,
+and the validation loss of the trained adapter, computed by one shared function (``completion_loss``)
+on the same validation subset. The speed of a recipe is its real tokens/s: compute spent on padding
+is not progress.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.bench import RESULTS_DIR, environment
+from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
+
+RECIPES = ("reference", "strong_baseline", "adapterlab")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class TrainerRecipe:
+    """A plain ``transformers.Trainer`` LoRA recipe (the two baselines)."""
+
+    name: str
+    pad_to_max_length: bool  # True: every example padded to max_length; False: per-batch padding
+    group_by_length: bool
+    batch_size: int
+    gradient_accumulation: int
+    cuda_precision: str  # "fp16" (autocast over an fp32 base) or "bf16" (bf16 base); fp32 on CPU
+    max_length: int = 256
+    learning_rate: float = 2e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+
+
+def reference_recipe() -> TrainerRecipe:
+    # The recipe of the notebooks this project grew from: each example tokenized as prompt+completion
+    # and padded to 256 tokens, fp16 autocast, batch 4 x accumulation 4, LoRA r=16/alpha=32/dropout
+    # 0.1 on the attention projections, AdamW at 2e-4, loss on every (non-padding) token.
+    return TrainerRecipe("reference", pad_to_max_length=True, group_by_length=False, batch_size=4,
+                         gradient_accumulation=4, cuda_precision="fp16")
+
+
+def strong_baseline_recipe() -> TrainerRecipe:
+    # What a careful user of the same Trainer would do: bf16, per-batch padding, batches of
+    # similar lengths, batch 16 (the same effective batch as the reference's 4 x 4).
+    return TrainerRecipe("strong_baseline", pad_to_max_length=False, group_by_length=True, batch_size=16,
+                         gradient_accumulation=1, cuda_precision="bf16")
+
+
+# --- examples ----------------------------------------------------------------------------------
+
+def select_examples(train: list, n: int) -> list:
+    """The first ``n`` training examples, repeated cyclically when the split has fewer."""
+    if not train:
+        raise ValueError("the training split is empty")
+    return [train[i % len(train)] for i in range(n)]
+
+
+def tokenize_full_sequences(tokenizer, rows: list[dict[str, str]], max_length: int,
+                            pad_to_max_length: bool) -> dict[str, list[list[int]]]:
+    """prompt+completion as one text; labels are the input ids (loss on all tokens), -100 on padding."""
+    encoded = tokenizer([r["prompt"] + r["completion"] for r in rows], add_special_tokens=False,
+                        truncation=True, max_length=max_length,
+                        padding="max_length" if pad_to_max_length else False)
+    labels = [[tok if keep else -100 for tok, keep in zip(ids, mask)]
+              for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+            "labels": labels, "length": [sum(mask) for mask in encoded["attention_mask"]]}
+
+
+class CountingPadCollator:
+    """Pads a batch to its longest sequence (labels with -100) and counts what the model is fed:
+    real tokens (attention mask ones) and padded tokens (every position computed)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+
+        def pad(key, value):
+            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
+
+        batch = {"input_ids": pad("input_ids", self.pad_token_id), "attention_mask": pad("attention_mask", 0),
+                 "labels": pad("labels", -100)}
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.padded_tokens += batch["input_ids"].numel()
+        return batch
+
+
+# --- the shared validation loss ----------------------------------------------------------------
+
+def completion_loss(model, tokenizer, rows: list[dict[str, str]], *, batch_size: int = 8,
+                    max_length: int = 512) -> float:
+    """Mean cross-entropy over the completion tokens only (prompt tokens and padding ignored),
+    token-weighted over all of ``rows``; the same for every recipe."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            pairs = []
+            for row in rows[start:start + batch_size]:
+                p = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+                c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+                ids, labels = (p + c)[-max_length:], ([-100] * len(p) + c)[-max_length:]
+                pairs.append((ids, labels))
+            width = max(len(ids) for ids, _ in pairs)
+            input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in pairs], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs], device=device)
+            mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in pairs], device=device)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+            shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
+            total += F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.size(-1)),
+                                     shifted_labels.reshape(-1), ignore_index=-100, reduction="sum").item()
+            count += int((shifted_labels != -100).sum())
+    model.train(was_training)
+    return total / count if count else float("nan")
+
+
+# --- recipes -----------------------------------------------------------------------------------
+
+def _sampling_args(group_by_length: bool) -> dict:
+    """transformers 5 replaced ``group_by_length=True`` with ``train_sampling_strategy``."""
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in inspect.signature(TrainingArguments).parameters:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
+
+
+def run_trainer_recipe(recipe: TrainerRecipe, base: str, device: str, train_rows, val_rows, seed: int,
+                       work_dir: Path) -> dict:
+    """Train one epoch over ``train_rows`` with ``transformers.Trainer`` + PEFT LoRA; measure it."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from adapters.base_models import LoadOptions, load_base
+
+    from .train import ThroughputCallback
+
+    on_cuda = device.startswith("cuda")
+    dtype = "float32" if not on_cuda or recipe.cuda_precision == "fp16" else "bfloat16"
+    _reset_peak_memory(on_cuda)
+    model, tokenizer = load_base(base, LoadOptions(device=device, dtype=dtype), progress=False)
+    model = get_peft_model(model, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                                             lora_dropout=recipe.lora_dropout,
+                                             target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+    data = Dataset.from_dict(tokenize_full_sequences(tokenizer, train_rows, recipe.max_length,
+                                                     recipe.pad_to_max_length))
+    collator = CountingPadCollator(tokenizer.pad_token_id)
+    args = TrainingArguments(
+        output_dir=str(work_dir / recipe.name), num_train_epochs=1,
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation,
+        learning_rate=recipe.learning_rate, optim="adamw_torch",
+        fp16=on_cuda and recipe.cuda_precision == "fp16", bf16=on_cuda and recipe.cuda_precision == "bf16",
+        eval_strategy="no", save_strategy="no", logging_steps=10, report_to=[], seed=seed, data_seed=seed,
+        dataloader_num_workers=0, use_cpu=not on_cuda, remove_unused_columns=False,
+        **_sampling_args(recipe.group_by_length))
+    timer = ThroughputCallback()
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator,
+                      processing_class=tokenizer, callbacks=[timer])
+    trainer.train()
+    _synchronize(on_cuda)
+    peak = _peak_memory(on_cuda)
+    loss = completion_loss(trainer.model, tokenizer, val_rows)
+    result = _measurement(recipe.name, len(train_rows), collator.real_tokens, collator.padded_tokens,
+                          timer.train_seconds, peak, loss, trainer.state.global_step)
+    result["settings"] = {**asdict(recipe), "dtype": dtype, "epochs": 1}
+    del trainer, model, data
+    _free_memory(on_cuda)
+    return result
+
+
+def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_examples, val_rows,
+                          work_dir: Path, splits_report) -> dict:
+    """``train_adapter`` with the spec's hyper-parameters, one epoch over the same examples, into a
+    temporary folder; its adapter is then loaded back for the shared validation loss."""
+    from peft import PeftModel
+
+    from adapters.base_models import LoadOptions, load_base
+
+    from .data import Splits
+    from .train import train_adapter
+
+    on_cuda = device.startswith("cuda")
+    splits = Splits(train=list(train_examples), validation=list(val_examples), test=[], report=splits_report)
+    out = work_dir / "adapterlab" / "adapter"
+    _reset_peak_memory(on_cuda)
+    result = train_adapter(spec, splits, base=base, max_steps=None, run_dir=work_dir / "adapterlab" / "run",
+                           output_dir=out, device=device, progress=False,
+                           extra_args={"num_train_epochs": 1})  # the same single pass as the baselines
+    _synchronize(on_cuda)
+    peak = _peak_memory(on_cuda)
+    _free_memory(on_cuda)
+    model, tokenizer = load_base(base, LoadOptions(device=device), progress=False)
+    model = PeftModel.from_pretrained(model, str(out))
+    loss = completion_loss(model, tokenizer, val_rows)
+    # packing is padding-free: every position computed is a real token
+    measured = _measurement("adapterlab", len(train_examples), result.train_tokens, result.train_tokens,
+                            result.train_seconds, peak, loss, result.steps)
+    measured["settings"] = {**asdict(spec.training), "lora": asdict(spec.lora), "epochs": 1,
+                            "packing": True, "completion_only_loss": True,
+                            "best_eval_loss_during_training": result.best_eval_loss}
+    del model
+    _free_memory(on_cuda)
+    return measured
+
+
+def _measurement(name: str, examples: int, real: int, padded: int, seconds: float, peak: int | None,
+                 loss: float, steps: int) -> dict:
+    return {"recipe": name, "examples": examples, "optimizer_steps": steps, "real_tokens": int(real),
+            "padded_tokens": int(padded), "real_token_share": round(real / padded, 4) if padded else None,
+            "train_seconds": round(seconds, 3),
+            "tokens_per_s": round(real / seconds, 2) if seconds > 0 else 0.0,
+            "examples_per_s": round(examples / seconds, 3) if seconds > 0 else 0.0,
+            "peak_gpu_memory_bytes": peak,
+            "validation_loss": round(loss, 5) if math.isfinite(loss) else None}
+
+
+# --- device helpers ----------------------------------------------------------------------------
+
+def _reset_peak_memory(on_cuda: bool) -> None:
+    if on_cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _synchronize(on_cuda: bool) -> None:
+    if on_cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _peak_memory(on_cuda: bool) -> int | None:
+    if not on_cuda:
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated())
+
+
+def _free_memory(on_cuda: bool) -> None:
+    gc.collect()
+    if on_cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def ratios(recipes: dict[str, dict]) -> dict[str, float | None]:
+    mine = recipes["adapterlab"]["tokens_per_s"]
+
+    def ratio(other):
+        return mine / other if other else None
+
+    return {"tokens_per_s_adapterlab_over_reference": ratio(recipes["reference"]["tokens_per_s"]),
+            "tokens_per_s_adapterlab_over_strong_baseline": ratio(recipes["strong_baseline"]["tokens_per_s"])}
+
+
+def command_line(args) -> str:
+    """The command, with every option spelt out, that reproduces this run."""
+    parts = ["adapterlab", "bench", "train", "--adapter", args.adapter, "--device", args.device,
+             "--examples", str(args.examples), "--val-examples", str(args.val_examples)]
+    for flag, value in (("--base-model", args.base_model), ("--data", args.data), ("--output", args.output)):
+        if value:
+            parts += [flag, str(value)]
+    if str(args.catalog) != str(CATALOG_DIR):
+        parts += ["--catalog", str(args.catalog)]
+    return shlex.join(parts)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def print_table(recipes: dict[str, dict], ratio: dict) -> None:
+    header = f"{'recipe':16} {'real tokens':>12} {'padded':>10} {'seconds':>9} {'tokens/s':>10} {'ex/s':>8} {'peak GiB':>9} {'val loss':>9}"
+    print(header, file=sys.stderr)
+    for r in recipes.values():
+        peak = f"{r['peak_gpu_memory_bytes'] / 2**30:.2f}" if r["peak_gpu_memory_bytes"] else "-"
+        loss = f"{r['validation_loss']:.4f}" if r["validation_loss"] is not None else "-"
+        print(f"{r['recipe']:16} {r['real_tokens']:>12} {r['padded_tokens']:>10} {r['train_seconds']:>9.2f} "
+              f"{r['tokens_per_s']:>10.1f} {r['examples_per_s']:>8.2f} {peak:>9} {loss:>9}", file=sys.stderr)
+    for name, value in ratio.items():
+        print(f"{name}: {value:.2f}" if value else f"{name}: -", file=sys.stderr)
+
+
+def cmd_bench_train(args) -> int:
+    import torch
+    import trl
+    from tqdm.auto import tqdm
+
+    from transformers import AutoTokenizer
+
+    from adapters.base_models import LoadOptions, canonical_name, resolve
+
+    from .data import load_splits
+    from .train import sft_rows
+
+    if args.examples < 1 or args.val_examples < 1:
+        raise ValueError("--examples and --val-examples must be >= 1")
+    spec = get_spec(load_catalog(args.catalog), args.adapter)
+    base = args.base_model or spec.base_model
+    device = LoadOptions(device=args.device).torch_device()
+    on_cuda = device.startswith("cuda")
+    splits = load_splits(spec, path=args.data)
+    train_examples = select_examples(splits.train, args.examples)
+    val_examples = splits.validation[:args.val_examples]
+    if not val_examples:
+        raise ValueError("the validation split is empty")
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(base, progress=False))
+    train_rows, val_rows = sft_rows(tokenizer, spec, train_examples), sft_rows(tokenizer, spec, val_examples)
+
+    recipes: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, \
+            tqdm(total=len(RECIPES), desc="bench train", unit="recipe") as bar:
+        work = Path(tmp)
+        for recipe in (reference_recipe(), strong_baseline_recipe()):
+            bar.set_postfix_str(recipe.name)
+            recipes[recipe.name] = run_trainer_recipe(recipe, base, device, train_rows, val_rows,
+                                                      spec.training.seed, work)
+            bar.update()
+        bar.set_postfix_str("adapterlab")
+        recipes["adapterlab"] = run_adapterlab_recipe(spec, base, device, train_examples, val_examples,
+                                                      val_rows, work, splits.report)
+        bar.update()
+
+    env = environment()
+    if on_cuda:
+        env["device"] = torch.cuda.get_device_name(torch.device(device))
+    result = {"benchmark": "train", **env, "trl": trl.__version__, "command": command_line(args),
+              "device_kind": "cuda" if on_cuda else "cpu", "base_model": canonical_name(base),
+              "adapter": spec.name, "data_source": splits.report.source, "examples": len(train_examples),
+              "distinct_examples": len({id(e) for e in train_examples}),
+              "validation_examples": len(val_examples),
+              "validation_loss_definition": "mean cross-entropy on the completion tokens of the validation subset",
+              "recipes": recipes, "ratios": ratios(recipes)}
+    out = Path(args.output) if args.output else RESULTS_DIR / f"train-{result['device_kind']}.json"
+    write_json_atomic(out, result)
+    print_table(recipes, result["ratios"])
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def add_parser(bench_sub) -> None:
+    p = bench_sub.add_parser("train", help="training throughput: notebook Trainer recipe, a strong "
+                                           "Trainer baseline and adapterlab's train_adapter")
+    p.add_argument("--adapter", default="spam", help="adapter whose spec, data and train split are used")
+    p.add_argument("--base-model", default=None, help="base model name, Hub id or folder (default: the spec's)")
+    p.add_argument("--data", default=None, help="data file (default: the spec's local_path, else the Hub)")
+    p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--examples", type=int, default=2048,
+                   help="training examples per recipe (the train split, repeated if it is smaller)")
+    p.add_argument("--val-examples", type=int, default=200, help="validation examples for the loss")
+    p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/train-<cpu|cuda>.json)")
+    p.set_defaults(func=cmd_bench_train)
