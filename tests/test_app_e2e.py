@@ -402,6 +402,20 @@ def test_nothing_left_this_machine_and_no_message_text_in_the_log(server):
     assert "Traceback" not in log, log[-3000:]
 
 
+def stored_answer(database: Path, text: str, timeout: float = 15) -> str:
+    """The first assistant message stored in the chat history that contains ``text`` (waits for the write)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(database) as db:
+            outputs = [row[0] or "" for row in
+                       db.execute('SELECT "output" FROM steps WHERE "type" = ?', ("assistant_message",))]
+        found = [o for o in outputs if text in o]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no stored assistant message contains {text!r}: {outputs}"
+        time.sleep(0.25)
+
+
 def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalog):
     """A second app on the tiny model: login from environment variables, and a conversation that is
     stored in SQLite and comes back from the history sidebar."""
@@ -432,12 +446,23 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         with sqlite3.connect(tmp_path / "history.sqlite3") as db:
             assert db.execute('SELECT "value", "comment" FROM feedbacks').fetchall() == [(1, "right label")]
             assert ("Remember the milk",) in db.execute('SELECT "output" FROM steps').fetchall()
+        stored_answer(tmp_path / "history.sqlite3", "probability")  # the answer too, before resuming
         page.goto(srv.url)
         page.wait_for_selector("#chat-input")
         thread = page.locator("#thread-history a").filter(has_text="Remember the milk").first
-        page.goto(srv.url + thread.get_attribute("href"))  # the history sidebar's link to the thread
-        page.wait_for_selector("text=Remember the milk")
-        page.wait_for_selector("text=probability")
+        href = thread.get_attribute("href")
+        for attempt in range(2):
+            page.goto(srv.url + href)  # the history sidebar's link to the thread
+            try:
+                page.locator("[data-step-type=assistant_message]").filter(has_text="probability").first.wait_for(
+                    timeout=30_000)
+                break
+            except sync_api.TimeoutError:
+                # Chainlit occasionally leaves a resumed thread empty on a loaded 2-core machine (the
+                # thread is stored, see stored_answer); one reload is what a user would do
+                if attempt:
+                    raise
+        page.locator("[data-step-type=user_message]").filter(has_text="Remember the milk").first.wait_for()
         shot(page, "14-login-resumed-thread")
         page.context.close()
     finally:
