@@ -245,6 +245,16 @@ def _variant(runtime: Runtime, profile: handlers.Profile, settings: handlers.Set
     return handlers.choose_variant(spec, profile.adapter in runtime.backend.adapter_names(), settings.use_base)
 
 
+async def _usable_variant(runtime: Runtime, profile: handlers.Profile,
+                          settings: handlers.Settings) -> handlers.Variant | None:
+    """The profile adapter's variant to run, or None after telling the user why there is none."""
+    variant = _variant(runtime, profile, settings)
+    if variant.problem:
+        await cl.Message(content=variant.problem).send()
+        return None
+    return variant
+
+
 async def _prompt_element(runtime: Runtime, adapter: str | None, messages: list[dict], settings,
                           examples=()) -> list:
     if not settings.show_prompt:
@@ -260,9 +270,8 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
     settings = _settings()
     spec = runtime.spec(profile.adapter) if profile.adapter else None
     if spec is not None:
-        variant = _variant(runtime, profile, settings)
-        if variant.problem:
-            await cl.Message(content=variant.problem).send()
+        variant = await _usable_variant(runtime, profile, settings)
+        if variant is None:
             return
         base, label = variant.base, variant.label
     else:
@@ -288,9 +297,8 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
 
 async def _classify(runtime: Runtime, profile: handlers.Profile, text: str) -> None:
     settings = _settings()
-    variant = _variant(runtime, profile, settings)
-    if variant.problem:
-        await cl.Message(content=variant.problem).send()
+    variant = await _usable_variant(runtime, profile, settings)
+    if variant is None:
         return
     spec = runtime.spec(profile.adapter)
     chain = chains.classify_chain(runtime, profile.adapter, base=variant.base, system=settings.system)
@@ -305,9 +313,8 @@ async def _classify(runtime: Runtime, profile: handlers.Profile, text: str) -> N
 
 async def _extract(runtime: Runtime, profile: handlers.Profile, text: str) -> None:
     settings = _settings()
-    variant = _variant(runtime, profile, settings)
-    if variant.problem:
-        await cl.Message(content=variant.problem).send()
+    variant = await _usable_variant(runtime, profile, settings)
+    if variant is None:
         return
     spec = runtime.spec(profile.adapter)
     chain = chains.extract_chain(runtime, profile.adapter, base=variant.base, system=settings.system,
@@ -327,9 +334,8 @@ async def _uploads(runtime: Runtime, profile: handlers.Profile, files: list) -> 
                                  "profiles; here, type your message instead.").send()
         return
     settings = _settings()
-    variant = _variant(runtime, profile, settings)
-    if variant.problem:
-        await cl.Message(content=variant.problem).send()
+    variant = await _usable_variant(runtime, profile, settings)
+    if variant is None:
         return
     spec = runtime.spec(profile.adapter)
     limit = CONFIG.batch_limit if profile.task == "classify" else CONFIG.extract_batch_limit

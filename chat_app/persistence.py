@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +48,15 @@ POSTGRES_SCHEMA = [
         FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
 ]
 
-SQLITE_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS users ("id" TEXT PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE,
-        "metadata" TEXT NOT NULL, "createdAt" TEXT)""",
-    """CREATE TABLE IF NOT EXISTS threads ("id" TEXT PRIMARY KEY, "createdAt" TEXT, "name" TEXT,
-        "userId" TEXT, "userIdentifier" TEXT, "tags" TEXT, "metadata" TEXT,
-        FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)""",
-    """CREATE TABLE IF NOT EXISTS steps ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL,
-        "threadId" TEXT NOT NULL, "parentId" TEXT, "streaming" BOOLEAN NOT NULL, "waitForAnswer" BOOLEAN,
-        "isError" BOOLEAN, "metadata" TEXT, "tags" TEXT, "input" TEXT, "output" TEXT, "createdAt" TEXT,
-        "command" TEXT, "start" TEXT, "end" TEXT, "generation" TEXT, "showInput" TEXT, "language" TEXT,
-        "indent" INT, "defaultOpen" BOOLEAN, "autoCollapse" BOOLEAN, "modes" TEXT, "icon" TEXT,
-        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
-    """CREATE TABLE IF NOT EXISTS elements ("id" TEXT PRIMARY KEY, "threadId" TEXT, "type" TEXT, "url" TEXT,
-        "chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT, "size" TEXT,
-        "page" INT, "language" TEXT, "forId" TEXT, "mime" TEXT, "props" TEXT, "autoPlay" BOOLEAN,
-        "playerConfig" TEXT, FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
-    """CREATE TABLE IF NOT EXISTS feedbacks ("id" TEXT PRIMARY KEY, "forId" TEXT NOT NULL, "threadId" TEXT,
-        "value" INT NOT NULL, "comment" TEXT,
-        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+SQLITE_TYPES = {"UUID": "TEXT", "JSONB": "TEXT", "TEXT[]": "TEXT"}  # SQLite stores these as text
+
+
+def sqlite_statement(postgres: str) -> str:
+    """A PostgreSQL CREATE statement of this schema with its types mapped to SQLite's."""
+    return re.sub(r"\bUUID\b|\bJSONB\b|\bTEXT\[\]", lambda m: SQLITE_TYPES[m.group(0)], postgres)
+
+
+SQLITE_SCHEMA = [sqlite_statement(statement) for statement in POSTGRES_SCHEMA] + [
     'CREATE INDEX IF NOT EXISTS steps_thread ON steps ("threadId")',
     'CREATE INDEX IF NOT EXISTS threads_user ON threads ("userId")',
 ]
