@@ -44,6 +44,59 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def timed_ms(call) -> float:
+    """Wall time of ``call()`` in milliseconds."""
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1000
+
+
+def p50_p95(values: list[float], digits: int = 3) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None}
+    return {"p50": round(statistics.median(values), digits), "p95": round(percentile(values, 95), digits)}
+
+
+SWITCH_DEFINITION = (
+    "switch_ms: wall time of LocalBackend.activate(next) when the next request's adapter differs from the "
+    "active one, i.e. exactly what a request pays before its forward pass when the previous request used "
+    "another adapter; cycle: every loaded adapter in turn, then the base (adapters disabled). to_adapter: "
+    "adapter -> adapter, to_base: adapter -> base, from_base: base -> adapter. same_adapter_ms: the same "
+    "call when the adapter does not change. request_ms: p50 of a one-token scoring request "
+    "(backend.score on a 3-token prompt) cycling adapters vs repeating one; their difference is a "
+    "cross-check of the switch cost that includes everything a request does.")
+
+
+def bench_adapter_switch(backend, rounds: int) -> dict:
+    """p50/p95 cost of changing the active adapter between requests, and of not changing it."""
+    names = backend.adapter_names() if hasattr(backend, "activate") else []
+    if not names:
+        return {"skipped": "no in-process adapters loaded (nothing to switch)"}
+    cycle: list[str | None] = [*names, None]
+    kinds: dict[str, list[float]] = {"to_adapter": [], "to_base": [], "from_base": []}
+    same: list[float] = []
+    backend.activate(cycle[-1])
+    for i in range(rounds * len(cycle)):
+        previous, target = cycle[i % len(cycle) - 1], cycle[i % len(cycle)]
+        kind = "to_base" if target is None else "from_base" if previous is None else "to_adapter"
+        kinds[kind].append(timed_ms(lambda: backend.activate(target)))
+        same.append(timed_ms(lambda: backend.activate(target)))
+    switches = [ms for values in kinds.values() for ms in values]
+    tiny_prompt, option = "Hello there", [[" friend"]]
+    backend.score(cycle[0], [tiny_prompt], option)  # warm-up
+    cycling = [timed_ms(lambda: backend.score(cycle[i % len(cycle)], [tiny_prompt], option))
+               for i in range(rounds * len(cycle))]
+    repeating = [timed_ms(lambda: backend.score(cycle[0], [tiny_prompt], option))
+                 for _ in range(rounds * len(cycle))]
+    request = {"cycling_ms_p50": round(statistics.median(cycling), 2),
+               "same_adapter_ms_p50": round(statistics.median(repeating), 2)}
+    request["difference_ms"] = round(request["cycling_ms_p50"] - request["same_adapter_ms_p50"], 2)
+    return {"definition": SWITCH_DEFINITION, "cycle": [n or "base" for n in cycle],
+            "switches": len(switches), "switch_ms": p50_p95(switches),
+            **{f"{kind}_ms": p50_p95(values) for kind, values in kinds.items()},
+            "same_adapter_ms": p50_p95(same, digits=4), "request": request}
+
+
 def bench_classify(runtime: Runtime, adapter: str, base: bool, calls: int, batch: int) -> dict:
     """p50/p95 latency of one message, and messages/s when classifying a batch."""
     runtime.classify(adapter, [SAMPLE_SMS], base=base)  # warm-up
@@ -95,6 +148,7 @@ def run_serve(args) -> int:
               "classify": bench_classify(runtime, "spam", use_base, args.calls, args.batch)}
     if not args.skip_generate:
         result["generate"] = bench_generate(runtime, None, False, args.runs, args.tokens)
+    result["adapter_switch"] = bench_adapter_switch(runtime.backend, args.switch_rounds)
     print(json.dumps(result, indent=2))
     out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{_slug(result['device'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +169,8 @@ def add_parser(bench_sub) -> None:
     serve.add_argument("--batch", type=int, default=64, help="messages in the batched classify run")
     serve.add_argument("--runs", type=int, default=5, help="generation runs")
     serve.add_argument("--tokens", type=int, default=64, help="max new tokens per generation run")
+    serve.add_argument("--switch-rounds", type=int, default=20,
+                       help="times through the cycle of adapters + base when timing adapter switches")
     serve.add_argument("--skip-generate", action="store_true")
     serve.add_argument("--base-model", default=None)
     serve.add_argument("--device", default="auto")

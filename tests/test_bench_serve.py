@@ -1,0 +1,67 @@
+"""`adapterlab bench serve` and the serving paths it measures, on the tiny model (no timing asserts):
+adapter switching between requests, concurrent streams, prefix-cached scoring, the README table."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import Runtime
+from adapters.bench import bench_adapter_switch
+from adapters.catalog import load_catalog
+from conftest import train_tiny_lora
+
+SPAMMY = ["win a free prize call now", "free cash prize win now", "call now to win cash"]
+HAMMY = ["meet for dinner tonight", "lecture notes from today", "hello see you at dinner"]
+
+
+@pytest.fixture()
+def two_adapters(tiny_base, catalog):
+    """The catalogue with spam and oncology trained a few steps (different weights, same base)."""
+    specs = load_catalog(catalog)
+    train_tiny_lora(tiny_base, specs["spam"], [(t, "spam") for t in SPAMMY] + [(t, "ham") for t in HAMMY],
+                    specs["spam"].directory, steps=10)
+    train_tiny_lora(tiny_base, specs["oncology"], [(t, '{"stage": "IV"}') for t in SPAMMY],
+                    specs["oncology"].directory, steps=10, seed=1)
+    return catalog
+
+
+def runtime(tiny_base, catalog) -> Runtime:
+    return Runtime.local(catalog, base=str(tiny_base), progress=False)
+
+
+def flat(rows: list[list[float]]) -> list[float]:
+    return [value for row in rows for value in row]
+
+
+def test_switching_adapters_in_any_order_scores_like_a_fresh_runtime(tiny_base, two_adapters):
+    prompts, options = ["win a prize", "dinner tonight"], [["spam", "ham"]] * 2
+    order = ["spam", None, "oncology", "oncology", None, None, "spam", "oncology", "spam"]
+    expected = {}
+    for adapter in dict.fromkeys(order):
+        expected[adapter] = flat(runtime(tiny_base, two_adapters).backend.score(adapter, prompts, options))
+    backend = runtime(tiny_base, two_adapters).backend
+    for adapter in order:
+        assert flat(backend.score(adapter, prompts, options)) == pytest.approx(expected[adapter], abs=1e-5)
+    assert expected["spam"] != pytest.approx(expected[None], abs=1e-3)  # the adapters do change scores
+    assert expected["spam"] != pytest.approx(expected["oncology"], abs=1e-3)
+
+
+def test_an_unknown_adapter_is_refused_naming_the_loaded_ones(tiny_base, two_adapters):
+    backend = runtime(tiny_base, two_adapters).backend
+    with pytest.raises(KeyError, match="'medquad' is not loaded.*oncology.*spam"):
+        backend.activate("medquad")
+
+
+def test_adapter_switch_benchmark_cycles_every_adapter_and_the_base(tiny_base, two_adapters):
+    result = bench_adapter_switch(runtime(tiny_base, two_adapters).backend, rounds=2)
+    assert result["cycle"] == ["oncology", "spam", "base"]
+    assert result["switches"] == 6
+    assert "activate" in result["definition"]
+    for key in ("switch_ms", "to_adapter_ms", "to_base_ms", "from_base_ms", "same_adapter_ms"):
+        assert result[key]["p50"] >= 0 and result[key]["p95"] >= result[key]["p50"]
+    assert set(result["request"]) == {"cycling_ms_p50", "same_adapter_ms_p50", "difference_ms"}
+
+
+def test_adapter_switch_benchmark_says_why_it_is_skipped_without_adapters(tiny_base, catalog):
+    result = bench_adapter_switch(runtime(tiny_base, catalog).backend, rounds=2)
+    assert result == {"skipped": "no in-process adapters loaded (nothing to switch)"}
