@@ -20,6 +20,18 @@ from .runtime import Runtime
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 SAMPLE_SMS = "URGENT! You have won a £1,000 cash prize. Call 09061234567 now to claim. T&Cs apply."
 SAMPLE_QUESTION = "What are the symptoms of type 2 diabetes?"
+SAMPLE_NOTE = ("Clinic note: 61-year-old woman with invasive ductal carcinoma of the left breast, stage IIA, "
+               "ER/PR positive, HER2 negative. Started on letrozole after lumpectomy; no evidence of disease "
+               "at the 6-month follow-up.")
+STREAM_INPUTS = {"spam": SAMPLE_SMS, "oncology": SAMPLE_NOTE}  # any other adapter, and base: the question
+STREAMS_NOTES = (
+    "LocalBackend holds its model lock for the whole of one generate call, so concurrent streams run one "
+    "after another: the aggregate rate is about one stream's, and a stream's TTFT includes the streams "
+    "queued before it (max_streams_decoding_at_once says how many streams were ever decoding at the same "
+    "moment). Making them batch would need PEFT's mixed-adapter batches (adapter_names=) plus a scheduler "
+    "that joins streams arriving at different times and splits the batch back into per-user streams "
+    "(continuous batching): not simple or safe enough for the Chainlit app's streaming, so not done; an "
+    "OpenAI-compatible server with LoRA (vLLM) behind the Backend protocol is the way to serve them batched.")
 
 
 def environment() -> dict:
@@ -134,6 +146,55 @@ def bench_generate(runtime: Runtime, adapter: str | None, base: bool, runs: int,
             "decode_tokens_per_s": round(statistics.median(rates), 1) if rates else None}
 
 
+def bench_concurrent_streams(runtime: Runtime, streams: int, tokens: int) -> dict:
+    """``streams`` greedy generations started together from threads, cycling through every loaded
+    adapter and the base, each on its adapter's kind of input: aggregate tokens/s, wall time, TTFTs."""
+    import threading
+
+    cycle: list[str | None] = [*runtime.backend.adapter_names(), None]
+    plan = [cycle[i % len(cycle)] for i in range(streams)]
+    runtime.generate(plan[0], [{"role": "user", "content": "hi"}], temperature=0, max_new_tokens=2).read()
+    gate = threading.Barrier(streams)
+    finished: list[dict] = [{} for _ in plan]
+
+    def one_stream(index: int, adapter: str | None) -> None:
+        text = STREAM_INPUTS.get(adapter or "", SAMPLE_QUESTION)
+        gate.wait()
+        g = runtime.generate(adapter, [{"role": "user", "content": text}], temperature=0, max_new_tokens=tokens)
+        g.read()
+        finished[index] = {"started": g.started, "first": g.first_piece_at or time.perf_counter(),
+                           "done": time.perf_counter(), "tokens": runtime.backend.count_tokens(g.text),
+                           "adapter": adapter or "base"}
+
+    threads = [threading.Thread(target=one_stream, args=(i, a)) for i, a in enumerate(plan)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    start = min(f["started"] for f in finished)
+    wall = max(f["done"] for f in finished) - start
+    total = sum(f["tokens"] for f in finished)
+    ttfts = [(f["first"] - f["started"]) * 1000 for f in finished]
+    return {"streams": streams, "max_new_tokens": tokens, "wall_seconds": round(wall, 2),
+            "total_tokens": total, "aggregate_tokens_per_s": round(total / wall, 1),
+            "ttft_ms": p50_p95(ttfts, digits=1) | {"max": round(max(ttfts), 1)},
+            "max_streams_decoding_at_once": max_overlap([(f["first"], f["done"]) for f in finished]),
+            "per_stream": [{"adapter": f["adapter"], "tokens": f["tokens"], "ttft_ms": round(t, 1),
+                            "seconds": round(f["done"] - f["started"], 2)} for f, t in zip(finished, ttfts)],
+            "notes": STREAMS_NOTES}
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) intervals open at one moment (an end closes before a start)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                    key=lambda event: (event[0], event[1]))
+    open_now = most = 0
+    for _, step in events:
+        open_now += step
+        most = max(most, open_now)
+    return most
+
+
 def run_serve(args) -> int:
     from .base_models import LoadOptions
 
@@ -149,6 +210,8 @@ def run_serve(args) -> int:
     if not args.skip_generate:
         result["generate"] = bench_generate(runtime, None, False, args.runs, args.tokens)
     result["adapter_switch"] = bench_adapter_switch(runtime.backend, args.switch_rounds)
+    if not args.skip_generate and args.streams > 0:
+        result["concurrent_streams"] = bench_concurrent_streams(runtime, args.streams, args.tokens)
     print(json.dumps(result, indent=2))
     out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{_slug(result['device'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +234,9 @@ def add_parser(bench_sub) -> None:
     serve.add_argument("--tokens", type=int, default=64, help="max new tokens per generation run")
     serve.add_argument("--switch-rounds", type=int, default=20,
                        help="times through the cycle of adapters + base when timing adapter switches")
-    serve.add_argument("--skip-generate", action="store_true")
+    serve.add_argument("--streams", type=int, default=8,
+                       help="concurrent generation streams, cycling through the adapters and the base (0: skip)")
+    serve.add_argument("--skip-generate", action="store_true", help="no generation benchmarks")
     serve.add_argument("--base-model", default=None)
     serve.add_argument("--device", default="auto")
     serve.add_argument("--dtype", default="auto")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adapters import Runtime
-from adapters.bench import bench_adapter_switch
+from adapters.bench import bench_adapter_switch, bench_concurrent_streams, max_overlap
 from adapters.catalog import load_catalog
 from conftest import train_tiny_lora
 
@@ -65,3 +65,21 @@ def test_adapter_switch_benchmark_cycles_every_adapter_and_the_base(tiny_base, t
 def test_adapter_switch_benchmark_says_why_it_is_skipped_without_adapters(tiny_base, catalog):
     result = bench_adapter_switch(runtime(tiny_base, catalog).backend, rounds=2)
     assert result == {"skipped": "no in-process adapters loaded (nothing to switch)"}
+
+
+def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base, two_adapters):
+    result = bench_concurrent_streams(runtime(tiny_base, two_adapters), streams=4, tokens=3)
+    streams = result["per_stream"]
+    assert [s["adapter"] for s in streams] == ["oncology", "spam", "base", "oncology"]
+    assert result["total_tokens"] == sum(s["tokens"] for s in streams) > 0
+    assert all(0 <= s["ttft_ms"] <= s["seconds"] * 1000 for s in streams)
+    assert result["wall_seconds"] >= max(s["seconds"] for s in streams)
+    assert 1 <= result["max_streams_decoding_at_once"] <= 4  # 1 in practice (one model lock), not raced on
+    assert "lock" in result["notes"]
+
+
+@pytest.mark.parametrize(("intervals", "expected"), [
+    ([], 0), ([(0, 1)], 1), ([(0, 1), (1, 2), (2, 3)], 1), ([(0, 2), (1, 3)], 2),
+    ([(0, 10), (1, 2), (1.5, 3), (2.5, 4)], 3)])
+def test_max_overlap_counts_intervals_open_at_one_moment(intervals, expected):
+    assert max_overlap(intervals) == expected
