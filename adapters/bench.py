@@ -180,7 +180,7 @@ def bench_concurrent_streams(runtime: Runtime, streams: int, tokens: int) -> dic
             "ttft_ms": p50_p95(ttfts, digits=1) | {"max": round(max(ttfts), 1)},
             "max_streams_decoding_at_once": max_overlap([(f["first"], f["done"]) for f in finished]),
             "per_stream": [{"adapter": f["adapter"], "tokens": f["tokens"], "ttft_ms": round(t, 1),
-                            "seconds": round(f["done"] - f["started"], 2)} for f, t in zip(finished, ttfts)],
+                            "seconds": round(f["done"] - f["started"], 3)} for f, t in zip(finished, ttfts)],
             "notes": STREAMS_NOTES}
 
 
