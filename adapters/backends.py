@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,9 +53,14 @@ class Backend(Protocol):
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
     def score(self, adapter: str | None, prompts: Sequence[str],
-              continuations: Sequence[Sequence[str]], batch_size: int = 16) -> list[list[float]]:
+              continuations: Sequence[Sequence[str]], batch_size: int = 16,
+              shared_prefix: str = "") -> list[list[float]]:
         """Log-likelihood of each prompt's continuations: ``result[i][j]`` for
-        ``continuations[i][j]`` after ``prompts[i]``."""
+        ``continuations[i][j]`` after ``prompts[i]``.
+
+        ``shared_prefix`` is a hint, text that the prompts start with (a task's rendered template
+        before its input); a backend may reuse its computation across calls, never change a score.
+        """
         ...
 
     def complete(self, adapter: str | None, prompts: Sequence[str], params: GenerationParams,
@@ -64,6 +70,8 @@ class Backend(Protocol):
 
 
 _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)
+PREFIX_CACHE_ENTRIES = 8  # (adapter, prompt prefix) key/value caches kept for scoring
+MIN_CACHED_PREFIX = 8  # tokens; a shorter shared prefix is recomputed with each row
 
 
 def recorded_base(adapter_dir: Path) -> str | None:
@@ -88,6 +96,7 @@ class LocalBackend:
         self._lock = threading.RLock()
         self._adapters: list[str] = []
         self._active: str | None | object = _UNKNOWN  # adapter name, None (disabled) or _UNKNOWN
+        self._prefix_cache: OrderedDict[tuple, Any] = OrderedDict()  # (adapter, token ids) -> KV
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,
@@ -101,6 +110,11 @@ class LocalBackend:
 
     def adapter_names(self) -> list[str]:
         return list(self._adapters)
+
+    def cached_prefixes(self) -> list[tuple[str | None, int]]:
+        """(adapter, token count) of each prompt prefix whose keys/values scoring keeps, oldest first."""
+        with self._lock:
+            return [(adapter, len(ids)) for adapter, ids in self._prefix_cache]
 
     def add_adapter(self, name: str, path: Path) -> None:
         """Attach the PEFT adapter in ``path`` under ``name``; refuses one trained on another base."""
@@ -120,6 +134,7 @@ class LocalBackend:
             self.model.eval()
             self._adapters.append(name)
             self._active = _UNKNOWN  # loading may change which adapter PEFT has active
+            self._prefix_cache.clear()  # a name may now stand for other weights
 
     # --- text helpers ----------------------------------------------------------------------
 
@@ -177,13 +192,17 @@ class LocalBackend:
     def _device(self):
         return next(self.model.parameters()).device
 
-    def score(self, adapter, prompts, continuations, batch_size=16):
+    def score(self, adapter, prompts, continuations, batch_size=16, shared_prefix=""):
         """One forward pass per prompt: the prompt once, each continuation after it.
 
         A row holds ``prompt + c1 + c2 + ...``; a 4-D attention mask lets each continuation see the
         prompt and its own earlier tokens only, and position ids restart after the prompt for each
         one, so every continuation is scored exactly as if it followed the prompt alone — at the
         cost of one prompt instead of one prompt per label.
+
+        With ``shared_prefix``, the keys and values of the tokens every prompt of a batch shares
+        with it (the template before the input) are computed once per adapter and kept
+        (``PREFIX_CACHE_ENTRIES`` at most); each row then runs only its own tokens after them.
         """
         import torch
 
@@ -192,26 +211,56 @@ class LocalBackend:
         for prompt, options in zip(prompts, continuations, strict=True):
             prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
             rows.append((prompt_ids, [tok(c, add_special_tokens=False)["input_ids"] for c in options]))
+        prefix_ids = tok(shared_prefix, add_special_tokens=False)["input_ids"] if shared_prefix else []
         scores: list[list[float]] = []
         with self._using(adapter) as model, torch.inference_mode():
-            device = self._device()
-            dtype = next(model.parameters()).dtype
-            dtype = dtype if dtype.is_floating_point else torch.float32
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
-                ids, positions, mask, targets = _packed_rows(chunk, tok.pad_token_id)
-                additive = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
-                # the vocabulary projection is computed only where a scored token is predicted
-                keep = sorted({at for per_option in targets for pairs in per_option for at, _ in pairs})
-                column = {at: i for i, at in enumerate(keep)}
-                logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
-                               attention_mask=additive[:, None].to(device),
-                               logits_to_keep=torch.tensor(keep, device=device)).logits
-                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-                for row, per_option in enumerate(targets):
-                    scores.append([float(sum(logprobs[row, column[at], token] for at, token in pairs))
-                                   for pairs in per_option])
+                reused = shared_prefix_length(prefix_ids, [prompt for prompt, _ in chunk])
+                past = self._prefix_kv(adapter, prefix_ids[:reused], len(chunk)) if reused else None
+                scores.extend(self._score_chunk(model, chunk, reused, past))
         return scores
+
+    def _score_chunk(self, model, chunk, reused: int, past) -> list[list[float]]:
+        """Scores of one batch of (prompt ids, continuation ids) rows whose first ``reused`` prompt
+        tokens are already in ``past`` (keys/values, None when ``reused`` is 0)."""
+        import torch
+
+        device = self._device()
+        dtype = next(model.parameters()).dtype
+        dtype = dtype if dtype.is_floating_point else torch.float32
+        ids, positions, mask, targets = _packed_rows([(p[reused:], cs) for p, cs in chunk],
+                                                     self.tokenizer.pad_token_id, offset=reused)
+        additive = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+        # the vocabulary projection is computed only where a scored token is predicted
+        keep = sorted({at for per_option in targets for pairs in per_option for at, _ in pairs})
+        column = {at: i for i, at in enumerate(keep)}
+        logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
+                       attention_mask=additive[:, None].to(device), past_key_values=past,
+                       use_cache=past is not None, logits_to_keep=torch.tensor(keep, device=device)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        return [[float(sum(logprobs[row, column[at], token] for at, token in pairs)) for pairs in per_option]
+                for row, per_option in enumerate(targets)]
+
+    def _prefix_kv(self, adapter: str | None, prefix_ids: list[int], batch: int):
+        """A fresh cache holding the keys/values of ``prefix_ids`` under ``adapter``, repeated for
+        ``batch`` rows; computed once and kept in a small LRU (lock held, adapter active)."""
+        import copy
+
+        import torch
+
+        key = (adapter, tuple(prefix_ids))
+        if key in self._prefix_cache:
+            self._prefix_cache.move_to_end(key)
+        else:
+            ids = torch.tensor([prefix_ids], device=self._device())
+            self._prefix_cache[key] = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            while len(self._prefix_cache) > PREFIX_CACHE_ENTRIES:
+                self._prefix_cache.popitem(last=False)
+        past = copy.deepcopy(self._prefix_cache[key])  # the forward pass appends to the cache it is given
+        if batch > 1:
+            past.batch_repeat_interleave(batch)
+        return past
 
     def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens,
@@ -279,33 +328,57 @@ class LocalBackend:
             cancelled.set()
 
 
-def _packed_rows(rows, pad_id):
-    """Token ids, position ids, boolean attention mask [batch, q, k] and, per row and continuation,
-    the (logit index, token id) pairs whose log-probabilities add up to the continuation's score."""
+def shared_prefix_length(prefix_ids: list[int], prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares with ``prefix_ids`` but its last token, leaving
+    each prompt at least its own last token (whose logit predicts the first continuation token);
+    0 when too few to be worth a cached pass (``MIN_CACHED_PREFIX``).
+
+    The prefix's last token is never reused: it may merge with the input's first one (``"Message: "``
+    + ``"URGENT"`` is tokenized ``":"``, ``" URGENT"``), and leaving it out gives every input of a
+    template the same cached length, so one cache entry. Compared as token ids, so a prefix the
+    prompts do not really share is only reused as far as they do.
+    """
+    length = max(0, len(prefix_ids) - 1)
+    for prompt in prompts:
+        same = 0
+        for a, b in zip(prefix_ids[:length], prompt[:len(prompt) - 1]):
+            if a != b:
+                break
+            same += 1
+        length = same
+    return length if length >= MIN_CACHED_PREFIX else 0
+
+
+def _packed_rows(rows, pad_id, offset: int = 0):
+    """Token ids, position ids, boolean attention mask [batch, q, offset + q] and, per row and
+    continuation, the (logit index, token id) pairs whose log-probabilities add up to the
+    continuation's score. ``offset`` tokens of every prompt are already cached (keys/values), so
+    positions start there and every token may attend to them."""
     import torch
 
     width = max(len(p) + sum(len(c) for c in cs) for p, cs in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    mask = torch.zeros((len(rows), width, offset + width), dtype=torch.bool)
+    mask[:, :, :offset] = True
     targets = []
     for r, (prompt, options) in enumerate(rows):
         n = len(prompt)
         ids[r, :n] = torch.tensor(prompt)
-        positions[r, :n] = torch.arange(n)
-        mask[r, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        positions[r, :n] = torch.arange(offset, offset + n)
+        mask[r, :n, offset:offset + n] = torch.ones(n, n, dtype=torch.bool).tril()
         at, per_option = n, []
         for option in options:
             m = len(option)
             ids[r, at:at + m] = torch.tensor(option, dtype=torch.long)
-            positions[r, at:at + m] = torch.arange(n, n + m)
-            mask[r, at:at + m, :n] = True
-            mask[r, at:at + m, at:at + m] = torch.ones(m, m, dtype=torch.bool).tril()
+            positions[r, at:at + m] = torch.arange(offset + n, offset + n + m)
+            mask[r, at:at + m, offset:offset + n] = True
+            mask[r, at:at + m, offset + at:offset + at + m] = torch.ones(m, m, dtype=torch.bool).tril()
             # the logit predicting token t of the option sits one place before it
             previous = [n - 1] + list(range(at, at + m - 1))
             per_option.append(list(zip(previous, option)))
             at += m
         for q in range(at, width):
-            mask[r, q, q] = True  # padding attends to itself only, so no row is fully masked
+            mask[r, q, offset + q] = True  # padding attends to itself (and the prefix) only
         targets.append(per_option)
     return ids, positions, mask, targets

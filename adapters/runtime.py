@@ -107,7 +107,8 @@ class Runtime:
                    for text, _ in fitted]
         continuations = [self._label_continuation(spec, label) for label in spec.labels]
         scores = self.backend.score(target, prompts, [continuations] * len(prompts),
-                                    batch_size=batch_size)
+                                    batch_size=batch_size,
+                                    shared_prefix=self._template_prefix(spec, system, examples))
         results = []
         for row, (_, truncated) in zip(scores, fitted):
             probs = _softmax(row)
@@ -263,6 +264,15 @@ class Runtime:
             del full[first_turn]
             truncated = True
         return full, truncated
+
+    def _template_prefix(self, spec: AdapterSpec, system: str | None,
+                         examples: Sequence[tuple[str, str]]) -> str:
+        """The rendered prompt before the input text: the same for every input of one task call
+        (system message, few-shot turns, the user template's lead-in); "" if it cannot be found."""
+        marker = "\uE000"  # private use; in an example too, the prefix is only shorter (still exact)
+        rendered = self.backend.render(task_messages(spec, marker, system=system, examples=examples))
+        before, found, _ = rendered.partition(marker)
+        return before if found else ""
 
     def _label_continuation(self, spec: AdapterSpec, label: str) -> str:
         from .prompts import render_example

@@ -83,3 +83,76 @@ def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base
     ([(0, 10), (1, 2), (1.5, 3), (2.5, 4)], 3)])
 def test_max_overlap_counts_intervals_open_at_one_moment(intervals, expected):
     assert max_overlap(intervals) == expected
+
+
+# --- prefix-cached scoring -------------------------------------------------------------------
+
+def spam_prompts(rt: Runtime, texts: list[str], system: str | None = None) -> tuple[list[str], list, str]:
+    """Rendered spam prompts, the label continuations for each, and the template prefix."""
+    from adapters.prompts import task_messages
+
+    spec = rt.spec("spam")
+    prompts = [rt.backend.render(task_messages(spec, t, system=system)) for t in texts]
+    labels = [rt._label_continuation(spec, label) for label in spec.labels]
+    return prompts, [labels] * len(prompts), rt._template_prefix(spec, system, ())
+
+
+@pytest.mark.parametrize("adapter", ["spam", None])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_prefix_cached_scores_equal_full_scores(tiny_base, two_adapters, adapter, batch_size):
+    rt = runtime(tiny_base, two_adapters)
+    texts = [*SPAMMY, *HAMMY, "x", "Message: a message that starts like the template's own lead-in"]
+    prompts, options, prefix = spam_prompts(rt, texts)
+    full = rt.backend.score(adapter, prompts, options, batch_size=batch_size)
+    assert rt.backend.cached_prefixes() == []
+    cached = rt.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
+    (entry,) = rt.backend.cached_prefixes()
+    assert entry[0] == adapter and entry[1] >= 8  # the cached path really ran
+    assert flat(cached) == pytest.approx(flat(full), abs=1e-4)
+    again = rt.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
+    assert flat(again) == pytest.approx(flat(full), abs=1e-4)  # reused, not consumed by the first call
+    assert len(rt.backend.cached_prefixes()) == 1
+
+
+def test_classify_uses_one_cached_prefix_per_adapter_and_matches_uncached_scoring(tiny_base, two_adapters):
+    rt = runtime(tiny_base, two_adapters)
+    tuned, base = rt.classify("spam", SPAMMY + HAMMY, batch_size=4), rt.classify("spam", HAMMY, base=True)
+    assert [adapter for adapter, _ in rt.backend.cached_prefixes()] == ["spam", None]
+    prompts, options, _ = spam_prompts(rt, SPAMMY + HAMMY)
+    full = rt.backend.score("spam", prompts, options)
+    from adapters.runtime import _softmax
+
+    assert [r.probs["spam"] for r in tuned] == pytest.approx([_softmax(row)[1] for row in full], abs=1e-4)
+    assert len(base) == 3
+
+
+def test_a_prefix_the_prompts_do_not_share_changes_nothing(tiny_base, two_adapters):
+    rt = runtime(tiny_base, two_adapters)
+    prompts, options, _ = spam_prompts(rt, SPAMMY)
+    full = rt.backend.score("spam", prompts, options)
+    unrelated = rt.backend.score("spam", prompts, options, shared_prefix="lecture notes from today " * 4)
+    assert flat(unrelated) == pytest.approx(flat(full), abs=1e-6)
+    assert rt.backend.cached_prefixes() == []
+
+
+def test_prefix_cache_is_bounded_and_emptied_when_an_adapter_is_added(tiny_base, two_adapters):
+    from adapters.backends import PREFIX_CACHE_ENTRIES
+
+    rt = runtime(tiny_base, two_adapters)
+    for i in range(PREFIX_CACHE_ENTRIES + 2):
+        rt.classify("spam", ["hello"], system=f"You are an SMS spam filter number {i}. Reply with one word.")
+    assert len(rt.backend.cached_prefixes()) == PREFIX_CACHE_ENTRIES
+    rt.backend.add_adapter("spam_again", two_adapters / "spam")
+    assert rt.backend.cached_prefixes() == []
+
+
+@pytest.mark.parametrize(("prefix", "prompts", "expected"), [
+    (list(range(10)), [list(range(20))], 9),  # the prefix's last token may merge with the input's
+    (list(range(12)), [list(range(20)), [*range(10), 99, 100]], 10),  # the prompts share 10
+    (list(range(12)), [list(range(10))], 9),  # the prompt keeps its last token
+    (list(range(10)), [[*range(7), 99]], 0),  # fewer than MIN_CACHED_PREFIX shared: not worth a pass
+    ([], [list(range(20))], 0)])
+def test_shared_prefix_length_counts_tokens_every_prompt_shares(prefix, prompts, expected):
+    from adapters.backends import shared_prefix_length
+
+    assert shared_prefix_length(prefix, prompts) == expected
