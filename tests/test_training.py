@@ -60,6 +60,10 @@ def trained(tiny_base, tmp_path_factory):
     (catalog / "spam").mkdir(parents=True)
     shutil.copy(CATALOG_DIR / "spam" / "adapter.yaml", catalog / "spam" / "adapter.yaml")
     set_training(catalog, "spam", learning_rate="5.0e-3")
+    # this 40-line collection is 25% spam already; oversampling it to the spec's ratio in 10 steps
+    # tips the tiny model into calling everything spam
+    spec_file = catalog / "spam" / "adapter.yaml"
+    spec_file.write_text(re.sub(r"^  oversample: .*$", "  oversample: null", spec_file.read_text(), flags=re.M))
     data = write_sms_collection(root / "SMSSpamCollection")
     rc = main(train_args(catalog, tiny_base, data, root / "runs", "--max-steps", "10", "--eval-limit", "8"))
     assert rc == 0

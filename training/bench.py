@@ -21,16 +21,18 @@ is not progress.
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import math
 import os
 import shlex
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from transformers import TrainerCallback
 
 from adapters.bench import RESULTS_DIR, environment
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
@@ -153,15 +155,6 @@ def completion_loss(model, tokenizer, rows: list[dict[str, str]], *, batch_size:
 
 # --- recipes -----------------------------------------------------------------------------------
 
-def _sampling_args(group_by_length: bool) -> dict:
-    """transformers 5 replaced ``group_by_length=True`` with ``train_sampling_strategy``."""
-    from transformers import TrainingArguments
-
-    if "train_sampling_strategy" in inspect.signature(TrainingArguments).parameters:
-        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
-    return {"group_by_length": group_by_length}
-
-
 def run_trainer_recipe(recipe: TrainerRecipe, base: str, device: str, train_rows, val_rows, seed: int,
                        work_dir: Path) -> dict:
     """Train one epoch over ``train_rows`` with ``transformers.Trainer`` + PEFT LoRA; measure it."""
@@ -171,7 +164,7 @@ def run_trainer_recipe(recipe: TrainerRecipe, base: str, device: str, train_rows
 
     from adapters.base_models import LoadOptions, load_base
 
-    from .train import ThroughputCallback
+    from .train import ThroughputCallback, sampling_args
 
     on_cuda = device.startswith("cuda")
     dtype = "float32" if not on_cuda or recipe.cuda_precision == "fp16" else "bfloat16"
@@ -191,7 +184,7 @@ def run_trainer_recipe(recipe: TrainerRecipe, base: str, device: str, train_rows
         fp16=on_cuda and recipe.cuda_precision == "fp16", bf16=on_cuda and recipe.cuda_precision == "bf16",
         eval_strategy="no", save_strategy="no", logging_steps=10, report_to=[], seed=seed, data_seed=seed,
         dataloader_num_workers=0, use_cpu=not on_cuda, remove_unused_columns=False,
-        **_sampling_args(recipe.group_by_length))
+        **sampling_args(recipe.group_by_length))
     timer = ThroughputCallback()
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator,
                       processing_class=tokenizer, callbacks=[timer])
@@ -208,7 +201,7 @@ def run_trainer_recipe(recipe: TrainerRecipe, base: str, device: str, train_rows
 
 
 def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_examples, val_rows,
-                          work_dir: Path, splits_report) -> dict:
+                          work_dir: Path, splits_report, profiler: "StepProfiler | None" = None) -> dict:
     """``train_adapter`` with the spec's hyper-parameters, one epoch over the same examples, into a
     temporary folder; its adapter is then loaded back for the shared validation loss."""
     from peft import PeftModel
@@ -224,18 +217,19 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
     _reset_peak_memory(on_cuda)
     result = train_adapter(spec, splits, base=base, max_steps=None, run_dir=work_dir / "adapterlab" / "run",
                            output_dir=out, device=device, progress=False,
-                           extra_args={"num_train_epochs": 1})  # the same single pass as the baselines
+                           extra_args={"num_train_epochs": 1},  # the same single pass as the baselines
+                           callbacks=[profiler] if profiler else None)
     _synchronize(on_cuda)
     peak = _peak_memory(on_cuda)
     _free_memory(on_cuda)
     model, tokenizer = load_base(base, LoadOptions(device=device), progress=False)
     model = PeftModel.from_pretrained(model, str(out))
     loss = completion_loss(model, tokenizer, val_rows)
-    # packing is padding-free: every position computed is a real token
-    measured = _measurement("adapterlab", len(train_examples), result.train_tokens, result.train_tokens,
+    # the Trainer counts real tokens only; padding within length-grouped batches is not counted
+    measured = _measurement("adapterlab", len(train_examples), result.train_tokens, None,
                             result.train_seconds, peak, loss, result.steps)
     measured["settings"] = {**asdict(spec.training), "lora": asdict(spec.lora), "epochs": 1,
-                            "packing": True, "completion_only_loss": True,
+                            "batches": "length-grouped, padded per batch", "completion_only_loss": True,
                             "best_eval_loss_during_training": result.best_eval_loss}
     del model
     _free_memory(on_cuda)
@@ -245,12 +239,67 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
 def _measurement(name: str, examples: int, real: int, padded: int, seconds: float, peak: int | None,
                  loss: float, steps: int) -> dict:
     return {"recipe": name, "examples": examples, "optimizer_steps": steps, "real_tokens": int(real),
-            "padded_tokens": int(padded), "real_token_share": round(real / padded, 4) if padded else None,
+            "padded_tokens": int(padded) if padded is not None else None, "real_token_share": round(real / padded, 4) if padded else None,
             "train_seconds": round(seconds, 3),
             "tokens_per_s": round(real / seconds, 2) if seconds > 0 else 0.0,
             "examples_per_s": round(examples / seconds, 3) if seconds > 0 else 0.0,
             "peak_gpu_memory_bytes": peak,
             "validation_loss": round(loss, 5) if math.isfinite(loss) else None}
+
+
+# --- where a step's time goes -------------------------------------------------------------------
+
+class StepProfiler(TrainerCallback):
+    """torch.profiler over ``steps`` optimizer steps after ``skip`` warm-up steps: the busiest ops
+    and how much of the wall time the GPU was busy (low = the step waits on the CPU)."""
+
+    def __init__(self, skip: int = 5, steps: int = 5):
+        self.skip, self.steps = skip, steps
+        self._profile = None
+        self._started = None
+        self.wall_seconds = None
+
+    def on_step_begin(self, args, state, control, **kw):
+        import torch
+
+        if state.global_step == self.skip and self._profile is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._profile = torch.profiler.profile(activities=activities)
+            self._profile.__enter__()
+            self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._profile is not None and self.wall_seconds is None and state.global_step >= self.skip + self.steps:
+            _synchronize(True) if _cuda() else None
+            self.wall_seconds = time.perf_counter() - self._started
+            self._profile.__exit__(None, None, None)
+
+    def summary(self, rows: int = 25) -> tuple[dict, str]:
+        """(numbers for the JSON, the profiler's table as text); empty when nothing was profiled."""
+        if self.wall_seconds is None:
+            return {}, ""
+        events = self._profile.key_averages()
+
+        def device_us(e):
+            return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
+
+        busy_us = sum(device_us(e) for e in events)
+        numbers = {"profiled_steps": self.steps, "wall_ms_per_step": round(self.wall_seconds * 1000 / self.steps, 1),
+                   "gpu_busy_ms_per_step": round(busy_us / 1000 / self.steps, 1),
+                   "gpu_busy_share": round(busy_us / 1e6 / self.wall_seconds, 3) if _cuda() else None,
+                   "cpu_ops_launched_per_step": sum(e.count for e in events) // self.steps}
+        sort = "self_cuda_time_total" if _cuda() else "self_cpu_time_total"
+        text = (events.table(sort_by="self_cpu_time_total", row_limit=rows) + "\n\n"
+                + (events.table(sort_by=sort, row_limit=rows) if _cuda() else ""))
+        return numbers, text
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # --- device helpers ----------------------------------------------------------------------------
@@ -306,6 +355,8 @@ def command_line(args) -> str:
             parts += [flag, str(value)]
     if str(args.catalog) != str(CATALOG_DIR):
         parts += ["--catalog", str(args.catalog)]
+    if args.profile:
+        parts.append("--profile")
     return shlex.join(parts)
 
 
@@ -322,7 +373,7 @@ def print_table(recipes: dict[str, dict], ratio: dict) -> None:
     for r in recipes.values():
         peak = f"{r['peak_gpu_memory_bytes'] / 2**30:.2f}" if r["peak_gpu_memory_bytes"] else "-"
         loss = f"{r['validation_loss']:.4f}" if r["validation_loss"] is not None else "-"
-        print(f"{r['recipe']:16} {r['real_tokens']:>12} {r['padded_tokens']:>10} {r['train_seconds']:>9.2f} "
+        print(f"{r['recipe']:16} {r['real_tokens']:>12} {str(r['padded_tokens'] or '-'):>10} {r['train_seconds']:>9.2f} "
               f"{r['tokens_per_s']:>10.1f} {r['examples_per_s']:>8.2f} {peak:>9} {loss:>9}", file=sys.stderr)
     for name, value in ratio.items():
         print(f"{name}: {value:.2f}" if value else f"{name}: -", file=sys.stderr)
@@ -365,8 +416,9 @@ def cmd_bench_train(args) -> int:
                                                       spec.training.seed, work)
             bar.update()
         bar.set_postfix_str("adapterlab")
+        profiler = StepProfiler() if args.profile else None
         recipes["adapterlab"] = run_adapterlab_recipe(spec, base, device, train_examples, val_examples,
-                                                      val_rows, work, splits.report)
+                                                      val_rows, work, splits.report, profiler)
         bar.update()
 
     env = environment()
@@ -380,6 +432,13 @@ def cmd_bench_train(args) -> int:
               "validation_loss_definition": "mean cross-entropy on the completion tokens of the validation subset",
               "recipes": recipes, "ratios": ratios(recipes)}
     out = Path(args.output) if args.output else RESULTS_DIR / f"train-{result['device_kind']}.json"
+    if profiler is not None:
+        numbers, table = profiler.summary()
+        profile_path = out.with_name(out.stem + "-profile.txt")
+        result["adapterlab_profile"] = {**numbers, "table": profile_path.name} if numbers else {
+            "skipped": f"fewer than {profiler.skip + profiler.steps} optimizer steps"}
+        if numbers:
+            profile_path.write_text(f"{result['command']}\n{json.dumps(numbers)}\n\n{table}\n")
     write_json_atomic(out, result)
     print_table(recipes, result["ratios"])
     print(f"wrote {out}", file=sys.stderr)
@@ -398,4 +457,6 @@ def add_parser(bench_sub) -> None:
                    help="training examples per recipe (the train split, repeated if it is smaller)")
     p.add_argument("--val-examples", type=int, default=200, help="validation examples for the loss")
     p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/train-<cpu|cuda>.json)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile 5 steps of adapterlab's recipe (table next to the JSON, *-profile.txt)")
     p.set_defaults(func=cmd_bench_train)

@@ -127,7 +127,7 @@ Targets:
 |---|---|
 | method | {t.method} (LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules {', '.join(lora.target_modules)}) |
 | optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
-| sequences | completion-only loss, padding-free packing, max length {t.max_seq_length} |
+| sequences | completion-only loss, {training.get('batching', 'padding-free packing')}, max length {t.max_seq_length} |
 | hardware | {training.get('device', '—')} |
 | run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_fmt(training.get('train_seconds'))} s, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
 | best validation loss | {_fmt(training.get('best_eval_loss'))} |

@@ -29,8 +29,10 @@ def register(sub, bench_sub) -> None:
     ev.set_defaults(func=cmd_eval)
 
     from .bench import add_parser as add_bench_train
+    from .bench_large import add_parser as add_bench_qlora
 
     add_bench_train(bench_sub)
+    add_bench_qlora(bench_sub)
 
 
 def _common(p) -> None:

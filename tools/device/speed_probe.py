@@ -1,0 +1,111 @@
+"""Where does a training step's time go? (GPU probe, not part of the package.)
+
+Runs ``train_adapter`` for a few steps under several variants of the spam spec and prints the
+steady-state step time and real tokens/s of each, then a torch.profiler table of the default.
+Usage on the GPU machine: ``python3 tools/device/speed_probe.py [variant ...] > $OUT/probe.txt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import sys
+import time
+
+import torch
+from transformers import TrainerCallback
+
+import training.train as T
+from adapters.catalog import get_spec, load_catalog
+from training.data import load_splits
+
+STEPS = int(os.environ.get("PROBE_STEPS", 30))
+
+
+class StepClock(T.ThroughputCallback):
+    """ThroughputCallback that also records (time, tokens seen) after every step."""
+
+    marks: list = []
+    profile: bool = False
+
+    def on_step_end(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        StepClock.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+        if StepClock.profile and state.global_step == 12:
+            StepClock.prof = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+            StepClock.prof.__enter__()
+        if StepClock.profile and state.global_step == 17:
+            StepClock.prof.__exit__(None, None, None)
+
+
+T.ThroughputCallback = StepClock
+
+
+_load_base = T.load_base
+
+
+def run(name, spec, splits, **extra):
+    attn = extra.pop("_attn", None)
+
+    def load_with_attention(*a, **k):
+        model, tok = _load_base(*a, **k)
+        if attn:
+            model.set_attn_implementation(attn)
+        return model, tok
+
+    T.load_base = load_with_attention
+    StepClock.marks = []
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    T.train_adapter(spec, splits, base=os.environ.get("PROBE_BASE"), max_steps=STEPS, run_dir=f"/tmp/probe/{name}", output_dir=f"/tmp/probe/{name}/out",
+                    restart=True, progress=False, extra_args={"eval_steps": 1000, "save_steps": 1000, **extra})
+    total = time.perf_counter() - start
+    marks = StepClock.marks[8:]  # steady state
+    dts = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    toks = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    step = statistics.median(dts)
+    rate = sum(toks) / sum(dts)
+    print(f"{name:28} step {step*1000:7.1f} ms  tokens/step {statistics.mean(toks):8.0f}  "
+          f"tokens/s {rate:9.0f}  peak {(torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)/2**30:5.2f} GiB  total {total:6.1f} s",
+          flush=True)
+
+
+def main():
+    spec = get_spec(load_catalog(), "spam")
+    splits = load_splits(spec)
+    wanted = set(sys.argv[1:])
+    lora0 = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
+    grouped = {"packing": False, "padding_free": False, "train_sampling_strategy": "group_by_length"}
+    variants = {
+        "default": (spec, {}),
+        "nopack_grouped": (spec, grouped),
+        "nopack_grouped_b64": (spec, {**grouped, "per_device_train_batch_size": 64}),
+        "nopack_grouped_b64_dropout0": (lora0, {**grouped, "per_device_train_batch_size": 64}),
+        "nopack_grouped_b128_dropout0": (lora0, {**grouped, "per_device_train_batch_size": 128}),
+        "batch64": (spec, {"per_device_train_batch_size": 64}),
+        "nopack_grouped_b64_dropout0_compile": (lora0, {**grouped, "per_device_train_batch_size": 64,
+                                                        "torch_compile": True}),
+    }
+    for name, (s, extra) in variants.items():
+        if wanted and name not in wanted:
+            continue
+        try:
+            run(name, s, splits, **extra)
+        except Exception as exc:  # keep probing the other variants
+            print(f"{name:28} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+    profiled = os.environ.get("PROBE_PROFILE")
+    if profiled:
+        StepClock.profile = True
+        s, extra = variants[profiled]
+        run(f"{profiled}(profiled)", s, splits, **extra)
+        table = StepClock.prof.key_averages().table
+        print(table(sort_by="self_cpu_time_total", row_limit=25))
+        print(table(sort_by="self_cuda_time_total", row_limit=25))
+
+
+if __name__ == "__main__":
+    main()
