@@ -72,8 +72,10 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (JSON results in benchmarks/results/)")
     bench_sub = bench.add_subparsers(required=True, metavar="BENCHMARK")
     from .bench import add_parser as add_bench_serve
+    from .bench_table import add_parser as add_bench_table
 
     add_bench_serve(bench_sub)
+    add_bench_table(bench_sub)
     add_plugin_commands(sub, bench_sub, registrars)
     return parser
 

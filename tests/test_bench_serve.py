@@ -3,25 +3,37 @@ adapter switching between requests, concurrent streams, prefix-cached scoring, t
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from adapters import Runtime
 from adapters.bench import bench_adapter_switch, bench_concurrent_streams, max_overlap
-from adapters.catalog import load_catalog
+from adapters.catalog import CATALOG_DIR, load_catalog
 from conftest import train_tiny_lora
 
 SPAMMY = ["win a free prize call now", "free cash prize win now", "call now to win cash"]
 HAMMY = ["meet for dinner tonight", "lecture notes from today", "hello see you at dinner"]
 
 
-@pytest.fixture()
-def two_adapters(tiny_base, catalog):
-    """The catalogue with spam and oncology trained a few steps (different weights, same base)."""
-    specs = load_catalog(catalog)
+@pytest.fixture(scope="module")
+def trained_weights(tiny_base, tmp_path_factory):
+    """spam and oncology LoRA weights trained a few steps on the tiny base, once for this module."""
+    specs = load_catalog(CATALOG_DIR)
+    out = tmp_path_factory.mktemp("weights")
     train_tiny_lora(tiny_base, specs["spam"], [(t, "spam") for t in SPAMMY] + [(t, "ham") for t in HAMMY],
-                    specs["spam"].directory, steps=10)
+                    out / "spam", steps=10)
     train_tiny_lora(tiny_base, specs["oncology"], [(t, '{"stage": "IV"}') for t in SPAMMY],
-                    specs["oncology"].directory, steps=10, seed=1)
+                    out / "oncology", steps=10, seed=1)
+    return out
+
+
+@pytest.fixture()
+def two_adapters(catalog, trained_weights):
+    """The catalogue with spam and oncology trained (different weights, same base)."""
+    for name in ("spam", "oncology"):
+        for file in (trained_weights / name).iterdir():
+            shutil.copy(file, catalog / name / file.name)
     return catalog
 
 
@@ -156,3 +168,112 @@ def test_shared_prefix_length_counts_tokens_every_prompt_shares(prefix, prompts,
     from adapters.backends import shared_prefix_length
 
     assert shared_prefix_length(prefix, prompts) == expected
+
+
+# --- the README table ------------------------------------------------------------------------
+
+SERVE_H100 = {
+    "benchmark": "serve", "device": "NVIDIA H100 80GB HBM3", "torch": "2.9.0", "transformers": "5.17.0",
+    "peft": "0.18.0", "date": "2026-11-24T10:00:00+00:00", "command": "adapterlab bench serve",
+    "classify": {"base": False, "latency_ms_p50": 12.34, "latency_ms_p95": 15.0, "batch_size": 64,
+                 "batched_messages_per_s": 2345.6},
+    "generate": {"max_new_tokens": 64, "ttft_ms_p50": 61.2, "decode_tokens_per_s": 312.5},
+    "adapter_switch": {"switch_ms": {"p50": 3.21, "p95": 4.0}, "to_adapter_ms": {"p50": 3.0},
+                       "to_base_ms": {"p50": 2.0}, "from_base_ms": {"p50": 5.0},
+                       "same_adapter_ms": {"p50": 0.004}},
+    "concurrent_streams": {"streams": 8, "aggregate_tokens_per_s": 287.4, "wall_seconds": 1.9,
+                           "ttft_ms": {"p50": 700.0}, "max_streams_decoding_at_once": 1},
+}
+TRAIN_H100 = {
+    "benchmark": "train", "device": "NVIDIA H100 80GB HBM3", "device_kind": "cuda", "trl": "0.20.0",
+    "date": "2026-11-24T11:00:00+00:00", "command": "adapterlab bench train --adapter spam --device cuda",
+    "recipes": {name: {"tokens_per_s": tps, "validation_loss": loss, "peak_gpu_memory_bytes": 3 * 2**30}
+                for name, tps, loss in (("reference", 10111.0, 0.5012), ("strong_baseline", 20222.0, 0.4321),
+                                        ("adapterlab", 40444.0, 0.4123))},
+    "ratios": {"tokens_per_s_adapterlab_over_reference": 4.0,
+               "tokens_per_s_adapterlab_over_strong_baseline": 2.0},
+}
+
+
+@pytest.fixture()
+def results_and_readme(tmp_path):
+    import json
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "serve-cuda-h100.json").write_text(json.dumps(SERVE_H100))
+    (results / "train-cuda.json").write_text(json.dumps(TRAIN_H100))
+    (results / "train-qlora-8b.json").write_text(json.dumps({"benchmark": "train-qlora", "x": 1}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n\n## Benchmarks\n\n<!-- bench-table:start -->\nold table\n"
+                      "<!-- bench-table:end -->\n\n## Tests\n")
+    return results, readme
+
+
+def test_the_readme_table_holds_the_numbers_and_targets_of_each_result(results_and_readme):
+    from adapters.bench_table import update_readme
+
+    results, readme = results_and_readme
+    assert update_readme(results, readme) is True
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# project\n") and text.endswith("## Tests\n")
+    rows = {line.split(" | ")[2]: line for line in text.splitlines() if line.startswith("| `bench")}
+    assert "p50 12.3 ms" in rows["classify one message (spam adapter), latency"]
+    assert "2,345.6 msg/s" in rows["classify batched (64 messages)"]
+    assert rows["classify batched (64 messages)"].endswith(">= 2,000 msg/s (H100) ✅ |")
+    assert rows["generate one stream, time to first token"].endswith("p50 <= 50 ms (H100) ❌ |")
+    assert "312.5 tokens/s" in rows["generate one stream, decode (64 new tokens)"]
+    assert "p50 3.21 ms" in rows["adapter switch between requests"] and "❌" in rows["adapter switch between requests"]
+    assert "287.4 tokens/s aggregate" in rows["8 concurrent streams, adapters + base"]
+    assert rows["classify one message (spam adapter), latency"].endswith(" |  |")  # the CPU target is not the H100's
+    assert "40,444.0 real tokens/s, validation loss 0.4123, peak GPU memory 3.00 GiB" in rows["train, recipe `adapterlab`"]
+    assert "×4.00 over `reference`, ×2.00 over `strong_baseline`" in text
+    assert "`train-qlora-8b.json` (benchmark 'train-qlora')" in text
+    assert "not run yet" not in text  # both CUDA results are there
+    assert "- `serve-cuda-h100.json`: `adapterlab bench serve` on NVIDIA H100 80GB HBM3, 2026-11-24; " \
+           "torch 2.9.0, transformers 5.17.0, peft 0.18.0" in text
+
+
+def test_regenerating_the_readme_table_is_idempotent_and_check_reports_staleness(results_and_readme):
+    from adapters.cli import main
+
+    results, readme = results_and_readme
+    check = ["bench", "table", "--results", str(results), "--readme", str(readme), "--check"]
+    assert main(check) == 1
+    assert main(check[:-1]) == 0
+    first = readme.read_text()
+    assert main(check[:-1]) == 0
+    assert readme.read_text() == first
+    assert main(check) == 0
+
+
+def test_a_cpu_result_alone_leaves_cuda_rows_pending_with_their_targets(tmp_path):
+    import json
+
+    from adapters.bench_table import table
+
+    cpu = {**SERVE_H100, "device": "CPU x86_64, 2 cores, 2 threads"}
+    text = table([("serve-cpu.json", json.loads(json.dumps(cpu)))])
+    assert "p50 <= 150 ms (2-core CPU) ✅" in text
+    assert "| `bench serve` on CUDA (H100) | H100 |  | not run yet (needs the GPU machine) | " \
+           ">= 2,000 msg/s; p50 <= 50 ms; >= 300 tokens/s; <= 1 ms |" in text
+    assert "`bench train` on CUDA (H100) | H100 |  | not run yet" in text
+
+
+def test_missing_markers_and_broken_results_are_named(results_and_readme):
+    from adapters.bench_table import update_readme
+
+    results, readme = results_and_readme
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no <!-- bench-table:start --> ... <!-- bench-table:end --> pair"):
+        update_readme(results, readme)
+    (results / "serve-bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="serve-bad.json: not valid JSON"):
+        update_readme(results, readme)
+
+
+def test_the_committed_readme_table_matches_the_committed_results():
+    from adapters.bench_table import README, RESULTS_DIR, read_results, table, with_table
+
+    text = README.read_text(encoding="utf-8")
+    assert with_table(text, table(read_results(RESULTS_DIR))) == text, "run `adapterlab bench table`"

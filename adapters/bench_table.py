@@ -1,0 +1,268 @@
+"""The README's benchmark table, generated from the JSON results in ``benchmarks/results/``.
+
+``adapterlab bench table`` (or ``python -m adapters.bench_table``) reads every result file, turns
+``serve`` results (``adapterlab bench serve``) and ``train`` results (``adapterlab bench train``) into
+table rows with the issue's targets marked ✅/❌ where they apply to the device, and rewrites the
+README between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` (atomically, and only
+when the text changes). Files of another benchmark kind are listed under the table as not tabulated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bench import RESULTS_DIR
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+HEADER = ["benchmark", "device", "measure", "result", "target"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one measure on one kind of device (``device`` is a substring of its name)."""
+
+    text: str
+    device: str
+    met: Callable[[float], bool]
+
+    def cell(self, device: str, value: float | None) -> str:
+        """The target with ✅/❌, or "" when it is for another device or there is no value."""
+        if self.device not in device or value is None:
+            return ""
+        return f"{self.text} {'✅' if self.met(value) else '❌'}"
+
+
+# The targets of the "Benchmarks" issue (item 3): serving on the H100 and on the 2-core CPU.
+TARGETS = {
+    "classify_p50_ms": Target("p50 <= 150 ms (2-core CPU)", "CPU", lambda v: v <= 150),
+    "classify_batched": Target(">= 2,000 msg/s (H100)", "H100", lambda v: v >= 2000),
+    "ttft_p50_ms": Target("p50 <= 50 ms (H100)", "H100", lambda v: v <= 50),
+    "decode_tokens_per_s": Target(">= 300 tokens/s (H100)", "H100", lambda v: v >= 300),
+    "switch_p50_ms": Target("<= 1 ms (H100)", "H100", lambda v: v <= 1),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    benchmark: str
+    device: str
+    measure: str
+    result: str
+    target: str = ""
+
+    def markdown(self) -> str:
+        cells = [self.benchmark, self.device, self.measure, self.result, self.target]
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def read_results(directory: Path) -> list[tuple[str, dict]]:
+    """(file name, parsed JSON) of every ``*.json`` in ``directory``, by name; a file that is not
+    a JSON object stops with its name (a broken result must be fixed, not silently dropped)."""
+    results = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        results.append((path.name, data))
+    return results
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    """A value for the table: thousands separated, ``digits`` decimals; "-" for a missing value."""
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _get(data: dict, *keys):
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def serve_rows(name: str, result: dict) -> list[Row]:
+    """Rows of one ``bench serve`` result; measures it lacks (older files) are left out."""
+    device = result.get("device", "?")
+    bench = f"`bench serve` ([{name}](benchmarks/results/{name}))"
+    rows = []
+    classify = result.get("classify")
+    if classify:
+        what = "spam adapter" if not classify.get("base") else "base model, spam prompt"
+        p50 = classify.get("latency_ms_p50")
+        rows.append(Row(bench, device, f"classify one message ({what}), latency",
+                        f"p50 {number(p50)} ms, p95 {number(classify.get('latency_ms_p95'))} ms",
+                        TARGETS["classify_p50_ms"].cell(device, p50)))
+        rate = classify.get("batched_messages_per_s")
+        rows.append(Row(bench, device, f"classify batched ({classify.get('batch_size')} messages)",
+                        f"{number(rate)} msg/s", TARGETS["classify_batched"].cell(device, rate)))
+    generate = result.get("generate")
+    if generate:
+        ttft, rate = generate.get("ttft_ms_p50"), generate.get("decode_tokens_per_s")
+        rows.append(Row(bench, device, "generate one stream, time to first token",
+                        f"p50 {number(ttft)} ms", TARGETS["ttft_p50_ms"].cell(device, ttft)))
+        rows.append(Row(bench, device, f"generate one stream, decode ({generate.get('max_new_tokens')} new tokens)",
+                        f"{number(rate)} tokens/s", TARGETS["decode_tokens_per_s"].cell(device, rate)))
+    switch = result.get("adapter_switch")
+    if switch and "switch_ms" in switch:
+        p50 = _get(switch, "switch_ms", "p50")
+        rows.append(Row(bench, device, "adapter switch between requests",
+                        f"p50 {number(p50, 2)} ms (adapter→adapter {number(_get(switch, 'to_adapter_ms', 'p50'), 2)}, "
+                        f"→base {number(_get(switch, 'to_base_ms', 'p50'), 2)}, "
+                        f"base→adapter {number(_get(switch, 'from_base_ms', 'p50'), 2)}; "
+                        f"same adapter {number(_get(switch, 'same_adapter_ms', 'p50'), 3)})",
+                        TARGETS["switch_p50_ms"].cell(device, p50)))
+    streams = result.get("concurrent_streams")
+    if streams:
+        at_once = streams.get("max_streams_decoding_at_once")
+        rows.append(Row(bench, device, f"{streams.get('streams')} concurrent streams, adapters + base",
+                        f"{number(streams.get('aggregate_tokens_per_s'))} tokens/s aggregate, "
+                        f"wall {number(streams.get('wall_seconds'))} s, TTFT p50 "
+                        f"{number(_get(streams, 'ttft_ms', 'p50'), 0)} ms; "
+                        + ("serialized (one model lock)" if at_once == 1 else f"up to {at_once} decoding at once")))
+    return rows
+
+
+def train_rows(name: str, result: dict) -> list[Row]:
+    """Rows of one ``bench train`` result: each recipe's real tokens/s, validation loss and peak
+    GPU memory, and adapterlab's speed-up over the two Trainer recipes."""
+    device = result.get("device", "?")
+    bench = f"`bench train` ([{name}](benchmarks/results/{name}))"
+    rows = []
+    for recipe, measured in (result.get("recipes") or {}).items():
+        peak = measured.get("peak_gpu_memory_bytes")
+        memory = f", peak GPU memory {peak / 2**30:.2f} GiB" if peak else ""
+        rows.append(Row(bench, device, f"train, recipe `{recipe}`",
+                        f"{number(measured.get('tokens_per_s'))} real tokens/s, validation loss "
+                        f"{number(measured.get('validation_loss'), 4)}{memory}"))
+    ratios = result.get("ratios") or {}
+    if ratios:
+        rows.append(Row(bench, device, "train, adapterlab speed-up (real tokens/s)",
+                        f"×{number(ratios.get('tokens_per_s_adapterlab_over_reference'), 2)} over `reference`, "
+                        f"×{number(ratios.get('tokens_per_s_adapterlab_over_strong_baseline'), 2)} over "
+                        "`strong_baseline`"))
+    return rows
+
+
+ROW_MAKERS = {"serve": serve_rows, "train": train_rows}
+# results the issue asks for; a row says "not run yet" until a file for them exists
+EXPECTED = {("serve", "cuda"): "`bench serve` on CUDA (H100)", ("train", "cuda"): "`bench train` on CUDA (H100)"}
+
+
+def pending_targets(label: str) -> str:
+    """The H100 targets a missing ``bench serve`` CUDA result is to be judged against."""
+    if "serve" not in label:
+        return ""
+    return "; ".join(t.text.replace(" (H100)", "") for t in TARGETS.values() if t.device == "H100")
+
+
+def device_kind(result: dict) -> str:
+    """"cpu" or "cuda": ``bench train`` records it, ``bench serve`` names CPUs "CPU ..."."""
+    return result.get("device_kind") or ("cpu" if str(result.get("device", "")).startswith("CPU") else "cuda")
+
+
+def provenance(name: str, result: dict) -> str:
+    """One line naming what produced a result file: command, device, date and versions."""
+    versions = ", ".join(f"{lib} {result[lib]}" for lib in ("torch", "transformers", "peft", "trl") if lib in result)
+    return (f"- `{name}`: `{result.get('command', '?')}` on {result.get('device', '?')}, "
+            f"{str(result.get('date', '?'))[:10]}; {versions}")
+
+
+def table(results: list[tuple[str, dict]]) -> str:
+    """The markdown that goes between the README markers."""
+    rows, sources, skipped = [], [], []
+    for name, result in results:
+        make = ROW_MAKERS.get(result.get("benchmark"))
+        if make is None:
+            skipped.append(f"`{name}` (benchmark {result.get('benchmark')!r})")
+            continue
+        rows.extend(make(name, result))
+        sources.append(provenance(name, result))
+    done = {(result.get("benchmark"), device_kind(result)) for _, result in results}
+    pending = [label for key, label in EXPECTED.items() if key not in done]
+    lines = ["| " + " | ".join(HEADER) + " |", "| " + " | ".join("---" for _ in HEADER) + " |"]
+    lines += [row.markdown() for row in rows]
+    lines += [Row(label, "H100", "", "not run yet (needs the GPU machine)", pending_targets(label)).markdown()
+              for label in pending]
+    lines += ["", "Generated by `adapterlab bench table` from:", "", *sources]
+    if skipped:
+        lines += ["", "Not tabulated (no table format for their kind yet): " + ", ".join(skipped) + "."]
+    return "\n".join(lines)
+
+
+def with_table(readme_text: str, generated: str, readme: Path = README) -> str:
+    """``readme_text`` with the part between the markers replaced by ``generated``."""
+    start, end = readme_text.find(START), readme_text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no {START} ... {END} pair; put the two markers where the table goes")
+    return readme_text[:start + len(START)] + "\n" + generated + "\n" + readme_text[end:]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> bool:
+    """Regenerate the README table; True when the README changed."""
+    current = readme.read_text(encoding="utf-8")
+    updated = with_table(current, table(read_results(results_dir)), readme)
+    if updated == current:
+        return False
+    write_atomic(readme, updated)
+    return True
+
+
+def run_table(args) -> int:
+    readme, results_dir = Path(args.readme), Path(args.results)
+    if args.check:
+        current = readme.read_text(encoding="utf-8")
+        if with_table(current, table(read_results(results_dir)), readme) != current:
+            print(f"{readme}: the benchmark table is stale; run `adapterlab bench table`", file=sys.stderr)
+            return 1
+        return 0
+    changed = update_readme(results_dir, readme)
+    print(f"{readme}: benchmark table {'updated' if changed else 'already up to date'}", file=sys.stderr)
+    return 0
+
+
+def add_parser(bench_sub) -> None:
+    p = bench_sub.add_parser("table", help="rewrite the README's benchmark table from benchmarks/results/*.json")
+    p.add_argument("--results", default=str(RESULTS_DIR), help="folder of result JSON files")
+    p.add_argument("--readme", default=str(README), help="README holding the table markers")
+    p.add_argument("--check", action="store_true", help="exit 1 if the table is stale; write nothing")
+    p.set_defaults(func=run_table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adapters.bench_table", description=__doc__.splitlines()[0])
+    add_parser(parser.add_subparsers(required=True, metavar="COMMAND"))
+    args = parser.parse_args(["table", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return run_table(args)
+    except (ValueError, OSError) as exc:
+        print(f"bench_table: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
