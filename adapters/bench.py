@@ -1,7 +1,11 @@
 """Serving benchmarks: latency and throughput of the runtime, written as JSON with the device,
-library versions and the exact command, so a README table can be regenerated from them.
+library versions and the exact command, so the README table is generated from them
+(``adapterlab bench table``).
 
-Run with ``adapterlab bench serve``; timings never live in tests.
+``adapterlab bench serve`` measures: spam classification (one message p50/p95, messages/s in a
+batch), one generation stream (time to first token p50, decode tokens/s), the cost of switching
+adapters between requests, and concurrent streams that use different adapters. Each measure says
+how it was taken where that is not obvious (``definition``, ``notes``). Timings never live in tests.
 """
 
 from __future__ import annotations
@@ -9,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .catalog import CATALOG_DIR
 from .runtime import Runtime
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -121,7 +127,13 @@ def bench_classify(runtime: Runtime, adapter: str, base: bool, calls: int, batch
     start = time.perf_counter()
     runtime.classify(adapter, texts, base=base, batch_size=batch)
     seconds = time.perf_counter() - start
+    prompt = runtime.rendered_prompt(adapter, [{"role": "user", "content": SAMPLE_SMS}])
+    cached = getattr(runtime.backend, "cached_prefixes", list)()
     return {"adapter": adapter, "base": base, "calls": calls,
+            "definition": "wall time of Runtime.classify for one message (the same SMS each call), calls in "
+                          "a row on the same adapter (no adapter switch), after one warm-up call",
+            "prompt_tokens": runtime.backend.count_tokens(prompt),
+            "cached_prefix_tokens": max((n for _, n in cached), default=0),
             "latency_ms_p50": round(statistics.median(latencies), 2),
             "latency_ms_p95": round(percentile(latencies, 95), 2),
             "batch_size": batch, "batched_messages_per_s": round(batch / seconds, 1)}
@@ -200,7 +212,7 @@ def run_serve(args) -> int:
 
     options = LoadOptions(dtype=args.dtype, device=args.device)
     start = time.perf_counter()
-    runtime = Runtime.local(base=args.base_model, options=options)
+    runtime = Runtime.local(args.catalog, base=args.base_model, options=options)
     load_s = time.perf_counter() - start
     use_base = "spam" not in runtime.backend.adapter_names()
     result = {"benchmark": "serve", **environment(), "load_seconds": round(load_s, 2),
@@ -213,7 +225,7 @@ def run_serve(args) -> int:
     if not args.skip_generate and args.streams > 0:
         result["concurrent_streams"] = bench_concurrent_streams(runtime, args.streams, args.tokens)
     print(json.dumps(result, indent=2))
-    out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{_slug(result['device'])}.json"
+    out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{device_slug(result['device'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -222,8 +234,12 @@ def run_serve(args) -> int:
     return 0
 
 
-def _slug(device: str) -> str:
-    return "cuda-" + device.split()[-1].lower() if not device.startswith("CPU") else "cpu"
+def device_slug(device: str) -> str:
+    """``cpu``, or ``cuda-`` and the GPU model ("NVIDIA H100 80GB HBM3" -> ``cuda-h100``)."""
+    if device.startswith("CPU"):
+        return "cpu"
+    model = re.search(r"\b[A-Z]\d{2,4}[A-Za-z]?\b", device)
+    return "cuda-" + (model.group(0) if model else device.split()[-1]).lower()
 
 
 def add_parser(bench_sub) -> None:
@@ -237,7 +253,8 @@ def add_parser(bench_sub) -> None:
     serve.add_argument("--streams", type=int, default=8,
                        help="concurrent generation streams, cycling through the adapters and the base (0: skip)")
     serve.add_argument("--skip-generate", action="store_true", help="no generation benchmarks")
-    serve.add_argument("--base-model", default=None)
+    serve.add_argument("--base-model", default=None, help="base model name, Hub id or folder (default: the specs')")
+    serve.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
     serve.add_argument("--device", default="auto")
     serve.add_argument("--dtype", default="auto")
     serve.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")

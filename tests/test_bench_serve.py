@@ -277,3 +277,32 @@ def test_the_committed_readme_table_matches_the_committed_results():
 
     text = README.read_text(encoding="utf-8")
     assert with_table(text, table(read_results(RESULTS_DIR))) == text, "run `adapterlab bench table`"
+
+
+def test_bench_serve_writes_every_measure_to_json(tiny_base, two_adapters, tmp_path):
+    import json
+
+    from adapters.cli import main
+
+    out = tmp_path / "serve.json"
+    rc = main(["bench", "serve", "--catalog", str(two_adapters), "--base-model", str(tiny_base),
+               "--calls", "2", "--batch", "3", "--runs", "1", "--tokens", "3", "--switch-rounds", "1",
+               "--streams", "2", "--output", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "serve" and result["device"].startswith("CPU")
+    assert {"torch", "transformers", "peft", "date", "command"} <= set(result)
+    classify = result["classify"]
+    assert classify["adapter"] == "spam" and classify["base"] is False and classify["batch_size"] == 3
+    assert 8 <= classify["cached_prefix_tokens"] < classify["prompt_tokens"]
+    assert result["generate"]["max_new_tokens"] == 3
+    assert result["adapter_switch"]["cycle"] == ["oncology", "spam", "base"]
+    assert [s["adapter"] for s in result["concurrent_streams"]["per_stream"]] == ["oncology", "spam"]
+
+
+@pytest.mark.parametrize(("device", "slug"), [("NVIDIA H100 80GB HBM3", "cuda-h100"), ("NVIDIA H200", "cuda-h200"),
+                                              ("CPU x86_64, 2 cores, 2 threads", "cpu")])
+def test_result_files_are_named_after_the_device_kind(device, slug):
+    from adapters.bench import device_slug
+
+    assert device_slug(device) == slug
