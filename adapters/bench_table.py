@@ -47,6 +47,10 @@ TARGETS = {
     "ttft_p50_ms": Target("p50 <= 50 ms (H100)", "H100", lambda v: v <= 50),
     "decode_tokens_per_s": Target(">= 300 tokens/s (H100)", "H100", lambda v: v >= 300),
     "switch_p50_ms": Target("<= 1 ms (H100)", "H100", lambda v: v <= 1),
+    # training (items 1 and 2)
+    "over_reference": Target(">= 10x (H100)", "H100", lambda v: v >= 10),
+    "over_strong": Target(">= 3x (H100)", "H100", lambda v: v >= 3),
+    "qlora_peak_gib": Target("<= 20 GiB (H100)", "H100", lambda v: v <= 20),
 }
 
 
@@ -149,23 +153,49 @@ def train_rows(name: str, result: dict) -> list[Row]:
                         f"{number(measured.get('validation_loss'), 4)}{memory}"))
     ratios = result.get("ratios") or {}
     if ratios:
-        rows.append(Row(bench, device, "train, adapterlab speed-up (real tokens/s)",
-                        f"×{number(ratios.get('tokens_per_s_adapterlab_over_reference'), 2)} over `reference`, "
-                        f"×{number(ratios.get('tokens_per_s_adapterlab_over_strong_baseline'), 2)} over "
-                        "`strong_baseline`"))
+        over_reference = ratios.get("tokens_per_s_adapterlab_over_reference")
+        over_strong = ratios.get("tokens_per_s_adapterlab_over_strong_baseline")
+        rows.append(Row(bench, device, "train, adapterlab speed-up over `reference` (real tokens/s)",
+                        f"×{number(over_reference, 2)}", TARGETS["over_reference"].cell(device, over_reference)))
+        rows.append(Row(bench, device, "train, adapterlab speed-up over `strong_baseline` (real tokens/s)",
+                        f"×{number(over_strong, 2)}", TARGETS["over_strong"].cell(device, over_strong)))
+        losses = {name: r.get("validation_loss") for name, r in (result.get("recipes") or {}).items()}
+        if None not in losses.values() and "adapterlab" in losses and len(losses) > 1:
+            worst_other = max(v for k, v in losses.items() if k != "adapterlab")
+            best_other = min(v for k, v in losses.items() if k != "adapterlab")
+            mine = losses["adapterlab"]
+            rows.append(Row(bench, device, "train, adapterlab validation loss vs the Trainer recipes",
+                            f"{number(mine, 4)} vs {number(best_other, 4)}–{number(worst_other, 4)}",
+                            f"no worse than the others {'✅' if mine <= best_other else '❌'}"
+                            if "H100" in device else ""))
     return rows
 
 
-ROW_MAKERS = {"serve": serve_rows, "train": train_rows}
+def qlora_rows(name: str, result: dict) -> list[Row]:
+    """Rows of one ``bench qlora`` result: peak GPU memory and tokens/s of the large-model run."""
+    device = result.get("device", "?")
+    bench = f"`bench qlora` ([{name}](benchmarks/results/{name}))"
+    what = f"QLoRA train, {result.get('shape')} (random weights), sequence {result.get('sequence_length')}"
+    peak = result.get("peak_gpu_memory_gib")
+    return [Row(bench, device, f"{what}, peak GPU memory",
+                f"{number(peak, 2)} GiB" if peak is not None else "—", TARGETS["qlora_peak_gib"].cell(device, peak)),
+            Row(bench, device, f"{what}, throughput",
+                f"{number(result.get('tokens_per_s'))} real tokens/s over {result.get('steps')} steps")]
+
+
+ROW_MAKERS = {"serve": serve_rows, "train": train_rows, "train-qlora": qlora_rows}
 # results the issue asks for; a row says "not run yet" until a file for them exists
-EXPECTED = {("serve", "cuda"): "`bench serve` on CUDA (H100)", ("train", "cuda"): "`bench train` on CUDA (H100)"}
+EXPECTED = {("serve", "cuda"): "`bench serve` on CUDA (H100)", ("train", "cuda"): "`bench train` on CUDA (H100)",
+            ("train-qlora", "cuda"): "`bench qlora` on CUDA (H100)"}
 
 
-def pending_targets(label: str) -> str:
-    """The H100 targets a missing ``bench serve`` CUDA result is to be judged against."""
-    if "serve" not in label:
-        return ""
-    return "; ".join(t.text.replace(" (H100)", "") for t in TARGETS.values() if t.device == "H100")
+PENDING_TARGETS = {"serve": ("classify_batched", "ttft_p50_ms", "decode_tokens_per_s", "switch_p50_ms"),
+                   "train": ("over_reference", "over_strong"), "train-qlora": ("qlora_peak_gib",)}
+
+
+def pending_targets(kind: str) -> str:
+    """The H100 targets a missing CUDA result of benchmark ``kind`` is to be judged against."""
+    return "; ".join(TARGETS[key].text.replace(" (H100)", "") for key in PENDING_TARGETS.get(kind, ()))
 
 
 def device_kind(result: dict) -> str:
@@ -191,11 +221,11 @@ def table(results: list[tuple[str, dict]]) -> str:
         rows.extend(make(name, result))
         sources.append(provenance(name, result))
     done = {(result.get("benchmark"), device_kind(result)) for _, result in results}
-    pending = [label for key, label in EXPECTED.items() if key not in done]
+    pending = [(key[0], label) for key, label in EXPECTED.items() if key not in done]
     lines = ["| " + " | ".join(HEADER) + " |", "| " + " | ".join("---" for _ in HEADER) + " |"]
     lines += [row.markdown() for row in rows]
-    lines += [Row(label, "H100", "", "not run yet (needs the GPU machine)", pending_targets(label)).markdown()
-              for label in pending]
+    lines += [Row(label, "H100", "", "not run yet (needs the GPU machine)", pending_targets(kind)).markdown()
+              for kind, label in pending]
     lines += ["", "Generated by `adapterlab bench table` from:", "", *sources]
     if skipped:
         lines += ["", "Not tabulated (no table format for their kind yet): " + ", ".join(skipped) + "."]

@@ -82,6 +82,10 @@ class TrainingSpec:
     """Optimisation hyper-parameters; ``method: qlora`` loads the base in 4-bit NF4."""
 
     method: Literal["lora", "qlora"] = "lora"
+    # packed: TRL's padding-free best-fit packing (several examples per row; the shipped adapters
+    # were trained so); length_grouped: one example per row, rows of similar length batched
+    # together. See training.train.batching_args for what each costs.
+    batching: Literal["packed", "length_grouped"] = "packed"
     epochs: float = 1.0
     learning_rate: float = 2e-4
     batch_size: int = 16

@@ -203,7 +203,10 @@ def results_and_readme(tmp_path):
     results.mkdir()
     (results / "serve-cuda-h100.json").write_text(json.dumps(SERVE_H100))
     (results / "train-cuda.json").write_text(json.dumps(TRAIN_H100))
-    (results / "train-qlora-8b.json").write_text(json.dumps({"benchmark": "train-qlora", "x": 1}))
+    (results / "train-qlora-8b.json").write_text(json.dumps(
+        {"benchmark": "train-qlora", "device": "NVIDIA H100 80GB HBM3", "device_kind": "cuda", "shape": "llama-3.1-8b",
+         "sequence_length": 2048, "peak_gpu_memory_gib": 21.5, "tokens_per_s": 1500.0, "steps": 12}))
+    (results / "train-unknown.json").write_text(json.dumps({"benchmark": "train-distill", "x": 1}))
     readme = tmp_path / "README.md"
     readme.write_text("# project\n\n## Benchmarks\n\n<!-- bench-table:start -->\nold table\n"
                       "<!-- bench-table:end -->\n\n## Tests\n")
@@ -227,8 +230,14 @@ def test_the_readme_table_holds_the_numbers_and_targets_of_each_result(results_a
     assert "287.4 tokens/s aggregate" in rows["8 concurrent streams, adapters + base"]
     assert rows["classify one message (spam adapter), latency"].endswith(" |  |")  # the CPU target is not the H100's
     assert "40,444.0 real tokens/s, validation loss 0.4123, peak GPU memory 3.00 GiB" in rows["train, recipe `adapterlab`"]
-    assert "×4.00 over `reference`, ×2.00 over `strong_baseline`" in text
-    assert "`train-qlora-8b.json` (benchmark 'train-qlora')" in text
+    assert rows["train, adapterlab speed-up over `reference` (real tokens/s)"].endswith("| ×4.00 | >= 10x (H100) ❌ |")
+    assert rows["train, adapterlab speed-up over `strong_baseline` (real tokens/s)"].endswith("| ×2.00 | >= 3x (H100) ❌ |")
+    assert rows["train, adapterlab validation loss vs the Trainer recipes"].endswith(
+        "| 0.4123 vs 0.4321–0.5012 | no worse than the others ✅ |")
+    qlora = "QLoRA train, llama-3.1-8b (random weights), sequence 2048"
+    assert rows[f"{qlora}, peak GPU memory"].endswith("| 21.50 GiB | <= 20 GiB (H100) ❌ |")
+    assert "1,500.0 real tokens/s over 12 steps" in rows[f"{qlora}, throughput"]
+    assert "`train-unknown.json` (benchmark 'train-distill')" in text
     assert "not run yet" not in text  # both CUDA results are there
     assert "- `serve-cuda-h100.json`: `adapterlab bench serve` on NVIDIA H100 80GB HBM3, 2026-11-24; " \
            "torch 2.9.0, transformers 5.17.0, peft 0.18.0" in text

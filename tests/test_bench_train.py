@@ -11,7 +11,7 @@ from test_training import set_training, write_sms_collection
 
 
 def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, catalog, tmp_path):
-    set_training(catalog, "spam", batch_size="2", eval_steps="100")
+    set_training(catalog, "spam", batch_size="1", eval_steps="100")
     data = write_sms_collection(tmp_path / "SMSSpamCollection")
     out = tmp_path / "train.json"
     adapter_dir = catalog / "spam"
@@ -26,7 +26,7 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
     assert result["benchmark"] == "train" and result["device_kind"] == "cpu" and result["adapter"] == "spam"
     assert result["examples"] == 32 and result["validation_examples"] == 8
     assert "bench train" in result["command"] and "--examples 32" in result["command"]
-    profile = result["adapterlab_profile"]  # 32 examples / batch 2 = 16 steps: steps 5-10 profiled
+    profile = result["adapterlab_profile"]  # 32 examples packed into rows of 320 tokens, one row a step: > 10 steps
     assert profile["profiled_steps"] == 5 and profile["wall_ms_per_step"] > 0 and profile["gpu_busy_share"] is None
     assert profile["cpu_ops_launched_per_step"] > 100
     table = (tmp_path / profile["table"]).read_text()

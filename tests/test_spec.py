@@ -127,6 +127,7 @@ def test_wrong_type_names_the_field_and_the_value(tmp_path):
     ("lora", "r", True, "expected an integer"),  # YAML `yes` is not a rank
     ("lora", "target_modules", "q_proj", "expected a list"),
     ("prompt", "system", "   ", "expected a non-empty string"),
+    ("training", "batching", "bucketed", "one of 'packed', 'length_grouped'"),
 ])
 def test_more_wrong_types(tmp_path, section, key, value, expected):
     raw = real_spec("spam")

@@ -60,10 +60,6 @@ def trained(tiny_base, tmp_path_factory):
     (catalog / "spam").mkdir(parents=True)
     shutil.copy(CATALOG_DIR / "spam" / "adapter.yaml", catalog / "spam" / "adapter.yaml")
     set_training(catalog, "spam", learning_rate="5.0e-3")
-    # this 40-line collection is 25% spam already; oversampling it to the spec's ratio in 10 steps
-    # tips the tiny model into calling everything spam
-    spec_file = catalog / "spam" / "adapter.yaml"
-    spec_file.write_text(re.sub(r"^  oversample: .*$", "  oversample: null", spec_file.read_text(), flags=re.M))
     data = write_sms_collection(root / "SMSSpamCollection")
     rc = main(train_args(catalog, tiny_base, data, root / "runs", "--max-steps", "10", "--eval-limit", "8"))
     assert rc == 0
@@ -79,6 +75,7 @@ def test_ten_steps_write_a_standard_peft_adapter_with_its_log_and_plot(trained, 
         assert (trained / name).is_file(), name
     result = json.loads((trained / "train_result.json").read_text())
     assert result["steps"] == 10 and result["train_tokens"] > 0 and result["seed"] == 42
+    assert result["batching"] == "padding-free packing"  # the spec's default
     log = (trained / "training_log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,loss") and len(log) > 1
 
@@ -119,6 +116,18 @@ def test_the_trained_adapter_changes_what_the_runtime_predicts(trained, tiny_bas
     base = runtime.classify("spam", texts, base=True)
     assert [r.label for r in tuned] == ["spam", "ham"]
     assert tuned[0].probs["spam"] > base[0].probs["spam"]
+
+
+def test_length_grouped_batching_is_selected_by_the_spec(catalog, tiny_base, tmp_path):
+    spec_file = catalog / "spam" / "adapter.yaml"
+    spec_file.write_text(spec_file.read_text().replace("training: {", "training: {batching: length_grouped, ", 1))
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+
+    rc = main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "3", "--no-eval"))
+
+    assert rc == 0
+    result = json.loads((catalog / "spam" / "train_result.json").read_text())
+    assert result["steps"] == 3 and result["batching"] == "length-grouped batches, padded per batch"
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_path):

@@ -225,11 +225,12 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
     model, tokenizer = load_base(base, LoadOptions(device=device), progress=False)
     model = PeftModel.from_pretrained(model, str(out))
     loss = completion_loss(model, tokenizer, val_rows)
-    # the Trainer counts real tokens only; padding within length-grouped batches is not counted
-    measured = _measurement("adapterlab", len(train_examples), result.train_tokens, None,
+    # the Trainer counts real tokens only (packed batches have no padding; grouped ones are not counted)
+    padded = result.train_tokens if result.batching == "padding-free packing" else None
+    measured = _measurement("adapterlab", len(train_examples), result.train_tokens, padded,
                             result.train_seconds, peak, loss, result.steps)
     measured["settings"] = {**asdict(spec.training), "lora": asdict(spec.lora), "epochs": 1,
-                            "batches": "length-grouped, padded per batch", "completion_only_loss": True,
+                            "batches": result.batching, "completion_only_loss": True,
                             "best_eval_loss_during_training": result.best_eval_loss}
     del model
     _free_memory(on_cuda)

@@ -3,6 +3,10 @@
 Runs ``train_adapter`` for a few steps under several variants of the spam spec and prints the
 steady-state step time and real tokens/s of each, then a torch.profiler table of the default.
 Usage on the GPU machine: ``python3 tools/device/speed_probe.py [variant ...] > $OUT/probe.txt``.
+Measured 2026-11-23 (H100, 30 steps each): default (packed) 539 ms/step 7.7k tokens/s; grouped
+batch 16 457 ms 2.6k; grouped 64 441 ms 11.8k; grouped 64 dropout 0 323 ms 16.2k; grouped 128
+dropout 0 357 ms 24.8k; packed batch 64 886 ms 19.0k. The torch.compile variant did not finish
+inside the 500 s the call allowed (compilation with varying shapes): run it alone if you try again.
 """
 
 from __future__ import annotations
