@@ -15,4 +15,8 @@ from safetensors.torch import load_file, save_file
 p = ".device/minilm/model/model.safetensors"
 save_file({k: v.half().contiguous() for k, v in load_file(p).items()}, p, metadata={"format": "pt"})
 PY
-du -sh .device/gguf.*.d .device/whl .device/data .device/minilm
+# bitsandbytes (QLoRA) and the encoder do not fit one call beside the tree either: 22 MB parts
+(cd .device && rm -rf bnb.a?.d minilm.a?.d \
+  && split -b 22M bnb/bitsandbytes-*.whl bnb.part. && for p in bnb.part.a?; do mkdir -p "bnb.${p#bnb.part.}.d" && mv "$p" "bnb.${p#bnb.part.}.d/"; done \
+  && tar cf - minilm | split -b 22M - minilm.part. && for p in minilm.part.a?; do mkdir -p "minilm.${p#minilm.part.}.d" && mv "$p" "minilm.${p#minilm.part.}.d/"; done)
+du -sh .device/gguf.*.d .device/bnb.*.d .device/minilm.*.d .device/whl .device/data

@@ -53,6 +53,7 @@ _load_base = T.load_base
 
 def run(name, spec, splits, **extra):
     attn = extra.pop("_attn", None)
+    torch.backends.cuda.enable_cudnn_sdp(not extra.pop("_no_cudnn_sdp", False))
 
     def load_with_attention(*a, **k):
         model, tok = _load_base(*a, **k)
@@ -86,6 +87,8 @@ def main():
     grouped = {"packing": False, "padding_free": False, "train_sampling_strategy": "group_by_length"}
     variants = {
         "default": (spec, {}),
+        "packed_no_cudnn_sdp": (spec, {"_no_cudnn_sdp": True}),
+        "packed_no_cudnn_sdp_dropout0": (lora0, {"_no_cudnn_sdp": True}),
         "nopack_grouped": (spec, grouped),
         "nopack_grouped_b64": (spec, {**grouped, "per_device_train_batch_size": 64}),
         "nopack_grouped_b64_dropout0": (lora0, {**grouped, "per_device_train_batch_size": 64}),
