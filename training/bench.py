@@ -240,7 +240,8 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
 def _measurement(name: str, examples: int, real: int, padded: int, seconds: float, peak: int | None,
                  loss: float, steps: int) -> dict:
     return {"recipe": name, "examples": examples, "optimizer_steps": steps, "real_tokens": int(real),
-            "padded_tokens": int(padded) if padded is not None else None, "real_token_share": round(real / padded, 4) if padded else None,
+            "padded_tokens": int(padded) if padded is not None else None,
+            "real_token_share": round(real / padded, 4) if padded else None,
             "train_seconds": round(seconds, 3),
             "tokens_per_s": round(real / seconds, 2) if seconds > 0 else 0.0,
             "examples_per_s": round(examples / seconds, 3) if seconds > 0 else 0.0,
@@ -273,7 +274,7 @@ class StepProfiler(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         if self._profile is not None and self.wall_seconds is None and state.global_step >= self.skip + self.steps:
-            _synchronize(True) if _cuda() else None
+            _synchronize(_cuda())
             self.wall_seconds = time.perf_counter() - self._started
             self._profile.__exit__(None, None, None)
 
@@ -361,11 +362,15 @@ def command_line(args) -> str:
     return shlex.join(parts)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def print_table(recipes: dict[str, dict], ratio: dict) -> None:
@@ -439,7 +444,7 @@ def cmd_bench_train(args) -> int:
         result["adapterlab_profile"] = {**numbers, "table": profile_path.name} if numbers else {
             "skipped": f"fewer than {profiler.skip + profiler.steps} optimizer steps"}
         if numbers:
-            profile_path.write_text(f"{result['command']}\n{json.dumps(numbers)}\n\n{table}\n")
+            write_text_atomic(profile_path, f"{result['command']}\n{json.dumps(numbers)}\n\n{table}\n")
     write_json_atomic(out, result)
     print_table(recipes, result["ratios"])
     print(f"wrote {out}", file=sys.stderr)

@@ -23,6 +23,8 @@ from pathlib import Path
 from adapters.bench import RESULTS_DIR, environment
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 
+from .bench import write_json_atomic
+
 GIB = 2**30
 # Llama-3.1-8B's published config.json, minus the rope scaling that does not change the cost
 SHAPES = {
@@ -122,8 +124,6 @@ def cmd_bench_qlora(args) -> int:
            "peak_gpu_memory_gib": round(peak / GIB, 2) if peak else None,
            "memory_target_gib": MEMORY_TARGET_GIB,
            "meets_memory_target": (peak / GIB <= MEMORY_TARGET_GIB) if peak else None}
-    from .bench import write_json_atomic
-
     path = Path(args.output) if args.output else RESULTS_DIR / f"train-qlora-{args.shape}-{out['device_kind']}.json"
     write_json_atomic(path, out)
     peak_text = f"{out['peak_gpu_memory_gib']} GiB peak (target <= {MEMORY_TARGET_GIB})" if peak else "no GPU"
