@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .catalog import CATALOG_DIR
+from .files import write_text_atomic
 from .runtime import Runtime
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -226,10 +227,7 @@ def run_serve(args) -> int:
         result["concurrent_streams"] = bench_concurrent_streams(runtime, args.streams, args.tokens)
     print(json.dumps(result, indent=2))
     out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{device_slug(result['device'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .bench import RESULTS_DIR
+from .files import write_text_atomic
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -240,25 +239,13 @@ def with_table(readme_text: str, generated: str, readme: Path = README) -> str:
     return readme_text[:start + len(START)] + "\n" + generated + "\n" + readme_text[end:]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def update_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> bool:
     """Regenerate the README table; True when the README changed."""
     current = readme.read_text(encoding="utf-8")
     updated = with_table(current, table(read_results(results_dir)), readme)
     if updated == current:
         return False
-    write_atomic(readme, updated)
+    write_text_atomic(readme, updated)
     return True
 
 

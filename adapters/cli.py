@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from .backends import BaseMismatchError
 from .base_models import DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, materialize, materialized_path
 from .catalog import CATALOG_DIR, get_spec, load_catalog
+from .files import write_lines_atomic
 from .runtime import AdapterNotTrainedError, InputError, Runtime
 from .spec import SpecError
 
@@ -216,18 +215,8 @@ def _encodable(obj: dict) -> bool:
 
 
 def write_jsonl_atomic(path: Path, rows) -> None:
-    """Write rows to a temporary file beside ``path`` and rename it into place at the end."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write rows (computed as they are written) to ``path`` atomically, one JSON object a line."""
+    write_lines_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from adapters.spec import AdapterSpec
+from adapters.files import write_text_atomic
 
 GENERATED_NOTE = ("*This page is generated when the app starts, from each adapter's `adapter.yaml` and "
                   "`metrics.json` (chat_app/welcome.py); edits to chainlit.md are overwritten.*")
@@ -112,10 +112,7 @@ def write_chainlit_md(root: str | Path, specs: Mapping[str, AdapterSpec], base_m
             return path
     except OSError:
         pass
-    tmp = path.with_name(f".chainlit.md.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
 if __name__ == "__main__":  # python -m chat_app.welcome: refresh chainlit.md after an evaluation

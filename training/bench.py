@@ -23,7 +23,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import shlex
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from transformers import TrainerCallback
 
 from adapters.bench import RESULTS_DIR, environment
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
+from adapters.files import write_text_atomic
 
 RECIPES = ("reference", "strong_baseline", "adapterlab")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -360,13 +360,6 @@ def command_line(args) -> str:
     if args.profile:
         parts.append("--profile")
     return shlex.join(parts)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

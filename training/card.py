@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from adapters.base_models import KNOWN_BASES
+from adapters.files import write_text_atomic
 from adapters.spec import AdapterSpec
 
 # What "good enough" means for each adapter (issue #3); the card states whether it was met.
@@ -20,12 +20,6 @@ TARGETS = {
 HEADLINE = {"classify": ["accuracy", "precision", "recall", "f1", "auroc"],
             "generate": ["rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1", "perplexity", "length_ratio"],
             "extract": ["json_valid", "micro_field_accuracy", "exact_match_all_fields", "repaired_rate"]}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def check_targets(name: str, variants: dict) -> list[dict]:
@@ -53,7 +47,7 @@ def write_metrics(spec: AdapterSpec, report: dict, split_report: dict | None, tr
                "targets": check_targets(spec.name, report["variants"]),
                "headline": {k: report["variants"].get("fine_tuned", {}).get(k)
                             for k in HEADLINE[spec.task]}}
-    atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
 
 
@@ -166,4 +160,4 @@ A teaching and demonstration adapter for a 135M-parameter model. It can be wrong
 **Not for clinical decisions**, diagnosis or treatment; not medical advice.{' The oncology data are synthetic.' if spec.name == 'oncology' else ''}
 {'MedQuAD answers come from NIH pages; the model paraphrases and can invent facts.' if spec.name == 'medquad' else ''}
 """
-    atomic_write(out_dir / "README.md", "\n".join(front) + body)
+    write_text_atomic(out_dir / "README.md", "\n".join(front) + body)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 

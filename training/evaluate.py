@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.prompts import target_text
+from adapters.files import write_lines_atomic
 from adapters.runtime import Runtime
 from adapters.spec import AdapterSpec
 
@@ -120,12 +121,8 @@ def _confusion(refs: list[int], preds: list[int]) -> list[list[int]]:
 
 
 def _write_few_shot(out_dir: Path, shots: list[tuple[str, str]]) -> None:
-    import os
-
-    tmp = out_dir / "few_shot.jsonl.tmp"
-    tmp.write_text("".join(json.dumps({"input": q, "target": a}, ensure_ascii=False) + "\n" for q, a in shots),
-                   encoding="utf-8")
-    os.replace(tmp, out_dir / "few_shot.jsonl")
+    write_lines_atomic(out_dir / "few_shot.jsonl",
+                       (json.dumps({"input": q, "target": a}, ensure_ascii=False) + "\n" for q, a in shots))
 
 
 # --- plots ---------------------------------------------------------------------------------------

@@ -1,0 +1,34 @@
+"""Atomic file writes, the one way every command writes a file.
+
+The text goes to a temporary file beside the target and is renamed over it, so a reader (or a run
+killed half-way) sees the old file or the new one, never part of one; the temporary file is removed
+if writing fails.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
+    """Write ``lines`` (each with its own newline, produced lazily if need be) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return write_lines_atomic(path, [text])
