@@ -20,6 +20,7 @@ from .prompts import Message, chat_messages, task_messages
 from .spec import AdapterSpec
 
 FEW_SHOT_FILE = "few_shot.jsonl"  # written by training: k examples from the training split
+THRESHOLD_FILE = "threshold.json"  # written by evaluation when the spec's decision is tuned
 
 GENERATION_RESERVE = 64  # tokens kept free for the chat template around the user's text
 
@@ -37,6 +38,7 @@ class Classification:
     label: str
     probs: dict[str, float]  # one probability per label, summing to 1
     truncated: bool = False
+    threshold: float | None = None  # the last label won when its probability reached this; None: argmax
 
 
 @dataclass
@@ -99,9 +101,12 @@ class Runtime:
 
         Each label is scored as the full continuation the fine-tuned model is trained to emit
         (label + end-of-turn), so multi-token labels and labels that prefix others are handled.
+        The fine-tuned adapter decides with its tuned threshold when the spec asks for one
+        (``decision: validation_f1``); the base model, and an adapter without one, take the argmax.
         """
         spec = self._task_spec(adapter, "classify")
         target = self._target(spec, base)
+        threshold = None if base else read_threshold(spec)
         fitted = [self._fit(spec, text) for text in texts]
         prompts = [self.backend.render(task_messages(spec, text, system=system, examples=examples))
                    for text, _ in fitted]
@@ -111,9 +116,8 @@ class Runtime:
                                     shared_prefix=self._template_prefix(spec, system, examples))
         results = []
         for row, (_, truncated) in zip(scores, fitted):
-            probs = _softmax(row)
-            best = max(range(len(probs)), key=probs.__getitem__)
-            results.append(Classification(spec.labels[best], dict(zip(spec.labels, probs)), truncated))
+            probs = dict(zip(spec.labels, _softmax(row)))
+            results.append(Classification(decide(spec.labels, probs, threshold), probs, truncated, threshold))
         return results
 
     def generate(self, adapter: str | None, messages: Sequence[Message], *, base: bool = False,
@@ -293,6 +297,30 @@ def read_few_shot(spec: AdapterSpec) -> list[tuple[str, str]]:
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [(row["input"], row["target"]) for row in rows]
+
+
+def read_threshold(spec: AdapterSpec) -> float | None:
+    """The decision threshold tuned for a spec's adapter, or None (argmax) when it has none."""
+    path = spec.directory / THRESHOLD_FILE
+    if spec.decision == "argmax" or not path.is_file():
+        return None
+    import json
+
+    try:
+        value = float(json.loads(path.read_text(encoding="utf-8"))["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: needs a numeric 'threshold' ({exc})") from None
+    if not 0 < value < 1:
+        raise ValueError(f"{path}: threshold must be between 0 and 1, got {value}")
+    return value
+
+
+def decide(labels: Sequence[str], probs: dict[str, float], threshold: float | None) -> str:
+    """The label: the last one when its probability reaches ``threshold``, else the first (two
+    labels); the most probable one when there is no threshold."""
+    if threshold is None:
+        return max(labels, key=probs.__getitem__)
+    return labels[-1] if probs[labels[-1]] >= threshold else labels[0]
 
 
 def _check_encodable(text: str) -> None:

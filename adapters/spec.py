@@ -109,6 +109,10 @@ class AdapterSpec:
     prompt: PromptSpec
     data: DataSpec
     labels: tuple[str, ...] = ()
+    # how a two-label adapter turns P(last label) into a label: "argmax", or "validation_f1": the
+    # threshold that maximises the last label's F1 on the validation split, tuned after training
+    # and stored beside the weights (threshold.json); the base model always uses argmax
+    decision: Literal["argmax", "validation_f1"] = "argmax"
     fields: tuple[str, ...] = ()
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)
@@ -155,6 +159,8 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
         fail("labels", "a classify adapter needs at least two labels")
     if spec.task == "classify" and len(set(spec.labels)) != len(spec.labels):
         fail("labels", "labels must be distinct")
+    if spec.decision != "argmax" and (spec.task != "classify" or len(spec.labels) != 2):
+        fail("decision", "a tuned threshold needs a classify adapter with exactly two labels")
     if spec.task == "extract" and not spec.fields:
         fail("fields", "an extract adapter needs at least one field")
     if spec.task != "classify" and spec.labels:

@@ -41,6 +41,8 @@ def test_oncology_fields_compare_after_the_documented_normalisation():
     assert normalise("  Stage IV. ") == normalise("stage iv")
     assert normalise("null") is None and normalise("N/A") is None and normalise(None) is None
     assert normalise("IIIA") != normalise("IIIB")
+    assert normalise("HER2 amplification; ER-negative") == normalise("ER negative; HER2 amplification")
+    assert normalise("HRD\u2013positive") == normalise("HRD positive") != normalise("HRD negative")
 
     metric = load_metric("oncology_fields")
     fields = ["stage", "biomarker"]
@@ -75,3 +77,14 @@ def test_local_bertscore_prefers_paraphrase_over_unrelated_text():
     related, unrelated = result["f1_per_example"]
     assert related > unrelated
     assert result["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_the_tuned_threshold_maximises_f1_and_sits_between_scores():
+    from training.evaluate import choose_threshold
+
+    threshold, f1 = choose_threshold([0.9, 0.8, 0.3, 0.2, 0.1], [1, 1, 1, 0, 0])
+    assert f1 == 1.0 and 0.2 < threshold < 0.3  # below 0.5: the third positive is caught
+    threshold, f1 = choose_threshold([0.9, 0.6, 0.55, 0.1], [1, 0, 1, 0])
+    assert f1 == pytest.approx(0.8) and threshold < 0.55  # best F1 predicts the top three
+    threshold, _ = choose_threshold([0.7, 0.7, 0.2], [1, 0, 0])
+    assert threshold < 0.7 or threshold > 0.7  # never between two equal scores: both on one side

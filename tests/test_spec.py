@@ -297,3 +297,15 @@ def test_a_bad_spec_in_the_catalogue_stops_the_whole_catalogue_naming_it(catalog
     with pytest.raises(SpecError, match=r"lora\.r: expected an integer") as caught:
         load_catalog(catalog)
     assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_a_tuned_threshold_needs_two_labels_and_a_known_rule(tmp_path):
+    raw = real_spec("spam")
+    raw["labels"] = ["ham", "spam", "phishing"]
+    assert "exactly two labels" in refused(write_spec(tmp_path, raw), "decision")
+    raw = real_spec("oncology")
+    raw["decision"] = "validation_f1"
+    assert "exactly two labels" in refused(write_spec(tmp_path, raw, "onc"), "decision")
+    raw = real_spec("spam")
+    raw["decision"] = "best"
+    assert "argmax" in refused(write_spec(tmp_path, raw, "typo"), "decision")

@@ -199,3 +199,25 @@ def test_a_save_killed_half_way_leaves_the_previous_adapter_loadable(trained, ti
 
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
+
+
+def test_the_spam_threshold_is_tuned_on_validation_and_used_by_the_runtime(trained, tiny_base):
+    from adapters import Runtime
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    stored = json.loads((trained / "threshold.json").read_text())
+    assert stored["split"] == "validation" and stored["label"] == "spam" and 0 < stored["threshold"] < 1
+    assert metrics["decision"] == stored
+    fine = metrics["variants"]["fine_tuned"]
+    assert fine["threshold"] == stored["threshold"] and "f1" in fine["at_argmax"]
+    assert "threshold.json" in (trained / "README.md").read_text()
+
+    runtime = Runtime.local(trained.parent, base=str(tiny_base), progress=False)
+    text = [SPAM[0].format(i=2000)]
+    p_spam = runtime.classify("spam", text)[0].probs["spam"]
+    for threshold, label in ((min(0.999999, p_spam + 1e-4), "ham"), (max(1e-6, p_spam - 1e-4), "spam")):
+        (trained / "threshold.json").write_text(json.dumps({**stored, "threshold": threshold}))
+        tuned = runtime.classify("spam", text)[0]
+        assert (tuned.label, tuned.threshold) == (label, threshold)
+        assert runtime.classify("spam", text, base=True)[0].threshold is None  # the base takes the argmax
+    (trained / "threshold.json").write_text(json.dumps(stored))

@@ -59,6 +59,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _decision_text(metrics: dict) -> str:
+    """How the fine-tuned adapter decides, when its threshold was tuned (empty otherwise)."""
+    d = metrics.get("decision")
+    if not d:
+        return ""
+    at_argmax = metrics["variants"].get("fine_tuned", {}).get("at_argmax", {})
+    return (f"The fine-tuned adapter says {d['label']!r} when P({d['label']}) ≥ {d['threshold']:.3f}: the threshold "
+            f"with the best {d['criterion']} on the validation split ({d['examples']} examples, {d['positives']} "
+            f"{d['label']}; F1 {d['f1']:.3f} there against {d['f1_at_argmax']:.3f} at 0.5), stored in "
+            f"`threshold.json`; base and few-shot take the most probable label. With 0.5 instead, the test "
+            f"split gives accuracy {_fmt(at_argmax.get('accuracy'))}, F1 {_fmt(at_argmax.get('f1'))}.\n\n")
+
+
 def write_card(spec: AdapterSpec, metrics: dict, out_dir: Path) -> None:
     """Render ``README.md`` for the adapter from its spec and measured metrics."""
     base = KNOWN_BASES.get(metrics.get("base_model", spec.base_model))
@@ -104,7 +117,7 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 
 {table}
 
-Targets:
+{_decision_text(metrics)}Targets:
 {targets or '- none set'}
 
 {' '.join(f'![{p}]({p})' for p in plots)}

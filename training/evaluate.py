@@ -5,17 +5,22 @@ Three variants answer the same test examples through the same runtime calls the 
 the prompt: the in-context learning baseline) and ``fine_tuned`` (the trained adapter). Metrics go
 through the ``evaluate`` API with this project's own metric modules (``training/metrics/``), loaded
 by path, so an offline run computes exactly what an online one does.
+
+A two-label adapter whose spec says ``decision: validation_f1`` first gets its threshold tuned on
+the validation split (never the test split), stored beside its weights for the app to use too.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from adapters.prompts import target_text
-from adapters.files import write_lines_atomic
+from adapters.files import write_lines_atomic, write_text_atomic
 from adapters.runtime import Runtime
 from adapters.spec import AdapterSpec
 
@@ -49,6 +54,7 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
     trained = spec.name in runtime.backend.adapter_names()
     results: dict[str, Any] = {}
     predictions: dict[str, list] = {}
+    decision = tune_threshold(runtime, spec, splits.validation, batch_size) if "fine_tuned" in variants else None
     for variant in tqdm(variants, desc=f"evaluate {spec.name}", disable=not progress):
         if variant == "fine_tuned" and not trained:
             results[variant] = {"skipped": "no trained weights"}
@@ -59,7 +65,7 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
     report = {
         "adapter": spec.name, "task": spec.task, "base_model": runtime.backend.base_name,
         "test_examples": len(test), "test_split_size": len(splits.test), "few_shot_k": k,
-        "variants": results, "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "variants": results, **({"decision": decision} if decision else {}), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -80,7 +86,67 @@ def _classify(runtime, spec, test, kwargs, batch_size):
     scores = [r.probs[positive] for r in out]
     result = metric.compute(predictions=preds, references=refs, scores=scores)
     result["confusion"] = _confusion(refs, preds)
+    threshold = out[0].threshold if out else None
+    if threshold is not None:  # also show what argmax would have given on the same scores
+        argmax = [int(s >= 0.5) for s in scores]
+        result["threshold"] = threshold
+        result["at_argmax"] = {k: v for k, v in metric.compute(predictions=argmax, references=refs,
+                                                              scores=scores).items() if k != "auroc"}
     return result, out
+
+
+def choose_threshold(scores: Sequence[float], refs: Sequence[int]) -> tuple[float, float]:
+    """The threshold on P(positive) with the best F1 over ``scores`` and 0/1 ``refs``, and that F1.
+
+    Cuts fall halfway (in log-odds) between neighbouring scores, so a score equal to a training
+    example's never sits on the edge; among equally good cuts the one nearest to 0.5 wins.
+    """
+    ranked = sorted(zip(scores, refs), key=lambda pair: -pair[0])
+    positives = sum(refs)
+    best = (-1.0, float("inf"), 0.5)  # (F1, distance from 0.5 in log-odds, threshold)
+    true_pos = 0
+    for k in range(1, len(ranked) + 1):  # predict the top k as positive
+        true_pos += ranked[k - 1][1]
+        if k < len(ranked) and ranked[k][0] == ranked[k - 1][0]:
+            continue  # no threshold separates equal scores
+        f1 = 2 * true_pos / (k + positives) if positives else 0.0
+        lower = ranked[k][0] if k < len(ranked) else 0.0
+        cut = _sigmoid((_logit(ranked[k - 1][0]) + _logit(lower)) / 2)
+        candidate = (f1, abs(_logit(cut)), cut)
+        if candidate[0] > best[0] or (candidate[0] == best[0] and candidate[1] < best[1]):
+            best = candidate
+    return best[2], best[0]
+
+
+def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict | None:
+    """Tune the fine-tuned adapter's threshold on the validation split and store it beside its
+    weights (``threshold.json``), when the spec asks for it; the record, or None."""
+    from adapters.runtime import THRESHOLD_FILE
+
+    if spec.decision != "validation_f1" or spec.name not in runtime.backend.adapter_names():
+        return None
+    positive = spec.labels[-1]
+    examples = list(validation)
+    out = runtime.classify(spec.name, [ex.input for ex in examples], batch_size=batch_size)
+    scores = [r.probs[positive] for r in out]
+    refs = [int(ex.target == positive) for ex in examples]
+    threshold, f1 = choose_threshold(scores, refs)
+    at_half = load_metric("spam_classification").compute(
+        predictions=[int(s >= 0.5) for s in scores], references=refs, scores=scores)["f1"]
+    record = {"label": positive, "threshold": round(threshold, 6), "criterion": f"F1 of {positive!r}",
+              "split": "validation", "examples": len(examples), "positives": sum(refs),
+              "f1": f1, "f1_at_argmax": at_half}
+    write_text_atomic(spec.directory / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
 
 
 def _generate(runtime, spec, test, kwargs, batch_size):
@@ -95,8 +161,6 @@ def _generate(runtime, spec, test, kwargs, batch_size):
     result["bertscore_encoder"] = bert["encoder"]
     logprobs = runtime.answer_logprob(spec.name, questions, [ex.target for ex in test],
                                       batch_size=max(1, batch_size // 2), **kwargs)
-    import math
-
     total_lp = sum(lp for lp, _ in logprobs)
     total_tokens = sum(n for _, n in logprobs)
     result["perplexity"] = math.exp(-total_lp / max(1, total_tokens))

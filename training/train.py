@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from adapters.base_models import LoadOptions, canonical_name, load_base
+from adapters.base_models import LoadOptions, canonical_name, load_base, low_overhead_attention
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.spec import AdapterSpec
 
@@ -174,7 +174,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "fingerprint").write_text(fingerprint)
 
-    trainer.train(resume_from_checkpoint=resume_from)
+    with low_overhead_attention():
+        trainer.train(resume_from_checkpoint=resume_from)
 
     result = TrainResult(
         adapter=spec.name, base_model=canonical_name(base), method=t.method,

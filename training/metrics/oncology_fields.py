@@ -3,7 +3,8 @@ normalisation, and micro-averaged field accuracy. Loaded by path, so it works wi
 
 Normalisation (applied to prediction and reference alike):
 - null, "", "null", "none", "n/a", "na", "not mentioned", "not reported", "unknown" → null;
-- Unicode NFKC, lower case, dashes unified, whitespace collapsed, trailing punctuation dropped;
+- Unicode NFKC, lower case, hyphens and dashes read as spaces ("ER-negative" equals "ER negative"),
+  whitespace collapsed, trailing punctuation dropped;
 - a value is a set of parts split on ";", ",", "/", "+", " and ", " with ", " plus ": parts are
   compared as a sorted set, so "HER2 amplification; ER positive" equals "ER positive, HER2 amplification".
 """
@@ -24,7 +25,7 @@ def normalise(value):
     if value is None:
         return None
     text = unicodedata.normalize("NFKC", str(value)).lower()
-    text = re.sub(r"[\u2010-\u2015]", "-", text)
+    text = re.sub(r"[-\u2010-\u2015]", " ", text)
     text = re.sub(r"\s+", " ", text).strip().strip(".;,: ")
     if text in NULLS:
         return None

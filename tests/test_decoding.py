@@ -1,0 +1,93 @@
+"""The static-cache decoder (the GPU's CUDA-graph path) produces exactly what ``model.generate`` does.
+
+On CPU its steps run eagerly: the same cache, positions, masks and token choice the graph replays.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.decoding import StaticDecoder, cache_length
+from conftest import train_tiny_lora
+from adapters.catalog import load_catalog
+
+PROMPTS = ["<|im_start|>user\nWhat are the symptoms of diabetes?<|im_end|>\n<|im_start|>assistant\n",
+           "hello", "win a free prize call now " * 12]
+
+
+def generate_ids(model, tokenizer, prompt: str, new: int) -> list[int]:
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=new, do_sample=False, temperature=None, top_p=None,
+                             top_k=None, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def decoder_ids(decoder, tokenizer, prompt: str, new: int, state=None) -> list[int]:
+    import torch
+
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        return decoder.generate(state, ids, new)
+
+
+@pytest.fixture()
+def base_and_lora(tiny_base, catalog):
+    """The tiny base with a LoRA adapter (trained a few steps so it changes the outputs) via PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = load_catalog(catalog)["medquad"]
+    train_tiny_lora(tiny_base, spec, [("What are the symptoms of diabetes?", "Thirst and hunger.")],
+                    spec.directory, steps=15)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), str(spec.directory))
+    return model.eval(), tokenizer
+
+
+def test_static_decoding_matches_generate_with_an_adapter_and_without(base_and_lora):
+    model, tokenizer = base_and_lora
+    decoder = StaticDecoder(model, [tokenizer.eos_token_id], context_length=1024)
+    assert not decoder.use_graphs  # CPU: the eager path of the same steps
+    for prompt in PROMPTS:
+        with_adapter = decoder_ids(decoder, tokenizer, prompt, 40, state="medquad")
+        assert with_adapter == generate_ids(model, tokenizer, prompt, 40)
+        with model.disable_adapter():
+            assert decoder_ids(decoder, tokenizer, prompt, 40, state=None) == generate_ids(model, tokenizer, prompt, 40)
+    # a later, shorter request reuses the cache without seeing the earlier one
+    assert decoder_ids(decoder, tokenizer, "hello", 10) == generate_ids(model, tokenizer, "hello", 10)
+
+
+def test_decoding_stops_where_asked_and_at_the_cache_end(base_and_lora):
+    model, tokenizer = base_and_lora
+    decoder = StaticDecoder(model, [tokenizer.eos_token_id], context_length=300)
+    seen = []
+    ids = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    out = decoder.generate(None, ids, 30, on_token=lambda t: seen.append(t) or len(seen) < 5)
+    assert out == seen and len(out) == 5
+    long_prompt = list(range(5, 295))  # 290 tokens: only 10 fit in a 300-token context
+    assert len(decoder.generate(None, long_prompt, 50)) <= 10
+
+
+def test_cache_lengths_are_powers_of_two_within_the_context():
+    assert cache_length(10, 8192) == 256
+    assert cache_length(257, 8192) == 512
+    assert cache_length(5000, 8192) == 8192
+    assert cache_length(9000, 8192) == 8192
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(base_and_lora):
+    import torch
+
+    model, tokenizer = base_and_lora
+    decoder = StaticDecoder(model, [tokenizer.eos_token_id], context_length=1024)
+    ids = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    runs = [decoder.generate(None, ids, 20, temperature=1.5, top_p=0.9,
+                             generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert runs[0] == runs[1]
+    greedy = decoder.generate(None, ids, 20)
+    hot = [decoder.generate(None, ids, 20, temperature=5.0, generator=torch.Generator().manual_seed(s))
+           for s in range(3)]
+    assert any(h != greedy for h in hot)
