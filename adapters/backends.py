@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base_models import DEFAULT_BASE, LoadOptions, canonical_name, load_base
+from .base_models import DEFAULT_BASE, LoadOptions, canonical_name, load_base, low_overhead_attention
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class LocalBackend:
         self._adapters: list[str] = []
         self._active: str | None | object = _UNKNOWN  # adapter name, None (disabled) or _UNKNOWN
         self._prefix_cache: OrderedDict[tuple, Any] = OrderedDict()  # (adapter, token ids) -> KV
+        self._static_decoder: Any = None  # adapters.decoding.StaticDecoder, made on first CUDA use
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,
@@ -135,6 +136,8 @@ class LocalBackend:
             self._adapters.append(name)
             self._active = _UNKNOWN  # loading may change which adapter PEFT has active
             self._prefix_cache.clear()  # a name may now stand for other weights
+            if self._static_decoder is not None:
+                self._static_decoder.forget_graphs()  # graphs bake in the weights they saw
 
     # --- text helpers ----------------------------------------------------------------------
 
@@ -185,9 +188,26 @@ class LocalBackend:
     @contextmanager
     def _using(self, adapter: str | None):
         """Hold the model with ``adapter`` active (None: adapters disabled)."""
-        with self._lock:
+        with self._lock, low_overhead_attention():
             self._switch_to(adapter)
             yield self.model
+
+    def _decoder(self):
+        """The static-cache decoder that replays CUDA graphs, on a GPU; None on CPU, where
+        ``generate`` with its dynamic cache is as fast (a static cache would attend over empty slots)."""
+        if self._static_decoder is None and self._device().type == "cuda":
+            from .decoding import StaticDecoder
+
+            eos = self.model.generation_config.eos_token_id
+            eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
+            self._static_decoder = StaticDecoder(self.model, eos, self.context_length)
+        return self._static_decoder
+
+    def _decode_one(self, adapter: str | None, prompt_ids: list[int], params: GenerationParams,
+                    on_token=None) -> list[int]:
+        """New token ids for one prompt through the static decoder (lock held, adapter active)."""
+        return self._decoder().generate(adapter, prompt_ids, params.max_new_tokens, params.temperature,
+                                        params.top_p, on_token=on_token)
 
     def _device(self):
         return next(self.model.parameters()).device
@@ -279,6 +299,10 @@ class LocalBackend:
         with self._using(adapter) as model, torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 chunk = list(prompts[start:start + batch_size])
+                if len(chunk) == 1 and self._decoder() is not None:
+                    ids = tok(chunk[0], add_special_tokens=False)["input_ids"]
+                    outputs.append(tok.decode(self._decode_one(adapter, ids, params), skip_special_tokens=True))
+                    continue
                 tok.padding_side = "left"  # generation continues from the right edge
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
                 enc = {k: v.to(self._device()) for k, v in enc.items()}
@@ -308,8 +332,13 @@ class LocalBackend:
                     if cancelled.is_set():
                         return
                     enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self._device())
-                    model.generate(**enc, streamer=streamer, stopping_criteria=[StopWhenCancelled()],
-                                   **self._generate_kwargs(params))
+                    if self._decoder() is not None:
+                        streamer.put(enc["input_ids"].cpu())  # the prompt, which the streamer skips
+                        self._decode_one(adapter, enc["input_ids"][0].tolist(), params, on_token=lambda t: (
+                            streamer.put(torch.tensor([t])), not cancelled.is_set())[1])
+                    else:
+                        model.generate(**enc, streamer=streamer, stopping_criteria=[StopWhenCancelled()],
+                                       **self._generate_kwargs(params))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
             finally:

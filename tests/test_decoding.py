@@ -91,3 +91,22 @@ def test_sampling_is_reproducible_with_a_seeded_generator(base_and_lora):
     hot = [decoder.generate(None, ids, 20, temperature=5.0, generator=torch.Generator().manual_seed(s))
            for s in range(3)]
     assert any(h != greedy for h in hot)
+
+
+def test_the_backend_streams_and_completes_through_the_decoder_as_it_does_on_a_gpu(tiny_base, catalog):
+    from adapters import Runtime
+
+    runtime = Runtime.local(catalog, base=str(tiny_base), progress=False)
+    messages = [{"role": "user", "content": "What are the symptoms of diabetes?"}]
+    expected = runtime.generate(None, messages, max_new_tokens=30, temperature=0, stream=False).read()
+    backend = runtime.backend
+    backend._static_decoder = StaticDecoder(backend.model, [backend.tokenizer.eos_token_id],
+                                            backend.context_length, use_graphs=False)
+    streamed = runtime.generate(None, messages, max_new_tokens=30, temperature=0, stream=True)
+    pieces = list(streamed)
+    assert len(pieces) > 1 and "".join(pieces) == expected
+    assert runtime.generate(None, messages, max_new_tokens=30, temperature=0, stream=False).read() == expected
+    early = runtime.generate(None, messages, max_new_tokens=30, temperature=0, stream=True)
+    next(iter(early))
+    early.pieces.close()  # the user stopped it: the model is free again at once
+    assert runtime.generate(None, messages, max_new_tokens=30, temperature=0, stream=False).read() == expected
