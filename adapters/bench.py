@@ -159,6 +159,27 @@ def bench_generate(runtime: Runtime, adapter: str | None, base: bool, runs: int,
             "decode_tokens_per_s": round(statistics.median(rates), 1) if rates else None}
 
 
+def decoder_check(runtime: Runtime, tokens: int) -> dict:
+    """Whether the backend's fast one-prompt decoder (CUDA graphs) gives generate's greedy text."""
+    from .backends import GenerationParams
+
+    backend = runtime.backend
+    decoder = getattr(backend, "_decoder", lambda: None)()
+    if decoder is None:
+        return {"skipped": "no static decoder on this device: one-prompt requests use generate"}
+    prompt = runtime.rendered_prompt(None, [{"role": "user", "content": SAMPLE_QUESTION}])
+    params = GenerationParams(temperature=0.0, max_new_tokens=tokens)
+    fast = backend.complete(None, [prompt], params)[0]
+    plain = backend.complete(None, [prompt, prompt], params)[0]  # two prompts go through generate
+    same = 0
+    while same < min(len(fast), len(plain)) and fast[same] == plain[same]:
+        same += 1
+    return {"definition": "greedy text of one prompt through the static decoder vs. model.generate (a batch "
+                          "of the same prompt twice); bf16 rounding may differ between the two kernels' paths",
+            "identical": fast == plain, "common_prefix_chars": same, "chars": [len(fast), len(plain)],
+            "graphs_captured": sum(len(slot.graphs) for slot in decoder._slots.values())}
+
+
 def bench_concurrent_streams(runtime: Runtime, streams: int, tokens: int) -> dict:
     """``streams`` greedy generations started together from threads, cycling through every loaded
     adapter and the base, each on its adapter's kind of input: aggregate tokens/s, wall time, TTFTs."""
@@ -222,6 +243,11 @@ def run_serve(args) -> int:
               "classify": bench_classify(runtime, "spam", use_base, args.calls, args.batch)}
     if not args.skip_generate:
         result["generate"] = bench_generate(runtime, None, False, args.runs, args.tokens)
+        adapter = next((a for a in ("medquad", *runtime.backend.adapter_names())
+                        if a in runtime.backend.adapter_names()), None)
+        if adapter:
+            result["generate_with_adapter"] = bench_generate(runtime, adapter, False, args.runs, args.tokens)
+        result["decoder_check"] = decoder_check(runtime, args.tokens)
     result["adapter_switch"] = bench_adapter_switch(runtime.backend, args.switch_rounds)
     if not args.skip_generate and args.streams > 0:
         result["concurrent_streams"] = bench_concurrent_streams(runtime, args.streams, args.tokens)
