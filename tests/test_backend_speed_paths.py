@@ -1,0 +1,83 @@
+"""The fused scoring path of LocalBackend (adapters.backends._FusedLlama) against the plain
+transformers + PEFT forward: same scores, no weight copies, and a fall back where it does not apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.backends import GenerationParams, _FusedLlama
+from test_bench_serve import HAMMY, SPAMMY, flat, runtime, spam_prompts, trained_weights, two_adapters  # noqa: F401
+
+
+def base_weight(module):
+    """A projection's base weight, LoRA-wrapped or not."""
+    return getattr(module, "base_layer", module).weight
+
+
+def transformers_only(rt):
+    """The runtime's backend with the fused path switched off (scores through model(...))."""
+    rt.backend._fused = None
+    return rt
+
+
+@pytest.mark.parametrize("adapter", ["spam", "oncology", None])
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("cached", [False, True])
+def test_fused_scores_equal_transformers_scores(tiny_base, two_adapters, adapter, batch_size, cached):
+    fast, plain = runtime(tiny_base, two_adapters), transformers_only(runtime(tiny_base, two_adapters))
+    prompts, options, prefix = spam_prompts(fast, [*SPAMMY, *HAMMY, "x"])
+    prefix = prefix if cached else ""
+    got = fast.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
+    assert isinstance(fast.backend._fused, _FusedLlama)  # the tiny Llama takes the fused path
+    want = plain.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
+    assert flat(got) == pytest.approx(flat(want), abs=1e-5)
+
+
+def test_fusing_copies_no_weights_and_leaves_generation_alone(tiny_base, two_adapters):
+    rt = runtime(tiny_base, two_adapters)
+    before = rt.backend.complete("spam", ["win a prize"], GenerationParams(max_new_tokens=8))
+    rt.classify("spam", SPAMMY)
+    fused = rt.backend._fused
+    attention = fused.llama.model.layers[0].self_attn
+    w_qkv = fused.layers[0][0][0]
+    q_weight = base_weight(attention.q_proj)
+    assert q_weight.untyped_storage().data_ptr() == w_qkv.untyped_storage().data_ptr()  # a view, not a copy
+    assert base_weight(attention.k_proj).data_ptr() == w_qkv[q_weight.shape[0]:].data_ptr()
+    after = rt.backend.complete("spam", ["win a prize"], GenerationParams(max_new_tokens=8))
+    assert after == before
+
+
+def test_a_rebound_weight_rebuilds_the_fused_path(tiny_base, two_adapters):
+    import torch
+
+    rt = runtime(tiny_base, two_adapters)
+    prompts, options, prefix = spam_prompts(rt, SPAMMY)
+    first = rt.backend.score("spam", prompts, options, shared_prefix=prefix)
+    old = rt.backend._fused
+    weight = base_weight(old.llama.model.layers[1].mlp.up_proj)
+    with torch.no_grad():
+        weight.data = weight.data.clone() * 0.5  # re-bound (as .to() or a reload would) and changed
+    assert not old.intact()
+    changed = rt.backend.score("spam", prompts, options, shared_prefix=prefix)
+    assert rt.backend._fused is not old and rt.backend._fused.intact()
+    plain = transformers_only(runtime(tiny_base, two_adapters))
+    with torch.no_grad():
+        w = base_weight(plain.backend.model.base_model.model.model.layers[1].mlp.up_proj)
+        w.data = w.data.clone() * 0.5
+    assert flat(changed) == pytest.approx(flat(plain.backend.score("spam", prompts, options)), abs=1e-5)
+    assert flat(changed) != pytest.approx(flat(first), abs=1e-4)
+
+
+def test_training_mode_and_unsupported_models_use_the_transformers_path(tiny_base, two_adapters):
+    rt = runtime(tiny_base, two_adapters)
+    prompts, options, _ = spam_prompts(rt, SPAMMY)
+    rt.backend.model.train()
+    assert rt.backend._fused_path() is None
+    rt.backend.model.eval()
+    assert isinstance(rt.backend._fused_path(), _FusedLlama)
+    llama = rt.backend.model.base_model.model
+    llama.config.mlp_bias = True  # as if the MLP had biases: not what the fused forward computes
+    try:
+        assert _FusedLlama.build(rt.backend.model) is None
+    finally:
+        llama.config.mlp_bias = False
