@@ -167,17 +167,22 @@ def decoder_check(runtime: Runtime, tokens: int) -> dict:
     decoder = getattr(backend, "_decoder", lambda: None)()
     if decoder is None:
         return {"skipped": "no static decoder on this device: one-prompt requests use generate"}
-    prompt = runtime.rendered_prompt(None, [{"role": "user", "content": SAMPLE_QUESTION}])
     params = GenerationParams(temperature=0.0, max_new_tokens=tokens)
-    fast = backend.complete(None, [prompt], params)[0]
-    plain = backend.complete(None, [prompt, prompt], params)[0]  # two prompts go through generate
-    same = 0
-    while same < min(len(fast), len(plain)) and fast[same] == plain[same]:
-        same += 1
-    return {"definition": "greedy text of one prompt through the static decoder vs. model.generate (a batch "
-                          "of the same prompt twice); bf16 rounding may differ between the two kernels' paths",
-            "identical": fast == plain, "common_prefix_chars": same, "chars": [len(fast), len(plain)],
-            "graphs_captured": sum(len(slot.graphs) for slot in decoder._slots.values())}
+    checks = {}
+    for adapter in [None, *backend.adapter_names()[:1]]:
+        prompt = runtime.rendered_prompt(adapter, [{"role": "user", "content": SAMPLE_QUESTION}])
+        fast = backend.complete(adapter, [prompt], params)[0]
+        plain = backend.complete(adapter, [prompt, prompt], params)[0]  # two prompts go through generate
+        same = 0
+        while same < min(len(fast), len(plain)) and fast[same] == plain[same]:
+            same += 1
+        checks[adapter or "base"] = {"identical": fast == plain, "common_prefix_chars": same,
+                                     "chars": [len(fast), len(plain)]}
+    return {"definition": "greedy text of one prompt through the static decoder (CUDA graph; an adapter merged "
+                          "into the base weights) vs. model.generate on a batch of the same prompt twice "
+                          "(PEFT, unmerged); bf16 rounding differs between the two paths, so a late divergence "
+                          "is rounding, an early one a bug", **checks,
+            "graphs_captured": sum(slot.graph is not None for slot in decoder._slots.values())}
 
 
 def bench_concurrent_streams(runtime: Runtime, streams: int, tokens: int) -> dict:

@@ -1,23 +1,27 @@
 """One-stream decoding with a static key/value cache, replayed as a CUDA graph on a GPU.
 
-Why this exists: for a 135M-parameter model, a decode step is a few hundred small kernels; eager
+Why this exists: for a 135M-parameter model, a decode step is about a thousand small kernels; eager
 PyTorch + PEFT spends ~8 µs of Python and launch time per kernel, so ``model.generate`` on an H100
-was bound by the CPU at ~11 tokens/s (benchmarks/results/serve-cuda-h100.json, 2026-11-23). Capturing
-one decode step (the forward pass with the adapter that is active, plus the greedy choice) as a CUDA
-graph turns it into one launch. Everything else stays the model's own code: transformers'
-``StaticCache`` keeps keys/values at fixed addresses, the attention mask is a 4-D additive mask we
-update in place, and sampling uses transformers' logits warpers, so the tokens are those of
-``model.generate`` (a test compares them on CPU, where the same steps run eagerly).
+was bound by the CPU at ~11 tokens/s (benchmarks/results/serve-cuda-h100.json of 2026-11-23).
+Capturing one decode step (the forward pass, the greedy choice and moving the buffers on by one
+token) as a CUDA graph turns it into one launch. Everything else is the model's own code:
+transformers' ``StaticCache`` keeps keys/values at fixed addresses, the attention mask is a 4-D
+additive mask updated in place, and sampling uses transformers' logits warpers, so the tokens are
+those of ``model.generate`` (tests compare them on CPU, where the same steps run eagerly).
 
-A graph is captured per (adapter state, cache length) the first time it is needed: the adapter's
-LoRA branches are baked into the graph, so switching adapters between requests costs nothing.
-Caches are sized in powers of two (``cache_length``) so a short chat does not attend over the full
-context window.
+With a LoRA adapter active, the graph of the base model is replayed over weights with the adapter
+merged in (W + scale·B·A, computed once per adapter and kept on the device): the unmerged LoRA
+branches would double the kernels of every step. The prompt itself runs eagerly through PEFT with
+the adapter unmerged, and the base weights are put back before the call returns.
+
+Caches are sized in powers of two (``cache_length``) so a short chat does not attend over the whole
+context window; one graph is captured per cache size, the first time it is needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 MIN_CACHE = 256
@@ -36,8 +40,8 @@ class StaticDecoder:
     """Greedy or sampled decoding of one prompt at a time for one model; not thread-safe (the
     backend's lock serializes callers).
 
-    ``state`` names what the model computes right now (the active adapter, or None for the base):
-    a captured graph replays the model as it was at capture, so each state gets its own graph.
+    ``state`` names the adapter PEFT has active (None: adapters disabled). Eagerly, the model runs
+    as it is; with graphs, an adapter's merged weights are swapped in around the replays.
     """
 
     def __init__(self, model: Any, eos_token_ids: Sequence[int], context_length: int,
@@ -51,36 +55,47 @@ class StaticDecoder:
         dtype = next(model.parameters()).dtype
         self.dtype = dtype if dtype.is_floating_point else torch.float32
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
-        self._slots: dict[int, _Slot] = {}  # cache length -> cache, buffers and graphs
+        self._slots: dict[int, _Slot] = {}  # cache length -> cache, buffers and graph
+        self._merged: dict[str, list] = {}  # adapter -> [(base weight, merged copy)]
+        self._originals: dict[int, Any] = {}  # id(base weight) -> its own values, kept once merged over
 
     def forget_graphs(self) -> None:
-        """Drop captured graphs (an adapter's weights changed)."""
+        """Drop graphs and merged weights (an adapter's or the base's weights changed)."""
         for slot in self._slots.values():
-            slot.graphs.clear()
+            slot.graph = None
+        self._merged.clear()
+        self._originals.clear()
 
-    def generate(self, state: Any, prompt_ids: Sequence[int], max_new_tokens: int,
+    def generate(self, state: str | None, prompt_ids: Sequence[int], max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0,
                  on_token: Callable[[int], bool] | None = None, generator=None) -> list[int]:
         """New token ids after ``prompt_ids`` (stopping at an end-of-sequence token, which is kept,
         as ``generate`` keeps it). ``on_token(id)`` is called for each; returning False stops."""
-        import torch
-
         n = len(prompt_ids)
         length = cache_length(n + max_new_tokens, self.context_length)
         max_new_tokens = min(max_new_tokens, length - n)
         if max_new_tokens <= 0:
             return []
         slot = self._slots.get(length) or self._slots.setdefault(length, _Slot(self, length))
-        step = slot.step_for(state) if self.use_graphs else slot.eager_step
-        logits = slot.prefill(prompt_ids)
+        step = slot.replay if self.use_graphs else slot.step
+        if self.use_graphs and slot.graph is None:
+            slot.capture()
+        logits = slot.prefill(prompt_ids)  # eagerly, through PEFT with ``state`` as it is
+        token = self._choose(logits, temperature, top_p, generator)
+        slot.start(token, n)
         produced: list[int] = []
-        for i in range(max_new_tokens):
-            token = self._choose(logits, temperature, top_p, generator)
-            produced.append(token)
-            keep_going = on_token(token) if on_token else True
-            if token in self.eos or keep_going is False or i == max_new_tokens - 1:
-                break
-            logits = step(token, n + i)
+        with self._merged_into_base(state if self.use_graphs else None):
+            for i in range(max_new_tokens):
+                produced.append(token)
+                keep_going = on_token(token) if on_token else True
+                if token in self.eos or keep_going is False or i == max_new_tokens - 1:
+                    break
+                logits, greedy = step()
+                if temperature <= 0:
+                    token = int(greedy)
+                else:
+                    token = self._choose(logits, temperature, top_p, generator)
+                    slot.ids.fill_(token)  # the step moved on with its greedy choice: replace it
         return produced
 
     def _choose(self, logits, temperature: float, top_p: float, generator) -> int:
@@ -95,9 +110,67 @@ class StaticDecoder:
             scores = TopPLogitsWarper(top_p)(None, scores)
         return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
 
+    @contextmanager
+    def _merged_into_base(self, adapter: str | None):
+        """The base weights hold ``adapter`` merged in while inside (nothing happens for None)."""
+        if adapter is None:
+            yield
+            return
+        pairs = self._merged.get(adapter) or self._merged.setdefault(adapter, merged_weights(self.model, adapter))
+        for weight, _ in pairs:
+            if id(weight) not in self._originals:
+                self._originals[id(weight)] = weight.detach().clone()
+        try:
+            for weight, merged in pairs:
+                weight.data.copy_(merged)
+            yield
+        finally:
+            for weight, _ in pairs:
+                weight.data.copy_(self._originals[id(weight)])
+
+
+def lora_layers(model) -> list:
+    """PEFT's LoRA layers in ``model`` (none for a plain model)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return []
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def merged_weights(model, adapter: str) -> list:
+    """(base weight, base weight + the adapter's scaled B·A) for every layer the adapter changes."""
+    import torch
+
+    pairs = []
+    with torch.no_grad():
+        for layer in lora_layers(model):
+            if adapter in getattr(layer, "lora_A", {}):
+                weight = layer.get_base_layer().weight
+                pairs.append((weight, weight + layer.get_delta_weight(adapter).to(weight.dtype)))
+    return pairs
+
+
+@contextmanager
+def adapters_disabled(model):
+    """PEFT's adapter layers off while inside, restored to how they were (no-op for a plain model)."""
+    layers = lora_layers(model)
+    enabled = bool(layers) and not layers[0].disable_adapters
+    if enabled:
+        model.base_model.disable_adapter_layers()
+    try:
+        yield
+    finally:
+        if enabled:
+            model.base_model.enable_adapter_layers()
+
 
 class _Slot:
-    """A static cache of one length with its input buffers and the graphs that use them."""
+    """A static cache of one length with its input buffers and the graph that uses them.
+
+    Between steps the buffers hold the next input: token ``ids`` at ``position``, with the mask open
+    up to that position; a step runs the model there, then moves them on with its greedy choice.
+    """
 
     def __init__(self, decoder: StaticDecoder, length: int):
         import torch
@@ -111,7 +184,8 @@ class _Slot:
         self.position = torch.zeros((1, 1), dtype=torch.long, device=device)
         self.blocked = torch.finfo(decoder.dtype).min
         self.mask = torch.full((1, 1, 1, length), self.blocked, dtype=decoder.dtype, device=device)
-        self.graphs: dict[Any, tuple[Any, Any]] = {}  # state -> (CUDA graph, its logits tensor)
+        self.graph: Any = None
+        self._outputs: tuple | None = None  # the graph's (logits, greedy token)
 
     def prefill(self, prompt_ids: Sequence[int]):
         """Fill the cache with the prompt; the logits of the token after it."""
@@ -127,54 +201,48 @@ class _Slot:
                                  position_ids=torch.arange(n, device=device)[None],
                                  attention_mask=causal[None, None], past_key_values=self.cache,
                                  use_cache=True, logits_to_keep=1)
-        self.mask.fill_(self.blocked)
-        self.mask[..., :n] = 0
         return out.logits[0, -1]
 
-    def _advance(self, token: int, position: int) -> None:
-        """Point the buffers at the next step: input ``token`` at ``position``, visible to itself."""
+    def start(self, token: int, position: int) -> None:
+        """Set the buffers for the first step after a prompt of ``position`` tokens."""
         self.ids.fill_(token)
         self.position.fill_(position)
-        self.mask[..., position] = 0
+        self.mask.fill_(self.blocked)
+        self.mask[..., :position + 1] = 0
 
-    def _forward(self):
-        return self.decoder.model(input_ids=self.ids, position_ids=self.position, attention_mask=self.mask,
-                                  past_key_values=self.cache, use_cache=True).logits[0, -1]
+    def step(self):
+        """Run the model at the buffers, then move them on by the greedy token: (logits, token)."""
+        logits = self.decoder.model(input_ids=self.ids, position_ids=self.position, attention_mask=self.mask,
+                                    past_key_values=self.cache, use_cache=True).logits[0, -1]
+        greedy = logits.argmax(-1)
+        self.ids.copy_(greedy.view(1, 1))
+        self.position.add_(1)
+        self.mask.index_fill_(-1, self.position.view(-1), 0)
+        return logits, greedy
 
-    def eager_step(self, token: int, position: int):
-        self._advance(token, position)
-        return self._forward()
+    def replay(self):
+        self.graph.replay()
+        return self._outputs
 
-    def step_for(self, state: Any) -> Callable[[int, int], Any]:
-        """The decode step as a replay of the graph captured for ``state``."""
-        if state not in self.graphs:
-            self.graphs[state] = self._capture()
-        graph, logits = self.graphs[state]
-
-        def step(token: int, position: int):
-            self._advance(token, position)
-            graph.replay()
-            return logits
-
-        return step
-
-    def _capture(self):
-        """Capture one decode step; leaves the cache empty (the caller prefills next)."""
+    def capture(self) -> None:
+        """Capture ``step`` of the base model (adapters off); leaves the cache empty."""
         import torch
 
-        self.prefill([0])  # a valid state to warm up from: one token in the cache
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for position in (1, 2):  # warm-up: lazy allocations happen outside the graph
-                self.eager_step(0, position)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        self._advance(0, 3)
-        with torch.cuda.graph(graph):
-            logits = self._forward()
+        model = self.decoder.model
+        with adapters_disabled(model):
+            self.prefill([0])  # a valid state to warm up from: one token in the cache
+            self.start(0, 1)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: lazy allocations happen outside the graph
+                    self.step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._outputs = self.step()
+        self.graph = graph
         self.cache.reset()
-        return graph, logits
 
 
 def _config(model):

@@ -110,3 +110,28 @@ def test_the_backend_streams_and_completes_through_the_decoder_as_it_does_on_a_g
     next(iter(early))
     early.pieces.close()  # the user stopped it: the model is free again at once
     assert runtime.generate(None, messages, max_new_tokens=30, temperature=0, stream=False).read() == expected
+
+
+def test_an_adapter_merged_into_the_base_weights_gives_the_adapters_logits(base_and_lora):
+    """What the GPU replays for an adapter: the base graph (adapters off) over W + scale·B·A."""
+    import torch
+
+    from adapters.decoding import adapters_disabled, merged_weights
+
+    model, tokenizer = base_and_lora
+    ids = tokenizer(PROMPTS[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        unmerged = model(input_ids=ids).logits
+        with adapters_disabled(model):
+            base = model(input_ids=ids).logits
+            pairs = merged_weights(model, "default")
+            originals = [w.detach().clone() for w, _ in pairs]
+            for weight, merged in pairs:
+                weight.data.copy_(merged)
+            merged_logits = model(input_ids=ids).logits
+            for (weight, _), saved in zip(pairs, originals):
+                weight.data.copy_(saved)
+        again = model(input_ids=ids).logits
+    assert pairs and (unmerged - base).abs().max() > 1e-3  # the adapter changes the logits
+    assert torch.allclose(merged_logits, unmerged, atol=1e-4)
+    assert torch.equal(again, unmerged)  # adapters back on, base weights restored
