@@ -229,7 +229,12 @@ class _Slot:
         import torch
 
         model = self.decoder.model
-        with adapters_disabled(model):
+        # cuDNN attention is kept off elsewhere for its CPU cost per call (base_models.
+        # low_overhead_attention); a replayed graph pays no CPU cost, and for one query it was
+        # the fastest attention kernel on the H100 (tools/device/decode_probe.py)
+        cudnn_was = torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        with _restored_cudnn_sdp(cudnn_was), adapters_disabled(model):
             self.prefill([0])  # a valid state to warm up from: one token in the cache
             self.start(0, 1)
             side = torch.cuda.Stream()
@@ -243,6 +248,16 @@ class _Slot:
                 self._outputs = self.step()
         self.graph = graph
         self.cache.reset()
+
+
+@contextmanager
+def _restored_cudnn_sdp(enabled: bool):
+    import torch
+
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 def _config(model):
