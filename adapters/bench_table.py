@@ -118,6 +118,17 @@ def serve_rows(name: str, result: dict) -> list[Row]:
                         f"p50 {number(ttft)} ms", TARGETS["ttft_p50_ms"].cell(device, ttft)))
         rows.append(Row(bench, device, f"generate one stream, decode ({generate.get('max_new_tokens')} new tokens)",
                         f"{number(rate)} tokens/s", TARGETS["decode_tokens_per_s"].cell(device, rate)))
+    with_adapter = result.get("generate_with_adapter")
+    if with_adapter:
+        rows.append(Row(bench, device, f"generate one stream with the `{with_adapter.get('adapter')}` adapter, "
+                        "time to first token / decode",
+                        f"p50 {number(with_adapter.get('ttft_ms_p50'))} ms / "
+                        f"{number(with_adapter.get('decode_tokens_per_s'))} tokens/s", ""))
+    check = result.get("decoder_check") or {}
+    if "base" in check:
+        same = all(v.get("identical") for k, v in check.items() if isinstance(v, dict))
+        rows.append(Row(bench, device, "CUDA-graph decoder vs `generate`, greedy text",
+                        "identical" if same else "differs (see decoder_check)", ""))
     switch = result.get("adapter_switch")
     if switch and "switch_ms" in switch:
         p50 = _get(switch, "switch_ms", "p50")
