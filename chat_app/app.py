@@ -139,8 +139,13 @@ async def _show_status(profile: handlers.Profile) -> None:
     loaded = runtime.backend.adapter_names() if runtime else []
     content = handlers.status_markdown(HOLDER.state, HOLDER.elapsed(), HOLDER.load_seconds, HOLDER.error,
                                        SPECS, loaded, BASE_MODEL, profile)
-    await cl.ElementSidebar.set_elements([cl.Text(name="status", content=content)], key=uuid.uuid4().hex)
-    await cl.ElementSidebar.set_title("Status")
+    try:
+        await cl.ElementSidebar.set_elements([cl.Text(name="status", content=content)], key=uuid.uuid4().hex)
+        await cl.ElementSidebar.set_title("Status")
+    except FileNotFoundError:
+        # Chainlit removed the session's file folder while the element was written: the page was
+        # closed as it opened (seen once in the browser tests); there is nobody to show it to
+        log.info("status panel not sent: the session ended while it was written")
 
 
 async def _announce_when_ready(profile: handlers.Profile) -> None:
