@@ -81,3 +81,30 @@ def test_training_mode_and_unsupported_models_use_the_transformers_path(tiny_bas
         assert _FusedLlama.build(rt.backend.model) is None
     finally:
         llama.config.mlp_bias = False
+
+
+def test_switching_adapters_directly_leaves_peft_as_its_own_switch_would(tiny_base, two_adapters):
+    """The direct switch (LoRA layers' two flags) against PEFT's set_adapter / disable_adapter_layers."""
+    import torch
+
+    fast, slow = runtime(tiny_base, two_adapters), runtime(tiny_base, two_adapters)
+    slow.backend._switch_layers = []  # no direct switch: PEFT's own methods
+    ids = fast.backend.tokenizer("win a free prize now", return_tensors="pt")["input_ids"]
+    assert fast.backend._fast_switch_layers()  # plain LoRA: switched directly
+    for adapter in ["spam", None, "oncology", "spam", None, "oncology", None]:
+        states, outputs = [], []
+        for rt in (fast, slow):
+            rt.backend.activate(adapter)
+            model = rt.backend.model
+            layers = [m for m in model.modules() if hasattr(m, "lora_A")]
+            states.append(([m.active_adapters for m in layers], [m.disable_adapters for m in layers],
+                           model.active_adapter if adapter else None))
+            with torch.inference_mode():
+                outputs.append(model(input_ids=ids).logits)
+        assert states[0] == states[1], adapter
+        assert torch.equal(outputs[0], outputs[1]), adapter
+    with torch.inference_mode():
+        fast.backend.activate(None)
+        base = fast.backend.model(input_ids=ids).logits
+        fast.backend.activate("spam")
+        assert not torch.equal(fast.backend.model(input_ids=ids).logits, base)  # the switch did something
