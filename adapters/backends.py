@@ -94,6 +94,7 @@ class LocalBackend:
         self.base_name = base_name
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self._lock = threading.RLock()
+        self._tokenizer_lock = threading.Lock()
         self._adapters: list[str] = []
         self._active: str | None | object = _UNKNOWN  # adapter name, None (disabled) or _UNKNOWN
         self._prefix_cache: OrderedDict[tuple, Any] = OrderedDict()  # (adapter, token ids) -> KV
@@ -149,11 +150,19 @@ class LocalBackend:
 
         return render(self.tokenizer, messages)
 
+    def encode(self, texts, **kwargs):
+        """The tokenizer's output for ``texts`` (no special tokens added), under the tokenizer's own
+        lock: a fast tokenizer keeps padding and truncation as shared state that each call sets
+        before encoding, so two threads could otherwise pad each other's batches (seen as wrong
+        scores in the concurrency test once prompts were tokenized as a batch)."""
+        with self._tokenizer_lock:
+            return self.tokenizer(texts, add_special_tokens=False, **kwargs)
+
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.encode(text)["input_ids"])
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        ids = self.encode(text)["input_ids"][:max_tokens]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # --- model calls -----------------------------------------------------------------------
@@ -254,16 +263,15 @@ class LocalBackend:
         """
         import torch
 
-        tok = self.tokenizer
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} lists of continuations")
         # one batched tokenizer call, and each distinct continuation once: per-string calls were a
         # third of a 512-message batch's time
-        prompt_ids = tok(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+        prompt_ids = self.encode(list(prompts))["input_ids"] if prompts else []
         distinct = sorted({c for options in continuations for c in options})
-        option_ids = dict(zip(distinct, tok(distinct, add_special_tokens=False)["input_ids"])) if distinct else {}
+        option_ids = dict(zip(distinct, self.encode(distinct)["input_ids"])) if distinct else {}
         rows = [(ids, [option_ids[c] for c in options]) for ids, options in zip(prompt_ids, continuations)]
-        prefix_ids = tok(shared_prefix, add_special_tokens=False)["input_ids"] if shared_prefix else []
+        prefix_ids = self.encode(shared_prefix)["input_ids"] if shared_prefix else []
         scores: list[list[float]] = []
         with self._using(adapter) as model, torch.inference_mode():
             fused = self._fused_path()
@@ -380,11 +388,11 @@ class LocalBackend:
             for start in range(0, len(prompts), batch_size):
                 chunk = list(prompts[start:start + batch_size])
                 if len(chunk) == 1 and self._decoder() is not None:
-                    ids = tok(chunk[0], add_special_tokens=False)["input_ids"]
+                    ids = self.encode(chunk[0])["input_ids"]
                     outputs.append(tok.decode(self._decode_one(adapter, ids, params), skip_special_tokens=True))
                     continue
-                tok.padding_side = "left"  # generation continues from the right edge
-                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                # padded on the left: generation continues from the right edge
+                enc = self.encode(chunk, return_tensors="pt", padding=True, padding_side="left")
                 enc = {k: v.to(self._device()) for k, v in enc.items()}
                 out = model.generate(**enc, **self._generate_kwargs(params))
                 new_tokens = out[:, enc["input_ids"].shape[1]:]
@@ -411,7 +419,7 @@ class LocalBackend:
                 with self._using(adapter) as model, torch.inference_mode():
                     if cancelled.is_set():
                         return
-                    enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self._device())
+                    enc = self.encode(prompt, return_tensors="pt").to(self._device())
                     if self._decoder() is not None:
                         streamer.put(enc["input_ids"].cpu())  # the prompt, which the streamer skips
                         self._decode_one(adapter, enc["input_ids"][0].tolist(), params, on_token=lambda t: (
