@@ -193,10 +193,13 @@ class LocalBackend:
         tuner = self.model.base_model  # the PEFT tuner (LoraModel)
         layers = self._fast_switch_layers()
         if layers:
+            # plain attributes, so object.__setattr__ skips nn.Module's parameter/buffer/submodule
+            # checks (0.56 -> 0.05 ms for the 210 layers here)
+            disabled, active = adapter is None, [adapter]
             for layer in layers:
-                layer._disable_adapters = adapter is None
-                if adapter is not None:
-                    layer._active_adapter = [adapter]
+                object.__setattr__(layer, "_disable_adapters", disabled)
+                if not disabled:
+                    object.__setattr__(layer, "_active_adapter", active)
             if adapter is not None:
                 tuner.active_adapter = self.model.active_adapter = adapter  # what PEFT's set_adapter records
         elif adapter is None:
