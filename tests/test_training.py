@@ -221,3 +221,20 @@ def test_the_spam_threshold_is_tuned_on_validation_and_used_by_the_runtime(train
         assert (tuned.label, tuned.threshold) == (label, threshold)
         assert runtime.classify("spam", text, base=True)[0].threshold is None  # the base takes the argmax
     (trained / "threshold.json").write_text(json.dumps(stored))
+
+
+def test_new_weights_drop_the_threshold_tuned_for_the_old_ones(trained, tiny_base, tmp_path):
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import training.train as train_module
+
+    out = tmp_path / "spam"
+    shutil.copytree(trained, out)
+    assert (out / "threshold.json").is_file()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
+    result = train_module.TrainResult(**json.loads((trained / "train_result.json").read_text()))
+    train_module.write_adapter(model, load_catalog(trained.parent)["spam"], out, str(tiny_base), [], result)
+    assert not (out / "threshold.json").exists() and (out / "adapter_model.safetensors").is_file()

@@ -21,7 +21,7 @@ from typing import Any
 
 from adapters.prompts import target_text
 from adapters.files import write_lines_atomic, write_text_atomic
-from adapters.runtime import Runtime
+from adapters.runtime import THRESHOLD_FILE, Runtime
 from adapters.spec import AdapterSpec
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -65,7 +65,8 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
     report = {
         "adapter": spec.name, "task": spec.task, "base_model": runtime.backend.base_name,
         "test_examples": len(test), "test_split_size": len(splits.test), "few_shot_k": k,
-        "variants": results, **({"decision": decision} if decision else {}), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "variants": results, **({"decision": decision} if decision else {}),
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -88,7 +89,7 @@ def _classify(runtime, spec, test, kwargs, batch_size):
     result["confusion"] = _confusion(refs, preds)
     threshold = out[0].threshold if out else None
     if threshold is not None:  # also show what argmax would have given on the same scores
-        argmax = [int(s >= 0.5) for s in scores]
+        argmax = [int(s > 0.5) for s in scores]  # argmax: a tie goes to the first label
         result["threshold"] = threshold
         result["at_argmax"] = {k: v for k, v in metric.compute(predictions=argmax, references=refs,
                                                               scores=scores).items() if k != "auroc"}
@@ -98,8 +99,8 @@ def _classify(runtime, spec, test, kwargs, batch_size):
 def choose_threshold(scores: Sequence[float], refs: Sequence[int]) -> tuple[float, float]:
     """The threshold on P(positive) with the best F1 over ``scores`` and 0/1 ``refs``, and that F1.
 
-    Cuts fall halfway (in log-odds) between neighbouring scores, so a score equal to a training
-    example's never sits on the edge; among equally good cuts the one nearest to 0.5 wins.
+    Cuts fall halfway (in log-odds) between neighbouring scores, so no tuning score sits on the
+    edge; among equally good cuts the one nearest to 0.5 wins.
     """
     ranked = sorted(zip(scores, refs), key=lambda pair: -pair[0])
     positives = sum(refs)
@@ -121,8 +122,6 @@ def choose_threshold(scores: Sequence[float], refs: Sequence[int]) -> tuple[floa
 def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict | None:
     """Tune the fine-tuned adapter's threshold on the validation split and store it beside its
     weights (``threshold.json``), when the spec asks for it; the record, or None."""
-    from adapters.runtime import THRESHOLD_FILE
-
     if spec.decision != "validation_f1" or spec.name not in runtime.backend.adapter_names():
         return None
     positive = spec.labels[-1]
@@ -132,7 +131,7 @@ def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: 
     refs = [int(ex.target == positive) for ex in examples]
     threshold, f1 = choose_threshold(scores, refs)
     at_half = load_metric("spam_classification").compute(
-        predictions=[int(s >= 0.5) for s in scores], references=refs, scores=scores)["f1"]
+        predictions=[int(s > 0.5) for s in scores], references=refs, scores=scores)["f1"]
     record = {"label": positive, "threshold": round(threshold, 6), "criterion": f"F1 of {positive!r}",
               "split": "validation", "examples": len(examples), "positives": sum(refs),
               "f1": f1, "f1_at_argmax": at_half}

@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 
 from adapters.base_models import LoadOptions, canonical_name, load_base, low_overhead_attention
 from adapters.prompts import render_example, target_text, task_messages
+from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -274,6 +275,8 @@ def write_adapter(model, spec: AdapterSpec, out: Path, base_name: str, log_histo
     write_training_log(staging / "training_log.csv", log_history)
     plot_loss(staging / "loss.png", log_history, spec.name)
     (staging / "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    # a decision threshold was tuned for the weights being replaced: the next evaluation tunes anew
+    (out / THRESHOLD_FILE).unlink(missing_ok=True)
     for name in ("adapter_model.safetensors", "training_log.csv", "loss.png", "train_result.json",
                  "adapter_config.json"):
         os.replace(staging / name, out / name)
