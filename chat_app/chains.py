@@ -9,7 +9,7 @@ each chain's steps (prompt, then the runtime call) in the UI.
 
 Every chain takes a dict and returns plain data (dicts, strings), so the steps display as JSON:
 
-- ``classify_chain``: ``{"texts": [...]}`` → ``[{"label", "probs", "truncated"}, ...]``
+- ``classify_chain``: ``{"texts": [...]}`` → ``[{"label", "probs", "truncated", "threshold"}, ...]``
 - ``extract_chain``: ``{"texts": [...]}`` → ``[{"fields", "valid", "repaired", "raw", "error", "truncated"}, ...]``
 - ``generate_chain``: ``{"history": [...], "text": str}`` → streamed text pieces
 """
@@ -103,7 +103,8 @@ def classify_chain(runtime: Runtime, adapter: str, *, base: bool, system: str | 
         _check_task_prompts(spec, inputs, system, examples)
         results = runtime.classify(adapter, inputs["texts"], base=base, system=system,
                                    examples=examples, batch_size=batch_size)
-        return [{"label": r.label, "probs": dict(r.probs), "truncated": r.truncated} for r in results]
+        return [{"label": r.label, "probs": dict(r.probs), "truncated": r.truncated, "threshold": r.threshold}
+                for r in results]
 
     name = f"{adapter} · classify · {variant_name(base, examples)}"
     return (_with_prompts(prompt) | RunnableLambda(run, name="runtime.classify")).with_config(run_name=name)

@@ -292,6 +292,10 @@ def classification_markdown(result: dict, labels: Sequence[str], variant: str) -
     lines = [f"### {cell(label).upper()} · {percent(probs[label])}",
              table(["label", "probability", ""], rows),
              f"*{variant}*"]
+    threshold = result.get("threshold")
+    if threshold is not None:  # the adapter's threshold tuned on validation data, not 50%
+        lines.insert(2, f"Decided with this adapter's tuned threshold: **{cell(labels[-1])}** when "
+                        f"p({cell(labels[-1])}) ≥ {percent(threshold)}.")
     return "\n\n".join(lines)
 
 

@@ -206,6 +206,14 @@ def test_classification_shows_the_label_and_each_probability():
     assert md.startswith("### SPAM · 75.0%")
     assert "| ham | 25.0% |" in md and "| **spam** | 75.0% |" in md
     assert "█" * 15 + "░" * 5 in md and "fine-tuned `spam` adapter" in md
+    assert "threshold" not in md  # argmax: nothing to explain
+
+
+def test_a_tuned_threshold_is_explained_where_it_decided():
+    md = handlers.classification_markdown({"label": "ham", "probs": {"ham": 0.45, "spam": 0.55},
+                                           "truncated": False, "threshold": 0.6}, ["ham", "spam"], "fine-tuned")
+    assert md.startswith("### HAM · 45.0%")  # ham although less probable: spam needs 60%
+    assert "**spam** when p(spam) ≥ 60.0%" in md
 
 
 FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response", "metastasis_site")
