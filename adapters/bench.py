@@ -140,6 +140,32 @@ def bench_classify(runtime: Runtime, adapter: str, base: bool, calls: int, batch
             "batch_size": batch, "batched_messages_per_s": round(batch / seconds, 1)}
 
 
+def profile_batched_classify(runtime: Runtime, adapter: str, base: bool, batch: int, out: Path) -> dict:
+    """cProfile of one batched classify call: where its wall time goes by Python function (the
+    model's forward vs. templates, tokenizer, masks), written to ``out``; the top entries for the JSON."""
+    import cProfile
+    import io
+    import pstats
+
+    texts = [f"{SAMPLE_SMS} [{i}]" for i in range(batch)]
+    runtime.classify(adapter, texts, base=base, batch_size=batch)  # warm-up at this batch size
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    runtime.classify(adapter, texts, base=base, batch_size=batch)
+    profiler.disable()
+    wall = time.perf_counter() - start
+    stream = io.StringIO()
+    stats = pstats.Stats(profiler, stream=stream).sort_stats("cumulative")
+    stats.print_stats(40)
+    write_text_atomic(out, f"{' '.join(['adapterlab', *sys.argv[1:]])}\nbatched classify of {batch} messages, "
+                           f"{wall * 1000:.1f} ms wall\n\n{stream.getvalue()}")
+    top = sorted(((f"{Path(file).name}:{line}({name})", cumulative) for (file, line, name), (_, _, _, cumulative, _)
+                  in stats.stats.items() if not file.startswith("<")), key=lambda item: -item[1])[:15]
+    return {"batch_size": batch, "wall_ms": round(wall * 1000, 1), "table": out.name,
+            "top_cumulative_ms": {name: round(seconds * 1000, 1) for name, seconds in top}}
+
+
 def bench_generate(runtime: Runtime, adapter: str | None, base: bool, runs: int, tokens: int) -> dict:
     """Time to first token (p50) and decode tokens/s of one greedy stream."""
     messages = [{"role": "user", "content": SAMPLE_QUESTION}]
@@ -246,6 +272,10 @@ def run_serve(args) -> int:
               "note": "adapters disabled (spam not trained yet): base model with the spam prompt"
               if use_base else "trained spam adapter",
               "classify": bench_classify(runtime, "spam", use_base, args.calls, args.batch)}
+    out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{device_slug(result['device'])}.json"
+    if args.profile:
+        result["classify_profile"] = profile_batched_classify(
+            runtime, "spam", use_base, args.batch, out.with_name(out.stem + "-profile.txt"))
     if not args.skip_generate:
         result["generate"] = bench_generate(runtime, None, False, args.runs, args.tokens)
         adapter = next((a for a in ("medquad", *runtime.backend.adapter_names())
@@ -257,7 +287,6 @@ def run_serve(args) -> int:
     if not args.skip_generate and args.streams > 0:
         result["concurrent_streams"] = bench_concurrent_streams(runtime, args.streams, args.tokens)
     print(json.dumps(result, indent=2))
-    out = Path(args.output) if args.output else RESULTS_DIR / f"serve-{device_slug(result['device'])}.json"
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -282,6 +311,8 @@ def add_parser(bench_sub) -> None:
     serve.add_argument("--streams", type=int, default=8,
                        help="concurrent generation streams, cycling through the adapters and the base (0: skip)")
     serve.add_argument("--skip-generate", action="store_true", help="no generation benchmarks")
+    serve.add_argument("--profile", action="store_true",
+                       help="also profile one batched classify call by Python function (*-profile.txt)")
     serve.add_argument("--base-model", default=None, help="base model name, Hub id or folder (default: the specs')")
     serve.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
     serve.add_argument("--device", default="auto")

@@ -315,3 +315,20 @@ def test_result_files_are_named_after_the_device_kind(device, slug):
     from adapters.bench import device_slug
 
     assert device_slug(device) == slug
+
+
+def test_bench_serve_profiles_the_batched_classify_by_function(tiny_base, two_adapters, tmp_path):
+    import json
+
+    from adapters.cli import main
+
+    out = tmp_path / "serve.json"
+    rc = main(["bench", "serve", "--catalog", str(two_adapters), "--base-model", str(tiny_base), "--calls", "1",
+               "--batch", "4", "--skip-generate", "--switch-rounds", "1", "--streams", "0", "--profile",
+               "--output", str(out)])
+    assert rc == 0
+    profile = json.loads(out.read_text())["classify_profile"]
+    assert profile["batch_size"] == 4 and profile["table"] == "serve-profile.txt"
+    assert any("classify" in name for name in profile["top_cumulative_ms"])  # the runtime call itself
+    assert any("score" in name for name in profile["top_cumulative_ms"])
+    assert "cumulative" in (tmp_path / "serve-profile.txt").read_text()
