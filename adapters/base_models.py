@@ -252,18 +252,20 @@ def load_base(name_or_path: str = DEFAULT_BASE, options: LoadOptions = LoadOptio
 
 
 @contextmanager
-def low_overhead_attention():
-    """Keep PyTorch's scaled-dot-product attention off its cuDNN backend while inside.
+def cudnn_attention(enabled: bool):
+    """Let PyTorch's scaled-dot-product attention use its cuDNN backend, or not, while inside.
 
-    On the H100 with torch 2.11, cuDNN attention spent ~1.5 ms of CPU per call against ~40 µs on the
-    GPU (benchmarks/results/train-cuda-profile.txt): 30 layers made it ~90 ms of a 513 ms training
-    step and ~45 ms of every decode step. The flash and memory-efficient backends launch in
-    microseconds. A no-op without CUDA.
+    Eager work turns it off: on the H100 with torch 2.11, cuDNN attention spent ~1.5 ms of CPU per
+    call against ~40 µs on the GPU (benchmarks/results/train-cuda-profile.txt), ~90 ms of a 513 ms
+    training step; the flash and memory-efficient backends launch in microseconds. A CUDA graph
+    turns it on while being captured: a replay pays no CPU per call, and for one query cuDNN was
+    the fastest kernel (3.18 vs 3.43 ms a decoded token, tools/device/decode_probe.py). A no-op
+    without CUDA.
     """
     import torch
 
     was = torch.backends.cuda.cudnn_sdp_enabled()
-    torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(enabled)
     try:
         yield
     finally:

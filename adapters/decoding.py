@@ -194,9 +194,11 @@ class _Slot:
         n = len(prompt_ids)
         device, dtype = self.decoder.device, self.decoder.dtype
         self.cache.reset()
-        causal = torch.full((n, self.length), self.blocked, dtype=dtype, device=device)
-        causal[:, :n] = torch.zeros((n, n), dtype=dtype, device=device).masked_fill(
-            ~torch.ones((n, n), dtype=torch.bool, device=device).tril(), self.blocked)
+        from .backends import additive_mask
+
+        allowed = torch.zeros((n, self.length), dtype=torch.bool, device=device)
+        allowed[:, :n] = torch.ones((n, n), dtype=torch.bool, device=device).tril()
+        causal = additive_mask(allowed, dtype)
         out = self.decoder.model(input_ids=torch.tensor([list(prompt_ids)], device=device),
                                  position_ids=torch.arange(n, device=device)[None],
                                  attention_mask=causal[None, None], past_key_values=self.cache,
@@ -224,17 +226,14 @@ class _Slot:
         self.graph.replay()
         return self._outputs
 
-    def capture(self) -> None:
-        """Capture ``step`` of the base model (adapters off); leaves the cache empty."""
+    def capture(self, cudnn: bool = True) -> None:
+        """Capture ``step`` of the base model (adapters off); leaves the cache empty. cuDNN
+        attention is on by default: in a graph its CPU cost is paid once (``cudnn_attention``)."""
         import torch
 
-        model = self.decoder.model
-        # cuDNN attention is kept off elsewhere for its CPU cost per call (base_models.
-        # low_overhead_attention); a replayed graph pays no CPU cost, and for one query it was
-        # the fastest attention kernel on the H100 (tools/device/decode_probe.py)
-        cudnn_was = torch.backends.cuda.cudnn_sdp_enabled()
-        torch.backends.cuda.enable_cudnn_sdp(True)
-        with _restored_cudnn_sdp(cudnn_was), adapters_disabled(model):
+        from .base_models import cudnn_attention
+
+        with cudnn_attention(cudnn), adapters_disabled(self.decoder.model):
             self.prefill([0])  # a valid state to warm up from: one token in the cache
             self.start(0, 1)
             side = torch.cuda.Stream()
@@ -248,16 +247,6 @@ class _Slot:
                 self._outputs = self.step()
         self.graph = graph
         self.cache.reset()
-
-
-@contextmanager
-def _restored_cudnn_sdp(enabled: bool):
-    import torch
-
-    try:
-        yield
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 def _config(model):

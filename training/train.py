@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from adapters.base_models import LoadOptions, canonical_name, load_base, low_overhead_attention
+from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_attention
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
@@ -175,7 +175,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "fingerprint").write_text(fingerprint)
 
-    with low_overhead_attention():
+    with cudnn_attention(False):  # eager steps: its CPU cost per call
         trainer.train(resume_from_checkpoint=resume_from)
 
     result = TrainResult(

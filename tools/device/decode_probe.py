@@ -14,13 +14,14 @@ runtime = Runtime.local(options=LoadOptions(device="cuda"), progress=False)
 backend = runtime.backend
 messages = [{"role": "user", "content": "What are the symptoms of type 2 diabetes?"}]
 prompt = runtime.rendered_prompt(None, messages)
-ids = backend.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+ids = backend.encode(prompt)["input_ids"]
 backend.activate(None)
 decoder = backend._decoder()
 N = 64
-with torch.inference_mode():
-    decoder.generate(None, ids, N)  # capture
-    slot = next(iter(decoder._slots.values()))
+
+
+def replay_ms(slot) -> float:
+    """ms per token of N graph replays after the prompt (GPU time included: synchronized)."""
     slot.prefill(ids)
     slot.start(0, len(ids))
     torch.cuda.synchronize()
@@ -28,36 +29,25 @@ with torch.inference_mode():
     for _ in range(N):
         slot.graph.replay()
     torch.cuda.synchronize()
-    print(f"graph replay only: {(time.perf_counter() - start) * 1000 / N:.3f} ms/token")
+    return (time.perf_counter() - start) * 1000 / N
+
+
+with torch.inference_mode():
+    decoder.generate(None, ids, N)  # capture
+    slot = next(iter(decoder._slots.values()))
+    print(f"graph replay only: {replay_ms(slot):.3f} ms/token")
     start = time.perf_counter()
     for _ in range(N):
         slot.graph.replay()
         int(slot._outputs[1])
     print(f"replay + .item(): {(time.perf_counter() - start) * 1000 / N:.3f} ms/token")
-    for label, run in (("decoder.generate", lambda: decoder.generate(None, ids, N, on_token=lambda t: True)),):
-        start = time.perf_counter()
-        out = run()
-        print(f"{label}: {(time.perf_counter() - start) * 1000 / len(out):.3f} ms/token ({len(out)} tokens, incl. prefill)")
-for cudnn in (True, False):
-    decoder.forget_graphs()
-    with torch.inference_mode():
-        torch.backends.cuda.enable_cudnn_sdp(cudnn)
-        slot = next(iter(decoder._slots.values()))
-        original = torch.backends.cuda.enable_cudnn_sdp
-        torch.backends.cuda.enable_cudnn_sdp = lambda flag: original(cudnn)  # capture() sets it: pin it
-        try:
-            slot.capture()
-        finally:
-            torch.backends.cuda.enable_cudnn_sdp = original
-        slot.prefill(ids)
-        slot.start(0, len(ids))
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(N):
-            slot.graph.replay()
-        torch.cuda.synchronize()
-        print(f"replay with cuDNN attention {'on' if cudnn else 'off'} at capture: "
-              f"{(time.perf_counter() - start) * 1000 / N:.3f} ms/token")
+    start = time.perf_counter()
+    out = decoder.generate(None, ids, N, on_token=lambda t: True)
+    print(f"decoder.generate: {(time.perf_counter() - start) * 1000 / len(out):.3f} ms/token "
+          f"({len(out)} tokens, incl. prefill)")
+    for cudnn in (True, False):
+        slot.capture(cudnn=cudnn)
+        print(f"replay with cuDNN attention {'on' if cudnn else 'off'} at capture: {replay_ms(slot):.3f} ms/token")
 decoder.forget_graphs()
 g = runtime.generate(None, messages, temperature=0, max_new_tokens=N)
 g.read()
