@@ -50,6 +50,8 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]: ...
+
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
     def score(self, adapter: str | None, prompts: Sequence[str],
@@ -159,7 +161,11 @@ class LocalBackend:
             return self.tokenizer(texts, add_special_tokens=False, **kwargs)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.encode(text)["input_ids"])
+        return self.token_counts([text])[0]
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Each text's token count, in one tokenizer call."""
+        return [len(ids) for ids in self.encode(list(texts))["input_ids"]] if texts else []
 
     def truncate(self, text: str, max_tokens: int) -> str:
         ids = self.encode(text)["input_ids"][:max_tokens]
@@ -305,32 +311,31 @@ class LocalBackend:
         device = self._device()
         dtype = next(model.parameters()).dtype
         dtype = dtype if dtype.is_floating_point else torch.float32
-        ids, positions, mask, targets = _packed_rows([(p[reused:], cs) for p, cs in chunk],
-                                                     self.tokenizer.pad_token_id, offset=reused)
+        ids, positions, mask, (rows, columns, tokens, owners) = _packed_rows(
+            [(p[reused:], cs) for p, cs in chunk], self.tokenizer.pad_token_id, offset=reused)
+        scores = [[0.0] * len(options) for _, options in chunk]
+        if not tokens:
+            return scores
         additive = additive_mask(mask, dtype)
-        # the vocabulary projection is computed only where a scored token is predicted
-        keep = sorted({at for per_option in targets for pairs in per_option for at, _ in pairs})
-        column = {at: i for i, at in enumerate(keep)}
+        # the vocabulary projection is computed only in the columns where a scored token is predicted
+        keep = sorted(set(columns))
+        at = {c: i for i, c in enumerate(keep)}
+        keep_t = torch.tensor(keep, device=device)
         if fused is not None:
             logits, _ = fused.forward(adapter, ids.to(device), positions.to(device), additive[:, None].to(device),
-                                      past, keep=torch.tensor(keep, device=device))
+                                      past, keep=keep_t)
         else:
             logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
                            attention_mask=additive[:, None].to(device), past_key_values=past,
-                           use_cache=past is not None, logits_to_keep=torch.tensor(keep, device=device)).logits
+                           use_cache=past is not None, logits_to_keep=keep_t).logits
         # only the scored tokens' log-probabilities leave the device: copying whole vocabulary rows
         # to the CPU took most of a 512-message batch's time on the H100 (~600 MB)
-        owners, where = [], []
-        for row, per_option in enumerate(targets):
-            for option, pairs in enumerate(per_option):
-                owners.extend((row, option) for _ in pairs)
-                where.extend((row, column[at], token) for at, token in pairs)
-        scores = [[0.0] * len(per_option) for per_option in targets]
-        if not where:
-            return scores
-        index = torch.tensor(where, device=logits.device).T
-        picked = torch.log_softmax(logits.float(), dim=-1)[index[0], index[1], index[2]].tolist()
-        for (row, option), value in zip(owners, picked):
+        row_t = torch.tensor(rows, device=logits.device)
+        column_t = torch.tensor([at[c] for c in columns], device=logits.device)
+        chosen = logits[row_t, column_t].float()  # [scored tokens, vocabulary]
+        picked = chosen.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0] \
+            - torch.logsumexp(chosen, dim=-1)
+        for (row, option), value in zip(owners, picked.tolist()):
             scores[row][option] += value
         return scores
 
@@ -478,38 +483,50 @@ def additive_mask(allowed, dtype):
 
 
 def _packed_rows(rows, pad_id, offset: int = 0):
-    """Token ids, position ids, boolean attention mask [batch, q, offset + q] and, per row and
-    continuation, the (logit index, token id) pairs whose log-probabilities add up to the
-    continuation's score. ``offset`` tokens of every prompt are already cached (keys/values), so
-    positions start there and every token may attend to them."""
+    """Token ids, position ids, boolean attention mask [batch, q, offset + q], and the scored
+    tokens as three flat lists: (row, column of the logit that predicts it, token id), plus the
+    (row, continuation) each belongs to. A continuation's score is the sum of its tokens'
+    log-probabilities. ``offset`` tokens of every prompt are already cached (keys/values), so
+    positions start there and every token may attend to them.
+
+    Prompts are right-aligned (padded on the left) so that every row's continuations start in the
+    same column: with the same continuations in every row (classification) only a few columns hold
+    a scored logit, and the vocabulary projection runs on those alone. The mask is built for the
+    whole batch at once from each column's segment (-1 padding, 0 prompt, j continuation j): a
+    token sees earlier tokens of its own segment and the prompt. Per-row tensor building was most
+    of a 512-message batch's Python time.
+    """
     import torch
 
-    width = max(len(p) + sum(len(c) for c in cs) for p, cs in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width, offset + width), dtype=torch.bool)
-    mask[:, :, :offset] = True
-    targets = []
+    prompt_width = max(len(p) for p, _ in rows)
+    width = prompt_width + max(sum(len(c) for c in cs) for _, cs in rows)
+    ids, segments, positions = [], [], []
+    scored_rows, scored_columns, scored_tokens, owners = [], [], [], []
     for r, (prompt, options) in enumerate(rows):
-        n = len(prompt)
-        ids[r, :n] = torch.tensor(prompt)
-        positions[r, :n] = torch.arange(offset, offset + n)
-        mask[r, :n, offset:offset + n] = torch.ones(n, n, dtype=torch.bool).tril()
-        at, per_option = n, []
-        for option in options:
-            m = len(option)
-            ids[r, at:at + m] = torch.tensor(option, dtype=torch.long)
-            positions[r, at:at + m] = torch.arange(offset + n, offset + n + m)
-            mask[r, at:at + m, offset:offset + n] = True
-            mask[r, at:at + m, offset + at:offset + at + m] = torch.ones(m, m, dtype=torch.bool).tril()
-            # the logit predicting token t of the option sits one place before it
-            previous = [n - 1] + list(range(at, at + m - 1))
-            per_option.append(list(zip(previous, option)))
-            at += m
-        for q in range(at, width):
-            mask[r, q, offset + q] = True  # padding attends to itself (and the prefix) only
-        targets.append(per_option)
-    return ids, positions, mask, targets
+        n, lead = len(prompt), prompt_width - len(prompt)
+        row_ids, row_segments = [pad_id] * lead + list(prompt), [-1] * lead + [0] * n
+        row_positions = [0] * lead + list(range(offset, offset + n))
+        for j, option in enumerate(options):
+            at, m = len(row_ids), len(option)
+            row_ids += option
+            row_segments += [j + 1] * m
+            row_positions += range(offset + n, offset + n + m)
+            # the logit predicting token t of the option sits one column before it
+            scored_columns += [prompt_width - 1, *range(at, at + m - 1)][:m]
+            scored_rows += [r] * m
+            scored_tokens += option
+            owners += [(r, j)] * m
+        tail = width - len(row_ids)
+        ids.append(row_ids + [pad_id] * tail)
+        segments.append(row_segments + [-1] * tail)
+        positions.append(row_positions + [0] * tail)
+    ids, positions = torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+    segments = torch.tensor(segments, dtype=torch.long)
+    column = torch.arange(width)
+    causal = column[None, :] <= column[:, None]  # [q, k]; padding sees earlier padding, never nothing
+    allowed = causal & ((segments[:, :, None] == segments[:, None, :]) | (segments[:, None, :] == 0))
+    mask = torch.cat([torch.ones((len(rows), width, offset), dtype=torch.bool), allowed], dim=2)
+    return ids, positions, mask, (scored_rows, scored_columns, scored_tokens, owners)
 
 
 class _FusedLlama:

@@ -107,7 +107,7 @@ class Runtime:
         spec = self._task_spec(adapter, "classify")
         target = self._target(spec, base)
         threshold = None if base else read_threshold(spec)
-        fitted = [self._fit(spec, text) for text in texts]
+        fitted = self._fit(spec, texts)
         prompts = [self.backend.render(task_messages(spec, text, system=system, examples=examples))
                    for text, _ in fitted]
         continuations = [self._label_continuation(spec, label) for label in spec.labels]
@@ -162,7 +162,7 @@ class Runtime:
         spec = self._task_spec(adapter, "extract")
         target = self._target(spec, base)
         params = self._params(spec, 0.0, 1.0, max_new_tokens)
-        fitted = [self._fit(spec, text) for text in texts]
+        fitted = self._fit(spec, texts)
         prompts = [self.backend.render(task_messages(spec, text, system=system, examples=examples))
                    for text, _ in fitted]
         outputs = self.backend.complete(target, prompts, params, batch_size=batch_size)
@@ -192,7 +192,7 @@ class Runtime:
         """The exact text a task would send to the model for this input (for prompt testing)."""
         spec = self.spec(adapter) if adapter is not None else None
         if spec is not None and spec.task in ("classify", "extract"):
-            text, _ = self._fit(spec, messages[-1]["content"])
+            [(text, _)] = self._fit(spec, [messages[-1]["content"]])
             return self.backend.render(task_messages(spec, text, system=system, examples=examples))
         shots = [m for q, a in examples for m in ({"role": "user", "content": q},
                                                   {"role": "assistant", "content": a})]
@@ -234,15 +234,16 @@ class Runtime:
         room = self.backend.context_length - max_new_tokens - GENERATION_RESERVE
         return max(1, min(spec.max_input_tokens, room) if spec else room)
 
-    def _fit(self, spec: AdapterSpec, text: str) -> tuple[str, bool]:
-        """The text, cut to the spec's input budget; and whether it was cut."""
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("the text is empty")
-        _check_encodable(text)
+    def _fit(self, spec: AdapterSpec, texts: Sequence[str]) -> list[tuple[str, bool]]:
+        """Each text, cut to the spec's input budget, and whether it was cut (counted in one
+        tokenizer call: one call per text was a fifth of a 512-message batch's Python time)."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InputError("the text is empty" if len(texts) == 1 else f"text {i} is empty")
+            _check_encodable(text)
         budget = self._input_budget(spec, spec.generation.max_new_tokens)
-        if self.backend.count_tokens(text) <= budget:
-            return text, False
-        return self.backend.truncate(text, budget), True
+        return [(text, False) if count <= budget else (self.backend.truncate(text, budget), True)
+                for text, count in zip(texts, self.backend.token_counts(texts))]
 
     def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], bool]:
         """The conversation with the spec's system message; oldest turns dropped if too long."""

@@ -30,7 +30,8 @@ def test_fused_scores_equal_transformers_scores(tiny_base, two_adapters, adapter
     got = fast.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
     assert isinstance(fast.backend._fused, _FusedLlama)  # the tiny Llama takes the fused path
     want = plain.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
-    assert flat(got) == pytest.approx(flat(want), abs=1e-5)
+    # float32 rounding of sums ordered differently: relative to the score's size
+    assert flat(got) == pytest.approx(flat(want), rel=2e-6, abs=1e-5)
 
 
 def test_fusing_copies_no_weights_and_leaves_generation_alone(tiny_base, two_adapters):
