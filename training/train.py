@@ -29,6 +29,7 @@ from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_a
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
+from training.packed_attention import use_packed_attention
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = PROJECT_ROOT / "runs"  # checkpoints of runs in progress (git-ignored)
@@ -68,9 +69,8 @@ def sft_rows(tokenizer: Any, spec: AdapterSpec, examples) -> list[dict[str, str]
 def batching_args(batching: str) -> dict:
     """TRL arguments for the spec's ``training.batching``.
 
-    ``packed`` (the default): best-fit packing, padding-free. Without a varlen attention kernel
-    (flash-attn is not in the GPU image) a packed batch is one long sequence with a block mask,
-    so attention costs grow with the square of the batch's tokens. ``length_grouped``: one example
+    ``packed`` (the default): best-fit packing, padding-free: a batch is one long row of examples,
+    attended one example at a time (``training.packed_attention``). ``length_grouped``: one example
     per row, rows of similar length batched together, padded to the longest. Measured on the H100
     with the spam spec (tools/device/speed_probe.py, 2026-11-23): packed 16 rows of 320 tokens 539
     ms/step, 7.7k real tokens/s; length-grouped 64 examples (about as many per step) 441 ms/step,
@@ -121,6 +121,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     options = LoadOptions(device=device, load_in_4bit=qlora)
     on_cuda = options.torch_device().startswith("cuda")
     model, tokenizer = load_base(base, options, progress=progress)
+    if t.batching == "packed":
+        use_packed_attention(model)  # attention within each packed example, without a block mask
     if qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
 

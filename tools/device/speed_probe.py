@@ -49,10 +49,12 @@ T.ThroughputCallback = StepClock
 
 
 _load_base = T.load_base
+_use_packed = T.use_packed_attention
 
 
 def run(name, spec, splits, **extra):
     attn = extra.pop("_attn", None)
+    T.use_packed_attention = (lambda model: None) if extra.pop("_block_mask", False) else _use_packed
     torch.backends.cuda.enable_cudnn_sdp(not extra.pop("_no_cudnn_sdp", False))
 
     def load_with_attention(*a, **k):
@@ -87,6 +89,10 @@ def main():
     grouped = {"packing": False, "padding_free": False, "train_sampling_strategy": "group_by_length"}
     variants = {
         "default": (spec, {}),
+        "block_mask": (spec, {"_block_mask": True}),  # transformers' sdpa with a block mask (before 2026-11-24)
+        "no_autocast": (spec, {"bf16": False}),  # bf16 base weights, fp32 LoRA, no autocast casts
+        "no_autocast_dropout0": (lora0, {"bf16": False}),
+        "batch32": (spec, {"per_device_train_batch_size": 32}),
         "packed_no_cudnn_sdp": (spec, {"_no_cudnn_sdp": True}),
         "packed_no_cudnn_sdp_dropout0": (lora0, {"_no_cudnn_sdp": True}),
         "nopack_grouped": (spec, grouped),
