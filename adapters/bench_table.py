@@ -158,8 +158,11 @@ def train_rows(name: str, result: dict) -> list[Row]:
     for recipe, measured in (result.get("recipes") or {}).items():
         peak = measured.get("peak_gpu_memory_bytes")
         memory = f", peak GPU memory {peak / 2**30:.2f} GiB" if peak else ""
+        runs = measured.get("tokens_per_s_runs") or []
+        spread = (f" (median of {len(runs)} runs: {', '.join(number(v) for v in runs)})"
+                  if len(runs) > 1 else "")
         rows.append(Row(bench, device, f"train, recipe `{recipe}`",
-                        f"{number(measured.get('tokens_per_s'))} real tokens/s, validation loss "
+                        f"{number(measured.get('tokens_per_s'))} real tokens/s{spread}, validation loss "
                         f"{number(measured.get('validation_loss'), 4)}{memory}"))
     ratios = result.get("ratios") or {}
     if ratios:

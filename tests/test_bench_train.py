@@ -19,7 +19,7 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
 
     rc = main(["bench", "train", "--adapter", "spam", "--catalog", str(catalog), "--base-model", str(tiny_base),
                "--data", str(data), "--examples", "32", "--val-examples", "8", "--device", "cpu",
-               "--output", str(out), "--profile"])
+               "--output", str(out), "--profile", "--repeat", "2"])
 
     assert rc == 0
     result = json.loads(out.read_text())
@@ -35,7 +35,11 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
         assert result[key], key
     recipes = result["recipes"]
     assert set(recipes) == {"reference", "strong_baseline", "adapterlab"}
+    assert result["repeats"] == 2 and "--repeat 2" in result["command"]
     for name, r in recipes.items():
+        # both rounds really trained (a second adapterlab run must not resume the first one's checkpoint)
+        assert len(r["tokens_per_s_runs"]) == 2 and all(v > 0 for v in r["tokens_per_s_runs"]), name
+        assert r["tokens_per_s"] == min(r["tokens_per_s_runs"]), name  # the lower middle of two
         assert r["real_tokens"] > 0 and r["tokens_per_s"] > 0 and r["examples_per_s"] > 0, name
         assert r["examples"] == 32 and r["peak_gpu_memory_bytes"] is None, name
         assert r["validation_loss"] is not None and math.isfinite(r["validation_loss"]), name

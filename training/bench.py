@@ -216,7 +216,7 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
     out = work_dir / "adapterlab" / "adapter"
     _reset_peak_memory(on_cuda)
     result = train_adapter(spec, splits, base=base, max_steps=None, run_dir=work_dir / "adapterlab" / "run",
-                           output_dir=out, device=device, progress=False,
+                           output_dir=out, device=device, progress=False, restart=True,
                            extra_args={"num_train_epochs": 1},  # the same single pass as the baselines
                            callbacks=[profiler] if profiler else None)
     _synchronize(on_cuda)
@@ -338,6 +338,15 @@ def _free_memory(on_cuda: bool) -> None:
 
 # --- the command -------------------------------------------------------------------------------
 
+def median_run(measured: list[dict]) -> dict:
+    """The run with the median tokens/s (the lower middle one for an even count), with every run's
+    tokens/s and seconds beside it."""
+    ordered = sorted(measured, key=lambda r: r["tokens_per_s"])
+    middle = ordered[(len(ordered) - 1) // 2]
+    return {**middle, "tokens_per_s_runs": [r["tokens_per_s"] for r in measured],
+            "train_seconds_runs": [r["train_seconds"] for r in measured]}
+
+
 def ratios(recipes: dict[str, dict]) -> dict[str, float | None]:
     mine = recipes["adapterlab"]["tokens_per_s"]
 
@@ -357,6 +366,8 @@ def command_line(args) -> str:
             parts += [flag, str(value)]
     if str(args.catalog) != str(CATALOG_DIR):
         parts += ["--catalog", str(args.catalog)]
+    if args.repeat != 1:
+        parts += ["--repeat", str(args.repeat)]
     if args.profile:
         parts.append("--profile")
     return shlex.join(parts)
@@ -405,20 +416,30 @@ def cmd_bench_train(args) -> int:
     tokenizer = AutoTokenizer.from_pretrained(resolve(base, progress=False))
     train_rows, val_rows = sft_rows(tokenizer, spec, train_examples), sft_rows(tokenizer, spec, val_examples)
 
-    recipes: dict[str, dict] = {}
+    if args.repeat < 1:
+        raise ValueError("--repeat must be >= 1")
+    runs: dict[str, list[dict]] = {"reference": [], "strong_baseline": [], "adapterlab": []}
+    profiler = StepProfiler() if args.profile else None
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, \
-            tqdm(total=len(RECIPES), desc="bench train", unit="recipe") as bar:
+            tqdm(total=len(RECIPES) * args.repeat + bool(profiler), desc="bench train", unit="run") as bar:
         work = Path(tmp)
-        for recipe in (reference_recipe(), strong_baseline_recipe()):
-            bar.set_postfix_str(recipe.name)
-            recipes[recipe.name] = run_trainer_recipe(recipe, base, device, train_rows, val_rows,
-                                                      spec.training.seed, work)
+        # rounds of all three recipes, so drift of the machine over time touches each recipe alike
+        for _ in range(args.repeat):
+            for recipe in (reference_recipe(), strong_baseline_recipe()):
+                bar.set_postfix_str(recipe.name)
+                runs[recipe.name].append(run_trainer_recipe(recipe, base, device, train_rows, val_rows,
+                                                            spec.training.seed, work))
+                bar.update()
+            bar.set_postfix_str("adapterlab")
+            runs["adapterlab"].append(run_adapterlab_recipe(spec, base, device, train_examples, val_examples,
+                                                            val_rows, work, splits.report))
             bar.update()
-        bar.set_postfix_str("adapterlab")
-        profiler = StepProfiler() if args.profile else None
-        recipes["adapterlab"] = run_adapterlab_recipe(spec, base, device, train_examples, val_examples,
-                                                      val_rows, work, splits.report, profiler)
-        bar.update()
+        if profiler is not None:  # a run of its own: the profiler's overhead never touches a timed run
+            bar.set_postfix_str("adapterlab, profiled")
+            run_adapterlab_recipe(spec, base, device, train_examples, val_examples, val_rows, work,
+                                  splits.report, profiler)
+            bar.update()
+    recipes = {name: median_run(measured) for name, measured in runs.items()}
 
     env = environment()
     if on_cuda:
@@ -429,6 +450,10 @@ def cmd_bench_train(args) -> int:
               "distinct_examples": len({id(e) for e in train_examples}),
               "validation_examples": len(val_examples),
               "validation_loss_definition": "mean cross-entropy on the completion tokens of the validation subset",
+              "repeats": args.repeat,
+              "repeats_definition": "each recipe ran this many times, in rounds of all three; each recipe "
+                                    "reports its median-throughput run, tokens_per_s_runs lists every run, "
+                                    "and the ratios are of the medians",
               "recipes": recipes, "ratios": ratios(recipes)}
     out = Path(args.output) if args.output else RESULTS_DIR / f"train-{result['device_kind']}.json"
     if profiler is not None:
@@ -456,6 +481,9 @@ def add_parser(bench_sub) -> None:
                    help="training examples per recipe (the train split, repeated if it is smaller)")
     p.add_argument("--val-examples", type=int, default=200, help="validation examples for the loss")
     p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/train-<cpu|cuda>.json)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run every recipe this many times and report each one's median run")
     p.add_argument("--profile", action="store_true",
-                   help="profile 5 steps of adapterlab's recipe (table next to the JSON, *-profile.txt)")
+                   help="profile 5 steps of an extra, untimed run of adapterlab's recipe "
+                        "(table next to the JSON, *-profile.txt)")
     p.set_defaults(func=cmd_bench_train)
