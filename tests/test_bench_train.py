@@ -19,7 +19,7 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
 
     rc = main(["bench", "train", "--adapter", "spam", "--catalog", str(catalog), "--base-model", str(tiny_base),
                "--data", str(data), "--examples", "32", "--val-examples", "8", "--device", "cpu",
-               "--output", str(out), "--profile", "--repeat", "2"])
+               "--output", str(out), "--profile", "--repeat", "2", "--warmup-examples", "4"])
 
     assert rc == 0
     result = json.loads(out.read_text())
@@ -35,7 +35,7 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
         assert result[key], key
     recipes = result["recipes"]
     assert set(recipes) == {"reference", "strong_baseline", "adapterlab"}
-    assert result["repeats"] == 2 and "--repeat 2" in result["command"]
+    assert result["repeats"] == 2 and "--repeat 2" in result["command"] and result["warmup_examples"] == 4
     for name, r in recipes.items():
         # both rounds really trained (a second adapterlab run must not resume the first one's checkpoint)
         assert len(r["tokens_per_s_runs"]) == 2 and all(v > 0 for v in r["tokens_per_s_runs"]), name

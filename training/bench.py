@@ -338,6 +338,9 @@ def _free_memory(on_cuda: bool) -> None:
 
 # --- the command -------------------------------------------------------------------------------
 
+WARMUP_EXAMPLES = 64  # enough for a few optimizer steps of every recipe
+
+
 def median_run(measured: list[dict]) -> dict:
     """The run with the median tokens/s (the lower middle one for an even count), with every run's
     tokens/s and seconds beside it."""
@@ -368,6 +371,8 @@ def command_line(args) -> str:
         parts += ["--catalog", str(args.catalog)]
     if args.repeat != 1:
         parts += ["--repeat", str(args.repeat)]
+    if args.warmup_examples != WARMUP_EXAMPLES:
+        parts += ["--warmup-examples", str(args.warmup_examples)]
     if args.profile:
         parts.append("--profile")
     return shlex.join(parts)
@@ -419,10 +424,21 @@ def cmd_bench_train(args) -> int:
     if args.repeat < 1:
         raise ValueError("--repeat must be >= 1")
     runs: dict[str, list[dict]] = {"reference": [], "strong_baseline": [], "adapterlab": []}
+    if args.warmup_examples < 0:
+        raise ValueError("--warmup-examples must be >= 0")
     profiler = StepProfiler() if args.profile else None
+    warmup = min(args.warmup_examples, len(train_examples))
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, \
-            tqdm(total=len(RECIPES) * args.repeat + bool(profiler), desc="bench train", unit="run") as bar:
+            tqdm(total=len(RECIPES) * args.repeat + bool(profiler) + bool(warmup), desc="bench train",
+                 unit="run") as bar:
         work = Path(tmp)
+        if warmup:  # untimed: each recipe's one-time costs (CUDA kernels loaded on first use) are paid here
+            bar.set_postfix_str("warm-up")
+            for recipe in (reference_recipe(), strong_baseline_recipe()):
+                run_trainer_recipe(recipe, base, device, train_rows[:warmup], val_rows[:8], spec.training.seed, work)
+            run_adapterlab_recipe(spec, base, device, train_examples[:warmup], val_examples[:8], val_rows[:8],
+                                  work, splits.report)
+            bar.update()
         # rounds of all three recipes, so drift of the machine over time touches each recipe alike
         for _ in range(args.repeat):
             for recipe in (reference_recipe(), strong_baseline_recipe()):
@@ -450,10 +466,11 @@ def cmd_bench_train(args) -> int:
               "distinct_examples": len({id(e) for e in train_examples}),
               "validation_examples": len(val_examples),
               "validation_loss_definition": "mean cross-entropy on the completion tokens of the validation subset",
-              "repeats": args.repeat,
+              "repeats": args.repeat, "warmup_examples": warmup,
               "repeats_definition": "each recipe ran this many times, in rounds of all three; each recipe "
                                     "reports its median-throughput run, tokens_per_s_runs lists every run, "
-                                    "and the ratios are of the medians",
+                                    "and the ratios are of the medians; before the first round each recipe "
+                                    "trained once, untimed, on warmup_examples examples",
               "recipes": recipes, "ratios": ratios(recipes)}
     out = Path(args.output) if args.output else RESULTS_DIR / f"train-{result['device_kind']}.json"
     if profiler is not None:
@@ -481,6 +498,8 @@ def add_parser(bench_sub) -> None:
                    help="training examples per recipe (the train split, repeated if it is smaller)")
     p.add_argument("--val-examples", type=int, default=200, help="validation examples for the loss")
     p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/train-<cpu|cuda>.json)")
+    p.add_argument("--warmup-examples", type=int, default=WARMUP_EXAMPLES,
+                   help="each recipe first trains once on this many examples, untimed (0: no warm-up)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run every recipe this many times and report each one's median run")
     p.add_argument("--profile", action="store_true",

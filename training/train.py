@@ -29,6 +29,7 @@ from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_a
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
+from training.fused_lora import fuse_lora_projections
 from training.packed_attention import use_packed_attention
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +172,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
                          peft_config=lora,
                          callbacks=[EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience),
                                     *(callbacks or [])])
+    fuse_lora_projections(trainer.model)  # fewer operations a step, same math (training/fused_lora.py)
     throughput = ThroughputCallback()
     trainer.add_callback(throughput)
     if trainer.is_world_process_zero():

@@ -53,11 +53,13 @@ T.ThroughputCallback = StepClock
 
 _load_base = T.load_base
 _use_packed = T.use_packed_attention
+_fuse = T.fuse_lora_projections
 
 
 def run(name, spec, splits, **extra):
     attn = extra.pop("_attn", None)
     T.use_packed_attention = (lambda model: None) if extra.pop("_block_mask", False) else _use_packed
+    T.fuse_lora_projections = (lambda model: 0) if extra.pop("_unfused", False) else _fuse
     torch.backends.cuda.enable_cudnn_sdp(not extra.pop("_no_cudnn_sdp", False))
 
     def load_with_attention(*a, **k):
@@ -92,6 +94,7 @@ def main():
     grouped = {"packing": False, "padding_free": False, "train_sampling_strategy": "group_by_length"}
     variants = {
         "default": (spec, {}),
+        "unfused": (spec, {"_unfused": True}),  # PEFT's per-module LoRA forward (before fused_lora.py)
         "block_mask": (spec, {"_block_mask": True}),  # transformers' sdpa with a block mask (the default until this change)
         "no_autocast": (spec, {"bf16": False}),  # bf16 base weights, fp32 LoRA, no autocast casts
         "no_autocast_dropout0": (lora0, {"bf16": False}),
