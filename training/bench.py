@@ -350,14 +350,24 @@ def median_run(measured: list[dict]) -> dict:
             "train_seconds_runs": [r["train_seconds"] for r in measured]}
 
 
-def ratios(recipes: dict[str, dict]) -> dict[str, float | None]:
-    mine = recipes["adapterlab"]["tokens_per_s"]
+RATIOS_DEFINITION = (
+    "adapterlab's real tokens/s over each Trainer recipe's, taken within each round (runs close in time), "
+    "then the median over rounds (the lower middle for an even count, so two rounds report the smaller); "
+    "ratios_per_round lists them all")
 
-    def ratio(other):
-        return mine / other if other else None
 
-    return {"tokens_per_s_adapterlab_over_reference": ratio(recipes["reference"]["tokens_per_s"]),
-            "tokens_per_s_adapterlab_over_strong_baseline": ratio(recipes["strong_baseline"]["tokens_per_s"])}
+def ratios(runs: dict[str, list[dict]]) -> tuple[dict[str, float | None], dict[str, list[float | None]]]:
+    """(median over rounds, every round's value) of adapterlab's tokens/s over each Trainer recipe's."""
+    per_round: dict[str, list[float | None]] = {}
+    for other in ("reference", "strong_baseline"):
+        per_round[f"tokens_per_s_adapterlab_over_{other}"] = [
+            mine["tokens_per_s"] / theirs["tokens_per_s"] if theirs["tokens_per_s"] else None
+            for mine, theirs in zip(runs["adapterlab"], runs[other])]
+    medians = {}
+    for name, values in per_round.items():
+        known = sorted(v for v in values if v is not None)
+        medians[name] = known[(len(known) - 1) // 2] if known else None
+    return medians, per_round
 
 
 def command_line(args) -> str:
@@ -468,10 +478,11 @@ def cmd_bench_train(args) -> int:
               "validation_loss_definition": "mean cross-entropy on the completion tokens of the validation subset",
               "repeats": args.repeat, "warmup_examples": warmup,
               "repeats_definition": "each recipe ran this many times, in rounds of all three; each recipe "
-                                    "reports its median-throughput run, tokens_per_s_runs lists every run, "
-                                    "and the ratios are of the medians; before the first round each recipe "
+                                    "reports its median-throughput run, tokens_per_s_runs lists every run "
+                                    "(in round order); before the first round each recipe "
                                     "trained once, untimed, on warmup_examples examples",
-              "recipes": recipes, "ratios": ratios(recipes)}
+              "recipes": recipes, "ratios_definition": RATIOS_DEFINITION}
+    result["ratios"], result["ratios_per_round"] = ratios(runs)
     out = Path(args.output) if args.output else RESULTS_DIR / f"train-{result['device_kind']}.json"
     if profiler is not None:
         numbers, table = profiler.summary()
