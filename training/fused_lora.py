@@ -7,9 +7,10 @@ seven projections in each of 30 layers, each with its own base matmul, A and B m
 scaling and add, forward and backward.
 
 The projections that read the same input are computed together: q, k and v of an attention layer,
-gate and up of an MLP (o and down alone, which still saves PEFT's per-call Python). Per group, one matmul over the base weights concatenated (the base weight
-parameters become views of the concatenated tensor: no copy in memory), one over the adapters' A
-matrices stacked, one over their B matrices (times the LoRA scaling) as one block-diagonal matrix.
+gate and up of an MLP (o and down alone, which still saves PEFT's per-call Python). Per group, one
+matmul over the base weights concatenated (the base weight parameters become views of the
+concatenated tensor: no copy in memory), one over the adapters' A matrices stacked, one over their B
+matrices (times the LoRA scaling) as one block-diagonal matrix.
 The LoRA parameters stay PEFT's own, so the optimizer, checkpoints, ``save_pretrained`` and loading
 the best checkpoint are untouched; the math is PEFT's (base(x) + scaling * B(A(x)), dropout off).
 

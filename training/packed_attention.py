@@ -67,7 +67,13 @@ def _to_examples(states, slots, examples: int, longest: int):
 
 
 def use_packed_attention(model) -> None:
-    """Switch ``model`` (a transformers model) to ``packed_sdpa`` (registered once)."""
+    """Switch ``model`` (a transformers model) to ``packed_sdpa`` (registered once).
+
+    transformers builds no attention mask for an attention function it does not know, so a model
+    switched over must only see padding-free batches (packed rows, or rows without padding): what
+    TRL's padding-free collator gives training and its evaluation. A padded batch would attend to
+    its padding.
+    """
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, packed_sdpa)
