@@ -10,10 +10,12 @@ plain functions in ``handlers.py``. Settings come from environment variables (``
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import hmac
 import logging
 import os
 import secrets
+import signal
 import time
 import traceback
 import uuid
@@ -35,7 +37,12 @@ log.setLevel(logging.INFO)
 CONFIG = load_config(app_root=chainlit_config.root)
 SPECS = load_catalog(CONFIG.catalog)
 BASE_MODEL = CONFIG.base_model or ", ".join(sorted({s.base_model for s in SPECS.values()})) or DEFAULT_BASE
-HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_model, progress=False)).start()
+HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_model, progress=False),
+                       on_done=lambda holder: log.info("adapterlab: model %s after %.1f s%s", holder.state,
+                                                       holder.load_seconds or 0.0,
+                                                       f": {holder.error}" if holder.error else "")).start()
+if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` writes every thread's stack to the log (a stuck load)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 offline.install()
 welcome.write_chainlit_md(chainlit_config.root, SPECS, BASE_MODEL)
 log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)

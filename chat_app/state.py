@@ -16,8 +16,9 @@ class RuntimeHolder:
     failed, in words a user can act on.
     """
 
-    def __init__(self, loader: Callable[[], Runtime]):
+    def __init__(self, loader: Callable[[], Runtime], on_done: Callable[["RuntimeHolder"], None] | None = None):
         self._loader = loader
+        self._on_done = on_done  # called in the loading thread once loading ended (ready or failed)
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -49,6 +50,8 @@ class RuntimeHolder:
         finally:
             self.load_seconds = time.perf_counter() - (self.started_at or time.perf_counter())
             self._ready.set()
+            if self._on_done is not None:
+                self._on_done(self)
 
     def wait(self, timeout: float | None = None) -> Runtime | None:
         """The runtime once loaded (None if loading failed or ``timeout`` passed)."""

@@ -140,8 +140,16 @@ def open_app(page, server):
     page.wait_for_selector("#chat-input")
 
 
-def wait_model_ready(page):
-    page.wait_for_selector("text=Model ready", timeout=MODEL_READY_TIMEOUT * 1000)
+def wait_model_ready(page, server):
+    """Wait for the status panel's "Model ready"; on a timeout, the failure shows every thread's
+    stack in the server (the app dumps them on SIGUSR1), to tell a slow load from a stuck one."""
+    try:
+        page.wait_for_selector("text=Model ready", timeout=MODEL_READY_TIMEOUT * 1000)
+    except sync_api.TimeoutError:
+        os.kill(server.process.pid, signal.SIGUSR1)
+        time.sleep(2)
+        raise AssertionError(f"no 'Model ready' within {MODEL_READY_TIMEOUT} s; server log with thread "
+                             f"stacks:\n{server.log_text()[-6000:]}") from None
 
 
 def choose_profile(page, name: str) -> None:
@@ -197,8 +205,9 @@ def test_the_page_is_usable_while_the_model_loads(server, browser):
     TIMINGS["page_showed_loading_state"] = float("Loading the model" in status.inner_text())
     assert page.locator("#starters button").count() >= 2  # starters usable at once
     shot(page, "01-loading-or-ready")
-    wait_model_ready(page)
+    wait_model_ready(page, server)
     TIMINGS["command_to_model_ready_s"] = time.perf_counter() - server.started
+    assert re.search(r"adapterlab: model ready after \d+\.\d s", server.log_text())
     shot(page, "02-chat-start")
     page.click("#readme-button")  # chainlit.md, generated at start-up from the adapters' metrics.json
     readme = page.get_by_role("dialog")
@@ -215,7 +224,7 @@ def test_the_page_is_usable_while_the_model_loads(server, browser):
 def test_chat_profile_answers_with_the_base_model(server, browser):
     page = new_page(browser, server)
     open_app(page, server)
-    wait_model_ready(page)
+    wait_model_ready(page, server)
     send(page, f"Say hello to {SECRET} in one short sentence.")
     answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
     wait_idle(page)
@@ -288,7 +297,7 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
 def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, browser):
     page = new_page(browser, server)
     open_app(page, server)
-    wait_model_ready(page)
+    wait_model_ready(page, server)
     choose_profile(page, "Medical Q&A")
     # settings panel: 64 new tokens and the rendered prompt switched on
     set_max_new_tokens(page, 64)

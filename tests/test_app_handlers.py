@@ -461,13 +461,19 @@ def test_the_runtime_loads_once_in_the_background_and_failures_are_reported():
         release.wait(10)
         return "runtime"
 
-    holder = RuntimeHolder(loader)
+    done = []
+    holder = RuntimeHolder(loader, on_done=lambda h: done.append((h.state, h.error)))
     assert holder.state == "idle"
     holder.start().start()
     assert holder.state == "loading" and holder.wait(timeout=0.05) is None
     release.set()
     assert holder.wait(timeout=10) == "runtime" and holder.state == "ready" and calls == [1]
     assert holder.load_seconds is not None
+    for _ in range(100):  # on_done runs in the loading thread right after the state is set
+        if done:
+            break
+        threading.Event().wait(0.01)
+    assert done == [("ready", None)]  # the app logs this line: ready (or failed, and why) after N s
 
     def broken():
         raise OSError("no space left on device")
