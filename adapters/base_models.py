@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +198,27 @@ def _convert_gguf(info: BaseModelInfo, target: Path, progress: bool) -> None:
     steps.close()
 
 
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX), so bf16 weights run
+    faster than float32 rather than being emulated."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load a base: ``dtype`` auto/float32/bfloat16/float16, ``device`` auto/cpu/cuda[:N]."""
+    """How to load a base: ``dtype`` auto/float32/bfloat16/float16, ``device`` auto/cpu/cuda[:N].
 
-    dtype: str = "auto"
+    ``auto`` is bfloat16 on a GPU, and on a CPU with bfloat16 matrix instructions (the dtype the
+    adapters are trained and evaluated in; on the 2-core EPYC here one spam classification takes
+    ~105 ms in bf16 against ~160 ms in float32); float32 on other CPUs, where bf16 is emulated.
+    ``$ADAPTERLAB_DTYPE`` changes the default (the unit tests pin float32 so that they behave the
+    same on every machine).
+    """
+
+    dtype: str = field(default_factory=lambda: os.environ.get("ADAPTERLAB_DTYPE") or "auto")
     device: str = "auto"
     load_in_4bit: bool = False
 
@@ -217,7 +233,8 @@ class LoadOptions:
         import torch
 
         if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device().startswith("cuda") else torch.float32
+            on_gpu = self.torch_device().startswith("cuda")
+            return torch.bfloat16 if on_gpu or cpu_multiplies_bf16() else torch.float32
         try:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16,
                     "float16": torch.float16}[self.dtype]

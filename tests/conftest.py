@@ -3,10 +3,15 @@ real adapter catalogue to train into, and a tiny LoRA trainer for "train three s
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Unit tests behave the same on every CPU: float32 weights unless a test asks for another dtype
+# (the default "auto" is bf16 on CPUs with bf16 instructions; the browser test runs that default).
+os.environ.setdefault("ADAPTERLAB_DTYPE", "float32")
 
 from adapters.catalog import CATALOG_DIR
 

@@ -67,6 +67,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ARTIFACTS / f"{name}.log"
         environment = {**os.environ, "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'history.sqlite3'}",
+                       "ADAPTERLAB_DTYPE": "auto",  # what a user gets, not the unit tests' float32
                        **(env or {})}
         self.log = open(self.log_path, "w")
         self.started = time.perf_counter()

@@ -237,3 +237,35 @@ def test_packed_scoring_equals_scoring_each_continuation_alone(tiny_base, catalo
 def test_text_with_an_unpaired_surrogate_is_refused(tiny_base, catalog):
     with pytest.raises(InputError, match="unpaired surrogate"):
         runtime(tiny_base, catalog).classify("spam", ["win \ud800 now"], base=True)
+
+
+def test_auto_dtype_is_bf16_on_a_gpu_or_a_cpu_with_bf16_instructions(monkeypatch):
+    import torch
+
+    import adapters.base_models as bm
+
+    monkeypatch.setattr(bm, "cpu_multiplies_bf16", lambda: True)
+    assert bm.LoadOptions(dtype="auto", device="cpu").torch_dtype() == torch.bfloat16
+    monkeypatch.setattr(bm, "cpu_multiplies_bf16", lambda: False)
+    assert bm.LoadOptions(dtype="auto", device="cpu").torch_dtype() == torch.float32
+    assert bm.LoadOptions(dtype="auto", device="cuda").torch_dtype() == torch.bfloat16
+    monkeypatch.setenv("ADAPTERLAB_DTYPE", "bfloat16")
+    assert bm.LoadOptions(device="cpu").torch_dtype() == torch.bfloat16  # the default comes from the env
+    monkeypatch.setenv("ADAPTERLAB_DTYPE", "float64")
+    with pytest.raises(bm.BaseModelError, match="float64"):
+        bm.LoadOptions(device="cpu").torch_dtype()
+
+
+def test_bf16_weights_classify_like_float32_ones(tiny_base, trained_spam):
+    import torch
+
+    from adapters.base_models import LoadOptions
+
+    texts = [*SPAMMY, *HAMMY]
+    full = runtime(tiny_base, trained_spam).classify("spam", texts)
+    half_rt = runtime(tiny_base, trained_spam, options=LoadOptions(dtype="bfloat16"))
+    half = half_rt.classify("spam", texts)
+    assert next(half_rt.backend.model.parameters()).dtype == torch.bfloat16
+    assert [c.label for c in half] == [c.label for c in full]
+    for a, b in zip(half, full):
+        assert a.probs["spam"] == pytest.approx(b.probs["spam"], abs=0.05)

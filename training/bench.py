@@ -222,7 +222,9 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
     _synchronize(on_cuda)
     peak = _peak_memory(on_cuda)
     _free_memory(on_cuda)
-    model, tokenizer = load_base(base, LoadOptions(device=device), progress=False)
+    # the same dtype the Trainer recipes are measured in on a CPU (float32); bf16 on a GPU
+    model, tokenizer = load_base(base, LoadOptions(device=device, dtype="auto" if on_cuda else "float32"),
+                                 progress=False)
     model = PeftModel.from_pretrained(model, str(out))
     loss = completion_loss(model, tokenizer, val_rows)
     # the Trainer counts real tokens only (packed batches have no padding; grouped ones are not counted)

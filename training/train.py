@@ -121,8 +121,9 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     resume_from = _checkpoint_to_resume(run_dir, fingerprint, restart)
 
     qlora = t.method == "qlora"
-    options = LoadOptions(device=device, load_in_4bit=qlora)
-    on_cuda = options.torch_device().startswith("cuda")
+    on_cuda = LoadOptions(device=device).torch_device().startswith("cuda")
+    # on a CPU (tests, tiny models) training stays float32: bf16 weights without autocast there
+    options = LoadOptions(device=device, load_in_4bit=qlora, dtype="auto" if on_cuda else "float32")
     model, tokenizer = load_base(base, options, progress=progress)
     if t.batching == "packed":
         use_packed_attention(model)  # attention within each packed example, without a block mask
