@@ -98,7 +98,7 @@ def _get(data: dict, *keys):
 
 def serve_rows(name: str, result: dict) -> list[Row]:
     """Rows of one ``bench serve`` result; measures it lacks (older files) are left out."""
-    device = result.get("device", "?")
+    device = result.get("device", "?") + (f", {result['dtype']} weights" if result.get("dtype") else "")
     bench = f"`bench serve` ([{name}](benchmarks/results/{name}))"
     rows = []
     classify = result.get("classify")
