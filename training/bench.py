@@ -418,8 +418,10 @@ def cmd_bench_train(args) -> int:
     from .data import load_splits
     from .train import sft_rows
 
-    if args.examples < 1 or args.val_examples < 1:
-        raise ValueError("--examples and --val-examples must be >= 1")
+    if args.examples < 1 or args.val_examples < 1 or args.repeat < 1:
+        raise ValueError("--examples, --val-examples and --repeat must be >= 1")
+    if args.warmup_examples < 0:
+        raise ValueError("--warmup-examples must be >= 0")
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     base = args.base_model or spec.base_model
     device = LoadOptions(device=args.device).torch_device()
@@ -433,11 +435,7 @@ def cmd_bench_train(args) -> int:
     tokenizer = AutoTokenizer.from_pretrained(resolve(base, progress=False))
     train_rows, val_rows = sft_rows(tokenizer, spec, train_examples), sft_rows(tokenizer, spec, val_examples)
 
-    if args.repeat < 1:
-        raise ValueError("--repeat must be >= 1")
     runs: dict[str, list[dict]] = {"reference": [], "strong_baseline": [], "adapterlab": []}
-    if args.warmup_examples < 0:
-        raise ValueError("--warmup-examples must be >= 0")
     profiler = StepProfiler() if args.profile else None
     warmup = min(args.warmup_examples, len(train_examples))
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, \
