@@ -269,7 +269,7 @@ def run_serve(args) -> int:
     load_s = time.perf_counter() - start
     use_base = "spam" not in runtime.backend.adapter_names()
     result = {"benchmark": "serve", **environment(), "load_seconds": round(load_s, 2),
-              "dtype": str(next(runtime.backend.model.parameters()).dtype).removeprefix("torch."),
+              "dtype": str(options.torch_dtype()).removeprefix("torch."),
               "note": "adapters disabled (spam not trained yet): base model with the spam prompt"
               if use_base else "trained spam adapter",
               "classify": bench_classify(runtime, "spam", use_base, args.calls, args.batch)}

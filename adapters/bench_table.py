@@ -166,23 +166,14 @@ def train_rows(name: str, result: dict) -> list[Row]:
                         f"{number(measured.get('validation_loss'), 4)}{memory}"))
     ratios = result.get("ratios") or {}
     if ratios:
-        over_reference = ratios.get("tokens_per_s_adapterlab_over_reference")
-        over_strong = ratios.get("tokens_per_s_adapterlab_over_strong_baseline")
         per_round = result.get("ratios_per_round") or {}
-
-        def rounds(key):
-            values = per_round.get(key) or []
-            return (f" (median of rounds: {', '.join('×' + number(v, 2) for v in values)})"
-                    if len(values) > 1 else "")
-
-        key_reference = "tokens_per_s_adapterlab_over_reference"
-        key_strong = "tokens_per_s_adapterlab_over_strong_baseline"
-        rows.append(Row(bench, device, "train, adapterlab speed-up over `reference` (real tokens/s)",
-                        f"×{number(over_reference, 2)}{rounds(key_reference)}",
-                        TARGETS["over_reference"].cell(device, over_reference)))
-        rows.append(Row(bench, device, "train, adapterlab speed-up over `strong_baseline` (real tokens/s)",
-                        f"×{number(over_strong, 2)}{rounds(key_strong)}",
-                        TARGETS["over_strong"].cell(device, over_strong)))
+        for other, target in (("reference", "over_reference"), ("strong_baseline", "over_strong")):
+            key = f"tokens_per_s_adapterlab_over_{other}"
+            value, rounds = ratios.get(key), per_round.get(key) or []
+            spread = (f" (median of rounds: {', '.join('×' + number(v, 2) for v in rounds)})"
+                      if len(rounds) > 1 else "")
+            rows.append(Row(bench, device, f"train, adapterlab speed-up over `{other}` (real tokens/s)",
+                            f"×{number(value, 2)}{spread}", TARGETS[target].cell(device, value)))
         losses = {name: r.get("validation_loss") for name, r in (result.get("recipes") or {}).items()}
         if None not in losses.values() and "adapterlab" in losses and len(losses) > 1:
             worst_other = max(v for k, v in losses.items() if k != "adapterlab")

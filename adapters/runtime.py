@@ -185,7 +185,7 @@ class Runtime:
         prompts = [self.rendered_prompt(adapter, [{"role": "user", "content": q}], examples=examples)
                    for q in questions]
         scores = self.backend.score(target, prompts, [[a] for a in answers], batch_size=batch_size)
-        return [(row[0], self.backend.count_tokens(a)) for row, a in zip(scores, answers)]
+        return [(row[0], n) for row, n in zip(scores, self.backend.token_counts(answers))]
 
     def rendered_prompt(self, adapter: str | None, messages: Sequence[Message], *,
                         system: str | None = None, examples: Sequence[tuple[str, str]] = ()) -> str:

@@ -269,3 +269,14 @@ def test_bf16_weights_classify_like_float32_ones(tiny_base, trained_spam):
     assert [c.label for c in half] == [c.label for c in full]
     for a, b in zip(half, full):
         assert a.probs["spam"] == pytest.approx(b.probs["spam"], abs=0.05)
+
+
+def test_answer_logprob_gives_each_reference_its_log_likelihood_and_token_count(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    questions = ["What are the symptoms of diabetes?", "What is a lecture?"]
+    answers = ["Thirst, hunger and blurred vision.", "notes"]
+    got = rt.answer_logprob("medquad", questions, answers, base=True)
+    assert [n for _, n in got] == [rt.backend.count_tokens(a) for a in answers]
+    scored = rt.backend.score(None, [rt.rendered_prompt("medquad", [{"role": "user", "content": q}])
+                                     for q in questions], [[a] for a in answers])
+    assert [lp for lp, _ in got] == pytest.approx([row[0] for row in scored]) and all(lp < 0 for lp, _ in got)

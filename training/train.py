@@ -8,8 +8,8 @@ the last checkpoint after a kill. Two exact speed-ups for the GPU, each tested a
 own path: packed examples are attended one at a time (``packed_attention``) and PEFT's LoRA
 projections that read the same input run as one (``fused_lora``). LoRA runs in bf16 on CUDA (fp32
 on CPU); QLoRA loads the base in 4-bit NF4 with double quantization, recomputes activations
-(gradient checkpointing) and uses paged 8-bit AdamW on CUDA. ``accelerate launch -m training.cli train <name>`` runs the same code with DDP
-on several GPUs.
+(gradient checkpointing) and uses paged 8-bit AdamW on CUDA. ``accelerate launch -m training.cli
+train <name>`` runs the same code with DDP on several GPUs.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
 
     qlora = t.method == "qlora"
     on_cuda = LoadOptions(device=device).torch_device().startswith("cuda")
-    # on a CPU (tests, tiny models) training stays float32: bf16 weights without autocast there
+    # on a CPU (tests, tiny models) training stays float32 whatever the loader's default: there is
+    # no bf16 autocast there, so bf16 weights would also mean bf16 activations and gradients
     options = LoadOptions(device=device, load_in_4bit=qlora, dtype="auto" if on_cuda else "float32")
     model, tokenizer = load_base(base, options, progress=progress)
     if t.batching == "packed":
