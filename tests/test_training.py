@@ -170,6 +170,20 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     assert not run.exists()
 
 
+def test_a_checkpoint_cut_short_by_a_kill_is_not_resumed(tmp_path):
+    from training.train import _checkpoint_to_resume
+
+    run = tmp_path / "runs" / "spam"
+    for step, state in [(4, '{"global_step": 4}'), (6, None), (8, '{"global_st')]:
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (run / "fingerprint").write_text("config")
+    assert _checkpoint_to_resume(run, "config", restart=False) == str(run / "checkpoint-4")
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]
+
+
 def test_a_save_killed_half_way_leaves_the_previous_adapter_loadable(trained, tiny_base, tmp_path, monkeypatch):
     import shutil
 

@@ -203,8 +203,6 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
 
 
 def _checkpoint_to_resume(run_dir: Path, fingerprint: str, restart: bool) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
     if restart and run_dir.exists():
         shutil.rmtree(run_dir)
     if not run_dir.is_dir():
@@ -213,7 +211,29 @@ def _checkpoint_to_resume(run_dir: Path, fingerprint: str, restart: bool) -> str
     if recorded != fingerprint:
         shutil.rmtree(run_dir)  # checkpoints of a different configuration: not resumable
         return None
-    return get_last_checkpoint(str(run_dir))
+    return last_complete_checkpoint(run_dir)
+
+
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint whose save finished; the ones a kill cut short are deleted.
+
+    The Trainer writes ``trainer_state.json`` last, after the weights, optimizer and RNG states, so a
+    checkpoint without a readable one was being written when the run died (``get_last_checkpoint``
+    would pick it by its number alone, and resuming from it fails)."""
+    for checkpoint in sorted(run_dir.glob("checkpoint-*"), key=_checkpoint_step, reverse=True):
+        if _checkpoint_step(checkpoint) < 0 or not checkpoint.is_dir():
+            continue
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            shutil.rmtree(checkpoint, ignore_errors=True)  # other DDP ranks may delete it too
+    return None
+
+
+def _checkpoint_step(path: Path) -> int:
+    step = path.name.removeprefix("checkpoint-")
+    return int(step) if step.isdigit() else -1
 
 
 class ThroughputCallback(TrainerCallback):
