@@ -57,6 +57,23 @@ def test_oncology_fields_compare_after_the_documented_normalisation():
     assert result["exact_match_all_fields"] == 0.5
 
 
+def test_oncology_token_f1_credits_partial_overlap_but_not_nulls():
+    from training.metrics.oncology_fields import token_f1
+
+    assert token_f1("cutaneous melanoma", "melanoma (cutaneous)") == 1.0
+    assert token_f1("melanoma", "cutaneous melanoma") == pytest.approx(2 / 3)
+    assert token_f1("leuprolide", "docetaxel") == 0.0
+    assert token_f1(None, "not mentioned") == 1.0 and token_f1(None, "melanoma") == 0.0
+
+    metric = load_metric("oncology_fields")
+    result = metric.compute(predictions=[json.dumps({"cancer_type": "melanoma", "stage": None})],
+                            references=[json.dumps({"cancer_type": "cutaneous melanoma", "stage": "IV"})],
+                            fields=["cancer_type", "stage"])
+    assert result["per_field_token_f1"] == {"cancer_type": pytest.approx(2 / 3), "stage": 0.0}
+    assert result["micro_field_token_f1"] == pytest.approx(1 / 3)
+    assert result["micro_field_accuracy"] == 0.0
+
+
 def test_generation_metrics_reward_the_closer_answer():
     metric = load_metric("medquad_generation")
     ref = ["Glaucoma is a group of eye diseases that damage the optic nerve."]

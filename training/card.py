@@ -19,7 +19,8 @@ TARGETS = {
 }
 HEADLINE = {"classify": ["accuracy", "precision", "recall", "f1", "auroc"],
             "generate": ["rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1", "perplexity", "length_ratio"],
-            "extract": ["json_valid", "micro_field_accuracy", "exact_match_all_fields", "repaired_rate"]}
+            "extract": ["json_valid", "micro_field_accuracy", "micro_field_token_f1", "exact_match_all_fields",
+                        "repaired_rate"]}
 
 
 def check_targets(name: str, variants: dict) -> list[dict]:
@@ -72,6 +73,14 @@ def _decision_text(metrics: dict) -> str:
             f"split gives accuracy {_fmt(at_argmax.get('accuracy'))}, F1 {_fmt(at_argmax.get('f1'))}.\n\n")
 
 
+def _extract_text(spec: AdapterSpec) -> str:
+    if spec.task != "extract":
+        return ""
+    return ("\n*micro_field_accuracy* is exact match after the normalisation documented in "
+            "`training/metrics/oncology_fields.py` (case, whitespace, separators, null; the measure of the target); "
+            "*micro_field_token_f1* is the lenient word-overlap F1 of the same values, for reading the errors.")
+
+
 def write_card(spec: AdapterSpec, metrics: dict, out_dir: Path) -> None:
     """Render ``README.md`` for the adapter from its spec and measured metrics."""
     base = KNOWN_BASES.get(metrics.get("base_model", spec.base_model))
@@ -113,7 +122,8 @@ prompt below is the one used in training, evaluation and the app.
 
 Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
 *base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt,
-*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}
+*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_extract_text(spec)}
+Evaluated on {metrics.get('evaluated_on', '—')}.
 
 {table}
 

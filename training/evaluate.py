@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from adapters.bench import environment
 from adapters.prompts import target_text
 from adapters.files import write_lines_atomic, write_text_atomic
 from adapters.runtime import THRESHOLD_FILE, Runtime
@@ -61,12 +62,14 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
             continue
         kwargs = {"base": variant != "fine_tuned", "examples": shots if variant == "few_shot" else ()}
         task = {"classify": _classify, "generate": _generate, "extract": _extract}[spec.task]
-        results[variant], predictions[variant] = task(runtime, spec, test, kwargs, batch_size)
+        in_batches = _with_progress(f"{variant} on {len(test)} examples", batch_size, progress)
+        results[variant], predictions[variant] = task(runtime, spec, test, kwargs, in_batches)
     report = {
         "adapter": spec.name, "task": spec.task, "base_model": runtime.backend.base_name,
         "test_examples": len(test), "test_split_size": len(splits.test), "few_shot_k": k,
         "variants": results, **({"decision": decision} if decision else {}),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "evaluated_on": environment()["device"],
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -78,9 +81,10 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
 
 # --- tasks ---------------------------------------------------------------------------------------
 
-def _classify(runtime, spec, test, kwargs, batch_size):
+def _classify(runtime, spec, test, kwargs, in_batches):
     positive = spec.labels[-1]  # spam: the last label is the positive class
-    out = runtime.classify(spec.name, [ex.input for ex in test], batch_size=batch_size, **kwargs)
+    out = in_batches(lambda texts, b: runtime.classify(spec.name, texts, batch_size=b, **kwargs),
+                     [ex.input for ex in test])
     metric = load_metric("spam_classification")
     refs = [int(ex.target == positive) for ex in test]
     preds = [int(r.label == positive) for r in out]
@@ -148,32 +152,51 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-def _generate(runtime, spec, test, kwargs, batch_size):
+def _generate(runtime, spec, test, kwargs, in_batches):
     questions = [ex.input for ex in test]
     # references are the answers as trained: capped at data.max_target_words (cut at a sentence
     # end), since a 256-token answer cannot match a 1,500-word page; the card says so
     references = [ex.target for ex in test]
-    answers = runtime.answer(spec.name, questions, batch_size=batch_size, **kwargs)
+    answers = in_batches(lambda qs, b: runtime.answer(spec.name, qs, batch_size=b, **kwargs), questions)
     result = load_metric("medquad_generation").compute(predictions=answers, references=references)
     bert = load_metric("bertscore_local").compute(predictions=answers, references=references)
     result["bertscore_f1"] = bert["f1"]
     result["bertscore_encoder"] = bert["encoder"]
-    logprobs = runtime.answer_logprob(spec.name, questions, [ex.target for ex in test],
-                                      batch_size=max(1, batch_size // 2), **kwargs)
+    logprobs = in_batches(lambda pairs, b: runtime.answer_logprob(
+        spec.name, [q for q, _ in pairs], [a for _, a in pairs], batch_size=max(1, b // 2), **kwargs),
+        [(ex.input, ex.target) for ex in test])
     total_lp = sum(lp for lp, _ in logprobs)
     total_tokens = sum(n for _, n in logprobs)
     result["perplexity"] = math.exp(-total_lp / max(1, total_tokens))
     return result, answers
 
 
-def _extract(runtime, spec, test, kwargs, batch_size):
-    out = runtime.extract(spec.name, [ex.input for ex in test], batch_size=batch_size, **kwargs)
+def _extract(runtime, spec, test, kwargs, in_batches):
+    out = in_batches(lambda texts, b: runtime.extract(spec.name, texts, batch_size=b, **kwargs),
+                     [ex.input for ex in test])
     result = load_metric("oncology_fields").compute(
         predictions=[json.dumps(r.fields) for r in out],
         references=[json.dumps({f: ex.target.get(f) for f in spec.fields}) for ex in test],
         fields=list(spec.fields), valid=[r.valid for r in out])
     result["repaired_rate"] = sum(r.repaired for r in out) / max(1, len(out))
     return result, out
+
+
+def _with_progress(desc: str, batch_size: int, progress: bool):
+    """``in_batches(call, items)``: ``call(part, batch_size)`` over parts of a few whole batches, so
+    the batches are the ones one call would make, with a progress bar over the examples."""
+    from tqdm.auto import tqdm
+
+    def in_batches(call, items: list) -> list:
+        results: list = []
+        part = batch_size * 4
+        with tqdm(total=len(items), desc=desc, unit="ex", leave=False, disable=not progress) as bar:
+            for start in range(0, len(items), part):
+                results.extend(call(items[start:start + part], batch_size))
+                bar.update(min(part, len(items) - start))
+        return results
+
+    return in_batches
 
 
 def _confusion(refs: list[int], preds: list[int]) -> list[list[int]]:

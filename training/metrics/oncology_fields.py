@@ -7,10 +7,16 @@ Normalisation (applied to prediction and reference alike):
   whitespace collapsed, trailing punctuation dropped;
 - a value is a set of parts split on ";", ",", "/", "+", " and ", " with ", " plus ": parts are
   compared as a sorted set, so "HER2 amplification; ER positive" equals "ER positive, HER2 amplification".
+
+Exact match is the measure (``micro_field_accuracy``). Beside it, a lenient one for reading the
+errors: token F1 per field (SQuAD-style, over the words of the normalised values; both null 1, one
+null 0), micro-averaged as ``micro_field_token_f1``. It credits "cutaneous melanoma" against a
+reference "melanoma (cutaneous)" — the references themselves word the same finding in several ways.
 """
 
 import json
 import re
+from collections import Counter
 import unicodedata
 
 import datasets
@@ -33,6 +39,19 @@ def normalise(value):
     return " | ".join(parts) or None
 
 
+def token_f1(prediction, reference) -> float:
+    """Overlap of the words of two normalised values: 1.0 for equal ones, 0.0 for disjoint ones."""
+    pred, ref = normalise(prediction), normalise(reference)
+    if pred is None or ref is None:
+        return float(pred == ref)
+    pred_words, ref_words = Counter(re.findall(r"\w+", pred)), Counter(re.findall(r"\w+", ref))
+    common = sum((pred_words & ref_words).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(pred_words.values()), common / sum(ref_words.values())
+    return 2 * precision * recall / (precision + recall)
+
+
 class OncologyFields(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
@@ -44,10 +63,12 @@ class OncologyFields(evaluate.Metric):
     def _compute(self, predictions, references, fields, valid=None):
         preds = [json.loads(p) for p in predictions]
         refs = [json.loads(r) for r in references]
-        per_field = {}
+        per_field, per_field_f1 = {}, {}
         for f in fields:
             hits = [normalise(p.get(f)) == normalise(r.get(f)) for p, r in zip(preds, refs)]
             per_field[f] = sum(hits) / len(hits) if hits else 0.0
+            overlaps = [token_f1(p.get(f), r.get(f)) for p, r in zip(preds, refs)]
+            per_field_f1[f] = sum(overlaps) / len(overlaps) if overlaps else 0.0
         total = len(refs) * len(fields)
         correct = sum(per_field[f] * len(refs) for f in fields)
         valid = valid if valid is not None else [True] * len(preds)
@@ -55,4 +76,6 @@ class OncologyFields(evaluate.Metric):
                 "micro_field_accuracy": correct / total if total else 0.0,
                 "exact_match_all_fields": sum(all(normalise(p.get(f)) == normalise(r.get(f)) for f in fields)
                                               for p, r in zip(preds, refs)) / max(1, len(refs)),
-                "per_field": per_field}
+                "per_field": per_field,
+                "micro_field_token_f1": sum(per_field_f1.values()) / len(fields) if fields else 0.0,
+                "per_field_token_f1": per_field_f1}

@@ -1,0 +1,74 @@
+"""Evaluation of generate and extract adapters with a tiny random base: every variant answers the
+same test examples through the runtime and gets the task's metrics (classify: test_training.py)."""
+
+import json
+
+from test_cli import limit_generation
+
+from adapters import Runtime
+from adapters.catalog import load_catalog
+from training.data import load_splits
+from training.evaluate import _with_progress, evaluate_adapter
+
+FIELDS = ["cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response", "metastasis_site"]
+
+
+def oncology_jsonl(path, n=40):
+    lines = []
+    for i in range(n):
+        output = {f: None for f in FIELDS} | {"cancer_type": "melanoma", "stage": ["II", "III", "IV"][i % 3]}
+        lines.append(json.dumps({"instruction": "Extract.", "input": f"Patient {i}: melanoma, stage "
+                                 f"{output['stage']}.", "output": output}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def medquad_csv(path, n=30):
+    rows = ["qtype,Question,Answer,focus"]
+    rows += [f'symptoms,What are the symptoms of disease {i} ?,"Disease {i} causes fever.",disease {i}'
+             for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_extract_evaluation_reports_exact_match_and_token_f1_per_variant(catalog, tiny_base, tmp_path):
+    limit_generation(catalog, "oncology", 12)
+    spec = load_catalog(catalog)["oncology"]
+    splits = load_splits(spec, path=oncology_jsonl(tmp_path / "onc.jsonl"))
+    runtime = Runtime.local(catalog, base=str(tiny_base), only=["oncology"], progress=False)
+
+    report = evaluate_adapter(runtime, spec, splits, batch_size=2, out_dir=tmp_path / "out", progress=False)
+
+    assert report["test_examples"] == len(splits.test) > 2
+    assert report["variants"]["fine_tuned"] == {"skipped": "no trained weights"}
+    for variant in ("base", "few_shot"):
+        metrics = report["variants"][variant]
+        assert set(metrics["per_field"]) == set(FIELDS) == set(metrics["per_field_token_f1"])
+        assert 0.0 <= metrics["micro_field_accuracy"] <= metrics["micro_field_token_f1"] <= 1.0
+    assert (tmp_path / "out" / "fields.png").stat().st_size > 0
+
+
+def test_generate_evaluation_reports_overlap_bertscore_and_perplexity(catalog, tiny_base, tmp_path):
+    limit_generation(catalog, "medquad", 6)
+    spec = load_catalog(catalog)["medquad"]
+    splits = load_splits(spec, path=medquad_csv(tmp_path / "medquad.csv"))
+    runtime = Runtime.local(catalog, base=str(tiny_base), only=["medquad"], progress=False)
+
+    report = evaluate_adapter(runtime, spec, splits, limit=3, variants=("base",), batch_size=2, progress=False)
+
+    base = report["variants"]["base"]
+    assert report["test_examples"] == 3
+    assert 0.0 <= base["rougeL"] <= 1.0 and base["bertscore_encoder"]
+    assert base["perplexity"] > 1.0  # a random model is far from the reference answers
+
+
+def test_evaluation_runs_in_parts_of_whole_batches_and_keeps_the_order():
+    calls = []
+
+    def call(items, batch_size):
+        calls.append((len(items), batch_size))
+        return [item * 10 for item in items]
+
+    in_batches = _with_progress("test", batch_size=3, progress=False)
+    assert in_batches(call, list(range(29))) == [i * 10 for i in range(29)]
+    assert calls == [(12, 3), (12, 3), (5, 3)]  # each part a multiple of the batch, but the last
