@@ -73,6 +73,10 @@ def _decision_text(metrics: dict) -> str:
             f"split gives accuracy {_fmt(at_argmax.get('accuracy'))}, F1 {_fmt(at_argmax.get('f1'))}.\n\n")
 
 
+def _evaluated_on(metrics: dict) -> str:
+    return f"\nEvaluated on {metrics['evaluated_on']}." if metrics.get("evaluated_on") else ""
+
+
 def _extract_text(spec: AdapterSpec) -> str:
     if spec.task != "extract":
         return ""
@@ -122,8 +126,7 @@ prompt below is the one used in training, evaluation and the app.
 
 Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
 *base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt,
-*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_extract_text(spec)}
-Evaluated on {metrics.get('evaluated_on', '—')}.
+*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_extract_text(spec)}{_evaluated_on(metrics)}
 
 {table}
 
