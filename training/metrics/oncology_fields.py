@@ -16,8 +16,8 @@ reference "melanoma (cutaneous)" — the references themselves word the same fin
 
 import json
 import re
-from collections import Counter
 import unicodedata
+from collections import Counter
 
 import datasets
 import evaluate
