@@ -95,6 +95,15 @@ def sampling_args(group_by_length: bool) -> dict:
     return {"group_by_length": group_by_length}
 
 
+def activation_checkpointing(on: bool) -> dict:
+    """The Trainer's recompute-activations switch: transformers 5.24 renamed ``gradient_checkpointing``
+    to ``activation_checkpointing`` (the old name goes in v6); the GPU image has 5.17."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
 def run_fingerprint(spec: AdapterSpec, base: str, overrides: dict) -> str:
     """Checkpoints are resumed only by a run with the same spec, base and overrides."""
     text = (spec.directory / "adapter.yaml").read_text() + base + json.dumps(overrides, sort_keys=True)
@@ -146,7 +155,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         lr_scheduler_type="cosine",
         max_length=t.max_seq_length,
         # QLoRA is for bases that barely fit: trade recomputation for memory. LoRA bases here fit without it.
-        gradient_checkpointing=qlora,
+        **activation_checkpointing(qlora),
         **batching_args(t.batching),
         completion_only_loss=True,
         eval_strategy="steps",
