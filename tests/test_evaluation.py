@@ -2,11 +2,13 @@
 same test examples through the runtime and gets the task's metrics (classify: test_training.py)."""
 
 import json
+import math
 
 from test_cli import limit_generation
 
 from adapters import Runtime
 from adapters.catalog import load_catalog
+from training.card import HEADLINE
 from training.data import load_splits
 from training.evaluate import _with_progress, evaluate_adapter
 
@@ -43,6 +45,7 @@ def test_extract_evaluation_reports_exact_match_and_token_f1_per_variant(catalog
     assert report["variants"]["fine_tuned"] == {"skipped": "no trained weights"}
     for variant in ("base", "few_shot"):
         metrics = report["variants"][variant]
+        assert set(HEADLINE["extract"]) <= set(metrics)  # every number the model card shows
         assert set(metrics["per_field"]) == set(FIELDS) == set(metrics["per_field_token_f1"])
         assert 0.0 <= metrics["micro_field_accuracy"] <= metrics["micro_field_token_f1"] <= 1.0
     assert (tmp_path / "out" / "fields.png").stat().st_size > 0
@@ -58,8 +61,9 @@ def test_generate_evaluation_reports_overlap_bertscore_and_perplexity(catalog, t
 
     base = report["variants"]["base"]
     assert report["test_examples"] == 3
+    assert set(HEADLINE["generate"]) <= set(base)  # every number the model card shows
     assert 0.0 <= base["rougeL"] <= 1.0 and base["bertscore_encoder"]
-    assert base["perplexity"] > 1.0  # a random model is far from the reference answers
+    assert math.isfinite(base["perplexity"])
 
 
 def test_evaluation_runs_in_parts_of_whole_batches_and_keeps_the_order():

@@ -2,8 +2,8 @@
 
 For each phrase given, takes the training narratives that contain it and counts the reference
 values of one field among them (after the metric's normalisation). When one narrative phrase maps to
-several reference wordings, exact match on that field has a ceiling below 1.0: the share of the most
-common wording is the best any model can score on those narratives by exact match.
+several reference wordings, exact match on that field has a ceiling below 1.0: a model that gives one
+wording per phrase scores at most the share of the most common wording on those narratives.
 
 Usage: ``python tools/reference_wordings.py [--field cancer_type] "cutaneous melanoma" "invasive ductal carcinoma"``
 (the data from the spec's ``local_path``, or ``--data FILE``).
