@@ -135,6 +135,12 @@ def test_more_wrong_types(tmp_path, section, key, value, expected):
     assert expected in refused(write_spec(tmp_path, raw), f"{section}.{key}")
 
 
+def test_compiled_layers_are_refused_for_qlora(tmp_path):
+    raw = real_spec("spam")
+    raw["training"].update(method="qlora", compile=True)
+    assert "method: lora" in refused(write_spec(tmp_path, raw), "training.compile")
+
+
 def test_wrong_type_inside_a_list_names_the_index(tmp_path):
     raw = real_spec("spam")
     raw["labels"] = ["ham", 7]

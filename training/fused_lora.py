@@ -53,8 +53,13 @@ class _FusedGroup:
     def applies(self) -> bool:
         """Whether PEFT's own forward would do plain, active LoRA with this adapter on every module,
         over base weights that still live in the fused tensor (not moved or reloaded since)."""
-        return all(not m.disable_adapters and not m.merged and m.active_adapters == [self.adapter]
-                   and m.base_layer.weight.data_ptr() == ptr for m, ptr in zip(self.modules, self._pointers))
+        import torch
+
+        # torch.compile cannot guard on data pointers; a compiled layer is compiled after fusing
+        moved = not torch.compiler.is_compiling() and any(
+            m.base_layer.weight.data_ptr() != ptr for m, ptr in zip(self.modules, self._pointers))
+        return not moved and all(not m.disable_adapters and not m.merged and m.active_adapters == [self.adapter]
+                                 for m in self.modules)
 
     def compute(self, x):
         """Every module's output for ``x``: base(x) + scaling * B(A(x)), for the group at once."""

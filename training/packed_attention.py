@@ -49,14 +49,17 @@ def _slots(bounds, longest: int, tokens: int):
     offset in the example (from the boundaries alone, so no device-to-host sync)."""
     import torch
 
-    if _last[0] is bounds:
+    compiling = torch.compiler.is_compiling()  # a compiled layer recomputes: the cache would be a guard
+    if not compiling and _last[0] is bounds:
         return _last[1]
     starts = bounds.to(torch.long)
     token = torch.arange(tokens, device=bounds.device)
     example = torch.searchsorted(starts[1:], token, right=True)
     slots = example * longest + token - starts[example]
-    _last[0], _last[1] = bounds, (slots, bounds.numel() - 1, longest)  # holding the tensor keeps its id unique
-    return _last[1]
+    layout = (slots, bounds.numel() - 1, longest)
+    if not compiling:
+        _last[0], _last[1] = bounds, layout  # holding the tensor keeps its id unique
+    return layout
 
 
 def _to_examples(states, slots, examples: int, longest: int):

@@ -106,6 +106,9 @@ def main():
         "nopack_grouped_b64_dropout0": (lora0, {**grouped, "per_device_train_batch_size": 64}),
         "nopack_grouped_b128_dropout0": (lora0, {**grouped, "per_device_train_batch_size": 128}),
         "batch64": (spec, {"per_device_train_batch_size": 64}),
+        # regional torch.compile of the decoder layers (training.compile: true); the first steps compile,
+        # the steady-state step time (marks from step 8 on) is what to compare with "default"
+        "compiled": (dataclasses.replace(spec, training=dataclasses.replace(spec.training, compile=True)), {}),
         "nopack_grouped_b64_dropout0_compile": (lora0, {**grouped, "per_device_train_batch_size": 64,
                                                         "torch_compile": True}),
     }

@@ -1,0 +1,67 @@
+"""training.train.compile_decoder_layers: compiled decoder layers (with fused LoRA and packed
+attention inside) give the eager loss and gradients for packed batches of any composition, compiled
+once rather than once per batch, and a training run with ``training.compile: true`` trains."""
+
+from __future__ import annotations
+
+import json
+
+from test_fused_lora import TARGETS, lora_grads
+from test_packed_attention import loss_and_grads, packed_batch
+from test_training import set_training, train_args, write_sms_collection
+
+from adapters.cli import main
+from training.fused_lora import fuse_lora_projections
+from training.packed_attention import use_packed_attention
+from training.train import compile_decoder_layers
+
+
+def packed_lora_model(tiny_base):
+    """The tiny base as training runs it: packed attention, LoRA with non-zero B, fused projections."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    use_packed_attention(model)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS,
+                                             task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    fuse_lora_projections(model)
+    model.train()
+    return model
+
+
+def test_compiled_layers_match_eager_for_any_packed_batch_and_compile_once(tiny_base):
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    eager, compiled = packed_lora_model(tiny_base), packed_lora_model(tiny_base)
+    assert compile_decoder_layers(compiled) == compiled.config.num_hidden_layers
+    graphs = []
+    for lengths in ([9, 14, 5], [7, 30], [12, 3, 8, 20], [26, 4, 15]):
+        batch = packed_batch(lengths, eager.config.vocab_size)
+        want_loss, want = loss_and_grads(eager, batch)
+        got_loss, got = loss_and_grads(compiled, batch)
+        assert abs(got_loss - want_loss) <= 1e-5 * abs(want_loss)
+        for name, grad in lora_grads(want).items():
+            torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0 and graphs[-1] == graphs[1]  # new batch layouts reuse the compiled layers
+
+
+def test_a_training_run_with_compiled_layers_trains(catalog, tiny_base, tmp_path):
+    spec_file = catalog / "spam" / "adapter.yaml"
+    spec_file.write_text(spec_file.read_text().replace("training: {", "training: {compile: true, ", 1))
+    set_training(catalog, "spam", learning_rate="5.0e-3")
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+
+    assert main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "3", "--no-eval")) == 0
+
+    result = json.loads((catalog / "spam" / "train_result.json").read_text())
+    assert result["steps"] == 3 and (catalog / "spam" / "adapter_model.safetensors").is_file()
