@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from test_fused_lora import TARGETS, lora_grads
+from test_fused_lora import lora_grads, lora_model
 from test_packed_attention import loss_and_grads, packed_batch
 from test_training import set_training, train_args, write_sms_collection
 
@@ -18,21 +18,9 @@ from training.train import compile_decoder_layers
 
 def packed_lora_model(tiny_base):
     """The tiny base as training runs it: packed attention, LoRA with non-zero B, fused projections."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    model = lora_model(tiny_base)
     use_packed_attention(model)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS,
-                                             task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)
     fuse_lora_projections(model)
-    model.train()
     return model
 
 

@@ -1,10 +1,10 @@
 """Evaluation of generate and extract adapters with a tiny random base: every variant answers the
 same test examples through the runtime and gets the task's metrics (classify: test_training.py)."""
 
-import json
 import math
 
 from test_cli import limit_generation
+from test_data import FIELDS, medquad_csv, oncology_line
 
 from adapters import Runtime
 from adapters.catalog import load_catalog
@@ -12,24 +12,11 @@ from training.card import HEADLINE
 from training.data import load_splits
 from training.evaluate import _with_progress, evaluate_adapter
 
-FIELDS = ["cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response", "metastasis_site"]
-
 
 def oncology_jsonl(path, n=40):
-    lines = []
-    for i in range(n):
-        output = {f: None for f in FIELDS} | {"cancer_type": "melanoma", "stage": ["II", "III", "IV"][i % 3]}
-        lines.append(json.dumps({"instruction": "Extract.", "input": f"Patient {i}: melanoma, stage "
-                                 f"{output['stage']}.", "output": output}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def medquad_csv(path, n=30):
-    rows = ["qtype,Question,Answer,focus"]
-    rows += [f'symptoms,What are the symptoms of disease {i} ?,"Disease {i} causes fever.",disease {i}'
-             for i in range(n)]
-    path.write_text("\n".join(rows) + "\n")
+    stages = ["II", "III", "IV"]
+    path.write_text("\n".join(oncology_line(f"Patient {i}: melanoma, stage {stages[i % 3]}.", cancer_type="melanoma",
+                                            stage=stages[i % 3]) for i in range(n)) + "\n")
     return path
 
 
@@ -54,7 +41,9 @@ def test_extract_evaluation_reports_exact_match_and_token_f1_per_variant(catalog
 def test_generate_evaluation_reports_overlap_bertscore_and_perplexity(catalog, tiny_base, tmp_path):
     limit_generation(catalog, "medquad", 6)
     spec = load_catalog(catalog)["medquad"]
-    splits = load_splits(spec, path=medquad_csv(tmp_path / "medquad.csv"))
+    rows = [(f"What are the symptoms of disease {i} ?", f"Disease {i} causes fever.", f"disease {i}") for i in range(30)]
+    (tmp_path / "medquad.csv").write_text(medquad_csv(rows))
+    splits = load_splits(spec, path=tmp_path / "medquad.csv")
     runtime = Runtime.local(catalog, base=str(tiny_base), only=["medquad"], progress=False)
 
     report = evaluate_adapter(runtime, spec, splits, limit=3, variants=("base",), batch_size=2, progress=False)

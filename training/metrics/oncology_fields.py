@@ -63,19 +63,14 @@ class OncologyFields(evaluate.Metric):
     def _compute(self, predictions, references, fields, valid=None):
         preds = [json.loads(p) for p in predictions]
         refs = [json.loads(r) for r in references]
-        per_field, per_field_f1 = {}, {}
-        for f in fields:
-            hits = [normalise(p.get(f)) == normalise(r.get(f)) for p, r in zip(preds, refs)]
-            per_field[f] = sum(hits) / len(hits) if hits else 0.0
-            overlaps = [token_f1(p.get(f), r.get(f)) for p, r in zip(preds, refs)]
-            per_field_f1[f] = sum(overlaps) / len(overlaps) if overlaps else 0.0
-        total = len(refs) * len(fields)
-        correct = sum(per_field[f] * len(refs) for f in fields)
+        hits = {f: [normalise(p.get(f)) == normalise(r.get(f)) for p, r in zip(preds, refs)] for f in fields}
+        per_field = {f: sum(h) / len(h) if h else 0.0 for f, h in hits.items()}
+        per_field_f1 = {f: sum(token_f1(p.get(f), r.get(f)) for p, r in zip(preds, refs)) / max(1, len(refs))
+                        for f in fields}
         valid = valid if valid is not None else [True] * len(preds)
         return {"json_valid": sum(bool(v) for v in valid) / len(valid) if valid else 0.0,
-                "micro_field_accuracy": correct / total if total else 0.0,
-                "exact_match_all_fields": sum(all(normalise(p.get(f)) == normalise(r.get(f)) for f in fields)
-                                              for p, r in zip(preds, refs)) / max(1, len(refs)),
+                "micro_field_accuracy": sum(per_field.values()) / len(fields) if fields else 0.0,
+                "exact_match_all_fields": sum(all(row) for row in zip(*hits.values())) / max(1, len(refs)),
                 "per_field": per_field,
                 "micro_field_token_f1": sum(per_field_f1.values()) / len(fields) if fields else 0.0,
                 "per_field_token_f1": per_field_f1}
