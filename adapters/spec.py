@@ -95,8 +95,9 @@ class TrainingSpec:
     eval_steps: int = 100
     early_stopping_patience: int = 3
     seed: int = 42
-    # torch.compile each decoder layer (compiled once, for any token count): fewer, fused kernels a
-    # step, after a compilation of tens of seconds; LoRA only (training.train.compile_decoder_layers)
+    # on a GPU, torch.compile each decoder layer (compiled once, for any token count): fewer, fused
+    # kernels a step, after a compilation of tens of seconds; LoRA only; a CPU run stays eager
+    # (training.train.compiles_layers)
     compile: bool = False
 
 

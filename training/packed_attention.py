@@ -30,7 +30,7 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         # not a packed row (a padded batch, generation with a cache): transformers' own SDPA
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    slots, examples, longest = _slots(bounds, int(kwargs["max_length_q"]), query.shape[2])
+    slots, examples, longest = _slots(bounds, _multiple_of_8(kwargs["max_length_q"]), query.shape[2])
     heads = query.shape[1]
     output = F.scaled_dot_product_attention(
         _to_examples(query, slots, examples, longest), _to_examples(key, slots, examples, longest),
@@ -39,6 +39,12 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     # [examples, heads, longest, d] -> the packed row's tokens, [1, tokens, heads, d]
     flat = output.transpose(1, 2).reshape(examples * longest, heads, output.shape[-1])
     return flat.index_select(0, slots)[None], None
+
+
+def _multiple_of_8(length) -> int:
+    """The examples' padded length: a multiple of 8, so a compiled layer (CUDA) is not compiled once
+    for aligned and once for unaligned lengths (inductor guards on the alignment of its buffers)."""
+    return (int(length) + 7) // 8 * 8
 
 
 _last: list = [None, None]  # (boundaries tensor, its slots): computed once per forward, not per layer
@@ -52,10 +58,11 @@ def _slots(bounds, longest: int, tokens: int):
     compiling = torch.compiler.is_compiling()  # a compiled layer recomputes: the cache would be a guard
     if not compiling and _last[0] is bounds:
         return _last[1]
-    starts = bounds.to(torch.long)
-    token = torch.arange(tokens, device=bounds.device)
-    example = torch.searchsorted(starts[1:], token, right=True)
-    slots = example * longest + token - starts[example]
+    # bounds[0] is 0, so counting the starts at or before a token, less one, is its example. The
+    # boundaries go to searchsorted as they are: inductor (CUDA) cannot lower it on a slice of them.
+    token = torch.arange(tokens, device=bounds.device, dtype=bounds.dtype)
+    example = torch.searchsorted(bounds, token, right=True) - 1
+    slots = example * longest + token - bounds[example]
     layout = (slots, bounds.numel() - 1, longest)
     if not compiling:
         _last[0], _last[1] = bounds, layout  # holding the tensor keeps its id unique

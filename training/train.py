@@ -95,6 +95,13 @@ def sampling_args(group_by_length: bool) -> dict:
     return {"group_by_length": group_by_length}
 
 
+def compiles_layers(training, on_cuda: bool) -> bool:
+    """Whether a run compiles its decoder layers: ``training.compile``, for LoRA (a 4-bit base does
+    not compile), on a GPU only. On a GPU, inductor needs only Triton, which CUDA builds of torch
+    ship; on a CPU it needs a C++ toolchain that a user's machine may lack, so CPU runs stay eager."""
+    return bool(training.compile) and training.method == "lora" and on_cuda
+
+
 def compile_decoder_layers(model) -> int:
     """``torch.compile`` each decoder layer of ``model`` (a transformers model, PEFT-wrapped or not);
     the number compiled.
@@ -103,6 +110,9 @@ def compile_decoder_layers(model) -> int:
     and token counts are dynamic, so packed batches of any length reuse it (fused LoRA and packed
     attention trace as one graph a layer; a test checks loss and gradients against eager)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # The first layer's input (frozen embeddings) would not require grad and the others' would: a
+    # second compiled graph. Making the embeddings' output require grad costs no computation.
+    base.enable_input_require_grads()
     layers = getattr(getattr(base, "model", None), "layers", None) or []
     for layer in layers:
         layer.compile(dynamic=True)
@@ -200,7 +210,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
                          callbacks=[EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience),
                                     *(callbacks or [])])
     fuse_lora_projections(trainer.model)  # fewer operations a step, same math (training/fused_lora.py)
-    if t.compile:
+    if compiles_layers(t, on_cuda):
         compile_decoder_layers(trainer.model)
     throughput = ThroughputCallback()
     trainer.add_callback(throughput)

@@ -109,6 +109,8 @@ def main():
         # regional torch.compile of the decoder layers (training.compile: true); the first steps compile,
         # the steady-state step time (marks from step 8 on) is what to compare with "default"
         "compiled": (dataclasses.replace(spec, training=dataclasses.replace(spec.training, compile=True)), {}),
+        "compiled_batch32": (dataclasses.replace(spec, training=dataclasses.replace(spec.training, compile=True)),
+                             {"per_device_train_batch_size": 32}),
         "nopack_grouped_b64_dropout0_compile": (lora0, {**grouped, "per_device_train_batch_size": 64,
                                                         "torch_compile": True}),
     }
