@@ -55,14 +55,21 @@ def test_compile_applies_on_a_gpu_only():
     assert not compiles_layers(TrainingSpec(compile=True, method="qlora"), on_cuda=True)  # bench qlora's spec
 
 
-def test_a_training_run_with_compiled_layers_trains(catalog, tiny_base, tmp_path, monkeypatch):
+def test_a_training_run_with_compiled_layers_trains_and_evaluates_eagerly(catalog, tiny_base, tmp_path,
+                                                                          monkeypatch):
+    import torch
+    from torch._dynamo.utils import counters
+
     import training.train
+
+    torch._dynamo.reset()
+    counters.clear()
 
     compiled = []
     monkeypatch.setattr(training.train, "compiles_layers", lambda t, on_cuda: t.compile)  # as on a GPU
     monkeypatch.setattr(training.train, "compile_decoder_layers",
                         lambda model, compile=training.train.compile_decoder_layers: compiled.append(compile(model)))
-    set_training(catalog, "spam", compile="true", learning_rate="5.0e-3")
+    set_training(catalog, "spam", compile="true", learning_rate="5.0e-3", eval_steps="2")
     data = write_sms_collection(tmp_path / "SMSSpamCollection")
 
     assert main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "3", "--no-eval")) == 0
@@ -70,3 +77,5 @@ def test_a_training_run_with_compiled_layers_trains(catalog, tiny_base, tmp_path
     result = json.loads((catalog / "spam" / "train_result.json").read_text())
     assert result["steps"] == 3 and (catalog / "spam" / "adapter_model.safetensors").is_file()
     assert compiled and compiled[0] > 0
+    assert result["best_eval_loss"] is not None  # evaluated during training (step 2)...
+    assert counters["stats"]["unique_graphs"] == 1  # ...without compiling the layers for it

@@ -119,6 +119,21 @@ def compile_decoder_layers(model) -> int:
     return len(layers)
 
 
+def evaluate_eagerly(trainer) -> None:
+    """Make ``trainer``'s evaluation run its compiled layers' eager code. Evaluation runs without
+    gradients, for which each layer would be compiled again (two more graphs on an H200, each costing
+    tens of seconds) to save little on a few validation batches."""
+    import torch
+
+    prediction_step = trainer.prediction_step
+
+    def eager_prediction_step(*args, **kwargs):
+        with torch.compiler.set_stance("force_eager"):
+            return prediction_step(*args, **kwargs)
+
+    trainer.prediction_step = eager_prediction_step
+
+
 def activation_checkpointing(on: bool) -> dict:
     """The Trainer's recompute-activations switch: transformers 5.24 renamed ``gradient_checkpointing``
     to ``activation_checkpointing`` (the old name goes in v6); the GPU image has 5.17."""
@@ -212,6 +227,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     fuse_lora_projections(trainer.model)  # fewer operations a step, same math (training/fused_lora.py)
     if compiles_layers(t, on_cuda):
         compile_decoder_layers(trainer.model)
+        evaluate_eagerly(trainer)
     throughput = ThroughputCallback()
     trainer.add_callback(throughput)
     if trainer.is_world_process_zero():
