@@ -174,6 +174,12 @@ def train_rows(name: str, result: dict) -> list[Row]:
                       if len(rounds) > 1 else "")
             rows.append(Row(bench, device, f"train, adapterlab speed-up over `{other}` (real tokens/s)",
                             f"×{number(value, 2)}{spread}", TARGETS[target].cell(device, value)))
+        warmup = result.get("warmup_seconds") or {}
+        if warmup:
+            compiled = "; adapterlab's includes compiling its decoder layers" if result.get("compiled_layers") else ""
+            rows.append(Row(bench, device, f"train, one-time warm-up ({result.get('warmup_examples')} examples, "
+                                           "before and outside the timed runs)",
+                            ", ".join(f"`{k}` {number(v)} s" for k, v in warmup.items()) + compiled))
         losses = {name: r.get("validation_loss") for name, r in (result.get("recipes") or {}).items()}
         if None not in losses.values() and "adapterlab" in losses and len(losses) > 1:
             worst_other = max(v for k, v in losses.items() if k != "adapterlab")

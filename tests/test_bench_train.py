@@ -38,6 +38,9 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
     recipes = result["recipes"]
     assert set(recipes) == {"reference", "strong_baseline", "adapterlab"}
     assert result["repeats"] == 2 and "--repeat 2" in result["command"] and result["warmup_examples"] == 4
+    assert set(result["warmup_seconds"]) == {"reference", "strong_baseline", "adapterlab"}
+    assert all(v > 0 for v in result["warmup_seconds"].values())
+    assert result["compiled_layers"] is False  # compile: true in the spec, but this is a CPU
     for name, r in recipes.items():
         # both rounds really trained (a second adapterlab run must not resume the first one's checkpoint)
         assert len(r["tokens_per_s_runs"]) == 2 and all(v > 0 for v in r["tokens_per_s_runs"]), name
@@ -59,6 +62,9 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
         mine, theirs = recipes["adapterlab"]["tokens_per_s_runs"], recipes[other]["tokens_per_s_runs"]
         assert per_round[key] == pytest.approx([m / t for m, t in zip(mine, theirs)])
         assert result["ratios"][key] == min(per_round[key])
+
+    from adapters.bench_table import table
+    assert "one-time warm-up (4 examples" in table([("train.json", result)])
 
     assert sorted(p.name for p in adapter_dir.iterdir()) == before == ["adapter.yaml"]
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

@@ -76,6 +76,6 @@ def test_a_training_run_with_compiled_layers_trains_and_evaluates_eagerly(catalo
 
     result = json.loads((catalog / "spam" / "train_result.json").read_text())
     assert result["steps"] == 3 and (catalog / "spam" / "adapter_model.safetensors").is_file()
-    assert compiled and compiled[0] > 0
+    assert compiled and compiled[0] > 0 and result["compiled_layers"] is True
     assert result["best_eval_loss"] is not None  # evaluated during training (step 2)...
     assert counters["stats"]["unique_graphs"] == 1  # ...without compiling the layers for it

@@ -76,6 +76,7 @@ def test_ten_steps_write_a_standard_peft_adapter_with_its_log_and_plot(trained, 
     result = json.loads((trained / "train_result.json").read_text())
     assert result["steps"] == 10 and result["train_tokens"] > 0 and result["seed"] == 42
     assert result["batching"] == "padding-free packing"  # the spec's default
+    assert result["compiled_layers"] is False  # the spec says compile: true, which a CPU run leaves eager
     log = (trained / "training_log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,loss") and len(log) > 1
 

@@ -77,6 +77,10 @@ def _evaluated_on(metrics: dict) -> str:
     return f"\nEvaluated on {metrics['evaluated_on']}." if metrics.get("evaluated_on") else ""
 
 
+def _compile_note(training: dict) -> str:
+    return " (includes compiling the decoder layers)" if training.get("compiled_layers") else ""
+
+
 def _extract_text(spec: AdapterSpec) -> str:
     if spec.task != "extract":
         return ""
@@ -149,7 +153,7 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 | optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
 | sequences | completion-only loss, {training.get('batching', 'padding-free packing')}, max length {t.max_seq_length} |
 | hardware | {training.get('device', '—')} |
-| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_fmt(training.get('train_seconds'))} s, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
+| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_fmt(training.get('train_seconds'))} s{_compile_note(training)}, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
 | best validation loss | {_fmt(training.get('best_eval_loss'))} |
 | seed | {t.seed} |
 

@@ -58,6 +58,7 @@ class TrainResult:
     resumed_from: str | None
     seed: int
     batching: str | None = None  # absent in runs before 2026-11-23 (they used padding-free packing)
+    compiled_layers: bool = False  # decoder layers torch.compiled; train_seconds includes compiling them
 
 
 def sft_rows(tokenizer: Any, spec: AdapterSpec, examples) -> list[dict[str, str]]:
@@ -246,7 +247,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         tokens_per_second=round(throughput.tokens_per_second(trainer.state), 1),
         best_eval_loss=trainer.state.best_metric, best_checkpoint=trainer.state.best_model_checkpoint,
         resumed_from=resume_from, seed=t.seed,
-        batching="padding-free packing" if args.packing else "length-grouped batches, padded per batch")
+        batching="padding-free packing" if args.packing else "length-grouped batches, padded per batch",
+        compiled_layers=compiles_layers(t, on_cuda))
     if trainer.is_world_process_zero():
         write_adapter(trainer.model, spec, Path(output_dir or spec.directory), canonical_name(base),
                       trainer.state.log_history, result)
