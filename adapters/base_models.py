@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -21,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_BASE = "smollm2-135m-instruct"
+
+# On CPUs with AVX512-BF16, importing bitsandbytes warns that it could not fetch an optional 4-bit CPU
+# kernel from the Hugging Face Hub (its `kernels` package). Its built-in kernel works (tested), 4-bit
+# is opt-in here, and the warning appeared on every command and app start: keep it to errors.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 MARKER_FILE = "adapterlab-base.json"  # written last: its presence means the checkpoint is complete
 
 

@@ -276,3 +276,17 @@ def test_adapters_shows_a_trained_adapter_as_trained(cli, catalog):
     lines = {line.split()[0]: line for line in cli("adapters")[1].splitlines()}
     assert lines["spam"].endswith("— trained")
     assert "not trained" in lines["medquad"] and "not trained" in lines["oncology"]
+
+
+def test_commands_do_not_print_bitsandbytes_hub_kernel_warning():
+    """bitsandbytes warns at import on AVX512-BF16 CPUs that it could not fetch an optional kernel from
+    the Hub; every command and app start imports it, so adapterlab keeps that logger to errors."""
+    import subprocess
+    import sys
+
+    script = ("import adapters, logging, bitsandbytes; "
+              "print(logging.getLogger('bitsandbytes.backends.cpu.ops').getEffectiveLevel())")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-1] == str(40)  # logging.ERROR
+    assert "kernels-community" not in run.stderr
