@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base_models import DEFAULT_BASE, LoadOptions, canonical_name, load_base, cudnn_attention
+from .base_models import DEFAULT_BASE, LoadOptions, cache_keyword, canonical_name, load_base, cudnn_attention
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,7 @@ class LocalBackend:
                                       past, keep=keep_t)
         else:
             logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
-                           attention_mask=additive[:, None].to(device), past_key_values=past,
+                           attention_mask=additive[:, None].to(device), **{cache_keyword(): past},
                            use_cache=past is not None, logits_to_keep=keep_t).logits
         # only the scored tokens' log-probabilities leave the device: copying whole vocabulary rows
         # to the CPU took most of a 512-message batch's time on the H100 (~600 MB)
@@ -364,7 +364,7 @@ class LocalBackend:
                 _, kv = fused.forward(adapter, ids, torch.arange(n, device=ids.device)[None],
                                       causal[None, None].to(ids.device), None, keep=None)
             else:
-                kv = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+                kv = getattr(self.model(input_ids=ids, use_cache=True, logits_to_keep=1), cache_keyword())
             self._prefix_cache[key] = (fused is not None, kv)  # which path's format the entry is in
             self._prefix_cache.move_to_end(key)
             while len(self._prefix_cache) > PREFIX_CACHE_ENTRIES:

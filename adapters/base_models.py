@@ -10,6 +10,7 @@ leaves a checkpoint that half-loads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -272,6 +273,18 @@ def load_base(name_or_path: str = DEFAULT_BASE, options: LoadOptions = LoadOptio
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+@functools.cache
+def cache_keyword() -> str:
+    """The keyword a transformers model's forward takes its KV cache by, and the name of the output
+    field that returns it: ``cache`` since transformers renamed ``past_key_values`` (5.24 warns for the
+    old name, 5.40 drops it); the GPU image's 5.17 knows only ``past_key_values``."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 @contextmanager

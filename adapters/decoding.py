@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from .base_models import cache_keyword
+
 MIN_CACHE = 256
 
 
@@ -201,7 +203,7 @@ class _Slot:
         causal = additive_mask(allowed, dtype)
         out = self.decoder.model(input_ids=torch.tensor([list(prompt_ids)], device=device),
                                  position_ids=torch.arange(n, device=device)[None],
-                                 attention_mask=causal[None, None], past_key_values=self.cache,
+                                 attention_mask=causal[None, None], **{cache_keyword(): self.cache},
                                  use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
@@ -215,7 +217,7 @@ class _Slot:
     def step(self):
         """Run the model at the buffers, then move them on by the greedy token: (logits, token)."""
         logits = self.decoder.model(input_ids=self.ids, position_ids=self.position, attention_mask=self.mask,
-                                    past_key_values=self.cache, use_cache=True).logits[0, -1]
+                                    **{cache_keyword(): self.cache}, use_cache=True).logits[0, -1]
         greedy = logits.argmax(-1)
         self.ids.copy_(greedy.view(1, 1))
         self.position.add_(1)

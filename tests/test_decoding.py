@@ -5,6 +5,8 @@ On CPU its steps run eagerly: the same cache, positions, masks and token choice 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from adapters.decoding import StaticDecoder, cache_length
@@ -51,6 +53,11 @@ def test_static_decoding_matches_generate_with_an_adapter_and_without(base_and_l
     model, tokenizer = base_and_lora
     decoder = StaticDecoder(model, [tokenizer.eos_token_id], context_length=1024)
     assert not decoder.use_graphs  # CPU: the eager path of the same steps
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoder_ids(decoder, tokenizer, PROMPTS[0], 5)
+    # the cache goes in by the keyword this transformers takes (renamed `cache` in 5.24; 5.40 drops the old)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
     for prompt in PROMPTS:
         with_adapter = decoder_ids(decoder, tokenizer, prompt, 40, state="medquad")
         assert with_adapter == generate_ids(model, tokenizer, prompt, 40)
