@@ -14,7 +14,7 @@ export PYTHONPATH=$PWD:/tmp/site ADAPTERLAB_HOME=/tmp/alh ADAPTERLAB_DATA_DIR=/t
 # one ADAPTER [EVAL ARGS...]: train (no eval), save the weights to $OUT, then evaluate and save again
 one() {
   local a=$1; shift
-  ( time timeout "${TRAIN_LIMIT:-300}" python3 -m training.cli train "$a" --no-eval ) > "$OUT/$a.train.log" 2>&1
+  ( time timeout "${TRAIN_LIMIT:-420}" python3 -m training.cli train "$a" --no-eval ) > "$OUT/$a.train.log" 2>&1
   tar czf "$OUT/$a.trained.tgz" "adapters/$a"
   ( time timeout "${EVAL_LIMIT:-200}" python3 -m training.cli eval "$a" "$@" ) > "$OUT/$a.eval.log" 2>&1
   tar czf "$OUT/$a.tgz" "adapters/$a"
