@@ -1,0 +1,89 @@
+"""Where do an extraction adapter's fields miss on the test split? (analysis, not part of the package)
+
+Reads what ``adapterlab predict`` wrote for the test narratives and sets each field beside its
+reference. Per field it prints the exact-match accuracy, the same metric normalisation the evaluation
+uses, and the misses counted by whether the reference's parts appear word for word in the narrative.
+A reference paraphrased away from the text is one no copying model can match. Then it prints a few
+misses to read.
+
+Usage, for the oncology test split (7 min on the 2-core CPU):
+    python tools/extraction_misses.py --write-inputs /tmp/test.jsonl
+    adapterlab predict oncology --input /tmp/test.jsonl --output /tmp/pred.jsonl --batch-size 16
+    python tools/extraction_misses.py /tmp/pred.jsonl [--field treatment] [--show 8]
+Measured 2026-11-29 with the shipped oncology adapter: micro accuracy 0.790, as its evaluation gave.
+Treatment misses 223 of 450; in 152 of them the reference's parts are not in the narrative. The misses
+mix wordings ("wide local excision (surgery)") with real errors (ER-negative read as ER positive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.catalog import get_spec, load_catalog  # noqa: E402
+from training.data import load_splits  # noqa: E402
+from training.metrics.oncology_fields import SEPARATORS, normalise  # noqa: E402
+
+
+def in_text(value, text: str) -> bool:
+    """Whether every part of ``value`` appears word for word (ignoring case) in ``text``."""
+    parts = [p.strip(" .") for p in SEPARATORS.split(str(value).lower()) if p.strip(" .")]
+    return all(part in text.lower() for part in parts)
+
+
+def miss_kind(predicted, reference, text: str) -> str:
+    if reference is None or normalise(reference) is None:
+        return "reference empty"
+    if predicted is None or normalise(predicted) is None:
+        return "prediction empty"
+    return (f"reference {'in' if in_text(reference, text) else 'not in'} text, "
+            f"prediction {'in' if in_text(predicted, text) else 'not in'} text")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("predictions", nargs="?", help="JSONL written by `adapterlab predict`")
+    parser.add_argument("--adapter", default="oncology")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--write-inputs", metavar="FILE", help="write the test narratives for predict, and stop")
+    parser.add_argument("--field", action="append", help="fields whose misses to list (default: all)")
+    parser.add_argument("--show", type=int, default=5, help="misses printed per field")
+    args = parser.parse_args(argv)
+    spec = get_spec(load_catalog(), args.adapter)
+    test = list(load_splits(spec, path=args.data).test)
+    if args.write_inputs:
+        Path(args.write_inputs).write_text("".join(json.dumps({"text": ex.input}) + "\n" for ex in test))
+        print(f"wrote {len(test)} test narratives to {args.write_inputs}")
+        return 0
+    if not args.predictions:
+        parser.error("give the predictions file, or --write-inputs FILE")
+    rows = [json.loads(line) for line in Path(args.predictions).read_text().splitlines() if line.strip()]
+    if [r["text"] for r in rows] != [ex.input for ex in test]:
+        raise SystemExit(f"{args.predictions}: its lines are not the {args.adapter} test narratives in order "
+                         "(write them with --write-inputs)")
+    fields = list(spec.fields)
+    accuracy = {}
+    for field in fields:
+        misses = [(r["fields"].get(field), ex.target.get(field), ex.input) for r, ex in zip(rows, test)
+                  if normalise(r["fields"].get(field)) != normalise(ex.target.get(field))]
+        accuracy[field] = 1 - len(misses) / len(test)
+        if args.field and field not in args.field:
+            continue
+        kinds = Counter(miss_kind(p, ref, text) for p, ref, text in misses)
+        print(f"\n{field}: accuracy {accuracy[field]:.3f}, {len(misses)} misses")
+        for kind, count in kinds.most_common():
+            print(f"  {count:4d}  {kind}")
+        for predicted, reference, _ in misses[:args.show]:
+            print(f"    predicted {predicted!r}\n    reference {reference!r}")
+    print(f"\nmicro field accuracy {sum(accuracy.values()) / len(fields):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
