@@ -29,6 +29,7 @@ def test_compiled_layers_match_eager_for_any_packed_batch_and_compile_once(tiny_
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()
     eager, compiled = packed_lora_model(tiny_base), packed_lora_model(tiny_base)
     assert compile_decoder_layers(compiled) == compiled.config.num_hidden_layers
     graphs = []
