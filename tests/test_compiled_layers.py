@@ -57,7 +57,7 @@ def test_compile_applies_on_a_gpu_only():
 
 
 def test_a_training_run_with_compiled_layers_trains_and_evaluates_eagerly(catalog, tiny_base, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capsys):
     import torch
     from torch._dynamo.utils import counters
 
@@ -80,3 +80,4 @@ def test_a_training_run_with_compiled_layers_trains_and_evaluates_eagerly(catalo
     assert compiled and compiled[0] > 0 and result["compiled_layers"] is True
     assert result["best_eval_loss"] is not None  # evaluated during training (step 2)...
     assert counters["stats"]["unique_graphs"] == 1  # ...without compiling the layers for it
+    assert "compiling the decoder layers during the first step" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -229,6 +230,9 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     if compiles_layers(t, on_cuda):
         compile_decoder_layers(trainer.model)
         evaluate_eagerly(trainer)
+        if progress and trainer.is_world_process_zero():  # the bar would otherwise sit at step 0 meanwhile
+            print("compiling the decoder layers during the first step (once per process: about 1.5 min on "
+                  "a fresh GPU host; `training.compile: false` trains without)", file=sys.stderr)
     throughput = ThroughputCallback()
     trainer.add_callback(throughput)
     if trainer.is_world_process_zero():
