@@ -227,7 +227,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
                          callbacks=[EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience),
                                     *(callbacks or [])])
     fuse_lora_projections(trainer.model)  # fewer operations a step, same math (training/fused_lora.py)
-    if compiles_layers(t, on_cuda):
+    compiled = compiles_layers(t, on_cuda)
+    if compiled:
         compile_decoder_layers(trainer.model)
         evaluate_eagerly(trainer)
         if progress and trainer.is_world_process_zero():  # the bar would otherwise sit at step 0 meanwhile
@@ -252,7 +253,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         best_eval_loss=trainer.state.best_metric, best_checkpoint=trainer.state.best_model_checkpoint,
         resumed_from=resume_from, seed=t.seed,
         batching="padding-free packing" if args.packing else "length-grouped batches, padded per batch",
-        compiled_layers=compiles_layers(t, on_cuda))
+        compiled_layers=compiled)
     if trainer.is_world_process_zero():
         write_adapter(trainer.model, spec, Path(output_dir or spec.directory), canonical_name(base),
                       trainer.state.log_history, result)
