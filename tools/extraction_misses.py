@@ -54,18 +54,21 @@ def main(argv=None) -> int:
     parser.add_argument("--write-inputs", metavar="FILE", help="write the test narratives for predict, and stop")
     parser.add_argument("--field", action="append", help="fields whose misses to list (default: all)")
     parser.add_argument("--show", type=int, default=5, help="misses printed per field")
+    parser.add_argument("--split", choices=["test", "validation", "train"], default="test",
+                        help="which split's narratives (train: does the adapter reproduce what it saw?)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N narratives of the split")
     args = parser.parse_args(argv)
     spec = get_spec(load_catalog(), args.adapter)
-    test = list(load_splits(spec, path=args.data).test)
+    test = list(getattr(load_splits(spec, path=args.data), args.split))[:args.limit]
     if args.write_inputs:
         Path(args.write_inputs).write_text("".join(json.dumps({"text": ex.input}) + "\n" for ex in test))
-        print(f"wrote {len(test)} test narratives to {args.write_inputs}")
+        print(f"wrote {len(test)} {args.split} narratives to {args.write_inputs}")
         return 0
     if not args.predictions:
         parser.error("give the predictions file, or --write-inputs FILE")
     rows = [json.loads(line) for line in Path(args.predictions).read_text().splitlines() if line.strip()]
     if [r["text"] for r in rows] != [ex.input for ex in test]:
-        raise SystemExit(f"{args.predictions}: its lines are not the {args.adapter} test narratives in order "
+        raise SystemExit(f"{args.predictions}: its lines are not the {args.adapter} {args.split} narratives in order "
                          "(write them with --write-inputs)")
     fields = list(spec.fields)
     accuracy = {}
