@@ -225,10 +225,12 @@ def device_kind(result: dict) -> str:
 
 
 def provenance(name: str, result: dict) -> str:
-    """One line naming what produced a result file: command, device, date and versions."""
+    """One line naming what produced a result file: command, device, date and versions, and the
+    file's ``note`` when it has one (e.g. that later code changed what it measured)."""
     versions = ", ".join(f"{lib} {result[lib]}" for lib in ("torch", "transformers", "peft", "trl") if lib in result)
+    note = f"; {result['note']}" if result.get("note") else ""
     return (f"- `{name}`: `{result.get('command', '?')}` on {result.get('device', '?')}, "
-            f"{str(result.get('date', '?'))[:10]}; {versions}")
+            f"{str(result.get('date', '?'))[:10]}; {versions}{note}")
 
 
 def table(results: list[tuple[str, dict]]) -> str:

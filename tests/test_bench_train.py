@@ -65,6 +65,8 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
 
     from adapters.bench_table import table
     assert "one-time warm-up (4 examples" in table([("train.json", result)])
+    assert "trl 1.16.0; measured before a change" in table([("train.json", {**result, "trl": "1.16.0",
+                                                                            "note": "measured before a change"})])
 
     assert sorted(p.name for p in adapter_dir.iterdir()) == before == ["adapter.yaml"]
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
