@@ -12,6 +12,8 @@ generating the forward's Triton code), second step 203 ms. Second process: the F
 caches hit, yet the first step still took 46.9 s, 38.5 s of it loading the cached module
 (``PyCodeCache.load_by_key_path``: its 78 Triton kernels, ~0.5 s each); TORCHINDUCTOR_COMPILE_THREADS=1
 or 16 made no difference (50.2 / 51.9 s). So the disk cache saves ~35 s of the ~80 s, not all of it.
+Under cProfile (another fresh host: 65.3 s, then 44.4 s), 20–30 s of the second process went to
+inductor's CPU vector-ISA check (gcc builds and dlopen probes in subprocesses): see DEVELOPERS.md.
 """
 
 from __future__ import annotations
