@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,12 @@ DEFAULT_BASE = "smollm2-135m-instruct"
 # kernel from the Hugging Face Hub (its `kernels` package). Its built-in kernel works (tested), 4-bit
 # is opt-in here, and the warning appeared on every command and app start: keep it to errors.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# PEFT reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model, and TRL
+# calls `gradient_checkpointing_enable`; transformers (>= 5.2x) answers each with a FutureWarning that
+# names neither adapterlab nor anything its users can change, on every predict, app start and training.
+# These two messages only; adapterlab itself uses the new names (`activation_checkpointing`).
+for _renamed in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
+    warnings.filterwarnings("ignore", message=f"`{_renamed}` is deprecated", category=FutureWarning)
 MARKER_FILE = "adapterlab-base.json"  # written last: its presence means the checkpoint is complete
 
 

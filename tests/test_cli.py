@@ -290,3 +290,27 @@ def test_commands_do_not_print_bitsandbytes_hub_kernel_warning():
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[-1] == str(40)  # logging.ERROR
     assert "kernels-community" not in run.stderr
+
+
+def test_peft_wrapping_a_model_prints_no_transformers_rename_warning(tiny_base):
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a model (each
+    predict, app start and training), and transformers warns; adapterlab hides that message only."""
+    import subprocess
+    import sys
+
+    wrap = ("from peft import LoraConfig, get_peft_model; from transformers import AutoModelForCausalLM; "
+            f"get_peft_model(AutoModelForCausalLM.from_pretrained({str(tiny_base)!r}), "
+            "LoraConfig(r=2, target_modules=['q_proj'])); import warnings; "
+            "warnings.warn('`is_gradient_checkpointing` is deprecated', UserWarning)")
+
+    def stderr_of(prelude: str) -> str:
+        run = subprocess.run([sys.executable, "-c", prelude + wrap], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
+    without = stderr_of("")
+    if "FutureWarning: `is_gradient_checkpointing` is deprecated" not in without:
+        pytest.skip("this transformers/PEFT pair does not warn about is_gradient_checkpointing")
+    with_adapterlab = stderr_of("import adapters.base_models; ")
+    assert "FutureWarning: `is_gradient_checkpointing` is deprecated" not in with_adapterlab
+    assert "UserWarning: `is_gradient_checkpointing` is deprecated" in with_adapterlab  # only that category

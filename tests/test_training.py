@@ -253,3 +253,15 @@ def test_new_weights_drop_the_threshold_tuned_for_the_old_ones(trained, tiny_bas
     result = train_module.TrainResult(**json.loads((trained / "train_result.json").read_text()))
     train_module.write_adapter(model, load_catalog(trained.parent)["spam"], out, str(tiny_base), [], result)
     assert not (out / "threshold.json").exists() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_the_loss_plot_of_a_run_that_logged_no_loss_says_so_without_a_warning(tmp_path):
+    import warnings
+
+    from training.train import plot_loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned "No artists with labels found" here
+        plot_loss(tmp_path / "loss.png", [], "spam")
+        plot_loss(tmp_path / "logged.png", [{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5}], "spam")
+    assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "logged.png").stat().st_size > 0

@@ -397,7 +397,10 @@ def plot_loss(path: Path, log_history: list[dict], title: str) -> None:
     ax.set_ylabel("loss (completion tokens)")
     ax.set_title(f"{title}: training")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or evals:
+        ax.legend()
+    else:  # a run shorter than one logging interval, without evaluation
+        ax.text(0.5, 0.5, "no loss was logged in this run", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
