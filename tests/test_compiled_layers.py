@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_fused_lora import lora_grads, lora_model
 from test_packed_attention import loss_and_grads, packed_batch
 from test_training import set_training, train_args, write_sms_collection
@@ -14,6 +16,16 @@ from adapters.cli import main
 from training.fused_lora import fuse_lora_projections
 from training.packed_attention import use_packed_attention
 from training.train import compile_decoder_layers
+
+
+@pytest.fixture(autouse=True)
+def dynamo_config_restored():
+    """compile_decoder_layers sets dynamo's config for the process; give later tests theirs back."""
+    import torch
+
+    saved = torch._dynamo.config.save_config()
+    yield
+    torch._dynamo.config.load_config(saved)
 
 
 def packed_lora_model(tiny_base):
@@ -81,3 +93,27 @@ def test_a_training_run_with_compiled_layers_trains_and_evaluates_eagerly(catalo
     assert result["best_eval_loss"] is not None  # evaluated during training (step 2)...
     assert counters["stats"]["unique_graphs"] == 1  # ...without compiling the layers for it
     assert "compiling the decoder layers during the first step" in capsys.readouterr().err
+
+
+def test_compiled_layers_take_the_layers_python_floats_as_constants(tiny_base, monkeypatch):
+    """RMSNorm's epsilon and LoRA's scaling are constants of a run: were they graph inputs, they would
+    be CPU scalar tensors, and on a GPU inductor would build C++ kernels for the arithmetic on them."""
+    import torch
+
+    torch._dynamo.reset()
+    float_inputs = []
+
+    def capture(gm, example_inputs):
+        float_inputs.extend(node.name for node in gm.graph.nodes if node.op == "placeholder"
+                            and isinstance(value := node.meta.get("example_value"), torch.Tensor)
+                            and value.dim() == 0 and value.dtype == torch.float64)
+        return gm.forward
+
+    module_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kwargs: module_compile(self, backend=capture, **kwargs))
+    model = packed_lora_model(tiny_base)
+    compile_decoder_layers(model)
+    loss_and_grads(model, packed_batch([9, 14, 5], model.config.vocab_size))
+    assert float_inputs == []
+    torch._dynamo.reset()
