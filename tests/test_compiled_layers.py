@@ -23,9 +23,9 @@ def dynamo_config_restored():
     """compile_decoder_layers sets dynamo's config for the process; give later tests theirs back."""
     import torch
 
-    saved = torch._dynamo.config.save_config()
+    saved = torch._dynamo.config.specialize_float
     yield
-    torch._dynamo.config.load_config(saved)
+    torch._dynamo.config.specialize_float = saved
 
 
 def packed_lora_model(tiny_base):
