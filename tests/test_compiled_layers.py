@@ -96,8 +96,8 @@ def test_a_training_run_with_compiled_layers_trains_and_evaluates_eagerly(catalo
 
 
 def test_compiled_layers_take_the_layers_python_floats_as_constants(tiny_base, monkeypatch):
-    """RMSNorm's epsilon and LoRA's scaling are constants of a run: were they graph inputs, they would
-    be CPU scalar tensors, and on a GPU inductor would build C++ kernels for the arithmetic on them."""
+    """RMSNorm's epsilon and LoRA's scaling are constants of a run: as graph inputs they were 0-d CPU
+    tensors, CPU code inside a GPU graph (see compile_decoder_layers)."""
     import torch
 
     torch._dynamo.reset()

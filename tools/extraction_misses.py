@@ -10,6 +10,8 @@ Usage, for the oncology test split (7 min on the 2-core CPU):
     python tools/extraction_misses.py --write-inputs /tmp/test.jsonl
     adapterlab predict oncology --input /tmp/test.jsonl --output /tmp/pred.jsonl --batch-size 16
     python tools/extraction_misses.py /tmp/pred.jsonl [--field treatment] [--show 8]
+``--split train --limit 150`` (with both steps) asks how well the adapter reproduces narratives it
+trained on: 0.830 micro accuracy on 2026-11-29, so it learned each finding's usual wording.
 Measured 2026-11-29 with the shipped oncology adapter: micro accuracy 0.790, as its evaluation gave.
 Treatment misses 223 of 450; in 152 of them the reference's parts are not in the narrative. The misses
 mix wordings ("wide local excision (surgery)") with real errors (ER-negative read as ER positive).
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("predictions", nargs="?", help="JSONL written by `adapterlab predict`")
     parser.add_argument("--adapter", default="oncology")
     parser.add_argument("--data", default=None)
-    parser.add_argument("--write-inputs", metavar="FILE", help="write the test narratives for predict, and stop")
+    parser.add_argument("--write-inputs", metavar="FILE", help="write the narratives for predict, and stop")
     parser.add_argument("--field", action="append", help="fields whose misses to list (default: all)")
     parser.add_argument("--show", type=int, default=5, help="misses printed per field")
     parser.add_argument("--split", choices=["test", "validation", "train"], default="test",
@@ -59,23 +61,23 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N narratives of the split")
     args = parser.parse_args(argv)
     spec = get_spec(load_catalog(), args.adapter)
-    test = list(getattr(load_splits(spec, path=args.data), args.split))[:args.limit]
+    examples = list(getattr(load_splits(spec, path=args.data), args.split))[:args.limit]
     if args.write_inputs:
-        Path(args.write_inputs).write_text("".join(json.dumps({"text": ex.input}) + "\n" for ex in test))
-        print(f"wrote {len(test)} {args.split} narratives to {args.write_inputs}")
+        Path(args.write_inputs).write_text("".join(json.dumps({"text": ex.input}) + "\n" for ex in examples))
+        print(f"wrote {len(examples)} {args.split} narratives to {args.write_inputs}")
         return 0
     if not args.predictions:
         parser.error("give the predictions file, or --write-inputs FILE")
     rows = [json.loads(line) for line in Path(args.predictions).read_text().splitlines() if line.strip()]
-    if [r["text"] for r in rows] != [ex.input for ex in test]:
+    if [r["text"] for r in rows] != [ex.input for ex in examples]:
         raise SystemExit(f"{args.predictions}: its lines are not the {args.adapter} {args.split} narratives in order "
                          "(write them with --write-inputs)")
     fields = list(spec.fields)
     accuracy = {}
     for field in fields:
-        misses = [(r["fields"].get(field), ex.target.get(field), ex.input) for r, ex in zip(rows, test)
+        misses = [(r["fields"].get(field), ex.target.get(field), ex.input) for r, ex in zip(rows, examples)
                   if normalise(r["fields"].get(field)) != normalise(ex.target.get(field))]
-        accuracy[field] = 1 - len(misses) / len(test)
+        accuracy[field] = 1 - len(misses) / len(examples)
         if args.field and field not in args.field:
             continue
         kinds = Counter(miss_kind(p, ref, text) for p, ref, text in misses)

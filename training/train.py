@@ -116,10 +116,11 @@ def compile_decoder_layers(model) -> int:
     # second compiled graph. Making the embeddings' output require grad costs no computation.
     base.enable_input_require_grads()
     # The Python floats the layers read (RMSNorm's epsilon, LoRA's scaling and dropout rate) are
-    # constants of a run. Unspecialised (dynamo's default), each becomes a CPU scalar tensor input
-    # of the graph, and arithmetic on CPU tensors compiles to C++ even in a CUDA graph: C++ builds,
-    # and a CPU vector-ISA check that took ~20-30 s of a warm-cache process's first step on an H200
-    # (DEVELOPERS.md; the saving is not yet measured on a GPU). Process-wide; only training compiles.
+    # constants of a run. Unspecialised (dynamo's default), each becomes a 0-d CPU tensor input of
+    # the graph. On an H200 the compiled layers then built C++ code and ran inductor's CPU
+    # vector-ISA check (~20-30 s of a warm-cache process's first step), which only CPU code needs;
+    # constants are meant to remove both (not yet measured on a GPU: DEVELOPERS.md). Process-wide,
+    # and only training compiles.
     import torch
 
     torch._dynamo.config.specialize_float = True
