@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +68,11 @@ class Backend(Protocol):
     def complete(self, adapter: str | None, prompts: Sequence[str], params: GenerationParams,
                  batch_size: int = 8) -> list[str]: ...
 
-    def stream(self, adapter: str | None, prompt: str, params: GenerationParams) -> Iterator[str]: ...
+    def stream(self, adapter: str | None, prompt: str, params: GenerationParams,
+               on_finish: Callable[[str], None] | None = None) -> Iterator[str]:
+        """Text pieces as they are decoded. When the generation ends by itself, ``on_finish`` gets
+        why: "stop" (an end-of-sequence token) or "length" (``max_new_tokens`` reached)."""
+        ...
 
 
 _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)
@@ -244,10 +248,17 @@ class LocalBackend:
         if self._static_decoder is None and self._device().type == "cuda":
             from .decoding import StaticDecoder
 
-            eos = self.model.generation_config.eos_token_id
-            eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
-            self._static_decoder = StaticDecoder(self.model, eos, self.context_length)
+            self._static_decoder = StaticDecoder(self.model, sorted(self._eos_ids()), self.context_length)
         return self._static_decoder
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set([eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id]))
+
+    def _finish_reason(self, new_ids: list[int], max_new_tokens: int) -> str:
+        """"length" when ``new_ids`` filled ``max_new_tokens`` without ending the answer, else "stop"."""
+        ended = bool(new_ids) and new_ids[-1] in self._eos_ids()
+        return "length" if len(new_ids) >= max_new_tokens and not ended else "stop"
 
     def _decode_one(self, adapter: str | None, prompt_ids: list[int], params: GenerationParams,
                     on_token=None) -> list[int]:
@@ -406,8 +417,9 @@ class LocalBackend:
                 outputs.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
         return outputs
 
-    def stream(self, adapter, prompt, params) -> Iterator[str]:
-        """Yield text pieces as they are decoded; closing the iterator stops the generation."""
+    def stream(self, adapter, prompt, params, on_finish=None) -> Iterator[str]:
+        """Yield text pieces as they are decoded; closing the iterator stops the generation (and
+        ``on_finish`` is not called)."""
         from transformers import StoppingCriteria, TextIteratorStreamer
 
         tok = self.tokenizer
@@ -429,11 +441,14 @@ class LocalBackend:
                     enc = self.encode(prompt, return_tensors="pt").to(self._device())
                     if self._decoder() is not None:
                         streamer.put(enc["input_ids"].cpu())  # the prompt, which the streamer skips
-                        self._decode_one(adapter, enc["input_ids"][0].tolist(), params, on_token=lambda t: (
+                        new_ids = self._decode_one(adapter, enc["input_ids"][0].tolist(), params, on_token=lambda t: (
                             streamer.put(torch.tensor([t])), not cancelled.is_set())[1])
                     else:
-                        model.generate(**enc, streamer=streamer, stopping_criteria=[StopWhenCancelled()],
-                                       **self._generate_kwargs(params))
+                        out = model.generate(**enc, streamer=streamer, stopping_criteria=[StopWhenCancelled()],
+                                             **self._generate_kwargs(params))
+                        new_ids = out[0, enc["input_ids"].shape[1]:].tolist()
+                    if on_finish is not None and not cancelled.is_set():
+                        on_finish(self._finish_reason(new_ids, params.max_new_tokens))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
             finally:

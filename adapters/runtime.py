@@ -43,14 +43,23 @@ class Classification:
 
 @dataclass
 class Generation:
-    """A generated answer: iterate it for text pieces as they arrive, or read ``text``."""
+    """A generated answer: iterate it for text pieces as they arrive, or read ``text``.
 
-    pieces: Iterator[str]
+    ``finish_reason``, once the pieces are consumed: "stop" (the model ended its answer) or
+    "length" (cut at ``max_new_tokens``, the limit this generation ran with); None when not known
+    (stopped early, or not streamed)."""
+
+    pieces: Iterator[str] = field(default_factory=lambda: iter(()))
     truncated: bool = False
     prompt_tokens: int = 0
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
     first_piece_at: float | None = None
+    finish_reason: str | None = None
+    max_new_tokens: int | None = None
+
+    def finished(self, reason: str) -> None:
+        self.finish_reason = reason
 
     def __iter__(self) -> Iterator[str]:
         for piece in self.pieces:
@@ -136,11 +145,13 @@ class Runtime:
         messages, truncated = self._fit_conversation(spec, [*shots, *messages], system,
                                                      params.max_new_tokens)
         prompt = self.backend.render(messages)
+        generation = Generation(truncated=truncated, prompt_tokens=self.backend.count_tokens(prompt),
+                                max_new_tokens=params.max_new_tokens)
         if stream:
-            pieces = self.backend.stream(target, prompt, params)
+            generation.pieces = self.backend.stream(target, prompt, params, on_finish=generation.finished)
         else:
-            pieces = iter(self.backend.complete(target, [prompt], params))
-        return Generation(pieces, truncated=truncated, prompt_tokens=self.backend.count_tokens(prompt))
+            generation.pieces = iter(self.backend.complete(target, [prompt], params))
+        return generation
 
     def answer(self, adapter: str, questions: Sequence[str], *, base: bool = False,
                system: str | None = None, examples: Sequence[tuple[str, str]] = (),

@@ -298,7 +298,8 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
         await answer.stream_token(piece)
     output_tokens = runtime.backend.count_tokens(info.text) if info.text else 0
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
-                                        output_tokens, info.truncated, medical=profile.task == "generate")
+                                        output_tokens, info.truncated, medical=profile.task == "generate",
+                                        cut_at=info.cut_at)
     answer.content = (info.text if info.text.strip() else "*(the model produced no text)*") + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
     answer.elements = await _prompt_element(runtime, profile.adapter, [*history, {"role": "user", "content": text}],

@@ -133,6 +133,7 @@ class GenerationInfo:
 
     prompt_tokens: int = 0
     truncated: bool = False
+    cut_at: int | None = None  # the max-new-tokens limit the answer was cut at; None: it ended by itself
     first_piece_seconds: float | None = None
     seconds: float | None = None
     text: str = ""
@@ -170,6 +171,7 @@ def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
     def finish(generation) -> None:
         info.prompt_tokens = generation.prompt_tokens
         info.truncated = generation.truncated
+        info.cut_at = generation.max_new_tokens if generation.finish_reason == "length" else None
         info.text = generation.text
         info.seconds = time.perf_counter() - info.started
         if generation.first_piece_at is not None:

@@ -322,7 +322,9 @@ def extraction_flag(result: dict) -> str:
 
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,
-                      output_tokens: int | None, truncated: bool, medical: bool) -> str:
+                      output_tokens: int | None, truncated: bool, medical: bool,
+                      cut_at: int | None = None) -> str:
+    """The line under an answer; ``cut_at``: the max-new-tokens limit the answer was cut at."""
     bits = [variant]
     if first is not None:
         bits.append(f"first token {first:.2f} s")
@@ -331,6 +333,8 @@ def generation_footer(variant: str, seconds: float | None, first: float | None, 
     bits.append(f"{prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else ""))
     if truncated:
         bits.append("earlier turns or the message were cut to fit the context")
+    if cut_at is not None:
+        bits.append(f"cut at the {cut_at}-token limit (⚙️ max new tokens)")
     footer = "*" + " · ".join(bits) + "*"
     if medical:
         footer += "\n\n" + NOT_MEDICAL_ADVICE

@@ -319,6 +319,7 @@ def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, 
     assert "Not medical advice" in text and "first token" in text
     TIMINGS["medical_first_token_server_s"] = float(re.search(r"first token (\d+\.\d+) s", text).group(1))
     assert re.search(r"\d+ prompt tokens, \d+ generated", text)
+    assert "cut at the 64-token limit" in text  # MedQuAD answers run longer than 64 tokens
     prompt_title = page.locator("text=/Rendered prompt · \\d+ tokens/").first
     assert prompt_title.count() == 1
     shot(page, "07-medical-qa")

@@ -119,6 +119,11 @@ def test_generate_chain_streams_the_runtime_answer_with_history(tiny_base, catal
                          max_new_tokens=12, stream=False).read()
     assert len(pieces) > 1 and "".join(pieces) == info.text == direct
     assert info.prompt_tokens > 0 and info.first_piece_seconds is not None and not info.truncated
+    assert info.cut_at == 12  # the tiny random model does not end its answer within 12 tokens
+    footer = handlers.generation_footer("base", 1.0, 0.1, info.prompt_tokens, 12, False, medical=True,
+                                        cut_at=info.cut_at)
+    assert "cut at the 12-token limit (⚙️ max new tokens)" in footer
+    assert "cut at" not in handlers.generation_footer("base", 1.0, 0.1, 9, 5, False, medical=True)
 
 
 def test_generate_chain_streams_asynchronously_and_stops_when_abandoned(tiny_base, catalog):

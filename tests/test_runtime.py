@@ -84,6 +84,30 @@ def test_streaming_yields_the_same_text_as_greedy_non_streaming(tiny_base, catal
     assert whole.strip()
 
 
+def test_a_streamed_answer_says_whether_it_ended_or_was_cut_at_max_new_tokens(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    messages = [{"role": "user", "content": "What are the symptoms of diabetes?"}]
+    cut = rt.generate("medquad", messages, base=True, temperature=0, max_new_tokens=6)
+    assert cut.finish_reason is None  # not known before the answer is read
+    cut.read()
+    assert cut.text and cut.finish_reason == "length" and cut.max_new_tokens == 6
+    # make every token end the answer: the same request now stops by itself after one token
+    config = rt.backend.model.generation_config
+    eos = config.eos_token_id
+    config.eos_token_id = list(range(rt.backend.model.config.vocab_size))
+    try:
+        ended = rt.generate("medquad", messages, base=True, temperature=0, max_new_tokens=6)
+        ended.read()
+    finally:
+        config.eos_token_id = eos
+    assert ended.finish_reason == "stop"
+    abandoned = rt.generate("medquad", messages, base=True, temperature=0, max_new_tokens=200)
+    stream = iter(abandoned)
+    next(stream)
+    stream.close()
+    assert abandoned.finish_reason is None  # stopped by the caller: neither
+
+
 def test_multi_turn_history_reaches_the_prompt(tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     seen = []
