@@ -424,7 +424,7 @@ async def _compare(runtime: Runtime, text: str, adapter: str) -> None:
             outcomes.append(handlers.Outcome(name, unavailable=unavailable))
             continue
         started = time.perf_counter()
-        output_tokens = None
+        output_tokens = cut_at = None
         if spec.task == "classify":
             chain = chains.classify_chain(runtime, adapter, base=base, system=settings.system, examples=shots)
             (result,) = await chain.ainvoke({"texts": [text]}, config=config)
@@ -438,11 +438,12 @@ async def _compare(runtime: Runtime, text: str, adapter: str) -> None:
             chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
                                           temperature=0.0, max_new_tokens=settings.max_new_tokens, info=info)
             result = "".join([piece async for piece in chain.astream({"history": [], "text": text}, config=config)])
-            output_tokens = runtime.backend.count_tokens(result)
+            output_tokens, cut_at = runtime.backend.count_tokens(result), info.cut_at
         seconds = time.perf_counter() - started
         prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
                                          system=settings.system, examples=shots)
-        outcomes.append(handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens))
+        outcomes.append(handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens,
+                                         cut_at=cut_at))
     content = handlers.compare_markdown(spec, text, outcomes)
     if spec.task == "generate":
         content += "\n\n*Greedy decoding (temperature 0) in every column, so the columns differ only by model and prompt.*"

@@ -414,6 +414,7 @@ class Outcome:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     unavailable: str | None = None  # why this column has no result
+    cut_at: int | None = None  # the max-new-tokens limit a generated answer was cut at
 
 
 def few_shot_unavailable(spec: AdapterSpec) -> str:
@@ -463,7 +464,8 @@ def _one_line(markdown: str) -> str:
 def _tokens(o: Outcome) -> str:
     if o.prompt_tokens is None:
         return "—"
-    return f"{o.prompt_tokens} in" + (f" / {o.output_tokens} out" if o.output_tokens is not None else "")
+    cut = f" (cut at the {o.cut_at}-token limit)" if o.cut_at is not None else ""
+    return f"{o.prompt_tokens} in" + (f" / {o.output_tokens} out" if o.output_tokens is not None else "") + cut
 
 
 # --- prompts shown to the user -------------------------------------------------------------------

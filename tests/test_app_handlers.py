@@ -258,7 +258,9 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| `stage` ≠ | **IV** | **IV** | **IIIA** |" in md  # fields that differ are marked
     assert "| `response` | *null* | *null* | *null* |" in md and "⚠️ repaired" in md
     gen = handlers.compare_markdown(specs["medquad"], "q", [handlers.Outcome("base", "line one\nline | two", 2.0, 50, 9)])
-    assert "| answer | line one line \\| two |" in gen and "50 in / 9 out" in gen
+    assert "| answer | line one line \\| two |" in gen and "50 in / 9 out" in gen and "cut at" not in gen
+    cut = handlers.compare_markdown(specs["medquad"], "q", [handlers.Outcome("base", "a", 2.0, 50, 64, cut_at=64)])
+    assert "50 in / 64 out (cut at the 64-token limit)" in cut
 
 
 def test_batch_rows_table_and_csv(catalog):
