@@ -278,39 +278,37 @@ def test_adapters_shows_a_trained_adapter_as_trained(cli, catalog):
     assert "not trained" in lines["medquad"] and "not trained" in lines["oncology"]
 
 
-def test_commands_do_not_print_bitsandbytes_hub_kernel_warning():
-    """bitsandbytes warns at import on AVX512-BF16 CPUs that it could not fetch an optional kernel from
-    the Hub; every command and app start imports it, so adapterlab keeps that logger to errors."""
+def python_in_a_fresh_interpreter(script: str):
+    """stdout and stderr of ``python -c script`` (warnings and logging as a user's process sets them)."""
     import subprocess
     import sys
 
-    script = ("import adapters, logging, bitsandbytes; "
-              "print(logging.getLogger('bitsandbytes.backends.cpu.ops').getEffectiveLevel())")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split()[-1] == str(40)  # logging.ERROR
-    assert "kernels-community" not in run.stderr
+    return run.stdout, run.stderr
+
+
+def test_commands_do_not_print_bitsandbytes_hub_kernel_warning():
+    """bitsandbytes warns at import on AVX512-BF16 CPUs that it could not fetch an optional kernel from
+    the Hub; every command and app start imports it, so adapterlab keeps that logger to errors."""
+    out, err = python_in_a_fresh_interpreter(
+        "import adapters, logging, bitsandbytes; "
+        "print(logging.getLogger('bitsandbytes.backends.cpu.ops').getEffectiveLevel())")
+    assert out.split()[-1] == str(40)  # logging.ERROR
+    assert "kernels-community" not in err
 
 
 def test_peft_wrapping_a_model_prints_no_transformers_rename_warning(tiny_base):
     """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a model (each
     predict, app start and training), and transformers warns; adapterlab hides that message only."""
-    import subprocess
-    import sys
-
     wrap = ("from peft import LoraConfig, get_peft_model; from transformers import AutoModelForCausalLM; "
             f"get_peft_model(AutoModelForCausalLM.from_pretrained({str(tiny_base)!r}), "
             "LoraConfig(r=2, target_modules=['q_proj'])); import warnings; "
             "warnings.warn('`is_gradient_checkpointing` is deprecated', UserWarning)")
 
-    def stderr_of(prelude: str) -> str:
-        run = subprocess.run([sys.executable, "-c", prelude + wrap], capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        return run.stderr
-
-    without = stderr_of("")
+    _, without = python_in_a_fresh_interpreter(wrap)
     if "FutureWarning: `is_gradient_checkpointing` is deprecated" not in without:
         pytest.skip("this transformers/PEFT pair does not warn about is_gradient_checkpointing")
-    with_adapterlab = stderr_of("import adapters.base_models; ")
+    _, with_adapterlab = python_in_a_fresh_interpreter("import adapters.base_models; " + wrap)
     assert "FutureWarning: `is_gradient_checkpointing` is deprecated" not in with_adapterlab
     assert "UserWarning: `is_gradient_checkpointing` is deprecated" in with_adapterlab  # only that category

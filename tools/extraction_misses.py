@@ -43,9 +43,9 @@ def in_text(value, text: str) -> bool:
 
 
 def miss_kind(predicted, reference, text: str) -> str:
-    if reference is None or normalise(reference) is None:
+    if normalise(reference) is None:
         return "reference empty"
-    if predicted is None or normalise(predicted) is None:
+    if normalise(predicted) is None:
         return "prediction empty"
     return (f"reference {'in' if in_text(reference, text) else 'not in'} text, "
             f"prediction {'in' if in_text(predicted, text) else 'not in'} text")
