@@ -96,9 +96,9 @@ class TrainingSpec:
     early_stopping_patience: int = 3
     seed: int = 42
     # on a GPU, torch.compile each decoder layer (compiled once, for any token count): ~1.3-1.5x
-    # faster steps after compiling once per process (~80 s on a fresh H200 host, ~50 s with a warm
-    # cache), repaid after roughly 700 steps (README); LoRA only; a CPU run stays eager
-    # (training.train.compiles_layers)
+    # faster steps after compiling once per process (~19 s on a fresh H200 host, ~4 s with
+    # inductor's cache warm), repaid after roughly 250 steps on a fresh host (README); LoRA only;
+    # a CPU run stays eager (training.train.compiles_layers)
     compile: bool = False
 
 
