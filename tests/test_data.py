@@ -16,8 +16,8 @@ from adapters.catalog import CATALOG_DIR
 from adapters.spec import AdapterSpec, DataSpec, PromptSpec, SplitSpec, load_spec
 from training.data import (DATA_DIR_ENV, DataError, DataNotFoundError, Example, cap_words, data_candidates,
                            deduplicate, few_shot_examples, label_counts, load_examples, load_splits,
-                           normalise_text, oversample_minority, read_medquad_csv, read_oncology_jsonl,
-                           read_sms_spam, split_examples)
+                           normalise_text, oversample_minority, portable_source, read_medquad_csv,
+                           read_oncology_jsonl, read_sms_spam, split_examples)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -193,6 +193,27 @@ def test_env_var_and_path_argument_override_the_spec(tmp_path, monkeypatch):
     assert load_examples(spec, override, root=root, hub=False)[0][0].input == "from the argument"
     assert load_examples(spec, tmp_path / "elsewhere", root=root, hub=False)[0][0].input == "from the env"
     assert data_candidates(spec, root=root)[0] == tmp_path / "elsewhere" / "sms_spam" / "SMSSpamCollection"
+
+
+def test_the_recorded_source_names_no_folder_of_this_machine(tmp_path, monkeypatch):
+    """metrics.json and the card are committed: they keep where the data lie as any machine can read it."""
+    import hashlib
+
+    from training.data import PROJECT_ROOT
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "datasets"))
+    assert portable_source(str(tmp_path / "datasets" / "oncology" / "train.jsonl")) == \
+        f"${DATA_DIR_ENV}/oncology/train.jsonl"
+    shared = PROJECT_ROOT.parent / "shared" / "datasets" / "sms_spam" / "SMSSpamCollection"
+    assert portable_source(str(shared)) == "../shared/datasets/sms_spam/SMSSpamCollection"
+    assert portable_source("/home/someone/private/sms/SMSSpamCollection") == ".../sms/SMSSpamCollection"
+    assert portable_source("hf://datasets/ucirvine/sms_spam") == "hf://datasets/ucirvine/sms_spam"
+
+    monkeypatch.delenv(DATA_DIR_ENV)
+    path = write(tmp_path / "mine" / "sms.tsv", "ham\thello\nspam\twin now\nham\tsee you\n")
+    record = load_splits(make_spec("classify"), path).report.as_record()
+    assert record["source"] == ".../mine/sms.tsv" and str(tmp_path) not in json.dumps(record)
+    assert record["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_a_missing_explicit_path_is_an_error_not_a_fallback(tmp_path):

@@ -3,6 +3,7 @@ the evaluation, the artifacts, resuming a killed run, and the atomic write of th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -96,6 +97,9 @@ def test_evaluation_reports_base_few_shot_and_fine_tuned_on_the_same_examples(tr
     assert (trained / "confusion.png").stat().st_size > 0
     shots = [json.loads(line) for line in (trained / "few_shot.jsonl").read_text().splitlines()]
     assert len(shots) == metrics["few_shot_k"] > 0  # the in-context examples, from the training split
+    data = trained.parent.parent / "SMSSpamCollection"
+    assert metrics["split"]["source"] == f".../{data.parent.name}/SMSSpamCollection"  # no local folders
+    assert metrics["split"]["source_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
 
 
 def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(trained, tiny_base):
@@ -106,6 +110,7 @@ def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(tra
     fine = metrics["variants"]["fine_tuned"]["accuracy"]
     assert re.search(rf"\| accuracy \| [0-9.]+ \| [0-9.]+ \| {fine:.3f} \|", card)
     assert "Not for clinical decisions" in card and "adapterlab eval spam --eval-limit 8" in card
+    assert f"read `{metrics['split']['source']}`, sha256 `{metrics['split']['source_sha256']}`" in card
 
 
 def test_the_trained_adapter_changes_what_the_runtime_predicts(trained, tiny_base):

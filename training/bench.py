@@ -415,7 +415,7 @@ def cmd_bench_train(args) -> int:
 
     from adapters.base_models import LoadOptions, canonical_name, resolve
 
-    from .data import load_splits
+    from .data import load_splits, portable_source
     from .train import compiles_layers, sft_rows
 
     if args.examples < 1 or args.val_examples < 1 or args.repeat < 1:
@@ -478,7 +478,8 @@ def cmd_bench_train(args) -> int:
         env["device"] = torch.cuda.get_device_name(torch.device(device))
     result = {"benchmark": "train", **env, "trl": trl.__version__, "command": command_line(args),
               "device_kind": "cuda" if on_cuda else "cpu", "base_model": canonical_name(base),
-              "adapter": spec.name, "data_source": splits.report.source, "examples": len(train_examples),
+              "adapter": spec.name, "data_source": portable_source(splits.report.source),
+              "data_sha256": splits.report.source_sha256, "examples": len(train_examples),
               "distinct_examples": len({id(e) for e in train_examples}),
               "validation_examples": len(val_examples),
               "validation_loss_definition": "mean cross-entropy on the completion tokens of the validation subset",

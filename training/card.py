@@ -60,6 +60,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _read_from(split: dict) -> str:
+    """Where this run read its data, and the file's hash when it was a local file."""
+    if not split.get("source"):
+        return ""
+    digest = f", sha256 `{split['source_sha256']}`" if split.get("source_sha256") else ""
+    return f"; this run read `{split['source']}`{digest}"
+
+
 def _decision_text(metrics: dict) -> str:
     """How the fine-tuned adapter decides, when its threshold was tuned (empty otherwise)."""
     d = metrics.get("decision")
@@ -141,9 +149,9 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 
 ## Data
 
-- Source: `{data_source}` (local copy `{spec.data.local_path}` when present)
+- Source: `{data_source}` (local copy `{spec.data.local_path}` when present){_read_from(split)}
 - Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}
-- Details: `{json.dumps({k: v for k, v in split.items() if k not in ('train', 'validation', 'test')}, default=str)[:600]}`
+- Details: `{json.dumps({k: v for k, v in split.items() if k not in ('train', 'validation', 'test', 'source', 'source_sha256')}, default=str)[:600]}`
 
 ## Training
 

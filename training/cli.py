@@ -55,12 +55,6 @@ def _splits(spec, args):
     return splits
 
 
-def _report_dict(report) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(report) if is_dataclass(report) else dict(report)
-
-
 def cmd_train(args) -> int:
     from dataclasses import asdict
 
@@ -99,7 +93,7 @@ def _evaluate(name: str, args, splits, train_result, variants=None) -> None:
     batch = args.batch_size or (64 if LoadOptions(device=args.device).torch_device().startswith("cuda") else 8)
     report = evaluate_adapter(runtime, spec, splits, limit=args.eval_limit, variants=variants or VARIANTS,
                               batch_size=batch, out_dir=spec.directory)
-    metrics = write_metrics(spec, report, _report_dict(splits.report), train_result, spec.directory)
+    metrics = write_metrics(spec, report, splits.report.as_record(), train_result, spec.directory)
     write_card(spec, metrics, spec.directory)
     print(json.dumps({"variants": metrics["variants"], "targets": metrics["targets"]}, indent=2, default=str))
     print(f"wrote {spec.directory / 'metrics.json'} and {spec.directory / 'README.md'}", file=sys.stderr)

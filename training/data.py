@@ -132,6 +132,12 @@ class SplitReport:
     task: str = ""
     notes: list[str] = field(default_factory=list)
     skipped_lines: dict[str, list[int]] = field(default_factory=dict)
+    source_sha256: str | None = None  # of a local file: shows two runs read the same data
+
+    def as_record(self) -> dict[str, Any]:
+        """This report as metrics.json and the model card keep it: ``source`` without this
+        machine's folders (see ``portable_source``), since those files are committed and shared."""
+        return {**dataclasses.asdict(self), "source": portable_source(self.source)}
 
 
 @dataclass
@@ -470,6 +476,31 @@ def read_hub(spec: AdapterSpec, hub_id: str | None = None) -> tuple[list[Example
 
 # --- finding the data -------------------------------------------------------------------------
 
+def portable_source(source: str) -> str:
+    """``source`` (a Hub address or a local file) as another machine can read it: a Hub address as
+    is; a file below the project's parent folder relative to the project (``../shared/datasets/...``,
+    as specs write it); one in ``$ADAPTERLAB_DATA_DIR`` under that variable's name; any other file
+    as its folder and name only (``.../oncology/train.jsonl``), since the rest is this machine's."""
+    if "://" in source:
+        return source
+    path = Path(source)
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
+    if data_dir is not None and path.is_relative_to(data_dir):
+        return f"${DATA_DIR_ENV}/{path.relative_to(data_dir).as_posix()}"
+    if path.is_relative_to(PROJECT_ROOT.parent):
+        return os.path.relpath(path, PROJECT_ROOT).replace(os.sep, "/")
+    return "/".join(["...", *path.parts[-2:]])
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _tails(spec: AdapterSpec) -> list[Path]:
     """Where the spec's file may lie inside a datasets folder: ``<name>/<file>``, then ``<file>``."""
     tails = []
@@ -732,7 +763,8 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
         conflicting_duplicates=conflicts, examples=len(kept), groups=len(_units(kept)),
         train=len(train), validation=len(validation), test=len(test),
         oversampling=oversampling, max_target_words=spec.data.max_target_words if spec.task == "generate" else None,
-        targets_capped=capped, skipped_lines=loaded.skipped_lines, notes=notes)
+        targets_capped=capped, skipped_lines=loaded.skipped_lines, notes=notes,
+        source_sha256=file_sha256(loaded.source) if Path(loaded.source).is_file() else None)
     splits = Splits(train=train, validation=validation, test=test, report=report)
     if stratify:
         report.label_counts = label_counts(splits)
