@@ -255,12 +255,13 @@ def table(results: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def with_table(readme_text: str, generated: str, readme: Path = README) -> str:
-    """``readme_text`` with the part between the markers replaced by ``generated``."""
-    start, end = readme_text.find(START), readme_text.find(END)
+def with_table(readme_text: str, generated: str, readme: Path = README, markers: tuple[str, str] = (START, END)) -> str:
+    """``readme_text`` with the part between the ``markers`` replaced by ``generated``."""
+    first, last = markers
+    start, end = readme_text.find(first), readme_text.find(last)
     if start < 0 or end < start:
-        raise ValueError(f"{readme}: no {START} ... {END} pair; put the two markers where the table goes")
-    return readme_text[:start + len(START)] + "\n" + generated + "\n" + readme_text[end:]
+        raise ValueError(f"{readme}: no {first} ... {last} pair; put the two markers where the table goes")
+    return readme_text[:start + len(first)] + "\n" + generated + "\n" + readme_text[end:]
 
 
 def update_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> bool:

@@ -68,6 +68,10 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
     predict.add_argument("--catalog", default=str(CATALOG_DIR), help=argparse.SUPPRESS)
     predict.set_defaults(func=cmd_predict)
 
+    from .results_table import add_parser as add_results
+
+    add_results(sub)
+
     bench = sub.add_parser("bench", help="benchmarks (JSON results in benchmarks/results/)")
     bench_sub = bench.add_subparsers(required=True, metavar="BENCHMARK")
     from .bench import add_parser as add_bench_serve

@@ -1,0 +1,59 @@
+"""The README's results table is generated from the adapters' metrics.json, so it cannot drift."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from adapters.cli import main
+from adapters.results_table import MARKERS, read_metrics, table
+
+
+def spam_metrics(f1: float) -> dict:
+    variants = {v: {"accuracy": 0.5, "f1": value} for v, value in
+                (("base", 0.2), ("few_shot", 0.4), ("fine_tuned", f1))}
+    return {"test_examples": 10, "test_split_size": 20, "variants": variants,
+            "headline": {"accuracy": 0.5, "f1": f1},
+            "targets": [{"metric": "f1", "target": ">= 0.95", "value": f1, "met": f1 >= 0.95}]}
+
+
+def write_catalog(root: Path, f1: float) -> Path:
+    (root / "spam").mkdir(parents=True, exist_ok=True)
+    (root / "spam" / "metrics.json").write_text(json.dumps(spam_metrics(f1)))
+    return root
+
+
+def test_results_rewrites_a_stale_table_and_check_says_when_it_is_stale(tmp_path, capsys):
+    catalog = write_catalog(tmp_path / "catalog", f1=0.97)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{MARKERS[0]}\nold table\n{MARKERS[1]}\n\nafter\n")
+    args = ["results", "--catalog", str(catalog), "--readme", str(readme)]
+
+    assert main([*args, "--check"]) == 1 and "stale" in capsys.readouterr().err
+    assert main(args) == 0 and main([*args, "--check"]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{MARKERS[1]}\n\nafter\n")
+    assert "| spam (10 of 20 test) | f1 | 0.200 | 0.400 | 0.970 | >= 0.95 ✅ |" in text
+    assert "| spam (10 of 20 test) | accuracy | 0.500 | 0.500 | 0.500 |  |" in text
+
+    write_catalog(catalog, f1=0.90)  # a retrained adapter: the README no longer says what metrics.json says
+    assert main([*args, "--check"]) == 1
+    assert main(args) == 0 and "| 0.900 | >= 0.95 ❌ |" in readme.read_text()
+
+
+def test_a_readme_without_the_markers_and_a_broken_metrics_file_are_named(tmp_path, capsys):
+    catalog = write_catalog(tmp_path / "catalog", f1=0.97)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert main(["results", "--catalog", str(catalog), "--readme", str(readme)]) == 2
+    assert f"{readme}: no {MARKERS[0]}" in capsys.readouterr().err
+    (catalog / "spam" / "metrics.json").write_text("{not json")
+    assert main(["results", "--catalog", str(catalog), "--readme", str(readme)]) == 2
+    assert "spam/metrics.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_the_committed_readme_results_table_matches_the_committed_metrics():
+    from adapters.bench_table import README, with_table
+
+    text = README.read_text(encoding="utf-8")
+    assert with_table(text, table(read_metrics()), README, MARKERS) == text, "run `adapterlab results`"
