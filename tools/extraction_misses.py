@@ -6,17 +6,18 @@ uses, and the misses counted by whether the reference's parts appear word for wo
 A reference paraphrased away from the text is one no copying model can match. Then it prints a few
 misses to read.
 
-Usage, for the oncology test split (7 min on the 2-core CPU):
+Usage, for the oncology test split (7–13 min on the 2-core CPU):
     python tools/extraction_misses.py --write-inputs /tmp/test.jsonl
     adapterlab predict oncology --input /tmp/test.jsonl --output /tmp/pred.jsonl --batch-size 16
     python tools/extraction_misses.py /tmp/pred.jsonl [--field treatment] [--show 8]
 ``--split train --limit 150`` (with both steps) asks how well the adapter reproduces narratives it
-trained on: 0.830 micro accuracy on 2026-11-29, so it learned each finding's usual wording.
-By how the reference is worded, all fields of the test split (2026-11-29): as in the text 1663 / 1836
-= 0.906, null 324 / 336 = 0.964, paraphrased 501 / 978 = 0.512. Even with every other value right,
-0.90 micro accuracy would need 0.678 on the paraphrased ones.
-Measured 2026-11-29 with the shipped oncology adapter: micro accuracy 0.790, as its evaluation gave.
-Treatment misses 223 of 450; in 152 of them the reference's parts are not in the narrative. The misses
+trained on: 0.830 micro accuracy on 2026-11-29, 0.832 for the adapter retrained that day (as in the
+text 0.928, null 0.971, paraphrased 203 / 332 = 0.611), so it learned each finding's usual wording.
+By how the reference is worded, all fields of the test split, with the oncology adapter retrained on
+2026-11-29 (predictions made on the 2-core CPU in 13 min): as in the text 1663 / 1836 = 0.906, null
+323 / 336 = 0.961, paraphrased 502 / 978 = 0.513. Even with every other value right, 0.90 micro
+accuracy would need 0.678 on the paraphrased ones. Micro accuracy 0.790, as its evaluation gave.
+Treatment misses 227 of 450; in 153 of them the reference's parts are not in the narrative. The misses
 mix wordings ("wide local excision (surgery)") with real errors (ER-negative read as ER positive).
 """
 
