@@ -136,6 +136,29 @@ def test_length_grouped_batching_is_selected_by_the_spec(catalog, tiny_base, tmp
     assert result["steps"] == 3 and result["batching"] == "length-grouped batches, padded per batch"
 
 
+def test_two_data_parallel_processes_train_one_adapter_and_evaluate_it_once(catalog, tiny_base, tmp_path):
+    """`torchrun --nproc_per_node 2` (what `accelerate launch` starts on several GPUs), here on the CPU
+    with gloo: each step trains on a batch per process, and only rank 0 writes and evaluates."""
+    set_training(catalog, "spam", learning_rate="5.0e-3")
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    args = train_args(catalog, tiny_base, data, tmp_path / "runs-ddp", "--max-steps", "4", "--eval-limit", "4")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "training.cli"]
+    proc = subprocess.run([*launch, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("data: ") == 1 and output.count("wrote ") == 1  # one report, one evaluation
+    parallel = json.loads((catalog / "spam" / "train_result.json").read_text())
+    assert parallel["processes"] == 2 and parallel["steps"] == 4
+    assert "2 × cpu" in (catalog / "spam" / "README.md").read_text()
+
+    assert main(train_args(catalog, tiny_base, data, tmp_path / "runs-one", "--max-steps", "4", "--no-eval")) == 0
+    single = json.loads((catalog / "spam" / "train_result.json").read_text())
+    assert single["processes"] == 1
+    assert parallel["train_tokens"] > 1.5 * single["train_tokens"]  # two batches a step, not one
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_path):
     set_training(catalog, "spam", learning_rate="5.0e-3", eval_steps="2", early_stopping_patience="100")
     data = write_sms_collection(tmp_path / "SMSSpamCollection")

@@ -60,6 +60,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _hardware(training: dict) -> str:
+    """The training device, with the process count of a data-parallel run (``2 × NVIDIA H100``)."""
+    processes = training.get("processes") or 1
+    return f"{processes} × {training.get('device', '—')}" if processes > 1 else str(training.get("device", "—"))
+
+
 def _read_from(split: dict) -> str:
     """Where this run read its data, and the file's hash when it was a local file."""
     if not split.get("source"):
@@ -160,7 +166,7 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 | method | {t.method} (LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules {', '.join(lora.target_modules)}) |
 | optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
 | sequences | completion-only loss, {training.get('batching', 'padding-free packing')}, max length {t.max_seq_length} |
-| hardware | {training.get('device', '—')} |
+| hardware | {_hardware(training)} |
 | run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_fmt(training.get('train_seconds'))} s{_compile_note(training)}, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
 | best validation loss | {_fmt(training.get('best_eval_loss'))} |
 | seed | {t.seed} |

@@ -46,25 +46,29 @@ def _common(p) -> None:
 
 def _splits(spec, args):
     from .data import load_splits
+    from .train import is_main_process
 
     splits = load_splits(spec, path=args.data)
     r = splits.report
-    print(f"data: {r.source}: train {r.train}, validation {r.validation}, test {r.test} (seed {r.seed}, "
-          f"{r.duplicates_removed} duplicates removed, skipped {r.skipped or 'none'}, labels {r.label_counts})",
-          file=sys.stderr)
+    if is_main_process():  # each process of a DDP run reads the data; one says so
+        print(f"data: {r.source}: train {r.train}, validation {r.validation}, test {r.test} (seed {r.seed}, "
+              f"{r.duplicates_removed} duplicates removed, skipped {r.skipped or 'none'}, labels {r.label_counts})",
+              file=sys.stderr)
     return splits
 
 
 def cmd_train(args) -> int:
     from dataclasses import asdict
 
-    from .train import train_adapter
+    from .train import is_main_process, train_adapter
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     splits = _splits(spec, args)
     result = train_adapter(spec, splits, base=args.base_model, max_steps=args.max_steps,
                            device=args.device, restart=args.restart,
                            run_dir=args.run_dir)
+    if not is_main_process():  # DDP: rank 0 wrote the adapter and evaluates it once
+        return 0
     print(json.dumps(asdict(result), indent=2))
     if not args.no_eval:
         _evaluate(spec.name, args, splits, asdict(result))

@@ -60,6 +60,7 @@ class TrainResult:
     seed: int
     batching: str | None = None  # absent in runs before 2026-11-23 (they used padding-free packing)
     compiled_layers: bool = False  # decoder layers torch.compiled; train_seconds includes compiling them
+    processes: int = 1  # data-parallel processes (DDP through torchrun / accelerate launch), one GPU each
 
 
 def sft_rows(tokenizer: Any, spec: AdapterSpec, examples) -> list[dict[str, str]]:
@@ -95,6 +96,16 @@ def sampling_args(group_by_length: bool) -> dict:
     if "train_sampling_strategy" in inspect.signature(TrainingArguments).parameters:
         return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
     return {"group_by_length": group_by_length}
+
+
+def is_main_process() -> bool:
+    """False in the other processes of a data-parallel run (rank > 0), which train but write nothing.
+    Before training starts the process group, the launcher's ``RANK`` says it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def compiles_layers(training, on_cuda: bool) -> bool:
@@ -241,7 +252,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         compile_decoder_layers(trainer.model)
         evaluate_eagerly(trainer)
         if progress and trainer.is_world_process_zero():  # the bar would otherwise sit at step 0 meanwhile
-            print("compiling the decoder layers during the first step (once per process: about 1.5 min on "
+            print("compiling the decoder layers during the first step (once per process: about 20 s on "
                   "a fresh GPU host; `training.compile: false` trains without)", file=sys.stderr)
     throughput = ThroughputCallback()
     trainer.add_callback(throughput)
@@ -262,7 +273,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         best_eval_loss=trainer.state.best_metric, best_checkpoint=trainer.state.best_model_checkpoint,
         resumed_from=resume_from, seed=t.seed,
         batching="padding-free packing" if args.packing else "length-grouped batches, padded per batch",
-        compiled_layers=compiled)
+        compiled_layers=compiled, processes=trainer.args.world_size)
     if trainer.is_world_process_zero():
         write_adapter(trainer.model, spec, Path(output_dir or spec.directory), canonical_name(base),
                       trainer.state.log_history, result)
