@@ -136,6 +136,15 @@ def test_length_grouped_batching_is_selected_by_the_spec(catalog, tiny_base, tmp
     assert result["steps"] == 3 and result["batching"] == "length-grouped batches, padded per batch"
 
 
+def test_the_progress_bar_shows_loss_validation_loss_and_tokens_per_second(catalog, tiny_base, tmp_path, capsys):
+    set_training(catalog, "spam", learning_rate="5.0e-3", eval_steps="2")
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    assert main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "4", "--no-eval")) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    final = [line for line in bar if re.search(r"\b4/4\b", line)][-1]
+    assert re.search(r"loss=\d[\d.e+-]*, tok/s=[\d,]+, val_loss=\d", final), final
+
+
 def test_two_data_parallel_processes_train_one_adapter_and_evaluate_it_once(catalog, tiny_base, tmp_path):
     """`torchrun --nproc_per_node 2` (what `accelerate launch` starts on several GPUs), here on the CPU
     with gloo: each step trains on a batch per process, and only rank 0 writes and evaluates."""

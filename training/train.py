@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_attention
 from adapters.prompts import render_example, target_text, task_messages
@@ -256,6 +256,9 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
                   "a fresh GPU host; `training.compile: false` trains without)", file=sys.stderr)
     throughput = ThroughputCallback()
     trainer.add_callback(throughput)
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LossAndSpeedBar(throughput))
     if trainer.is_world_process_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "fingerprint").write_text(fingerprint)
@@ -352,6 +355,26 @@ class ThroughputCallback(TrainerCallback):
         running = self.train_seconds + (time.perf_counter() - self._since if self._since else 0.0)
         tokens = state.num_input_tokens_seen - (self._tokens_at_start or 0)
         return tokens / running if running > 0 else 0.0
+
+
+class LossAndSpeedBar(ProgressCallback):
+    """transformers' progress bar, with the latest training loss, validation loss and real tokens/s
+    on the bar itself (the logged dicts are still printed above it)."""
+
+    def __init__(self, throughput: ThroughputCallback):
+        super().__init__()
+        self.throughput = throughput
+        self.shown: dict[str, str] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            if "loss" in logs:
+                self.shown["loss"] = f"{logs['loss']:.4g}"
+                self.shown["tok/s"] = f"{self.throughput.tokens_per_second(state):,.0f}"
+            if "eval_loss" in logs:
+                self.shown["val_loss"] = f"{logs['eval_loss']:.4g}"
+            self.training_bar.set_postfix(self.shown, refresh=True)
+        super().on_log(args, state, control, logs=logs, **kwargs)
 
 
 # --- artifacts ---------------------------------------------------------------------------------
