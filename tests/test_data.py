@@ -206,7 +206,10 @@ def test_the_recorded_source_names_no_folder_of_this_machine(tmp_path, monkeypat
         f"${DATA_DIR_ENV}/oncology/train.jsonl"
     shared = PROJECT_ROOT.parent / "shared" / "datasets" / "sms_spam" / "SMSSpamCollection"
     assert portable_source(str(shared)) == "../shared/datasets/sms_spam/SMSSpamCollection"
+    assert portable_source(str(PROJECT_ROOT / "data" / "sms.tsv")) == "data/sms.tsv"
     assert portable_source("/home/someone/private/sms/SMSSpamCollection") == ".../sms/SMSSpamCollection"
+    beside = PROJECT_ROOT.parent / "elsewhere" / "sms" / "SMSSpamCollection"  # a sibling folder is not shared
+    assert portable_source(str(beside)) == ".../sms/SMSSpamCollection"
     assert portable_source("hf://datasets/ucirvine/sms_spam") == "hf://datasets/ucirvine/sms_spam"
 
     monkeypatch.delenv(DATA_DIR_ENV)

@@ -478,9 +478,10 @@ def read_hub(spec: AdapterSpec, hub_id: str | None = None) -> tuple[list[Example
 
 def portable_source(source: str) -> str:
     """``source`` (a Hub address or a local file) as another machine can read it: a Hub address as
-    is; a file below the project's parent folder relative to the project (``../shared/datasets/...``,
-    as specs write it); one in ``$ADAPTERLAB_DATA_DIR`` under that variable's name; any other file
-    as its folder and name only (``.../oncology/train.jsonl``), since the rest is this machine's."""
+    is; a file in ``$ADAPTERLAB_DATA_DIR`` under that variable's name; one inside the project or in
+    the ``shared`` folder beside it relative to the project (``../shared/datasets/...``, as specs
+    write it); any other file as its folder and name only (``.../oncology/train.jsonl``), since the
+    rest is this machine's."""
     if "://" in source:
         return source
     path = Path(source)
@@ -488,7 +489,7 @@ def portable_source(source: str) -> str:
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     if data_dir is not None and path.is_relative_to(data_dir):
         return f"${DATA_DIR_ENV}/{path.relative_to(data_dir).as_posix()}"
-    if path.is_relative_to(PROJECT_ROOT.parent):
+    if path.is_relative_to(PROJECT_ROOT) or path.is_relative_to(PROJECT_ROOT.parent / "shared"):
         return os.path.relpath(path, PROJECT_ROOT).replace(os.sep, "/")
     return "/".join(["...", *path.parts[-2:]])
 
