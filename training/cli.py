@@ -101,6 +101,9 @@ def _evaluate(name: str, args, splits, train_result, variants=None) -> None:
     write_card(spec, metrics, spec.directory)
     print(json.dumps({"variants": metrics["variants"], "targets": metrics["targets"]}, indent=2, default=str))
     print(f"wrote {spec.directory / 'metrics.json'} and {spec.directory / 'README.md'}", file=sys.stderr)
+    if spec.directory.resolve().parent == CATALOG_DIR.resolve():  # the project's own, shipped adapters
+        print("the project's README results table and chainlit.md now lag behind: run `adapterlab results` "
+              "and `python -m chat_app.welcome`", file=sys.stderr)
 
 
 if __name__ == "__main__":  # `accelerate launch -m training.cli train spam` for several GPUs
