@@ -274,17 +274,27 @@ def update_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> boo
     return True
 
 
-def run_table(args) -> int:
-    readme, results_dir = Path(args.readme), Path(args.results)
-    if args.check:
-        current = readme.read_text(encoding="utf-8")
-        if with_table(current, table(read_results(results_dir)), readme) != current:
-            print(f"{readme}: the benchmark table is stale; run `adapterlab bench table`", file=sys.stderr)
+def refresh_readme_table(readme: Path, generated: str, markers: tuple[str, str], name: str, command: str,
+                         check: bool) -> int:
+    """Put ``generated`` between ``markers`` in ``readme`` (atomically, only when it changes) and say so;
+    with ``check``, write nothing and return 1 when the table there is stale. ``name`` and ``command``
+    word the messages (the table, and the command that regenerates it)."""
+    current = readme.read_text(encoding="utf-8")
+    updated = with_table(current, generated, readme, markers)
+    if check:
+        if updated != current:
+            print(f"{readme}: the {name} is stale; run `{command}`", file=sys.stderr)
             return 1
         return 0
-    changed = update_readme(results_dir, readme)
-    print(f"{readme}: benchmark table {'updated' if changed else 'already up to date'}", file=sys.stderr)
+    if updated != current:
+        write_text_atomic(readme, updated)
+    print(f"{readme}: {name} {'updated' if updated != current else 'already up to date'}", file=sys.stderr)
     return 0
+
+
+def run_table(args) -> int:
+    return refresh_readme_table(Path(args.readme), table(read_results(Path(args.results))), (START, END),
+                                "benchmark table", "adapterlab bench table", args.check)
 
 
 def add_parser(bench_sub) -> None:

@@ -9,12 +9,10 @@ is what people read first; generating it means it cannot drift from the committe
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from .bench_table import README, with_table
+from .bench_table import README, refresh_readme_table
 from .catalog import CATALOG_DIR
-from .files import write_text_atomic
 
 MARKERS = ("<!-- results-table:start -->", "<!-- results-table:end -->")
 VARIANTS = (("base", "base"), ("few_shot", "few-shot"), ("fine_tuned", "fine-tuned"))
@@ -61,18 +59,8 @@ def table(found: list[tuple[str, dict]]) -> str:
 
 
 def run_results(args) -> int:
-    readme = Path(args.readme)
-    current = readme.read_text(encoding="utf-8")
-    updated = with_table(current, table(read_metrics(Path(args.catalog))), readme, MARKERS)
-    if args.check:
-        if updated != current:
-            print(f"{readme}: the results table is stale; run `adapterlab results`", file=sys.stderr)
-            return 1
-        return 0
-    if updated != current:
-        write_text_atomic(readme, updated)
-    print(f"{readme}: results table {'updated' if updated != current else 'already up to date'}", file=sys.stderr)
-    return 0
+    return refresh_readme_table(Path(args.readme), table(read_metrics(Path(args.catalog))), MARKERS,
+                                "results table", "adapterlab results", args.check)
 
 
 def add_parser(sub) -> None:

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.base_models import sha256_of
 from adapters.spec import AdapterSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder holding adapters/
@@ -494,14 +495,6 @@ def portable_source(source: str) -> str:
     return "/".join(["...", *path.parts[-2:]])
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _tails(spec: AdapterSpec) -> list[Path]:
     """Where the spec's file may lie inside a datasets folder: ``<name>/<file>``, then ``<file>``."""
     tails = []
@@ -765,7 +758,7 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
         train=len(train), validation=len(validation), test=len(test),
         oversampling=oversampling, max_target_words=spec.data.max_target_words if spec.task == "generate" else None,
         targets_capped=capped, skipped_lines=loaded.skipped_lines, notes=notes,
-        source_sha256=file_sha256(loaded.source) if Path(loaded.source).is_file() else None)
+        source_sha256=sha256_of(Path(loaded.source), progress=False) if Path(loaded.source).is_file() else None)
     splits = Splits(train=train, validation=validation, test=test, report=report)
     if stratify:
         report.label_counts = label_counts(splits)
