@@ -124,6 +124,9 @@ class AdapterSpec:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     metrics: tuple[str, ...] = ()
     max_input_tokens: int = 1024
+    # what a user should know about this adapter beyond the shared disclaimer: its data, known
+    # failure modes, a missed target's cause; printed in the model card's limitations section
+    limitations: str = ""
     directory: Path = Path(".")
 
     @property
@@ -135,15 +138,35 @@ class AdapterSpec:
         )
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML would keep the last
+    one silently, so a second ``training:`` line pasted below the first would win unnoticed."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_spec(path: str | Path) -> AdapterSpec:
     """Read and validate one ``adapter.yaml`` (or the folder holding it)."""
     path = Path(path)
     if path.is_dir():
         path = path / SPEC_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
+    except _DuplicateKey as exc:
+        raise SpecError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -218,6 +218,19 @@ def test_bad_yaml_syntax(tmp_path):
     assert str(caught.value).startswith(f"{path}: ")
 
 
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = write_spec(tmp_path, real_spec("spam"))
+    path.write_text(path.read_text() + "training: {epochs: 9}\n")  # PyYAML alone would keep this one
+    lines = path.read_text().splitlines()
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: line {len(lines)}: 'training' is given twice"
+
+    nested = write_spec(tmp_path, "title: Spam\nlora:\n  r: 8\n  alpha: 16\n  r: 4\n", name="nested")
+    with pytest.raises(SpecError, match=r"adapter.yaml: line 5: 'r' is given twice$"):
+        load_spec(nested)
+
+
 @pytest.mark.parametrize("content", ["- a\n- list\n", "just a string\n", "42\n", ""])
 def test_top_level_must_be_a_mapping(tmp_path, content):
     path = write_spec(tmp_path, content)

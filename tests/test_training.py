@@ -113,6 +113,32 @@ def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(tra
     assert f"read `{metrics['split']['source']}`, sha256 `{metrics['split']['source_sha256']}`" in card
 
 
+def test_adapterlab_card_rewrites_the_card_from_metrics_after_the_spec_text_changes(trained, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(trained.parent, catalog)
+    spec_file = catalog / "spam" / "adapter.yaml"
+    spec = yaml.safe_load(spec_file.read_text())
+    old_text, new_text = " ".join(spec["limitations"].split()), "Misjudges messages written in Welsh."
+    spec_file.write_text(yaml.safe_dump({**spec, "limitations": new_text}))
+    before = (catalog / "spam" / "README.md").read_text()
+    assert old_text in before and new_text not in before
+
+    assert main(["card", "spam", "--catalog", str(catalog)]) == 0
+    after = (catalog / "spam" / "README.md").read_text()
+    assert f"not medical advice.\n{new_text}\n" in after and old_text not in after
+    assert after.replace(new_text, old_text) == before  # the rest is the measured card, unchanged
+
+    (catalog / "spam" / "metrics.json").unlink()
+    capsys.readouterr()
+    assert main(["card", "spam", "--catalog", str(catalog)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json: not found" in err and "adapterlab eval spam" in err
+
+
 def test_the_trained_adapter_changes_what_the_runtime_predicts(trained, tiny_base):
     from adapters import Runtime
 

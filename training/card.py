@@ -1,5 +1,7 @@
 """The model card (``adapters/<name>/README.md``, Hugging Face model-card format) and
-``metrics.json``, written from measured results only: nothing in a card is typed by hand."""
+``metrics.json``, written from the measured results and the adapter's spec (its description, prompt
+and ``limitations``): nothing is typed into a card by hand. ``adapterlab card`` rewrites one after its
+spec's text changes."""
 
 from __future__ import annotations
 
@@ -201,7 +203,7 @@ adapterlab eval {spec.name}{'' if metrics.get('test_examples') == metrics.get('t
 ## Intended use and limitations
 
 A teaching and demonstration adapter for a 135M-parameter model. It can be wrong with high confidence.
-**Not for clinical decisions**, diagnosis or treatment; not medical advice.{' The oncology data are synthetic.' if spec.name == 'oncology' else ''}
-{'MedQuAD answers come from NIH pages; the model paraphrases and can invent facts.' if spec.name == 'medquad' else ''}
+**Not for clinical decisions**, diagnosis or treatment; not medical advice.
+{spec.limitations}
 """
     write_text_atomic(out_dir / "README.md", "\n".join(front) + body)

@@ -1,4 +1,4 @@
-"""``adapterlab train``, ``adapterlab eval`` and ``adapterlab bench train``: the training package's commands.
+"""``adapterlab train``, ``eval``, ``card`` and ``bench train``/``bench qlora``: the training package's commands.
 
 Registered through the ``adapterlab.commands`` entry point, so the CLI in ``adapters`` offers them
 without importing this package. Heavy imports happen only when a command runs.
@@ -26,6 +26,12 @@ def register(sub, bench_sub) -> None:
     _common(ev)
     ev.add_argument("--variants", default="base,few_shot,fine_tuned")
     ev.set_defaults(func=cmd_eval)
+
+    card = sub.add_parser("card", help="rewrite an adapter's model card from its metrics.json and spec "
+                                       "(after editing the spec's text; nothing is re-measured)")
+    card.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
+    card.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
+    card.set_defaults(func=cmd_card)
 
     from .bench import add_parser as add_bench_train
     from .bench_large import add_parser as add_bench_qlora
@@ -81,6 +87,23 @@ def cmd_eval(args) -> int:
     train_result = json.loads(result_file.read_text()) if result_file.is_file() else None
     _evaluate(spec.name, args, _splits(spec, args), train_result,
               variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+    return 0
+
+
+def cmd_card(args) -> int:
+    from .card import write_card
+
+    spec = get_spec(load_catalog(args.catalog), args.adapter)
+    metrics_file = spec.directory / "metrics.json"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"{metrics_file}: not found; the card is written from the measured "
+                                f"results: run `adapterlab eval {spec.name}` first")
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{metrics_file}: not valid JSON: {exc}") from None
+    write_card(spec, metrics, spec.directory)
+    print(f"wrote {spec.directory / 'README.md'}", file=sys.stderr)
     return 0
 
 

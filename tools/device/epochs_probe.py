@@ -11,6 +11,11 @@ through the same ``evaluate_adapter`` the CLI uses.
 Usage on the GPU machine (after ``source tools/device/setup.sh``), in two calls if need be:
 ``python3 tools/device/epochs_probe.py train --epochs 14`` (resumes after a kill), then
 ``python3 tools/device/epochs_probe.py eval --every 2 --output $OUT/epochs.json``.
+
+Measured 2026-11-29 on an H200 (12 epochs, 1,572 steps, 336 s; ``results/oncology-epochs-h200.json``):
+validation loss lowest at epoch 4.9 (0.124), 0.157 at epoch 12; test micro field accuracy 0.777,
+0.782, 0.784, 0.783, 0.784, 0.784 at epochs 2.1, 4.3, 6.4, 8.6, 10.7, 12 (validation 0.778–0.801).
+Longer training does not raise exact match: the shipped early-stopped adapter (0.790) is as good.
 """
 
 from __future__ import annotations
