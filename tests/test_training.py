@@ -127,7 +127,10 @@ def test_adapterlab_card_rewrites_the_card_from_metrics_after_the_spec_text_chan
     before = (catalog / "spam" / "README.md").read_text()
     assert old_text in before and new_text not in before
 
+    assert main(["card", "spam", "--catalog", str(catalog), "--check"]) == 1
+    assert (catalog / "spam" / "README.md").read_text() == before  # --check writes nothing
     assert main(["card", "spam", "--catalog", str(catalog)]) == 0
+    assert main(["card", "spam", "--catalog", str(catalog), "--check"]) == 0
     after = (catalog / "spam" / "README.md").read_text()
     assert f"not medical advice.\n{new_text}\n" in after and old_text not in after
     assert after.replace(new_text, old_text) == before  # the rest is the measured card, unchanged
@@ -137,6 +140,17 @@ def test_adapterlab_card_rewrites_the_card_from_metrics_after_the_spec_text_chan
     assert main(["card", "spam", "--catalog", str(catalog)]) == 2
     err = capsys.readouterr().err
     assert "metrics.json: not found" in err and "adapterlab eval spam" in err
+
+
+@pytest.mark.parametrize("adapter", ["spam", "medquad", "oncology"])
+def test_the_shipped_model_cards_are_generated_from_their_spec_and_metrics(adapter):
+    from adapters.catalog import get_spec
+    from training.card import card_text
+
+    spec = get_spec(load_catalog(), adapter)
+    metrics = json.loads((spec.directory / "metrics.json").read_text(encoding="utf-8"))
+    assert (spec.directory / "README.md").read_text(encoding="utf-8") == card_text(spec, metrics, spec.directory), (
+        f"adapters/{adapter}/README.md is stale: run `adapterlab card {adapter}` and commit it")
 
 
 def test_the_trained_adapter_changes_what_the_runtime_predicts(trained, tiny_base):

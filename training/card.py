@@ -106,7 +106,13 @@ def _extract_text(spec: AdapterSpec) -> str:
 
 
 def write_card(spec: AdapterSpec, metrics: dict, out_dir: Path) -> None:
-    """Render ``README.md`` for the adapter from its spec and measured metrics."""
+    """Write ``README.md`` for the adapter into ``out_dir`` (atomically)."""
+    write_text_atomic(out_dir / "README.md", card_text(spec, metrics, out_dir))
+
+
+def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
+    """The model card of the adapter from its spec and measured metrics; it shows the plots that
+    ``out_dir`` holds."""
     base = KNOWN_BASES.get(metrics.get("base_model", spec.base_model))
     base_id = base.hub_id if base else metrics.get("base_model", spec.base_model)
     variants = metrics["variants"]
@@ -206,4 +212,4 @@ A teaching and demonstration adapter for a 135M-parameter model. It can be wrong
 **Not for clinical decisions**, diagnosis or treatment; not medical advice.
 {spec.limitations}
 """
-    write_text_atomic(out_dir / "README.md", "\n".join(front) + body)
+    return "\n".join(front) + body

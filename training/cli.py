@@ -31,6 +31,7 @@ def register(sub, bench_sub) -> None:
                                        "(after editing the spec's text; nothing is re-measured)")
     card.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
     card.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
+    card.add_argument("--check", action="store_true", help="exit 1 if the card is stale; write nothing")
     card.set_defaults(func=cmd_card)
 
     from .bench import add_parser as add_bench_train
@@ -91,7 +92,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from .card import write_card
+    from adapters.files import write_text_atomic
+
+    from .card import card_text
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     metrics_file = spec.directory / "metrics.json"
@@ -102,8 +105,17 @@ def cmd_card(args) -> int:
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{metrics_file}: not valid JSON: {exc}") from None
-    write_card(spec, metrics, spec.directory)
-    print(f"wrote {spec.directory / 'README.md'}", file=sys.stderr)
+    card, text = spec.directory / "README.md", card_text(spec, metrics, spec.directory)
+    current = card.read_text(encoding="utf-8") if card.is_file() else None
+    if args.check:
+        if current != text:
+            print(f"{card}: stale (the spec or metrics.json changed since it was written); run "
+                  f"`adapterlab card {spec.name}`", file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        write_text_atomic(card, text)
+    print(f"{card}: {'updated' if current != text else 'already up to date'}", file=sys.stderr)
     return 0
 
 
