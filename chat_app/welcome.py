@@ -13,15 +13,6 @@ from adapters.files import write_text_atomic
 GENERATED_NOTE = ("*This page is generated when the app starts, from each adapter's `adapter.yaml` and "
                   "`metrics.json` (chat_app/welcome.py); edits to chainlit.md are overwritten.*")
 
-LIMITATIONS = {
-    "spam": "Trained on one public SMS collection (English, UK-centric, 2000s); new scam styles and other "
-            "languages are out of scope. A high probability is not proof.",
-    "medquad": "Paraphrases NIH patient pages and can invent facts, drugs or doses; it knows nothing about "
-               "you. Not medical advice.",
-    "oncology": "Trained on synthetic narratives; real notes are messier. It can miss or misplace a field; "
-                "invalid output is flagged and never filled with invented values.",
-}
-
 
 def read_metrics(spec: AdapterSpec) -> dict | None:
     """The adapter's metrics.json, or None when absent or unreadable."""
@@ -72,7 +63,7 @@ def render_chainlit_md(specs: Mapping[str, AdapterSpec], base_model: str) -> str
     for name, spec in specs.items():
         sections.append(f"### {spec.title} (`{name}`, {spec.task})\n\n{spec.description}\n\n"
                         f"{metrics_section(spec, read_metrics(spec))}\n\n"
-                        f"Limitations: {LIMITATIONS.get(name, 'see the model card in adapters/' + name + '/README.md.')}")
+                        f"Limitations: {spec.limitations or f'see the model card in adapters/{name}/README.md.'}\n")
     return f"""# adapterlab
 
 > ⚠️ **Nothing here is for clinical decisions.** This is a teaching and demonstration app on a

@@ -355,6 +355,18 @@ def test_chainlit_md_says_not_trained_yet_and_carries_the_disclaimer(catalog, tm
     assert text.count("**not trained yet**") == 3
     for spec in specs.values():
         assert spec.title in text and f"adapterlab train {spec.name}" in text
+        assert f"Limitations: {spec.limitations}\n" in text  # the same text as the model card's
+
+
+def test_chainlit_md_points_to_the_model_card_when_a_spec_states_no_limitations(catalog, tmp_path):
+    import yaml
+
+    spec_file = catalog / "spam" / "adapter.yaml"
+    raw = yaml.safe_load(spec_file.read_text())
+    del raw["limitations"]
+    spec_file.write_text(yaml.safe_dump(raw))
+    text = welcome.render_chainlit_md(load_catalog(catalog), "base")
+    assert "Limitations: see the model card in adapters/spam/README.md." in text
 
 
 def test_chainlit_md_shows_the_metrics_json_numbers(catalog, tmp_path):
