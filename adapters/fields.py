@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,3 +92,29 @@ def _as_text(value: Any) -> tuple[str | None, bool]:
     if isinstance(value, dict):
         return json.dumps(value, ensure_ascii=False), True
     return str(value).lower() if isinstance(value, bool) else str(value), True
+
+
+# --- how far a value is backed by the text --------------------------------------------------------
+
+# words that carry no finding of their own: a value's "and"/"of" need not be found in the text
+_FILLER = frozenset("a an and or of the with plus in on to for by at".split())
+
+
+def _words(text: str) -> list[str]:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return re.findall(r"\d+(?:\.\d+)?%?|\w+", re.sub(r"[-\u2010-\u2015/]", " ", text))
+
+
+def support_in_text(value: str | None, text: str) -> str | None:
+    """How far an extracted value is backed by the text it came from, word by word (case, hyphens
+    and word order ignored): "all" when every word of it occurs in the text, "some", "none" (the
+    model inferred it, e.g. stage IV from "widely metastatic", or invented it), or None for a null
+    value. Neither "all" nor "none" says the value is right: it says where to look."""
+    if value is None:
+        return None
+    found = set(_words(text))
+    words = [w for w in _words(value) if w not in _FILLER] or _words(value)
+    if not words:
+        return None
+    hits = sum(w in found for w in words)
+    return "all" if hits == len(words) else ("some" if hits else "none")

@@ -333,7 +333,7 @@ async def _extract(runtime: Runtime, profile: handlers.Profile, text: str) -> No
     chain = chains.extract_chain(runtime, profile.adapter, base=variant.base, system=settings.system,
                                  max_new_tokens=settings.max_new_tokens)
     (result,) = await chain.ainvoke({"texts": [text]}, config=_callbacks())
-    content = handlers.extraction_markdown(result, spec.fields, variant.label)
+    content = handlers.extraction_markdown(result, spec.fields, variant.label, text)
     if result["truncated"]:
         content += "\n\n" + handlers.truncation_note(spec, text)
     content += "\n\n" + handlers.NOT_CLINICAL

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
+from adapters.fields import support_in_text
 from adapters.spec import AdapterSpec
 
 NOT_MEDICAL_ADVICE = ("⚕️ **Not medical advice.** Answers come from a 135M-parameter demo model that can "
@@ -299,9 +300,15 @@ def classification_markdown(result: dict, labels: Sequence[str], variant: str) -
     return "\n\n".join(lines)
 
 
-def extraction_markdown(result: dict, fields: Sequence[str], variant: str) -> str:
-    rows = [[f"`{name}`", cell(result["fields"].get(name))] for name in fields]
-    parts = [extraction_flag(result), table(["field", "value"], rows),
+SUPPORT = {"all": "✓ every word", "some": "◐ some words", "none": "⚠️ none: inferred or invented", None: ""}
+
+
+def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str) -> str:
+    """The fields as a table, with how far each value's words occur in ``text`` (the input), then as
+    JSON; the model's raw output when it needed repair."""
+    rows = [[f"`{name}`", cell(result["fields"].get(name)), SUPPORT[support_in_text(result["fields"].get(name), text)]]
+            for name in fields]
+    parts = [extraction_flag(result), table(["field", "value", "in your text"], rows),
              "JSON (copy with the button on the block):",
              code_block(json.dumps(result["fields"], ensure_ascii=False, indent=2), "json")]
     if not result["valid"] or result["repaired"]:

@@ -345,6 +345,8 @@ def test_oncology_extraction_shows_the_seven_fields_and_a_batch(server, browser,
     fields = [c.inner_text() for c in message.locator("table").first.locator("tbody tr td:first-child").all()]
     assert fields == ["cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
                       "metastasis_site"]
+    assert [h.inner_text() for h in message.locator("table").first.locator("th").all()] == [
+        "field", "value", "in your text"]
     text = message.inner_text()
     assert re.search(r"Valid JSON|Repaired output|Invalid output", text)
     assert '"cancer_type"' in text and "Not for clinical decisions" in text

@@ -231,14 +231,20 @@ def extraction(valid=True, repaired=False, **values):
 
 
 def test_extraction_shows_seven_fields_null_json_and_flags():
-    md = handlers.extraction_markdown(extraction(cancer_type="lung | adenocarcinoma", stage="IIIA"), FIELDS, "v")
+    text = "Lung adenocarcinoma, widely metastatic; EGFR-mutant. Started osimertinib."
+    md = handlers.extraction_markdown(extraction(cancer_type="lung | adenocarcinoma", stage="IV",
+                                                 treatment="osimertinib and radiotherapy"), FIELDS, "v", text)
     assert len(re.findall(r"^\| `\w+` \|", md, re.M)) == 7
-    assert "| `cancer_type` | lung \\| adenocarcinoma |" in md and "| `response` | *null* |" in md
+    assert "| field | value | in your text |" in md
+    assert "| `cancer_type` | lung \\| adenocarcinoma | ✓ every word |" in md
+    assert "| `stage` | IV | ⚠️ none: inferred or invented |" in md  # "metastatic", not "IV", is in the text
+    assert "| `treatment` | osimertinib and radiotherapy | ◐ some words |" in md
+    assert "| `response` | *null* |  |" in md
     assert '```json\n{\n  "cancer_type": "lung | adenocarcinoma",' in md and '"response": null' in md
     assert md.startswith("✅ Valid JSON") and "output as it came" not in md
-    repaired = handlers.extraction_markdown(extraction(repaired=True), FIELDS, "v")
+    repaired = handlers.extraction_markdown(extraction(repaired=True), FIELDS, "v", text)
     assert repaired.startswith("⚠️ **Repaired output**") and "raw | output" in repaired
-    invalid = handlers.extraction_markdown(extraction(valid=False), FIELDS, "v")
+    invalid = handlers.extraction_markdown(extraction(valid=False), FIELDS, "v", text)
     assert invalid.startswith("❌ **Invalid output**") and "nothing is invented" in invalid
 
 

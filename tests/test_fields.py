@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from adapters.fields import Extraction, parse_fields
+from adapters.fields import Extraction, parse_fields, support_in_text
 
 FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
           "metastasis_site")
@@ -196,3 +196,22 @@ def test_a_value_cut_mid_string_becomes_null_rather_than_a_wrong_value():
     result = parse_fields('{"cancer_type": "melanoma", "stage": "I', ["cancer_type", "stage"])
     assert result.valid and result.repaired
     assert result.fields == {"cancer_type": "melanoma", "stage": None}
+
+
+NARRATIVE = ("70-year-old man with widely metastatic cutaneous melanoma. PD-L1 was 5% on IHC and NGS "
+             "reported TMB-high; multiple hepatic lesions. Nivolumab plus ipilimumab. Ki-67 of 5.5%.")
+
+
+@pytest.mark.parametrize("value, support", [
+    ("melanoma (cutaneous)", "all"),  # word order and brackets do not matter
+    ("PD-L1 5%; TMB-high", "all"),  # nor case, hyphens or separators
+    ("nivolumab and ipilimumab", "all"),  # "and" need not be in the text
+    ("Ki-67 5.5%", "all"),
+    ("PD-L1 50%", "some"),  # 50% is not 5%
+    ("brain and liver", "none"),  # inferred from "hepatic", or invented: either way, check it
+    ("IV", "none"),  # inferred from "widely metastatic"
+    (None, None),
+    ("", None),
+])
+def test_support_in_text_says_how_many_words_of_a_value_the_text_holds(value, support):
+    assert support_in_text(value, NARRATIVE) == support
