@@ -300,7 +300,9 @@ def classification_markdown(result: dict, labels: Sequence[str], variant: str) -
     return "\n\n".join(lines)
 
 
-SUPPORT = {"all": "✓ every word", "some": "◐ some words", "none": "⚠️ none: inferred or invented", None: ""}
+# where to look, not whether to trust: on the oncology test split the fine-tuned adapter's values with
+# every word in the text matched the reference 81% of the time, some words 46%, no word 83% (README)
+SUPPORT = {"all": "✓ every word", "some": "◐ some words", "none": "○ no word: inferred (or invented)", None: ""}
 
 
 def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str) -> str:

@@ -237,7 +237,7 @@ def test_extraction_shows_seven_fields_null_json_and_flags():
     assert len(re.findall(r"^\| `\w+` \|", md, re.M)) == 7
     assert "| field | value | in your text |" in md
     assert "| `cancer_type` | lung \\| adenocarcinoma | ✓ every word |" in md
-    assert "| `stage` | IV | ⚠️ none: inferred or invented |" in md  # "metastatic", not "IV", is in the text
+    assert "| `stage` | IV | ○ no word: inferred (or invented) |" in md  # "metastatic", not "IV", is in the text
     assert "| `treatment` | osimertinib and radiotherapy | ◐ some words |" in md
     assert "| `response` | *null* |  |" in md
     assert '```json\n{\n  "cancer_type": "lung | adenocarcinoma",' in md and '"response": null' in md

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from extraction_misses import accuracy_by_reference_kind, reference_kind  # noqa: E402
+from extraction_misses import accuracy_by_reference_kind, accuracy_by_support, reference_kind  # noqa: E402
 
 
 def test_extraction_misses_counts_hits_by_how_the_reference_is_worded():
@@ -25,3 +25,6 @@ def test_extraction_misses_counts_hits_by_how_the_reference_is_worded():
     fields = ["cancer_type", "stage", "gene_mutation", "treatment"]
     assert accuracy_by_reference_kind(fields, [predicted], [example]) == {
         "as in the text": (1, 2), "null": (0, 1), "paraphrased": (1, 1)}
+    # the same predictions by the app's column: cancer_type (right) and gene_mutation (wrong) have
+    # every word in the text, "IV" (wrong) none, the treatment (right) some ("targeted therapy" is not)
+    assert accuracy_by_support(fields, [predicted], [example]) == {"all": (1, 2), "none": (0, 1), "some": (1, 1)}
