@@ -10,7 +10,8 @@ through the same ``evaluate_adapter`` the CLI uses.
 
 Usage on the GPU machine (after ``source tools/device/setup.sh``), in two calls if need be:
 ``python3 tools/device/epochs_probe.py train --epochs 14`` (resumes after a kill), then
-``python3 tools/device/epochs_probe.py eval --every 2 --output $OUT/epochs.json``.
+``python3 tools/device/epochs_probe.py eval --every 2 --output $OUT/epochs.json``; then, anywhere,
+``python tools/device/epochs_probe.py plot epochs.json --output epochs.png``.
 
 Measured 2026-11-29 on an H200 (12 epochs, 1,572 steps, 336 s; ``results/oncology-epochs-h200.json``):
 validation loss lowest at epoch 4.9 (0.124), 0.157 at epoch 12; test micro field accuracy 0.777,
@@ -102,6 +103,34 @@ def cmd_eval(args) -> None:
         "best_model_checkpoint"), "rows": rows}, indent=1))
 
 
+def cmd_plot(args) -> None:
+    """Micro field accuracy (validation, test) and validation loss against epochs, from ``eval``'s JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads(Path(args.results).read_text())["rows"]
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    for split, style in (("validation", "s--"), ("test", "o-")):
+        ax.plot(epochs, [r[split]["micro_field_accuracy"] for r in rows], style, label=f"{split} micro field accuracy")
+    ax.axhline(0.90, color="tab:red", linewidth=1, label="target 0.90")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("exact match (micro, 7 fields)")
+    ax.set_ylim(0.70, 0.95)
+    ax.grid(alpha=0.3)
+    loss = ax.twinx()
+    loss.plot(epochs, [r["eval_loss"] for r in rows], "^:", color="tab:gray", label="validation loss")
+    loss.set_ylabel("validation loss")
+    handles = ax.get_legend_handles_labels()[0] + loss.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.set_title(f"{json.loads(Path(args.results).read_text())['adapter']}: training longer, same exact match")
+    fig.tight_layout()
+    fig.savefig(args.output)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,13 +142,16 @@ def main(argv=None) -> None:
     ev.add_argument("--batch-size", type=int, default=160)
     ev.add_argument("--output", default="epochs.json")
     ev.add_argument("--limit", type=int, default=None, help="first N examples of each split")
+    plot = sub.add_parser("plot")
+    plot.add_argument("results", help="the JSON `eval` wrote")
+    plot.add_argument("--output", default="epochs.png")
     for p in (train, ev):
         p.add_argument("--adapter", default="oncology")
         p.add_argument("--base", default=None, help="base model (default: the spec's)")
         p.add_argument("--work", default=str(WORK))
     args = parser.parse_args(argv)
-    globals()["WORK"] = Path(args.work)
-    {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+    globals()["WORK"] = Path(getattr(args, "work", WORK))
+    {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
 
 
 if __name__ == "__main__":
