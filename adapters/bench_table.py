@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bench import RESULTS_DIR
-from .files import write_text_atomic
+from .files import refresh_generated, write_text_atomic
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -276,20 +276,10 @@ def update_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> boo
 
 def refresh_readme_table(readme: Path, generated: str, markers: tuple[str, str], name: str, command: str,
                          check: bool) -> int:
-    """Put ``generated`` between ``markers`` in ``readme`` (atomically, only when it changes) and say so;
-    with ``check``, write nothing and return 1 when the table there is stale. ``name`` and ``command``
-    word the messages (the table, and the command that regenerates it)."""
-    current = readme.read_text(encoding="utf-8")
-    updated = with_table(current, generated, readme, markers)
-    if check:
-        if updated != current:
-            print(f"{readme}: the {name} is stale; run `{command}`", file=sys.stderr)
-            return 1
-        return 0
-    if updated != current:
-        write_text_atomic(readme, updated)
-    print(f"{readme}: {name} {'updated' if updated != current else 'already up to date'}", file=sys.stderr)
-    return 0
+    """Put ``generated`` between ``markers`` in ``readme`` through ``refresh_generated`` (``name``: the
+    table, ``command``: the one that regenerates it)."""
+    updated = with_table(readme.read_text(encoding="utf-8"), generated, readme, markers)
+    return refresh_generated(readme, updated, name, command, check)
 
 
 def run_table(args) -> int:

@@ -112,9 +112,10 @@ def support_in_text(value: str | None, text: str) -> str | None:
     value. Neither "all" nor "none" says the value is right: it says where to look."""
     if value is None:
         return None
-    found = set(_words(text))
-    words = [w for w in _words(value) if w not in _FILLER] or _words(value)
+    words = _words(value)
+    words = [w for w in words if w not in _FILLER] or words
     if not words:
         return None
+    found = set(_words(text))
     hits = sum(w in found for w in words)
     return "all" if hits == len(words) else ("some" if hits else "none")

@@ -8,6 +8,7 @@ if writing fails.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,3 +33,19 @@ def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return write_lines_atomic(path, [text])
+
+
+def refresh_generated(path: Path, text: str, what: str, command: str, check: bool) -> int:
+    """Write the generated ``text`` to ``path`` (atomically, only when it changes) and say so; with
+    ``check``, write nothing and return 1 when the file there is stale. ``what`` names the file's
+    content and ``command`` the command that regenerates it, for the messages."""
+    current = path.read_text(encoding="utf-8") if path.is_file() else None
+    if check:
+        if current != text:
+            print(f"{path}: the {what} is stale; run `{command}`", file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        write_text_atomic(path, text)
+    print(f"{path}: {what} {'updated' if current != text else 'already up to date'}", file=sys.stderr)
+    return 0

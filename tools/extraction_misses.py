@@ -63,30 +63,28 @@ def reference_kind(reference, text: str) -> str:
     return "as in the text" if in_text(reference, text) else "paraphrased"
 
 
-def accuracy_by_reference_kind(fields, rows, examples) -> dict[str, tuple[int, int]]:
-    """(hits, values) over all ``fields`` for each kind of reference (``reference_kind``)."""
+def accuracy_by(kind_of, fields, rows, examples) -> dict[str, tuple[int, int]]:
+    """(hits, values) over all ``fields`` for each ``kind_of(predicted, reference, text)``."""
     counts: dict[str, list[int]] = {}
     for field in fields:
         for row, ex in zip(rows, examples):
-            reference = ex.target.get(field)
-            hit = normalise(row["fields"].get(field)) == normalise(reference)
-            tally = counts.setdefault(reference_kind(reference, ex.input), [0, 0])
-            tally[0] += hit
+            predicted, reference = row["fields"].get(field), ex.target.get(field)
+            tally = counts.setdefault(kind_of(predicted, reference, ex.input), [0, 0])
+            tally[0] += normalise(predicted) == normalise(reference)
             tally[1] += 1
     return {kind: (hits, total) for kind, (hits, total) in counts.items()}
 
 
+def accuracy_by_reference_kind(fields, rows, examples) -> dict[str, tuple[int, int]]:
+    """(hits, values) for each kind of reference (``reference_kind``)."""
+    return accuracy_by(lambda predicted, reference, text: reference_kind(reference, text), fields, rows, examples)
+
+
 def accuracy_by_support(fields, rows, examples) -> dict[str, tuple[int, int]]:
-    """(hits, values) over all ``fields`` for each support level of the *prediction* in its narrative,
-    as the app's "in your text" column shows it (``adapters.fields.support_in_text``; "null" for none)."""
-    counts: dict[str, list[int]] = {}
-    for field in fields:
-        for row, ex in zip(rows, examples):
-            predicted = row["fields"].get(field)
-            tally = counts.setdefault(support_in_text(predicted, ex.input) or "null", [0, 0])
-            tally[0] += normalise(predicted) == normalise(ex.target.get(field))
-            tally[1] += 1
-    return {level: (hits, total) for level, (hits, total) in counts.items()}
+    """(hits, values) for each support level of the *prediction* in its narrative, as the app's "in
+    your text" column shows it (``adapters.fields.support_in_text``; "null" for none)."""
+    return accuracy_by(lambda predicted, reference, text: support_in_text(predicted, text) or "null",
+                       fields, rows, examples)
 
 
 def main(argv=None) -> int:

@@ -92,7 +92,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from adapters.files import write_text_atomic
+    from adapters.files import refresh_generated
 
     from .card import card_text
 
@@ -105,18 +105,8 @@ def cmd_card(args) -> int:
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{metrics_file}: not valid JSON: {exc}") from None
-    card, text = spec.directory / "README.md", card_text(spec, metrics, spec.directory)
-    current = card.read_text(encoding="utf-8") if card.is_file() else None
-    if args.check:
-        if current != text:
-            print(f"{card}: stale (the spec or metrics.json changed since it was written); run "
-                  f"`adapterlab card {spec.name}`", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        write_text_atomic(card, text)
-    print(f"{card}: {'updated' if current != text else 'already up to date'}", file=sys.stderr)
-    return 0
+    return refresh_generated(spec.directory / "README.md", card_text(spec, metrics, spec.directory),
+                             "model card", f"adapterlab card {spec.name}", args.check)
 
 
 def _evaluate(name: str, args, splits, train_result, variants=None) -> None:

@@ -50,15 +50,16 @@ def long_spec(name: str, epochs: float):
 def cmd_train(args) -> None:
     spec = long_spec(args.adapter, args.epochs)
     splits = load_splits(spec)
-    result = train_adapter(spec, splits, base=args.base, output_dir=WORK / "final", run_dir=WORK / "run",
+    work = Path(args.work)
+    result = train_adapter(spec, splits, base=args.base, output_dir=work / "final", run_dir=work / "run",
                            max_steps=args.max_steps, extra_args={"save_total_limit": None})
     print(json.dumps(dataclasses.asdict(result), default=str))
 
 
-def checkpoints(every_epochs: float) -> list[tuple[float, Path]]:
+def checkpoints(run_dir: Path, every_epochs: float) -> list[tuple[float, Path]]:
     """(epoch, folder) of the kept checkpoints, about ``every_epochs`` apart, plus the last one."""
     found = []
-    for folder in sorted((WORK / "run").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+    for folder in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         state = json.loads((folder / "trainer_state.json").read_text())
         found.append((state["epoch"], folder))
     chosen, next_epoch = [], every_epochs
@@ -74,7 +75,7 @@ def checkpoints(every_epochs: float) -> list[tuple[float, Path]]:
 def cmd_eval(args) -> None:
     spec = get_spec(load_catalog(), args.adapter)
     splits = load_splits(spec)
-    chosen = checkpoints(args.every)
+    chosen = checkpoints(Path(args.work) / "run", args.every)
     names = {f"step{folder.name.split('-')[1]}": folder for epoch, folder in chosen}
     epochs = {f"step{folder.name.split('-')[1]}": epoch for epoch, folder in chosen}
     backend = LocalBackend.load(args.base or spec.base_model, names, LoadOptions(device="auto"), progress=False)
@@ -110,7 +111,8 @@ def cmd_plot(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = json.loads(Path(args.results).read_text())["rows"]
+    results = json.loads(Path(args.results).read_text())
+    rows = results["rows"]
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=110)
     for split, style in (("validation", "s--"), ("test", "o-")):
@@ -125,7 +127,7 @@ def cmd_plot(args) -> None:
     loss.set_ylabel("validation loss")
     handles = ax.get_legend_handles_labels()[0] + loss.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="lower right", fontsize=8)
-    ax.set_title(f"{json.loads(Path(args.results).read_text())['adapter']}: training longer, same exact match")
+    ax.set_title(f"{results['adapter']}: training longer, same exact match")
     fig.tight_layout()
     fig.savefig(args.output)
     plt.close(fig)
@@ -150,7 +152,6 @@ def main(argv=None) -> None:
         p.add_argument("--base", default=None, help="base model (default: the spec's)")
         p.add_argument("--work", default=str(WORK))
     args = parser.parse_args(argv)
-    globals()["WORK"] = Path(getattr(args, "work", WORK))
     {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
 
 
