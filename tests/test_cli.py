@@ -288,6 +288,22 @@ def python_in_a_fresh_interpreter(script: str):
     return run.stdout, run.stderr
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["adapters"], ["bench", "train", "--help"]])
+def test_commands_that_run_no_model_do_not_import_torch(argv):
+    """Listing, help and usage errors answer at once: the CLI (training's commands included, through
+    their entry point) imports torch, transformers and peft only inside a command that needs them."""
+    out, _ = python_in_a_fresh_interpreter(
+        "import sys, contextlib, io\n"
+        "from adapters.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        main({argv!r})\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))")
+    assert out.split("\n")[-2] == "[]"
+
+
 def test_commands_do_not_print_bitsandbytes_hub_kernel_warning():
     """bitsandbytes warns at import on AVX512-BF16 CPUs that it could not fetch an optional kernel from
     the Hub; every command and app start imports it, so adapterlab keeps that logger to errors."""
