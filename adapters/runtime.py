@@ -62,11 +62,20 @@ class Generation:
         self.finish_reason = reason
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self.pieces:
-            if self.first_piece_at is None:
-                self.first_piece_at = time.perf_counter()
-            self.text += piece
-            yield piece
+        try:
+            for piece in self.pieces:
+                if self.first_piece_at is None:
+                    self.first_piece_at = time.perf_counter()
+                self.text += piece
+                yield piece
+        finally:  # a consumer that stops early (the app's Stop button) must free the model too
+            self.close()
+
+    def close(self) -> None:
+        """Stop the generation: the model stops at its next token and serves the next request."""
+        close = getattr(self.pieces, "close", None)
+        if close is not None:
+            close()
 
     def read(self) -> str:
         """Consume the whole stream and return the full text."""

@@ -294,12 +294,25 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
                                   temperature=settings.temperature, top_p=settings.top_p,
                                   max_new_tokens=settings.max_new_tokens, info=info)
     answer = cl.Message(content="")
-    async for piece in chain.astream({"history": history, "text": text}, config=_callbacks()):
-        await answer.stream_token(piece)
+    streamed: list[str] = []
+    try:
+        async for piece in chain.astream({"history": history, "text": text}, config=_callbacks()):
+            streamed.append(piece)
+            await answer.stream_token(piece)
+    except asyncio.CancelledError:  # the Stop button: keep what was said, on the page and in the history
+        info.text, info.stopped = "".join(streamed), True  # the text the page shows
+        await _send_answer(runtime, profile, settings, history, text, answer, info, label)
+        raise
+    await _send_answer(runtime, profile, settings, history, text, answer, info, label)
+
+
+async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, history: list[dict], text: str,
+                       answer: cl.Message, info: chains.GenerationInfo, label: str) -> None:
+    """End a streamed answer: its footer, its metadata for resumed threads, and the turn in the history."""
     output_tokens = runtime.backend.count_tokens(info.text) if info.text else 0
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
                                         output_tokens, info.truncated, medical=profile.task == "generate",
-                                        cut_at=info.cut_at)
+                                        cut_at=info.cut_at, stopped=info.stopped)
     answer.content = (info.text if info.text.strip() else "*(the model produced no text)*") + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
     answer.elements = await _prompt_element(runtime, profile.adapter, [*history, {"role": "user", "content": text}],

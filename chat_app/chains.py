@@ -138,6 +138,7 @@ class GenerationInfo:
     seconds: float | None = None
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
+    stopped: bool = False  # the user stopped it (the app sets this)
 
 
 def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
@@ -165,12 +166,12 @@ def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
             raise PromptMismatchError("the LangChain chat prompt differs from adapters.prompts.chat_messages")
         info.started = time.perf_counter()
         # few-shot turns are already in ``messages``: the runtime puts ``examples`` first the same way
-        return runtime.generate(adapter, messages, base=base, system=system, temperature=temperature,
-                                top_p=top_p, max_new_tokens=max_new_tokens, stream=True)
+        generation = runtime.generate(adapter, messages, base=base, system=system, temperature=temperature,
+                                      top_p=top_p, max_new_tokens=max_new_tokens, stream=True)
+        info.prompt_tokens, info.truncated = generation.prompt_tokens, generation.truncated  # known before any piece
+        return generation
 
     def finish(generation) -> None:
-        info.prompt_tokens = generation.prompt_tokens
-        info.truncated = generation.truncated
         info.cut_at = generation.max_new_tokens if generation.finish_reason == "length" else None
         info.text = generation.text
         info.seconds = time.perf_counter() - info.started
@@ -186,9 +187,11 @@ def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
 
     async def arun(inputs: dict) -> AsyncIterator[str]:
         generation = await asyncio.to_thread(start, inputs)
-        async for piece in _iterate_in_thread(iter(generation)):
-            yield piece
-        finish(generation)
+        try:
+            async for piece in _iterate_in_thread(iter(generation)):
+                yield piece
+        finally:
+            finish(generation)
 
     name = f"{adapter or 'chat'} · generate · {variant_name(base, examples) if spec else 'base'}"
     step = RunnableLambda(run, afunc=arun, name="runtime.generate")

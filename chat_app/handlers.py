@@ -332,8 +332,9 @@ def extraction_flag(result: dict) -> str:
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,
                       output_tokens: int | None, truncated: bool, medical: bool,
-                      cut_at: int | None = None) -> str:
-    """The line under an answer; ``cut_at``: the max-new-tokens limit the answer was cut at."""
+                      cut_at: int | None = None, stopped: bool = False) -> str:
+    """The line under an answer; ``cut_at``: the max-new-tokens limit the answer was cut at;
+    ``stopped``: the user stopped it."""
     bits = [variant]
     if first is not None:
         bits.append(f"first token {first:.2f} s")
@@ -344,6 +345,8 @@ def generation_footer(variant: str, seconds: float | None, first: float | None, 
         bits.append("earlier turns or the message were cut to fit the context")
     if cut_at is not None:
         bits.append(f"cut at the {cut_at}-token limit (⚙️ max new tokens)")
+    if stopped:
+        bits.append("stopped by you")
     footer = "*" + " · ".join(bits) + "*"
     if medical:
         footer += "\n\n" + NOT_MEDICAL_ADVICE

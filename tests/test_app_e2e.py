@@ -334,6 +334,37 @@ def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, 
     page.context.close()
 
 
+def test_stop_keeps_the_partial_answer_in_the_chat_and_the_history(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    choose_profile(page, "Medical Q&A")
+    page.click("#chat-settings-open-modal")
+    page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
+    page.get_by_role("button", name="Confirm").click()
+    send(page, "What are the symptoms of glaucoma?")  # up to 256 new tokens: still streaming when stopped
+    message = answers(page).first
+    message.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
+                           ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    page.click("#stop-button")
+    wait_idle(page)
+    page.wait_for_selector("text=/stopped by you/")
+    stopped = message.inner_text()
+    assert "Not medical advice" in stopped and re.search(r"\d+ prompt tokens, \d+ generated", stopped)
+    assert "cut at the" not in stopped
+    shot(page, "08b-medical-qa-stopped")
+    set_max_new_tokens(page, 16)
+    page.get_by_role("button", name="Confirm").click()
+    send(page, "How is it treated?")
+    page.wait_for_selector("text=/Rendered prompt · \\d+ tokens/ >> nth=1", timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    # the stopped exchange is part of the conversation the model sees next
+    page.locator("text=/Rendered prompt · \\d+ tokens/").last.click()
+    page.wait_for_selector("text=/What are the symptoms of glaucoma\\?/ >> nth=1")
+    page.context.close()
+
+
 def test_oncology_extraction_shows_the_seven_fields_and_a_batch(server, browser, tmp_path):
     page = new_page(browser, server)
     open_app(page, server)

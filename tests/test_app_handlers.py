@@ -146,6 +146,55 @@ def test_generate_chain_streams_asynchronously_and_stops_when_abandoned(tiny_bas
     assert result[0].label in ("ham", "spam")
 
 
+def test_the_stop_button_cancelling_the_task_closes_the_models_stream(tiny_base, catalog, monkeypatch):
+    """Chainlit's Stop button cancels the message's asyncio task; the generation behind it must be
+    closed then (its backend stream frees the model at the next token), not left running to
+    ``max_new_tokens`` while every other request waits for the model lock."""
+    import threading
+    import time
+
+    rt = runtime(tiny_base, catalog)
+    real_stream = rt.backend.stream
+    closed = threading.Event()
+
+    def endless_stream(*args, on_finish=None, **kwargs):  # the real stream, then pieces for ever: only a close ends it
+        try:
+            yield from real_stream(*args, **kwargs)  # without on_finish: this stream never finishes
+            while True:
+                time.sleep(0.01)
+                yield " more"
+        except GeneratorExit:
+            closed.set()
+            raise
+
+    monkeypatch.setattr(rt.backend, "stream", endless_stream)
+
+    async def scenario():
+        info = chains.GenerationInfo()
+        chain = chains.generate_chain(rt, None, temperature=0, max_new_tokens=8, info=info)
+        pieces = []
+
+        async def consume():
+            async for piece in chain.astream({"history": [], "text": "hello"}):
+                pieces.append(piece)
+
+        task = asyncio.create_task(consume())
+        while len(pieces) < 12:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await asyncio.to_thread(closed.wait, 10), info
+
+    was_closed, info = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert was_closed, "the stream was not closed after the task was cancelled"
+    # what the footer of a stopped answer needs is known: not cut at a limit, but stopped
+    assert info.prompt_tokens > 0 and info.seconds is not None and info.cut_at is None
+    footer = handlers.generation_footer("base", info.seconds, info.first_piece_seconds, info.prompt_tokens, 12,
+                                        info.truncated, medical=False, cut_at=info.cut_at, stopped=True)
+    assert "stopped by you" in footer and "cut at" not in footer
+
+
 # --- input checks and uploads -------------------------------------------------------------------
 
 @pytest.mark.parametrize("text", ["", "   \n\t", None])
