@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bench import RESULTS_DIR
-from .files import refresh_generated, write_text_atomic
+from .files import refresh_generated
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -262,16 +262,6 @@ def with_table(readme_text: str, generated: str, readme: Path = README, markers:
     if start < 0 or end < start:
         raise ValueError(f"{readme}: no {first} ... {last} pair; put the two markers where the table goes")
     return readme_text[:start + len(first)] + "\n" + generated + "\n" + readme_text[end:]
-
-
-def update_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> bool:
-    """Regenerate the README table; True when the README changed."""
-    current = readme.read_text(encoding="utf-8")
-    updated = with_table(current, table(read_results(results_dir)), readme)
-    if updated == current:
-        return False
-    write_text_atomic(readme, updated)
-    return True
 
 
 def refresh_readme_table(readme: Path, generated: str, markers: tuple[str, str], name: str, command: str,

@@ -213,11 +213,15 @@ def results_and_readme(tmp_path):
     return results, readme
 
 
+def table_command(results, readme, *extra) -> list[str]:
+    return ["bench", "table", "--results", str(results), "--readme", str(readme), *extra]
+
+
 def test_the_readme_table_holds_the_numbers_and_targets_of_each_result(results_and_readme):
-    from adapters.bench_table import update_readme
+    from adapters.cli import main
 
     results, readme = results_and_readme
-    assert update_readme(results, readme) is True
+    assert main(table_command(results, readme)) == 0
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# project\n") and text.endswith("## Tests\n")
     rows = {line.split(" | ")[2]: line for line in text.splitlines() if line.startswith("| `bench")}
@@ -247,7 +251,7 @@ def test_regenerating_the_readme_table_is_idempotent_and_check_reports_staleness
     from adapters.cli import main
 
     results, readme = results_and_readme
-    check = ["bench", "table", "--results", str(results), "--readme", str(readme), "--check"]
+    check = table_command(results, readme, "--check")
     assert main(check) == 1
     assert main(check[:-1]) == 0
     first = readme.read_text()
@@ -269,16 +273,18 @@ def test_a_cpu_result_alone_leaves_cuda_rows_pending_with_their_targets(tmp_path
     assert "`bench train` on CUDA (H100) | H100 |  | not run yet" in text
 
 
-def test_missing_markers_and_broken_results_are_named(results_and_readme):
-    from adapters.bench_table import update_readme
+def test_missing_markers_and_broken_results_are_named_and_nothing_is_written(results_and_readme, capsys):
+    from adapters.cli import main
 
     results, readme = results_and_readme
     readme.write_text("# no markers\n")
-    with pytest.raises(ValueError, match="no <!-- bench-table:start --> ... <!-- bench-table:end --> pair"):
-        update_readme(results, readme)
+    assert main(table_command(results, readme)) == 2
+    assert "README.md: no <!-- bench-table:start --> ... <!-- bench-table:end --> pair" in capsys.readouterr().err
+    readme.write_text("<!-- bench-table:start -->\nold table\n<!-- bench-table:end -->\n")
     (results / "serve-bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="serve-bad.json: not valid JSON"):
-        update_readme(results, readme)
+    assert main(table_command(results, readme)) == 2
+    assert "serve-bad.json: not valid JSON" in capsys.readouterr().err
+    assert "old table" in readme.read_text()
 
 
 def test_the_committed_readme_table_matches_the_committed_results():
