@@ -24,6 +24,7 @@ from pathlib import Path
 import chainlit as cl
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select, Slider, Switch, TextInput
+from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
 from chat_app import chains, handlers, offline, welcome
@@ -297,6 +298,8 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
     streamed: list[str] = []
     try:
         async for piece in chain.astream({"history": history, "text": text}, config=_callbacks()):
+            if not streamed:  # a resumed thread shows the answer where it began, not where it ended
+                answer.created_at = utc_now()
             streamed.append(piece)
             await answer.stream_token(piece)
     except asyncio.CancelledError:  # the Stop button: keep what was said, on the page and in the history

@@ -66,7 +66,8 @@ class Server:
             (cwd / "public").symlink_to(ROOT / "public")
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ARTIFACTS / f"{name}.log"
-        environment = {**os.environ, "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'history.sqlite3'}",
+        self.database = tmp / "history.sqlite3"
+        environment = {**os.environ, "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{self.database}",
                        "ADAPTERLAB_DTYPE": "auto",  # what a user gets, not the unit tests' float32
                        **(env or {})}
         self.log = open(self.log_path, "w")
@@ -354,6 +355,15 @@ def test_stop_keeps_the_partial_answer_in_the_chat_and_the_history(server, brows
     assert "Not medical advice" in stopped and re.search(r"\d+ prompt tokens, \d+ generated", stopped)
     assert "cut at the" not in stopped
     shot(page, "08b-medical-qa-stopped")
+    # stored as it was shown, before Chainlit's "Task manually stopped.", with the text it had
+    stored_answer(server.database, "stopped by you")
+    with sqlite3.connect(server.database) as db:
+        rows = db.execute('SELECT "output", "metadata" FROM steps WHERE "type" = ? ORDER BY "createdAt"',
+                          ("assistant_message",)).fetchall()
+    order = [o for o, _ in rows if "stopped by you" in o or o == "Task manually stopped."]
+    assert "stopped by you" in order[-2] and order[-1] == "Task manually stopped.", order
+    kept = json.loads(next(m for o, m in rows if "stopped by you" in o))["answer"]
+    assert kept and stopped.startswith(kept.split()[0])
     set_max_new_tokens(page, 16)
     page.get_by_role("button", name="Confirm").click()
     send(page, "How is it treated?")
