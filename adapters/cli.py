@@ -59,7 +59,7 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, type=Path, help="JSONL written atomically")
     predict.add_argument("--base", action="store_true",
                          help="same prompt with adapters disabled (the base model)")
-    predict.add_argument("--batch-size", type=_positive_int, default=16)
+    predict.add_argument("--batch-size", type=positive_int, default=16)
     predict.add_argument("--base-model", default=None,
                          help="base model name, Hub id or folder (default: the spec's)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -96,7 +96,8 @@ def add_plugin_commands(sub, bench_sub, registrars=()) -> None:
         register(sub, bench_sub)
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")

@@ -332,6 +332,45 @@ def test_new_weights_drop_the_threshold_tuned_for_the_old_ones(trained, tiny_bas
     assert not (out / "threshold.json").exists() and (out / "adapter_model.safetensors").is_file()
 
 
+def test_eval_measures_without_losing_what_the_catalogue_holds(trained, tiny_base, tmp_path, capsys):
+    """`adapterlab eval` on an adapter that has metrics: a smaller evaluation does not replace them
+    unless told, and the stored threshold is used as the app uses it, never re-tuned."""
+    import shutil
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(trained.parent, catalog)
+    folder = catalog / "spam"
+    data = trained.parent.parent / "SMSSpamCollection"
+    command = ["eval", "spam", "--catalog", str(catalog), "--base-model", str(tiny_base), "--data", str(data),
+               "--device", "cpu"]
+    kept = {name: (folder / name).read_text() for name in ("metrics.json", "README.md", "threshold.json")}
+    capsys.readouterr()
+
+    assert main([*command, "--eval-limit", "4"]) == 2  # 8 test examples are recorded
+    err = capsys.readouterr().err
+    assert "metrics.json holds base, few_shot, fine_tuned on 8 test examples" in err
+    assert "(base, few_shot, fine_tuned on 4)" in err and "--output DIR" in err and "--replace" in err
+    assert main([*command, "--eval-limit", "8", "--variants", "fine_tuned"]) == 2
+    assert main([*command, "--variants", "fine-tuned"]) == 2
+    assert "--variants: 'fine-tuned'; choose from base, few_shot, fine_tuned" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*command, "--eval-limit", "0"])
+    assert {name: (folder / name).read_text() for name in kept} == kept
+
+    quick = tmp_path / "quick"
+    assert main([*command, "--eval-limit", "4", "--variants", "fine_tuned", "--output", str(quick)]) == 0
+    assert json.loads((quick / "metrics.json").read_text())["test_examples"] == 4
+    assert (quick / "README.md").is_file() and (quick / "confusion.png").is_file()
+    assert {name: (folder / name).read_text() for name in kept} == kept
+
+    stored = {**json.loads(kept["threshold.json"]), "threshold": 0.4242}
+    (folder / "threshold.json").write_text(json.dumps(stored))
+    assert main([*command, "--eval-limit", "8"]) == 0  # as much as recorded: it replaces the metrics
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["decision"]["threshold"] == metrics["variants"]["fine_tuned"]["threshold"] == 0.4242
+    assert json.loads((folder / "threshold.json").read_text()) == stored
+
+
 def test_the_loss_plot_of_a_run_that_logged_no_loss_says_so_without_a_warning(tmp_path):
     import warnings
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
+from adapters.cli import UsageError, positive_int
 
 
 def register(sub, bench_sub) -> None:
@@ -24,7 +26,11 @@ def register(sub, bench_sub) -> None:
 
     ev = sub.add_parser("eval", help="evaluate base, few-shot and fine-tuned on the test split")
     _common(ev)
-    ev.add_argument("--variants", default="base,few_shot,fine_tuned")
+    ev.add_argument("--variants", default="base,few_shot,fine_tuned", help="comma-separated, of base, few_shot, fine_tuned")
+    ev.add_argument("--output", default=None, metavar="DIR",
+                    help="write metrics.json, the card and plots here (default: the adapter's folder)")
+    ev.add_argument("--replace", action="store_true",
+                    help="let a smaller evaluation (fewer examples or variants) replace the adapter's metrics.json")
     ev.set_defaults(func=cmd_eval)
 
     card = sub.add_parser("card", help="rewrite an adapter's model card from its metrics.json and spec "
@@ -46,7 +52,7 @@ def _common(p) -> None:
     p.add_argument("--base-model", default=None, help="base model name, Hub id or folder")
     p.add_argument("--data", default=None, help="data file (default: the spec's local_path, else the Hub)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples")
+    p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate on the first N test examples")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
 
@@ -83,12 +89,39 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .evaluate import VARIANTS
+
     spec = get_spec(load_catalog(args.catalog), args.adapter)
+    variants = tuple(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise UsageError(f"--variants: {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(VARIANTS)}")
+    out_dir = Path(args.output) if args.output else spec.directory
+    splits = _splits(spec, args)
+    if out_dir.resolve() == spec.directory.resolve() and not args.replace:
+        examples = min(args.eval_limit or len(splits.test), len(splits.test))
+        loss = measurements_lost(spec.directory / "metrics.json", variants, examples)
+        if loss:
+            raise UsageError(f"{loss}; write it elsewhere with --output DIR, or pass --replace")
     result_file = spec.directory / "train_result.json"
     train_result = json.loads(result_file.read_text()) if result_file.is_file() else None
-    _evaluate(spec.name, args, _splits(spec, args), train_result,
-              variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+    _evaluate(spec.name, args, splits, train_result, variants=variants, out_dir=out_dir)
     return 0
+
+
+def measurements_lost(metrics_file: Path, variants: tuple[str, ...], examples: int) -> str | None:
+    """What writing an evaluation of ``variants`` on ``examples`` test examples over ``metrics_file``
+    would lose (variants it holds that this one lacks, or more test examples); None when nothing."""
+    try:
+        recorded = json.loads(metrics_file.read_text(encoding="utf-8"))
+        held = [v for v, result in recorded["variants"].items() if "skipped" not in result]
+        recorded_examples = int(recorded["test_examples"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # none, or not one this tool wrote: nothing measured to keep
+    if recorded_examples <= examples and set(held) <= set(variants):
+        return None
+    return (f"{metrics_file} holds {', '.join(held)} on {recorded_examples} test examples; this evaluation "
+            f"({', '.join(variants)} on {examples}) would replace it")
 
 
 def cmd_card(args) -> int:
@@ -109,7 +142,7 @@ def cmd_card(args) -> int:
                              "model card", f"adapterlab card {spec.name}", args.check)
 
 
-def _evaluate(name: str, args, splits, train_result, variants=None) -> None:
+def _evaluate(name: str, args, splits, train_result, variants=None, out_dir: Path | None = None) -> None:
     from adapters.base_models import LoadOptions
     from adapters.runtime import Runtime
 
@@ -119,14 +152,15 @@ def _evaluate(name: str, args, splits, train_result, variants=None) -> None:
     runtime = Runtime.local(args.catalog, base=args.base_model, options=LoadOptions(device=args.device),
                             only=[name])
     spec = runtime.spec(name)
+    out_dir = out_dir or spec.directory
     batch = args.batch_size or (64 if LoadOptions(device=args.device).torch_device().startswith("cuda") else 8)
     report = evaluate_adapter(runtime, spec, splits, limit=args.eval_limit, variants=variants or VARIANTS,
-                              batch_size=batch, out_dir=spec.directory)
-    metrics = write_metrics(spec, report, splits.report.as_record(), train_result, spec.directory)
-    write_card(spec, metrics, spec.directory)
+                              batch_size=batch, out_dir=out_dir)
+    metrics = write_metrics(spec, report, splits.report.as_record(), train_result, out_dir)
+    write_card(spec, metrics, out_dir)
     print(json.dumps({"variants": metrics["variants"], "targets": metrics["targets"]}, indent=2, default=str))
-    print(f"wrote {spec.directory / 'metrics.json'} and {spec.directory / 'README.md'}", file=sys.stderr)
-    if spec.directory.resolve().parent == CATALOG_DIR.resolve():  # the project's own, shipped adapters
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'README.md'}", file=sys.stderr)
+    if out_dir.resolve().parent == CATALOG_DIR.resolve():  # the project's own, shipped adapters
         print("the project's README results table and chainlit.md now lag behind: run `adapterlab results` "
               "and `python -m chat_app.welcome`", file=sys.stderr)
 

@@ -6,8 +6,10 @@ the prompt: the in-context learning baseline) and ``fine_tuned`` (the trained ad
 through the ``evaluate`` API with this project's own metric modules (``training/metrics/``), loaded
 by path, so an offline run computes exactly what an online one does.
 
-A two-label adapter whose spec says ``decision: validation_f1`` first gets its threshold tuned on
-the validation split (never the test split), stored beside its weights for the app to use too.
+A two-label adapter whose spec says ``decision: validation_f1`` decides with a threshold tuned on
+the validation split (never the test split), stored beside its weights for the app to use too. It
+is tuned once for each set of weights (training removes the old one), so evaluating again measures
+the adapter as the app runs it and changes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from adapters.bench import environment
 from adapters.prompts import target_text
 from adapters.files import write_lines_atomic, write_text_atomic
-from adapters.runtime import THRESHOLD_FILE, Runtime
+from adapters.runtime import THRESHOLD_FILE, Runtime, read_threshold
 from adapters.spec import AdapterSpec
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -55,7 +57,7 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
     trained = spec.name in runtime.backend.adapter_names()
     results: dict[str, Any] = {}
     predictions: dict[str, list] = {}
-    decision = tune_threshold(runtime, spec, splits.validation, batch_size) if "fine_tuned" in variants else None
+    decision = decision_threshold(runtime, spec, splits.validation, batch_size) if "fine_tuned" in variants else None
     for variant in tqdm(variants, desc=f"evaluate {spec.name}", disable=not progress):
         if variant == "fine_tuned" and not trained:
             results[variant] = {"skipped": "no trained weights"}
@@ -121,6 +123,18 @@ def choose_threshold(scores: Sequence[float], refs: Sequence[int]) -> tuple[floa
         if candidate[0] > best[0] or (candidate[0] == best[0] and candidate[1] < best[1]):
             best = candidate
     return best[2], best[0]
+
+
+def decision_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict | None:
+    """The record of the fine-tuned adapter's decision threshold: the one stored beside its weights,
+    else one tuned now (and stored); None when the spec decides by argmax or nothing is trained."""
+    path = spec.directory / THRESHOLD_FILE
+    if spec.decision != "validation_f1" or spec.name not in runtime.backend.adapter_names():
+        return None
+    if path.is_file():
+        read_threshold(spec)  # a broken file is named here, not half-way through the evaluation
+        return json.loads(path.read_text(encoding="utf-8"))
+    return tune_threshold(runtime, spec, validation, batch_size)
 
 
 def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict | None:
