@@ -24,11 +24,13 @@ from .base_models import DEFAULT_BASE, LoadOptions, cache_keyword, canonical_nam
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Decoding settings for one request; ``temperature == 0`` is greedy."""
+    """Decoding settings for one request; ``temperature == 0`` is greedy; ``no_repeat_ngram_size``
+    (0: off) bans repeating any sequence of that many tokens, prompt included."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 256
+    no_repeat_ngram_size: int = 0
 
 
 class BaseMismatchError(ValueError):
@@ -264,7 +266,8 @@ class LocalBackend:
                     on_token=None) -> list[int]:
         """New token ids for one prompt through the static decoder (lock held, adapter active)."""
         return self._decoder().generate(adapter, prompt_ids, params.max_new_tokens, params.temperature,
-                                        params.top_p, on_token=on_token)
+                                        params.top_p, on_token=on_token,
+                                        no_repeat_ngram_size=params.no_repeat_ngram_size)
 
     def _device(self):
         return next(self.model.parameters()).device
@@ -391,6 +394,8 @@ class LocalBackend:
     def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens,
                                   "pad_token_id": self.tokenizer.pad_token_id}
+        if params.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:

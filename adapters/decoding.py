@@ -70,9 +70,11 @@ class StaticDecoder:
 
     def generate(self, state: str | None, prompt_ids: Sequence[int], max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0,
-                 on_token: Callable[[int], bool] | None = None, generator=None) -> list[int]:
+                 on_token: Callable[[int], bool] | None = None, generator=None,
+                 no_repeat_ngram_size: int = 0) -> list[int]:
         """New token ids after ``prompt_ids`` (stopping at an end-of-sequence token, which is kept,
-        as ``generate`` keeps it). ``on_token(id)`` is called for each; returning False stops."""
+        as ``generate`` keeps it). ``on_token(id)`` is called for each; returning False stops.
+        ``no_repeat_ngram_size`` bans repeated n-grams as ``generate``'s option does."""
         n = len(prompt_ids)
         length = cache_length(n + max_new_tokens, self.context_length)
         max_new_tokens = min(max_new_tokens, length - n)
@@ -82,27 +84,32 @@ class StaticDecoder:
         step = slot.replay if self.use_graphs else slot.step
         if self.use_graphs and slot.graph is None:
             slot.capture()
+        ngrams = NGramBan(no_repeat_ngram_size, prompt_ids)
         logits = slot.prefill(prompt_ids)  # eagerly, through PEFT with ``state`` as it is
-        token = self._choose(logits, temperature, top_p, generator)
+        token = self._choose(logits, temperature, top_p, generator, ngrams.banned())
         slot.start(token, n)
         produced: list[int] = []
         with self._merged_into_base(state if self.use_graphs else None):
             for i in range(max_new_tokens):
                 produced.append(token)
+                ngrams.add(token)
                 keep_going = on_token(token) if on_token else True
                 if token in self.eos or keep_going is False or i == max_new_tokens - 1:
                     break
                 logits, greedy = step()
-                if temperature <= 0:
+                banned = ngrams.banned()
+                if temperature <= 0 and int(greedy) not in banned:
                     token = int(greedy)
                 else:
-                    token = self._choose(logits, temperature, top_p, generator)
+                    token = self._choose(logits, temperature, top_p, generator, banned)
                     slot.ids.fill_(token)  # the step moved on with its greedy choice: replace it
         return produced
 
-    def _choose(self, logits, temperature: float, top_p: float, generator) -> int:
+    def _choose(self, logits, temperature: float, top_p: float, generator, banned=frozenset()) -> int:
         import torch
 
+        if banned:
+            logits = logits.index_fill(-1, torch.tensor(sorted(banned), device=logits.device), float("-inf"))
         if temperature <= 0:
             return int(logits.argmax(-1))
         from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -129,6 +136,27 @@ class StaticDecoder:
         finally:
             for weight, _ in pairs:
                 weight.data.copy_(self._originals[id(weight)])
+
+
+class NGramBan:
+    """The tokens that would repeat an n-gram of the sequence so far (prompt included), kept up to
+    date one token at a time: what ``generate``'s ``no_repeat_ngram_size`` bans, without rescanning."""
+
+    def __init__(self, n: int, ids: Sequence[int] = ()):
+        self.n, self.ids = n, []
+        self.following: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens seen after it
+        for token in ids:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        if self.n and len(self.ids) >= self.n:
+            self.following.setdefault(tuple(self.ids[-self.n:-1]), set()).add(token)
+
+    def banned(self) -> set[int]:
+        if not self.n or len(self.ids) < self.n - 1:
+            return set()
+        return self.following.get(tuple(self.ids[len(self.ids) - self.n + 1:]), set())
 
 
 def lora_layers(model) -> list:

@@ -244,7 +244,8 @@ class Runtime:
         params = GenerationParams(
             temperature=defaults.temperature if temperature is None else float(temperature),
             top_p=defaults.top_p if top_p is None else float(top_p),
-            max_new_tokens=defaults.max_new_tokens if max_new_tokens is None else int(max_new_tokens))
+            max_new_tokens=defaults.max_new_tokens if max_new_tokens is None else int(max_new_tokens),
+            no_repeat_ngram_size=defaults.no_repeat_ngram_size)
         if params.temperature < 0 or not 0 < params.top_p <= 1 or params.max_new_tokens < 1:
             raise InputError(f"invalid generation settings {params}: need temperature >= 0, "
                              "0 < top_p <= 1, max_new_tokens >= 1")

@@ -36,11 +36,14 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    """Decoding defaults; ``temperature: 0`` means greedy decoding."""
+    """Decoding defaults; ``temperature: 0`` means greedy decoding. ``no_repeat_ngram_size: n`` (0:
+    off) never repeats a sequence of n tokens, prompt included (``generate``'s option of that name):
+    greedy decoding of a small model otherwise tends to loop on a sentence until the token limit."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 256
+    no_repeat_ngram_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     if not spec.data.local_path and not spec.data.hub_id:
         fail("data", "give local_path, hub_id or both")
     for name, value in (("generation.temperature", spec.generation.temperature),
+                        ("generation.no_repeat_ngram_size", spec.generation.no_repeat_ngram_size),
                         ("lora.dropout", spec.lora.dropout)):
         if value < 0:
             fail(name, f"must be >= 0, got {value}")

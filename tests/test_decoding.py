@@ -17,22 +17,33 @@ PROMPTS = ["<|im_start|>user\nWhat are the symptoms of diabetes?<|im_end|>\n<|im
            "hello", "win a free prize call now " * 12]
 
 
-def generate_ids(model, tokenizer, prompt: str, new: int) -> list[int]:
+def generate_ids(model, tokenizer, prompt: str, new: int, **options) -> list[int]:
     import torch
 
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=new, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, pad_token_id=tokenizer.pad_token_id)
+                             top_k=None, pad_token_id=tokenizer.pad_token_id, **options)
     return out[0, ids.shape[1]:].tolist()
 
 
-def decoder_ids(decoder, tokenizer, prompt: str, new: int, state=None) -> list[int]:
+def decoder_ids(decoder, tokenizer, prompt: str, new: int, state=None, **options) -> list[int]:
     import torch
 
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
-        return decoder.generate(state, ids, new)
+        return decoder.generate(state, ids, new, **options)
+
+
+def repeats_an_ngram(prompt: list[int], new: list[int], n: int) -> bool:
+    """Whether a generated token completes an n-gram that already occurred (the prompt included)."""
+    seq = prompt + new
+    seen = {tuple(seq[i:i + n]) for i in range(len(prompt) - n + 1)}
+    for i in range(max(0, len(prompt) - n + 1), len(seq) - n + 1):
+        if tuple(seq[i:i + n]) in seen:
+            return True
+        seen.add(tuple(seq[i:i + n]))
+    return False
 
 
 @pytest.fixture()
@@ -65,6 +76,28 @@ def test_static_decoding_matches_generate_with_an_adapter_and_without(base_and_l
             assert decoder_ids(decoder, tokenizer, prompt, 40, state=None) == generate_ids(model, tokenizer, prompt, 40)
     # a later, shorter request reuses the cache without seeing the earlier one
     assert decoder_ids(decoder, tokenizer, "hello", 10) == generate_ids(model, tokenizer, "hello", 10)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_no_repeat_ngram_size_bans_what_generate_bans(base_and_lora, n):
+    model, tokenizer = base_and_lora
+    decoder = StaticDecoder(model, [tokenizer.eos_token_id], context_length=1024)
+    prompt_ids = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    free = decoder_ids(decoder, tokenizer, "hello", 60, state="medquad")
+    banned = decoder_ids(decoder, tokenizer, "hello", 60, state="medquad", no_repeat_ngram_size=n)
+    assert repeats_an_ngram(prompt_ids, free, n) and banned != free  # the ban has something to do
+    assert not repeats_an_ngram(prompt_ids, banned, n)
+    assert banned == generate_ids(model, tokenizer, "hello", 60, no_repeat_ngram_size=n)
+
+
+def test_the_ngram_ban_follows_the_sequence_one_token_at_a_time():
+    from adapters.decoding import NGramBan
+
+    ban = NGramBan(3, [1, 2, 3, 1])
+    assert ban.banned() == set()  # "3 1" has not been followed by anything yet
+    ban.add(2)
+    assert ban.banned() == {3}  # "1 2" was followed by 3
+    assert NGramBan(0, [1, 1, 1]).banned() == set() and NGramBan(1, [4, 5]).banned() == {4, 5}
 
 
 def test_decoding_stops_where_asked_and_at_the_cache_end(base_and_lora):

@@ -120,6 +120,29 @@ def test_multi_turn_history_reaches_the_prompt(tiny_base, catalog):
     assert [m["content"] for m in seen[-1]] == ["first question", "first answer", "second question"]
 
 
+def test_the_specs_no_repeat_ngram_size_reaches_every_generation_path(tiny_base, catalog):
+    from adapters.decoding import StaticDecoder
+
+    question = [{"role": "user", "content": "hello"}]
+
+    def answers(rt) -> list[str]:  # complete, stream, and the batched answers of evaluation
+        return [rt.generate("medquad", question, base=True, max_new_tokens=40, stream=False).read(),
+                "".join(rt.generate("medquad", question, base=True, max_new_tokens=40, stream=True)),
+                rt.answer("medquad", ["hello"], base=True, max_new_tokens=40)[0]]
+
+    free = answers(runtime(tiny_base, catalog))
+    spec_file = catalog / "medquad" / "adapter.yaml"
+    text = spec_file.read_text()
+    spec_file.write_text(text.replace("max_new_tokens: 256}", "max_new_tokens: 256, no_repeat_ngram_size: 1}"))
+    rt = runtime(tiny_base, catalog)
+    banned = answers(rt)
+    assert banned[0] != free[0] and banned == [banned[0]] * 3
+    backend = rt.backend  # the GPU's CUDA-graph decoder, run eagerly
+    backend._static_decoder = StaticDecoder(backend.model, [backend.tokenizer.eos_token_id], backend.context_length,
+                                            use_graphs=False)
+    assert answers(rt) == banned
+
+
 def test_closing_a_stream_early_frees_the_model(tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     stream = iter(rt.generate(None, [{"role": "user", "content": "hello"}], max_new_tokens=200))

@@ -273,6 +273,7 @@ def test_top_p_of_exactly_one_is_allowed(tmp_path):
 @pytest.mark.parametrize(("section", "key", "value"), [
     ("generation", "temperature", -0.5),
     ("generation", "max_new_tokens", 0),
+    ("generation", "no_repeat_ngram_size", -1),
     ("lora", "r", 0),
     ("training", "batch_size", 0),
 ])
