@@ -110,6 +110,16 @@ def write_card(spec: AdapterSpec, metrics: dict, out_dir: Path) -> None:
     write_text_atomic(out_dir / "README.md", card_text(spec, metrics, out_dir))
 
 
+def _decoding_text(spec: AdapterSpec) -> str:
+    """How answers are decoded, in evaluation and in the app (empty for a classifier, which scores labels)."""
+    if spec.task == "classify":
+        return ""
+    g = spec.generation
+    how = "greedy" if g.temperature <= 0 else f"sampled at temperature {g.temperature}, top-p {g.top_p}"
+    ban = f", never repeating a sequence of {g.no_repeat_ngram_size} tokens" if g.no_repeat_ngram_size else ""
+    return f"\n\nDecoding in evaluation (and the app's default): {how}, at most {g.max_new_tokens} new tokens{ban}."
+
+
 def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     """The model card of the adapter from its spec and measured metrics; it shows the plots that
     ``out_dir`` holds."""
@@ -183,7 +193,7 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 
 System: {spec.prompt.system}
 
-User template: `{spec.prompt.user_template}`
+User template: `{spec.prompt.user_template}`{_decoding_text(spec)}
 
 ## Use
 
