@@ -462,7 +462,9 @@ async def _compare(runtime: Runtime, text: str, adapter: str) -> None:
                                          cut_at=cut_at))
     content = handlers.compare_markdown(spec, text, outcomes)
     if spec.task == "generate":
-        content += "\n\n*Greedy decoding (temperature 0) in every column, so the columns differ only by model and prompt.*"
+        ban = spec.generation.no_repeat_ngram_size
+        content += ("\n\n*Greedy decoding (temperature 0" + (f", no {ban}-token sequence repeated" if ban else "")
+                    + ") in every column, so the columns differ only by model and prompt.*")
         content += "\n\n" + handlers.NOT_MEDICAL_ADVICE
     elif spec.task == "extract":
         content += "\n\n" + handlers.NOT_CLINICAL
