@@ -73,14 +73,16 @@ def _splits(spec, args):
 def cmd_train(args) -> int:
     from dataclasses import asdict
 
-    from .train import is_main_process, train_adapter
+    from .train import end_process_group, is_main_process, train_adapter
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     splits = _splits(spec, args)
     result = train_adapter(spec, splits, base=args.base_model, max_steps=args.max_steps,
                            device=args.device, restart=args.restart,
                            run_dir=args.run_dir)
-    if not is_main_process():  # DDP: rank 0 wrote the adapter and evaluates it once
+    main_process = is_main_process()
+    end_process_group()  # the evaluation below runs in one process
+    if not main_process:  # DDP: rank 0 wrote the adapter and evaluates it once
         return 0
     print(json.dumps(asdict(result), indent=2))
     if not args.no_eval:

@@ -108,6 +108,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def end_process_group() -> None:
+    """Leave the data-parallel process group once training is over (PyTorch warns at exit otherwise);
+    nothing outside a data-parallel run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def compiles_layers(training, on_cuda: bool) -> bool:
     """Whether a run compiles its decoder layers: ``training.compile``, for LoRA (a 4-bit base does
     not compile), on a GPU only. On a GPU, inductor needs only Triton, which CUDA builds of torch
