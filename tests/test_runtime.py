@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -130,10 +131,17 @@ def test_the_specs_no_repeat_ngram_size_reaches_every_generation_path(tiny_base,
                 "".join(rt.generate("medquad", question, base=True, max_new_tokens=40, stream=True)),
                 rt.answer("medquad", ["hello"], base=True, max_new_tokens=40)[0]]
 
-    free = answers(runtime(tiny_base, catalog))
     spec_file = catalog / "medquad" / "adapter.yaml"
-    text = spec_file.read_text()
-    spec_file.write_text(text.replace("max_new_tokens: 256}", "max_new_tokens: 256, no_repeat_ngram_size: 1}"))
+
+    def ban(n: int) -> None:
+        text, replaced = re.subn(r"^generation: .*$", f"generation: {{temperature: 0.0, max_new_tokens: 256, "
+                                 f"no_repeat_ngram_size: {n}}}", spec_file.read_text(), flags=re.M)
+        assert replaced == 1
+        spec_file.write_text(text)
+
+    ban(0)
+    free = answers(runtime(tiny_base, catalog))
+    ban(1)
     rt = runtime(tiny_base, catalog)
     banned = answers(rt)
     assert banned[0] != free[0] and banned == [banned[0]] * 3
