@@ -23,6 +23,7 @@ from pathlib import Path
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
+from chainlit.context import context_var
 from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.utils import utc_now
 
@@ -249,8 +250,23 @@ async def _ready_runtime() -> Runtime:
     return HOLDER.runtime
 
 
+class StepsTracer(cl.LangchainCallbackHandler):
+    """Chainlit's LangChain steps, except that a run the user stopped (the Stop button cancels the
+    task) ends as "stopped by you" rather than as a failed step with an error mark."""
+
+    async def _on_error(self, error: BaseException, *, run_id, **kwargs):
+        step = self.steps.get(str(run_id))
+        if not isinstance(error, asyncio.CancelledError) or step is None:
+            return await super()._on_error(error, run_id=run_id, **kwargs)
+        context_var.set(self.context)
+        step.output, step.end = "stopped by you", utc_now()
+        await step.update()
+
+    on_chain_error = on_llm_error = on_tool_error = on_retriever_error = _on_error
+
+
 def _callbacks() -> dict:
-    return {"callbacks": [cl.LangchainCallbackHandler(to_ignore=LANGCHAIN_IGNORE, to_keep=LANGCHAIN_KEEP)]}
+    return {"callbacks": [StepsTracer(to_ignore=LANGCHAIN_IGNORE, to_keep=LANGCHAIN_KEEP)]}
 
 
 def _variant(runtime: Runtime, profile: handlers.Profile, settings: handlers.Settings) -> handlers.Variant:
@@ -304,8 +320,7 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
             await answer.stream_token(piece)
     except asyncio.CancelledError:  # the Stop button: keep what was said, on the page and in the history
         info.text, info.stopped = "".join(streamed), True  # the text the page shows
-        await _send_answer(runtime, profile, settings, history, text, answer, info, label)
-        raise
+        # handled in full, so the message's task ends normally, not as a failed step
     await _send_answer(runtime, profile, settings, history, text, answer, info, label)
 
 
