@@ -222,7 +222,7 @@ async def on_message(message: cl.Message):
     except AdapterNotTrainedError:
         await cl.Message(content=handlers.not_trained_message(SPECS[profile.adapter])).send()
     except asyncio.CancelledError:
-        raise
+        pass  # the Stop button: Chainlit has said so; the message's task ends without an error mark
     except Exception as exc:  # noqa: BLE001 - the app keeps serving; details without message text
         log.error("adapterlab: %s failed with %s\n%s", profile.name, type(exc).__name__,
                   "".join(traceback.format_tb(exc.__traceback__)))
@@ -408,11 +408,16 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
     started = time.perf_counter()
     results: list[dict] = []
     step = CHUNK[profile.task]
-    for start in range(0, total, step):
-        # no LangChain step per chunk: a 1,000-row upload would fill the page with steps
-        results += await chain.ainvoke({"texts": upload.texts[start:start + step]})
-        progress.content = f"⏳ Processed {len(results):,} of {total:,} texts from `{name}`…"
+    try:
+        for start in range(0, total, step):
+            # no LangChain step per chunk: a 1,000-row upload would fill the page with steps
+            results += await chain.ainvoke({"texts": upload.texts[start:start + step]})
+            progress.content = f"⏳ Processed {len(results):,} of {total:,} texts from `{name}`…"
+            await progress.update()
+    except asyncio.CancelledError:  # the Stop button
+        progress.content = f"⏹ Stopped after {len(results):,} of {total:,} texts from `{name}`; no results file was made."
         await progress.update()
+        return
     seconds = time.perf_counter() - started
     header, rows = handlers.batch_rows(profile.task, upload.texts, results, spec.labels, spec.fields)
     stem = Path(name).stem or "upload"

@@ -296,6 +296,29 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     page.context.close()
 
 
+def test_stopping_a_batch_upload_says_how_far_it_got(server, browser, tmp_path):
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    choose_profile(page, "Spam check")
+    # Chainlit 2.12's page shows no Stop button for an upload that is a chat's first message
+    send(page, "Are we still on for lunch?")
+    wait_idle(page)
+    many = tmp_path / "many.txt"  # 32 messages a model call: the progress line moves, then Stop
+    many.write_text("\n".join(f"Message {i}: are we still on for lunch?" for i in range(640)) + "\n", encoding="utf-8")
+    page.set_input_files("#upload-button-input", str(many))
+    page.wait_for_selector("#attachments :text('many.txt')")
+    page.click("#chat-submit")
+    page.wait_for_selector("text=/Processed \\d+ of 640 texts/", timeout=ANSWER_TIMEOUT * 1000)
+    page.click("#stop-button")
+    wait_idle(page)
+    stopped = page.wait_for_selector("text=/Stopped after \\d+ of 640 texts/")
+    assert "no results file was made" in stopped.inner_text()
+    assert page.locator('a.inline-file[download="many-spam-results.csv"]').count() == 0
+    assert page.locator("text=Something went wrong").count() == 0
+    page.context.close()
+
+
 def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, browser):
     page = new_page(browser, server)
     open_app(page, server)
