@@ -184,6 +184,15 @@ async def on_chat_resume(thread):
     await _setup_session(cl.user_session.get("settings"))
 
 
+@cl.on_chat_end
+async def on_chat_end():
+    """The page was closed or left this chat: stop its running answer, as the Stop button does,
+    rather than let it hold the one model up to max_new_tokens while everyone else waits."""
+    task = cl.context.session.current_task
+    if task is not None and not task.done():
+        task.cancel()
+
+
 @cl.on_settings_update
 async def on_settings_update(settings):
     cl.user_session.set("settings", settings)

@@ -296,6 +296,29 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     page.context.close()
 
 
+def test_closing_the_page_stops_its_answer(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    choose_profile(page, "Medical Q&A")
+    send(page, "What causes glaucoma? (page closed)")  # up to 256 new tokens
+    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
+                           ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    page.context.close()
+    deadline = time.monotonic() + 15
+    while True:  # the answer ends as stopped, within seconds, in the closed page's thread
+        with sqlite3.connect(server.database) as db:
+            found = db.execute(
+                'SELECT "output" FROM steps WHERE "type" = ? AND "threadId" = '
+                '(SELECT "threadId" FROM steps WHERE "output" LIKE ?)',
+                ("assistant_message", "%(page closed)%")).fetchall()
+        if any("stopped by you" in o for (o,) in found) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert any("stopped by you" in o for (o,) in found), found
+
+
 def test_stopping_a_batch_upload_says_how_far_it_got(server, browser, tmp_path):
     page = new_page(browser, server)
     open_app(page, server)
