@@ -137,11 +137,9 @@ def decision_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_si
     return tune_threshold(runtime, spec, validation, batch_size)
 
 
-def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict | None:
+def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict:
     """Tune the fine-tuned adapter's threshold on the validation split and store it beside its
-    weights (``threshold.json``), when the spec asks for it; the record, or None."""
-    if spec.decision != "validation_f1" or spec.name not in runtime.backend.adapter_names():
-        return None
+    weights (``threshold.json``); the record. ``decision_threshold`` decides when to."""
     positive = spec.labels[-1]
     examples = list(validation)
     out = runtime.classify(spec.name, [ex.input for ex in examples], batch_size=batch_size)
