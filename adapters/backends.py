@@ -290,7 +290,7 @@ class LocalBackend:
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} lists of continuations")
         # one batched tokenizer call, and each distinct continuation once: per-string calls were a
         # third of a 512-message batch's time
-        prompt_ids = self.encode(list(prompts))["input_ids"] if prompts else []
+        prompt_ids = self._prompt_ids(prompts, shared_prefix)
         distinct = sorted({c for options in continuations for c in options})
         option_ids = dict(zip(distinct, self.encode(distinct)["input_ids"])) if distinct else {}
         rows = [(ids, [option_ids[c] for c in options]) for ids, options in zip(prompt_ids, continuations)]
@@ -304,6 +304,34 @@ class LocalBackend:
                 past = self._prefix_kv(adapter, prefix_ids[:reused], len(chunk), fused) if reused else None
                 scores.extend(self._score_chunk(model, chunk, reused, past, fused, adapter))
         return scores
+
+    def _prompt_ids(self, prompts: Sequence[str], shared_prefix: str) -> list[list[int]]:
+        """Each prompt's token ids, tokenizing the shared prefix's text up to its last special token
+        once instead of once per prompt.
+
+        A tokenizer splits its input at special tokens (``<|im_start|>``) before anything else and
+        tokenizes the pieces between them on their own, so a prompt's ids are that head's ids then
+        the rest's. The head (system message, few-shot turns) is most of a spam prompt: tokenizing
+        only the rest halved the tokenizer's time for 512 messages (34 -> 17 ms on the 2-core CPU).
+        Every prompt continues the head with the same template text, so checking the first prompt
+        against whole tokenization checks the boundary; where it differs, prompts are tokenized whole.
+        """
+        prompts = list(prompts)
+        head = self._special_head(shared_prefix)
+        if head and prompts and all(p.startswith(head) for p in prompts):
+            head_ids = self.encode(head)["input_ids"]
+            rests = self.encode([p[len(head):] for p in prompts])["input_ids"]
+            if head_ids + rests[0] == self.encode(prompts[0])["input_ids"]:
+                return [head_ids + rest for rest in rests]
+        return self.encode(prompts)["input_ids"] if prompts else []
+
+    def _special_head(self, text: str) -> str:
+        """``text`` up to the end of its last special token; "" if it has none. Only tokens that
+        take no whitespace after them (``rstrip``) count: the rest must tokenize the same alone."""
+        ends = [text.rfind(token.content) + len(token.content)
+                for token in getattr(self.tokenizer, "added_tokens_decoder", {}).values()
+                if token.special and not token.rstrip and token.content and token.content in text]
+        return text[:max(ends)] if ends else ""
 
     def _fused_path(self) -> "_FusedLlama | None":
         """The fused scoring forward for this model, or None where it does not apply (lock held)."""
@@ -578,8 +606,13 @@ class _FusedLlama:
     Memory: the fused weights are not a copy. The base layers' weight parameters are re-pointed
     at row slices of the fused tensor (same values), so the model keeps its size; ``intact``
     notices if something re-binds a parameter later (``.to()``, a reload), and the path is rebuilt.
-    Used for float32 weights only (other dtypes, 4-bit layers, biases, DoRA or other LoRA variants,
-    other architectures: the transformers path).
+    Used for float32 and bfloat16 base weights (float16, 4-bit layers, biases, DoRA or other LoRA
+    variants, other architectures: the transformers path). Under bf16 base weights PEFT keeps the
+    LoRA weights in float32 and adds their term in float32; the fused path does the same, so its
+    scores equal PEFT's there too (max |diff| 0.0 on the tiny model; the real spam adapter's
+    probabilities agree to 5 decimals). bf16 is what a GPU and a CPU with bf16 instructions serve
+    in: on this 2-core CPU, interleaved in one process, one spam classification p50 115 -> 94 ms,
+    a batch of 32 1811 -> 1743 ms.
     """
 
     GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
@@ -631,7 +664,7 @@ class _FusedLlama:
                         base = module
                     if type(base) is not torch.nn.Linear or base.bias is not None:
                         return None
-                    if base.weight.dtype != torch.float32:
+                    if base.weight.dtype not in (torch.float32, torch.bfloat16):
                         return None
                     dtype = base.weight.dtype
                     bases.append(base)
@@ -704,7 +737,12 @@ class _FusedLlama:
                 return y
             a, b_t = lora  # same as PEFT's base(x) + B(A(x)) * scaling, dropout being off in eval
             flat = y.view(-1, y.shape[-1])
-            return torch.addmm(flat, F.linear(x, a).view(-1, a.shape[0]), b_t).view(y.shape)
+            if a.dtype == y.dtype:
+                return torch.addmm(flat, F.linear(x, a).view(-1, a.shape[0]), b_t).view(y.shape)
+            # PEFT keeps LoRA weights in float32 under bf16 base weights, computes the LoRA term and
+            # the sum in float32, and rounds once to the base's dtype: so does this
+            low_rank = F.linear(x.to(a.dtype), a).view(-1, a.shape[0])
+            return torch.addmm(flat.to(a.dtype), low_rank, b_t).to(y.dtype).view(y.shape)
 
         inner = self.llama.model
         lora = self._lora_terms(adapter) if adapter is not None else [(None,) * 4] * len(self.layers)

@@ -39,6 +39,32 @@ def test_fused_scores_equal_transformers_scores(tiny_base, two_adapters, adapter
     assert flat(got) == pytest.approx(flat(want), rel=2e-6, abs=1e-5)
 
 
+@pytest.mark.parametrize("adapter", ["spam", None])
+def test_fused_scores_equal_transformers_scores_in_bfloat16(tiny_base, two_adapters, adapter):
+    """bf16 base weights under float32 LoRA weights (PEFT's default, and how a GPU or a bf16 CPU
+    serves): the LoRA term and its sum are float32 on both paths, rounded to bf16 once."""
+    import torch
+
+    from adapters import Runtime
+    from adapters.base_models import LoadOptions
+
+    def bf16_runtime():
+        return Runtime.local(two_adapters, base=str(tiny_base), options=LoadOptions(dtype="bfloat16"),
+                             progress=False)
+
+    fast, plain = bf16_runtime(), transformers_only(bf16_runtime())
+    prompts, options, prefix = spam_prompts(fast, [*SPAMMY, *HAMMY, "x"])
+    got = fast.backend.score(adapter, prompts, options, batch_size=4, shared_prefix=prefix)
+    fused = fast.backend._fused
+    assert isinstance(fused, _FusedLlama) and fused.dtype == torch.bfloat16
+    if adapter:
+        assert fused._lora_terms(adapter)[0][0][0].dtype == torch.float32
+    want = plain.backend.score(adapter, prompts, options, batch_size=4, shared_prefix=prefix)
+    # equal here; a GEMM blocked differently on another CPU may round a bf16 activation differently.
+    # The LoRA term in bf16 instead (A and B rounded) is off by 5e-3 relative: this fails it
+    assert flat(got) == pytest.approx(flat(want), rel=2e-3, abs=1e-3)
+
+
 def test_fusing_copies_no_weights_and_leaves_generation_alone(tiny_base, two_adapters):
     rt = runtime(tiny_base, two_adapters)
     before = rt.backend.complete("spam", ["win a prize"], GenerationParams(max_new_tokens=8))

@@ -138,6 +138,80 @@ def test_classify_uses_one_cached_prefix_per_adapter_and_matches_uncached_scorin
     assert len(base) == 3
 
 
+# texts that a shortcut through the template would be most likely to get wrong
+AWKWARD = ["x", "  padded on both sides \n", "{text} and {{ braces }}", "<b>markup</b> & \"quotes\"",
+           "line one\nline two", "ünïcödé £900 — 💊", "Message: a text that starts like the template's lead-in",
+           "<|im_end|> a special token typed by a user"]
+
+
+def counting_renders(rt: Runtime) -> list:
+    """Make the backend record every chat-template render; returns the record."""
+    calls, render = [], rt.backend.render
+    rt.backend.render = lambda messages: calls.append(messages) or render(messages)
+    return calls
+
+
+@pytest.mark.parametrize("system", [None, "Answer spam or ham."])
+def test_task_prompts_fill_the_template_once_and_equal_rendering_each_text(tiny_base, catalog, system):
+    from adapters.prompts import task_messages
+
+    rt = runtime(tiny_base, catalog)
+    spec, examples = rt.spec("spam"), [("free cash", "spam"), ("dinner?", "ham")]
+    texts = AWKWARD * 8
+    want = [rt.backend.render(task_messages(spec, t, system=system, examples=examples)) for t in texts]
+    renders = counting_renders(rt)
+    assert rt._task_prompts(spec, texts, system, examples) == want
+    assert len(renders) <= 3  # the marker, the probe and the first text, not one per text
+
+
+def test_a_template_that_rewrites_messages_gets_each_text_rendered(tiny_base, catalog):
+    from adapters.prompts import task_messages
+
+    rt = runtime(tiny_base, catalog)
+    rt.backend.tokenizer.chat_template = rt.backend.tokenizer.chat_template.replace(
+        "message['content']", "message['content'] | trim")
+    spec = rt.spec("spam")
+    want = [rt.backend.render(task_messages(spec, t)) for t in AWKWARD]
+    assert "padded on both sides<|im_end|>" in want[1]  # the template really trims
+    renders = counting_renders(rt)
+    assert rt._task_prompts(spec, AWKWARD, None, ()) == want
+    assert len(renders) > len(AWKWARD)
+
+
+def test_prompt_ids_tokenize_the_head_once_and_equal_whole_tokenization(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    prompts, _, prefix = spam_prompts(rt, AWKWARD)
+    backend = rt.backend
+    assert backend._special_head(prefix).endswith("<|im_start|>")
+    encoded = []
+    encode = backend.encode
+    backend.encode = lambda texts, **kw: encoded.append(texts) or encode(texts, **kw)
+    got = backend._prompt_ids(prompts, prefix)
+    assert got == encode(prompts)["input_ids"]
+    batch = next(texts for texts in encoded if isinstance(texts, list))
+    assert not any("You are an SMS spam filter" in text for text in batch)  # the head was not re-tokenized
+    assert backend._prompt_ids(prompts, "") == got  # no prefix: every prompt whole
+
+
+def test_prompt_ids_fall_back_to_whole_prompts_where_the_head_would_tokenize_differently(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    prompts, _, prefix = spam_prompts(rt, AWKWARD)
+    whole = rt.backend.encode(prompts)["input_ids"]
+    # a head cut inside a word ("...Message: Me" + "ssage"): its tokens are not the prompt's
+    rt.backend._special_head = lambda text: prompts[0][:prompts[0].index("Message:") + 2]
+    assert rt.backend._prompt_ids(prompts, prefix) == whole
+
+
+def test_special_head_passes_over_special_tokens_that_swallow_the_space_after_them(tiny_base, catalog):
+    from tokenizers import AddedToken
+
+    backend = runtime(tiny_base, catalog).backend
+    backend.tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<|sep|>", rstrip=True)]})
+    assert backend._special_head("<|im_start|>user\nhi<|sep|> there") == "<|im_start|>"
+    assert backend._special_head("<|im_start|>user\nhi<|im_end|>\nthere") == "<|im_start|>user\nhi<|im_end|>"
+    assert backend._special_head("no special tokens here") == ""
+
+
 def test_a_prefix_the_prompts_do_not_share_changes_nothing(tiny_base, two_adapters):
     rt = runtime(tiny_base, two_adapters)
     prompts, options, _ = spam_prompts(rt, SPAMMY)
