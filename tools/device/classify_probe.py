@@ -1,0 +1,60 @@
+"""A/B of batched spam classification on the GPU, in one process on one host (hosts differ by
+1.6x here): prompts rendered per text and tokenized whole vs filled once with the shared head
+tokenized once, and the transformers + PEFT forward vs the fused one. Run on the device after
+tools/device/setup.sh: ``python3 tools/device/classify_probe.py OUT.json``; prints and writes
+messages/s per variant (median of the rounds, interleaved) and the largest P(spam) difference."""
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from adapters.base_models import LoadOptions
+from adapters.bench import SAMPLE_SMS, environment
+from adapters.prompts import task_messages
+from adapters.runtime import Runtime
+
+BATCH, ROUNDS = 512, 7
+runtime = Runtime.local(options=LoadOptions(device="cuda"), only=["spam"], progress=False)
+backend = runtime.backend
+texts = [f"{SAMPLE_SMS} [{i}]" for i in range(BATCH)]
+fast_prompts, fast_head, fused = runtime._task_prompts, backend._special_head, None
+
+
+def per_text_prompts(spec, texts, system, examples):
+    return [backend.render(task_messages(spec, t, system=system, examples=examples)) for t in texts]
+
+
+def use(prompts: str, forward: str) -> None:
+    runtime._task_prompts = fast_prompts if prompts == "filled" else per_text_prompts
+    backend._special_head = fast_head if prompts == "filled" else (lambda text: "")
+    backend._fused = fused if forward == "fused" else None
+
+
+runtime.classify("spam", texts, batch_size=BATCH)  # builds the fused path
+fused = backend._fused
+variants = [(p, f) for p in ("per_text", "filled") for f in ("peft", "fused")]
+seconds = {v: [] for v in variants}
+probs = {}
+for round_ in range(ROUNDS + 1):
+    for variant in variants:
+        use(*variant)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = runtime.classify("spam", texts, batch_size=BATCH)
+        elapsed = time.perf_counter() - start
+        if round_:  # the first round warms every variant up
+            seconds[variant].append(elapsed)
+        probs[variant] = [r.probs["spam"] for r in result]
+reference = probs[("per_text", "peft")]
+report = {**environment(), "command": " ".join(["python3", *sys.argv]), "batch": BATCH, "rounds": ROUNDS,
+          "variants": {f"{p}+{f}": {"messages_per_s": round(BATCH / statistics.median(seconds[(p, f)]), 1),
+                                    "ms_median": round(statistics.median(seconds[(p, f)]) * 1000, 1),
+                                    "max_abs_p_spam_diff": max(abs(a - b) for a, b in zip(probs[(p, f)], reference))}
+                       for p, f in variants}}
+print(json.dumps(report, indent=1))
+if len(sys.argv) > 1:
+    with open(sys.argv[1], "w") as f:
+        json.dump(report, f, indent=1)
