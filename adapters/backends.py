@@ -54,6 +54,8 @@ class Backend(Protocol):
 
     def token_counts(self, texts: Sequence[str]) -> list[int]: ...
 
+    def over_budget(self, texts: Sequence[str], budget: int) -> list[bool]: ...
+
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
     def score(self, adapter: str | None, prompts: Sequence[str],
@@ -103,6 +105,7 @@ class LocalBackend:
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self._lock = threading.RLock()
         self._tokenizer_lock = threading.Lock()
+        self._byte_level: bool | None = None  # see _tokens_within_bytes
         self._adapters: list[str] = []
         self._active: str | None | object = _UNKNOWN  # adapter name, None (disabled) or _UNKNOWN
         self._prefix_cache: OrderedDict[tuple, Any] = OrderedDict()  # (adapter, token ids) -> KV
@@ -172,6 +175,32 @@ class LocalBackend:
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Each text's token count, in one tokenizer call."""
         return [len(ids) for ids in self.encode(list(texts))["input_ids"]] if texts else []
+
+    def over_budget(self, texts: Sequence[str], budget: int) -> list[bool]:
+        """Whether each text has more than ``budget`` tokens.
+
+        Under a byte-level BPE tokenizer every token covers at least one UTF-8 byte (plus perhaps
+        a space the tokenizer puts first), so a text of fewer bytes than the budget is not counted:
+        counting every text of a 512-SMS batch took 49 ms of its 294 on an H200 host.
+        """
+        bounded = self._tokens_within_bytes()
+        unsure = [i for i, text in enumerate(texts) if not bounded or len(text.encode("utf-8")) + 1 > budget]
+        over = [False] * len(texts)
+        for i, count in zip(unsure, self.token_counts([texts[i] for i in unsure])):
+            over[i] = count > budget
+        return over
+
+    def _tokens_within_bytes(self) -> bool:
+        """Whether the tokenizer is byte-level BPE with no normalizer (which may expand text)."""
+        if self._byte_level is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            described = json.loads(backend.to_str()) if backend is not None else {}
+            pre = described.get("pre_tokenizer") or {}
+            steps = pre.get("pretokenizers") or [pre]
+            self._byte_level = (described.get("normalizer") is None
+                                and (described.get("model") or {}).get("type") == "BPE"
+                                and any(step.get("type") == "ByteLevel" for step in steps))
+        return self._byte_level
 
     def truncate(self, text: str, max_tokens: int) -> str:
         ids = self.encode(text)["input_ids"][:max_tokens]

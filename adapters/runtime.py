@@ -257,15 +257,14 @@ class Runtime:
         return max(1, min(spec.max_input_tokens, room) if spec else room)
 
     def _fit(self, spec: AdapterSpec, texts: Sequence[str]) -> list[tuple[str, bool]]:
-        """Each text, cut to the spec's input budget, and whether it was cut (counted in one
-        tokenizer call: one call per text was a fifth of a 512-message batch's Python time)."""
+        """Each text, cut to the spec's input budget, and whether it was cut."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InputError("the text is empty" if len(texts) == 1 else f"text {i} is empty")
             _check_encodable(text)
         budget = self._input_budget(spec, spec.generation.max_new_tokens)
-        return [(text, False) if count <= budget else (self.backend.truncate(text, budget), True)
-                for text, count in zip(texts, self.backend.token_counts(texts))]
+        return [(self.backend.truncate(text, budget), True) if over else (text, False)
+                for text, over in zip(texts, self.backend.over_budget(texts, budget))]
 
     def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], bool]:
         """The conversation with the spec's system message; oldest turns dropped if too long."""

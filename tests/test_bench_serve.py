@@ -375,14 +375,15 @@ def test_bench_serve_writes_every_measure_to_json(tiny_base, two_adapters, tmp_p
 
     out = tmp_path / "serve.json"
     rc = main(["bench", "serve", "--catalog", str(two_adapters), "--base-model", str(tiny_base),
-               "--calls", "2", "--batch", "3", "--runs", "1", "--tokens", "3", "--switch-rounds", "1",
-               "--streams", "2", "--output", str(out)])
+               "--calls", "2", "--batch", "3", "--batch-runs", "2", "--runs", "1", "--tokens", "3",
+               "--switch-rounds", "1", "--streams", "2", "--output", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["benchmark"] == "serve" and result["device"].startswith("CPU")
     assert {"torch", "transformers", "peft", "date", "command"} <= set(result)
     classify = result["classify"]
     assert classify["adapter"] == "spam" and classify["base"] is False and classify["batch_size"] == 3
+    assert classify["batched_runs"] == 2 and classify["batched_first_call_messages_per_s"] > 0
     assert 8 <= classify["cached_prefix_tokens"] < classify["prompt_tokens"]
     assert result["generate"]["max_new_tokens"] == 3
     assert result["adapter_switch"]["cycle"] == ["oncology", "spam", "base"]

@@ -244,6 +244,28 @@ def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_base, catalo
     assert g.truncated and g.prompt_tokens <= rt.backend.context_length
 
 
+def test_over_budget_counts_only_texts_whose_bytes_could_exceed_it(tiny_base, catalog):
+    backend = runtime(tiny_base, catalog).backend
+    texts = ["short", "ünïcödé £9 💊", "x " * 30, "win " * 40, "💊" * 20]
+    counted = []
+    token_counts = backend.token_counts
+    backend.token_counts = lambda batch: counted.extend(batch) or token_counts(batch)
+    over = backend.over_budget(texts, budget=50)
+    assert over == [n > 50 for n in token_counts(texts)] == [False, False, True, True, True]
+    assert counted == texts[2:]  # 6 and 18 bytes cannot hold 51 tokens: not tokenized
+    assert all(n <= len(t.encode()) + 1 for t, n in zip(texts, token_counts(texts)))
+
+
+def test_over_budget_counts_every_text_under_a_tokenizer_that_normalizes(tiny_base, catalog):
+    from tokenizers import normalizers
+
+    backend = runtime(tiny_base, catalog).backend
+    # NFKC may expand a character to many ("\ufdfa" is 18 letters): bytes bound nothing
+    backend.tokenizer.backend_tokenizer.normalizer = normalizers.NFKC()
+    assert backend.over_budget(["\ufdfa" * 3], budget=20) == [True]
+    assert backend.over_budget(["short"], budget=20) == [False]
+
+
 def test_unknown_adapter_lists_the_known_ones(tiny_base, catalog):
     with pytest.raises(UnknownAdapterError, match="known adapters: medquad, oncology, spam"):
         runtime(tiny_base, catalog).classify("spma", ["hi"])

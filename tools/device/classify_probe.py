@@ -2,7 +2,9 @@
 1.6x here): prompts rendered per text and tokenized whole vs filled once with the shared head
 tokenized once, and the transformers + PEFT forward vs the fused one. Run on the device after
 tools/device/setup.sh: ``python3 tools/device/classify_probe.py OUT.json``; prints and writes
-messages/s per variant (median of the rounds, interleaved) and the largest P(spam) difference."""
+messages/s per variant (median of the rounds, interleaved), the largest P(spam) difference from
+the per-text + PEFT variant (and, for scale, PEFT's own between batch sizes 64 and 512), and one
+message's latency on each forward."""
 
 import json
 import statistics
@@ -49,11 +51,23 @@ for round_ in range(ROUNDS + 1):
             seconds[variant].append(elapsed)
         probs[variant] = [r.probs["spam"] for r in result]
 reference = probs[("per_text", "peft")]
+single = {"peft": [], "fused": []}
+for _ in range(30):  # one message, as the app classifies it
+    for forward in single:
+        use("filled", forward)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        runtime.classify("spam", [SAMPLE_SMS])
+        single[forward].append((time.perf_counter() - start) * 1000)
+use("filled", "peft")  # how far bf16 results move with the batch size alone, for scale
+smaller = [r.probs["spam"] for r in runtime.classify("spam", texts, batch_size=64)]
 report = {**environment(), "command": " ".join(["python3", *sys.argv]), "batch": BATCH, "rounds": ROUNDS,
           "variants": {f"{p}+{f}": {"messages_per_s": round(BATCH / statistics.median(seconds[(p, f)]), 1),
                                     "ms_median": round(statistics.median(seconds[(p, f)]) * 1000, 1),
                                     "max_abs_p_spam_diff": max(abs(a - b) for a, b in zip(probs[(p, f)], reference))}
-                       for p, f in variants}}
+                       for p, f in variants},
+          "one_message_ms_p50": {f: round(statistics.median(v), 2) for f, v in single.items()},
+          "peft_batch_64_vs_512_max_abs_p_spam_diff": max(abs(a - b) for a, b in zip(smaller, reference))}
 print(json.dumps(report, indent=1))
 if len(sys.argv) > 1:
     with open(sys.argv[1], "w") as f:
