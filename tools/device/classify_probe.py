@@ -1,6 +1,6 @@
 """A/B of batched spam classification on the GPU, in one process on one host (hosts differ by
-1.6x here): prompts rendered per text and tokenized whole vs filled once with the shared head
-tokenized once, and the transformers + PEFT forward vs the fused one. Run on the device after
+1.6x here): prompts rendered per text and tokenized whole, every text counted, vs filled once
+with the shared head tokenized once and short texts not counted, and the transformers + PEFT forward vs the fused one. Run on the device after
 tools/device/setup.sh: ``python3 tools/device/classify_probe.py OUT.json``; prints and writes
 messages/s per variant (median of the rounds, interleaved), the largest P(spam) difference from
 the per-text + PEFT variant (and, for scale, PEFT's own between batch sizes 64 and 512), and one
@@ -23,6 +23,7 @@ runtime = Runtime.local(options=LoadOptions(device="cuda"), only=["spam"], progr
 backend = runtime.backend
 texts = [f"{SAMPLE_SMS} [{i}]" for i in range(BATCH)]
 fast_prompts, fast_head, fused = runtime._task_prompts, backend._special_head, None
+byte_level = backend._tokens_within_bytes()
 
 
 def per_text_prompts(spec, texts, system, examples):
@@ -32,6 +33,7 @@ def per_text_prompts(spec, texts, system, examples):
 def use(prompts: str, forward: str) -> None:
     runtime._task_prompts = fast_prompts if prompts == "filled" else per_text_prompts
     backend._special_head = fast_head if prompts == "filled" else (lambda text: "")
+    backend._byte_level = byte_level if prompts == "filled" else False  # False: every text counted
     backend._fused = fused if forward == "fused" else None
 
 
