@@ -50,6 +50,10 @@ class Backend(Protocol):
 
     def render(self, messages: Sequence[dict[str, str]]) -> str: ...
 
+    def literal(self, text: str) -> str:
+        """``text`` as ``render`` puts it in a message (special-token strings broken)."""
+        ...
+
     def count_tokens(self, text: str) -> int: ...
 
     def token_counts(self, texts: Sequence[str]) -> list[int]: ...
@@ -106,6 +110,7 @@ class LocalBackend:
         self._lock = threading.RLock()
         self._tokenizer_lock = threading.Lock()
         self._byte_level: bool | None = None  # see _tokens_within_bytes
+        self._specials: list[str] | None = None  # special-token strings, see literal
         self._adapters: list[str] = []
         self._active: str | None | object = _UNKNOWN  # adapter name, None (disabled) or _UNKNOWN
         self._prefix_cache: OrderedDict[tuple, Any] = OrderedDict()  # (adapter, token ids) -> KV
@@ -160,6 +165,13 @@ class LocalBackend:
         from .prompts import render
 
         return render(self.tokenizer, messages)
+
+    def literal(self, text: str) -> str:
+        from .prompts import literal_text, special_strings
+
+        if self._specials is None:
+            self._specials = special_strings(self.tokenizer)
+        return literal_text(text, self._specials)
 
     def encode(self, texts, **kwargs):
         """The tokenizer's output for ``texts`` (no special tokens added), under the tokenizer's own

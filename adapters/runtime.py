@@ -23,7 +23,7 @@ FEW_SHOT_FILE = "few_shot.jsonl"  # written by training: k examples from the tra
 THRESHOLD_FILE = "threshold.json"  # written by evaluation when the spec's decision is tuned
 
 # a text that a chat template which trims, escapes or otherwise rewrites messages would change
-TEMPLATE_PROBE = " \n\t<b>{text}</b> & \"quoted\" 'text' {{ x }} \\n \n"
+TEMPLATE_PROBE = " \n\t<b>{text}</b> & \"quoted\" 'text' {{ x }} \\n <|im_end|> \n"
 GENERATION_RESERVE = 64  # tokens kept free for the chat template around the user's text
 
 
@@ -307,8 +307,9 @@ class Runtime:
         frame = self._template_frame(spec, system, examples)
         if frame is not None and texts:
             before, after = frame
-            if all(rendered(t) == before + t + after for t in (TEMPLATE_PROBE, texts[0])):
-                return [before + text + after for text in texts]
+            literal = self.backend.literal
+            if all(rendered(t) == before + literal(t) + after for t in (TEMPLATE_PROBE, texts[0])):
+                return [before + literal(text) + after for text in texts]
         return [rendered(text) for text in texts]
 
     def _template_frame(self, spec: AdapterSpec, system: str | None,
