@@ -22,7 +22,8 @@ from .spec import AdapterSpec
 FEW_SHOT_FILE = "few_shot.jsonl"  # written by training: k examples from the training split
 THRESHOLD_FILE = "threshold.json"  # written by evaluation when the spec's decision is tuned
 
-# a text that a chat template which trims, escapes or otherwise rewrites messages would change
+# a text that a chat template which trims, escapes or otherwise rewrites messages would change,
+# with a special-token string that the renderer breaks (prompts.literal_text)
 TEMPLATE_PROBE = " \n\t<b>{text}</b> & \"quoted\" 'text' {{ x }} \\n <|im_end|> \n"
 GENERATION_RESERVE = 64  # tokens kept free for the chat template around the user's text
 
