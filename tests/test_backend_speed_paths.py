@@ -65,6 +65,28 @@ def test_fused_scores_equal_transformers_scores_in_bfloat16(tiny_base, two_adapt
     assert flat(got) == pytest.approx(flat(want), rel=2e-3, abs=1e-3)
 
 
+def test_token_logprobs_keep_float32_differences_that_bf16_logits_round_away():
+    import torch
+
+    from adapters.backends import token_logprobs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(256, 64).to(torch.bfloat16)
+    weight = (torch.randn(300, 64) * 2.5).to(torch.bfloat16)  # logits of a few tens, as a model's
+    weight[1] = weight[0]
+    weight[1, 0] += 0.02  # token 1 is token 0 but slightly different: nearly tied labels
+    exact = hidden.float() @ weight.float().T  # what float32 arithmetic gives for these bf16 values
+    rounded = (hidden @ weight.T).float()
+    zero, one = torch.zeros(256, dtype=torch.long), torch.ones(256, dtype=torch.long)
+    ties = (rounded[:, 0] == rounded[:, 1]) & (exact[:, 0] != exact[:, 1])
+    assert ties.sum() >= 100  # the case this is for really occurs here
+    got = token_logprobs(hidden, weight, zero) - token_logprobs(hidden, weight, one)
+    want = exact[:, 0] - exact[:, 1]
+    assert torch.allclose(got, want, atol=1e-4)  # bf16 logits would say 0 for every tie
+    assert torch.allclose(token_logprobs(hidden.float(), weight.float(), zero),  # float32: log-softmax
+                          torch.log_softmax(exact, dim=-1)[:, 0], atol=1e-4)
+
+
 def test_fusing_copies_no_weights_and_leaves_generation_alone(tiny_base, two_adapters):
     rt = runtime(tiny_base, two_adapters)
     before = rt.backend.complete("spam", ["win a prize"], GenerationParams(max_new_tokens=8))
