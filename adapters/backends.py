@@ -404,20 +404,27 @@ class LocalBackend:
         keep = sorted(set(columns))
         at = {c: i for i, c in enumerate(keep)}
         keep_t = torch.tensor(keep, device=device)
-        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if fused is not None:
-            hidden, _ = fused.forward(adapter, ids.to(device), positions.to(device), additive[:, None].to(device),
-                                      past, keep=keep_t)
-        else:  # the decoder alone: its final (normed) hidden states, projected below
-            hidden = causal_lm.model(input_ids=ids.to(device), position_ids=positions.to(device),
-                                     attention_mask=additive[:, None].to(device), **{cache_keyword(): past},
-                                     use_cache=past is not None).last_hidden_state[:, keep_t]
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT unwrapped
+        head = plain_output_weight(causal_lm)
+        inputs = {"input_ids": ids.to(device), "position_ids": positions.to(device),
+                  "attention_mask": additive[:, None].to(device), cache_keyword(): past, "use_cache": past is not None}
+        if fused is not None and head is not None:
+            out, _ = fused.forward(adapter, inputs["input_ids"], inputs["position_ids"], inputs["attention_mask"],
+                                   past, keep=keep_t)
+        elif head is not None:  # the decoder (transformers' base model) alone: final hidden states
+            out = causal_lm.base_model(**inputs).last_hidden_state[:, keep_t]
+        else:  # a head that scales or caps its logits: the model's own logits
+            out = model(**inputs, logits_to_keep=keep_t).logits
         # only the scored tokens' log-probabilities leave the device: copying whole vocabulary rows
         # to the CPU took most of a 512-message batch's time on the H100 (~600 MB)
-        row_t = torch.tensor(rows, device=hidden.device)
-        column_t = torch.tensor([at[c] for c in columns], device=hidden.device)
-        picked = token_logprobs(hidden[row_t, column_t], causal_lm.get_output_embeddings().weight,
-                                torch.tensor(tokens, device=hidden.device))
+        row_t = torch.tensor(rows, device=out.device)
+        column_t = torch.tensor([at[c] for c in columns], device=out.device)
+        tokens_t = torch.tensor(tokens, device=out.device)
+        if head is not None:
+            picked = token_logprobs(out[row_t, column_t], head, tokens_t)
+        else:
+            chosen = out[row_t, column_t].float()  # [scored tokens, vocabulary]
+            picked = chosen.gather(1, tokens_t[:, None])[:, 0] - torch.logsumexp(chosen, dim=-1)
         for (row, option), value in zip(owners, picked.tolist()):
             scores[row][option] += value
         return scores
@@ -560,6 +567,22 @@ def shared_prefix_length(prefix_ids: list[int], prompts: list[list[int]]) -> int
             same += 1
         length = same
     return length if length >= MIN_CACHED_PREFIX else 0
+
+
+# architectures whose logits are exactly lm_head(final hidden state): no scaling, capping or bias
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2"})
+
+
+def plain_output_weight(causal_lm):
+    """The output projection's weight where logits are exactly ``hidden @ weight.T`` (the model
+    types above, a bias-free linear head); None elsewhere (Gemma 2 caps its logits, Cohere and
+    Granite scale them, ...), where scoring takes the model's own logits."""
+    import torch
+
+    if getattr(getattr(causal_lm, "config", None), "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    head = causal_lm.get_output_embeddings()
+    return head.weight if type(head) is torch.nn.Linear and head.bias is None else None
 
 
 def token_logprobs(hidden, weight, tokens):

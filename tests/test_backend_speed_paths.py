@@ -87,6 +87,23 @@ def test_token_logprobs_keep_float32_differences_that_bf16_logits_round_away():
                           torch.log_softmax(exact, dim=-1)[:, 0], atol=1e-4)
 
 
+def test_a_head_that_is_not_plain_is_scored_from_the_models_own_logits(tiny_base, two_adapters):
+    from adapters.backends import plain_output_weight
+
+    plain, other = runtime(tiny_base, two_adapters), runtime(tiny_base, two_adapters)
+    llama = other.backend.model.get_base_model()
+    assert plain_output_weight(llama) is llama.lm_head.weight
+    llama.config.model_type = "gemma2"  # as if its logits were capped: only the model knows them
+    assert plain_output_weight(llama) is None
+    calls = []
+    llama.register_forward_hook(lambda module, args, output: calls.append(output.logits.shape))
+    prompts, options, prefix = spam_prompts(plain, [*SPAMMY, *HAMMY])
+    got = other.backend.score("spam", prompts, options, shared_prefix=prefix)
+    assert calls[-1][0] == len(prompts)  # the batch went through the model's own forward and head
+    want = plain.backend.score("spam", prompts, options, shared_prefix=prefix)
+    assert flat(got) == pytest.approx(flat(want), rel=2e-6, abs=1e-5)
+
+
 def test_fusing_copies_no_weights_and_leaves_generation_alone(tiny_base, two_adapters):
     rt = runtime(tiny_base, two_adapters)
     before = rt.backend.complete("spam", ["win a prize"], GenerationParams(max_new_tokens=8))
