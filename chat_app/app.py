@@ -321,12 +321,15 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
                                   max_new_tokens=settings.max_new_tokens, info=info)
     answer = cl.Message(content="")
     streamed: list[str] = []
+
+    async def show(piece: str) -> None:
+        if not streamed:  # a resumed thread shows the answer where it began, not where it ended
+            answer.created_at = utc_now()
+        streamed.append(piece)
+        await answer.stream_token(piece)
+
     try:
-        async for piece in chain.astream({"history": history, "text": text}, config=_callbacks()):
-            if not streamed:  # a resumed thread shows the answer where it began, not where it ended
-                answer.created_at = utc_now()
-            streamed.append(piece)
-            await answer.stream_token(piece)
+        await chains.stream_pieces(chain, {"history": history, "text": text}, _callbacks(), show)
     except asyncio.CancelledError:  # the Stop button: keep what was said, on the page and in the history
         info.text, info.stopped = "".join(streamed), True  # the text the page shows
         # handled in full, so the message's task ends normally, not as a failed step

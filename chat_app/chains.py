@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -231,6 +231,38 @@ def _check_task_prompts(spec: AdapterSpec, inputs: dict, system, examples) -> No
     for text, value in zip(inputs["texts"], inputs["prompts"], strict=True):
         if as_dicts(value.to_messages()) != task_messages(spec, text, system=system, examples=examples):
             raise PromptMismatchError("the LangChain prompt differs from adapters.prompts.task_messages")
+
+
+async def stream_pieces(chain: Runnable, inputs: dict, config: dict | None,
+                        on_piece: Callable[[str], Awaitable[None]]) -> None:
+    """Stream ``chain`` and hand each piece to ``on_piece`` (which may await: sending it to the page).
+
+    The chain runs in a task of its own whose only wait is inside the chain, so when this call is
+    cancelled (the Stop button, a closed page) the chain is cancelled where it runs: its LangChain
+    generators and its run (the steps the UI shows) end there and then. Cancelled while
+    ``on_piece`` awaited, a plain ``async for`` over ``chain.astream`` would leave them suspended
+    until the garbage collector closed them (which printed "async generator ignored GeneratorExit"
+    into the server log). Errors of the chain are raised here.
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump() -> None:
+        try:
+            async for piece in chain.astream(inputs, config=config):
+                queue.put_nowait(piece)
+        finally:
+            queue.put_nowait(end)
+
+    task = asyncio.create_task(pump())
+    try:
+        while (piece := await queue.get()) is not end:
+            await on_piece(piece)
+        await task  # the chain's error, if it failed
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
 
 
 async def _iterate_in_thread(iterator: Iterator[str]) -> AsyncIterator[str]:

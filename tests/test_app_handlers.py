@@ -146,6 +146,54 @@ def test_generate_chain_streams_asynchronously_and_stops_when_abandoned(tiny_bas
     assert result[0].label in ("ham", "spam")
 
 
+def test_a_stop_while_a_piece_is_being_sent_ends_the_chains_run_at_once(tiny_base, catalog):
+    """Stopped while the app awaits the page (sending a piece), a plain ``async for`` over
+    ``chain.astream`` leaves LangChain's generators suspended: its run (the UI's steps) ends only
+    when the garbage collector closes them, and their late closing printed 'async generator ignored
+    GeneratorExit' tracebacks into the server log. ``stream_pieces`` ends it in the stopped task."""
+    import gc
+
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    rt = runtime(tiny_base, catalog)
+
+    class Ends(BaseCallbackHandler):
+        def __init__(self):
+            self.errors, self.ends = [], []
+
+        def on_chain_error(self, error, **kwargs):
+            self.errors.append(type(error).__name__)
+
+        def on_chain_end(self, outputs, **kwargs):
+            self.ends.append(outputs)
+
+    async def scenario():
+        info, ends = chains.GenerationInfo(), Ends()
+        chain = chains.generate_chain(rt, None, temperature=0, max_new_tokens=400, info=info)
+        sent = []
+
+        async def send(piece):  # the page: slow enough that a stop lands here
+            sent.append(piece)
+            await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(chains.stream_pieces(chain, {"history": [], "text": "hello"},
+                                                        {"callbacks": [ends]}, send))
+        while len(sent) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return ends, info, sent
+
+    gc.disable()  # nothing may wait for the collector
+    try:
+        ends, info, sent = asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        gc.enable()
+    assert "CancelledError" in ends.errors  # the run ended as stopped, in the task that was stopped
+    assert info.seconds is not None and info.text.startswith("".join(sent))
+
+
 def test_the_stop_button_cancelling_the_task_closes_the_models_stream(tiny_base, catalog, monkeypatch):
     """Chainlit's Stop button cancels the message's asyncio task; the generation behind it must be
     closed then (its backend stream frees the model at the next token), not left running to
