@@ -1,7 +1,8 @@
 """A/B of batched spam classification on the GPU, in one process on one host (hosts differ by
 1.6x here): prompts rendered per text and tokenized whole, every text counted, vs filled once
-with the shared head tokenized once and short texts not counted, and the transformers + PEFT forward vs the fused one. Run on the device after
-tools/device/setup.sh: ``python3 tools/device/classify_probe.py OUT.json``; prints and writes
+with the shared head tokenized once and short texts not counted; and the transformers + PEFT
+forward vs the fused one. Run on the device after tools/device/setup.sh:
+``python3 tools/device/classify_probe.py OUT.json``; prints and writes
 messages/s per variant (median of the rounds, interleaved), the largest P(spam) difference from
 the per-text + PEFT variant (and, for scale, PEFT's own between batch sizes 64 and 512), and one
 message's latency on each forward."""
