@@ -198,6 +198,8 @@ def test_two_data_parallel_processes_train_one_adapter_and_evaluate_it_once(cata
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
     assert output.count("data: ") == 1 and output.count("wrote ") == 1  # one report, one evaluation
+    assert "find_unused_parameters=True" not in output  # no extra graph traversal per step
+    assert "destroy_process_group" not in output  # every process left the group
     parallel = json.loads((catalog / "spam" / "train_result.json").read_text())
     assert parallel["processes"] == 2 and parallel["steps"] == 4
     assert "2 × cpu" in (catalog / "spam" / "README.md").read_text()

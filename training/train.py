@@ -246,6 +246,9 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         use_cpu=not on_cuda,
+        # every LoRA weight gets a gradient each step: searching the graph for unused ones (the
+        # Trainer's default for a PEFT model) is an extra traversal per step, and DDP warns about it
+        ddp_find_unused_parameters=False,
     )
     args = SFTConfig(**{**config, **(extra_args or {})})
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
