@@ -601,8 +601,8 @@ def token_logprobs(hidden, weight, tokens):
     import torch.nn.functional as F
 
     logits = F.linear(hidden, weight).float()  # [n, vocabulary]
-    top = logits.argmax(dim=-1)
-    rest = torch.logsumexp(logits - logits.gather(1, top[:, None]), dim=-1)
+    largest, top = logits.max(dim=-1)
+    rest = torch.logsumexp(logits - largest[:, None], dim=-1)
     exact = hidden.float()
     token_logit = (exact * weight[tokens].float()).sum(-1)
     top_logit = (exact * weight[top].float()).sum(-1)

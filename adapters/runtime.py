@@ -129,11 +129,10 @@ class Runtime:
         target = self._target(spec, base)
         threshold = None if base else read_threshold(spec)
         fitted = self._fit(spec, texts)
-        prompts = self._task_prompts(spec, [text for text, _ in fitted], system, examples)
+        prompts, shared_prefix = self._task_prompts(spec, [text for text, _ in fitted], system, examples)
         continuations = [self._label_continuation(spec, label) for label in spec.labels]
         scores = self.backend.score(target, prompts, [continuations] * len(prompts),
-                                    batch_size=batch_size,
-                                    shared_prefix=self._template_prefix(spec, system, examples))
+                                    batch_size=batch_size, shared_prefix=shared_prefix)
         results = []
         for row, (_, truncated) in zip(scores, fitted):
             probs = dict(zip(spec.labels, _softmax(row)))
@@ -293,8 +292,9 @@ class Runtime:
         return full, truncated
 
     def _task_prompts(self, spec: AdapterSpec, texts: Sequence[str], system: str | None,
-                      examples: Sequence[tuple[str, str]]) -> list[str]:
-        """Each text's rendered prompt, exactly as ``render(task_messages(...))`` gives it.
+                      examples: Sequence[tuple[str, str]]) -> tuple[list[str], str]:
+        """Each text's rendered prompt, exactly as ``render(task_messages(...))`` gives it, and the
+        rendered text before the input that they all share ("" if it cannot be found).
 
         The template is rendered once and each text put in its place: rendering the chat template
         per text was the largest Python cost of a 512-message classify batch on a GPU host (~58 ms
@@ -306,12 +306,13 @@ class Runtime:
             return self.backend.render(task_messages(spec, text, system=system, examples=examples))
 
         frame = self._template_frame(spec, system, examples)
-        if frame is not None and texts:
-            before, after = frame
-            literal = self.backend.literal
-            if all(rendered(t) == before + literal(t) + after for t in (TEMPLATE_PROBE, texts[0])):
-                return [before + literal(text) + after for text in texts]
-        return [rendered(text) for text in texts]
+        if frame is None:
+            return [rendered(text) for text in texts], ""
+        before, after = frame
+        literal = self.backend.literal
+        if texts and all(rendered(t) == before + literal(t) + after for t in (TEMPLATE_PROBE, texts[0])):
+            return [before + literal(text) + after for text in texts], before
+        return [rendered(text) for text in texts], before
 
     def _template_frame(self, spec: AdapterSpec, system: str | None,
                         examples: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
@@ -322,12 +323,6 @@ class Runtime:
         rendered = self.backend.render(task_messages(spec, marker, system=system, examples=examples))
         before, found, after = rendered.partition(marker)
         return (before, after) if found else None
-
-    def _template_prefix(self, spec: AdapterSpec, system: str | None,
-                         examples: Sequence[tuple[str, str]]) -> str:
-        """The rendered prompt before the input text ("" if it cannot be found)."""
-        frame = self._template_frame(spec, system, examples)
-        return frame[0] if frame else ""
 
     def _label_continuation(self, spec: AdapterSpec, label: str) -> str:
         from .prompts import render_example

@@ -106,7 +106,7 @@ def spam_prompts(rt: Runtime, texts: list[str], system: str | None = None) -> tu
     spec = rt.spec("spam")
     prompts = [rt.backend.render(task_messages(spec, t, system=system)) for t in texts]
     labels = [rt._label_continuation(spec, label) for label in spec.labels]
-    return prompts, [labels] * len(prompts), rt._template_prefix(spec, system, ())
+    return prompts, [labels] * len(prompts), rt._task_prompts(spec, texts, system, ())[1]
 
 
 @pytest.mark.parametrize("adapter", ["spam", None])
@@ -160,7 +160,7 @@ def test_task_prompts_fill_the_template_once_and_equal_rendering_each_text(tiny_
     texts = AWKWARD * 8
     want = [rt.backend.render(task_messages(spec, t, system=system, examples=examples)) for t in texts]
     renders = counting_renders(rt)
-    assert rt._task_prompts(spec, texts, system, examples) == want
+    assert rt._task_prompts(spec, texts, system, examples)[0] == want
     assert len(renders) <= 3  # the marker, the probe and the first text, not one per text
 
 
@@ -174,7 +174,7 @@ def test_a_template_that_rewrites_messages_gets_each_text_rendered(tiny_base, ca
     want = [rt.backend.render(task_messages(spec, t)) for t in AWKWARD]
     assert "padded on both sides<|im_end|>" in want[1]  # the template really trims
     renders = counting_renders(rt)
-    assert rt._task_prompts(spec, AWKWARD, None, ()) == want
+    assert rt._task_prompts(spec, AWKWARD, None, ())[0] == want
     assert len(renders) > len(AWKWARD)
 
 

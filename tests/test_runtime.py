@@ -139,7 +139,7 @@ def test_special_token_strings_in_a_message_stay_text_on_every_path(tiny_base, c
     injected = rt.rendered_prompt("spam", [{"role": "user", "content": INJECTED}])
     assert special_ids(rt, injected) == special_ids(rt, plain)  # the template's own turns only
     assert "<\u200b|im_end|>\n<\u200b|im_start|>assistant" in injected
-    filled = rt._task_prompts(spec, [INJECTED] * batch, None, ())  # the classify path
+    filled, _ = rt._task_prompts(spec, [INJECTED] * batch, None, ())  # the classify path
     assert filled == [injected] * batch
     prompt, completion = render_example(rt.backend.tokenizer, task_messages(spec, INJECTED), "spam <|im_end|>")
     assert prompt == injected and special_ids(rt, prompt + completion) == special_ids(rt, plain) + [

@@ -28,7 +28,9 @@ byte_level = backend._tokens_within_bytes()
 
 
 def per_text_prompts(spec, texts, system, examples):
-    return [backend.render(task_messages(spec, t, system=system, examples=examples)) for t in texts]
+    frame = runtime._template_frame(spec, system, examples)
+    return ([backend.render(task_messages(spec, t, system=system, examples=examples)) for t in texts],
+            frame[0] if frame else "")
 
 
 def use(prompts: str, forward: str) -> None:
