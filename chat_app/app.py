@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import chainlit as cl
+import chainlit.data as cl_data
 from chainlit.config import config as chainlit_config
 from chainlit.context import context_var
 from chainlit.input_widget import Select, Slider, Switch, TextInput
@@ -179,6 +180,7 @@ async def on_chat_start():
 
 @cl.on_chat_resume
 async def on_chat_resume(thread):
+    cl.user_session.set("thread_named", True)
     if not cl.user_session.get("history"):
         cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
     await _setup_session(cl.user_session.get("settings"))
@@ -205,8 +207,12 @@ async def on_settings_update(settings):
 async def on_message(message: cl.Message):
     profile = _profile()
     try:
-        runtime = await _ready_runtime()
         files = [e for e in (message.elements or []) if getattr(e, "path", None)]
+        if not cl.user_session.get("thread_named"):
+            cl.user_session.set("thread_named", True)
+            if files and not message.content.strip():
+                await _name_thread(", ".join(f.name for f in files))
+        runtime = await _ready_runtime()
         if files:
             await _uploads(runtime, profile, files)
             return
@@ -237,6 +243,29 @@ async def on_message(message: cl.Message):
                   "".join(traceback.format_tb(exc.__traceback__)))
         await cl.Message(content=f"❌ Something went wrong ({type(exc).__name__}). The app keeps running; "
                                  "try again, or with a shorter input.").send()
+
+
+async def _name_thread(name: str) -> None:
+    """Name a new chat whose first message is a file sent without text. Chainlit 2.12 names a thread
+    after its first message's text, and its page shows the Stop button, lists the chat in the
+    history and moves to the chat's address only once that name is not empty (the
+    ``first_interaction`` event); for a file alone it is "", so a long upload could not be stopped.
+    Chainlit sends its "" from a task of its own, after writing the thread: ours goes after it."""
+    session, emitter = cl.context.session, cl.context.emitter
+    chainlit_init = [task for task in asyncio.all_tasks() if _runs(task, type(emitter).init_thread, emitter)]
+    if chainlit_init:
+        await asyncio.wait(chainlit_init, timeout=10)
+    await emitter.emit("first_interaction", {"interaction": name, "thread_id": session.thread_id})
+    if layer := cl_data.get_data_layer():
+        await layer.update_thread(thread_id=session.thread_id, name=name)
+
+
+def _runs(task: asyncio.Task, method, instance) -> bool:
+    """Whether ``task`` is running ``instance.method(...)`` and has not finished."""
+    coroutine = task.get_coro()
+    frame = getattr(coroutine, "cr_frame", None)
+    return (getattr(coroutine, "cr_code", None) is method.__code__ and frame is not None
+            and frame.f_locals.get("self") is instance)
 
 
 async def _ready_runtime() -> Runtime:

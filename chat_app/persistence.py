@@ -8,7 +8,9 @@ SQLite by default (a local file whose tables are created on first use), PostgreS
 - database errors are logged with their type only: SQLAlchemy's messages include the statement's
   parameters, which hold message text, and this app keeps message text out of the logs;
 - attachments (CSV downloads, tables) are not persisted (there is no blob storage): a resumed
-  thread keeps every message's text but not its files.
+  thread keeps every message's text but not its files;
+- a thread is never renamed to "": Chainlit names a thread after its first message's text, which is
+  empty for a file sent alone; the app names such a thread after the files (``app.on_message``).
 """
 
 from __future__ import annotations
@@ -115,6 +117,9 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
                         if isinstance(step.get(key), int):
                             step[key] = bool(step[key])
         return threads
+
+    async def update_thread(self, thread_id: str, name: str | None = None, **changes):
+        return await super().update_thread(thread_id, name=name or None, **changes)
 
     async def create_element(self, element) -> None:
         """Attachments are not persisted (no blob storage configured); the message text is."""

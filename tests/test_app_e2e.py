@@ -324,9 +324,6 @@ def test_stopping_a_batch_upload_says_how_far_it_got(server, browser, tmp_path):
     open_app(page, server)
     wait_model_ready(page, server)
     choose_profile(page, "Spam check")
-    # Chainlit 2.12's page shows no Stop button for an upload that is a chat's first message
-    send(page, "Are we still on for lunch?")
-    wait_idle(page)
     many = tmp_path / "many.txt"  # 32 messages a model call: the progress line moves, then Stop
     many.write_text("\n".join(f"Message {i}: are we still on for lunch?" for i in range(640)) + "\n", encoding="utf-8")
     page.set_input_files("#upload-button-input", str(many))
@@ -339,6 +336,12 @@ def test_stopping_a_batch_upload_says_how_far_it_got(server, browser, tmp_path):
     assert "no results file was made" in stopped.inner_text()
     assert page.locator('a.inline-file[download="many-spam-results.csv"]').count() == 0
     assert page.locator("text=Something went wrong").count() == 0
+    # the upload was the chat's first message: the stored chat is named after the file (Chainlit
+    # names a chat after its first message's text, here none)
+    with sqlite3.connect(server.database) as db:
+        names = db.execute('SELECT "name" FROM threads WHERE "id" IN (SELECT "threadId" FROM steps '
+                           'WHERE "output" LIKE ?)', ("%Stopped after % of 640 texts%",)).fetchall()
+    assert names == [("many.txt",)], names
     page.context.close()
 
 

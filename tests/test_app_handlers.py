@@ -545,12 +545,16 @@ def test_history_and_feedback_are_stored_in_a_sqlite_file_created_on_first_use(t
                                  "metadata": {"answer": "a table"}})
         await layer.upsert_feedback(Feedback(forId="s2", value=0, threadId="t1", comment="wrong stage"))
         await layer.execute_sql("INSERT INTO nowhere VALUES (:x)", {"x": secret})  # fails, logged safely
-        thread = await layer.get_thread("t1")
+        # a file sent alone: Chainlit names the thread "" while the app names it after the file
+        await layer.update_thread("t2", name="many.txt", user_id=user.id)
+        await layer.update_thread("t2", name="", user_id=user.id, tags=["Spam check"])
+        thread, named = await layer.get_thread("t1"), await layer.get_thread("t2")
         await layer.engine.dispose()
-        return thread
+        return thread, named
 
-    thread = asyncio.run(scenario())
+    thread, named = asyncio.run(scenario())
     assert db.is_file()
+    assert named["name"] == "many.txt" and named["tags"] == ["Spam check"]
     assert thread["tags"] == ["Oncology extraction"] and thread["metadata"]["chat_profile"] == "Oncology extraction"
     steps = {s["id"]: s for s in thread["steps"]}
     assert steps["s1"]["output"] == secret and steps["s2"]["metadata"] == {"answer": "a table"}
