@@ -55,6 +55,7 @@ LANGCHAIN_IGNORE = ["RunnableSequence", "RunnableParallel", "RunnableAssign", "R
 LANGCHAIN_KEEP = ["retriever", "llm", "agent", "chain", "tool", "prompt"]
 UPLOAD_TASKS = ("classify", "extract")
 CHUNK = {"classify": 32, "extract": 8}  # texts per model call in a batch upload (progress in between)
+RECONNECT_GRACE_S = 10  # an answer waits this long for its page to reconnect (socket.io retries within ~5 s)
 
 
 # --- set-up: data layer, login, profiles ---------------------------------------------------------------
@@ -188,10 +189,26 @@ async def on_chat_resume(thread):
 
 @cl.on_chat_end
 async def on_chat_end():
-    """The page was closed or left this chat: stop its running answer, as the Stop button does,
-    rather than let it hold the one model up to max_new_tokens while everyone else waits."""
-    task = cl.context.session.current_task
-    if task is not None and not task.done():
+    """The page left this chat, was closed or lost its connection: stop its running answer, as the
+    Stop button does, rather than let it hold the one model up to max_new_tokens while everyone else
+    waits. A connection that comes back within RECONNECT_GRACE_S keeps its answer (Chainlit calls
+    this on every disconnect, and the page reconnects to the same session after a network blip)."""
+    session = cl.context.session
+    task = session.current_task
+    if task is None or task.done():
+        return
+    if session.to_clear:  # a new chat, or another profile: the page will not come back
+        task.cancel()
+        return
+    log.info("adapterlab: a page's connection closed during an answer; stopping it unless it "
+             "reconnects within %d s", RECONNECT_GRACE_S)
+    asyncio.create_task(_stop_unless_reconnected(session, task))
+
+
+async def _stop_unless_reconnected(session, task: asyncio.Task) -> None:
+    socket_id = session.socket_id  # a reconnect gives the session a new one
+    await asyncio.sleep(RECONNECT_GRACE_S)
+    if session.socket_id == socket_id and not task.done():
         task.cancel()
 
 

@@ -34,6 +34,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
 MODEL_READY_TIMEOUT = 420  # the first start converts the embedded model (about 30 s; more on a busy CI)
 ANSWER_TIMEOUT = 120
+RECONNECT_GRACE_S = 10  # chat_app.app's: how long an answer waits for its closed page to reconnect
 SECRET = "zebra-4417"  # marks message text: it must never reach the server log
 
 if not Path(CHROMIUM).is_file():
@@ -306,8 +307,8 @@ def test_closing_the_page_stops_its_answer(server, browser):
     page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
                            ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
     page.context.close()
-    deadline = time.monotonic() + 15
-    while True:  # the answer ends as stopped, within seconds, in the closed page's thread
+    deadline = time.monotonic() + RECONNECT_GRACE_S + 15
+    while True:  # the answer ends as stopped, once the page has not come back, in its thread
         with sqlite3.connect(server.database) as db:
             found = db.execute(
                 'SELECT "output" FROM steps WHERE "type" = ? AND "threadId" = '
@@ -317,6 +318,26 @@ def test_closing_the_page_stops_its_answer(server, browser):
             break
         time.sleep(0.25)
     assert any("stopped by you" in o for (o,) in found), found
+
+
+def test_an_answer_goes_on_when_its_page_reconnects_after_a_blip(server, browser):
+    page = new_page(browser, server)
+    # keep the page's WebSockets at hand, to drop them as a network blip would; socket.io reconnects
+    page.add_init_script("""window.__sockets = []; window.WebSocket = class extends window.WebSocket {
+        constructor(...args) { super(...args); window.__sockets.push(this); } };""")
+    open_app(page, server)
+    wait_model_ready(page, server)
+    choose_profile(page, "Medical Q&A")
+    send(page, "What causes glaucoma? (blip)")  # up to 256 new tokens
+    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
+                           ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    page.evaluate("window.__sockets.filter(s => s.readyState === 1).forEach(s => s.close())")
+    page.wait_for_function("window.__sockets.filter(s => s.readyState === 1).length > 0")  # reconnected
+    answer = stored_answer(server.database, "prompt tokens", ANSWER_TIMEOUT, thread_of="%(blip)%")
+    assert "stopped by you" not in answer, answer
+    assert "connection closed during an answer" in server.log_text()  # the blip reached the server
+    page.context.close()
 
 
 def test_stopping_a_batch_upload_says_how_far_it_got(server, browser, tmp_path):
@@ -509,13 +530,15 @@ def test_nothing_left_this_machine_and_no_message_text_in_the_log(server):
     assert "Traceback" not in log, log[-3000:]
 
 
-def stored_answer(database: Path, text: str, timeout: float = 15) -> str:
-    """The first assistant message stored in the chat history that contains ``text`` (waits for the write)."""
+def stored_answer(database: Path, text: str, timeout: float = 15, thread_of: str = "%") -> str:
+    """The first assistant message stored in the chat history that contains ``text`` (waits for the
+    write), in the chat with a message ``LIKE thread_of`` (default: any)."""
     deadline = time.monotonic() + timeout
     while True:
         with sqlite3.connect(database) as db:
-            outputs = [row[0] or "" for row in
-                       db.execute('SELECT "output" FROM steps WHERE "type" = ?', ("assistant_message",))]
+            outputs = [row[0] or "" for row in db.execute(
+                'SELECT "output" FROM steps WHERE "type" = ? AND "threadId" IN '
+                '(SELECT "threadId" FROM steps WHERE "output" LIKE ?)', ("assistant_message", thread_of))]
         found = [o for o in outputs if text in o]
         if found:
             return found[0]
