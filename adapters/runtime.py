@@ -347,18 +347,27 @@ def read_few_shot(spec: AdapterSpec) -> list[tuple[str, str]]:
 
 def read_threshold(spec: AdapterSpec) -> float | None:
     """The decision threshold tuned for a spec's adapter, or None (argmax) when it has none."""
+    record = read_threshold_record(spec)
+    return None if record is None else record["threshold"]
+
+
+def read_threshold_record(spec: AdapterSpec) -> dict | None:
+    """The record stored beside a spec's weights when its threshold was tuned (``threshold.json``:
+    the threshold, between 0 and 1, and how it was chosen); None when the spec decides by argmax or
+    nothing was tuned. A broken file is an error naming it."""
     path = spec.directory / THRESHOLD_FILE
     if spec.decision == "argmax" or not path.is_file():
         return None
     import json
 
     try:
-        value = float(json.loads(path.read_text(encoding="utf-8"))["threshold"])
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record["threshold"] = float(record["threshold"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: needs a numeric 'threshold' ({exc})") from None
-    if not 0 < value < 1:
-        raise ValueError(f"{path}: threshold must be between 0 and 1, got {value}")
-    return value
+    if not 0 < record["threshold"] < 1:
+        raise ValueError(f"{path}: threshold must be between 0 and 1, got {record['threshold']}")
+    return record
 
 
 def decide(labels: Sequence[str], probs: dict[str, float], threshold: float | None) -> str:

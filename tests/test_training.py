@@ -314,6 +314,11 @@ def test_the_spam_threshold_is_tuned_on_validation_and_used_by_the_runtime(train
         tuned = runtime.classify("spam", text)[0]
         assert (tuned.label, tuned.threshold) == (label, threshold)
         assert runtime.classify("spam", text, base=True)[0].threshold is None  # the base takes the argmax
+    for broken, problem in (({**stored, "threshold": "high"}, "needs a numeric 'threshold'"),
+                            ({**stored, "threshold": 1.5}, "must be between 0 and 1")):
+        (trained / "threshold.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=rf"threshold\.json: .*{problem}"):
+            runtime.classify("spam", text)
     (trained / "threshold.json").write_text(json.dumps(stored))
 
 

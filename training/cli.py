@@ -28,7 +28,8 @@ def register(sub, bench_sub) -> None:
     _common(ev)
     ev.add_argument("--variants", default="base,few_shot,fine_tuned", help="comma-separated, of base, few_shot, fine_tuned")
     ev.add_argument("--output", default=None, metavar="DIR",
-                    help="write metrics.json, the card and plots here (default: the adapter's folder)")
+                    help="write metrics.json, the card and plots here (default: the adapter's folder); "
+                         "a decision threshold is part of the weights, so one tuned now is stored beside them")
     ev.add_argument("--replace", action="store_true",
                     help="let a smaller evaluation (fewer examples or variants) replace the adapter's metrics.json")
     ev.set_defaults(func=cmd_eval)

@@ -24,7 +24,7 @@ from typing import Any
 from adapters.bench import environment
 from adapters.prompts import target_text
 from adapters.files import write_lines_atomic, write_text_atomic
-from adapters.runtime import THRESHOLD_FILE, Runtime, read_threshold
+from adapters.runtime import THRESHOLD_FILE, Runtime, read_threshold_record
 from adapters.spec import AdapterSpec
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -128,13 +128,9 @@ def choose_threshold(scores: Sequence[float], refs: Sequence[int]) -> tuple[floa
 def decision_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict | None:
     """The record of the fine-tuned adapter's decision threshold: the one stored beside its weights,
     else one tuned now (and stored); None when the spec decides by argmax or nothing is trained."""
-    path = spec.directory / THRESHOLD_FILE
     if spec.decision != "validation_f1" or spec.name not in runtime.backend.adapter_names():
         return None
-    if path.is_file():
-        read_threshold(spec)  # a broken file is named here, not half-way through the evaluation
-        return json.loads(path.read_text(encoding="utf-8"))
-    return tune_threshold(runtime, spec, validation, batch_size)
+    return read_threshold_record(spec) or tune_threshold(runtime, spec, validation, batch_size)
 
 
 def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict:

@@ -24,7 +24,6 @@ import sys
 import time
 
 import torch
-from transformers import TrainerCallback
 
 import training.train as T
 from adapters.catalog import get_spec, load_catalog
