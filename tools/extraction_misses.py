@@ -41,7 +41,9 @@ from training.metrics.oncology_fields import SEPARATORS, normalise  # noqa: E402
 
 
 def in_text(value, text: str) -> bool:
-    """Whether every part of ``value`` appears word for word (ignoring case) in ``text``."""
+    """Whether every part of ``value`` appears word for word (ignoring case) in ``text``: phrases,
+    in order. Stricter than the app's ``support_in_text`` (words in any order), which asks another
+    question: a reordered reference ("melanoma (cutaneous)") is one no copying model can match."""
     parts = [p.strip(" .") for p in SEPARATORS.split(str(value).lower()) if p.strip(" .")]
     return all(part in text.lower() for part in parts)
 
