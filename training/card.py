@@ -62,6 +62,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def _hardware(training: dict) -> str:
     """The training device, with the process count of a data-parallel run (``2 × NVIDIA H100``)."""
     processes = training.get("processes") or 1
@@ -185,7 +189,7 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 | optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
 | sequences | completion-only loss, {training.get('batching', 'padding-free packing')}, max length {t.max_seq_length} |
 | hardware | {_hardware(training)} |
-| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_fmt(training.get('train_seconds'))} s{_compile_note(training)}, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
+| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_seconds(training.get('train_seconds'))} s{_compile_note(training)}, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
 | best validation loss | {_fmt(training.get('best_eval_loss'))} |
 | seed | {t.seed} |
 
