@@ -212,6 +212,33 @@ async def _stop_unless_reconnected(session, task: asyncio.Task) -> None:
         task.cancel()
 
 
+def _keep_stop_button_on_reconnect() -> None:
+    """Chainlit 2.12 clears the page's "answering" state whenever a page connects
+    (``connection_successful`` sends ``task_end``), so a page that reconnected mid-answer lost its
+    Stop button while the answer went on. Wrap that handler: a reconnected session with an answer
+    still running gets its Stop button back."""
+    from chainlit.context import init_ws_context
+    from chainlit.server import sio
+    from chainlit.session import WebsocketSession
+
+    original = sio.handlers.get("/", {}).get("connection_successful")
+    if original is None or getattr(original, "_adapterlab", False):
+        return
+
+    async def connection_successful(sid):
+        await original(sid)
+        session = WebsocketSession.get(sid)
+        task = session.current_task if session is not None and session.restored else None
+        if task is not None and not task.done():
+            await init_ws_context(session).emitter.task_start()
+
+    connection_successful._adapterlab = True
+    sio.on("connection_successful", connection_successful)
+
+
+_keep_stop_button_on_reconnect()
+
+
 @cl.on_settings_update
 async def on_settings_update(settings):
     cl.user_session.set("settings", settings)

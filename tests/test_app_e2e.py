@@ -334,6 +334,7 @@ def test_an_answer_goes_on_when_its_page_reconnects_after_a_blip(server, browser
                            ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
     page.evaluate("window.__sockets.filter(s => s.readyState === 1).forEach(s => s.close())")
     page.wait_for_function("window.__sockets.filter(s => s.readyState === 1).length > 0")  # reconnected
+    page.wait_for_selector("#stop-button")  # the answer goes on, and can still be stopped
     answer = stored_answer(server.database, "prompt tokens", ANSWER_TIMEOUT, thread_of="%(blip)%")
     assert "stopped by you" not in answer, answer
     assert "connection closed during an answer" in server.log_text()  # the blip reached the server
