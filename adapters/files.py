@@ -20,6 +20,7 @@ def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes it private (0600); the file is not
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(line)
@@ -28,6 +29,25 @@ def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a file written at ``path`` gets: those of the file it replaces, else what
+    ``open()`` would give a new file (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it (setting it, even briefly, races other threads)
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

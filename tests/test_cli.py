@@ -328,3 +328,23 @@ def test_peft_wrapping_a_model_prints_no_transformers_rename_warning(tiny_base):
     _, with_adapterlab = python_in_a_fresh_interpreter("import adapters.base_models; " + wrap)
     assert "FutureWarning: `is_gradient_checkpointing` is deprecated" not in with_adapterlab
     assert "UserWarning: `is_gradient_checkpointing` is deprecated" in with_adapterlab  # only that category
+
+
+def test_written_files_get_normal_permissions_and_keep_those_of_the_file_they_replace(tmp_path):
+    """Atomic writes go through a private temporary file (mkstemp: 0600); the result must not be."""
+    import os
+
+    from adapters.files import write_text_atomic
+
+    old_umask = os.umask(0o022)
+    try:
+        new = write_text_atomic(tmp_path / "new.json", "{}\n")
+        kept = tmp_path / "shared.csv"
+        kept.write_text("old\n")
+        kept.chmod(0o664)
+        write_text_atomic(kept, "new\n")
+    finally:
+        os.umask(old_umask)
+    assert new.stat().st_mode & 0o777 == 0o644
+    assert kept.stat().st_mode & 0o777 == 0o664 and kept.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "shared.csv"]  # no temporary left
