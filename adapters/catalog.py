@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import SPEC_FILE, AdapterSpec, load_spec
+from .spec import SPEC_FILE, AdapterSpec, SpecError, load_spec
 
 CATALOG_DIR = Path(__file__).resolve().parent
 
@@ -14,10 +14,13 @@ class UnknownAdapterError(ValueError):
 
 
 def load_catalog(directory: str | Path = CATALOG_DIR) -> dict[str, AdapterSpec]:
-    """All adapter specs in ``directory``, by name, validated."""
+    """All adapter specs in ``directory``, by name, validated; two specs may not share a name."""
     specs = {}
     for spec_file in sorted(Path(directory).glob(f"*/{SPEC_FILE}")):
         spec = load_spec(spec_file)
+        if spec.name in specs:
+            raise SpecError(f"{spec_file}: name: {spec.name!r} is already the name of "
+                            f"{specs[spec.name].directory / SPEC_FILE}")
         specs[spec.name] = spec
     return specs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -141,36 +142,63 @@ class AdapterSpec:
         )
 
 
-class _DuplicateKey(yaml.YAMLError):
-    pass
+class _BadKey(yaml.YAMLError):
+    """A mapping key that is given twice or is not text; the message starts with its line."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML would keep the last
-    one silently, so a second ``training:`` line pasted below the first would win unnoticed."""
+    one silently, so a second ``training:`` line pasted below the first would win unnoticed. Every
+    key must also be text (``1:`` or ``? [a, b]`` would otherwise crash the schema check)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            key = self.construct_object(key_node, deep=True)  # deep: a list key is filled now
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise _BadKey(f"line {line}: a key must be text, got {key!r} (quote it)")
             if key in seen:
-                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: {key!r} is given twice")
+                raise _BadKey(f"line {line}: {key!r} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def _yaml_error(exc: yaml.YAMLError, text: str) -> str:
+    """A YAML syntax error as one line: ``line 7, column 1: not valid YAML: <problem>``."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character; it has a position only
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        return (f"line {line}, column {column}: not valid YAML: "
+                f"unacceptable character #x{exc.character:04x}: {exc.reason}")
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "not valid YAML: " + " ".join(str(exc).split())
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    message = exc.problem or exc.context or "syntax error"
+    if exc.problem and exc.context and exc.context_mark and mark and exc.context_mark.line != mark.line:
+        # e.g. "expected ',' or ']'" at the end of the file, for a '[' opened on an earlier line
+        message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return f"{where}not valid YAML: {message}"
 
 
 def load_spec(path: str | Path) -> AdapterSpec:
     """Read and validate one ``adapter.yaml`` (or the folder holding it)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.name != SPEC_FILE:
         path = path / SPEC_FILE
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory, not a spec file")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
-    except _DuplicateKey as exc:
+    except _BadKey as exc:
         raise SpecError(f"{path}: {exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: {_yaml_error(exc, text)}") from None
+    except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
@@ -184,8 +212,7 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     def fail(field_name: str, message: str) -> None:
         raise SpecError(f"{where}: {field_name}: {message}")
 
-    if "{text}" not in spec.prompt.user_template:
-        fail("prompt.user_template", "must contain the placeholder {text}")
+    _check_template(spec.prompt.user_template, lambda message: fail("prompt.user_template", message))
     if spec.task == "classify" and len(spec.labels) < 2:
         fail("labels", "a classify adapter needs at least two labels")
     if spec.task == "classify" and len(set(spec.labels)) != len(spec.labels):
@@ -222,6 +249,22 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     split = spec.data.split
     if not (0 <= split.validation < 1 and 0 < split.test < 1 and split.validation + split.test < 1):
         fail("data.split", "validation and test must be fractions that leave room for training")
+
+
+def _check_template(template: str, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """``template.format(text=...)`` must work: ``{text}`` and no other placeholder, well formed."""
+    braces = "write literal braces as {{ and }}"
+    try:
+        fields = [(name, conversion, spec) for _, name, spec, conversion
+                  in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:  # a lone '{' or '}'
+        fail(f"not a valid template: {exc}; {braces}")
+    for name, conversion, spec in fields:
+        if name != "text" or conversion or spec:
+            placeholder = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            fail(f"placeholder {{{placeholder}}} is not allowed, only {{text}}; {braces}")
+    if not fields:
+        fail("must contain the placeholder {text}")
 
 
 # --- a small typed loader: dataclass fields and their annotations are the schema ------------

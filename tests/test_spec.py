@@ -173,6 +173,38 @@ def test_user_template_without_the_text_placeholder(tmp_path):
     assert "{text}" in refused(write_spec(tmp_path, raw), "prompt.user_template")
 
 
+@pytest.mark.parametrize(("template", "placeholder"), [
+    ("Message: {text} (sender: {sender})", "{sender}"),
+    ('Reply {"label": ...}. Message: {text}', '{"label": ...}'),
+    ("Message: {text!r}", "{text!r}"),
+    ("Message: {text:>20}", "{text:>20}"),
+    ("Message: {}{text}", "{}"),
+])
+def test_user_template_allows_no_other_placeholder(tmp_path, template, placeholder):
+    # str.format(text=...) would raise KeyError (or change the text) at inference, not at load
+    raw = real_spec("spam")
+    raw["prompt"]["user_template"] = template
+    message = refused(write_spec(tmp_path, raw), "prompt.user_template")
+    assert f"placeholder {placeholder} is not allowed" in message and "{{ and }}" in message
+
+
+@pytest.mark.parametrize("template", ["Message: { {text}", "Message: {text} }", "{text"])
+def test_a_malformed_user_template_is_refused(tmp_path, template):
+    raw = real_spec("spam")
+    raw["prompt"]["user_template"] = template
+    message = refused(write_spec(tmp_path, raw), "prompt.user_template")
+    assert "not a valid template" in message and "{{ and }}" in message and "\n" not in message
+
+
+def test_literal_braces_in_a_user_template_are_kept(tmp_path):
+    raw = real_spec("spam")
+    raw["prompt"]["user_template"] = 'Reply {{"label": ...}}. Message: {text}'
+    template = load_spec(write_spec(tmp_path, raw)).prompt.user_template
+    assert template.format(text="hi") == 'Reply {"label": ...}. Message: hi'
+    raw["prompt"]["user_template"] = "Message: {{text}}"  # literal, so no placeholder at all
+    assert "{text}" in refused(write_spec(tmp_path, raw, "literal"), "prompt.user_template")
+
+
 @pytest.mark.parametrize("labels", [["spam"], []])
 def test_classify_needs_at_least_two_labels(tmp_path, labels):
     raw = real_spec("spam")
@@ -218,6 +250,20 @@ def test_bad_yaml_syntax(tmp_path):
     assert str(caught.value).startswith(f"{path}: ")
 
 
+def test_a_yaml_syntax_error_is_one_line_with_its_line_and_column(tmp_path):
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    path = write_spec(tmp_path, text + "\tmetrics: [f1]\n")
+    line = len(path.read_text().splitlines())
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == (f"{path}: line {line}, column 1: not valid YAML: "
+                                 "found character '\\t' that cannot start any token")
+    for content in ("title: Spam\nprompt: {system: [unclosed\n", "title: Spam\x07\n"):
+        with pytest.raises(SpecError, match=r"adapter.yaml: line \d+, column \d+: not valid YAML: ") as caught:
+            load_spec(write_spec(tmp_path, content))
+        assert "\n" not in str(caught.value) and "<unicode string>" not in str(caught.value)
+
+
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     path = write_spec(tmp_path, real_spec("spam"))
     path.write_text(path.read_text() + "training: {epochs: 9}\n")  # PyYAML alone would keep this one
@@ -229,6 +275,17 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     nested = write_spec(tmp_path, "title: Spam\nlora:\n  r: 8\n  alpha: 16\n  r: 4\n", name="nested")
     with pytest.raises(SpecError, match=r"adapter.yaml: line 5: 'r' is given twice$"):
         load_spec(nested)
+
+
+@pytest.mark.parametrize(("extra", "key"), [("1: x\nfoo: y\n", "1"), ("? [a, b]\n: c\n", "['a', 'b']"),
+                                           ("generation: {2: 4}\n", "2")])
+def test_a_key_that_is_not_text_is_refused_with_its_line(tmp_path, extra, key):
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    path = write_spec(tmp_path, text + extra)
+    line = len(text.splitlines()) + 1
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: line {line}: a key must be text, got {key} (quote it)"
 
 
 @pytest.mark.parametrize("content", ["- a\n- list\n", "just a string\n", "42\n", ""])
@@ -246,6 +303,15 @@ def test_a_missing_file_is_a_spec_error_naming_it(tmp_path):
             load_spec(path)
         expected = path / "adapter.yaml" if path.is_dir() else path
         assert str(caught.value).startswith(f"{expected}: ")
+
+
+def test_a_spec_file_that_is_a_directory_is_named_as_such(tmp_path):
+    spec_dir = tmp_path / "spam" / "adapter.yaml"
+    spec_dir.mkdir(parents=True)
+    for path in (spec_dir, spec_dir.parent):
+        with pytest.raises(SpecError) as caught:
+            load_spec(path)
+        assert str(caught.value) == f"{spec_dir}: is a directory, not a spec file"
 
 
 @pytest.mark.parametrize("top_p", [0, 1.5, -0.1])
@@ -317,6 +383,15 @@ def test_a_bad_spec_in_the_catalogue_stops_the_whole_catalogue_naming_it(catalog
     with pytest.raises(SpecError, match=r"lora\.r: expected an integer") as caught:
         load_catalog(catalog)
     assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_two_specs_with_one_name_stop_the_catalogue_naming_both_files(catalog):
+    path = catalog / "spam" / "adapter.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + "name: oncology\n", encoding="utf-8")
+    with pytest.raises(SpecError) as caught:
+        load_catalog(catalog)
+    assert str(caught.value) == (f"{path}: name: 'oncology' is already the name of "
+                                 f"{catalog / 'oncology' / 'adapter.yaml'}")
 
 
 def test_a_tuned_threshold_needs_two_labels_and_a_known_rule(tmp_path):
