@@ -241,13 +241,21 @@ class LoadOptions:
 
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise BaseModelError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            built = "" if torch.backends.cuda.is_built() else f"; this PyTorch ({torch.__version__}) has no CUDA support"
+            raise BaseModelError(f"device {self.device!r}: no such CUDA GPU here "
+                                 f"({torch.cuda.device_count()} found{built})")
         return self.device
 
     def torch_dtype(self) -> Any:
         import torch
 
         if self.dtype == "auto":
-            on_gpu = self.torch_device().startswith("cuda")
+            on_gpu = self.device.startswith("cuda") or self.device == "auto" and torch.cuda.is_available()
             return torch.bfloat16 if on_gpu or cpu_multiplies_bf16() else torch.float32
         try:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16,

@@ -7,7 +7,10 @@ one-line ``adapterlab: error: ...`` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,17 +30,40 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed as one line."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, a scheduler), raised so that files being written are cleaned
+    up on the way out as on Ctrl-C; Python's default would end the process on the spot."""
+
+
 def main(argv: list[str] | None = None, registrars=()) -> int:
     parser = build_parser(registrars)
     args = parser.parse_args(argv)
+    previous = _raise_on_sigterm()
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("adapterlab: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("adapterlab: terminated", file=sys.stderr)
+        return 143
     except (UsageError, *EXPECTED_ERRORS) as exc:
         print(f"adapterlab: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """Turn SIGTERM into ``Terminated``; the handler it replaces (None where none can be set)."""
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (an embedding program's worker): leave signals alone
+        return None
 
 
 def build_parser(registrars=()) -> argparse.ArgumentParser:
@@ -55,8 +81,10 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="run an adapter over a JSONL file of {\"text\": ...}")
     predict.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
-    predict.add_argument("--input", required=True, type=Path, help="JSONL, one {\"text\": ...} a line")
-    predict.add_argument("--output", required=True, type=Path, help="JSONL written atomically")
+    predict.add_argument("--input", required=True, type=Path,
+                         help="JSONL, one {\"text\": ...} a line (- reads standard input)")
+    predict.add_argument("--output", required=True, type=Path,
+                         help="JSONL written atomically (- writes standard output)")
     predict.add_argument("--base", action="store_true",
                          help="same prompt with adapters disabled (the base model)")
     predict.add_argument("--batch-size", type=positive_int, default=16)
@@ -127,6 +155,12 @@ def cmd_adapters(args) -> int:
     return 0
 
 
+PREDICTION_KEYS = {"classify": ("label", "probs", "truncated"),
+                   "extract": ("fields", "valid", "repaired", "truncated"),
+                   "generate": ("answer", "truncated")}  # what predict adds to each line, by task
+STANDARD_STREAM = Path("-")
+
+
 def cmd_predict(args) -> int:
     specs = load_catalog(args.catalog)
     spec = get_spec(specs, args.adapter)
@@ -134,12 +168,21 @@ def cmd_predict(args) -> int:
         raise AdapterNotTrainedError(
             f"adapter {spec.name!r} has no trained weights in {spec.directory}: train it with "
             f"`adapterlab train {spec.name}`, or run the base model with --base")
-    rows = read_jsonl_texts(args.input)
+    rows = read_jsonl_texts(args.input, reserved=PREDICTION_KEYS[spec.task])
+    check_output_path(args.output)
     options = LoadOptions(dtype=args.dtype, device=args.device, load_in_4bit=args.load_in_4bit)
-    runtime = Runtime.local(args.catalog, base=args.base_model, options=options,
+    options.torch_device(), options.torch_dtype()  # a bad --device or --dtype is named before loading
+    runtime = Runtime.local(args.catalog, base=args.base_model or spec.base_model, options=options,
                             only=[] if args.base else [spec.name])
-    write_jsonl_atomic(args.output, _predictions(runtime, spec.name, spec.task, rows, args))
-    print(f"wrote {len(rows)} lines to {args.output}", file=sys.stderr)
+    predictions = _predictions(runtime, spec.name, spec.task, rows, args)
+    if args.output == STANDARD_STREAM:
+        for row in predictions:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        write_jsonl_atomic(args.output, predictions)
+    where = "standard output" if args.output == STANDARD_STREAM else args.output
+    print(f"wrote {len(rows)} lines to {where}", file=sys.stderr)
     return 0
 
 
@@ -169,15 +212,16 @@ def _predictions(runtime: Runtime, name: str, task: str, rows: list[dict], args)
 
 # --- files -----------------------------------------------------------------------------------
 
-def read_jsonl_texts(path: Path) -> list[dict]:
-    """Every line of a JSONL file as an object with a non-empty string ``text``.
+def read_jsonl_texts(path: Path, reserved: tuple[str, ...] = ()) -> list[dict]:
+    """Every line of a JSONL file (``-``: standard input) as an object with a non-empty string
+    ``text`` and none of the ``reserved`` keys (those the predictions will be written under).
 
     All problems are collected first, each naming its line, so nothing runs on a half-bad file.
+    Strict JSON: a key given twice, or NaN / Infinity, is a problem, not a guess.
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
+    data = _input_bytes(Path(path))
+    if data.startswith(codecs.BOM_UTF8):  # files saved by Excel or Notepad start with one
+        data = data[len(codecs.BOM_UTF8):]
     rows, problems = [], []
     for number, raw in enumerate(data.splitlines(), start=1):
         where = f"{path}:{number}"
@@ -189,12 +233,20 @@ def read_jsonl_texts(path: Path) -> list[dict]:
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; skipping them loses nothing
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_object_without_repeated_keys,
+                             parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             problems.append(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})")
             continue
+        except _NotStrictJSON as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        clashes = [key for key in reserved if isinstance(obj, dict) and key in obj]
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             problems.append(f"{where}: expected an object with a string field \"text\"")
+        elif clashes:
+            problems.append(f"{where}: has {', '.join(map(json.dumps, clashes))}, which predict writes "
+                            f"its answer under; rename it (e.g. \"gold_{clashes[0]}\") to keep it")
         elif not obj["text"].strip():
             problems.append(f"{where}: \"text\" is empty")
         elif not _encodable(obj):
@@ -209,6 +261,49 @@ def read_jsonl_texts(path: Path) -> list[dict]:
     if not rows:
         raise UsageError(f"{path}: no input lines")
     return rows
+
+
+def _input_bytes(path: Path) -> bytes:
+    if path == STANDARD_STREAM:
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a folder; --input takes a JSONL file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+class _NotStrictJSON(ValueError):
+    pass
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise _NotStrictJSON(f"key {json.dumps(repeated[0])} appears twice in one object")
+    return dict(pairs)
+
+
+def _refuse_constant(name: str):
+    raise _NotStrictJSON(f"{name} is not JSON (write null, or the number as a string)")
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before any work, an ``--output`` that cannot be written: a folder, a path under a
+    file, or a folder this user cannot write to. ``-`` (standard output) is always fine."""
+    if path == STANDARD_STREAM:
+        return
+    if path.is_dir():
+        raise UsageError(f"--output {path}: is a folder; give a file name")
+    existing = next(p for p in [path.parent, *path.parent.parents] if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UsageError(f"--output {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--output {path}: cannot write in {existing} (permission denied)")
 
 
 def _encodable(obj: dict) -> bool:

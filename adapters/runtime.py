@@ -100,7 +100,7 @@ class Runtime:
               progress: bool = True) -> "Runtime":
         """Load the base once and every catalogue adapter that has weights (or just ``only``)."""
         specs = load_catalog(catalog)
-        base = base or _common_base(specs)
+        base = base or _common_base({n: get_spec(specs, n) for n in only} if only else specs)
         names = [n for n in (only if only is not None else specs) if get_spec(specs, n).has_weights]
         backend = LocalBackend.load(base, {n: specs[n].directory for n in names}, options,
                                     progress=progress)
@@ -398,5 +398,5 @@ def _common_base(specs: dict[str, AdapterSpec]) -> str:
     bases = {s.base_model for s in specs.values()}
     if len(bases) > 1:
         raise ValueError(f"catalogue adapters name several base models ({sorted(bases)}); "
-                         "pass base= to choose one")
+                         "choose one: base= (adapterlab: --base-model, the app: ADAPTERLAB_BASE_MODEL)")
     return bases.pop() if bases else DEFAULT_BASE

@@ -169,6 +169,9 @@ def test_an_unknown_adapter_lists_the_known_ones(cli, tmp_path):
     ('["text", "in a list"]', 'expected an object with a string field "text"'),
     ('{"text": "hi \\ud800 there"}', "holds an unpaired surrogate"),  # valid JSON, but not text
     ('{"text": "hi", "id": "\\udc00"}', "holds an unpaired surrogate"),  # could not be written back out
+    ('{"text": "a", "text": "b"}', 'key "text" appears twice'),
+    ('{"text": "hi", "score": NaN}', "NaN is not JSON"),
+    ('{"text": "hi", "label": "ham"}', 'has "label", which predict writes its answer under; rename it'),
     ('{"text": ""}', '"text" is empty'),
     ('{"text": "  \\n\\t "}', '"text" is empty'),
 ])
@@ -222,6 +225,97 @@ def test_a_failure_during_prediction_leaves_no_partial_output(cli, catalog, tmp_
     assert len(calls) == 2  # the first batch was written to the temporary file, then it failed
     assert out.read_text(encoding="utf-8") == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.jsonl"]
+
+
+def test_a_sigterm_during_prediction_keeps_the_old_output_and_leaves_no_temporary(cli, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from adapters.runtime import Runtime
+
+    original, calls = Runtime.classify, []
+
+    def classify_then_terminated(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or `timeout` would send it
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Runtime, "classify", classify_then_terminated)
+    tmp_path = tmp_path / "run"
+    tmp_path.mkdir()
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n", encoding="utf-8")
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": f"message {i}"} for i in range(4)])
+    status, _, err = cli("predict", "spam", "--base", "--input", inp, "--output", out, "--batch-size", 2)
+    assert status == 143 and "adapterlab: terminated" in err
+    assert out.read_text(encoding="utf-8") == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.jsonl"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # pytest's own handling is given back
+
+
+def test_standard_input_and_output_with_a_dash_and_a_byte_order_mark(cli, tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    data = b"\xef\xbb\xbf" + b'{"text": "hello there"}\n{"text": "win a prize", "id": 7}\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    status, out, err = cli("predict", "spam", "--base", "--input", "-", "--output", "-")
+    assert status == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == ["hello there", "win a prize"] and rows[1]["id"] == 7
+    assert all(r["label"] in ("ham", "spam") for r in rows)
+    assert "wrote 2 lines to standard output" in err and not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(cli, tmp_path, monkeypatch, where):
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    (tmp_path / "afile").write_text("x")
+    out, problem = {"folder": (tmp_path, "is a folder; give a file name"),
+                    "under a file": (tmp_path / "afile" / "o.jsonl", f"{tmp_path / 'afile'} is a file, not a folder")}[where]
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out), f"--output {out}: {problem}")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_an_input_that_is_a_folder_is_named(cli, tmp_path):
+    assert_refused(cli("predict", "spam", "--base", "--input", tmp_path, "--output", tmp_path / "o.jsonl"),
+                   f"{tmp_path}: is a folder; --input takes a JSONL file")
+
+
+@pytest.mark.parametrize(("device", "problem"), [("bogus", "use auto, cpu, cuda or cuda:N"),
+                                                 ("cuda:7", "no such CUDA GPU here")])
+def test_a_device_that_is_not_there_is_one_line_before_loading(catalog, tmp_path, capsys, monkeypatch,
+                                                              device, problem):
+    import torch
+
+    from adapters.runtime import Runtime
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    status = main(["predict", "spam", "--base", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"),
+                   "--device", device, "--catalog", str(catalog)])
+    err = capsys.readouterr().err
+    assert status == 2 and f"adapterlab: error: device {device!r}: {problem}" in err and "Traceback" not in err
+
+
+def test_predict_loads_the_base_its_spec_names_when_others_name_another(cli, catalog, tiny_base, tmp_path):
+    for name, base in (("spam", str(tiny_base)), ("oncology", "llama-3.2-1b-instruct")):
+        spec_file = catalog / name / "adapter.yaml"
+        text = spec_file.read_text(encoding="utf-8")
+        spec_file.write_text(text.replace("base_model: smollm2-135m-instruct", f"base_model: {base}"),
+                             encoding="utf-8")
+        assert f"base_model: {base}" in spec_file.read_text(encoding="utf-8")
+    inp, out = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}]), tmp_path / "o.jsonl"
+    status, _, err = cli("predict", "spam", "--base", "--input", inp, "--output", out, "--device", "cpu",
+                         base_model=False)
+    assert status == 0, err
+    assert read_lines(out)[0]["label"] in ("ham", "spam")
 
 
 def test_an_input_without_any_line_is_refused(cli, tmp_path):
