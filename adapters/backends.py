@@ -37,6 +37,10 @@ class BaseMismatchError(ValueError):
     """An adapter was trained on another base model than the one loaded."""
 
 
+class AdapterFilesError(ValueError):
+    """An adapter's files (config or weights) cannot be read: corrupt, truncated, not PEFT's."""
+
+
 class Backend(Protocol):
     """What the runtime needs from an engine that serves a base model and named adapters.
 
@@ -90,7 +94,15 @@ MIN_CACHED_PREFIX = 8  # tokens; a shorter shared prefix is recomputed with each
 
 def recorded_base(adapter_dir: Path) -> str | None:
     """The base model an adapter's ``adapter_config.json`` says it was trained on."""
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AdapterFilesError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}, column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise AdapterFilesError(f"{path}: not UTF-8 text") from None
+    if not isinstance(config, dict):
+        raise AdapterFilesError(f"{path}: expected a JSON object (PEFT's adapter config)")
     return config.get("base_model_name_or_path")
 
 
@@ -146,11 +158,16 @@ class LocalBackend:
                 f"adapter {name!r} ({path}) was trained on base model {canonical_name(trained_on)!r}, "
                 f"but the loaded base model is {self.base_name!r}")
         with self._lock:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
-                                                       is_trainable=False)
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
+                                                           is_trainable=False)
+            except Exception as exc:  # safetensors, PEFT and torch each raise their own kinds
+                reason = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise AdapterFilesError(f"adapter {name!r} ({path}): its files cannot be loaded: "
+                                        f"{type(exc).__name__}: {reason}") from exc
             self.model.eval()
             self._adapters.append(name)
             self._active = _UNKNOWN  # loading may change which adapter PEFT has active

@@ -157,7 +157,7 @@ def cmd_adapters(args) -> int:
 
 PREDICTION_KEYS = {"classify": ("label", "probs", "truncated"),
                    "extract": ("fields", "valid", "repaired", "truncated"),
-                   "generate": ("answer", "truncated")}  # what predict adds to each line, by task
+                   "generate": ("answer", "finish_reason", "truncated")}  # what predict adds to each line, by task
 STANDARD_STREAM = Path("-")
 
 
@@ -204,9 +204,9 @@ def _predictions(runtime: Runtime, name: str, task: str, rows: list[dict], args)
                            "truncated": r.truncated}
             else:
                 for row, text in zip(batch, texts):
-                    g = runtime.generate(name, [{"role": "user", "content": text}], base=args.base,
-                                         stream=False)
-                    yield {**row, "answer": g.read(), "truncated": g.truncated}
+                    g = runtime.generate(name, [{"role": "user", "content": text}], base=args.base)
+                    answer = g.read()  # its finish_reason ("stop" or "length") is known once read
+                    yield {**row, "answer": answer, "finish_reason": g.finish_reason, "truncated": g.truncated}
             bar.update(len(batch))
 
 

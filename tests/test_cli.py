@@ -135,6 +135,7 @@ def test_predict_medquad_with_the_base_writes_an_answer(cli, catalog, tmp_path):
     for pred in got:
         assert isinstance(pred["answer"], str) and pred["answer"].strip()
         assert pred["truncated"] is False
+        assert pred["finish_reason"] == "length"  # a random model runs to the 8-token limit
 
 
 def test_output_is_utf8_text_not_ascii_escapes(cli, tmp_path):

@@ -324,6 +324,21 @@ def test_adapter_trained_on_another_base_is_refused_naming_both(tiny_base, catal
     assert "llama-3.2-1b-instruct" in str(caught.value) and str(tiny_base) in str(caught.value)
 
 
+@pytest.mark.parametrize(("file", "damage", "problem"), [
+    ("adapter_config.json", lambda b: b[:10], "adapter_config.json: not valid JSON ("),
+    ("adapter_config.json", lambda b: b"[1, 2]", "adapter_config.json: expected a JSON object"),
+    ("adapter_model.safetensors", lambda b: b[:100], "its files cannot be loaded: SafetensorError"),
+])
+def test_a_corrupt_adapter_file_is_named(tiny_base, catalog, trained_spam, file, damage, problem):
+    from adapters.backends import AdapterFilesError
+
+    path = catalog / "spam" / file
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(AdapterFilesError) as caught:
+        runtime(tiny_base, catalog)
+    assert problem in str(caught.value) and str(catalog / "spam") in str(caught.value)
+
+
 def test_packed_scoring_equals_scoring_each_continuation_alone(tiny_base, catalog):
     """The one-pass scorer must give what a plain forward pass over prompt + label gives."""
     import torch

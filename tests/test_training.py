@@ -388,3 +388,23 @@ def test_the_loss_plot_of_a_run_that_logged_no_loss_says_so_without_a_warning(tm
         plot_loss(tmp_path / "loss.png", [], "spam")
         plot_loss(tmp_path / "logged.png", [{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5}], "spam")
     assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "logged.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_data_too_small_for_a_split_is_named_before_the_model_loads(catalog, tiny_base, tmp_path, capsys,
+                                                                    monkeypatch, command):
+    import training.train
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(training.train, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    data = write_sms_collection(tmp_path / "SMSSpamCollection", n=3)
+    argv = train_args(catalog, tiny_base, data, tmp_path / "runs")
+    if command == "eval":
+        argv = ["eval", *argv[1:argv.index("--run-dir")]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"adapterlab: error: {data}: 3 usable examples split into train 3, validation 0, test 0" in err
+    assert ("early stopping needs validation examples; evaluation needs test examples" if command == "train"
+            else "evaluation needs test examples") in err
+    assert "Traceback" not in err

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 from adapters.cli import UsageError, positive_int
+from adapters.runtime import read_threshold_record
 
 
 def register(sub, bench_sub) -> None:
     train = sub.add_parser("train", help="train an adapter from its spec, then evaluate it")
     _common(train)
-    train.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
+    train.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimizer steps")
     train.add_argument("--restart", action="store_true", help="discard checkpoints instead of resuming")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     train.add_argument("--run-dir", default=None,
@@ -54,11 +55,12 @@ def _common(p) -> None:
     p.add_argument("--data", default=None, help="data file (default: the spec's local_path, else the Hub)")
     p.add_argument("--device", default="auto")
     p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate on the first N test examples")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
     p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
 
 
-def _splits(spec, args):
+def _splits(spec, args, needs: dict[str, str]):
+    """The spec's data split; ``needs`` maps each split that must not be empty to what needs it."""
     from .data import load_splits
     from .train import is_main_process
 
@@ -68,6 +70,10 @@ def _splits(spec, args):
         print(f"data: {r.source}: train {r.train}, validation {r.validation}, test {r.test} (seed {r.seed}, "
               f"{r.duplicates_removed} duplicates removed, skipped {r.skipped or 'none'}, labels {r.label_counts})",
               file=sys.stderr)
+    empty = [f"{what} needs {split} examples" for split, what in needs.items() if not getattr(r, split)]
+    if empty:
+        raise UsageError(f"{r.source}: {r.examples} usable examples split into train {r.train}, validation "
+                         f"{r.validation}, test {r.test}; {'; '.join(empty)}: give more data (--data FILE)")
     return splits
 
 
@@ -77,7 +83,8 @@ def cmd_train(args) -> int:
     from .train import end_process_group, is_main_process, train_adapter
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
-    splits = _splits(spec, args)
+    needs = {"train": "training", "validation": "early stopping"} | ({} if args.no_eval else {"test": "evaluation"})
+    splits = _splits(spec, args, needs)
     result = train_adapter(spec, splits, base=args.base_model, max_steps=args.max_steps,
                            device=args.device, restart=args.restart,
                            run_dir=args.run_dir)
@@ -100,7 +107,10 @@ def cmd_eval(args) -> int:
     if unknown or not variants:
         raise UsageError(f"--variants: {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(VARIANTS)}")
     out_dir = Path(args.output) if args.output else spec.directory
-    splits = _splits(spec, args)
+    needs = {"test": "evaluation"}
+    if "fine_tuned" in variants and spec.decision == "validation_f1" and read_threshold_record(spec) is None:
+        needs["validation"] = "tuning the decision threshold"
+    splits = _splits(spec, args, needs)
     if out_dir.resolve() == spec.directory.resolve() and not args.replace:
         examples = min(args.eval_limit or len(splits.test), len(splits.test))
         loss = measurements_lost(spec.directory / "metrics.json", variants, examples)

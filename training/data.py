@@ -535,7 +535,7 @@ def load_examples(spec: AdapterSpec, path: str | Path | None = None, *, data_dir
             return read_file(spec, candidate.resolve())
     tried = "; ".join(os.path.abspath(c) for c in candidates) or "no local path"
     env = os.environ.get(DATA_DIR_ENV)
-    hint = (f"pass the file with --data PATH (load_splits(spec, path=...)), or set {DATA_DIR_ENV} to a "
+    hint = (f"pass the file with --data PATH (in Python: load_splits(spec, path=...)), or set {DATA_DIR_ENV} to a "
             f"datasets folder holding {DEFAULT_FILES.get(spec.data.format, 'the file')}"
             + (f" (it is set to {env!r})" if env else ""))
     if path is not None:
