@@ -268,6 +268,8 @@ def refresh_readme_table(readme: Path, generated: str, markers: tuple[str, str],
                          check: bool) -> int:
     """Put ``generated`` between ``markers`` in ``readme`` through ``refresh_generated`` (``name``: the
     table, ``command``: the one that regenerates it)."""
+    if not readme.is_file():
+        raise ValueError(f"{readme}: no such file; --readme names the README that holds the table markers")
     updated = with_table(readme.read_text(encoding="utf-8"), generated, readme, markers)
     return refresh_generated(readme, updated, name, command, check)
 

@@ -47,6 +47,9 @@ def test_a_readme_without_the_markers_and_a_broken_metrics_file_are_named(tmp_pa
     readme.write_text("# no markers\n")
     assert main(["results", "--catalog", str(catalog), "--readme", str(readme)]) == 2
     assert f"{readme}: no {MARKERS[0]}" in capsys.readouterr().err
+    missing = tmp_path / "elsewhere.md"
+    assert main(["results", "--catalog", str(catalog), "--readme", str(missing), "--check"]) == 2
+    assert f"adapterlab: error: {missing}: no such file; --readme names" in capsys.readouterr().err
     (catalog / "spam" / "metrics.json").write_text("{not json")
     assert main(["results", "--catalog", str(catalog), "--readme", str(readme)]) == 2
     assert "spam/metrics.json: not valid JSON" in capsys.readouterr().err
