@@ -408,3 +408,14 @@ def test_data_too_small_for_a_split_is_named_before_the_model_loads(catalog, tin
     assert ("early stopping needs validation examples; evaluation needs test examples" if command == "train"
             else "evaluation needs test examples") in err
     assert "Traceback" not in err
+
+
+def test_the_data_line_names_the_lines_it_skipped(catalog, tiny_base, tmp_path, capsys, monkeypatch):
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    data = write_sms_collection(tmp_path / "SMSSpamCollection", n=3)
+    data.write_text(data.read_text() + "a line without a tab\n", encoding="utf-8")
+    argv = train_args(catalog, tiny_base, data, tmp_path / "runs")
+    assert main(["eval", *argv[1:argv.index("--run-dir")]]) == 2  # too small: stops before the model
+    assert "skipped 1 malformed_row (first lines: 4)" in capsys.readouterr().err

@@ -67,8 +67,10 @@ def _splits(spec, args, needs: dict[str, str]):
     splits = load_splits(spec, path=args.data)
     r = splits.report
     if is_main_process():  # each process of a DDP run reads the data; one says so
+        skipped = ", ".join(f"{n} {reason} (first lines: {', '.join(map(str, r.skipped_lines.get(reason, [])))})"
+                            for reason, n in r.skipped.items()) or "none"
         print(f"data: {r.source}: train {r.train}, validation {r.validation}, test {r.test} (seed {r.seed}, "
-              f"{r.duplicates_removed} duplicates removed, skipped {r.skipped or 'none'}, labels {r.label_counts})",
+              f"{r.duplicates_removed} duplicates removed, skipped {skipped}, labels {r.label_counts})",
               file=sys.stderr)
     empty = [f"{what} needs {split} examples" for split, what in needs.items() if not getattr(r, split)]
     if empty:
