@@ -219,11 +219,12 @@ def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> 
     if suffix == ".txt":
         texts = [line.strip() for line in content.splitlines() if line.strip()]
         source = "lines"
+        notes = []
     else:
-        texts, source = _csv_texts(name, content)
+        texts, source, notes = _csv_texts(name, content)
     if not texts:
         raise InputProblem(f"📎 `{_safe_name(name)}` holds no text to process.")
-    upload = Upload(texts, source, len(texts))
+    upload = Upload(texts, source, len(texts), notes)
     if len(texts) > limit:
         upload.texts = texts[:limit]
         upload.notes.append(f"The file has {len(texts):,} texts; only the first {limit:,} were processed "
@@ -231,21 +232,54 @@ def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> 
     return upload
 
 
-def _csv_texts(name: str, content: str) -> tuple[list[str], str]:
+CSV_DELIMITERS = (",", ";", "\t", "|")  # what spreadsheet programs write, by locale and choice
+
+
+def _csv_texts(name: str, content: str) -> tuple[list[str], str, list[str]]:
+    """The texts of a CSV's text column, the column's name, and notes on how rows were read.
+
+    The delimiter is the one whose header names a text column (a comma when none does). A row with
+    more fields than the header holds an unquoted delimiter in its text: when the text column is
+    the last one, the rest of the row is its text (said in a note); otherwise the file is refused,
+    naming the rows, since which field is the text cannot be told.
+    """
+    delimiter = next((d for d in CSV_DELIMITERS if _text_column(_first_row(content, d)) is not None), ",")
     try:
-        rows = list(csv.reader(io.StringIO(content, newline="")))
+        rows = list(csv.reader(io.StringIO(content, newline=""), delimiter=delimiter))
     except csv.Error as exc:
         raise InputProblem(f"📎 `{_safe_name(name)}` is not a valid CSV file ({exc}).") from None
     if not rows:
         raise InputProblem(f"📎 `{_safe_name(name)}` is empty.")
-    header = [h.strip().lower() for h in rows[0]]
-    column = next((header.index(c) for c in TEXT_COLUMNS if c in header), None)
+    column = _text_column(rows[0])
     if column is None:
         found = ", ".join(f"`{_safe_name(h)}`" for h in rows[0][:12]) or "none"
         raise InputProblem(f"📎 `{_safe_name(name)}` has no text column (columns found: {found}). Name the "
                            f"column with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
-    texts = [row[column].strip() for row in rows[1:] if len(row) > column and row[column].strip()]
-    return texts, rows[0][column].strip()
+    width, last = len(rows[0]), column == len(rows[0]) - 1
+    long_rows = [number for number, row in enumerate(rows[1:], start=2) if len(row) > width]
+    shown = ", ".join(map(str, long_rows[:8])) + (" …" if len(long_rows) > 8 else "")
+    if long_rows and not last:
+        raise InputProblem(f"📎 `{_safe_name(name)}`: row(s) {shown} have more fields than the header "
+                           f"({width}): a text holds an unquoted `{delimiter}`. Put such texts in double "
+                           "quotes (spreadsheet programs do when they save as CSV).")
+    texts = [delimiter.join(row[column:]).strip() if last else row[column].strip()
+             for row in rows[1:] if len(row) > column]
+    notes = [f"Row(s) {shown} have more fields than the header: their texts hold an unquoted "
+             f"`{delimiter}`, so the rest of each row was read as its text."] if long_rows else []
+    return [t for t in texts if t], rows[0][column].strip(), notes
+
+
+def _first_row(content: str, delimiter: str) -> list[str]:
+    try:
+        return next(csv.reader(io.StringIO(content, newline=""), delimiter=delimiter), [])
+    except csv.Error:
+        return []
+
+
+def _text_column(header: list[str]) -> int | None:
+    """The index of the first text column a header names (``TEXT_COLUMNS`` order), or None."""
+    names = [h.strip().lower() for h in header]
+    return next((names.index(c) for c in TEXT_COLUMNS if c in names), None)
 
 
 def _safe_name(name: str) -> str:
@@ -382,7 +416,7 @@ def results_csv(header: Sequence[str], rows: Sequence[Sequence]) -> bytes:
 def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], rows: Sequence[Sequence],
                    variant: str, seconds: float) -> str:
     shown = rows[:PREVIEW_ROWS]
-    summary = f"### {len(rows):,} texts from `{_safe_name(name)}` ({'lines' if upload.source == 'lines' else 'column `' + _safe_name(upload.source) + '`'})"
+    summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({'lines' if upload.source == 'lines' else 'column `' + _safe_name(upload.source) + '`'})"
     parts = [summary]
     if task == "classify":
         labels = [h[2:] for h in header if h.startswith("p_")]

@@ -275,6 +275,25 @@ def test_csv_upload_uses_the_text_column_whatever_its_case():
     assert handlers.read_upload("x.csv", bom, limit=5).texts == ["noted"]
 
 
+def test_a_csv_text_with_unquoted_commas_is_read_whole_and_said_so():
+    data = b"id,text\n1,Hi, are you free tonight? Call me, love\n2,See you at 6\n3,WINNER, claim your prize\n"
+    upload = handlers.read_upload("commas.csv", data, limit=100)
+    assert upload.texts == ["Hi, are you free tonight? Call me, love", "See you at 6", "WINNER, claim your prize"]
+    assert "Row(s) 2, 4 have more fields than the header" in upload.notes[0]
+
+
+def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas():
+    with pytest.raises(handlers.InputProblem, match=r"row\(s\) 3 have more fields than the header \(2\)"):
+        handlers.read_upload("commas.csv", b"text,label\nhello,ham\nWIN, now,spam\n", limit=100)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
+    data = f"id{delimiter}text\n1{delimiter}Are we meeting today, at 6?\n2{delimiter}WIN now\n".encode()
+    upload = handlers.read_upload("semi.csv", data, limit=100)
+    assert upload.texts == ["Are we meeting today, at 6?", "WIN now"] and not upload.notes
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("data.csv", b"id,label\n1,ham\n", r"no text column \(columns found: `id`, `label`\)"),
     ("blob.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
@@ -379,7 +398,10 @@ def test_batch_rows_table_and_csv(catalog):
     upload = handlers.Upload(texts, "text", 2, ["only the first 2"])
     md = handlers.batch_markdown("classify", "in.csv", upload, header, rows, "base", 0.5)
     assert "**ham**: 1 · **spam**: 1" in md and "| 2 | b, with comma | **spam** | 20.0% | 80.0% |" in md
-    assert "ℹ️ only the first 2" in md and "✂️ 1 text(s)" in md
+    assert "ℹ️ only the first 2" in md and "✂️ 1 text(s)" in md and md.startswith("### 2 texts from `in.csv`")
+    one = handlers.batch_markdown("classify", "one.csv", handlers.Upload(["a"], "text", 1), header, rows[:1],
+                                  "base", 0.5)
+    assert one.startswith("### 1 text from `one.csv`")
     header, rows = handlers.batch_rows("extract", ["n"], [extraction(stage="IV")], fields=FIELDS)
     assert header == ["text", *FIELDS, "valid", "repaired", "truncated"] and rows[0][2] == "IV"
     assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
