@@ -122,7 +122,7 @@ def _widget(item: handlers.Setting, value):
     if item.kind == "select":
         common.pop("initial")
         return Select(**common, values=list(item.values), initial_value=value)
-    return TextInput(**common, multiline=True, placeholder="the adapter's own system prompt")
+    return TextInput(**common, multiline=True, placeholder="empty: the default above")
 
 
 def _settings() -> handlers.Settings:
@@ -258,6 +258,8 @@ async def on_message(message: cl.Message):
                 await _name_thread(", ".join(f.name for f in files))
         runtime = await _ready_runtime()
         if files:
+            if message.content.strip():
+                await cl.Message(content=handlers.TYPED_TEXT_WITH_FILES).send()
             await _uploads(runtime, profile, files)
             return
         text, notes = handlers.check_text(message.content)
@@ -416,7 +418,8 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
                                         output_tokens, info.truncated, medical=profile.task == "generate",
                                         cut_at=info.cut_at, stopped=info.stopped)
-    answer.content = (info.text if info.text.strip() else "*(the model produced no text)*") + "\n\n---\n" + footer
+    text = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
+    answer.content = text + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
     answer.elements = await _prompt_element(runtime, profile.adapter, [*history, {"role": "user", "content": text}],
                                             settings)

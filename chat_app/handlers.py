@@ -28,6 +28,8 @@ MAX_MESSAGE_CHARS = 200_000  # beyond this a message is cut before tokenizing (t
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report", "question", "content", "body")
 UPLOAD_SUFFIXES = (".txt", ".csv")
+TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
+                         "not. Send it on its own to run it.")
 PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV and the table hold all of them
 
 
@@ -297,6 +299,22 @@ def cell(value) -> str:
     return text or "*empty*"
 
 
+def with_fences_closed(text: str) -> str:
+    """``text`` with a code block it left open (an answer cut at its token limit, or stopped) closed,
+    so what follows it (the answer's footer) is not shown as code."""
+    open_fence = None
+    for line in text.splitlines():
+        found = re.match(r" {0,3}(`{3,}|~{3,})", line)
+        if not found:
+            continue
+        fence = found.group(1)
+        if open_fence is None:
+            open_fence = fence
+        elif fence[0] == open_fence[0] and len(fence) >= len(open_fence) and not line.strip()[len(fence):]:
+            open_fence = None
+    return text if open_fence is None else f"{text.rstrip()}\n{open_fence}"
+
+
 def code_block(text: str, language: str = "") -> str:
     fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
     return f"{fence}{language}\n{text}\n{fence}"
@@ -324,14 +342,25 @@ def classification_markdown(result: dict, labels: Sequence[str], variant: str) -
     label = result["label"]
     rows = [[f"**{cell(name)}**" if name == label else cell(name), percent(probs[name]), f"`{bar(probs[name])}`"]
             for name in labels]
-    lines = [f"### {cell(label).upper()} · {percent(probs[label])}",
+    threshold = result.get("threshold")
+    lines = [f"### {cell(label).upper()} · {decision_text(probs, labels, threshold)}",
              table(["label", "probability", ""], rows),
              f"*{variant}*"]
-    threshold = result.get("threshold")
     if threshold is not None:  # the adapter's threshold tuned on validation data, not 50%
         lines.insert(2, f"Decided with this adapter's tuned threshold: **{cell(labels[-1])}** when "
                         f"p({cell(labels[-1])}) ≥ {percent(threshold)}.")
     return "\n\n".join(lines)
+
+
+def decision_text(probs: dict[str, float], labels: Sequence[str], threshold: float | None) -> str:
+    """What decided the label: its own probability (the most probable label), or, with a tuned
+    threshold, the positive label's probability against it. A bare "27.5%" beside SPAM would read
+    as the confidence in spam."""
+    if threshold is None:
+        return percent(max(probs.values()))
+    positive = labels[-1]
+    side = "≥" if probs[positive] >= threshold else "<"
+    return f"p({cell(positive)}) {percent(probs[positive])} {side} threshold {percent(threshold)}"
 
 
 # where to look, not whether to trust: on the oncology test split the fine-tuned adapter's values with
@@ -479,6 +508,8 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome]) 
 
     if spec.task == "classify":
         rows.append(["label", *per(lambda o: f"**{cell(o.result['label'])}**")])
+        rows.append(["decided by", *per(lambda o: "the most probable label" if o.result.get("threshold") is None
+                                        else decision_text(o.result["probs"], spec.labels, o.result["threshold"]))])
         for label in spec.labels:
             rows.append([f"p({cell(label)})", *per(lambda o, l=label: f"{percent(o.result['probs'][l])} `{bar(o.result['probs'][l], 10)}`")])
     elif spec.task == "extract":
@@ -604,14 +635,21 @@ def settings_for(profile: Profile, spec: AdapterSpec | None, trained: bool) -> l
         items.append(Setting("switch", "use_base", "Use the base model (adapter off)", not trained,
                              "Runs the adapter's prompt on the base model, as `--base` does."
                              + ("" if trained else " On because the adapter is not trained yet.")))
-    system_default = spec.prompt.system if spec else "(none)"
     items += [
-        Setting("text", "system", "System prompt override", "",
-                f"Empty: the {'adapter' if spec else 'chat'}'s own system prompt: {system_default}"),
+        Setting("text", "system", "System prompt override", "", system_default_text(profile, spec)),
         Setting("switch", "show_prompt", "Show the rendered prompt",
                 False, "Attach the exact text sent to the model (after the chat template) and its token count."),
     ]
     return items
+
+
+def system_default_text(profile: Profile, spec: AdapterSpec | None) -> str:
+    """What an empty system prompt override means in ``profile``."""
+    if profile.task == "compare":
+        return "Empty: each compared adapter's own system prompt (from its adapter.yaml)."
+    if spec is None:
+        return "Empty: the base model's own default, if its chat template has one."
+    return f"Empty: the adapter's own system prompt: {spec.prompt.system}"
 
 
 def read_settings(raw: dict | None, items: Sequence[Setting]) -> Settings:

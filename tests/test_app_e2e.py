@@ -247,7 +247,7 @@ def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser
     wait_idle(page)
     message = answers(page).last
     text = message.inner_text()
-    assert re.search(r"^(SPAM|HAM) · \d+\.\d%", text), text
+    assert re.search(r"^(SPAM|HAM) · (p\(spam\) \d+\.\d% [≥<] threshold )?\d+\.\d%", text), text
     cells = [c.inner_text() for c in message.locator("table td").all()]
     assert "ham" in cells[0] and "spam" in cells[3]
     probs = [float(c.rstrip("%")) for c in cells if re.fullmatch(r"\d+\.\d%", c)]
@@ -272,8 +272,10 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
                     "text WIN to 80086 now\n3,See you at the lecture tomorrow\n", encoding="utf-8")
     page.set_input_files("#upload-button-input", str(good))
     page.wait_for_selector("#attachments :text('messages.csv')")
+    page.fill("#chat-input", "please check these")  # typed beside a file: said to be unused
     page.click("#chat-submit")
     page.wait_for_selector("h3:has-text('3 texts from')", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("text=the text you typed was not")
     wait_idle(page)
     message = answers(page).last
     assert message.locator("table").first.locator("tbody tr").count() == 3

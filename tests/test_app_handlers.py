@@ -333,7 +333,7 @@ def test_classification_shows_the_label_and_each_probability():
 def test_a_tuned_threshold_is_explained_where_it_decided():
     md = handlers.classification_markdown({"label": "ham", "probs": {"ham": 0.45, "spam": 0.55},
                                            "truncated": False, "threshold": 0.6}, ["ham", "spam"], "fine-tuned")
-    assert md.startswith("### HAM · 45.0%")  # ham although less probable: spam needs 60%
+    assert md.startswith("### HAM · p(spam) 55.0% < threshold 60.0%")  # ham although less probable
     assert "**spam** when p(spam) ≥ 60.0%" in md
 
 
@@ -368,9 +368,12 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     specs = load_catalog(catalog)
     outcomes = [handlers.Outcome("base", {"label": "ham", "probs": {"ham": 0.6, "spam": 0.4}}, 0.12, 90),
                 handlers.Outcome("few-shot", unavailable=handlers.few_shot_unavailable(specs["spam"])),
-                handlers.Outcome("fine-tuned", {"label": "spam", "probs": {"ham": 0.1, "spam": 0.9}}, 0.2, 90)]
+                handlers.Outcome("fine-tuned", {"label": "spam", "probs": {"ham": 0.7, "spam": 0.3},
+                                                "threshold": 0.12}, 0.2, 90)]
     md = handlers.compare_markdown(specs["spam"], "x", outcomes)
     assert "|  | **base** | **few-shot** | **fine-tuned** |" in md
+    # spam at p(spam) 30%: the column says why
+    assert "| decided by | the most probable label | — | p(spam) 30.0% ≥ threshold 12.0% |" in md
     assert "| p(spam) | 40.0%" in md and "| latency | 0.12 s | — | 0.20 s |" in md
     assert "| tokens | 90 in | — | 90 in |" in md and "no few-shot examples yet" in md
     onc = [handlers.Outcome("base", extraction(stage="IV"), 1.0, 100, 20),
@@ -660,3 +663,22 @@ def test_chain_callbacks_run_on_the_callers_event_loop(tiny_base, catalog):
 
     seen, loop = asyncio.run(scenario())
     assert len(seen) >= 9 and all(s is loop for s in seen)
+
+
+@pytest.mark.parametrize(("answer", "closed"), [
+    ("Here:\n```python\ndef f(n):\n    return n", "Here:\n```python\ndef f(n):\n    return n\n```"),
+    ("~~~~\ncode\n~~~", "~~~~\ncode\n~~~\n~~~~"),  # a shorter fence does not close a longer one
+    ("```\na\n```\nthen text", "```\na\n```\nthen text"),  # closed already: unchanged
+    ("```\na\n```\n\n```js\nb", "```\na\n```\n\n```js\nb\n```"),
+    ("no code at all", "no code at all"),
+])
+def test_an_answer_cut_inside_a_code_block_is_closed_before_its_footer(answer, closed):
+    assert handlers.with_fences_closed(answer) == closed
+
+
+def test_the_system_prompt_setting_says_what_empty_means_in_each_profile(catalog):
+    specs = load_catalog(catalog)
+    hint = {p.name: next(s.description for s in handlers.settings_for(p, specs.get(p.adapter), True)
+                         if s.id == "system") for p in handlers.PROFILES}
+    assert hint["Spam check"] == f"Empty: the adapter's own system prompt: {specs['spam'].prompt.system}"
+    assert "each compared adapter's own" in hint["Compare"] and "adapter" not in hint["Chat"]
