@@ -100,9 +100,15 @@ def _as_text(value: Any) -> tuple[str | None, bool]:
 _FILLER = frozenset("a an and or of the with plus in on to for by at".split())
 
 
+# Chinese and Japanese are written without spaces: each of their characters counts as a word, so
+# "II" is found in "乳腺癌II期"
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"\d+(?:\.\d+)?%?|[{_CJK}]|[^\W{_CJK}]+")
+
+
 def _words(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", text).casefold()
-    return re.findall(r"\d+(?:\.\d+)?%?|\w+", re.sub(r"[-\u2010-\u2015/]", " ", text))
+    return _WORD.findall(re.sub(r"[-\u2010-\u2015/]", " ", text))
 
 
 def support_in_text(value: str | None, text: str) -> str | None:

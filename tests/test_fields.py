@@ -215,3 +215,14 @@ NARRATIVE = ("70-year-old man with widely metastatic cutaneous melanoma. PD-L1 w
 ])
 def test_support_in_text_says_how_many_words_of_a_value_the_text_holds(value, support):
     assert support_in_text(value, NARRATIVE) == support
+
+
+@pytest.mark.parametrize("value, support", [
+    ("II", "all"),  # written without a space before 期
+    ("乳腺癌", "all"),
+    ("他莫昔芬", "all"),
+    ("III", "none"),  # "II" is in the text, "III" is not
+    ("肺癌", "some"),  # 癌 is there, 肺 is not
+])
+def test_support_in_text_reads_chinese_and_japanese_character_by_character(value, support):
+    assert support_in_text(value, "乳腺癌II期，雌激素受体阳性，使用他莫昔芬治疗。") == support
