@@ -418,8 +418,8 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
                                         output_tokens, info.truncated, medical=profile.task == "generate",
                                         cut_at=info.cut_at, stopped=info.stopped)
-    text = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
-    answer.content = text + "\n\n---\n" + footer
+    shown = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
+    answer.content = shown + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
     answer.elements = await _prompt_element(runtime, profile.adapter, [*history, {"role": "user", "content": text}],
                                             settings)
