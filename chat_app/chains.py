@@ -17,6 +17,7 @@ Every chain takes a dict and returns plain data (dicts, strings), so the steps d
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,14 @@ def variant_name(base: bool, examples: Sequence[tuple[str, str]] = ()) -> str:
     return f"few-shot (k={len(examples)})" if examples else "base"
 
 
+def run_name(adapter: str, task: str, variant: str) -> str:
+    """A chain's run name, which Chainlit shows as a step ("Used spam - classify - few-shot k4") and
+    requests an avatar for: Chainlit 2.12 answers 400 for an avatar name with other characters than
+    letters, digits, spaces and ``_ . -``, and the page shows an empty circle and logs an error."""
+    name = f"{adapter} - {task} - {variant}".replace("(k=", "k").replace(")", "")
+    return re.sub(r"[^A-Za-z0-9_ .-]", "_", name)
+
+
 def classify_chain(runtime: Runtime, adapter: str, *, base: bool, system: str | None = None,
                    examples: Sequence[tuple[str, str]] = (), batch_size: int = 16) -> Runnable:
     spec = runtime.spec(adapter)
@@ -106,7 +115,7 @@ def classify_chain(runtime: Runtime, adapter: str, *, base: bool, system: str | 
         return [{"label": r.label, "probs": dict(r.probs), "truncated": r.truncated, "threshold": r.threshold}
                 for r in results]
 
-    name = f"{adapter} · classify · {variant_name(base, examples)}"
+    name = run_name(adapter, "classify", variant_name(base, examples))
     return (_with_prompts(prompt) | RunnableLambda(run, name="runtime.classify")).with_config(run_name=name)
 
 
@@ -123,7 +132,7 @@ def extract_chain(runtime: Runtime, adapter: str, *, base: bool, system: str | N
         return [{"fields": dict(r.fields), "valid": r.valid, "repaired": r.repaired, "raw": r.raw,
                  "error": r.error, "truncated": r.truncated} for r in results]
 
-    name = f"{adapter} · extract · {variant_name(base, examples)}"
+    name = run_name(adapter, "extract", variant_name(base, examples))
     return (_with_prompts(prompt) | RunnableLambda(run, name="runtime.extract")).with_config(run_name=name)
 
 
@@ -193,7 +202,7 @@ def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
         finally:
             finish(generation)
 
-    name = f"{adapter or 'chat'} · generate · {variant_name(base, examples) if spec else 'base'}"
+    name = run_name(adapter or "chat", "generate", variant_name(base, examples) if spec else "base")
     step = RunnableLambda(run, afunc=arun, name="runtime.generate")
     return (RunnableLambda(prepare, name="history") | _with_prompt(prompt) | step).with_config(run_name=name)
 

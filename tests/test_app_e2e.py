@@ -240,6 +240,8 @@ def test_chat_profile_answers_with_the_base_model(server, browser):
 
 def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser):
     page = new_page(browser, server)
+    refused = []  # the page asks an avatar for each step's name; Chainlit refuses some names with 400
+    page.on("response", lambda r: refused.append(r.url) if "/avatars/" in r.url and r.status >= 400 else None)
     open_app(page, server)
     choose_profile(page, "Spam check")
     page.get_by_text("Prize scam").click()
@@ -252,7 +254,8 @@ def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser
     assert "ham" in cells[0] and "spam" in cells[3]
     probs = [float(c.rstrip("%")) for c in cells if re.fullmatch(r"\d+\.\d%", c)]
     assert len(probs) == 2 and abs(sum(probs) - 100) < 0.2
-    assert page.locator("text=/Used spam · classify/").count() == 1  # the LangChain chain step is shown
+    assert page.locator("text=/Used spam - classify/").count() == 1  # the LangChain chain step is shown
+    assert refused == []
     shot(page, "04-spam-check")
     # a 100 kB message: answered, and the user is told only its beginning was read
     send(page, ("WIN a free prize " + SECRET + " call now! ") * 2800)

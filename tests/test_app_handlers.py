@@ -682,3 +682,12 @@ def test_the_system_prompt_setting_says_what_empty_means_in_each_profile(catalog
                          if s.id == "system") for p in handlers.PROFILES}
     assert hint["Spam check"] == f"Empty: the adapter's own system prompt: {specs['spam'].prompt.system}"
     assert "each compared adapter's own" in hint["Compare"] and "adapter" not in hint["Chat"]
+
+
+def test_chain_run_names_are_ones_chainlit_serves_an_avatar_for():
+    from chat_app.chains import run_name, variant_name
+
+    names = [run_name("spam", "classify", variant_name(True, [("q", "a")] * 4)),
+             run_name("oncology", "extract", variant_name(False)), run_name("chat", "generate", "base")]
+    assert names == ["spam - classify - few-shot k4", "oncology - extract - fine-tuned", "chat - generate - base"]
+    assert all(re.fullmatch(r"[A-Za-z0-9_ .-]+", n) for n in names)
