@@ -390,7 +390,8 @@ def extraction_flag(result: dict) -> str:
     if result["repaired"]:
         return ("⚠️ **Repaired output**: the model's JSON needed repair (cut from surrounding text, closed, "
                 "or keys added/dropped/converted). Check the fields against the text.")
-    return "✅ Valid JSON, no repair needed."
+    return ("✅ Valid JSON, no repair needed. That is the format, not the facts: check each value "
+            "against your text (the last column).")
 
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,

@@ -358,6 +358,7 @@ def test_extraction_shows_seven_fields_null_json_and_flags():
     assert "| `response` | *null* |  |" in md
     assert '```json\n{\n  "cancer_type": "lung | adenocarcinoma",' in md and '"response": null' in md
     assert md.startswith("✅ Valid JSON") and "output as it came" not in md
+    assert "the format, not the facts" in md  # a green check over invented values must not read as "right"
     repaired = handlers.extraction_markdown(extraction(repaired=True), FIELDS, "v", text)
     assert repaired.startswith("⚠️ **Repaired output**") and "raw | output" in repaired
     invalid = handlers.extraction_markdown(extraction(valid=False), FIELDS, "v", text)
