@@ -267,9 +267,11 @@ async def on_message(message: cl.Message):
             await cl.Message(content=f"ℹ️ {note}").send()
         if profile.task == "compare":
             # the command picked with this message, else the last one picked, else the settings' adapter
-            adapter = message.command or cl.user_session.get("compare_adapter") or _settings().compare_adapter
+            last = cl.user_session.get("compare_adapter")
+            adapter = message.command or last or _settings().compare_adapter
             cl.user_session.set("compare_adapter", adapter)
-            await _compare(runtime, text, adapter)
+            chosen_by = None if message.command else ("the last command picked" if last else "the settings panel")
+            await _compare(runtime, text, adapter, chosen_by)
         elif profile.task in ("chat", "generate"):
             await _generate(runtime, profile, text)
         elif profile.task == "classify":
@@ -537,7 +539,7 @@ def _dataframe(header, rows):
     return cl.Dataframe(data=pd.DataFrame(rows, columns=header), name="results table", display="inline")
 
 
-async def _compare(runtime: Runtime, text: str, adapter: str) -> None:
+async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | None = None) -> None:
     if adapter not in handlers.COMPARE_ADAPTERS:
         adapter = "spam"
     settings = _settings()
@@ -576,7 +578,7 @@ async def _compare(runtime: Runtime, text: str, adapter: str) -> None:
                                          system=settings.system, examples=shots)
         outcomes.append(handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens,
                                          cut_at=cut_at))
-    content = handlers.compare_markdown(spec, text, outcomes)
+    content = handlers.compare_markdown(spec, text, outcomes, chosen_by)
     if spec.task == "generate":
         ban = spec.generation.no_repeat_ngram_size
         content += ("\n\n*Greedy decoding (temperature 0" + (f", no {ban}-token sequence repeated" if ban else "")

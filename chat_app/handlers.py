@@ -498,8 +498,9 @@ def few_shot_unavailable(spec: AdapterSpec) -> str:
             f"`adapterlab train {spec.name}`)")
 
 
-def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome]) -> str:
-    """One table, a column per variant; for extraction, fields whose values differ are marked."""
+def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], chosen_by: str | None = None) -> str:
+    """One table, a column per variant; for extraction, fields whose values differ are marked.
+    ``chosen_by`` says where the adapter came from when no command was picked with this message."""
     header = ["", *[f"**{o.name}**" for o in outcomes]]
     rows: list[list[str]] = []
     ran = [o for o in outcomes if o.unavailable is None]
@@ -529,6 +530,9 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome]) 
     rows.append(["status", *[("ran" if o.unavailable is None else f"⚠️ {_one_line(o.unavailable)}") for o in outcomes]])
     intro = f"### Compare · `{spec.name}` ({spec.task})"
     parts = [intro, table(header, rows)]
+    if chosen_by:
+        parts.insert(1, f"*`{spec.name}`: {chosen_by} (pick spam, medquad or oncology below the input "
+                        "to compare another adapter).*")
     if spec.task == "extract" and any("≠" in r[0] for r in rows):
         parts.append("≠ marks fields where the variants disagree (shown in bold).")
     return "\n\n".join(parts)

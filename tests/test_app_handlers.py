@@ -377,6 +377,9 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| decided by | the most probable label | — | p(spam) 30.0% ≥ threshold 12.0% |" in md
     assert "| p(spam) | 40.0%" in md and "| latency | 0.12 s | — | 0.20 s |" in md
     assert "| tokens | 90 in | — | 90 in |" in md and "no few-shot examples yet" in md
+    assert "last command" not in md  # picked with this message: nothing to explain
+    again = handlers.compare_markdown(specs["spam"], "x", outcomes, "the last command picked")
+    assert "*`spam`: the last command picked (pick spam, medquad or oncology below" in again
     onc = [handlers.Outcome("base", extraction(stage="IV"), 1.0, 100, 20),
            handlers.Outcome("few-shot (k=3)", extraction(stage="IV"), 1.0, 300, 20),
            handlers.Outcome("fine-tuned", extraction(stage="IIIA", repaired=True), 1.0, 100, 20)]
