@@ -37,6 +37,20 @@ from chat_app.state import RuntimeHolder
 log = logging.getLogger("adapterlab.chat_app")
 log.setLevel(logging.INFO)
 
+
+class _ExpectedChainlitWarnings(logging.Filter):
+    """Chainlit warns on every page load that there is no translated readme (chainlit.md serves
+    every language here) and that elements are not persisted (``persistence.py`` says why): states
+    this app chose, repeated dozens of times an hour, which buried the warnings that matter."""
+
+    EXPECTED = ("Translated markdown file for", "storage client is not initialized")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.EXPECTED)
+
+
+logging.getLogger("chainlit").addFilter(_ExpectedChainlitWarnings())
+
 CONFIG = load_config(app_root=chainlit_config.root)
 SPECS = load_catalog(CONFIG.catalog)
 BASE_MODEL = CONFIG.base_model or ", ".join(sorted({s.base_model for s in SPECS.values()})) or DEFAULT_BASE
