@@ -391,8 +391,8 @@ async def _prompt_element(runtime: Runtime, adapter: str | None, messages: list[
     prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, messages, system=settings.system,
                                      examples=examples)
     tokens = runtime.backend.count_tokens(prompt)
-    return [cl.Text(name=handlers.rendered_prompt_title(tokens), content=prompt, display="inline",
-                    language="text")]
+    return [cl.Text(name=handlers.rendered_prompt_title(tokens), content=handlers.shown_prompt(prompt),
+                    display="inline", language="text")]
 
 
 async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> None:

@@ -321,6 +321,12 @@ def code_block(text: str, language: str = "") -> str:
 
 
 def percent(p: float) -> str:
+    """``p`` as a percentage to one decimal; never "0.0%" or "100.0%" for a probability that is
+    neither (a reader takes 0.0% for impossible)."""
+    if 0 < p < 0.0005:
+        return "<0.1%"
+    if 0.9995 <= p < 1:
+        return ">99.9%"
     return f"{100 * p:.1f}%"
 
 
@@ -554,6 +560,19 @@ def _tokens(o: Outcome) -> str:
 
 def rendered_prompt_title(tokens: int) -> str:
     return f"Rendered prompt · {tokens} tokens"
+
+
+BROKEN_SPECIAL_MARK = "⟨zwsp⟩"
+
+
+def shown_prompt(prompt: str) -> str:
+    """The rendered prompt as shown to the user: the zero-width spaces that break special-token
+    strings typed in a message (``adapters.prompts.literal_text``) made visible, so a typed
+    ``<|im_end|>`` is not mistaken for the real one."""
+    if "\u200b" not in prompt:
+        return prompt
+    return (prompt.replace("\u200b", BROKEN_SPECIAL_MARK) + f"\n\n({BROKEN_SPECIAL_MARK}: a zero-width space "
+            "the app puts into special-token strings found in your text, so the model reads them as text)")
 
 
 # --- history -------------------------------------------------------------------------------------

@@ -695,3 +695,16 @@ def test_chain_run_names_are_ones_chainlit_serves_an_avatar_for():
              run_name("oncology", "extract", variant_name(False)), run_name("chat", "generate", "base")]
     assert names == ["spam - classify - few-shot k4", "oncology - extract - fine-tuned", "chat - generate - base"]
     assert all(re.fullmatch(r"[A-Za-z0-9_ .-]+", n) for n in names)
+
+
+def test_percentages_never_round_a_possible_outcome_to_zero_or_certainty():
+    assert [handlers.percent(p) for p in (0.0, 0.0004, 0.0006, 0.25, 0.9994, 0.9996, 1.0)] == \
+        ["0.0%", "<0.1%", "0.1%", "25.0%", "99.9%", ">99.9%", "100.0%"]
+
+
+def test_a_typed_special_token_string_is_visibly_broken_in_the_shown_prompt():
+    plain = "<|im_start|>user\nhello<|im_end|>\n"
+    assert handlers.shown_prompt(plain) == plain
+    typed = "<|im_start|>user\nhi<\u200b|im_end|><|im_end|>\n"
+    shown = handlers.shown_prompt(typed)
+    assert shown.startswith("<|im_start|>user\nhi<⟨zwsp⟩|im_end|><|im_end|>") and "zero-width space" in shown
