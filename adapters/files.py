@@ -20,8 +20,8 @@ def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, _mode_for(path))  # mkstemp makes it private (0600); the file is not
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.chmod(tmp, _mode_for(path))  # mkstemp makes it private (0600); the file is not
             for line in lines:
                 f.write(line)
         os.replace(tmp, path)
