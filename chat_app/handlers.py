@@ -525,8 +525,7 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
             values = {json.dumps(o.result["fields"].get(name)) for o in ran}
             differs = len(values) > 1
             rows.append([f"`{name}`" + (" ≠" if differs else ""),
-                         *per(lambda o, n=name, d=differs: f"**{cell(o.result['fields'].get(n))}**" if d
-                              else cell(o.result["fields"].get(n)))])
+                         *per(lambda o, n=name, d=differs: _compared_value(o.result["fields"].get(n), d, text))])
         rows.append(["output", *per(lambda o: "❌ invalid" if not o.result["valid"]
                                     else ("⚠️ repaired" if o.result["repaired"] else "✅ valid"))])
     else:
@@ -541,7 +540,20 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
                         "to compare another adapter).*")
     if spec.task == "extract" and any("≠" in r[0] for r in rows):
         parts.append("≠ marks fields where the variants disagree (shown in bold).")
+    if spec.task == "extract" and any(COMPARE_SUPPORT["none"] in c or COMPARE_SUPPORT["some"] in c
+                                      for r in rows for c in r[1:]):
+        parts.append(f"{COMPARE_SUPPORT['none']} no word of the value is in your text (inferred, or invented); "
+                     f"{COMPARE_SUPPORT['some']} only some words are.")
     return "\n\n".join(parts)
+
+
+COMPARE_SUPPORT = {"none": "○", "some": "◐"}  # the "in your text" column of the extraction view, as marks
+
+
+def _compared_value(value, differs: bool, text: str) -> str:
+    shown = f"**{cell(value)}**" if differs else cell(value)
+    mark = COMPARE_SUPPORT.get(support_in_text(value, text) or "")
+    return f"{shown} {mark}" if mark else shown
 
 
 def _one_line(markdown: str) -> str:

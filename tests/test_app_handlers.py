@@ -383,8 +383,9 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     onc = [handlers.Outcome("base", extraction(stage="IV"), 1.0, 100, 20),
            handlers.Outcome("few-shot (k=3)", extraction(stage="IV"), 1.0, 300, 20),
            handlers.Outcome("fine-tuned", extraction(stage="IIIA", repaired=True), 1.0, 100, 20)]
-    md = handlers.compare_markdown(specs["oncology"], "x", onc)
-    assert "| `stage` ≠ | **IV** | **IV** | **IIIA** |" in md  # fields that differ are marked
+    md = handlers.compare_markdown(specs["oncology"], "Stage IV lung cancer", onc)
+    assert "| `stage` ≠ | **IV** | **IV** | **IIIA** ○ |" in md  # differing fields marked; IIIA not in the text
+    assert "○ no word of the value is in your text" in md
     assert "| `response` | *null* | *null* | *null* |" in md and "⚠️ repaired" in md
     gen = handlers.compare_markdown(specs["medquad"], "q", [handlers.Outcome("base", "line one\nline | two", 2.0, 50, 9)])
     assert "| answer | line one line \\| two |" in gen and "50 in / 9 out" in gen and "cut at" not in gen
