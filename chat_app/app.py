@@ -430,7 +430,7 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
 async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, history: list[dict], text: str,
                        answer: cl.Message, info: chains.GenerationInfo, label: str) -> None:
     """End a streamed answer: its footer, its metadata for resumed threads, and the turn in the history."""
-    output_tokens = generated_tokens(runtime, info.text, info.cut_at)
+    output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, info.text, info.cut_at)
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
                                         output_tokens, info.truncated, medical=profile.task == "generate",
                                         cut_at=info.cut_at, stopped=info.stopped)
@@ -441,14 +441,6 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
                                             settings)
     await answer.send()  # ends the stream, persists the message and sends its elements
     cl.user_session.set("history", handlers.add_turn(history, text, info.text))
-
-
-def generated_tokens(runtime: Runtime, answer: str, cut_at: int | None) -> int:
-    """How many tokens an answer took: the limit when it was cut there, else its text counted again
-    (which, after sampling, can differ from the tokens drawn: 33 against a 32-token limit was seen)."""
-    if cut_at is not None:
-        return cut_at
-    return runtime.backend.count_tokens(answer) if answer else 0
 
 
 async def _classify(runtime: Runtime, profile: handlers.Profile, text: str) -> None:
@@ -586,7 +578,7 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
             chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
                                           temperature=0.0, max_new_tokens=settings.max_new_tokens, info=info)
             result = "".join([piece async for piece in chain.astream({"history": [], "text": text}, config=config)])
-            output_tokens, cut_at = generated_tokens(runtime, result, info.cut_at), info.cut_at
+            output_tokens, cut_at = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at), info.cut_at
         seconds = time.perf_counter() - started
         prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
                                          system=settings.system, examples=shots)

@@ -11,7 +11,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
@@ -398,6 +398,14 @@ def extraction_flag(result: dict) -> str:
                 "or keys added/dropped/converted). Check the fields against the text.")
     return ("✅ Valid JSON, no repair needed. That is the format, not the facts: check each value "
             "against your text (the last column).")
+
+
+def generated_tokens(count_tokens: Callable[[str], int], answer: str, cut_at: int | None) -> int:
+    """How many tokens an answer took: the limit when it was cut there, else its text counted again
+    (which, after sampling, can differ from the tokens drawn: 33 against a 32-token limit was seen)."""
+    if cut_at is not None:
+        return cut_at
+    return count_tokens(answer) if answer else 0
 
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,

@@ -709,3 +709,10 @@ def test_a_typed_special_token_string_is_visibly_broken_in_the_shown_prompt():
     typed = "<|im_start|>user\nhi<\u200b|im_end|><|im_end|>\n"
     shown = handlers.shown_prompt(typed)
     assert shown.startswith("<|im_start|>user\nhi<⟨zwsp⟩|im_end|><|im_end|>") and "zero-width space" in shown
+
+
+def test_an_answer_cut_at_its_limit_reports_the_limit_not_its_text_counted_again():
+    recount = lambda text: 33  # noqa: E731 - sampled tokens, decoded and encoded again, can come out longer
+    assert handlers.generated_tokens(recount, "an answer", cut_at=32) == 32
+    assert handlers.generated_tokens(recount, "an answer", cut_at=None) == 33  # ended by itself: counted
+    assert handlers.generated_tokens(recount, "", cut_at=None) == 0
