@@ -193,6 +193,17 @@ def wait_idle(page, timeout: float = ANSWER_TIMEOUT) -> None:
     page.wait_for_selector("#stop-button", state="detached", timeout=timeout * 1000)
 
 
+def ask_and_wait_for_words(page, question: str):
+    """Send ``question`` and return the answer's element once a few words of it have streamed in
+    (a Medical Q&A answer runs up to 256 new tokens: still streaming after this)."""
+    send(page, question)
+    answer = answers(page).first
+    answer.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
+                           ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    return answer
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -307,22 +318,10 @@ def test_closing_the_page_stops_its_answer(server, browser):
     open_app(page, server)
     wait_model_ready(page, server)
     choose_profile(page, "Medical Q&A")
-    send(page, "What causes glaucoma? (page closed)")  # up to 256 new tokens
-    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
-    page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
-                           ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    ask_and_wait_for_words(page, "What causes glaucoma? (page closed)")
     page.context.close()
-    deadline = time.monotonic() + RECONNECT_GRACE_S + 15
-    while True:  # the answer ends as stopped, once the page has not come back, in its thread
-        with sqlite3.connect(server.database) as db:
-            found = db.execute(
-                'SELECT "output" FROM steps WHERE "type" = ? AND "threadId" = '
-                '(SELECT "threadId" FROM steps WHERE "output" LIKE ?)',
-                ("assistant_message", "%(page closed)%")).fetchall()
-        if any("stopped by you" in o for (o,) in found) or time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
-    assert any("stopped by you" in o for (o,) in found), found
+    # the answer ends as stopped, once the page has not come back, in its thread
+    stored_answer(server.database, "stopped by you", RECONNECT_GRACE_S + 15, thread_of="%(page closed)%")
 
 
 def test_an_answer_goes_on_when_its_page_reconnects_after_a_blip(server, browser):
@@ -333,10 +332,7 @@ def test_an_answer_goes_on_when_its_page_reconnects_after_a_blip(server, browser
     open_app(page, server)
     wait_model_ready(page, server)
     choose_profile(page, "Medical Q&A")
-    send(page, "What causes glaucoma? (blip)")  # up to 256 new tokens
-    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
-    page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
-                           ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    ask_and_wait_for_words(page, "What causes glaucoma? (blip)")
     page.evaluate("window.__sockets.filter(s => s.readyState === 1).forEach(s => s.close())")
     page.wait_for_function("window.__sockets.filter(s => s.readyState === 1).length > 0")  # reconnected
     page.wait_for_selector("#stop-button")  # the answer goes on, and can still be stopped
@@ -419,11 +415,7 @@ def test_stop_keeps_the_partial_answer_in_the_chat_and_the_history(server, brows
     page.click("#chat-settings-open-modal")
     page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
     page.get_by_role("button", name="Confirm").click()
-    send(page, "What are the symptoms of glaucoma?")  # up to 256 new tokens: still streaming when stopped
-    message = answers(page).first
-    message.wait_for(timeout=ANSWER_TIMEOUT * 1000)
-    page.wait_for_function("() => document.querySelector('[data-step-type=assistant_message]')"
-                           ".innerText.split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    message = ask_and_wait_for_words(page, "What are the symptoms of glaucoma?")  # still streaming when stopped
     page.click("#stop-button")
     wait_idle(page)
     page.wait_for_selector("text=/stopped by you/")
