@@ -525,24 +525,16 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
     seconds = time.perf_counter() - started
     header, rows = handlers.batch_rows(profile.task, upload.texts, results, spec.labels, spec.fields)
     stem = Path(name).stem or "upload"
+    # one table (the message's preview) and the CSV: Chainlit's cl.Dataframe repeated the preview in
+    # another format, and its pager, one link per 10 rows, pushed Previous/Next off the page past
+    # about 250 rows
     elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows),
                         mime="text/csv", display="inline")]
-    table = _dataframe(header, rows)
-    if table is not None:
-        elements.append(table)
     content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds)
     if profile.task == "extract":
         content += "\n\n" + handlers.NOT_CLINICAL
     await progress.remove()
     await cl.Message(content=content, elements=elements).send()
-
-
-def _dataframe(header, rows):
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas comes with datasets
-        return None
-    return cl.Dataframe(data=pd.DataFrame(rows, columns=header), name="results table", display="inline")
 
 
 async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | None = None) -> None:

@@ -30,7 +30,7 @@ TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report"
 UPLOAD_SUFFIXES = (".txt", ".csv")
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
                          "not. Send it on its own to run it.")
-PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV and the table hold all of them
+PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV holds all of them
 
 
 # --- profiles ------------------------------------------------------------------------------------
@@ -478,7 +478,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                     "✅" if r[-3] and not r[-2] else ("⚠️" if r[-3] else "❌")] for i, r in enumerate(shown)]
         parts.append(table(["#", "text", *fields, "ok"], md_rows))
     if len(rows) > PREVIEW_ROWS:
-        parts.append(f"First {PREVIEW_ROWS} rows shown; the table and the CSV below hold all {len(rows):,}.")
+        parts.append(f"First {PREVIEW_ROWS} rows shown; the CSV below holds all {len(rows):,}.")
     parts.extend(f"ℹ️ {note}" for note in upload.notes)
     truncated = sum(1 for r in rows if r[-1])
     if truncated:
