@@ -136,7 +136,7 @@ def _widget(item: handlers.Setting, value):
     if item.kind == "select":
         common.pop("initial")
         return Select(**common, values=list(item.values), initial_value=value)
-    return TextInput(**common, multiline=True, placeholder="empty: the default above")
+    return TextInput(**common, multiline=True, placeholder="empty: the profile's default")
 
 
 def _settings() -> handlers.Settings:
@@ -152,17 +152,25 @@ async def _setup_session(restored: dict | None = None) -> None:
     await cl.context.emitter.set_commands([
         {"id": name, "icon": icon, "description": f"Compare base / few-shot / fine-tuned on `{name}`",
          "button": True, "persistent": False}
-        for name, icon in (("spam", "shield-alert"), ("medquad", "stethoscope"), ("oncology", "microscope"))
+        for name, (icon, _emoji) in handlers.COMMAND_ICONS.items()
     ] if profile.task == "compare" else [])
     await _show_status(profile)
     if HOLDER.state == "loading":
         asyncio.create_task(_announce_when_ready(profile))
 
 
+def _on_phone() -> bool:
+    return handlers.is_phone(cl.context.session.environ.get("HTTP_USER_AGENT"))
+
+
 async def _show_status(profile: handlers.Profile) -> None:
+    """The status panel; on a phone only to say that loading failed, since there Chainlit lays the
+    panel over three quarters of the chat (the toasts and the first answer say the rest)."""
+    if _on_phone() and HOLDER.state != "failed":
+        return
     runtime = HOLDER.runtime
     loaded = runtime.backend.adapter_names() if runtime else []
-    content = handlers.status_markdown(HOLDER.state, HOLDER.elapsed(), HOLDER.load_seconds, HOLDER.error,
+    content = handlers.status_markdown(HOLDER.state, HOLDER.load_seconds, HOLDER.error,
                                        SPECS, loaded, BASE_MODEL, profile)
     try:
         await cl.ElementSidebar.set_elements([cl.Text(name="status", content=content)], key=uuid.uuid4().hex)
@@ -178,7 +186,7 @@ async def _announce_when_ready(profile: handlers.Profile) -> None:
         await cl.context.emitter.send_toast("Loading the model… the page works meanwhile.", "info")
         while HOLDER.state == "loading":
             await asyncio.to_thread(HOLDER.wait, 5)
-            await _show_status(profile)
+        await _show_status(profile)
         if HOLDER.state == "ready":
             await cl.context.emitter.send_toast(f"Model ready ({HOLDER.load_seconds:.0f} s).", "success")
         else:

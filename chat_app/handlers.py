@@ -62,6 +62,12 @@ ONCOLOGY_EXAMPLE_2 = ("Follow-up note: 66-year-old man with metastatic colorecta
 SPAM_EXAMPLE = "URGENT! You have won a £1,000 cash prize. Call 09061234567 now to claim. T&Cs apply."
 HAM_EXAMPLE = "Hey, are we still on for dinner at 7? I can pick you up on the way."
 
+COMPARE_ADAPTERS = ("spam", "medquad", "oncology")
+# Compare's command buttons: the lucide icon Chainlit draws for each, and the emoji like it that text
+# naming the buttons shows beside the name, since a phone shows the icons alone
+COMMAND_ICONS = {"spam": ("shield-alert", "🛡️"), "medquad": ("stethoscope", "🩺"), "oncology": ("microscope", "🔬")}
+COMMAND_BUTTONS = ", ".join(f"{COMMAND_ICONS[name][1]} {name}" for name in COMPARE_ADAPTERS)
+
 PROFILES: tuple[Profile, ...] = (
     Profile("Chat", "chat", None,
             "Talk to the plain base model (SmolLM2-135M-Instruct), no adapter. Settings change the "
@@ -91,13 +97,12 @@ PROFILES: tuple[Profile, ...] = (
              Starter("Colorectal follow-up", ONCOLOGY_EXAMPLE_2))),
     Profile("Compare", "compare", None,
             "The same input through the base model, the few-shot prompt and the fine-tuned adapter, "
-            "side by side with latency and token counts. Pick the adapter with the command buttons "
-            "(spam, medquad, oncology) under the message box; it stays picked for the next messages.",
+            "side by side with latency and token counts. Pick the adapter with the buttons under the "
+            f"message box ({COMMAND_BUTTONS}); it stays picked for the next messages.",
             (Starter("Spam: three ways", SPAM_EXAMPLE, "spam"),
              Starter("Medical: three ways", "What is glaucoma?", "medquad"),
              Starter("Oncology: three ways", ONCOLOGY_EXAMPLE, "oncology"))),
 )
-COMPARE_ADAPTERS = ("spam", "medquad", "oncology")
 
 
 def profile_named(name: str | None) -> Profile:
@@ -544,8 +549,8 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
     intro = f"### Compare · `{spec.name}` ({spec.task})"
     parts = [intro, table(header, rows)]
     if chosen_by:
-        parts.insert(1, f"*`{spec.name}`: {chosen_by} (pick spam, medquad or oncology below the input "
-                        "to compare another adapter).*")
+        parts.insert(1, f"*`{spec.name}`: {chosen_by} (to compare another adapter, pick it with the buttons "
+                        f"under the message box: {COMMAND_BUTTONS}).*")
     if spec.task == "extract" and any("≠" in r[0] for r in rows):
         parts.append("≠ marks fields where the variants disagree (shown in bold).")
     if spec.task == "extract" and any(COMPARE_SUPPORT["none"] in c or COMPARE_SUPPORT["some"] in c
@@ -673,7 +678,7 @@ def settings_for(profile: Profile, spec: AdapterSpec | None, trained: bool) -> l
                              "Longest answer, in tokens (extraction and compare use it too).", 16, 1024, 16))
     if profile.task == "compare":
         items.append(Setting("select", "compare_adapter", "Adapter to compare", "spam",
-                             "Used until a command (spam / medquad / oncology) is picked.",
+                             f"Used until a button under the message box ({COMMAND_BUTTONS}) is picked.",
                              values=COMPARE_ADAPTERS))
     if profile.task in ("classify", "generate", "extract"):
         items.append(Setting("switch", "use_base", "Use the base model (adapter off)", not trained,
@@ -718,16 +723,23 @@ def read_settings(raw: dict | None, items: Sequence[Setting]) -> Settings:
     )
 
 
-def status_markdown(state: str, elapsed: float, load_seconds: float | None, error: str | None,
+def is_phone(user_agent: str | None) -> bool:
+    """Whether a browser says it is a phone ("Mobi" in its user agent, as MDN advises; tablets say
+    no): there Chainlit shows the status panel over the chat rather than beside it."""
+    return "Mobi" in (user_agent or "")
+
+
+def status_markdown(state: str, load_seconds: float | None, error: str | None,
                     specs: dict, loaded: Sequence[str], base_model: str, profile: Profile) -> str:
-    """The status panel beside the chat: model state, adapters, the profile's notices."""
+    """The status panel beside the chat: model state, adapters, the profile's notices. Sent when a
+    chat opens and when loading ends, not in between: each sending reopens a panel the user closed."""
     if state == "ready":
         model = f"✅ **Model ready** (`{base_model}`, loaded in {load_seconds or 0:.0f} s)"
     elif state == "failed":
         model = load_failed_message(error or "unknown error")
     else:
-        model = (f"⏳ **Loading the model…** {elapsed:.0f} s so far (the first start converts the embedded "
-                 "model, about 30 s). You can type already.")
+        model = ("⏳ **Loading the model…** (the first start converts the embedded model, about 30 s; "
+                 "this panel changes when it is ready). You can type already: your first message waits for it.")
     lines = [model, ""]
     for name, spec in specs.items():
         trained = name in loaded if state == "ready" else spec.has_weights

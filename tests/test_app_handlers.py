@@ -379,7 +379,8 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| tokens | 90 in | — | 90 in |" in md and "no few-shot examples yet" in md
     assert "last command" not in md  # picked with this message: nothing to explain
     again = handlers.compare_markdown(specs["spam"], "x", outcomes, "the last command picked")
-    assert "*`spam`: the last command picked (pick spam, medquad or oncology below" in again
+    assert "*`spam`: the last command picked (to compare another adapter, pick it with the buttons" in again
+    assert "🛡️ spam, 🩺 medquad, 🔬 oncology" in again  # a phone shows the buttons' icons without names
     onc = [handlers.Outcome("base", extraction(stage="IV"), 1.0, 100, 20),
            handlers.Outcome("few-shot (k=3)", extraction(stage="IV"), 1.0, 300, 20),
            handlers.Outcome("fine-tuned", extraction(stage="IIIA", repaired=True), 1.0, 100, 20)]
@@ -452,17 +453,31 @@ def test_rendered_prompt_and_its_token_count_come_from_the_runtime(tiny_base, ca
 
 def test_status_panel_shows_loading_then_adapters_and_notices(catalog):
     specs = load_catalog(catalog)
-    loading = handlers.status_markdown("loading", 12.3, None, None, specs, [], "base", handlers.profile_named("Chat"))
-    assert "Loading the model" in loading and "12 s" in loading
-    ready = handlers.status_markdown("ready", 20, 7.0, None, specs, [], "base", handlers.profile_named("Medical Q&A"))
-    assert "Model ready" in ready and ready.count("not trained yet") == 3 and "Not medical advice" in ready
-    failed = handlers.status_markdown("failed", 1, 1, "OSError: gone", specs, [], "b", handlers.profile_named("Chat"))
+    loading = handlers.status_markdown("loading", None, None, specs, [], "base", handlers.profile_named("Chat"))
+    assert "Loading the model" in loading and "changes when it is ready" in loading
+    assert " s so far" not in loading  # the panel is not refreshed while loading: no counter to go stale
+    ready = handlers.status_markdown("ready", 7.0, None, specs, [], "base", handlers.profile_named("Medical Q&A"))
+    assert "Model ready" in ready and "7 s" in ready and ready.count("not trained yet") == 3
+    assert "Not medical advice" in ready
+    failed = handlers.status_markdown("failed", 1, "OSError: gone", specs, [], "b", handlers.profile_named("Chat"))
     assert "could not be loaded" in failed and "OSError: gone" in failed
-    compare = handlers.status_markdown("ready", 2, 1, None, specs, [], "b", handlers.profile_named("Compare"))
-    oncology = handlers.status_markdown("ready", 2, 1, None, specs, [], "b",
+    compare = handlers.status_markdown("ready", 1, None, specs, [], "b", handlers.profile_named("Compare"))
+    oncology = handlers.status_markdown("ready", 1, None, specs, [], "b",
                                         handlers.profile_named("Oncology extraction"))
     assert "Not for clinical decisions" in compare and "synthetic narratives" not in compare
     assert "synthetic narratives" in oncology
+
+
+def test_phones_are_told_from_tablets_and_desktops_by_their_user_agent():
+    iphone = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+              "Version/17.0 Mobile/15E148 Safari/604.1")
+    android_phone = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+                     "Chrome/120.0 Mobile Safari/537.36")
+    android_tablet = ("Mozilla/5.0 (Linux; Android 14; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) "
+                      "Chrome/120.0 Safari/537.36")
+    desktop = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0 Safari/537.36"
+    assert handlers.is_phone(iphone) and handlers.is_phone(android_phone)
+    assert not any(handlers.is_phone(ua) for ua in (android_tablet, desktop, "", None))
 
 
 def test_history_keeps_turns_and_is_rebuilt_from_a_saved_thread():
