@@ -90,6 +90,7 @@ class Backend(Protocol):
 _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)
 PREFIX_CACHE_ENTRIES = 8  # (adapter, prompt prefix) key/value caches kept for scoring
 MIN_CACHED_PREFIX = 8  # tokens; a shorter shared prefix is recomputed with each row
+STOP_WAIT_S = 30.0  # longest a closed stream waits for its generation to stop (one token; a long prefill on a CPU)
 
 
 def recorded_base(adapter_dir: Path) -> str | None:
@@ -563,6 +564,10 @@ class LocalBackend:
                 raise failure[0]
         finally:
             cancelled.set()
+            # the worker stops at its next token; wait for it, so that nothing of this generation runs
+            # on after the caller has gone (Ctrl-C in `predict` exited under a running generate:
+            # "terminate called without an active exception", status 134)
+            worker.join(timeout=STOP_WAIT_S)
 
 
 def shared_prefix_length(prefix_ids: list[int], prompts: list[list[int]]) -> int:

@@ -189,6 +189,8 @@ def test_closing_a_stream_early_frees_the_model(tiny_base, catalog):
     stream = iter(rt.generate(None, [{"role": "user", "content": "hello"}], max_new_tokens=200))
     next(stream)
     stream.close()
+    # nothing of it runs on once closed (a Ctrl-C in `predict` exited under a running generate: abort)
+    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
     # the next request must not wait for the abandoned 200-token generation to hold the lock forever
     assert rt.classify("spam", ["hello"], base=True)[0].label in ("ham", "spam")
 
