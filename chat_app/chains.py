@@ -289,10 +289,12 @@ async def _iterate_in_thread(iterator: Iterator[str]) -> AsyncIterator[str]:
                 return
             yield piece
     finally:
+        # closed in a worker thread too: closing waits for the model to stop at its next token, or
+        # for the model lock, which another request may hold, and the event loop serves every page
         if pending is not None and not pending.done():
-            pending.add_done_callback(lambda _: _close(iterator))
+            pending.add_done_callback(lambda _: loop.run_in_executor(None, _close, iterator))
         else:
-            _close(iterator)
+            loop.run_in_executor(None, _close, iterator)
 
 
 def _close(iterator) -> None:
