@@ -322,7 +322,9 @@ def test_the_spam_threshold_is_tuned_on_validation_and_used_by_the_runtime(train
     (trained / "threshold.json").write_text(json.dumps(stored))
 
 
-def test_new_weights_drop_the_threshold_tuned_for_the_old_ones(trained, tiny_base, tmp_path):
+def test_new_weights_drop_the_threshold_metrics_and_card_numbers_of_the_old_ones(trained, tiny_base, tmp_path):
+    """`train --no-eval` (or an evaluation that never finished) must not leave the replaced weights'
+    metrics.json, plots and card beside new weights, where the app's page and `results` read them."""
     import shutil
 
     from peft import PeftModel
@@ -332,11 +334,16 @@ def test_new_weights_drop_the_threshold_tuned_for_the_old_ones(trained, tiny_bas
 
     out = tmp_path / "spam"
     shutil.copytree(trained, out)
-    assert (out / "threshold.json").is_file()
+    assert all((out / name).is_file() for name in ("threshold.json", "metrics.json", "confusion.png"))
+    assert "| accuracy |" in (out / "README.md").read_text()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
     result = train_module.TrainResult(**json.loads((trained / "train_result.json").read_text()))
     train_module.write_adapter(model, load_catalog(trained.parent)["spam"], out, str(tiny_base), [], result)
-    assert not (out / "threshold.json").exists() and (out / "adapter_model.safetensors").is_file()
+    assert (out / "adapter_model.safetensors").is_file()
+    assert not any((out / name).exists() for name in ("threshold.json", "metrics.json", "confusion.png"))
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "library_name: peft" in card
+    assert "**Not evaluated yet.**" in card and f"({result.steps} steps" in card and "| accuracy |" not in card
 
 
 def test_eval_measures_without_losing_what_the_catalogue_holds(trained, tiny_base, tmp_path, capsys):

@@ -109,6 +109,68 @@ def _extract_text(spec: AdapterSpec) -> str:
             "*micro_field_token_f1* is the lenient word-overlap F1 of the same values, for reading the errors.")
 
 
+# what an evaluation writes about the weights it measured (besides the card): new weights make them
+# describe an adapter that is gone
+EVALUATION_FILES = ("metrics.json", "confusion.png", "metrics.png", "fields.png")
+
+
+def _base_id(spec: AdapterSpec, recorded: str | None = None) -> str:
+    base = KNOWN_BASES.get(recorded or spec.base_model)
+    return base.hub_id if base else (recorded or spec.base_model)
+
+
+def _front_matter(spec: AdapterSpec, base_id: str) -> list[str]:
+    return [
+        "---",
+        f"base_model: {base_id}",
+        "library_name: peft",
+        "pipeline_tag: text-generation",
+        "license: apache-2.0",
+        f"tags: [lora, peft, adapterlab, {spec.task}{', medical' if spec.name != 'spam' else ''}]",
+    ] + ([f"datasets: [{spec.data.hub_id}]"] if spec.data.hub_id else []) + ["---", ""]
+
+
+def _use_text(spec: AdapterSpec, base_name: str) -> str:
+    return f"""```bash
+adapterlab predict {spec.name} --input in.jsonl --output out.jsonl
+```
+
+```python
+from adapters import Runtime                  # the runtime the app and evaluation use
+rt = Runtime.local(only=["{spec.name}"])
+
+from adapters.base_models import load_base    # or plain PEFT, on the base these weights were trained on
+from peft import PeftModel
+base_model, tokenizer = load_base("{base_name}")
+model = PeftModel.from_pretrained(base_model, "adapters/{spec.name}")
+```"""
+
+
+def unevaluated_card_text(spec: AdapterSpec, train_result: dict) -> str:
+    """The card of weights no evaluation has measured yet (``train --no-eval``, or an evaluation
+    that did not finish): what was trained, and no numbers that belong to other weights."""
+    body = f"""# {spec.title} — LoRA adapter for {_base_id(spec, train_result.get('base_model'))}
+
+{spec.description}
+
+**Not evaluated yet.** These weights were trained ({train_result.get('steps', '—')} steps on
+{train_result.get('device', '—')}, best validation loss {_fmt(train_result.get('best_eval_loss'))}) and not
+measured since: `adapterlab eval {spec.name}` measures them on the held-out test split and writes this
+card with base, few-shot and fine-tuned results.
+
+## Use
+
+{_use_text(spec, train_result.get('base_model') or spec.base_model)}
+
+## Intended use and limitations
+
+A teaching and demonstration adapter for a 135M-parameter model. It can be wrong with high confidence.
+**Not for clinical decisions**, diagnosis or treatment; not medical advice.
+{spec.limitations}
+"""
+    return "\n".join(_front_matter(spec, _base_id(spec, train_result.get("base_model")))) + body
+
+
 def write_card(spec: AdapterSpec, metrics: dict, out_dir: Path) -> None:
     """Write ``README.md`` for the adapter into ``out_dir`` (atomically)."""
     write_text_atomic(out_dir / "README.md", card_text(spec, metrics, out_dir))
@@ -127,8 +189,7 @@ def _decoding_text(spec: AdapterSpec) -> str:
 def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     """The model card of the adapter from its spec and measured metrics; it shows the plots that
     ``out_dir`` holds."""
-    base = KNOWN_BASES.get(metrics.get("base_model", spec.base_model))
-    base_id = base.hub_id if base else metrics.get("base_model", spec.base_model)
+    base_id = _base_id(spec, metrics.get("base_model"))
     variants = metrics["variants"]
     shown = [v for v in ("base", "few_shot", "fine_tuned") if "skipped" not in variants.get(v, {"skipped": 1})]
     names = {"base": "base", "few_shot": f"few-shot (k={metrics.get('few_shot_k')})", "fine_tuned": "fine-tuned"}
@@ -177,7 +238,7 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 
 ## Data
 
-- Source: `{data_source}` (local copy `{spec.data.local_path}` when present){_read_from(split)}
+- Source: `{data_source}`{'' if data_source == spec.data.local_path else f" (local copy `{spec.data.local_path}` when present)"}{_read_from(split)}
 - Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}
 - Details: `{json.dumps({k: v for k, v in split.items() if k not in ('train', 'validation', 'test', 'source', 'source_sha256')}, default=str)[:600]}`
 
@@ -201,14 +262,7 @@ User template: `{spec.prompt.user_template}`{_decoding_text(spec)}
 
 ## Use
 
-```bash
-adapterlab predict {spec.name} --input in.jsonl --output out.jsonl
-```
-
-```python
-from peft import PeftModel
-model = PeftModel.from_pretrained(base_model, "adapters/{spec.name}")
-```
+{_use_text(spec, metrics.get("base_model") or spec.base_model)}
 
 ## Reproduce
 
@@ -226,4 +280,4 @@ A teaching and demonstration adapter for a 135M-parameter model. It can be wrong
 **Not for clinical decisions**, diagnosis or treatment; not medical advice.
 {spec.limitations}
 """
-    return "\n".join(front) + body
+    return "\n".join(_front_matter(spec, base_id)) + body

@@ -29,9 +29,11 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback
 
 from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_attention
+from adapters.files import write_text_atomic
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
+from training.card import EVALUATION_FILES, unevaluated_card_text
 from training.fused_lora import fuse_lora_projections
 from training.packed_attention import use_packed_attention
 
@@ -416,8 +418,12 @@ def write_adapter(model, spec: AdapterSpec, out: Path, base_name: str, log_histo
     write_training_log(staging / "training_log.csv", log_history)
     plot_loss(staging / "loss.png", log_history, spec.name)
     (staging / "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    # a decision threshold was tuned for the weights being replaced: the next evaluation tunes anew
-    (out / THRESHOLD_FILE).unlink(missing_ok=True)
+    # a decision threshold, the metrics, their plots and the card's numbers measured the weights being
+    # replaced: gone before the new weights land (a kill in between leaves old weights unmeasured,
+    # never new ones with old numbers); the next evaluation writes them anew
+    for name in (THRESHOLD_FILE, *EVALUATION_FILES):
+        (out / name).unlink(missing_ok=True)
+    write_text_atomic(out / "README.md", unevaluated_card_text(spec, asdict(result)))
     for name in ("adapter_model.safetensors", "training_log.csv", "loss.png", "train_result.json",
                  "adapter_config.json"):
         os.replace(staging / name, out / name)
