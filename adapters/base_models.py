@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import give_default_modes
+
 DEFAULT_BASE = "smollm2-135m-instruct"
 
 # On CPUs with AVX512-BF16, importing bitsandbytes warns that it could not fetch an optional 4-bit CPU
@@ -207,6 +209,7 @@ def _convert_gguf(info: BaseModelInfo, target: Path, progress: bool) -> None:
     (tmp / MARKER_FILE).write_text(json.dumps(
         {"name": info.name, "hub_id": info.hub_id, "source": info.pip_requirement,
          "gguf_sha256": actual}, indent=2))
+    give_default_modes(tmp)
     os.replace(tmp, target)  # atomic: the folder appears complete or not at all
     steps.update()
     steps.close()

@@ -19,7 +19,7 @@ from .backends import BaseMismatchError
 from .base_models import DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, materialize, materialized_path
 from .catalog import CATALOG_DIR, get_spec, load_catalog
 from .files import write_lines_atomic
-from .runtime import AdapterNotTrainedError, InputError, Runtime
+from .runtime import AdapterNotTrainedError, InputError, Runtime, train_command
 from .spec import SpecError
 
 EXPECTED_ERRORS = (SpecError, InputError, AdapterNotTrainedError, BaseMismatchError,
@@ -87,7 +87,7 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
                          help="JSONL written atomically (- writes standard output)")
     predict.add_argument("--base", action="store_true",
                          help="same prompt with adapters disabled (the base model)")
-    predict.add_argument("--batch-size", type=positive_int, default=16)
+    predict.add_argument("--batch-size", type=positive_int, default=16, help="texts per model call (default: 16)")
     predict.add_argument("--base-model", default=None,
                          help="base model name, Hub id or folder (default: the spec's)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -150,7 +150,7 @@ def cmd_models(args) -> int:
 
 def cmd_adapters(args) -> int:
     for name, spec in load_catalog(args.catalog).items():
-        state = "trained" if spec.has_weights else f"not trained (adapterlab train {name})"
+        state = "trained" if spec.has_weights else f"not trained ({train_command(spec)})"
         print(f"{name:10} {spec.task:9} {spec.title} — {state}")
     return 0
 
@@ -165,9 +165,7 @@ def cmd_predict(args) -> int:
     specs = load_catalog(args.catalog)
     spec = get_spec(specs, args.adapter)
     if not args.base and not spec.has_weights:
-        raise AdapterNotTrainedError(
-            f"adapter {spec.name!r} has no trained weights in {spec.directory}: train it with "
-            f"`adapterlab train {spec.name}`, or run the base model with --base")
+        raise AdapterNotTrainedError.of(spec)
     rows = read_jsonl_texts(args.input, reserved=PREDICTION_KEYS[spec.task])
     check_output_path(args.output)
     options = LoadOptions(dtype=args.dtype, device=args.device, load_in_4bit=args.load_in_4bit)

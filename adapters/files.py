@@ -31,6 +31,16 @@ def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
     return path
 
 
+def give_default_modes(folder: str | Path) -> None:
+    """Give the files in ``folder`` the permissions a new file gets (0666 less the umask):
+    safetensors writes its files private (0600), which locks out the other users of a shared
+    adapter catalogue or model cache."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).iterdir():
+        if path.is_file():
+            os.chmod(path, mode)
+
+
 def _mode_for(path: Path) -> int:
     """The permissions a file written at ``path`` gets: those of the file it replaces, else what
     ``open()`` would give a new file (0666 less the umask)."""

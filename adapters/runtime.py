@@ -35,6 +35,19 @@ class InputError(ValueError):
 class AdapterNotTrainedError(RuntimeError):
     """The adapter has a spec but no weights yet; the message says how to train it."""
 
+    @classmethod
+    def of(cls, spec: AdapterSpec) -> "AdapterNotTrainedError":
+        return cls(f"adapter {spec.name!r} has no trained weights in {spec.directory}: train it with "
+                   f"`{train_command(spec)}`, or run the base model with --base")
+
+
+def train_command(spec: AdapterSpec) -> str:
+    """The command that trains ``spec``'s adapter in its own catalogue."""
+    catalog = spec.directory.parent
+    if catalog.resolve() == Path(CATALOG_DIR).resolve():
+        return f"adapterlab train {spec.name}"
+    return f"adapterlab train {spec.name} --catalog {catalog}"
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -234,9 +247,7 @@ class Runtime:
         if base:
             return None
         if spec.name not in self.backend.adapter_names():
-            raise AdapterNotTrainedError(
-                f"adapter {spec.name!r} has no trained weights in {spec.directory}: train it with "
-                f"`adapterlab train {spec.name}`, or run the base model with --base")
+            raise AdapterNotTrainedError.of(spec)
         return spec.name
 
     def _params(self, spec: AdapterSpec | None, temperature, top_p, max_new_tokens) -> GenerationParams:

@@ -15,8 +15,10 @@ PROJECT_ROOT = APP.parent.parent  # holds .chainlit/config.toml, public/ and the
 
 def register(sub, bench_sub) -> None:
     serve = sub.add_parser("serve", help="start the web app (Chainlit) on the embedded default model")
-    serve.add_argument("--host", default=os.environ.get("CHAINLIT_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("CHAINLIT_PORT", "8000")))
+    serve.add_argument("--host", default=os.environ.get("CHAINLIT_HOST", "127.0.0.1"),
+                       help="address to listen on (default: %(default)s; env CHAINLIT_HOST)")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("CHAINLIT_PORT", "8000")),
+                       help="port (default: %(default)s; env CHAINLIT_PORT)")
     serve.add_argument("--open", action="store_true", help="open a browser tab")
     serve.add_argument("--base-model", default=None, help="base model name, Hub id or folder "
                                                           "(default: the catalogue's; env ADAPTERLAB_BASE_MODEL)")

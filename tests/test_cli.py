@@ -147,10 +147,10 @@ def test_output_is_utf8_text_not_ascii_escapes(cli, tmp_path):
 
 # --- refusals ----------------------------------------------------------------------------------
 
-def test_an_untrained_adapter_without_base_says_how_to_train_it(cli, tmp_path):
+def test_an_untrained_adapter_without_base_says_how_to_train_it(cli, catalog, tmp_path):
     inp, out = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}]), tmp_path / "o.jsonl"
     assert_refused(cli("predict", "spam", "--input", inp, "--output", out),
-                   "adapterlab train spam", "--base")
+                   f"adapterlab train spam --catalog {catalog}", "--base")  # in the catalogue it was asked for
     assert not out.exists()
 
 
@@ -354,7 +354,7 @@ def test_a_broken_spec_in_the_catalogue_is_one_line_naming_file_and_field(cli, c
 
 # --- listing -----------------------------------------------------------------------------------
 
-def test_adapters_lists_the_catalogue_as_not_trained(cli):
+def test_adapters_lists_the_catalogue_as_not_trained(cli, catalog):
     status, out, _ = cli("adapters")
     assert status == 0
     lines = out.splitlines()
@@ -362,7 +362,7 @@ def test_adapters_lists_the_catalogue_as_not_trained(cli):
     for line, task in zip(lines, ("generate", "extract", "classify")):
         name = line.split()[0]
         assert line.split()[1] == task
-        assert line.endswith(f"not trained (adapterlab train {name})")
+        assert line.endswith(f"not trained (adapterlab train {name} --catalog {catalog})")
 
 
 def test_adapters_shows_a_trained_adapter_as_trained(cli, catalog):

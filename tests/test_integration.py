@@ -79,6 +79,11 @@ def test_a_conversion_killed_half_way_is_redone_cleanly(tmp_path):
     assert done.returncode == 0, done.stderr
     target = models / EMBEDDED.name
     assert (target / MARKER_FILE).is_file() and not list(models.glob(".*.tmp-*"))
+    # readable by the other users of a shared cache, as any new file (safetensors writes them 0600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in target.iterdir()} == {
+        f.name: 0o666 & ~umask for f in target.iterdir()}
     check = subprocess.run(
         [sys.executable, "-c", "from adapters import Runtime; rt = Runtime.local(progress=False); "
          "print(rt.generate(None, [{'role': 'user', 'content': 'What is the capital of France?'}], "

@@ -80,6 +80,10 @@ def test_ten_steps_write_a_standard_peft_adapter_with_its_log_and_plot(trained, 
     assert result["compiled_layers"] is False  # the spec says compile: true, which a CPU run leaves eager
     log = (trained / "training_log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,loss") and len(log) > 1
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # readable by the other users of a shared catalogue, as any new file (safetensors writes them 0600)
+    assert (trained / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), trained)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]

@@ -29,7 +29,7 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback
 
 from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_attention
-from adapters.files import write_text_atomic
+from adapters.files import give_default_modes, write_text_atomic
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
@@ -415,6 +415,7 @@ def write_adapter(model, spec: AdapterSpec, out: Path, base_name: str, log_histo
     # bf16 halves the size of the shipped weights; PEFT casts them to the base's dtype on load
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(weights)).items()},
               str(weights), metadata={"format": "pt"})
+    give_default_modes(staging)
     write_training_log(staging / "training_log.csv", log_history)
     plot_loss(staging / "loss.png", log_history, spec.name)
     (staging / "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
