@@ -50,6 +50,7 @@ class _ExpectedChainlitWarnings(logging.Filter):
 
 
 logging.getLogger("chainlit").addFilter(_ExpectedChainlitWarnings())
+chains.quiet_abandoned_langchain_generators()
 
 CONFIG = load_config(app_root=chainlit_config.root)
 SPECS = load_catalog(CONFIG.catalog)

@@ -17,7 +17,9 @@ Every chain takes a dict and returns plain data (dicts, strings), so the steps d
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -272,6 +274,32 @@ async def stream_pieces(chain: Runnable, inputs: dict, config: dict | None,
         if not task.done():
             task.cancel()
             await asyncio.wait([task])
+
+
+def quiet_abandoned_langchain_generators() -> None:
+    """Route one known message of LangChain's streaming to a debug log line, leaving every other
+    unraisable exception to Python's hook.
+
+    A stopped answer's run ends in its task (``stream_pieces``), but the nested async generators a
+    LangChain stream is made of that were waiting at a ``yield`` are closed later, by the
+    interpreter's finalizer; under load one of them was seen (once in the browser suite, on a busy
+    2-core CI machine) to yield while closing, and Python printed "Exception ignored in:
+    <async_generator object Runnable._atransform_stream_with_config>: RuntimeError: async generator
+    ignored GeneratorExit" with a traceback into the server log. By then the answer has stopped and
+    its steps are marked stopped: nothing is lost but the log's readability.
+    """
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "ag_code", None)
+        if (isinstance(unraisable.exc_value, RuntimeError) and "ignored GeneratorExit" in str(unraisable.exc_value)
+                and code is not None and "langchain_core" in code.co_filename):
+            logging.getLogger("adapterlab.chat_app").debug("a stopped run's LangChain generator %s ignored "
+                                                          "GeneratorExit while being finalized", code.co_name)
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 async def _iterate_in_thread(iterator: Iterator[str]) -> AsyncIterator[str]:

@@ -745,3 +745,30 @@ def test_an_answer_cut_at_its_limit_reports_the_limit_not_its_text_counted_again
     assert handlers.generated_tokens(recount, "an answer", cut_at=32) == 32
     assert handlers.generated_tokens(recount, "an answer", cut_at=None) == 33  # ended by itself: counted
     assert handlers.generated_tokens(recount, "", cut_at=None) == 0
+
+
+def test_only_langchains_finalizer_message_is_kept_out_of_the_server_log(monkeypatch, caplog):
+    import sys
+    import types
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    chains.quiet_abandoned_langchain_generators()
+
+    async def ours():
+        yield 1
+
+    def unraisable(obj, exc):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None, object=obj)
+
+    # an async generator whose code lives in langchain_core, as Runnable._atransform_stream_with_config's does
+    langchain_generator = types.SimpleNamespace(ag_code=types.SimpleNamespace(
+        co_filename="/x/langchain_core/runnables/base.py", co_name="_atransform_stream_with_config"))
+    with caplog.at_level("DEBUG", logger="adapterlab.chat_app"):
+        sys.unraisablehook(unraisable(langchain_generator, RuntimeError("async generator ignored GeneratorExit")))
+    assert seen == [] and "ignored GeneratorExit while being finalized" in caplog.text
+    # the same message from other code, and other errors from LangChain, go to Python's own hook
+    generator = ours()
+    sys.unraisablehook(unraisable(generator, RuntimeError("async generator ignored GeneratorExit")))
+    sys.unraisablehook(unraisable(langchain_generator, ValueError("something else")))
+    assert len(seen) == 2
