@@ -55,6 +55,9 @@ class SplitSpec:
     validation: float = 0.1
     test: float = 0.1
     group_by: str | None = None
+    # inputs this similar (Jaccard of their 5-character pieces, digits masked) are one unit, kept in
+    # one split: templated spam that differs only in its phone number or prize is one message
+    near_duplicates: float | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,8 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     split = spec.data.split
     if not (0 <= split.validation < 1 and 0 < split.test < 1 and split.validation + split.test < 1):
         fail("data.split", "validation and test must be fractions that leave room for training")
+    if split.near_duplicates is not None and not 0 < split.near_duplicates <= 1:
+        fail("data.split.near_duplicates", f"a similarity in (0, 1], got {split.near_duplicates}")
 
 
 def _check_template(template: str, fail: typing.Callable[[str], typing.NoReturn]) -> None:

@@ -16,8 +16,8 @@ from adapters.catalog import CATALOG_DIR
 from adapters.spec import AdapterSpec, DataSpec, PromptSpec, SplitSpec, load_spec
 from training.data import (DATA_DIR_ENV, DataError, DataNotFoundError, Example, cap_words, data_candidates,
                            deduplicate, few_shot_examples, label_counts, load_examples, load_splits,
-                           normalise_text, oversample_minority, portable_source, read_medquad_csv,
-                           read_oncology_jsonl, read_sms_spam, split_examples)
+                           near_duplicate_pairs, normalise_text, oversample_minority, portable_source,
+                           read_medquad_csv, read_oncology_jsonl, read_sms_spam, split_examples)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -450,6 +450,34 @@ def real_splits():
             cache[name] = load_splits(load_spec(CATALOG_DIR / name), SHARED, hub=False)
         return cache[name]
     return get
+
+
+def test_near_duplicates_are_linked_by_their_pieces_with_numbers_masked():
+    texts = ["URGENT! Your mobile 07700 900123 won a £2000 prize. Call 09061790121 now",
+             "URGENT! Your mobile 07781 482378 won a £5000 prize. Call 09066364311 now",  # other numbers
+             "urgent!  your MOBILE 07781 482378 won a £5000 prize, call 09066364311 now",  # and case, spacing
+             "Are we still meeting for lunch today? I can bring the notes"]
+    assert near_duplicate_pairs(texts, 1.0) == [(0, 1)]  # the same but for the numbers
+    assert near_duplicate_pairs(texts, 0.7) == [(0, 1), (0, 2), (1, 2)]  # a comma for a full stop
+    assert near_duplicate_pairs(texts, 0.2) == [(0, 1), (0, 2), (1, 2)]  # the lunch note is nowhere near
+    assert near_duplicate_pairs(texts[:1], 0.5) == []
+
+
+def test_near_duplicates_set_in_the_spec_never_straddle_splits():
+    campaigns = ["WINNER! You won a {n} prize, call 0906{n} to claim", "Your {n} mobile statement shows unclaimed "
+                 "points, call 0871{n} now", "FREE entry to win {n} cash, text WIN to 8{n}"]
+    examples = [Example(c.format(n=100 + i * 37), "spam", f"s{k}-{i}") for k, c in enumerate(campaigns) for i in range(8)]
+    examples += [Example(f"see you at dinner {word}, bring the {thing}", "ham", f"h{word}{thing}")
+                 for word in ("soon", "later", "tonight", "then") for thing in ("notes", "keys", "wine", "book", "map")]
+    links = near_duplicate_pairs([e.input for e in examples], 0.5)
+    plain = split_examples(examples, validation=0.2, test=0.3, seed=3, stratify=True)
+    linked = split_examples(examples, validation=0.2, test=0.3, seed=3, stratify=True, links=links)
+
+    def splits_of(parts, campaign):
+        return {i for i, part in enumerate(parts) for e in part if e.group.startswith(f"s{campaign}-")}
+
+    assert any(len(splits_of(plain, k)) > 1 for k in range(3))  # by exact text alone, a campaign is spread
+    assert all(len(splits_of(linked, k)) == 1 for k in range(3))  # linked, each stays in one split
 
 
 def _no_overlap(splits, key):

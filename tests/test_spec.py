@@ -377,6 +377,12 @@ def test_split_fractions_must_leave_room_for_training(tmp_path):
     refused(write_spec(tmp_path, raw), "data.split")
 
 
+def test_near_duplicate_similarity_must_be_a_fraction(tmp_path):
+    raw = real_spec("spam")
+    raw["data"]["split"]["near_duplicates"] = 1.5
+    assert "(0, 1]" in refused(write_spec(tmp_path, raw), "data.split.near_duplicates")
+
+
 def test_a_bad_spec_in_the_catalogue_stops_the_whole_catalogue_naming_it(catalog):
     path = catalog / "spam" / "adapter.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("r: 16", "r: sixteen", 1), encoding="utf-8")

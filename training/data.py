@@ -20,7 +20,8 @@ Splitting (``load_splits``):
    example and the first is kept (for ``generate``, the question *and* the answer must be equal:
    MedQuAD has the same question answered by several sources);
 2. group: examples that share ``Example.group`` (the spec's ``split.group_by`` value, e.g. MedQuAD's
-   ``focus``; by default the normalised input) or a normalised input are one unit, and a unit is
+   ``focus``; by default the normalised input) or a normalised input are one unit, and so are near
+   duplicates when the spec's ``split.near_duplicates`` is set (``near_duplicate_pairs``); a unit is
    never cut, so neither a duplicate nor a topic straddles two splits;
 3. assign units: within each stratum (the label for ``classify``, so every split keeps the class
    share; one stratum otherwise) units are ordered by a SHA-256 of ``seed`` and the unit's key and cut
@@ -50,6 +51,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from adapters.base_models import sha256_of
 from adapters.spec import AdapterSpec
@@ -128,6 +131,7 @@ class SplitReport:
     group_by: str | None = None
     stratified: bool = False
     conflicting_duplicates: int = 0
+    near_duplicates: dict | None = None  # the similarity that linked near duplicates, and how many pairs
     format: str = ""
     adapter: str = ""
     task: str = ""
@@ -579,8 +583,40 @@ def deduplicate(examples: Sequence[Example], task: str) -> tuple[list[Example], 
     return list(first.values()), removed, conflicts
 
 
-def _units(examples: Sequence[Example]) -> list[list[int]]:
-    """Indices of examples that must stay together: linked by a shared group or normalised input."""
+SHINGLE = 5  # characters in the pieces near duplicates are compared by
+
+
+def shingle_text(text: str) -> str:
+    """What near duplicates are compared on: the normalised text with every number as "0"."""
+    return re.sub(r"\d+", "0", normalise_text(text))
+
+
+def near_duplicate_pairs(texts: Sequence[str], threshold: float, chunk: int = 256) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, of texts whose sets of 5-character pieces (``shingle_text``) have a
+    Jaccard similarity of at least ``threshold``. Exact, all pairs: a sparse product in chunks of
+    rows, about a second for the 4,447 SMS messages."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    if len(texts) < 2:
+        return []
+    vectorizer = CountVectorizer(analyzer="char", ngram_range=(SHINGLE, SHINGLE), binary=True, lowercase=False,
+                                 preprocessor=shingle_text, dtype=np.int32)
+    pieces = vectorizer.fit_transform(texts).tocsr()
+    sizes = np.asarray(pieces.sum(axis=1)).ravel()
+    pairs = []
+    for start in range(0, len(texts), chunk):
+        shared = (pieces[start:start + chunk] @ pieces.T).toarray()
+        union = sizes[start:start + chunk, None] + sizes[None, :] - shared
+        similar = shared >= threshold * np.maximum(union, 1)
+        for row, col in zip(*np.nonzero(similar)):
+            if start + row < col:
+                pairs.append((int(start + row), int(col)))
+    return pairs
+
+
+def _units(examples: Sequence[Example], links: Sequence[tuple[int, int]] = ()) -> list[list[int]]:
+    """Indices of examples that must stay together: linked by a shared group or normalised input,
+    or by ``links`` (pairs of indices, e.g. near duplicates)."""
     parent: dict[str, str] = {}
 
     def find(key: str) -> str:
@@ -594,6 +630,10 @@ def _units(examples: Sequence[Example]) -> list[list[int]]:
         a, b = find("g\x00" + example.group), find("i\x00" + normalise_text(example.input))
         if a != b:
             parent[a] = b
+    for i, j in links:
+        a, b = find("g\x00" + examples[i].group), find("g\x00" + examples[j].group)
+        if a != b:
+            parent[a] = b
     members: dict[str, list[int]] = defaultdict(list)
     for index, example in enumerate(examples):
         members[find("g\x00" + example.group)].append(index)
@@ -605,8 +645,10 @@ def _digest(*parts: Any) -> str:
 
 
 def split_examples(examples: Sequence[Example], *, validation: float, test: float, seed: int,
-                   stratify: bool = False) -> tuple[list[Example], list[Example], list[Example]]:
-    """(train, validation, test): whole units (see ``_units``) cut at the fractions, per stratum.
+                   stratify: bool = False, links: Sequence[tuple[int, int]] = ()
+                   ) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, validation, test): whole units (see ``_units``; ``links`` are pairs of indices kept
+    together too) cut at the fractions, per stratum.
 
     With ``stratify`` a unit's stratum is its (majority) target, so each split keeps the label
     shares. Within a stratum, units are ordered by SHA-256 of the seed and the unit's smallest group
@@ -616,7 +658,7 @@ def split_examples(examples: Sequence[Example], *, validation: float, test: floa
     if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
         raise ValueError(f"validation ({validation}) and test ({test}) must be fractions that leave room for training")
     strata: dict[str, list[list[int]]] = defaultdict(list)
-    for unit in _units(examples):
+    for unit in _units(examples, links):
         label = (Counter(str(examples[i].target) for i in unit).most_common(1)[0][0]) if stratify else ""
         strata[label].append(unit)
     chosen: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
@@ -738,8 +780,9 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
             capped_examples.append(dataclasses.replace(example, target=target))
         kept = capped_examples
     stratify = spec.task == "classify"
+    links = near_duplicate_pairs([ex.input for ex in kept], split.near_duplicates) if split.near_duplicates else []
     train, validation, test = split_examples(kept, validation=split.validation, test=split.test, seed=seed,
-                                             stratify=stratify)
+                                             stratify=stratify, links=links)
     oversampling = None
     if oversample:
         if spec.task != "classify":
@@ -754,7 +797,9 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
         seed=seed, source=loaded.source, format=loaded.format, adapter=spec.name, task=spec.task,
         fractions={"validation": split.validation, "test": split.test}, group_by=split.group_by,
         stratified=stratify, rows=loaded.rows, skipped=loaded.skipped, duplicates_removed=removed,
-        conflicting_duplicates=conflicts, examples=len(kept), groups=len(_units(kept)),
+        conflicting_duplicates=conflicts, examples=len(kept), groups=len(_units(kept, links)),
+        near_duplicates=({"jaccard": split.near_duplicates, "shingle": SHINGLE, "linked_pairs": len(links)}
+                         if split.near_duplicates else None),
         train=len(train), validation=len(validation), test=len(test),
         oversampling=oversampling, max_target_words=spec.data.max_target_words if spec.task == "generate" else None,
         targets_capped=capped, skipped_lines=loaded.skipped_lines, notes=notes,
