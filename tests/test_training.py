@@ -17,6 +17,7 @@ import pytest
 
 from adapters.catalog import load_catalog
 from adapters.cli import main
+from conftest import copy_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,14 +53,11 @@ def train_args(catalog: Path, base: Path, data: Path, runs: Path, *extra: str) -
 @pytest.fixture(scope="module")
 def trained(tiny_base, tmp_path_factory):
     """`adapterlab train spam` for 10 steps on the tiny model, evaluated on 8 test messages."""
-    import shutil
-
     from adapters.catalog import CATALOG_DIR
 
     root = tmp_path_factory.mktemp("trained")
     catalog = root / "catalog"
-    (catalog / "spam").mkdir(parents=True)
-    shutil.copy(CATALOG_DIR / "spam" / "adapter.yaml", catalog / "spam" / "adapter.yaml")
+    copy_spec(CATALOG_DIR / "spam" / "adapter.yaml", catalog / "spam")
     set_training(catalog, "spam", learning_rate="5.0e-3")
     data = write_sms_collection(root / "SMSSpamCollection")
     rc = main(train_args(catalog, tiny_base, data, root / "runs", "--max-steps", "10", "--eval-limit", "8"))

@@ -97,6 +97,14 @@ def _evaluated_on(metrics: dict) -> str:
     return f"\nEvaluated on {metrics['evaluated_on']}." if metrics.get("evaluated_on") else ""
 
 
+def _near_duplicates_text(split: dict) -> str:
+    near = split.get("near_duplicates")
+    if not near:
+        return ""
+    return (f"; near duplicates (Jaccard ≥ {near['jaccard']} of {near['shingle']}-character pieces, numbers "
+            f"masked: {near['linked_pairs']} pairs) kept in one split")
+
+
 def _compile_note(training: dict) -> str:
     return " (includes compiling the decoder layers)" if training.get("compiled_layers") else ""
 
@@ -239,7 +247,7 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 ## Data
 
 - Source: `{data_source}`{'' if data_source == spec.data.local_path else f" (local copy `{spec.data.local_path}` when present)"}{_read_from(split)}
-- Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}
+- Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}{_near_duplicates_text(split)}
 - Details: `{json.dumps({k: v for k, v in split.items() if k not in ('train', 'validation', 'test', 'source', 'source_sha256')}, default=str)[:600]}`
 
 ## Training
