@@ -19,7 +19,7 @@ from .backends import BaseMismatchError
 from .base_models import DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, materialize, materialized_path
 from .catalog import CATALOG_DIR, get_spec, load_catalog
 from .files import write_lines_atomic
-from .runtime import AdapterNotTrainedError, InputError, Runtime, train_command
+from .runtime import AdapterNotTrainedError, InputError, Runtime, read_threshold_record, train_command
 from .spec import SpecError
 
 EXPECTED_ERRORS = (SpecError, InputError, AdapterNotTrainedError, BaseMismatchError,
@@ -170,6 +170,11 @@ def cmd_predict(args) -> int:
     check_output_path(args.output)
     options = LoadOptions(dtype=args.dtype, device=args.device, load_in_4bit=args.load_in_4bit)
     options.torch_device(), options.torch_dtype()  # a bad --device or --dtype is named before loading
+    if args.load_in_4bit and not args.base and (record := read_threshold_record(spec)) is not None:
+        label = record.get("label", spec.labels[-1])
+        print(f"note: {spec.name}'s decision threshold (P({label}) >= {record['threshold']:.3f}) was tuned with an "
+              f"unquantized base; a 4-bit base moves the probabilities, so labels near it can flip "
+              f"(the probs of each line show how near)", file=sys.stderr)
     runtime = Runtime.local(args.catalog, base=args.base_model or spec.base_model, options=options,
                             only=[] if args.base else [spec.name])
     predictions = _predictions(runtime, spec.name, spec.task, rows, args)

@@ -352,6 +352,28 @@ def test_a_broken_spec_in_the_catalogue_is_one_line_naming_file_and_field(cli, c
     assert_refused(cli("adapters"), f"{spec_file}: lora.r: expected an integer")
 
 
+def test_a_4bit_base_is_told_that_the_tuned_threshold_was_not_tuned_for_it(catalog, tiny_base, tmp_path,
+                                                                            monkeypatch, capsys):
+    from adapters.runtime import Runtime
+
+    spam = catalog / "spam"
+    (spam / "adapter_config.json").write_text("{}")  # weights as far as the catalogue can tell
+    (spam / "adapter_model.safetensors").write_bytes(b"")
+    (spam / "threshold.json").write_text(json.dumps({"label": "spam", "threshold": 0.346}))
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before loading the model")
+
+    monkeypatch.setattr(Runtime, "local", stop)
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    for extra, told in ((["--load-in-4bit"], True), ([], False)):
+        with pytest.raises(RuntimeError, match="stopped before loading"):
+            main(["predict", "spam", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"),
+                  "--catalog", str(catalog), "--base-model", str(tiny_base), "--device", "cpu", *extra])
+        err = capsys.readouterr().err
+        assert ("P(spam) >= 0.346) was tuned with an unquantized base" in err) is told
+
+
 # --- listing -----------------------------------------------------------------------------------
 
 def test_adapters_lists_the_catalogue_as_not_trained(cli, catalog):
