@@ -216,14 +216,6 @@ def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     t, lora = spec.training, spec.lora
     data_source = spec.data.hub_id or spec.data.local_path
     encoder = variants.get("fine_tuned", variants.get("base", {})).get("bertscore_encoder")
-    front = [
-        "---",
-        f"base_model: {base_id}",
-        "library_name: peft",
-        "pipeline_tag: text-generation",
-        "license: apache-2.0",
-        f"tags: [lora, peft, adapterlab, {spec.task}{', medical' if spec.name != 'spam' else ''}]",
-    ] + ([f"datasets: [{spec.data.hub_id}]"] if spec.data.hub_id else []) + ["---", ""]
     body = f"""# {spec.title} — LoRA adapter for {base_id}
 
 {spec.description}
