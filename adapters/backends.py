@@ -566,8 +566,11 @@ class LocalBackend:
             cancelled.set()
             # the worker stops at its next token; wait for it, so that nothing of this generation runs
             # on after the caller has gone (Ctrl-C in `predict` exited under a running generate:
-            # "terminate called without an active exception", status 134)
-            worker.join(timeout=STOP_WAIT_S)
+            # "terminate called without an active exception", status 134). Not when the garbage
+            # collector closes an abandoned stream from the worker thread itself: it cannot wait for
+            # itself, and it stops at its next token all the same
+            if threading.current_thread() is not worker:
+                worker.join(timeout=STOP_WAIT_S)
 
 
 def shared_prefix_length(prefix_ids: list[int], prompts: list[list[int]]) -> int:

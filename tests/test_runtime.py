@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 
 import pytest
 
 from adapters import AdapterNotTrainedError, InputError, Runtime, UnknownAdapterError
-from adapters.backends import BaseMismatchError
+from adapters.backends import BaseMismatchError, GenerationParams
 from adapters.catalog import load_catalog
 from conftest import train_tiny_lora
 
@@ -193,6 +194,47 @@ def test_closing_a_stream_early_frees_the_model(tiny_base, catalog):
     assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
     # the next request must not wait for the abandoned 200-token generation to hold the lock forever
     assert rt.classify("spam", ["hello"], base=True)[0].label in ("ham", "spam")
+
+
+def test_an_abandoned_stream_collected_in_its_own_worker_thread_closes_cleanly(tiny_base, catalog, monkeypatch):
+    """The cyclic garbage collector runs in whichever thread allocates: it can close an abandoned
+    stream from that stream's own generation thread, which must not wait for itself (seen once in
+    CI as 'RuntimeError: cannot join current thread')."""
+    import gc
+    import sys
+
+    import transformers
+
+    rt = runtime(tiny_base, catalog)
+    collect_in_worker = threading.Event()
+
+    class CollectingStreamer(transformers.TextIteratorStreamer):
+        def put(self, value):  # called by generate, in the generation thread
+            super().put(value)
+            if collect_in_worker.is_set():
+                collect_in_worker.clear()
+                gc.collect()
+
+    monkeypatch.setattr(transformers, "TextIteratorStreamer", CollectingStreamer)
+    problems = []
+    monkeypatch.setattr(sys, "unraisablehook", problems.append)
+    gc.disable()  # only the worker's collection may close it
+    try:
+        stream = rt.backend.stream(None, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+                                   GenerationParams(max_new_tokens=300))
+        next(stream)
+        cycle = [stream]
+        cycle.append(cycle)  # only the cyclic collector can free it now
+        del stream, cycle
+        collect_in_worker.set()
+        deadline = time.monotonic() + 30
+        while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        gc.enable()
+    assert not collect_in_worker.is_set(), "the worker never collected"
+    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
+    assert [str(p.exc_value) for p in problems] == []
 
 
 def test_extract_returns_exactly_the_fields_even_from_garbage(tiny_base, catalog):
