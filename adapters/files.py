@@ -35,7 +35,7 @@ def give_default_modes(folder: str | Path) -> None:
     """Give the files in ``folder`` the permissions a new file gets (0666 less the umask):
     safetensors writes its files private (0600), which locks out the other users of a shared
     adapter catalogue or model cache."""
-    mode = 0o666 & ~_umask()
+    mode = _new_file_mode()
     for path in Path(folder).iterdir():
         if path.is_file():
             os.chmod(path, mode)
@@ -47,7 +47,12 @@ def _mode_for(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return _new_file_mode()
+
+
+def _new_file_mode() -> int:
+    """What ``open()`` gives a new file: 0666 less the umask."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:
