@@ -5,12 +5,14 @@ import math
 
 from test_cli import limit_generation
 from test_data import FIELDS, medquad_csv, oncology_line
+from test_training import write_sms_collection
 
 from adapters import Runtime
+from adapters.runtime import Classification
 from adapters.catalog import load_catalog
 from training.card import HEADLINE
 from training.data import load_splits
-from training.evaluate import _with_progress, evaluate_adapter
+from training.evaluate import _with_progress, choose_few_shot, evaluate_adapter, few_shot_pairs
 
 
 def oncology_jsonl(path, n=40):
@@ -36,6 +38,7 @@ def test_extract_evaluation_reports_exact_match_and_token_f1_per_variant(catalog
         assert set(metrics["per_field"]) == set(FIELDS) == set(metrics["per_field_token_f1"])
         assert 0.0 <= metrics["micro_field_accuracy"] <= metrics["micro_field_token_f1"] <= 1.0
     assert (tmp_path / "out" / "fields.png").stat().st_size > 0
+    assert report["few_shot"] == {"k": 3, "seed": spec.training.seed, "draws": 1}  # one generation per draw: one draw
 
 
 def test_generate_evaluation_reports_overlap_bertscore_and_perplexity(catalog, tiny_base, tmp_path):
@@ -65,3 +68,25 @@ def test_evaluation_runs_in_parts_of_whole_batches_and_keeps_the_order():
     in_batches = _with_progress("test", batch_size=3, progress=False)
     assert in_batches(call, list(range(29))) == [i * 10 for i in range(29)]
     assert calls == [(12, 3), (12, 3), (5, 3)]  # each part a multiple of the batch, but the last
+
+
+def test_a_classifiers_few_shot_examples_are_the_draw_with_the_best_validation_f1(catalog, tmp_path):
+    spec = load_catalog(catalog)["spam"]
+    splits = load_splits(spec, path=write_sms_collection(tmp_path / "SMSSpamCollection"))
+    truth = {ex.input: ex.target for ex in splits.validation}
+    good_seed = spec.training.seed + 3
+    good = few_shot_pairs(spec, splits.train, 4, good_seed)
+
+    class FewShotSensitive:  # right with the fourth draw's examples, "spam" for everything with any other
+        def classify(self, adapter, texts, *, base, examples, batch_size):
+            assert base and adapter == "spam"
+            labels = [truth[t] if list(examples) == good else "spam" for t in texts]
+            return [Classification(label, {"ham": float(label == "ham"), "spam": float(label == "spam")})
+                    for label in labels]
+
+    shots, record = choose_few_shot(FewShotSensitive(), spec, splits)
+
+    assert shots == good and record["seed"] == good_seed
+    assert [d["seed"] for d in record["scores"]] == [spec.training.seed + i for i in range(5)]
+    assert record["scores"][3]["f1"] == 1.0 > max(d["f1"] for i, d in enumerate(record["scores"]) if i != 3)
+    assert record["validation_examples"] == len(splits.validation)

@@ -99,6 +99,9 @@ def test_evaluation_reports_base_few_shot_and_fine_tuned_on_the_same_examples(tr
     assert (trained / "confusion.png").stat().st_size > 0
     shots = [json.loads(line) for line in (trained / "few_shot.jsonl").read_text().splitlines()]
     assert len(shots) == metrics["few_shot_k"] > 0  # the in-context examples, from the training split
+    chosen = metrics["few_shot"]  # the best of five seeded draws by validation F1
+    assert chosen["draws"] == len(chosen["scores"]) == 5 and chosen["validation_examples"] > 0
+    assert chosen["seed"] == max(chosen["scores"], key=lambda d: d["f1"])["seed"]
     data = trained.parent.parent / "SMSSpamCollection"
     assert metrics["split"]["source"] == f".../{data.parent.name}/SMSSpamCollection"  # no local folders
     assert metrics["split"]["source_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
@@ -112,6 +115,7 @@ def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(tra
     fine = metrics["variants"]["fine_tuned"]["accuracy"]
     assert re.search(rf"\| accuracy \| [0-9.]+ \| [0-9.]+ \| {fine:.3f} \|", card)
     assert "Not for clinical decisions" in card and "adapterlab eval spam --eval-limit 8" in card
+    assert "the best of 5 seeded draws by F1 of 'spam' on the validation split" in card
     assert f"read `{metrics['split']['source']}`, sha256 `{metrics['split']['source_sha256']}`" in card
 
 

@@ -80,6 +80,17 @@ def _read_from(split: dict) -> str:
     return f"; this run read `{split['source']}`{digest}"
 
 
+def _few_shot_text(metrics: dict) -> str:
+    """How the few-shot examples were chosen, when among several draws (empty otherwise)."""
+    chosen = metrics.get("few_shot") or {}
+    scores = chosen.get("scores") or []
+    if len(scores) < 2:
+        return ""
+    f1s = sorted(d["f1"] for d in scores)
+    return (f" (the best of {len(scores)} seeded draws by {chosen['criterion']}, "
+            f"{chosen['validation_examples']} examples: {f1s[-1]:.3f}; the draws ranged {f1s[0]:.3f}–{f1s[-1]:.3f})")
+
+
 def _decision_text(metrics: dict) -> str:
     """How the fine-tuned adapter decides, when its threshold was tuned (empty otherwise)."""
     d = metrics.get("decision")
@@ -226,7 +237,7 @@ prompt below is the one used in training, evaluation and the app.
 ## Results
 
 Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
-*base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt,
+*base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt{_few_shot_text(metrics)},
 *fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_extract_text(spec)}{_evaluated_on(metrics)}
 
 {table}

@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import VARIANTS
+    from .evaluate import FEW_SHOT_DRAWS, VARIANTS
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     variants = tuple(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
@@ -112,6 +112,8 @@ def cmd_eval(args) -> int:
     needs = {"test": "evaluation"}
     if "fine_tuned" in variants and spec.decision == "validation_f1" and read_threshold_record(spec) is None:
         needs["validation"] = "tuning the decision threshold"
+    if "few_shot" in variants and FEW_SHOT_DRAWS[spec.task] > 1:
+        needs["validation"] = "choosing the few-shot examples"
     splits = _splits(spec, args, needs)
     if out_dir.resolve() == spec.directory.resolve() and not args.replace:
         examples = min(args.eval_limit or len(splits.test), len(splits.test))

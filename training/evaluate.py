@@ -10,6 +10,12 @@ A two-label adapter whose spec says ``decision: validation_f1`` decides with a t
 the validation split (never the test split), stored beside its weights for the app to use too. It
 is tuned once for each set of weights (training removes the old one), so evaluating again measures
 the adapter as the app runs it and changes nothing.
+
+A classify adapter's few-shot examples are the best of a few seeded draws by the validation F1 of
+the positive label: which four SMS a 135M model sees moves it from 0.80 accuracy to "spam" for
+every message, and a baseline that swings with one draw says little about in-context learning.
+Scoring a draw is one forward pass per validation message; for generate and extract adapters it
+would be a generation per example and draw, so they keep the one draw of the spec's seed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from adapters.spec import AdapterSpec
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 VARIANTS = ("base", "few_shot", "fine_tuned")
 FEW_SHOT_K = {"classify": 4, "generate": 2, "extract": 3}
+FEW_SHOT_DRAWS = {"classify": 5, "generate": 1, "extract": 1}  # seeds: the spec's seed, then the next ones
 
 
 def load_metric(name: str):
@@ -53,7 +60,9 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
 
     test = list(splits.test)[:limit] if limit else list(splits.test)
     k = FEW_SHOT_K[spec.task]
-    shots = few_shot_pairs(spec, splits.train, k, spec.training.seed)
+    shots, selection = ((), None)
+    if "few_shot" in variants:
+        shots, selection = choose_few_shot(runtime, spec, splits, batch_size, progress)
     trained = spec.name in runtime.backend.adapter_names()
     results: dict[str, Any] = {}
     predictions: dict[str, list] = {}
@@ -70,13 +79,15 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
         "adapter": spec.name, "task": spec.task, "base_model": runtime.backend.base_name,
         "test_examples": len(test), "test_split_size": len(splits.test), "few_shot_k": k,
         "variants": results, **({"decision": decision} if decision else {}),
+        **({"few_shot": selection} if selection else {}),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "evaluated_on": environment()["device"],
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_few_shot(out_dir, shots)
+        if selection:
+            _write_few_shot(out_dir, shots)
         plot_results(spec, report, predictions, test, out_dir)
     return report
 
@@ -123,6 +134,41 @@ def choose_threshold(scores: Sequence[float], refs: Sequence[int]) -> tuple[floa
         if candidate[0] > best[0] or (candidate[0] == best[0] and candidate[1] < best[1]):
             best = candidate
     return best[2], best[0]
+
+
+def choose_few_shot(runtime: Runtime, spec: AdapterSpec, splits, batch_size: int = 16,
+                    progress: bool = False) -> tuple[list[tuple[str, str]], dict]:
+    """The few-shot (input, answer) pairs, and the record of how they were chosen.
+
+    A classify adapter scores each of ``FEW_SHOT_DRAWS`` seeded draws from the training split on the
+    whole validation split, as the few-shot variant runs (base model, those examples, argmax), and
+    keeps the one with the best F1 of the positive label (the first draw on a tie). Other tasks, and
+    a split without validation examples, take the draw of the spec's seed.
+    """
+    k, seed = FEW_SHOT_K[spec.task], spec.training.seed
+    seeds = [seed + i for i in range(FEW_SHOT_DRAWS[spec.task])]
+    validation = list(splits.validation)
+    if len(seeds) == 1 or not validation:
+        return few_shot_pairs(spec, splits.train, k, seed), {"k": k, "seed": seed, "draws": 1}
+    positive = spec.labels[-1]
+    refs = [int(ex.target == positive) for ex in validation]
+    metric = load_metric("spam_classification")
+    draws, candidates = [], []
+    for draw_seed in seeds:
+        shots = few_shot_pairs(spec, splits.train, k, draw_seed)
+        in_batches = _with_progress(f"few-shot draw {draw_seed - seed + 1}/{len(seeds)} on validation",
+                                    batch_size, progress)
+        out = in_batches(lambda texts, b: runtime.classify(spec.name, texts, base=True, examples=shots,
+                                                           batch_size=b), [ex.input for ex in validation])
+        scores = [r.probs[positive] for r in out]
+        result = metric.compute(predictions=[int(r.label == positive) for r in out], references=refs,
+                                scores=scores)
+        draws.append({"seed": draw_seed, **{m: result[m] for m in ("f1", "accuracy", "auroc")}})
+        candidates.append(shots)
+    best = max(range(len(draws)), key=lambda i: (draws[i]["f1"], -i))
+    return candidates[best], {"k": k, "seed": draws[best]["seed"], "draws": len(draws),
+                              "criterion": f"F1 of {positive!r} on the validation split",
+                              "validation_examples": len(validation), "scores": draws}
 
 
 def decision_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: int = 16) -> dict | None:
