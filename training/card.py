@@ -87,8 +87,8 @@ def _few_shot_text(metrics: dict) -> str:
     if len(scores) < 2:
         return ""
     f1s = sorted(d["f1"] for d in scores)
-    return (f" (the best of {len(scores)} seeded draws by {chosen['criterion']}, "
-            f"{chosen['validation_examples']} examples: {f1s[-1]:.3f}; the draws ranged {f1s[0]:.3f}–{f1s[-1]:.3f})")
+    return (f" (the best of {len(scores)} seeded draws by {chosen['criterion']}: {f1s[-1]:.3f} on its "
+            f"{chosen['validation_examples']} examples, where the draws ranged {f1s[0]:.3f}–{f1s[-1]:.3f})")
 
 
 def _decision_text(metrics: dict) -> str:
