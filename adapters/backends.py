@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .batching import StreamQueue
 from .base_models import DEFAULT_BASE, LoadOptions, cache_keyword, canonical_name, load_base, cudnn_attention
 
 
@@ -91,6 +92,7 @@ _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)
 PREFIX_CACHE_ENTRIES = 8  # (adapter, prompt prefix) key/value caches kept for scoring
 MIN_CACHED_PREFIX = 8  # tokens; a shorter shared prefix is recomputed with each row
 STOP_WAIT_S = 30.0  # longest a closed stream waits for its generation to stop (one token; a long prefill on a CPU)
+STREAM_CLAIM_POLL_S = 0.02  # how often a stream waiting for the model checks whether a batch took it
 
 
 def recorded_base(adapter_dir: Path) -> str | None:
@@ -112,7 +114,8 @@ class LocalBackend:
 
     "Base" is the same weights with adapters disabled, so a base-vs-fine-tuned comparison never
     loads a second model. A lock makes every model call atomic with its adapter choice, so
-    concurrent callers (threads, browser sessions) never mix adapters or outputs.
+    concurrent callers (threads, browser sessions) never mix adapters or outputs; streamed answers
+    that wait for the lock are decoded together, one row each (``adapters.batching``).
     """
 
     def __init__(self, model: Any, tokenizer: Any, base_name: str):
@@ -130,6 +133,7 @@ class LocalBackend:
         self._fused: _FusedLlama | None | object = _UNKNOWN  # the fast scoring path; None: unsupported
         self._static_decoder: Any = None  # adapters.decoding.StaticDecoder, made on first CUDA use
         self._switch_layers: list | None = None  # LoRA layers switched directly (None: not looked yet)
+        self._streams = StreamQueue()  # streams waiting for the model (adapters.batching)
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,
@@ -518,59 +522,117 @@ class LocalBackend:
 
     def stream(self, adapter, prompt, params, on_finish=None) -> Iterator[str]:
         """Yield text pieces as they are decoded; closing the iterator stops the generation (and
-        ``on_finish`` is not called)."""
-        from transformers import StoppingCriteria, TextIteratorStreamer
+        ``on_finish`` is not called).
 
-        tok = self.tokenizer
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        cancelled = threading.Event()
-        failure: list[BaseException] = []
+        Streams requested while the model is busy are decoded together once it is free, as rows of
+        one batch (``adapters.batching``); a stream alone runs the single-stream path.
+        """
+        from transformers import TextIteratorStreamer
 
-        class StopWhenCancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancelled.is_set()
+        from .batching import StreamRequest
 
-        def work():
-            import torch
-
-            try:
-                with self._using(adapter) as model, torch.inference_mode():
-                    if cancelled.is_set():
-                        return
-                    enc = self.encode(prompt, return_tensors="pt").to(self._device())
-                    if self._decoder() is not None:
-                        streamer.put(enc["input_ids"].cpu())  # the prompt, which the streamer skips
-                        new_ids = self._decode_one(adapter, enc["input_ids"][0].tolist(), params, on_token=lambda t: (
-                            streamer.put(torch.tensor([t])), not cancelled.is_set())[1])
-                    else:
-                        out = model.generate(**enc, streamer=streamer, stopping_criteria=[StopWhenCancelled()],
-                                             **self._generate_kwargs(params))
-                        new_ids = out[0, enc["input_ids"].shape[1]:].tolist()
-                    if on_finish is not None and not cancelled.is_set():
-                        on_finish(self._finish_reason(new_ids, params.max_new_tokens))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                failure.append(exc)
-            finally:
-                streamer.end()
-
-        worker = threading.Thread(target=work, daemon=True, name="adapterlab-generate")
+        if adapter is not None and adapter not in self._adapters:
+            raise KeyError(f"adapter {adapter!r} is not loaded (loaded: {self._adapters})")
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        request = StreamRequest(adapter, self.encode(prompt)["input_ids"], params, streamer, on_finish)
+        self._streams.add(request)
+        worker = threading.Thread(target=self._decode_when_free, args=(request,), daemon=True,
+                                  name="adapterlab-generate")
         worker.start()
         try:
             for piece in streamer:
                 if piece:
                     yield piece
-            worker.join()
-            if failure:
-                raise failure[0]
+            request.released.wait()
+            if request.failure:
+                raise request.failure[0]
         finally:
-            cancelled.set()
-            # the worker stops at its next token; wait for it, so that nothing of this generation runs
-            # on after the caller has gone (Ctrl-C in `predict` exited under a running generate:
-            # "terminate called without an active exception", status 134). Not when the garbage
-            # collector closes an abandoned stream from the worker thread itself: it cannot wait for
-            # itself, and it stops at its next token all the same
-            if threading.current_thread() is not worker:
-                worker.join(timeout=STOP_WAIT_S)
+            request.cancelled.set()
+            self._streams.withdraw(request)  # still waiting for the model: nothing to stop
+            # the batch drops it at its next token; wait for that, so that nothing of this generation
+            # runs on after the caller has gone (Ctrl-C in `predict` exited under a running generate:
+            # "terminate called without an active exception", status 134), and for its thread when
+            # it decoded this stream alone (a batch's thread goes on for the other rows). Not when
+            # the garbage collector closes an abandoned stream from the thread decoding it: it cannot
+            # wait for itself, and the stream is dropped at its next token all the same
+            if threading.current_thread() not in (worker, request.runner):
+                request.released.wait(timeout=STOP_WAIT_S)
+                if request.alone or request.runner is not worker:
+                    worker.join(timeout=STOP_WAIT_S)
+
+    def _decode_when_free(self, request) -> None:
+        """Wait for the model; then decode ``request`` and the streams waiting with it, unless another
+        stream's thread has taken it into its batch meanwhile."""
+        while request.runner is None and not request.released.is_set():
+            if self._lock.acquire(timeout=STREAM_CLAIM_POLL_S):
+                try:
+                    batch = self._streams.claim(request)
+                    if batch:
+                        self._decode_batch(batch)
+                finally:
+                    self._lock.release()
+                return
+
+    def _decode_batch(self, batch) -> None:
+        """Decode the claimed streams (lock held): one alone through the single-stream path, several
+        as rows of one generate call."""
+        from .batching import RowBatch
+
+        rows = RowBatch(batch, self._eos_ids(), self._finish_reason)
+        try:
+            if len(batch) == 1:
+                self._decode_alone(batch[0])
+            else:
+                self._decode_rows(rows)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in each caller's thread
+            rows.fail(exc)
+        finally:
+            rows.end()
+
+    def _decode_alone(self, request) -> None:
+        """One stream: the static decoder on a GPU, else ``generate`` with the request's streamer."""
+        import torch
+        from transformers import StoppingCriteria
+
+        class StopWhenCancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return request.cancelled.is_set()
+
+        params, streamer = request.params, request.streamer
+        with self._using(request.adapter) as model, torch.inference_mode():
+            ids = torch.tensor([request.prompt_ids], device=self._device())
+            if self._decoder() is not None:
+                streamer.put(ids.cpu())  # the prompt, which the streamer skips
+                new_ids = self._decode_one(request.adapter, request.prompt_ids, params, on_token=lambda t: (
+                    streamer.put(torch.tensor([t])), not request.cancelled.is_set())[1])
+            else:
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                     stopping_criteria=[StopWhenCancelled()], **self._generate_kwargs(params))
+                new_ids = out[0, ids.shape[1]:].tolist()
+            if request.on_finish is not None and not request.cancelled.is_set():
+                request.on_finish(self._finish_reason(new_ids, params.max_new_tokens))
+
+    def _decode_rows(self, rows) -> None:
+        """Several streams as rows of one ``generate`` call: left-padded, each row with its own adapter
+        (PEFT's mixed batches), settings, limit and streamer (``adapters.batching.RowBatch``)."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from .batching import adapter_rows, padded_batch
+
+        requests = [row.request for row in rows.rows]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos_ids())
+        ids, mask = padded_batch(requests, pad)
+        mixed = adapter_rows(requests)
+        active = next((r.adapter for r in requests if r.adapter is not None), None)
+        kwargs = {"adapter_names": mixed} if mixed else {}
+        # greedy picks, with each row's own choice put in by the logits processor (rows.choose)
+        greedy = self._generate_kwargs(GenerationParams(max_new_tokens=max(r.params.max_new_tokens for r in requests)))
+        with self._using(active) as model, torch.inference_mode():
+            device = self._device()
+            model.generate(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device),
+                           logits_processor=LogitsProcessorList([rows.choose]),
+                           stopping_criteria=StoppingCriteriaList([rows.stop]), streamer=rows, **greedy, **kwargs)
 
 
 def shared_prefix_length(prefix_ids: list[int], prompts: list[list[int]]) -> int:

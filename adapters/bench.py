@@ -32,13 +32,13 @@ SAMPLE_NOTE = ("Clinic note: 61-year-old woman with invasive ductal carcinoma of
                "at the 6-month follow-up.")
 STREAM_INPUTS = {"spam": SAMPLE_SMS, "oncology": SAMPLE_NOTE}  # any other adapter, and base: the question
 STREAMS_NOTES = (
-    "LocalBackend holds its model lock for the whole of one generate call, so concurrent streams run one "
-    "after another: the aggregate rate is about one stream's, and a stream's TTFT includes the streams "
-    "queued before it (max_streams_decoding_at_once says how many streams were ever decoding at the same "
-    "moment). Making them batch would need PEFT's mixed-adapter batches (adapter_names=) plus a scheduler "
-    "that joins streams arriving at different times and splits the batch back into per-user streams "
-    "(continuous batching): not simple or safe enough for the Chainlit app's streaming, so not done; an "
-    "OpenAI-compatible server with LoRA (vLLM) behind the Backend protocol is the way to serve them batched.")
+    "Streams that wait for the model while it is busy are decoded together as rows of one batch "
+    "(adapters.batching: PEFT's mixed-adapter batches, each row with its own settings, limit and stop flag): "
+    "the first stream to arrive usually starts alone and the others form the next batch when it ends. "
+    "Static batching: a running batch takes in no new rows, so a stream arriving mid-batch waits for it "
+    "(max_streams_decoding_at_once says how many streams were ever decoding at the same moment). "
+    "A stream alone runs the single-stream path (on a GPU, the CUDA-graph decoder); a batch runs "
+    "model.generate eagerly through PEFT.")
 
 
 def environment() -> dict:

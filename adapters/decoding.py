@@ -86,7 +86,7 @@ class StaticDecoder:
             slot.capture()
         ngrams = NGramBan(no_repeat_ngram_size, prompt_ids)
         logits = slot.prefill(prompt_ids)  # eagerly, through PEFT with ``state`` as it is
-        token = self._choose(logits, temperature, top_p, generator, ngrams.banned())
+        token = choose_token(logits, temperature, top_p, generator, ngrams.banned())
         slot.start(token, n)
         produced: list[int] = []
         with self._merged_into_base(state if self.use_graphs else None):
@@ -101,23 +101,9 @@ class StaticDecoder:
                 if temperature <= 0 and int(greedy) not in banned:
                     token = int(greedy)
                 else:
-                    token = self._choose(logits, temperature, top_p, generator, banned)
+                    token = choose_token(logits, temperature, top_p, generator, banned)
                     slot.ids.fill_(token)  # the step moved on with its greedy choice: replace it
         return produced
-
-    def _choose(self, logits, temperature: float, top_p: float, generator, banned=frozenset()) -> int:
-        import torch
-
-        if banned:
-            logits = logits.index_fill(-1, torch.tensor(sorted(banned), device=logits.device), float("-inf"))
-        if temperature <= 0:
-            return int(logits.argmax(-1))
-        from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
-
-        scores = TemperatureLogitsWarper(temperature)(None, logits.float()[None])
-        if top_p < 1.0:
-            scores = TopPLogitsWarper(top_p)(None, scores)
-        return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
 
     @contextmanager
     def _merged_into_base(self, adapter: str | None):
@@ -136,6 +122,23 @@ class StaticDecoder:
         finally:
             for weight, _ in pairs:
                 weight.data.copy_(self._originals[id(weight)])
+
+
+def choose_token(logits, temperature: float, top_p: float, generator=None, banned=frozenset()) -> int:
+    """The next token from one position's logits: the most likely one when ``temperature <= 0``,
+    else sampled with transformers' temperature and top-p warpers; ``banned`` tokens never."""
+    import torch
+
+    if banned:
+        logits = logits.index_fill(-1, torch.tensor(sorted(banned), device=logits.device), float("-inf"))
+    if temperature <= 0:
+        return int(logits.argmax(-1))
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    scores = TemperatureLogitsWarper(temperature)(None, logits.float()[None])
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
 
 
 class NGramBan:

@@ -86,8 +86,8 @@ def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base
     assert result["total_tokens"] == sum(s["tokens"] for s in streams) > 0
     assert all(0 <= s["ttft_ms"] <= s["seconds"] * 1000 + 1 for s in streams)  # + rounding
     assert result["wall_seconds"] >= max(s["seconds"] for s in streams) - 0.01
-    assert 1 <= result["max_streams_decoding_at_once"] <= 4  # 1 in practice (one model lock), not raced on
-    assert "lock" in result["notes"]
+    assert 1 <= result["max_streams_decoding_at_once"] <= 4  # how many share a batch depends on arrival
+    assert "rows of one batch" in result["notes"]
 
 
 @pytest.mark.parametrize(("intervals", "expected"), [

@@ -449,3 +449,116 @@ def test_answer_logprob_gives_each_reference_its_log_likelihood_and_token_count(
     scored = rt.backend.score(None, [rt.rendered_prompt("medquad", [{"role": "user", "content": q}])
                                      for q in questions], [[a] for a in answers])
     assert [lp for lp, _ in got] == pytest.approx([row[0] for row in scored]) and all(lp < 0 for lp, _ in got)
+
+
+def test_streams_requested_together_are_decoded_as_one_batch_each_with_its_own_answer(
+        tiny_base, catalog, trained_spam, monkeypatch):
+    """Users asking at the same moment share decode steps: a stream that gets the model takes the
+    waiting ones along, and each row keeps its adapter, settings and limit, as if it ran alone."""
+    onc = load_catalog(catalog)["oncology"]
+    train_tiny_lora(tiny_base, onc, [("melanoma", '{"cancer_type": "melanoma"}')], onc.directory, steps=30)
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    asks = {  # name: (adapter, prompt, settings)
+        "spam": ("spam", "win a free prize", GenerationParams(max_new_tokens=12)),
+        "oncology": ("oncology", "melanoma stage IV", GenerationParams(max_new_tokens=5)),
+        "base": (None, "hello there", GenerationParams(max_new_tokens=16)),
+        "base, no repeated 2-grams": (None, "hello there", GenerationParams(max_new_tokens=16, no_repeat_ngram_size=2)),
+    }
+    prompts = {name: backend.render([{"role": "user", "content": text}]) for name, (_, text, _) in asks.items()}
+    alone = {name: "".join(backend.stream(adapter, prompts[name], params)) for name, (adapter, _, params) in asks.items()}
+    assert alone["base"] != alone["base, no repeated 2-grams"]  # the ban matters for this prompt
+
+    batches = []
+    decode_rows = backend._decode_rows
+    monkeypatch.setattr(backend, "_decode_rows", lambda rows: (batches.append(len(rows.rows)), decode_rows(rows)))
+    together: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    sampled: list[str] = []
+
+    def ask(name):
+        adapter, _, params = asks[name]
+        together[name] = "".join(backend.stream(adapter, prompts[name], params,
+                                                on_finish=lambda reason: reasons.__setitem__(name, reason)))
+
+    def ask_sampled():  # another user's temperature, in the same batch
+        sampled.append("".join(backend.stream("spam", prompts["spam"], GenerationParams(temperature=0.9, max_new_tokens=8))))
+
+    threads = [threading.Thread(target=ask, args=(name,)) for name in asks] + [threading.Thread(target=ask_sampled)]
+    with backend._lock:  # the model is busy: every stream queues
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(backend._streams._waiting) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=120)
+
+    assert batches == [len(threads)]  # one batch held them all
+    assert together == alone
+    assert reasons == {name: "length" for name in asks}  # each cut at its own limit, none at the batch's
+    assert len(sampled) == 1
+
+
+def test_a_stream_closed_in_a_batch_stops_alone_and_the_others_finish(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    expected = "".join(backend.stream(None, prompt, GenerationParams(max_new_tokens=40)))
+    results: dict[str, str] = {}
+
+    def finish():
+        results["finished"] = "".join(backend.stream(None, prompt, GenerationParams(max_new_tokens=40)))
+
+    other = threading.Thread(target=finish)
+    with backend._lock:
+        leaving = backend.stream(None, prompt, GenerationParams(max_new_tokens=40))
+        first = threading.Thread(target=lambda: results.__setitem__("first", next(leaving)))
+        first.start()
+        other.start()
+        while len(backend._streams._waiting) < 2:
+            time.sleep(0.01)
+    first.join(timeout=60)
+    leaving.close()  # this caller goes after one piece; the batch goes on for the other
+    other.join(timeout=120)
+    assert results["first"] and results["finished"] == expected
+    deadline = time.monotonic() + 30
+    while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the batch's thread, once the last row is done
+    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
+
+
+def test_a_short_answer_returns_when_it_ends_even_when_its_thread_runs_the_batch(tiny_base, catalog, monkeypatch):
+    backend = runtime(tiny_base, catalog).backend
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    added = []
+    add, claim = backend._streams.add, backend._streams.claim
+    monkeypatch.setattr(backend._streams, "add", lambda request: (added.append(request), add(request))[1])
+
+    def short_one_leads(request):
+        short = next(r for r in added if r.params.max_new_tokens == 3)
+        if request is not short and short.runner is None:
+            return []  # as if a batch had taken it already: the short stream's thread runs the batch
+        return claim(request)
+
+    monkeypatch.setattr(backend._streams, "claim", short_one_leads)
+    long_pieces: list[str] = []
+    long_pieces_when_short_returned: list[int] = []
+
+    def ask_short():
+        "".join(backend.stream(None, prompt, GenerationParams(max_new_tokens=3)))
+        long_pieces_when_short_returned.append(len(long_pieces))
+
+    def ask_long():
+        long_pieces.extend(backend.stream(None, prompt, GenerationParams(max_new_tokens=300)))
+
+    threads = [threading.Thread(target=ask_short), threading.Thread(target=ask_long)]
+    with backend._lock:
+        for t in threads:
+            t.start()
+        while len(backend._streams._waiting) < 2:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=120)
+    assert len(long_pieces) > 20
+    assert long_pieces_when_short_returned[0] < len(long_pieces) / 2  # not held until the batch ended
