@@ -148,6 +148,17 @@ class LocalBackend:
     def adapter_names(self) -> list[str]:
         return list(self._adapters)
 
+    @property
+    def max_stream_batch(self) -> int:
+        """Most streams decoded together in one batch (1: one at a time)."""
+        return self._streams.max_batch
+
+    @max_stream_batch.setter
+    def max_stream_batch(self, rows: int) -> None:
+        if rows < 1:
+            raise ValueError(f"max_stream_batch must be at least 1, not {rows}")
+        self._streams.max_batch = rows
+
     def cached_prefixes(self) -> list[tuple[str | None, int]]:
         """(adapter, token count) of each prompt prefix whose keys/values scoring keeps, oldest first."""
         with self._lock:

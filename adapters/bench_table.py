@@ -141,11 +141,20 @@ def serve_rows(name: str, result: dict) -> list[Row]:
     streams = result.get("concurrent_streams")
     if streams:
         at_once = streams.get("max_streams_decoding_at_once")
-        rows.append(Row(bench, device, f"{streams.get('streams')} concurrent streams, adapters + base",
-                        f"{number(streams.get('aggregate_tokens_per_s'))} tokens/s aggregate, "
+        serial = streams.get("one_at_a_time")
+        if serial:  # measured both ways in one process
+            measured = (f"batched {number(streams.get('aggregate_tokens_per_s'))} tokens/s aggregate vs "
+                        f"{number(serial.get('aggregate_tokens_per_s'))} one at a time "
+                        f"(×{number(streams.get('speedup_aggregate_tokens_per_s'), 2)}); wall "
+                        f"{number(streams.get('wall_seconds'))} vs {number(serial.get('wall_seconds'))} s, TTFT p50 "
+                        f"{number(_get(streams, 'ttft_ms', 'p50'), 0)} vs {number(_get(serial, 'ttft_ms', 'p50'), 0)} ms; "
+                        f"up to {at_once} decoding at once")
+        else:
+            measured = (f"{number(streams.get('aggregate_tokens_per_s'))} tokens/s aggregate, "
                         f"wall {number(streams.get('wall_seconds'))} s, TTFT p50 "
                         f"{number(_get(streams, 'ttft_ms', 'p50'), 0)} ms; "
-                        + ("serialized (one model lock)" if at_once == 1 else f"up to {at_once} decoding at once")))
+                        + ("serialized (one model lock)" if at_once == 1 else f"up to {at_once} decoding at once"))
+        rows.append(Row(bench, device, f"{streams.get('streams')} concurrent streams, adapters + base", measured))
     return rows
 
 

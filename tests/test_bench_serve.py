@@ -80,7 +80,8 @@ def test_adapter_switch_benchmark_says_why_it_is_skipped_without_adapters(tiny_b
 
 
 def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base, two_adapters):
-    result = bench_concurrent_streams(runtime(tiny_base, two_adapters), streams=4, tokens=3)
+    rt = runtime(tiny_base, two_adapters)
+    result = bench_concurrent_streams(rt, streams=4, tokens=3)
     streams = result["per_stream"]
     assert [s["adapter"] for s in streams] == ["oncology", "spam", "base", "oncology"]
     assert result["total_tokens"] == sum(s["tokens"] for s in streams) > 0
@@ -88,6 +89,11 @@ def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base
     assert result["wall_seconds"] >= max(s["seconds"] for s in streams) - 0.01
     assert 1 <= result["max_streams_decoding_at_once"] <= 4  # how many share a batch depends on arrival
     assert "rows of one batch" in result["notes"]
+    serial = result["one_at_a_time"]  # the same streams with max_stream_batch = 1, in the same process
+    assert serial["max_streams_decoding_at_once"] == 1 and serial["total_tokens"] == result["total_tokens"]
+    assert result["speedup_aggregate_tokens_per_s"] == pytest.approx(
+        result["aggregate_tokens_per_s"] / serial["aggregate_tokens_per_s"], abs=0.01)
+    assert result["max_stream_batch"] == rt.backend.max_stream_batch > 1  # put back
 
 
 @pytest.mark.parametrize(("intervals", "expected"), [
