@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .batching import StreamQueue
+from .batching import MAX_STREAM_BATCH, StreamQueue
 from .base_models import DEFAULT_BASE, LoadOptions, cache_keyword, canonical_name, load_base, cudnn_attention
 
 
@@ -133,7 +133,11 @@ class LocalBackend:
         self._fused: _FusedLlama | None | object = _UNKNOWN  # the fast scoring path; None: unsupported
         self._static_decoder: Any = None  # adapters.decoding.StaticDecoder, made on first CUDA use
         self._switch_layers: list | None = None  # LoRA layers switched directly (None: not looked yet)
-        self._streams = StreamQueue()  # streams waiting for the model (adapters.batching)
+        # streams waiting for the model; batched where no CUDA-graph decoder runs: on an H200 a batch
+        # of 7 through PEFT's eager mixed-adapter generate took 190 ms a step, 6.8x slower in all than
+        # graph-replayed streams in turn (benchmarks/results/serve-cuda-h200.json)
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        self._streams = StreamQueue(max_batch=1 if on_gpu else MAX_STREAM_BATCH)
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,

@@ -141,15 +141,18 @@ def serve_rows(name: str, result: dict) -> list[Row]:
     streams = result.get("concurrent_streams")
     if streams:
         at_once = streams.get("max_streams_decoding_at_once")
-        serial = streams.get("one_at_a_time")
-        if serial:  # measured both ways in one process
-            measured = (f"batched {number(streams.get('aggregate_tokens_per_s'))} tokens/s aggregate vs "
-                        f"{number(serial.get('aggregate_tokens_per_s'))} one at a time "
-                        f"(×{number(streams.get('speedup_aggregate_tokens_per_s'), 2)}); wall "
-                        f"{number(streams.get('wall_seconds'))} vs {number(serial.get('wall_seconds'))} s, TTFT p50 "
-                        f"{number(_get(streams, 'ttft_ms', 'p50'), 0)} vs {number(_get(serial, 'ttft_ms', 'p50'), 0)} ms; "
-                        f"up to {at_once} decoding at once")
-        else:
+        if "batched" in streams:  # measured both ways in one process
+            batched, serial = streams["batched"], streams["one_at_a_time"]
+            default = streams.get("served_by_default") == "batched"
+            measured = (f"one at a time{' (the default here)' if not default else ''}: "
+                        f"{number(serial.get('aggregate_tokens_per_s'))} tokens/s aggregate, wall "
+                        f"{number(serial.get('wall_seconds'))} s, TTFT p50 {number(_get(serial, 'ttft_ms', 'p50'), 0)} ms; "
+                        f"batched{' (the default here)' if default else ''}: "
+                        f"{number(batched.get('aggregate_tokens_per_s'))} tokens/s, wall {number(batched.get('wall_seconds'))} s, "
+                        f"TTFT p50 {number(_get(batched, 'ttft_ms', 'p50'), 0)} ms, up to "
+                        f"{batched.get('max_streams_decoding_at_once')} decoding at once "
+                        f"(×{number(streams.get('speedup_batched_over_one_at_a_time'), 2)})")
+        else:  # results from before 2026-11-29, one at a time only
             measured = (f"{number(streams.get('aggregate_tokens_per_s'))} tokens/s aggregate, "
                         f"wall {number(streams.get('wall_seconds'))} s, TTFT p50 "
                         f"{number(_get(streams, 'ttft_ms', 'p50'), 0)} ms; "

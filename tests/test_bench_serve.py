@@ -82,18 +82,20 @@ def test_adapter_switch_benchmark_says_why_it_is_skipped_without_adapters(tiny_b
 def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base, two_adapters):
     rt = runtime(tiny_base, two_adapters)
     result = bench_concurrent_streams(rt, streams=4, tokens=3)
-    streams = result["per_stream"]
-    assert [s["adapter"] for s in streams] == ["oncology", "spam", "base", "oncology"]
-    assert result["total_tokens"] == sum(s["tokens"] for s in streams) > 0
-    assert all(0 <= s["ttft_ms"] <= s["seconds"] * 1000 + 1 for s in streams)  # + rounding
-    assert result["wall_seconds"] >= max(s["seconds"] for s in streams) - 0.01
-    assert 1 <= result["max_streams_decoding_at_once"] <= 4  # how many share a batch depends on arrival
+    for way in ("batched", "one_at_a_time"):
+        measured = result[way]
+        streams = measured["per_stream"]
+        assert [s["adapter"] for s in streams] == ["oncology", "spam", "base", "oncology"]
+        assert measured["total_tokens"] == sum(s["tokens"] for s in streams) > 0
+        assert all(0 <= s["ttft_ms"] <= s["seconds"] * 1000 + 1 for s in streams)  # + rounding
+        assert measured["wall_seconds"] >= max(s["seconds"] for s in streams) - 0.01
+    assert result["one_at_a_time"]["max_streams_decoding_at_once"] == 1  # max_stream_batch = 1: never two
+    assert 1 <= result["batched"]["max_streams_decoding_at_once"] <= 4  # how many share a batch depends on arrival
+    assert result["batched"]["total_tokens"] == result["one_at_a_time"]["total_tokens"]  # greedy, same answers
+    assert result["speedup_batched_over_one_at_a_time"] == pytest.approx(
+        result["batched"]["aggregate_tokens_per_s"] / result["one_at_a_time"]["aggregate_tokens_per_s"], abs=0.01)
+    assert result["served_by_default"] == "batched" and rt.backend.max_stream_batch > 1  # on a CPU; put back
     assert "rows of one batch" in result["notes"]
-    serial = result["one_at_a_time"]  # the same streams with max_stream_batch = 1, in the same process
-    assert serial["max_streams_decoding_at_once"] == 1 and serial["total_tokens"] == result["total_tokens"]
-    assert result["speedup_aggregate_tokens_per_s"] == pytest.approx(
-        result["aggregate_tokens_per_s"] / serial["aggregate_tokens_per_s"], abs=0.01)
-    assert result["max_stream_batch"] == rt.backend.max_stream_batch > 1  # put back
 
 
 @pytest.mark.parametrize(("intervals", "expected"), [
@@ -393,7 +395,7 @@ def test_bench_serve_writes_every_measure_to_json(tiny_base, two_adapters, tmp_p
     assert 8 <= classify["cached_prefix_tokens"] < classify["prompt_tokens"]
     assert result["generate"]["max_new_tokens"] == 3
     assert result["adapter_switch"]["cycle"] == ["oncology", "spam", "base"]
-    assert [s["adapter"] for s in result["concurrent_streams"]["per_stream"]] == ["oncology", "spam"]
+    assert [s["adapter"] for s in result["concurrent_streams"]["batched"]["per_stream"]] == ["oncology", "spam"]
 
 
 @pytest.mark.parametrize(("device", "slug"), [("NVIDIA H100 80GB HBM3", "cuda-h100"), ("NVIDIA H200", "cuda-h200"),
