@@ -14,8 +14,11 @@ import time
 from adapters import Runtime
 from adapters.bench import SAMPLE_QUESTION, STREAM_INPUTS, environment
 
+from adapters.batching import MAX_STREAM_BATCH
+
 runtime = Runtime.local(progress=False)
 backend = runtime.backend
+backend.max_stream_batch = MAX_STREAM_BATCH  # a GPU serves streams one at a time by default
 plan = [*backend.adapter_names(), None] * 2
 
 
