@@ -113,9 +113,10 @@ class LocalBackend:
     """Base model + PEFT adapters in this process; thread-safe, one model in memory.
 
     "Base" is the same weights with adapters disabled, so a base-vs-fine-tuned comparison never
-    loads a second model. A lock makes every model call atomic with its adapter choice, so
-    concurrent callers (threads, browser sessions) never mix adapters or outputs; streamed answers
-    that wait for the lock are decoded together, one row each (``adapters.batching``).
+    loads a second model. All model work runs on one model thread, in arrival order, and a lock
+    makes each call atomic with its adapter choice, so concurrent callers (threads, browser
+    sessions) never mix adapters or outputs; streamed answers that wait for the model are decoded
+    together, one row each (``adapters.batching``).
     """
 
     def __init__(self, model: Any, tokenizer: Any, base_name: str):

@@ -1,16 +1,17 @@
 """Streamed answers of several callers decoded together, one batch of rows.
 
-Why: the backend serves one model under one lock, so answers that users asked for at the same time
-(each perhaps with another adapter) ran one after another: eight streams on a 2-core CPU took 35 s,
-and the last one waited 29 s for its first token (benchmarks/results/serve-cpu.json of
+Why: the backend serves one model, one request at a time, so answers that users asked for at the
+same time (each perhaps with another adapter) ran one after another: eight streams on a 2-core CPU
+took 35 s, and the last one waited 29 s for its first token (benchmarks/results/serve-cpu.json of
 2026-11-29). Now a stream that gets the model takes every stream waiting along (``claim``), and one
 ``generate`` call decodes them as rows of one batch: prompts left-padded, PEFT's mixed-adapter
 batches (``adapter_names=``: an adapter, or the base, per row), and per row its own decoding
 settings, n-gram ban, token limit and stop flag, its tokens streamed back to its own caller.
 
 Streams that arrive while a batch runs wait for it and form the next batch (static batching: a
-batch does not take in new rows as it goes). A batch of one runs the single-stream path as before
-(on a GPU, the CUDA-graph decoder).
+batch does not take in new rows as it goes). A batch of one runs the single-stream path as before.
+A GPU takes streams one at a time (``max_batch`` 1): there the CUDA-graph decoder is faster than an
+eager batch (benchmarks/results/serve-cuda-h200.json).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class StreamRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)  # the caller has gone
     released: threading.Event = field(default_factory=threading.Event)  # no longer decoded
     failure: list[BaseException] = field(default_factory=list)
-    runner: threading.Thread | None = None  # the thread decoding it, once claimed
+    runner: threading.Thread | None = None  # the thread decoding it (the model thread), once claimed
 
 
 class StreamQueue:
