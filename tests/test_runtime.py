@@ -551,29 +551,3 @@ def test_a_short_answer_in_a_batch_returns_when_it_ends_not_when_the_batch_does(
         t.join(timeout=120)
     assert len(long_pieces) > 20
     assert long_pieces_when_short_returned[0] < len(long_pieces) / 2  # not held until the batch ended
-
-
-def test_every_model_call_runs_on_the_one_model_thread(tiny_base, catalog):
-    """PyTorch's CPU operators slow down once two threads have run them (one OpenMP team each), so
-    classify, complete and stream all compute on the backend's model thread, whoever calls."""
-    rt = runtime(tiny_base, catalog)
-    backend = rt.backend
-    threads_seen = set()
-    hook = backend.model.get_input_embeddings().register_forward_hook(
-        lambda *args: threads_seen.add(threading.get_ident()))
-    try:
-        callers = [
-            lambda: rt.classify("spam", ["win a prize"], base=True),
-            lambda: rt.extract("oncology", ["melanoma"], base=True, max_new_tokens=4),
-            lambda: rt.generate(None, [{"role": "user", "content": "hi"}], max_new_tokens=4).read(),
-        ]
-        workers = [threading.Thread(target=call) for call in callers]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
-        for call in callers:  # and from this thread
-            call()
-    finally:
-        hook.remove()
-    assert threads_seen == {backend._model_thread_id}
