@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -93,6 +92,7 @@ _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)
 PREFIX_CACHE_ENTRIES = 8  # (adapter, prompt prefix) key/value caches kept for scoring
 MIN_CACHED_PREFIX = 8  # tokens; a shorter shared prefix is recomputed with each row
 STOP_WAIT_S = 30.0  # longest a closed stream waits for its generation to stop (one token; a long prefill on a CPU)
+STREAM_CLAIM_POLL_S = 0.02  # how often a stream waiting for the model checks whether a batch took it
 
 
 def recorded_base(adapter_dir: Path) -> str | None:
@@ -113,10 +113,9 @@ class LocalBackend:
     """Base model + PEFT adapters in this process; thread-safe, one model in memory.
 
     "Base" is the same weights with adapters disabled, so a base-vs-fine-tuned comparison never
-    loads a second model. All model work runs on one model thread, in arrival order, and a lock
-    makes each call atomic with its adapter choice, so concurrent callers (threads, browser
-    sessions) never mix adapters or outputs; streamed answers that wait for the model are decoded
-    together, one row each (``adapters.batching``).
+    loads a second model. A lock makes every model call atomic with its adapter choice, so
+    concurrent callers (threads, browser sessions) never mix adapters or outputs; streamed answers
+    that wait for the lock are decoded together, one row each (``adapters.batching``).
     """
 
     def __init__(self, model: Any, tokenizer: Any, base_name: str):
@@ -139,8 +138,6 @@ class LocalBackend:
         # graph-replayed streams in turn (benchmarks/results/serve-cuda-h200.json)
         on_gpu = next(model.parameters()).device.type == "cuda"
         self._streams = StreamQueue(max_batch=1 if on_gpu else MAX_STREAM_BATCH)
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterlab-model")
-        self._model_thread_id = self._model_thread.submit(threading.get_ident).result()
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,
@@ -260,27 +257,6 @@ class LocalBackend:
 
     # --- model calls -----------------------------------------------------------------------
 
-    def _on_model_thread(self, work: Callable[[threading.Event], Any]) -> Any:
-        """``work(cancel)``, run on the backend's one model thread (inline when called from it).
-
-        Why one thread: PyTorch's CPU parallelism (OpenMP) keeps a team of worker threads for each
-        thread that runs an operator, and once two teams exist on a 2-core machine libgomp stops
-        spinning between operators: a batched decode step took 140 ms in a fresh thread and 246-329
-        ms in one after the main thread had run a matmul (the app computes from Chainlit's executor
-        threads and stream threads, the CLI from the main thread). All model work runs here, in
-        arrival order. ``cancel`` is set when the caller stops waiting (Ctrl-C, a cancelled task),
-        so that the work stops at its next token or batch instead of running on.
-        """
-        cancel = threading.Event()
-        if threading.get_ident() == self._model_thread_id:
-            return work(cancel)
-        future = self._model_thread.submit(work, cancel)
-        try:
-            return future.result()
-        except BaseException:
-            cancel.set()
-            raise
-
     def activate(self, adapter: str | None) -> None:
         """Make ``adapter`` the active one (None: adapters disabled) until another is asked for.
 
@@ -375,10 +351,6 @@ class LocalBackend:
         return next(self.model.parameters()).device
 
     def score(self, adapter, prompts, continuations, batch_size=16, shared_prefix=""):
-        return self._on_model_thread(lambda cancel: self._score(
-            adapter, prompts, continuations, batch_size, shared_prefix, cancel))
-
-    def _score(self, adapter, prompts, continuations, batch_size, shared_prefix, cancel):
         """One forward pass per prompt: the prompt once, each continuation after it.
 
         A row holds ``prompt + c1 + c2 + ...``; a 4-D attention mask lets each continuation see the
@@ -405,8 +377,6 @@ class LocalBackend:
         with self._using(adapter) as model, torch.inference_mode():
             fused = self._fused_path()
             for start in range(0, len(rows), batch_size):
-                if cancel.is_set():
-                    break
                 chunk = rows[start:start + batch_size]
                 reused = shared_prefix_length(prefix_ids, [prompt for prompt, _ in chunk])
                 past = self._prefix_kv(adapter, prefix_ids[:reused], len(chunk), fused) if reused else None
@@ -546,32 +516,21 @@ class LocalBackend:
         return kwargs
 
     def complete(self, adapter, prompts, params, batch_size=8):
-        return self._on_model_thread(lambda cancel: self._complete(adapter, prompts, params, batch_size, cancel))
-
-    def _complete(self, adapter, prompts, params, batch_size, cancel):
         import torch
-        from transformers import StoppingCriteria
-
-        class StopWhenCancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancel.is_set()
 
         tok = self.tokenizer
         outputs: list[str] = []
         with self._using(adapter) as model, torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
-                if cancel.is_set():
-                    break
                 chunk = list(prompts[start:start + batch_size])
                 if len(chunk) == 1 and self._decoder() is not None:
                     ids = self.encode(chunk[0])["input_ids"]
-                    outputs.append(tok.decode(self._decode_one(adapter, ids, params, on_token=lambda t: not cancel.is_set()),
-                                              skip_special_tokens=True))
+                    outputs.append(tok.decode(self._decode_one(adapter, ids, params), skip_special_tokens=True))
                     continue
                 # padded on the left: generation continues from the right edge
                 enc = self.encode(chunk, return_tensors="pt", padding=True, padding_side="left")
                 enc = {k: v.to(self._device()) for k, v in enc.items()}
-                out = model.generate(**enc, stopping_criteria=[StopWhenCancelled()], **self._generate_kwargs(params))
+                out = model.generate(**enc, **self._generate_kwargs(params))
                 new_tokens = out[:, enc["input_ids"].shape[1]:]
                 outputs.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
         return outputs
@@ -592,7 +551,9 @@ class LocalBackend:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         request = StreamRequest(adapter, self.encode(prompt)["input_ids"], params, streamer, on_finish)
         self._streams.add(request)
-        self._model_thread.submit(self._decode_claimed, request)
+        worker = threading.Thread(target=self._decode_when_free, args=(request,), daemon=True,
+                                  name="adapterlab-generate")
+        worker.start()
         try:
             for piece in streamer:
                 if piece:
@@ -605,19 +566,27 @@ class LocalBackend:
             self._streams.withdraw(request)  # still waiting for the model: nothing to stop
             # the batch drops it at its next token; wait for that, so that nothing of this generation
             # runs on after the caller has gone (Ctrl-C in `predict` exited under a running generate:
-            # "terminate called without an active exception", status 134). Not when the garbage
-            # collector closes an abandoned stream on the model thread: it cannot wait for itself,
-            # and the stream is dropped at its next token all the same
-            if threading.get_ident() != self._model_thread_id:
+            # "terminate called without an active exception", status 134), and for its thread when
+            # it decoded this stream alone (a batch's thread goes on for the other rows). Not when
+            # the garbage collector closes an abandoned stream from the thread decoding it: it cannot
+            # wait for itself, and the stream is dropped at its next token all the same
+            if threading.current_thread() not in (worker, request.runner):
                 request.released.wait(timeout=STOP_WAIT_S)
+                if request.alone or request.runner is not worker:
+                    worker.join(timeout=STOP_WAIT_S)
 
-    def _decode_claimed(self, request) -> None:
-        """On the model thread, once the model is free: decode ``request`` and the streams waiting
-        with it, unless an earlier batch took it along."""
-        with self._lock:
-            batch = self._streams.claim(request)
-            if batch:
-                self._decode_batch(batch)
+    def _decode_when_free(self, request) -> None:
+        """Wait for the model; then decode ``request`` and the streams waiting with it, unless another
+        stream's thread has taken it into its batch meanwhile."""
+        while request.runner is None and not request.released.is_set():
+            if self._lock.acquire(timeout=STREAM_CLAIM_POLL_S):
+                try:
+                    batch = self._streams.claim(request)
+                    if batch:
+                        self._decode_batch(batch)
+                finally:
+                    self._lock.release()
+                return
 
     def _decode_batch(self, batch) -> None:
         """Decode the claimed streams (lock held): one alone through the single-stream path, several

@@ -39,7 +39,8 @@ class StreamRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)  # the caller has gone
     released: threading.Event = field(default_factory=threading.Event)  # no longer decoded
     failure: list[BaseException] = field(default_factory=list)
-    runner: threading.Thread | None = None  # the thread decoding it (the model thread), once claimed
+    runner: threading.Thread | None = None  # the thread decoding it, once claimed
+    alone: bool = False  # claimed into a batch of its own (the single-stream path)
 
 
 class StreamQueue:
@@ -73,6 +74,8 @@ class StreamQueue:
             for r in batch:
                 r.runner = threading.current_thread()
         live = [r for r in batch if not r.cancelled.is_set()]
+        for r in live:
+            r.alone = len(live) == 1
         for r in batch:
             if r.cancelled.is_set():
                 r.streamer.end()
