@@ -49,7 +49,9 @@ class StreamQueue:
     def __init__(self, max_batch: int = MAX_STREAM_BATCH):
         self.max_batch = max_batch
         self._waiting: list[StreamRequest] = []
-        self._lock = threading.Lock()
+        # reentrant: the garbage collector may close an abandoned stream (whose cleanup withdraws it)
+        # in whichever thread allocates, also one inside add/claim/withdraw with this lock held
+        self._lock = threading.RLock()
 
     def add(self, request: StreamRequest) -> None:
         with self._lock:

@@ -562,3 +562,27 @@ def test_a_short_answer_returns_when_it_ends_even_when_its_thread_runs_the_batch
         t.join(timeout=120)
     assert len(long_pieces) > 20
     assert long_pieces_when_short_returned[0] < len(long_pieces) / 2  # not held until the batch ended
+
+
+def test_a_stream_finalized_while_its_queue_is_locked_does_not_deadlock():
+    """The garbage collector runs an abandoned stream's cleanup (which withdraws it from the queue) in
+    whichever thread allocates, also in one that holds the queue's lock."""
+    from adapters.batching import StreamQueue, StreamRequest
+
+    class Ends:
+        def end(self):
+            pass
+
+    queue = StreamQueue()
+    abandoned = StreamRequest(None, [1], GenerationParams(), Ends())
+    queue.add(abandoned)
+    done = threading.Event()
+
+    def claim_while_finalizing():
+        with queue._lock:  # as inside claim(), when a collection happens to run there
+            queue.withdraw(abandoned)
+        done.set()
+
+    threading.Thread(target=claim_while_finalizing, daemon=True).start()
+    assert done.wait(timeout=5), "withdraw inside the queue's own lock deadlocked"
+    assert abandoned.released.is_set() and queue._waiting == []
