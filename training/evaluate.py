@@ -150,24 +150,17 @@ def choose_few_shot(runtime: Runtime, spec: AdapterSpec, splits, batch_size: int
     validation = list(splits.validation)
     if len(seeds) == 1 or not validation:
         return few_shot_pairs(spec, splits.train, k, seed), {"k": k, "seed": seed, "draws": 1}
-    positive = spec.labels[-1]
-    refs = [int(ex.target == positive) for ex in validation]
-    metric = load_metric("spam_classification")
     draws, candidates = [], []
     for draw_seed in seeds:
         shots = few_shot_pairs(spec, splits.train, k, draw_seed)
         in_batches = _with_progress(f"few-shot draw {draw_seed - seed + 1}/{len(seeds)} on validation",
                                     batch_size, progress)
-        out = in_batches(lambda texts, b: runtime.classify(spec.name, texts, base=True, examples=shots,
-                                                           batch_size=b), [ex.input for ex in validation])
-        scores = [r.probs[positive] for r in out]
-        result = metric.compute(predictions=[int(r.label == positive) for r in out], references=refs,
-                                scores=scores)
+        result, _ = _classify(runtime, spec, validation, {"base": True, "examples": shots}, in_batches)
         draws.append({"seed": draw_seed, **{m: result[m] for m in ("f1", "accuracy", "auroc")}})
         candidates.append(shots)
     best = max(range(len(draws)), key=lambda i: (draws[i]["f1"], -i))
     return candidates[best], {"k": k, "seed": draws[best]["seed"], "draws": len(draws),
-                              "criterion": f"F1 of {positive!r} on the validation split",
+                              "criterion": f"F1 of {spec.labels[-1]!r} on the validation split",
                               "validation_examples": len(validation), "scores": draws}
 
 
