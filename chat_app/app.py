@@ -361,11 +361,12 @@ async def _ready_runtime() -> Runtime:
 
 class StepsTracer(cl.LangchainCallbackHandler):
     """Chainlit's LangChain steps, except that a run the user stopped (the Stop button cancels the
-    task) ends as "stopped by you" rather than as a failed step with an error mark."""
+    task; ``chains.stopped_by_user``) ends as "stopped by you" rather than as a failed step with an
+    error mark."""
 
     async def _on_error(self, error: BaseException, *, run_id, **kwargs):
         step = self.steps.get(str(run_id))
-        if not isinstance(error, asyncio.CancelledError) or step is None:
+        if not chains.stopped_by_user(error) or step is None:
             return await super()._on_error(error, run_id=run_id, **kwargs)
         context_var.set(self.context)
         step.output, step.end = "stopped by you", utc_now()

@@ -434,7 +434,7 @@ def test_stop_keeps_the_partial_answer_in_the_chat_and_the_history(server, brows
     kept = json.loads(next(m for o, m in rows if "stopped by you" in o))["answer"]
     assert kept and stopped.startswith(kept.split()[0])
     with sqlite3.connect(server.database) as db:  # a stop is not a failure: no step marked as an error
-        failed = db.execute('SELECT "name" FROM steps WHERE "isError" AND "threadId" = '
+        failed = db.execute('SELECT "name", "output" FROM steps WHERE "isError" AND "threadId" = '
                             '(SELECT "threadId" FROM steps WHERE "output" LIKE ?)', ("%stopped by you%",)).fetchall()
     assert failed == []
     set_max_new_tokens(page, 16)
