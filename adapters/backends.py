@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .batching import MAX_STREAM_BATCH, StreamQueue
+from .batching import MAX_STREAM_BATCH, RowAdapters, StreamQueue
+from .model_lock import ModelLock
 from .base_models import DEFAULT_BASE, LoadOptions, cache_keyword, canonical_name, load_base, cudnn_attention
 
 
@@ -123,7 +125,8 @@ class LocalBackend:
         self.tokenizer = tokenizer
         self.base_name = base_name
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
-        self._lock = threading.RLock()
+        self._lock = ModelLock()  # lent between generation steps to waiting callers (adapters.model_lock)
+        self.lend_between_steps = True  # False: a generation keeps the model to its end (benchmarks)
         self._tokenizer_lock = threading.Lock()
         self._byte_level: bool | None = None  # see _tokens_within_bytes
         self._specials: list[str] | None = None  # special-token strings, see literal
@@ -138,6 +141,7 @@ class LocalBackend:
         # graph-replayed streams in turn (benchmarks/results/serve-cuda-h200.json)
         on_gpu = next(model.parameters()).device.type == "cuda"
         self._streams = StreamQueue(max_batch=1 if on_gpu else MAX_STREAM_BATCH)
+        self._row_adapters = RowAdapters()  # the adapter of each row of a mixed batch
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,
@@ -165,7 +169,7 @@ class LocalBackend:
 
     def cached_prefixes(self) -> list[tuple[str | None, int]]:
         """(adapter, token count) of each prompt prefix whose keys/values scoring keeps, oldest first."""
-        with self._lock:
+        with self._lock.hold():
             return [(adapter, len(ids)) for adapter, ids in self._prefix_cache]
 
     def add_adapter(self, name: str, path: Path) -> None:
@@ -177,7 +181,7 @@ class LocalBackend:
             raise BaseMismatchError(
                 f"adapter {name!r} ({path}) was trained on base model {canonical_name(trained_on)!r}, "
                 f"but the loaded base model is {self.base_name!r}")
-        with self._lock:
+        with self._lock.hold():
             try:
                 if isinstance(self.model, PeftModel):
                     self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
@@ -262,7 +266,7 @@ class LocalBackend:
 
         Every request does this itself; it is public for benchmarks and warm-up.
         """
-        with self._lock:
+        with self._lock.hold():
             self._switch_to(adapter)
 
     def _switch_to(self, adapter: str | None) -> None:
@@ -318,7 +322,7 @@ class LocalBackend:
     @contextmanager
     def _using(self, adapter: str | None):
         """Hold the model with ``adapter`` active (None: adapters disabled)."""
-        with self._lock, cudnn_attention(False):
+        with self._lock.hold(), cudnn_attention(False):
             self._switch_to(adapter)
             yield self.model
 
@@ -530,7 +534,7 @@ class LocalBackend:
                 # padded on the left: generation continues from the right edge
                 enc = self.encode(chunk, return_tensors="pt", padding=True, padding_side="left")
                 enc = {k: v.to(self._device()) for k, v in enc.items()}
-                out = model.generate(**enc, **self._generate_kwargs(params))
+                out = model.generate(**enc, stopping_criteria=[self._lending(adapter)], **self._generate_kwargs(params))
                 new_tokens = out[:, enc["input_ids"].shape[1]:]
                 outputs.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
         return outputs
@@ -579,14 +583,17 @@ class LocalBackend:
         """Wait for the model; then decode ``request`` and the streams waiting with it, unless another
         stream's thread has taken it into its batch meanwhile."""
         while request.runner is None and not request.released.is_set():
-            if self._lock.acquire(timeout=STREAM_CLAIM_POLL_S):
-                try:
-                    batch = self._streams.claim(request)
-                    if batch:
-                        self._decode_batch(batch)
-                finally:
-                    self._lock.release()
+            if not self._lock.try_hold(timeout=STREAM_CLAIM_POLL_S):
+                continue
+            try:
+                on_loan = self._lock.taken_by_a_generation  # then streams wait for that generation's end
+                if not on_loan and (batch := self._streams.claim(request)):
+                    self._decode_batch(batch)
+            finally:
+                self._lock.release()
+            if not on_loan:
                 return
+            time.sleep(STREAM_CLAIM_POLL_S)
 
     def _decode_batch(self, batch) -> None:
         """Decode the claimed streams (lock held): one alone through the single-stream path, several
@@ -603,6 +610,25 @@ class LocalBackend:
             rows.fail(exc)
         finally:
             rows.end()
+
+    def _lending(self, adapter: str | None):
+        """Stopping criteria for ``generate`` that never stop it, but lend the model to the callers
+        waiting for it after each step (``adapters.model_lock``), then set ``adapter`` again.
+
+        Only for generations whose state is all in ``generate``'s own cache and thread: not the
+        CUDA-graph decoder, whose cache lives in the model (``adapters.batching.RowAdapters`` keeps a
+        mixed-adapter batch's names to its own thread)."""
+        from transformers import StoppingCriteria
+
+        backend = self
+
+        class LendBetweenSteps(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                if backend.lend_between_steps and backend._lock.lend():
+                    backend._switch_to(adapter)
+                return False
+
+        return LendBetweenSteps()
 
     def _decode_alone(self, request) -> None:
         """One stream: the static decoder on a GPU, else ``generate`` with the request's streamer."""
@@ -622,7 +648,8 @@ class LocalBackend:
                     streamer.put(torch.tensor([t])), not request.cancelled.is_set())[1])
             else:
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                     stopping_criteria=[StopWhenCancelled()], **self._generate_kwargs(params))
+                                     stopping_criteria=[StopWhenCancelled(), self._lending(request.adapter)],
+                                     **self._generate_kwargs(params))
                 new_ids = out[0, ids.shape[1]:].tolist()
             if request.on_finish is not None and not request.cancelled.is_set():
                 request.on_finish(self._finish_reason(new_ids, params.max_new_tokens))
@@ -639,15 +666,17 @@ class LocalBackend:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos_ids())
         ids, mask = padded_batch(requests, pad)
         mixed = adapter_rows(requests)
-        active = next((r.adapter for r in requests if r.adapter is not None), None)
-        kwargs = {"adapter_names": mixed} if mixed else {}
+        active = next((r.adapter for r in requests if r.adapter is not None), None)  # adapters on, for mixed rows
         # greedy picks, with each row's own choice put in by the logits processor (rows.choose)
         greedy = self._generate_kwargs(GenerationParams(max_new_tokens=max(r.params.max_new_tokens for r in requests)))
-        with self._using(active) as model, torch.inference_mode():
+        with self._using(active) as model, torch.inference_mode(), self._row_adapters.rows(mixed):
+            if mixed:
+                self._row_adapters.install(model)
             device = self._device()
             model.generate(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device),
                            logits_processor=LogitsProcessorList([rows.choose]),
-                           stopping_criteria=StoppingCriteriaList([rows.stop]), streamer=rows, **greedy, **kwargs)
+                           stopping_criteria=StoppingCriteriaList([rows.stop, self._lending(active)]),
+                           streamer=rows, **greedy)
 
 
 def shared_prefix_length(prefix_ids: list[int], prompts: list[list[int]]) -> int:

@@ -9,7 +9,9 @@ batches (``adapter_names=``: an adapter, or the base, per row), and per row its 
 settings, n-gram ban, token limit and stop flag, its tokens streamed back to its own caller.
 
 Streams that arrive while a batch runs wait for it and form the next batch (static batching: a
-batch does not take in new rows as it goes). A batch of one runs the single-stream path as before.
+batch does not take in new rows as it goes); other calls (a spam check) run between two of its
+steps (``adapters.model_lock``), which is why a mixed batch's row adapters are told to its own
+thread only (``RowAdapters``). A batch of one runs the single-stream path as before.
 A GPU takes streams one at a time (``max_batch`` 1): there the CUDA-graph decoder is faster than an
 eager batch (benchmarks/results/serve-cuda-h200.json).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +177,44 @@ class RowBatch:
         finally:
             request.streamer.end()
             request.released.set()
+
+
+class RowAdapters:
+    """PEFT's mixed-adapter batches (each row its adapter, ``BASE_ROW`` for the base), told to the
+    LoRA layers per thread.
+
+    PEFT's own way, ``generate(adapter_names=...)``, hooks every LoRA layer of the model with the
+    batch's names for the whole call, so whatever else ran on the model meanwhile (a caller the batch
+    lends the model to between two steps, ``adapters.model_lock``) would be given the batch's names
+    too. These hooks, put on once, give the names only to forward passes in the thread that set them;
+    the layers then run PEFT's own mixed-batch forward."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def install(self, model) -> None:
+        """Hook the model's LoRA layers (once each; adapters loaded later add none)."""
+        from peft.tuners.lora import LoraLayer
+
+        for module in model.modules():
+            if isinstance(module, LoraLayer) and not getattr(module, "_adapterlab_row_adapters", False):
+                module.register_forward_pre_hook(self._give_names, with_kwargs=True)
+                module._adapterlab_row_adapters = True
+
+    @contextmanager
+    def rows(self, names: list[str] | None):
+        """Within: this thread's forward passes run row i with ``names[i]`` (None: the active adapter)."""
+        self._local.names = names
+        try:
+            yield
+        finally:
+            self._local.names = None
+
+    def _give_names(self, module, args, kwargs):
+        names = getattr(self._local, "names", None)
+        if names is None:
+            return None
+        return args, {**kwargs, "adapter_names": names}
 
 
 def padded_batch(requests: Sequence[StreamRequest], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:

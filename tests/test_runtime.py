@@ -485,7 +485,7 @@ def test_streams_requested_together_are_decoded_as_one_batch_each_with_its_own_a
         sampled.append("".join(backend.stream("spam", prompts["spam"], GenerationParams(temperature=0.9, max_new_tokens=8))))
 
     threads = [threading.Thread(target=ask, args=(name,)) for name in asks] + [threading.Thread(target=ask_sampled)]
-    with backend._lock:  # the model is busy: every stream queues
+    with backend._lock.hold():  # the model is busy: every stream queues
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
@@ -511,7 +511,7 @@ def test_a_stream_closed_in_a_batch_stops_alone_and_the_others_finish(tiny_base,
         results["finished"] = "".join(backend.stream(None, prompt, GenerationParams(max_new_tokens=40)))
 
     other = threading.Thread(target=finish)
-    with backend._lock:
+    with backend._lock.hold():
         leaving = backend.stream(None, prompt, GenerationParams(max_new_tokens=40))
         first = threading.Thread(target=lambda: results.__setitem__("first", next(leaving)))
         first.start()
@@ -553,7 +553,7 @@ def test_a_short_answer_returns_when_it_ends_even_when_its_thread_runs_the_batch
         long_pieces.extend(backend.stream(None, prompt, GenerationParams(max_new_tokens=300)))
 
     threads = [threading.Thread(target=ask_short), threading.Thread(target=ask_long)]
-    with backend._lock:
+    with backend._lock.hold():
         for t in threads:
             t.start()
         while len(backend._streams._waiting) < 2:
@@ -586,3 +586,104 @@ def test_a_stream_finalized_while_its_queue_is_locked_does_not_deadlock():
     threading.Thread(target=claim_while_finalizing, daemon=True).start()
     assert done.wait(timeout=5), "withdraw inside the queue's own lock deadlocked"
     assert abandoned.released.is_set() and queue._waiting == []
+
+
+# --- the model lent between generation steps -------------------------------------------------------
+
+def slowed_steps(backend, seconds: float = 0.02):
+    """Make each forward pass of the tiny model take ``seconds`` longer, so a generation lasts long
+    enough for others to ask for the model meanwhile (the real one takes ~80 ms a step on a CPU)."""
+    return backend.model.get_base_model().register_forward_pre_hook(lambda *_: time.sleep(seconds))
+
+
+def long_job(backend, kind: str, prompt: str, pieces: list) -> list[threading.Thread]:
+    """Threads that run a long generation of ``kind``, appending its text pieces to ``pieces``."""
+    params = GenerationParams(max_new_tokens=120)
+    if kind == "stream":
+        return [threading.Thread(target=lambda: pieces.extend(backend.stream(None, prompt, params)))]
+    if kind.startswith("two streams"):  # in one batch: of the base twice, or of the base and the spam adapter
+        other: list[str] = []
+        adapter = "spam" if kind.endswith("adapters") else None
+        return [threading.Thread(target=lambda: pieces.extend(backend.stream(None, prompt, params))),
+                threading.Thread(target=lambda: other.extend(backend.stream(adapter, prompt, params)))]
+    return [threading.Thread(target=lambda: pieces.append(backend.complete(None, [prompt], params)[0]))]
+
+
+@pytest.mark.parametrize("kind", ["stream", "two streams", "two streams with two adapters", "complete"])
+def test_short_calls_asked_during_a_long_generation_run_between_its_steps(tiny_base, catalog, trained_spam, kind):
+    """A 0.1 s spam check used to wait for another user's whole answer. A generation now lends the
+    model to waiting callers between two steps: a classification and a short generation asked
+    meanwhile return while it goes on, and no result changes (the generation gets its adapter back,
+    here the base after the spam adapter; a mixed batch's row adapters stay with its own thread)."""
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    alone: list[str] = []
+    for thread in long_job(backend, kind, prompt, alone):
+        thread.start()
+        thread.join(timeout=120)
+    sms = ["win a free prize call now"]
+    short = GenerationParams(max_new_tokens=4)
+
+    def short_calls():
+        return rt.classify("spam", sms)[0], backend.complete("spam", [prompt], short)
+
+    expected_label, expected_text = short_calls()
+    assert backend.count_tokens("".join(alone)) > 60  # long enough to be asked in the middle
+
+    hook = slowed_steps(backend)
+    try:
+        pieces: list[str] = []
+        threads = long_job(backend, kind, prompt, pieces)
+        with backend._lock.hold():  # streams queue together, so the two form one batch
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 30
+            while kind != "complete" and len(backend._streams._waiting) < len(threads) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        time.sleep(0.5)  # well into the generation (>= 20 ms a step)
+        asked = time.perf_counter()
+        label, text = short_calls()
+        waited = time.perf_counter() - asked
+        running = any(thread.is_alive() for thread in threads)
+        for thread in threads:
+            thread.join(timeout=120)
+        finished = time.perf_counter() - asked
+    finally:
+        hook.remove()
+    assert running and waited < finished / 3, f"the calls took {waited:.2f} s, the generation ended {finished:.2f} s after they were asked"
+    assert "".join(pieces) == "".join(alone)
+    assert label.label == expected_label.label and label.probs == pytest.approx(expected_label.probs, abs=1e-6)
+    assert text == expected_text
+
+
+def test_a_stream_asked_during_another_ones_loan_waits_for_that_generation(tiny_base, catalog, trained_spam):
+    """Only callers waiting in ``hold`` get the model between steps: a stream asked meanwhile does not
+    start a generation of its own inside another's loan (it would hold the model to its end); it
+    forms the next batch as before."""
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    ends: dict[str, float] = {}
+    firsts: dict[str, float] = {}
+
+    def ask(name, tokens):
+        for _ in backend.stream(None, prompt, GenerationParams(max_new_tokens=tokens)):
+            firsts.setdefault(name, time.perf_counter())
+        ends[name] = time.perf_counter()
+
+    hook = slowed_steps(backend)
+    try:
+        first = threading.Thread(target=ask, args=("first", 100))
+        first.start()
+        while "first" not in firsts:
+            time.sleep(0.01)
+        second = threading.Thread(target=ask, args=("second", 5))
+        second.start()
+        for _ in range(5):  # loans while the second stream polls for the model
+            rt.classify("spam", ["win a free prize"])
+        first.join(timeout=120)
+        second.join(timeout=120)
+    finally:
+        hook.remove()
+    assert firsts["second"] > ends["first"], "the second stream started inside the first one's loan"

@@ -31,7 +31,7 @@ alone = [generation(a).read() for a in plan]
 together: dict[int, str] = {}
 threads = [threading.Thread(target=lambda i=i, a=a: together.__setitem__(i, generation(a).read()))
            for i, a in enumerate(plan)]
-with backend._lock:  # busy: every stream queues, and one batch takes them all
+with backend._lock.hold():  # busy: every stream queues, and one batch takes them all
     for t in threads:
         t.start()
     while len(backend._streams._waiting) < len(plan):
