@@ -245,19 +245,61 @@ def bench_concurrent_streams(runtime: Runtime, streams: int, tokens: int) -> dic
             "notes": STREAMS_NOTES}
 
 
-def _concurrent_run(runtime: Runtime, streams: int, tokens: int) -> dict:
+def bench_classify_during_streams(runtime: Runtime, streams: int, tokens: int, base: bool) -> dict:
+    """One-message spam checks asked one after another while ``streams`` streams decode (those of
+    ``bench_concurrent_streams``, served the default way): their latency when the model is lent to
+    them between two decoding steps (the default, ``adapters.model_lock``) and when a generation keeps
+    it to its end, alternated in one process; and what the loans cost the streams."""
+    backend = runtime.backend
+    default = backend.lend_between_steps
+    ways = {"kept_to_the_end": False, "lent_between_steps": True}
+    runs: dict[str, list[dict]] = {way: [] for way in ways}
+
+    def check() -> float:
+        return timed_ms(lambda: runtime.classify("spam", [SAMPLE_SMS], base=base))
+
+    check()
+    try:
+        for _ in range(STREAM_ROUNDS):
+            for way, lend in ways.items():
+                backend.lend_between_steps = lend
+                runs[way].append(_concurrent_run(runtime, streams, tokens, during=check))
+    finally:
+        backend.lend_between_steps = default
+
+    def summary(results: list[dict]) -> dict:
+        latencies = [ms for r in results for ms in r["during_ms"]]
+        median = sorted(results, key=lambda r: r["wall_seconds"])[len(results) // 2]
+        return {"checks": len(latencies), "checks_per_round": [len(r["during_ms"]) for r in results],
+                "latency_ms": p50_p95(latencies, digits=1) | {"max": round(max(latencies), 1)},
+                "streams_wall_seconds": median["wall_seconds"],
+                "streams_aggregate_tokens_per_s": median["aggregate_tokens_per_s"]}
+
+    return {"streams": streams, "max_new_tokens": tokens, "rounds": STREAM_ROUNDS,
+            "served_by_default": "lent_between_steps" if default else "kept_to_the_end",
+            "definition": f"{STREAM_ROUNDS} rounds, each both ways: the streams start together; from the first "
+                          "streamed piece until the last stream ends, one spam check after another from this "
+                          "thread; every check's latency counts, the streams' figures are the median round's",
+            **{way: summary(results) for way, results in runs.items()}}
+
+
+def _concurrent_run(runtime: Runtime, streams: int, tokens: int, during=None) -> dict:
+    """``streams`` greedy streams started together; ``during`` (returning milliseconds) is called over
+    and over from this thread while they decode, its results under ``during_ms``."""
     import threading
 
     cycle: list[str | None] = [*runtime.backend.adapter_names(), None]
     plan = [cycle[i % len(cycle)] for i in range(streams)]
     gate = threading.Barrier(streams)
     finished: list[dict] = [{} for _ in plan]
+    decoding = threading.Event()
 
     def one_stream(index: int, adapter: str | None) -> None:
         text = STREAM_INPUTS.get(adapter or "", SAMPLE_QUESTION)
         gate.wait()
         g = runtime.generate(adapter, [{"role": "user", "content": text}], temperature=0, max_new_tokens=tokens)
-        g.read()
+        for _ in g:
+            decoding.set()
         finished[index] = {"started": g.started, "first": g.first_piece_at or time.perf_counter(),
                            "done": time.perf_counter(), "tokens": runtime.backend.count_tokens(g.text),
                            "adapter": adapter or "base"}
@@ -265,6 +307,12 @@ def _concurrent_run(runtime: Runtime, streams: int, tokens: int) -> dict:
     threads = [threading.Thread(target=one_stream, args=(i, a)) for i, a in enumerate(plan)]
     for thread in threads:
         thread.start()
+    during_ms: list[float] = []
+    if during is not None:
+        while not decoding.wait(timeout=0.01) and any(t.is_alive() for t in threads):
+            pass
+        while any(t.is_alive() for t in threads):
+            during_ms.append(during())
     for thread in threads:
         thread.join()
     start = min(f["started"] for f in finished)
@@ -276,7 +324,8 @@ def _concurrent_run(runtime: Runtime, streams: int, tokens: int) -> dict:
             "ttft_ms": p50_p95(ttfts, digits=1) | {"max": round(max(ttfts), 1)},
             "max_streams_decoding_at_once": max_overlap([(f["first"], f["done"]) for f in finished]),
             "per_stream": [{"adapter": f["adapter"], "tokens": f["tokens"], "ttft_ms": round(t, 1),
-                            "seconds": round(f["done"] - f["started"], 3)} for f, t in zip(finished, ttfts)]}
+                            "seconds": round(f["done"] - f["started"], 3)} for f, t in zip(finished, ttfts)],
+            **({"during_ms": [round(ms, 1) for ms in during_ms]} if during is not None else {})}
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -317,6 +366,8 @@ def run_serve(args) -> int:
     result["adapter_switch"] = bench_adapter_switch(runtime.backend, args.switch_rounds)
     if not args.skip_generate and args.streams > 0:
         result["concurrent_streams"] = bench_concurrent_streams(runtime, args.streams, args.tokens)
+        result["classify_during_streams"] = bench_classify_during_streams(runtime, args.streams, args.tokens,
+                                                                          use_base)
     print(json.dumps(result, indent=2))
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)

@@ -158,6 +158,19 @@ def serve_rows(name: str, result: dict) -> list[Row]:
                         f"{number(_get(streams, 'ttft_ms', 'p50'), 0)} ms; "
                         + ("serialized (one model lock)" if at_once == 1 else f"up to {at_once} decoding at once"))
         rows.append(Row(bench, device, f"{streams.get('streams')} concurrent streams, adapters + base", measured))
+    during = result.get("classify_during_streams")
+    if during:
+        lent, kept = during["lent_between_steps"], during["kept_to_the_end"]
+        default = during.get("served_by_default") == "lent_between_steps"
+        rows.append(Row(bench, device, f"classify one message while {during.get('streams')} streams decode, latency",
+                        f"model lent between decoding steps{' (the default)' if default else ''}: "
+                        f"p50 {number(_get(lent, 'latency_ms', 'p50'), 0)} ms, "
+                        f"p95 {number(_get(lent, 'latency_ms', 'p95'), 0)} ms ({lent.get('checks')} checks), "
+                        f"streams {number(lent.get('streams_aggregate_tokens_per_s'))} tokens/s; "
+                        f"kept to each generation's end{' (the default)' if not default else ''}: "
+                        f"p50 {number(_get(kept, 'latency_ms', 'p50'), 0)} ms, "
+                        f"max {number(_get(kept, 'latency_ms', 'max'), 0)} ms ({kept.get('checks')} checks), "
+                        f"streams {number(kept.get('streams_aggregate_tokens_per_s'))} tokens/s"))
     return rows
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from adapters import Runtime
-from adapters.bench import bench_adapter_switch, bench_concurrent_streams, max_overlap
+from adapters.bench import bench_adapter_switch, bench_classify_during_streams, bench_concurrent_streams, max_overlap
 from adapters.catalog import CATALOG_DIR, load_catalog
 from conftest import train_tiny_lora
 
@@ -96,6 +96,18 @@ def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base
         result["batched"]["aggregate_tokens_per_s"] / result["one_at_a_time"]["aggregate_tokens_per_s"], abs=0.01)
     assert result["served_by_default"] == "batched" and rt.backend.max_stream_batch > 1  # on a CPU; put back
     assert "rows of one batch" in result["notes"]
+
+
+def test_classify_during_streams_measures_checks_made_while_the_streams_decode_both_ways(tiny_base, two_adapters):
+    rt = runtime(tiny_base, two_adapters)
+    result = bench_classify_during_streams(rt, streams=2, tokens=40, base=False)
+    for way in ("lent_between_steps", "kept_to_the_end"):
+        measured = result[way]
+        assert len(measured["checks_per_round"]) == result["rounds"] and measured["checks"] == sum(measured["checks_per_round"])
+        assert all(n >= 1 for n in measured["checks_per_round"])  # each round made a check while the streams ran
+        assert 0 < measured["latency_ms"]["p50"] <= measured["latency_ms"]["max"]
+        assert measured["streams_aggregate_tokens_per_s"] > 0
+    assert result["served_by_default"] == "lent_between_steps" and rt.backend.lend_between_steps  # put back
 
 
 @pytest.mark.parametrize(("intervals", "expected"), [
@@ -265,6 +277,12 @@ SERVE_H100 = {
                        "same_adapter_ms": {"p50": 0.004}},
     "concurrent_streams": {"streams": 8, "aggregate_tokens_per_s": 287.4, "wall_seconds": 1.9,
                            "ttft_ms": {"p50": 700.0}, "max_streams_decoding_at_once": 1},
+    "classify_during_streams": {
+        "streams": 8, "served_by_default": "lent_between_steps",
+        "lent_between_steps": {"checks": 40, "latency_ms": {"p50": 61.5, "p95": 90.2, "max": 120.0},
+                               "streams_aggregate_tokens_per_s": 250.1},
+        "kept_to_the_end": {"checks": 3, "latency_ms": {"p50": 900.4, "p95": 1500.0, "max": 1700.9},
+                            "streams_aggregate_tokens_per_s": 280.2}},
 }
 TRAIN_H100 = {
     "benchmark": "train", "device": "NVIDIA H100 80GB HBM3", "device_kind": "cuda", "trl": "0.20.0",
@@ -314,6 +332,8 @@ def test_the_readme_table_holds_the_numbers_and_targets_of_each_result(results_a
     assert "312.5 tokens/s" in rows["generate one stream, decode (64 new tokens)"]
     assert "p50 3.21 ms" in rows["adapter switch between requests"] and "❌" in rows["adapter switch between requests"]
     assert "287.4 tokens/s aggregate" in rows["8 concurrent streams, adapters + base"]
+    during = rows["classify one message while 8 streams decode, latency"]
+    assert "lent between decoding steps (the default): p50 62 ms" in during and "end: p50 900 ms, max 1,701 ms" in during
     assert rows["classify one message (spam adapter), latency"].endswith(" |  |")  # the CPU target is not the H100's
     assert "40,444.0 real tokens/s, validation loss 0.4123, peak GPU memory 3.00 GiB" in rows["train, recipe `adapterlab`"]
     assert rows["train, adapterlab speed-up over `reference` (real tokens/s)"].endswith("| ×4.00 | >= 10x (H100) ❌ |")
@@ -396,6 +416,7 @@ def test_bench_serve_writes_every_measure_to_json(tiny_base, two_adapters, tmp_p
     assert result["generate"]["max_new_tokens"] == 3
     assert result["adapter_switch"]["cycle"] == ["oncology", "spam", "base"]
     assert [s["adapter"] for s in result["concurrent_streams"]["batched"]["per_stream"]] == ["oncology", "spam"]
+    assert result["classify_during_streams"]["streams"] == 2
 
 
 @pytest.mark.parametrize(("device", "slug"), [("NVIDIA H100 80GB HBM3", "cuda-h100"), ("NVIDIA H200", "cuda-h200"),
