@@ -572,9 +572,10 @@ class LocalBackend:
             # runs on after the caller has gone (Ctrl-C in `predict` exited under a running generate:
             # "terminate called without an active exception", status 134), and for its thread when
             # it decoded this stream alone (a batch's thread goes on for the other rows). Not when
-            # the garbage collector closes an abandoned stream from the thread decoding it: it cannot
-            # wait for itself, and the stream is dropped at its next token all the same
-            if threading.current_thread() not in (worker, request.runner):
+            # the garbage collector closes an abandoned stream from the thread decoding it, or from
+            # one holding the model (on loan from that generation): neither can wait for the next
+            # token, and the stream is dropped at it all the same
+            if threading.current_thread() not in (worker, request.runner) and not self._lock.held_here():
                 request.released.wait(timeout=STOP_WAIT_S)
                 if request.alone or request.runner is not worker:
                     worker.join(timeout=STOP_WAIT_S)

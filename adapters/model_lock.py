@@ -30,6 +30,7 @@ class ModelLock:
         self._count = threading.Lock()  # guards _waiting, which is changed without the model lock
         self._waiting = 0  # callers blocked in hold(), waiting for the model
         self._lent = 0  # generations paused in lend(), in this thread or others
+        self._depth = threading.local()  # how many times this thread holds the model
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -42,19 +43,32 @@ class ModelLock:
         finally:
             with self._count:
                 self._waiting -= 1
+        self._held(+1)
         try:
             yield
         finally:
             self._returned.notify_all()
-            self._lock.release()
+            self.release()
 
     def try_hold(self, timeout: float) -> bool:
         """Take the model if it is free within ``timeout`` seconds (then ``release`` it); for threads
         that poll, and are not counted as waiting."""
-        return self._lock.acquire(timeout=timeout)
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._held(+1)
+        return True
 
     def release(self) -> None:
+        self._held(-1)
         self._lock.release()
+
+    def held_here(self) -> bool:
+        """Whether this thread holds the model (perhaps on loan from a paused generation, which
+        cannot take a step until this thread gives it back)."""
+        return getattr(self._depth, "n", 0) > 0
+
+    def _held(self, change: int) -> None:
+        self._depth.n = getattr(self._depth, "n", 0) + change
 
     @property
     def taken_by_a_generation(self) -> bool:

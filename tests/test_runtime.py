@@ -593,7 +593,8 @@ def test_a_stream_finalized_while_its_queue_is_locked_does_not_deadlock():
 def slowed_steps(backend, seconds: float = 0.02):
     """Make each forward pass of the tiny model take ``seconds`` longer, so a generation lasts long
     enough for others to ask for the model meanwhile (the real one takes ~80 ms a step on a CPU)."""
-    return backend.model.get_base_model().register_forward_pre_hook(lambda *_: time.sleep(seconds))
+    model = backend.model.get_base_model() if hasattr(backend.model, "get_base_model") else backend.model
+    return model.register_forward_pre_hook(lambda *_: time.sleep(seconds))
 
 
 def long_job(backend, kind: str, prompt: str, pieces: list) -> list[threading.Thread]:
@@ -687,3 +688,55 @@ def test_a_stream_asked_during_another_ones_loan_waits_for_that_generation(tiny_
     finally:
         hook.remove()
     assert firsts["second"] > ends["first"], "the second stream started inside the first one's loan"
+
+
+def test_a_stream_closed_by_a_caller_that_borrows_the_model_does_not_wait_for_itself(tiny_base, catalog, monkeypatch):
+    """Closing a stream waits until its generation has dropped it at its next step. A caller holding
+    the model on loan from that very generation (where the garbage collector may close an abandoned
+    stream) would wait for a step that cannot come until it gives the model back."""
+    from adapters import backends
+
+    monkeypatch.setattr(backends, "STOP_WAIT_S", 3.0)
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    hook = slowed_steps(backend)
+    try:
+        stream = backend.stream(None, prompt, GenerationParams(max_new_tokens=200))
+        next(stream)
+        with backend._lock.hold():  # on loan from the stream's generation, after its next step
+            started = time.perf_counter()
+            stream.close()
+            took = time.perf_counter() - started
+        deadline = time.monotonic() + 30
+        while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        hook.remove()
+    assert took < 1.0, f"closing took {took:.2f} s"
+    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]  # it stopped once given back
+
+
+def test_the_model_lock_is_lent_only_to_callers_waiting_for_it_and_comes_back():
+    from adapters.model_lock import LEND_WAIT_S, ModelLock
+
+    lock = ModelLock()
+    order: list = []
+
+    def borrow():
+        with lock.hold():
+            order.append(("borrowed while lent", lock.taken_by_a_generation))
+
+    with lock.hold():
+        assert lock.lend() is False and lock.held_here()  # nobody waits: no loan
+        borrower = threading.Thread(target=borrow)
+        borrower.start()
+        while not lock.someone_waiting:
+            time.sleep(0.001)
+        started = time.perf_counter()
+        assert lock.lend() is True  # returns once the borrower has given the model back
+        order.append("back")
+        assert time.perf_counter() - started < LEND_WAIT_S / 2  # told at once, not at the timeout
+        assert lock.held_here() and not lock.taken_by_a_generation
+    borrower.join(timeout=5)
+    assert order == [("borrowed while lent", True), "back"] and not lock.held_here()
