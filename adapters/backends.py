@@ -63,6 +63,10 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def waiting_streams(self) -> int:
+        """Streamed answers asked for that wait for the model, busy with other requests."""
+        ...
+
     def token_counts(self, texts: Sequence[str]) -> list[int]: ...
 
     def over_budget(self, texts: Sequence[str], budget: int) -> list[bool]: ...
@@ -166,6 +170,9 @@ class LocalBackend:
         if rows < 1:
             raise ValueError(f"max_stream_batch must be at least 1, not {rows}")
         self._streams.max_batch = rows
+
+    def waiting_streams(self) -> int:
+        return self._streams.waiting()
 
     def cached_prefixes(self) -> list[tuple[str | None, int]]:
         """(adapter, token count) of each prompt prefix whose keys/values scoring keeps, oldest first."""

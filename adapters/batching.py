@@ -60,6 +60,11 @@ class StreamQueue:
         with self._lock:
             self._waiting.append(request)
 
+    def waiting(self) -> int:
+        """How many streams wait for the model (none has claimed them yet)."""
+        with self._lock:
+            return len(self._waiting)
+
     def withdraw(self, request: StreamRequest) -> None:
         """Take ``request`` out of the queue if no batch has claimed it yet (its caller has gone)."""
         with self._lock:

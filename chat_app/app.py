@@ -422,19 +422,38 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
                                   max_new_tokens=settings.max_new_tokens, info=info)
     answer = cl.Message(content="")
     streamed: list[str] = []
+    notice = asyncio.create_task(_tell_while_waiting(runtime, answer, streamed))
 
     async def show(piece: str) -> None:
-        if not streamed:  # a resumed thread shows the answer where it began, not where it ended
+        first = not streamed
+        if first:  # a resumed thread shows the answer where it began, not where it ended
             answer.created_at = utc_now()
+            notice.cancel()
         streamed.append(piece)
-        await answer.stream_token(piece)
+        await answer.stream_token(piece, is_sequence=first)  # the first piece replaces a waiting notice
 
     try:
         await chains.stream_pieces(chain, {"history": history, "text": text}, _callbacks(), show)
     except asyncio.CancelledError:  # the Stop button: keep what was said, on the page and in the history
         info.text, info.stopped = "".join(streamed), True  # the text the page shows
         # handled in full, so the message's task ends normally, not as a failed step
+    finally:
+        notice.cancel()
     await _send_answer(runtime, profile, settings, history, text, answer, info, label)
+
+
+async def _tell_while_waiting(runtime: Runtime, answer: cl.Message, streamed: list[str]) -> None:
+    """While an answer has no text yet and other requests hold the model, say so in its place
+    (on a 2-core CPU another user's answer can hold it for tens of seconds)."""
+    await asyncio.sleep(handlers.WAIT_NOTICE_S)
+    shown = None
+    while not streamed:
+        waiting = runtime.backend.waiting_streams()
+        notice = handlers.waiting_message(waiting) if waiting else None
+        if notice and notice != shown:
+            await answer.stream_token(notice, is_sequence=True)
+            shown = notice
+        await asyncio.sleep(1.0)
 
 
 async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, history: list[dict], text: str,

@@ -152,6 +152,15 @@ def loading_message(elapsed: float) -> str:
             "as the model is ready.")
 
 
+WAIT_NOTICE_S = 2.0  # an answer with no text after this long says why, when the model is busy
+
+
+def waiting_message(streams: int) -> str:
+    """What an answer shows while it waits for the model, which other people's requests hold."""
+    others = f" ({streams} answers waiting, yours included)" if streams > 1 else ""
+    return f"⏳ The model is busy with other requests{others}; your answer starts as soon as it is free."
+
+
 def ready_message(seconds: float | None, adapters: Sequence[str]) -> str:
     loaded = ", ".join(f"`{a}`" for a in adapters) or "none trained yet"
     took = f" in {seconds:.0f} s" if seconds is not None else ""

@@ -818,3 +818,9 @@ def test_only_langchains_finalizer_message_is_kept_out_of_the_server_log(monkeyp
     sys.unraisablehook(unraisable(generator, RuntimeError("async generator ignored GeneratorExit")))
     sys.unraisablehook(unraisable(langchain_generator, ValueError("something else")))
     assert len(seen) == 2
+
+
+def test_a_waiting_answer_says_the_model_is_busy_and_counts_only_when_others_wait_too():
+    alone = handlers.waiting_message(1)
+    assert "busy with other requests" in alone and "waiting" not in alone
+    assert "(3 answers waiting, yours included)" in handlers.waiting_message(3)
