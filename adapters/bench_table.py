@@ -163,11 +163,11 @@ def serve_rows(name: str, result: dict) -> list[Row]:
         lent, kept = during["lent_between_steps"], during["kept_to_the_end"]
         default = during.get("served_by_default") == "lent_between_steps"
         rows.append(Row(bench, device, f"classify one message while {during.get('streams')} streams decode, latency",
-                        f"model lent between decoding steps{' (the default)' if default else ''}: "
+                        f"generations lend the model between steps{' (the default)' if default else ''}: "
                         f"p50 {number(_get(lent, 'latency_ms', 'p50'), 0)} ms, "
                         f"p95 {number(_get(lent, 'latency_ms', 'p95'), 0)} ms ({lent.get('checks')} checks), "
                         f"streams {number(lent.get('streams_aggregate_tokens_per_s'))} tokens/s; "
-                        f"kept to each generation's end{' (the default)' if not default else ''}: "
+                        f"they keep it to their end{' (the default)' if not default else ''}: "
                         f"p50 {number(_get(kept, 'latency_ms', 'p50'), 0)} ms, "
                         f"max {number(_get(kept, 'latency_ms', 'max'), 0)} ms ({kept.get('checks')} checks), "
                         f"streams {number(kept.get('streams_aggregate_tokens_per_s'))} tokens/s"))

@@ -333,7 +333,7 @@ def test_the_readme_table_holds_the_numbers_and_targets_of_each_result(results_a
     assert "p50 3.21 ms" in rows["adapter switch between requests"] and "❌" in rows["adapter switch between requests"]
     assert "287.4 tokens/s aggregate" in rows["8 concurrent streams, adapters + base"]
     during = rows["classify one message while 8 streams decode, latency"]
-    assert "lent between decoding steps (the default): p50 62 ms" in during and "end: p50 900 ms, max 1,701 ms" in during
+    assert "lend the model between steps (the default): p50 62 ms" in during and "end: p50 900 ms, max 1,701 ms" in during
     assert rows["classify one message (spam adapter), latency"].endswith(" |  |")  # the CPU target is not the H100's
     assert "40,444.0 real tokens/s, validation loss 0.4123, peak GPU memory 3.00 GiB" in rows["train, recipe `adapterlab`"]
     assert rows["train, adapterlab speed-up over `reference` (real tokens/s)"].endswith("| ×4.00 | >= 10x (H100) ❌ |")
