@@ -248,8 +248,8 @@ def stopped_by_user(error: BaseException) -> bool:
     """Whether a chain run ended because its consumer stopped it (the Stop button, a closed page),
     not because it failed. Mostly that is the task's ``CancelledError``; but LangChain pulls each step
     of a chain in a task of its own, and when the stop lands just as a step has handed over its piece,
-    that step is left waiting at its ``yield`` and is ended by closing it: ``GeneratorExit``
-    (37 of 200 stops of a fast stream, ``tests/test_app_handlers.py``)."""
+    that step is left waiting at its ``yield`` and is ended by closing it: ``GeneratorExit`` (37 of
+    200 stops at random moments of a fast stream; ``tests/test_app_handlers.py`` makes 50)."""
     return isinstance(error, (asyncio.CancelledError, GeneratorExit))
 
 
