@@ -234,7 +234,7 @@ def bench_concurrent_streams(runtime: Runtime, streams: int, tokens: int) -> dic
                 runs[way].append(_concurrent_run(runtime, streams, tokens))
     finally:
         backend.max_stream_batch = default
-    median = {way: sorted(results, key=lambda r: r["wall_seconds"])[len(results) // 2] for way, results in runs.items()}
+    median = {way: median_round(results) for way, results in runs.items()}
     return {"streams": streams, "max_new_tokens": tokens, "rounds": STREAM_ROUNDS,
             "definition": f"median by wall time of {STREAM_ROUNDS} rounds; each round runs the streams one at a "
                           f"time (max_stream_batch = 1), then with max_stream_batch = {MAX_STREAM_BATCH}, in this process",
@@ -269,7 +269,7 @@ def bench_classify_during_streams(runtime: Runtime, streams: int, tokens: int, b
 
     def summary(results: list[dict]) -> dict:
         latencies = [ms for r in results for ms in r["during_ms"]]
-        median = sorted(results, key=lambda r: r["wall_seconds"])[len(results) // 2]
+        median = median_round(results)
         return {"checks": len(latencies), "checks_per_round": [len(r["during_ms"]) for r in results],
                 "latency_ms": p50_p95(latencies, digits=1) | {"max": round(max(latencies), 1)},
                 "streams_wall_seconds": median["wall_seconds"],
@@ -281,6 +281,11 @@ def bench_classify_during_streams(runtime: Runtime, streams: int, tokens: int, b
                           "streamed piece until the last stream ends, one spam check after another from this "
                           "thread; every check's latency counts, the streams' figures are the median round's",
             **{way: summary(results) for way, results in runs.items()}}
+
+
+def median_round(results: list[dict]) -> dict:
+    """The round of the median wall time (of an odd number of rounds: the middle one)."""
+    return sorted(results, key=lambda r: r["wall_seconds"])[len(results) // 2]
 
 
 def _concurrent_run(runtime: Runtime, streams: int, tokens: int, during=None) -> dict:
