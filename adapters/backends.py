@@ -624,8 +624,8 @@ class LocalBackend:
         waiting for it after each step (``adapters.model_lock``), then set ``adapter`` again.
 
         Only for generations whose state is all in ``generate``'s own cache and thread: not the
-        CUDA-graph decoder, whose cache lives in the model (``adapters.batching.RowAdapters`` keeps a
-        mixed-adapter batch's names to its own thread)."""
+        CUDA-graph decoder, which merges its adapter into the base weights while it decodes
+        (``adapters.batching.RowAdapters`` keeps a mixed-adapter batch's names to its own thread)."""
         from transformers import StoppingCriteria
 
         backend = self

@@ -9,7 +9,8 @@ what others run in between cannot change its text; the caller of ``lend`` switch
 
 Streams do not get in this way: a stream waits for the running generation (``adapters.batching``),
 so ``taken_by_a_generation`` tells a stream's thread that picked the lock up during a loan to put it
-down again. Generations that keep their cache in the model itself (the CUDA-graph decoder) never lend.
+down again. The CUDA-graph decoder never lends: it merges its adapter into the base weights while
+it decodes, which a borrower would run with.
 """
 
 from __future__ import annotations
