@@ -124,6 +124,10 @@ class LocalBackend:
     that wait for the lock are decoded together, one row each (``adapters.batching``).
     """
 
+    # streams decoded as rows that join and leave between steps (adapters.row_decoding) where the model
+    # allows; False: through generate, batched only as they wait (the path of other models; tests)
+    continuous_batching = True
+
     def __init__(self, model: Any, tokenizer: Any, base_name: str):
         self.model = model
         self.tokenizer = tokenizer
@@ -139,6 +143,7 @@ class LocalBackend:
         self._prefix_cache: OrderedDict[tuple, Any] = OrderedDict()  # (adapter, token ids) -> KV
         self._fused: _FusedLlama | None | object = _UNKNOWN  # the fast scoring path; None: unsupported
         self._static_decoder: Any = None  # adapters.decoding.StaticDecoder, made on first CUDA use
+        self._rows: Any = None  # adapters.row_decoding.RowDecoder, made on the first stream
         self._switch_layers: list | None = None  # LoRA layers switched directly (None: not looked yet)
         # streams waiting for the model; batched where no CUDA-graph decoder runs: on an H200 a batch
         # of 7 through PEFT's eager mixed-adapter generate took 190 ms a step, 6.8x slower in all than
@@ -610,7 +615,11 @@ class LocalBackend:
 
         rows = RowBatch(batch, self._eos_ids(), self._finish_reason)
         try:
-            if len(batch) == 1:
+            if len(batch) == 1 and self._decoder() is not None:
+                self._decode_alone(batch[0])  # the CUDA-graph decoder, fastest for one stream
+            elif self.continuous_batching and (decoder := self._row_decoder()) is not None:
+                self._decode_continuous(decoder, batch)
+            elif len(batch) == 1:
                 self._decode_alone(batch[0])
             else:
                 self._decode_rows(rows)
@@ -618,6 +627,31 @@ class LocalBackend:
             rows.fail(exc)
         finally:
             rows.end()
+
+    def _row_decoder(self):
+        """The continuous-batching decoder (``adapters.row_decoding``) for this model and its
+        adapters, or None where the fused forward does not apply (lock held)."""
+        fused = self._fused_path()
+        if fused is None:
+            return None
+        rows = self._rows
+        if rows is None or rows.fused is not fused or rows.adapters != self._adapters:
+            from .row_decoding import RowDecoder
+
+            self._rows = rows = RowDecoder(fused, self._adapters, self.context_length)
+        return rows
+
+    def _decode_continuous(self, decoder, batch) -> None:
+        """Decode the claimed streams as rows of ``decoder``, taking in streams that arrive while it
+        runs, and lending the model between steps."""
+        import torch
+
+        from .row_decoding import decode_streams
+
+        with torch.inference_mode(), cudnn_attention(False):
+            decode_streams(decoder, batch, self._eos_ids(), self._finish_reason, take_more=self._streams.take,
+                           between_steps=lambda: self.lend_between_steps and self._lock.lend(),
+                           max_rows=self._streams.max_batch)
 
     def _lending(self, adapter: str | None):
         """Stopping criteria for ``generate`` that never stop it, but lend the model to the callers

@@ -72,6 +72,15 @@ class StreamQueue:
                 self._waiting.remove(request)
                 request.released.set()
 
+    def take(self, limit: int) -> list[StreamRequest]:
+        """Up to ``limit`` waiting streams (oldest first) for a batch that is running in this
+        thread and has room for them; streams whose caller has gone are dropped."""
+        with self._lock:
+            taken, self._waiting = self._waiting[:max(0, limit)], self._waiting[max(0, limit):]
+            for r in taken:
+                r.runner = threading.current_thread()
+        return self._live(taken)
+
     def claim(self, request: StreamRequest) -> list[StreamRequest]:
         """``request`` and the streams waiting with it (oldest first, at most ``max_batch``), now
         decoded by this thread; [] when another thread has claimed ``request`` already. Streams
@@ -83,11 +92,17 @@ class StreamQueue:
             self._waiting = [r for r in self._waiting if r not in batch]
             for r in batch:
                 r.runner = threading.current_thread()
-        live = [r for r in batch if not r.cancelled.is_set()]
+        live = self._live(batch)
         for r in live:
             r.alone = len(live) == 1
-        for r in batch:
-            if r.cancelled.is_set():
+        return live
+
+    @staticmethod
+    def _live(claimed: list[StreamRequest]) -> list[StreamRequest]:
+        """The claimed streams whose caller is still there; the others are released."""
+        live = [r for r in claimed if not r.cancelled.is_set()]
+        for r in claimed:
+            if r not in live:
                 r.streamer.end()
                 r.released.set()
         return live
@@ -173,15 +188,20 @@ class RowBatch:
 
     def _close(self, row: _Row, finished: bool) -> None:
         row.open = False
-        request = row.request
-        try:
-            if finished and request.on_finish is not None and not request.cancelled.is_set():
-                request.on_finish(self.finish_reason(row.produced, request.params.max_new_tokens))
-        except Exception as exc:  # noqa: BLE001 - raised in its caller's thread, not the batch's
-            request.failure.append(exc)
-        finally:
-            request.streamer.end()
-            request.released.set()
+        release(row.request, row.produced, finished, self.finish_reason)
+
+
+def release(request: StreamRequest, produced: list[int], finished: bool, finish_reason) -> None:
+    """The stream is no longer decoded: tell its caller (``on_finish`` when it ``finished`` by
+    itself: an end token or its limit, not a caller gone or a failure), end its text."""
+    try:
+        if finished and request.on_finish is not None and not request.cancelled.is_set():
+            request.on_finish(finish_reason(produced, request.params.max_new_tokens))
+    except Exception as exc:  # noqa: BLE001 - raised in its caller's thread, not the batch's
+        request.failure.append(exc)
+    finally:
+        request.streamer.end()
+        request.released.set()
 
 
 class RowAdapters:

@@ -22,6 +22,16 @@ def runtime(tiny_base, catalog, **kw) -> Runtime:
     return Runtime.local(catalog, base=str(tiny_base), progress=False, **kw)
 
 
+@pytest.fixture(params=["row decoding", "generate"])
+def stream_path(request, monkeypatch):
+    """Streams decoded as rows that join between steps (models the fused forward supports, the
+    tiny one included), or through ``generate`` (every other model)."""
+    from adapters.backends import LocalBackend
+
+    monkeypatch.setattr(LocalBackend, "continuous_batching", request.param == "row decoding")
+    return request.param
+
+
 @pytest.fixture()
 def trained_spam(tiny_base, catalog):
     """The catalogue's spam adapter trained a few dozen steps on a toy pattern."""
@@ -75,7 +85,7 @@ def test_a_trained_adapter_flips_predictions_and_base_stays_the_base(tiny_base, 
     assert [r.probs["spam"] for r in base_again] == pytest.approx([r.probs["spam"] for r in before], abs=1e-4)
 
 
-def test_streaming_yields_the_same_text_as_greedy_non_streaming(tiny_base, catalog):
+def test_streaming_yields_the_same_text_as_greedy_non_streaming(stream_path, tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     messages = [{"role": "user", "content": "What are the symptoms of diabetes?"}]
     streamed = rt.generate("medquad", messages, base=True, max_new_tokens=24, stream=True)
@@ -86,7 +96,7 @@ def test_streaming_yields_the_same_text_as_greedy_non_streaming(tiny_base, catal
     assert whole.strip()
 
 
-def test_a_streamed_answer_says_whether_it_ended_or_was_cut_at_max_new_tokens(tiny_base, catalog):
+def test_a_streamed_answer_says_whether_it_ended_or_was_cut_at_max_new_tokens(stream_path, tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     messages = [{"role": "user", "content": "What are the symptoms of diabetes?"}]
     cut = rt.generate("medquad", messages, base=True, temperature=0, max_new_tokens=6)
@@ -131,7 +141,7 @@ def special_ids(rt: Runtime, prompt: str) -> list[int]:
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_special_token_strings_in_a_message_stay_text_on_every_path(tiny_base, catalog, batch):
+def test_special_token_strings_in_a_message_stay_text_on_every_path(stream_path, tiny_base, catalog, batch):
     from adapters.prompts import render_example, task_messages
 
     rt = runtime(tiny_base, catalog)
@@ -185,7 +195,7 @@ def test_the_specs_no_repeat_ngram_size_reaches_every_generation_path(tiny_base,
     assert answers(rt) == banned
 
 
-def test_closing_a_stream_early_frees_the_model(tiny_base, catalog):
+def test_closing_a_stream_early_frees_the_model(stream_path, tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     stream = iter(rt.generate(None, [{"role": "user", "content": "hello"}], max_new_tokens=200))
     next(stream)
@@ -196,7 +206,7 @@ def test_closing_a_stream_early_frees_the_model(tiny_base, catalog):
     assert rt.classify("spam", ["hello"], base=True)[0].label in ("ham", "spam")
 
 
-def test_an_abandoned_stream_collected_in_its_own_worker_thread_closes_cleanly(tiny_base, catalog, monkeypatch):
+def test_an_abandoned_stream_collected_in_its_own_worker_thread_closes_cleanly(stream_path, tiny_base, catalog, monkeypatch):
     """The cyclic garbage collector runs in whichever thread allocates: it can close an abandoned
     stream from that stream's own generation thread, which must not wait for itself (seen once in
     CI as 'RuntimeError: cannot join current thread')."""
@@ -452,7 +462,7 @@ def test_answer_logprob_gives_each_reference_its_log_likelihood_and_token_count(
 
 
 def test_streams_requested_together_are_decoded_as_one_batch_each_with_its_own_answer(
-        tiny_base, catalog, trained_spam, monkeypatch):
+        stream_path, tiny_base, catalog, trained_spam, monkeypatch):
     """Users asking at the same moment share decode steps: a stream that gets the model takes the
     waiting ones along, and each row keeps its adapter, settings and limit, as if it ran alone."""
     onc = load_catalog(catalog)["oncology"]
@@ -470,8 +480,8 @@ def test_streams_requested_together_are_decoded_as_one_batch_each_with_its_own_a
     assert alone["base"] != alone["base, no repeated 2-grams"]  # the ban matters for this prompt
 
     batches = []
-    decode_rows = backend._decode_rows
-    monkeypatch.setattr(backend, "_decode_rows", lambda rows: (batches.append(len(rows.rows)), decode_rows(rows)))
+    decode_batch = backend._decode_batch
+    monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
     together: dict[str, str] = {}
     reasons: dict[str, str] = {}
     sampled: list[str] = []
@@ -500,7 +510,7 @@ def test_streams_requested_together_are_decoded_as_one_batch_each_with_its_own_a
     assert len(sampled) == 1
 
 
-def test_a_stream_closed_in_a_batch_stops_alone_and_the_others_finish(tiny_base, catalog):
+def test_a_stream_closed_in_a_batch_stops_alone_and_the_others_finish(stream_path, tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     backend = rt.backend
     prompt = backend.render([{"role": "user", "content": "hello"}])
@@ -528,7 +538,7 @@ def test_a_stream_closed_in_a_batch_stops_alone_and_the_others_finish(tiny_base,
     assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
 
 
-def test_a_short_answer_returns_when_it_ends_even_when_its_thread_runs_the_batch(tiny_base, catalog, monkeypatch):
+def test_a_short_answer_returns_when_it_ends_even_when_its_thread_runs_the_batch(stream_path, tiny_base, catalog, monkeypatch):
     backend = runtime(tiny_base, catalog).backend
     prompt = backend.render([{"role": "user", "content": "hello"}])
     added = []
@@ -594,7 +604,9 @@ def slowed_steps(backend, seconds: float = 0.02):
     """Make each forward pass of the tiny model take ``seconds`` longer, so a generation lasts long
     enough for others to ask for the model meanwhile (the real one takes ~80 ms a step on a CPU)."""
     model = backend.model.get_base_model() if hasattr(backend.model, "get_base_model") else backend.model
-    return model.register_forward_pre_hook(lambda *_: time.sleep(seconds))
+    # on the embedding layer, which every path runs once a pass (generate's, the fused scoring and
+    # row decoding passes, which do not call the model's own forward)
+    return model.get_input_embeddings().register_forward_pre_hook(lambda *_: time.sleep(seconds))
 
 
 def long_job(backend, kind: str, prompt: str, pieces: list) -> list[threading.Thread]:
@@ -611,7 +623,7 @@ def long_job(backend, kind: str, prompt: str, pieces: list) -> list[threading.Th
 
 
 @pytest.mark.parametrize("kind", ["stream", "two streams", "two streams with two adapters", "complete"])
-def test_short_calls_asked_during_a_long_generation_run_between_its_steps(tiny_base, catalog, trained_spam, kind):
+def test_short_calls_asked_during_a_long_generation_run_between_its_steps(stream_path, tiny_base, catalog, trained_spam, kind):
     """A 0.1 s spam check used to wait for another user's whole answer. A generation now lends the
     model to waiting callers between two steps: a classification and a short generation asked
     meanwhile return while it goes on, and no result changes (the generation gets its adapter back,
@@ -658,39 +670,52 @@ def test_short_calls_asked_during_a_long_generation_run_between_its_steps(tiny_b
     assert text == expected_text
 
 
-def test_a_stream_asked_during_another_ones_loan_waits_for_that_generation(tiny_base, catalog, trained_spam):
-    """Only callers waiting in ``hold`` get the model between steps: a stream asked meanwhile does not
-    start a generation of its own inside another's loan (it would hold the model to its end); it
-    forms the next batch as before."""
+def test_a_stream_asked_during_another_ones_generation_joins_it_or_waits_for_it(
+        stream_path, tiny_base, catalog, trained_spam, monkeypatch):
+    """A stream asked while another streams never starts a generation of its own inside the other's
+    loan (it would hold the model to its end). Row decoding takes it into the running batch between
+    two steps, so its answer starts at once, and is the same as alone; through ``generate`` it
+    forms the next batch, after the running one."""
     rt = runtime(tiny_base, catalog)
     backend = rt.backend
     prompt = backend.render([{"role": "user", "content": "hello"}])
+    second_alone = "".join(backend.stream("spam", prompt, GenerationParams(max_new_tokens=5)))
+    batches = []
+    decode_batch = backend._decode_batch
+    monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
     ends: dict[str, float] = {}
     firsts: dict[str, float] = {}
+    texts: dict[str, str] = {}
 
-    def ask(name, tokens):
-        for _ in backend.stream(None, prompt, GenerationParams(max_new_tokens=tokens)):
+    def ask(name, adapter, tokens):
+        pieces = []
+        for piece in backend.stream(adapter, prompt, GenerationParams(max_new_tokens=tokens)):
             firsts.setdefault(name, time.perf_counter())
-        ends[name] = time.perf_counter()
+            pieces.append(piece)
+        ends[name], texts[name] = time.perf_counter(), "".join(pieces)
 
     hook = slowed_steps(backend)
     try:
-        first = threading.Thread(target=ask, args=("first", 100))
+        first = threading.Thread(target=ask, args=("first", None, 100))
         first.start()
         while "first" not in firsts:
             time.sleep(0.01)
-        second = threading.Thread(target=ask, args=("second", 5))
+        second = threading.Thread(target=ask, args=("second", "spam", 5))
         second.start()
-        for _ in range(5):  # loans while the second stream polls for the model
+        for _ in range(5):  # loans while the second stream waits for the model
             rt.classify("spam", ["win a free prize"])
         first.join(timeout=120)
         second.join(timeout=120)
     finally:
         hook.remove()
-    assert firsts["second"] > ends["first"], "the second stream started inside the first one's loan"
+    if stream_path == "row decoding":
+        assert batches == [1], "the second stream ran a generation of its own"
+        assert ends["second"] < ends["first"] and texts["second"] == second_alone
+    else:
+        assert batches == [1, 1] and firsts["second"] > ends["first"], "the second stream started inside the first one's loan"
 
 
-def test_a_stream_closed_by_a_caller_that_borrows_the_model_does_not_wait_for_itself(tiny_base, catalog, monkeypatch):
+def test_a_stream_closed_by_a_caller_that_borrows_the_model_does_not_wait_for_itself(stream_path, tiny_base, catalog, monkeypatch):
     """Closing a stream waits until its generation has dropped it at its next step. A caller holding
     the model on loan from that very generation (where the garbage collector may close an abandoned
     stream) would wait for a step that cannot come until it gives the model back."""
