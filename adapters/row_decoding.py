@@ -63,7 +63,6 @@ class RowDecoder:
     """
 
     def __init__(self, fused, adapters: list[str], context_length: int, use_graphs: bool | None = None):
-
         self.fused = fused
         self.adapters = list(adapters)
         self.context_length = context_length
