@@ -1,0 +1,153 @@
+"""Row decoding (adapters/row_decoding.py) on a GPU, where each decode step over the rows is replayed
+as a CUDA graph: are the streams' texts those of each stream alone, and how fast is it?
+
+``tiny``: a tiny random model (tests/conftest.py) with two random LoRA adapters in float32: six
+streams over the base and both adapters queued together, then one that joins a running one; each
+text compared with the same stream alone (the CUDA-graph decoder, adapter merged). ``real``: the
+embedded model in bf16 with the shipped adapters: 8 mixed streams together and one stream alone,
+through the row decoder and the single-stream graph decoder, tokens/s and how many texts match.
+
+Run from the repository root (``CHECK_DEVICE=cpu`` tries the tiny part here) with the wheels of tools/device/setup.sh on PYTHONPATH:
+``python3 tools/device/rows_cuda_check.py tiny|real``; the result goes to $OUT/rows-cuda-check-*.json too.
+"""
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, "tests")
+
+import torch  # noqa: E402
+
+from adapters.backends import GenerationParams, LocalBackend  # noqa: E402
+from adapters.batching import MAX_STREAM_BATCH  # noqa: E402
+
+
+def tiny_backend(root: Path) -> LocalBackend:
+    from conftest import build_tiny_model
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapters.base_models import LoadOptions
+
+    base = build_tiny_model(root / "base")
+    for seed, name in enumerate(["a", "b"], start=10):
+        torch.manual_seed(seed)
+        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+        get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(root / name)
+    return LocalBackend.load(str(base), {"a": root / "a", "b": root / "b"},
+                             LoadOptions(device=os.environ.get("CHECK_DEVICE", "cuda"), dtype="float32"), progress=False)
+
+
+def together(backend, asks) -> tuple[list[str], float]:
+    """The texts of ``asks`` [(adapter, prompt, params)] queued while the model is busy (one batch)."""
+    texts: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i, a=a: texts.__setitem__(i, "".join(backend.stream(*a))))
+               for i, a in enumerate(asks)]
+    with backend._lock.hold():
+        for t in threads:
+            t.start()
+        while backend._streams.waiting() < len(threads):
+            time.sleep(0.005)
+        started = time.perf_counter()
+    for t in threads:
+        t.join()
+    return [texts[i] for i in range(len(asks))], time.perf_counter() - started
+
+
+def tiny() -> dict:
+    backend = tiny_backend(Path(tempfile.mkdtemp()))
+    backend.max_stream_batch = MAX_STREAM_BATCH
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    params = GenerationParams(max_new_tokens=100)
+    asks = [(adapter, prompt + extra, params) for adapter in (None, "a", "b") for extra in ("", " there")]
+    alone = ["".join(backend.stream(*ask)) for ask in asks]  # one stream: the CUDA-graph decoder
+    batch, _ = together(backend, asks)
+    rows = backend._rows
+    report = {"mixed batch of 6 same as alone": [a == b for a, b in zip(alone, batch)],
+              "graphs": sorted(f"{r} rows x {c}" for r, c in rows._graphs)}
+    long_ask, join_ask = (None, prompt, GenerationParams(max_new_tokens=400)), ("b", prompt + " there", params)
+    long_alone = "".join(backend.stream(*long_ask))
+    times: dict = {}
+    texts: dict = {}
+
+    def ask(name, request):
+        pieces = []
+        for piece in backend.stream(*request):
+            times.setdefault(name, time.perf_counter())
+            pieces.append(piece)
+        texts[name], times[name + " end"] = "".join(pieces), time.perf_counter()
+
+    # two queued together start the row decoder (one alone would take the graph decoder); a third joins
+    first = [threading.Thread(target=ask, args=(name, long_ask)) for name in ("long", "long 2")]
+    with backend._lock.hold():
+        for t in first:
+            t.start()
+        while backend._streams.waiting() < 2:
+            time.sleep(0.005)
+    while "long" not in times:
+        time.sleep(0.001)
+    joiner = threading.Thread(target=ask, args=("joiner", join_ask))
+    joiner.start()
+    for t in [*first, joiner]:
+        t.join()
+    report["joiner same as alone"] = texts["joiner"] == alone[5]
+    report["running rows same as alone"] = texts["long"] == long_alone == texts["long 2"]
+    report["joiner started before the running rows ended"] = times["joiner"] < times["long end"]
+    return report
+
+
+def real() -> dict:
+    from adapters import Runtime
+    from adapters.bench import SAMPLE_QUESTION, STREAM_INPUTS
+
+    runtime = Runtime.local(progress=False)
+    backend = runtime.backend
+    backend.max_stream_batch = MAX_STREAM_BATCH
+    names = [*backend.adapter_names(), None]
+    params = GenerationParams(max_new_tokens=64)
+    asks = [(a, runtime.rendered_prompt(a, [{"role": "user", "content": STREAM_INPUTS.get(a or "", SAMPLE_QUESTION)}]),
+             params) for a in names * 2]
+    tokens = backend.token_counts
+    graph_alone = ["".join(backend.stream(*ask)) for ask in asks]
+    report: dict = {}
+    for rounds in range(2):  # the first round captures graphs
+        batch, seconds = together(backend, asks)
+        report["8 streams, row decoder: tokens/s"] = round(sum(tokens(batch)) / seconds, 1)
+    report["8 streams: texts same as alone"] = sum(a == b for a, b in zip(graph_alone, batch))
+    started = time.perf_counter()
+    for ask in asks:
+        "".join(backend.stream(*ask))
+    report["8 streams one at a time, graph decoder: tokens/s"] = round(
+        sum(tokens(graph_alone)) / (time.perf_counter() - started), 1)
+    graph_decoder = backend._decoder
+    backend._decoder = lambda: None  # a lone stream through the row decoder too
+    try:
+        "".join(backend.stream(*asks[-1]))
+        started = time.perf_counter()
+        one = "".join(backend.stream(*asks[-1]))
+        report["one stream, row decoder: tokens/s"] = round(tokens([one])[0] / (time.perf_counter() - started), 1)
+    finally:
+        backend._decoder = graph_decoder
+    started = time.perf_counter()
+    one = "".join(backend.stream(*asks[-1]))
+    report["one stream, graph decoder: tokens/s"] = round(tokens([one])[0] / (time.perf_counter() - started), 1)
+    return report
+
+
+def main() -> None:
+    which = sys.argv[1]
+    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+              "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__,
+              "date": time.strftime("%Y-%m-%d"), "command": f"python3 tools/device/rows_cuda_check.py {which}",
+              **(tiny() if which == "tiny" else real())}
+    print(json.dumps(report, indent=1))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"rows-cuda-check-{which}.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
