@@ -164,12 +164,22 @@ class RowDecoder:
         graph.replay()
         return outputs
 
-    def _capture(self, rows: int):
+    def capture_inputs(self, rows: int):
+        """Input buffers for capturing a step of ``rows`` rows. The warm-up steps before a capture
+        really run, and write keys/values where the buffers point, into the rows' slots: at the
+        cache's last position, which no live row has reached yet (each writes a position before it
+        attends to it), not at 0, where the rows' prompts start."""
         import torch
 
         ids = torch.zeros((rows, 1), dtype=torch.long, device=self.device)
-        positions = torch.zeros((rows,), dtype=torch.long, device=self.device)
+        positions = torch.full((rows,), self.capacity - 1, dtype=torch.long, device=self.device)
         adapters = torch.zeros((rows,), dtype=torch.long, device=self.device)
+        return ids, positions, adapters
+
+    def _capture(self, rows: int):
+        import torch
+
+        ids, positions, adapters = self.capture_inputs(rows)
         with torch.inference_mode():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())

@@ -110,6 +110,25 @@ def test_a_padded_whole_cache_step_gives_the_live_rows_the_same_logits(base_and_
     assert greedy[:3].tolist() == live.argmax(-1).tolist()
 
 
+def test_capturing_a_graph_mid_batch_leaves_the_live_rows_keys_and_values(base_and_lora):
+    """A GPU captures a step's graph the first time a batch needs it, with rows already in the cache;
+    the warm-up steps before a capture really run, at the capture buffers' positions."""
+    import torch
+
+    model, tokenizer = base_and_lora
+    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
+    decoder.reserve(2, max(len(p) for p in prompts) + 4)
+    for slot, ids in enumerate(prompts):
+        decoder.prefill(slot, "default", ids)
+    before = [k.clone() for k in decoder.keys] + [v.clone() for v in decoder.values]
+    with torch.inference_mode():
+        decoder._step(*decoder.capture_inputs(2), upto=decoder.capacity, rows=2)
+    after = decoder.keys + decoder.values
+    for old, new in zip(before, after):
+        assert torch.equal(old[:, :, :decoder.capacity - 1], new[:, :, :decoder.capacity - 1])
+
+
 def test_a_caller_gone_mid_batch_is_dropped_and_the_others_finish(base_and_lora):
     model, tokenizer = base_and_lora
     decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
