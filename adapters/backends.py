@@ -145,11 +145,13 @@ class LocalBackend:
         self._static_decoder: Any = None  # adapters.decoding.StaticDecoder, made on first CUDA use
         self._rows: Any = None  # adapters.row_decoding.RowDecoder, made on the first stream
         self._switch_layers: list | None = None  # LoRA layers switched directly (None: not looked yet)
-        # streams waiting for the model; batched where no CUDA-graph decoder runs: on an H200 a batch
-        # of 7 through PEFT's eager mixed-adapter generate took 190 ms a step, 6.8x slower in all than
-        # graph-replayed streams in turn (benchmarks/results/serve-cuda-h200.json)
+        # streams waiting for the model, decoded together as rows (adapters.row_decoding) where the fused
+        # forward applies. Else on a GPU one at a time: there an eager batch through PEFT's mixed-adapter
+        # generate took 190 ms a step for 7 rows, 6.8x slower in all than graph-replayed streams in
+        # turn (benchmarks/results/serve-cuda-h200.json of 2026-11-30, before row decoding)
         on_gpu = next(model.parameters()).device.type == "cuda"
-        self._streams = StreamQueue(max_batch=1 if on_gpu else MAX_STREAM_BATCH)
+        rows_apply = self.continuous_batching and self._fused_path() is not None
+        self._streams = StreamQueue(max_batch=1 if on_gpu and not rows_apply else MAX_STREAM_BATCH)
         self._row_adapters = RowAdapters()  # the adapter of each row of a mixed batch
 
     @classmethod

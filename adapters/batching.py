@@ -1,19 +1,20 @@
-"""Streamed answers of several callers decoded together, one batch of rows.
+"""Streamed answers of several callers decoded together, and the queue they wait in.
 
 Why: the backend serves one model, one request at a time, so answers that users asked for at the
 same time (each perhaps with another adapter) ran one after another: eight streams on a 2-core CPU
 took 35 s, and the last one waited 29 s for its first token (benchmarks/results/serve-cpu.json of
-2026-11-29). Now a stream that gets the model takes every stream waiting along (``claim``), and one
-``generate`` call decodes them as rows of one batch: prompts left-padded, PEFT's mixed-adapter
-batches (``adapter_names=``: an adapter, or the base, per row), and per row its own decoding
-settings, n-gram ban, token limit and stop flag, its tokens streamed back to its own caller.
+2026-11-29). Now a stream that gets the model takes every stream waiting along (``claim``).
 
-Streams that arrive while a batch runs wait for it and form the next batch (static batching: a
-batch does not take in new rows as it goes); other calls (a spam check) run between two of its
-steps (``adapters.model_lock``), which is why a mixed batch's row adapters are told to its own
-thread only (``RowAdapters``). A batch of one runs the single-stream path as before.
-A GPU takes streams one at a time (``max_batch`` 1): there the CUDA-graph decoder is faster than an
-eager batch (benchmarks/results/serve-cuda-h200.json).
+Where the fused forward applies (Llama-shaped models in float32/bfloat16, the embedded one included)
+they decode as rows of ``adapters.row_decoding``, and streams that arrive meanwhile join between two
+steps (``take``). Elsewhere one ``generate`` call decodes them as rows of one batch (``RowBatch``):
+prompts left-padded, PEFT's mixed-adapter batches (``adapter_names=``: an adapter, or the base, per
+row), per row its own decoding settings, n-gram ban, token limit and stop flag, its tokens streamed
+back to its own caller; streams that arrive while such a batch runs wait for it (static batching).
+Other calls (a spam check) run between two steps of either (``adapters.model_lock``), which is why
+a mixed ``generate`` batch's row adapters are told to its own thread only (``RowAdapters``).
+On a GPU a stream alone runs the CUDA-graph decoder; without row decoding a GPU takes streams one at a
+time (``max_batch`` 1), faster there than an eager batch (benchmarks/results/serve-cuda-h200.json).
 """
 
 from __future__ import annotations

@@ -33,13 +33,14 @@ SAMPLE_NOTE = ("Clinic note: 61-year-old woman with invasive ductal carcinoma of
 STREAM_INPUTS = {"spam": SAMPLE_SMS, "oncology": SAMPLE_NOTE}  # any other adapter, and base: the question
 STREAM_ROUNDS = 3  # of the concurrent-streams benchmark, each one at a time and batched
 STREAMS_NOTES = (
-    "Batched: streams that wait for the model while it is busy are decoded together as rows of one batch "
-    "(adapters.batching: PEFT's mixed-adapter batches through model.generate, each row with its own settings, "
-    "limit and stop flag); the first stream to arrive usually starts alone and the others form the next batch "
-    "when it ends (static batching: a stream arriving mid-batch waits for it). One at a time: each stream "
-    "alone, through the single-stream path (on a GPU, the CUDA-graph decoder). max_streams_decoding_at_once "
-    "says how many streams were ever decoding at the same moment. The backend batches by default where no "
-    "CUDA-graph decoder runs (CPU); on a GPU the eager batch is slower than graph-replayed streams in turn.")
+    "Batched: streams decode as rows of one key/value cache, each row at its own position with its own adapter "
+    "and settings (adapters.row_decoding: one gathered LoRA matmul per projection for all rows; on a GPU each step "
+    "a CUDA graph), and a stream that arrives while others decode joins them between two steps (continuous "
+    "batching). On a GPU a stream that finds the model free runs alone through the CUDA-graph decoder (adapter "
+    "merged), so the others join a batch once it ends. One at a time: max_stream_batch = 1, each stream alone "
+    "through the single-stream path (on a GPU, the CUDA-graph decoder). max_streams_decoding_at_once says how "
+    "many streams were ever decoding at the same moment. Models the row decoder does not cover (not Llama-"
+    "shaped, 4-bit, float16) batch through PEFT's mixed-adapter generate on a CPU and stream one at a time on a GPU.")
 
 
 def environment() -> dict:
