@@ -618,7 +618,9 @@ class LocalBackend:
         rows = RowBatch(batch, self._eos_ids(), self._finish_reason)
         try:
             if len(batch) == 1 and self._decoder() is not None:
-                self._decode_alone(batch[0])  # the CUDA-graph decoder, fastest for one stream
+                handed_over = self._decode_alone(batch[0])  # the CUDA-graph decoder, fastest for one stream
+                if handed_over is not None:  # others asked meanwhile: it goes on as a row of their batch
+                    self._decode_continuous(self._row_decoder(), [], resumed=handed_over)
             elif self.continuous_batching and (decoder := self._row_decoder()) is not None:
                 self._decode_continuous(decoder, batch)
             elif len(batch) == 1:
@@ -643,9 +645,9 @@ class LocalBackend:
             self._rows = rows = RowDecoder(fused, self._adapters, self.context_length)
         return rows
 
-    def _decode_continuous(self, decoder, batch) -> None:
-        """Decode the claimed streams as rows of ``decoder``, taking in streams that arrive while it
-        runs, and lending the model between steps."""
+    def _decode_continuous(self, decoder, batch, resumed=None) -> None:
+        """Decode the claimed streams (and a ``resumed`` one) as rows of ``decoder``, taking in
+        streams that arrive while it runs, and lending the model between steps."""
         import torch
 
         from .row_decoding import decode_streams
@@ -653,7 +655,7 @@ class LocalBackend:
         with torch.inference_mode(), cudnn_attention(False):
             decode_streams(decoder, batch, self._eos_ids(), self._finish_reason, take_more=self._streams.take,
                            between_steps=lambda: self.lend_between_steps and self._lock.lend(),
-                           max_rows=self._streams.max_batch)
+                           max_rows=self._streams.max_batch, resumed=resumed)
 
     def _lending(self, adapter: str | None):
         """Stopping criteria for ``generate`` that never stop it, but lend the model to the callers
@@ -674,10 +676,16 @@ class LocalBackend:
 
         return LendBetweenSteps()
 
-    def _decode_alone(self, request) -> None:
-        """One stream: the static decoder on a GPU, else ``generate`` with the request's streamer."""
+    def _decode_alone(self, request):
+        """One stream: the static decoder on a GPU, else ``generate`` with the request's streamer.
+
+        On a GPU, when other streams ask for the model meanwhile and row decoding applies, the stream
+        stops there and is returned (``adapters.row_decoding.Resumed``) to go on as a row of their
+        batch; else None."""
         import torch
         from transformers import StoppingCriteria
+
+        from .row_decoding import Resumed
 
         class StopWhenCancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
@@ -687,9 +695,22 @@ class LocalBackend:
         with self._using(request.adapter) as model, torch.inference_mode():
             ids = torch.tensor([request.prompt_ids], device=self._device())
             if self._decoder() is not None:
+                joinable = self._streams.max_batch > 1 and self.continuous_batching and self._row_decoder() is not None
+                others_asked = []
+
+                def on_token(token: int) -> bool:
+                    streamer.put(torch.tensor([token]))
+                    if joinable and self._streams.waiting():
+                        others_asked.append(True)
+                        return False
+                    return not request.cancelled.is_set()
+
                 streamer.put(ids.cpu())  # the prompt, which the streamer skips
-                new_ids = self._decode_one(request.adapter, request.prompt_ids, params, on_token=lambda t: (
-                    streamer.put(torch.tensor([t])), not request.cancelled.is_set())[1])
+                new_ids = self._decode_one(request.adapter, request.prompt_ids, params, on_token=on_token)
+                ended = not new_ids or new_ids[-1] in self._eos_ids() or len(new_ids) >= min(
+                    params.max_new_tokens, self.context_length - len(request.prompt_ids))
+                if others_asked and not ended and not request.cancelled.is_set():
+                    return Resumed(request, new_ids, self._decoder().cached(len(request.prompt_ids) + len(new_ids) - 1))
             else:
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                                      stopping_criteria=[StopWhenCancelled(), self._lending(request.adapter)],

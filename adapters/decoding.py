@@ -60,6 +60,7 @@ class StaticDecoder:
         self._slots: dict[int, _Slot] = {}  # cache length -> cache, buffers and graph
         self._merged: dict[str, list] = {}  # adapter -> [(base weight, merged copy)]
         self._originals: dict[int, Any] = {}  # id(base weight) -> its own values, kept once merged over
+        self._last: _Slot | None = None  # the cache of the last generation
 
     def forget_graphs(self) -> None:
         """Drop graphs and merged weights (an adapter's or the base's weights changed)."""
@@ -81,6 +82,7 @@ class StaticDecoder:
         if max_new_tokens <= 0:
             return []
         slot = self._slots.get(length) or self._slots.setdefault(length, _Slot(self, length))
+        self._last = slot
         step = slot.replay if self.use_graphs else slot.step
         if self.use_graphs and slot.graph is None:
             slot.capture()
@@ -104,6 +106,12 @@ class StaticDecoder:
                     token = choose_token(logits, temperature, top_p, generator, banned)
                     slot.ids.fill_(token)  # the step moved on with its greedy choice: replace it
         return produced
+
+    def cached(self, length: int) -> list[tuple[Any, Any]]:
+        """Per layer, the keys and values of the first ``length`` positions of the last generation
+        (views [kv heads, length, head dim]): once ``on_token`` has stopped it, the prompt and every
+        token but the last (which no step has read yet)."""
+        return [(layer.keys[0, :, :length], layer.values[0, :, :length]) for layer in self._last.cache.layers]
 
     @contextmanager
     def _merged_into_base(self, adapter: str | None):

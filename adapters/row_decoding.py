@@ -19,6 +19,7 @@ attending only as far as the longest row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .decoding import cache_length
@@ -108,6 +109,12 @@ class RowDecoder:
         for k, v in zip(self.keys, self.values):
             k[target, :, :length] = k[source, :, :length]
             v[target, :, :length] = v[source, :, :length]
+
+    def adopt(self, slot: int, layers: list[tuple[Any, Any]]) -> None:
+        """Put another decoder's keys and values (per layer [kv heads, length, head dim]) into row ``slot``."""
+        for (k, v), keys, values in zip(layers, self.keys, self.values):
+            keys[slot, :, :k.shape[1]] = k
+            values[slot, :, :v.shape[1]] = v
 
     def prefill(self, slot: int, adapter: str | None, prompt_ids: list[int]):
         """Run a prompt into row ``slot`` (positions 0..n-1): the logits [vocabulary] of the token after it."""
@@ -253,6 +260,16 @@ def _project(x, weight, table, rows):
     return (y.to(a.dtype) + torch.bmm(low_rank, b_t)).to(y.dtype)
 
 
+@dataclass
+class Resumed:
+    """A stream handed over mid-answer: its tokens so far (all streamed; the last one not yet read by
+    a step) and per layer the keys/values of its prompt and the others."""
+
+    request: Any
+    produced: list[int]
+    layers: list[tuple[Any, Any]]
+
+
 class _Live:
     """A stream being decoded: its slot is its index in the batch's list of rows."""
 
@@ -279,16 +296,28 @@ class _Live:
 
 
 def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reason, take_more, between_steps,
-                   max_rows: int) -> None:
+                   max_rows: int, resumed: "Resumed | None" = None) -> None:
     """Decode ``requests`` (``adapters.batching.StreamRequest``) as rows of ``decoder`` until every
     row has ended, streaming each row's tokens to its caller. Between two steps: rows whose caller
     has gone are dropped, ``between_steps()`` runs (the backend lends the model there), and streams
-    that arrived meanwhile join (``take_more(room)``), up to ``max_rows`` rows."""
+    that arrived meanwhile join (``take_more(room)``), up to ``max_rows`` rows. ``resumed``: a
+    stream another decoder started, which goes on as the first row."""
     import torch
 
     from .batching import release
 
     live: list[_Live] = []
+    if resumed is not None:
+        request, produced = resumed.request, resumed.produced
+        row = _Live(request, decoder.adapter_index(request.adapter),
+                    min(request.params.max_new_tokens, decoder.context_length - len(request.prompt_ids)))
+        row.produced, row.next = list(produced), produced[-1]
+        row.position = len(request.prompt_ids) + len(produced) - 1
+        for token in produced:
+            row.ban.add(token)
+        decoder.reserve(1, len(request.prompt_ids) + row.limit)
+        decoder.adopt(0, resumed.layers)
+        live.append(row)
 
     def close(row: _Live, finished: bool) -> None:
         slot = live.index(row)

@@ -715,6 +715,56 @@ def test_a_stream_asked_during_another_ones_generation_joins_it_or_waits_for_it(
         assert batches == [1, 1] and firsts["second"] > ends["first"], "the second stream started inside the first one's loan"
 
 
+def test_a_stream_alone_on_the_graph_decoder_hands_over_to_a_batch_when_another_asks(tiny_base, catalog, trained_spam, monkeypatch):
+    """On a GPU a lone stream runs the CUDA-graph decoder (the fastest for one). When another stream
+    asks meanwhile, it stops there and goes on as a row of a batch with the newcomer, its keys and
+    values carried over: the newcomer starts at once, and both texts are those of each alone. (The
+    static decoder runs its steps eagerly here, as on a GPU minus the graphs.)"""
+    from adapters.decoding import StaticDecoder
+
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    backend._static_decoder = StaticDecoder(backend.model, sorted(backend._eos_ids()), backend.context_length,
+                                            use_graphs=False)
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    asks = {"first": (None, GenerationParams(max_new_tokens=120, no_repeat_ngram_size=3)),
+            "second": ("spam", GenerationParams(max_new_tokens=8))}
+    alone_reasons: dict[str, str] = {}
+    alone = {name: "".join(backend.stream(adapter, prompt, params, on_finish=lambda r, name=name: alone_reasons.__setitem__(name, r)))
+             for name, (adapter, params) in asks.items()}
+    batches = []
+    decode_batch = backend._decode_batch
+    monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
+    firsts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    texts: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+
+    def ask(name):
+        adapter, params = asks[name]
+        pieces = []
+        for piece in backend.stream(adapter, prompt, params, on_finish=lambda r: reasons.__setitem__(name, r)):
+            firsts.setdefault(name, time.perf_counter())
+            pieces.append(piece)
+        texts[name], ends[name] = "".join(pieces), time.perf_counter()
+
+    hook = slowed_steps(backend)
+    try:
+        first = threading.Thread(target=ask, args=("first",))
+        first.start()
+        while "first" not in firsts:
+            time.sleep(0.01)
+        second = threading.Thread(target=ask, args=("second",))
+        second.start()
+        first.join(timeout=120)
+        second.join(timeout=120)
+    finally:
+        hook.remove()
+    assert batches == [1], "the second stream waited for a batch of its own"
+    assert ends["second"] < ends["first"] and texts == alone
+    assert reasons == alone_reasons and reasons["first"] == "length"
+
+
 def test_a_stream_closed_by_a_caller_that_borrows_the_model_does_not_wait_for_itself(stream_path, tiny_base, catalog, monkeypatch):
     """Closing a stream waits until its generation has dropped it at its next step. A caller holding
     the model on loan from that very generation (where the garbage collector may close an abandoned

@@ -135,7 +135,31 @@ def real() -> dict:
     started = time.perf_counter()
     one = "".join(backend.stream(*asks[-1]))
     report["one stream, graph decoder: tokens/s"] = round(tokens([one])[0] / (time.perf_counter() - started), 1)
+    report["row decoder step ms (replay + reading the tokens), by rows"] = step_times(backend, asks)
     return report
+
+
+def step_times(backend, asks) -> dict:
+    """Milliseconds per ``RowDecoder.step`` (graph replay and reading the greedy tokens back), for
+    1 to 16 rows at a 512-position cache, median of 50 after 5 warm-up steps."""
+    import statistics
+
+    with backend._lock.hold():
+        decoder = backend._row_decoder()
+        ids = backend.encode(asks[0][1])["input_ids"]
+        decoder.reserve(16, 512)
+        for slot in range(16):
+            decoder.prefill(slot, asks[slot % len(asks)][0], ids)
+        times = {}
+        for rows in (1, 2, 4, 8, 16):
+            args = ([1] * rows, [len(ids)] * rows, [decoder.adapter_index(asks[i % len(asks)][0]) for i in range(rows)])
+            laps = []
+            for i in range(55):
+                started = time.perf_counter()
+                decoder.step(*args)[1].tolist()
+                laps.append((time.perf_counter() - started) * 1000)
+            times[rows] = round(statistics.median(laps[5:]), 2)
+    return times
 
 
 def main() -> None:
