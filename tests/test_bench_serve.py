@@ -95,7 +95,7 @@ def test_concurrent_streams_cycle_through_adapters_and_base_and_add_up(tiny_base
     assert result["speedup_batched_over_one_at_a_time"] == pytest.approx(
         result["batched"]["aggregate_tokens_per_s"] / result["one_at_a_time"]["aggregate_tokens_per_s"], abs=0.01)
     assert result["served_by_default"] == "batched" and rt.backend.max_stream_batch > 1  # on a CPU; put back
-    assert "rows of one batch" in result["notes"]
+    assert "joins them between two steps" in result["notes"]
 
 
 def test_classify_during_streams_measures_checks_made_while_the_streams_decode_both_ways(tiny_base, two_adapters):
