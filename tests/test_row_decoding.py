@@ -98,8 +98,7 @@ def test_a_padded_whole_cache_step_gives_the_live_rows_the_same_logits(base_and_
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     decoder.reserve(4, max(len(p) for p in prompts) + 4)
     adapters = [1, 0, 1]
-    firsts = [int(decoder.prefill(slot, [None, "default"][a], ids).argmax())
-              for slot, (ids, a) in enumerate(zip(prompts, adapters))]
+    firsts = decoder.prefill(0, [[None, "default"][a] for a in adapters], prompts).argmax(-1).tolist()
     positions = [len(p) for p in prompts]
     with torch.inference_mode():
         live, _ = decoder._step(torch.tensor(firsts)[:, None], torch.tensor(positions), torch.tensor(adapters),
@@ -119,8 +118,7 @@ def test_capturing_a_graph_mid_batch_leaves_the_live_rows_keys_and_values(base_a
     decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
     decoder.reserve(2, max(len(p) for p in prompts) + 4)
-    for slot, ids in enumerate(prompts):
-        decoder.prefill(slot, "default", ids)
+    decoder.prefill(0, ["default"] * len(prompts), prompts)
     before = [k.clone() for k in decoder.keys] + [v.clone() for v in decoder.values]
     with torch.inference_mode():
         decoder._step(*decoder.capture_inputs(2), upto=decoder.capacity, rows=2)
@@ -164,3 +162,29 @@ def test_a_failure_reaches_every_caller_of_the_batch_and_releases_them(base_and_
     for req in reqs:
         assert req.released.is_set() and req.streamer.ended.is_set()
         assert [str(e) for e in req.failure] == ["out of memory"]
+
+
+def test_prompts_run_together_padded_give_each_the_logits_it_gets_alone(base_and_lora):
+    import torch
+
+    model, tokenizer = base_and_lora
+    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    assert len({len(p) for p in prompts}) == 3
+    decoder.reserve(6, max(len(p) for p in prompts) + 1)
+    together = decoder.prefill(0, ["default", None, "default"], prompts)
+    alone = torch.stack([decoder.prefill(3 + i, [a], [p])[0]
+                         for i, (a, p) in enumerate(zip(["default", None, "default"], prompts))])
+    assert torch.allclose(together, alone, atol=5e-4)
+    for i, p in enumerate(prompts):  # the same keys/values where each prompt is (past it: padding's)
+        assert torch.allclose(decoder.keys[0][i, :, :len(p)], decoder.keys[0][3 + i, :, :len(p)], atol=1e-5)
+
+
+def test_prompts_of_similar_length_are_grouped_shortest_first():
+    from adapters.row_decoding import _Live, prefill_groups
+
+    def row(n):
+        return _Live(StreamRequest(None, list(range(n)), GenerationParams(), Tokens()), 0, 10)
+
+    groups = prefill_groups([row(n) for n in (100, 10, 12, 95, 11, 400)])
+    assert [[len(r.request.prompt_ids) for r in g] for g in groups] == [[10, 11, 12], [95, 100], [400]]

@@ -136,7 +136,54 @@ def real() -> dict:
     one = "".join(backend.stream(*asks[-1]))
     report["one stream, graph decoder: tokens/s"] = round(tokens([one])[0] / (time.perf_counter() - started), 1)
     report["row decoder step ms (replay + reading the tokens), by rows"] = step_times(backend, asks)
+    report["timeline of 8 streams started together (ms)"] = timeline(backend, asks)
     return report
+
+
+def timeline(backend, asks) -> list:
+    """What the decoding thread does when 8 streams start at once, as the bench's concurrent streams
+    do: (ms since start, event, ms it took), events being the row decoder's calls and the hand-over."""
+    decoder = backend._rows
+    events: list = []
+    start = time.perf_counter()
+
+    def timed(name, method):
+        def wrapper(*args, **kwargs):
+            begun = time.perf_counter()
+            out = method(*args, **kwargs)
+            if name == "step":
+                out[1].tolist()
+            elif torch.cuda.is_available():
+                torch.cuda.synchronize()
+            events.append((round((begun - start) * 1000, 1), name, round((time.perf_counter() - begun) * 1000, 2)))
+            return out
+        return wrapper
+
+    originals = {name: getattr(decoder, name) for name in ("prefill", "step", "reserve", "adopt", "_capture")}
+    for name, method in originals.items():
+        setattr(decoder, name, timed(name, method))
+    try:
+        gate = threading.Barrier(len(asks))
+
+        def run(ask):
+            gate.wait()
+            pieces = iter(backend.stream(*ask))
+            next(pieces, None)
+            events.append((round((time.perf_counter() - start) * 1000, 1), f"first piece {ask[0]}", 0))
+            for _ in pieces:
+                pass
+
+        threads = [threading.Thread(target=run, args=(ask,)) for ask in asks]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for name in originals:
+            delattr(decoder, name)
+    steps = [e for e in events if e[1] == "step"]
+    return sorted(e for e in events if e[1] != "step") + [("steps", len(steps), round(sum(e[2] for e in steps), 1))]
 
 
 def step_times(backend, asks) -> dict:
@@ -148,8 +195,7 @@ def step_times(backend, asks) -> dict:
         decoder = backend._row_decoder()
         ids = backend.encode(asks[0][1])["input_ids"]
         decoder.reserve(16, 512)
-        for slot in range(16):
-            decoder.prefill(slot, asks[slot % len(asks)][0], ids)
+        decoder.prefill(0, [asks[slot % len(asks)][0] for slot in range(16)], [ids] * 16)
         times = {}
         for rows in (1, 2, 4, 8, 16):
             args = ([1] * rows, [len(ids)] * rows, [decoder.adapter_index(asks[i % len(asks)][0]) for i in range(rows)])
