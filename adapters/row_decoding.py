@@ -71,6 +71,10 @@ class RowDecoder:
         self.device = next(llama.parameters()).device
         self.dtype = fused.dtype
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+        # padding allowed in a pass of several prompts, as a share of their tokens: on a CPU padding costs
+        # what a token does; on a GPU an eager prompt pass is launch-bound (~30-40 ms each for the
+        # embedded model on an H200, tools/device/results/rows-cuda-check-real-h200.json)
+        self.prefill_waste = 4.0 if self.device.type == "cuda" else 0.25
         self.tables = lora_tables(fused, self.adapters)
         self.head = llama.get_output_embeddings()
         self.slots, self.capacity = 0, 0
@@ -359,7 +363,7 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
         if not starting:
             return
         decoder.reserve(len(live) + len(starting), max(r.position + r.limit for r in starting))
-        for group in prefill_groups(starting):
+        for group in prefill_groups(starting, decoder.prefill_waste):
             first = len(live)
             live.extend(group)
             for row in group:
