@@ -679,9 +679,9 @@ class LocalBackend:
     def _decode_alone(self, request):
         """One stream: the static decoder on a GPU, else ``generate`` with the request's streamer.
 
-        On a GPU, when other streams ask for the model meanwhile and row decoding applies, the stream
-        stops there and is returned (``adapters.row_decoding.Resumed``) to go on as a row of their
-        batch; else None."""
+        On a GPU, when other streams or calls ask for the model meanwhile and row decoding applies,
+        the stream stops there and is returned (``adapters.row_decoding.Resumed``) to go on as a row
+        of a batch, which they join or borrow the model from between two steps; else None."""
         import torch
         from transformers import StoppingCriteria
 
@@ -695,12 +695,15 @@ class LocalBackend:
         with self._using(request.adapter) as model, torch.inference_mode():
             ids = torch.tensor([request.prompt_ids], device=self._device())
             if self._decoder() is not None:
-                joinable = self._streams.max_batch > 1 and self.continuous_batching and self._row_decoder() is not None
+                rows_apply = self.continuous_batching and self._row_decoder() is not None
                 others_asked = []
 
                 def on_token(token: int) -> bool:
                     streamer.put(torch.tensor([token]))
-                    if joinable and self._streams.waiting():
+                    # another stream (to join) or a call (to borrow the model, which this decoder
+                    # cannot lend: the adapter is merged into the base weights) asks for the model
+                    if rows_apply and ((self._streams.max_batch > 1 and self._streams.waiting())
+                                       or (self.lend_between_steps and self._lock.someone_waiting)):
                         others_asked.append(True)
                         return False
                     return not request.cancelled.is_set()

@@ -715,11 +715,15 @@ def test_a_stream_asked_during_another_ones_generation_joins_it_or_waits_for_it(
         assert batches == [1, 1] and firsts["second"] > ends["first"], "the second stream started inside the first one's loan"
 
 
-def test_a_stream_alone_on_the_graph_decoder_hands_over_to_a_batch_when_another_asks(tiny_base, catalog, trained_spam, monkeypatch):
-    """On a GPU a lone stream runs the CUDA-graph decoder (the fastest for one). When another stream
-    asks meanwhile, it stops there and goes on as a row of a batch with the newcomer, its keys and
-    values carried over: the newcomer starts at once, and both texts are those of each alone. (The
-    static decoder runs its steps eagerly here, as on a GPU minus the graphs.)"""
+@pytest.mark.parametrize("newcomer", ["a stream", "a spam check"])
+def test_a_stream_alone_on_the_graph_decoder_hands_over_to_a_batch_when_another_asks(
+        tiny_base, catalog, trained_spam, monkeypatch, newcomer):
+    """On a GPU a lone stream runs the CUDA-graph decoder (the fastest for one), which cannot lend the
+    model (its adapter is merged into the base weights). When another stream or a call asks
+    meanwhile, it stops there and goes on as a row of a batch, its keys and values carried over: a
+    stream joins it, a call borrows the model between two steps, so either is served at once, and
+    every text and label is what it is alone. (The static decoder runs its steps eagerly here, as on
+    a GPU minus the graphs.)"""
     from adapters.decoding import StaticDecoder
 
     rt = runtime(tiny_base, catalog)
@@ -732,6 +736,7 @@ def test_a_stream_alone_on_the_graph_decoder_hands_over_to_a_batch_when_another_
     alone_reasons: dict[str, str] = {}
     alone = {name: "".join(backend.stream(adapter, prompt, params, on_finish=lambda r, name=name: alone_reasons.__setitem__(name, r)))
              for name, (adapter, params) in asks.items()}
+    expected_label = rt.classify("spam", ["win a free prize"])[0]
     batches = []
     decode_batch = backend._decode_batch
     monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
@@ -754,6 +759,14 @@ def test_a_stream_alone_on_the_graph_decoder_hands_over_to_a_batch_when_another_
         first.start()
         while "first" not in firsts:
             time.sleep(0.01)
+        if newcomer == "a spam check":
+            label = rt.classify("spam", ["win a free prize"])[0]
+            ends["second"] = time.perf_counter()
+            first.join(timeout=120)
+            assert label.probs == pytest.approx(expected_label.probs, abs=1e-6)
+            assert ends["second"] < ends["first"] and texts["first"] == alone["first"]
+            assert batches == [1] and reasons["first"] == "length"
+            return
         second = threading.Thread(target=ask, args=("second",))
         second.start()
         first.join(timeout=120)
