@@ -611,8 +611,9 @@ class LocalBackend:
             time.sleep(STREAM_CLAIM_POLL_S)
 
     def _decode_batch(self, batch) -> None:
-        """Decode the claimed streams (lock held): one alone through the single-stream path, several
-        as rows of one generate call."""
+        """Decode the claimed streams (lock held): as rows of the row decoder where it applies (on a
+        GPU one alone through the CUDA-graph decoder first), else one alone through the
+        single-stream path and several as rows of one generate call."""
         from .batching import RowBatch
 
         rows = RowBatch(batch, self._eos_ids(), self._finish_reason)
@@ -620,8 +621,10 @@ class LocalBackend:
             if len(batch) == 1 and self._decoder() is not None:
                 handed_over = self._decode_alone(batch[0])  # the CUDA-graph decoder, fastest for one stream
                 if handed_over is not None:  # others asked meanwhile: it goes on as a row of their batch
+                    rows.hand_over()
                     self._decode_continuous(self._row_decoder(), [], resumed=handed_over)
             elif self.continuous_batching and (decoder := self._row_decoder()) is not None:
+                rows.hand_over()
                 self._decode_continuous(decoder, batch)
             elif len(batch) == 1:
                 self._decode_alone(batch[0])

@@ -175,6 +175,12 @@ class RowBatch:
             if token in self.eos_ids or len(row.produced) >= row.request.params.max_new_tokens:
                 self._close(row, finished=True)
 
+    def hand_over(self) -> None:
+        """Another decoder (``adapters.row_decoding.decode_streams``) decodes the rows from here on,
+        and releases them: ``end`` and ``fail`` leave them alone."""
+        for row in self.rows:
+            row.open = False
+
     def end(self) -> None:
         """generate has returned: close every row still open (on_finish only when it ended by itself)."""
         for row in self.rows:

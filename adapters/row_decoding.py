@@ -6,7 +6,8 @@ streamed waited for all of it (on the 2-core CPU, up to ~15 s for a 256-token an
 first token; and PEFT's mixed-adapter forward runs each adapter's rows separately in every LoRA
 layer (152 ms a step for 7 rows over 3 adapters and the base on the CPU, against 91 ms for one
 adapter). Here every row has its own slot in the cache and writes at its own position, so a row
-can be added between two steps (its prompt run alone into its slot) and a finished one removed;
+can be added between two steps (its prompt run into its slot, in one pass with the others that
+join then) and a finished one removed;
 and each LoRA projection is one gathered batched matmul over the rows, whatever their adapters:
 an adapter's stacked A and scaled B are rows of a table whose entry 0 is zero (the base).
 
@@ -56,8 +57,8 @@ def lora_tables(fused, adapters: list[str]) -> list[list[Any]]:
 
 
 class RowDecoder:
-    """The forward passes of rows in one cache: ``prefill`` one row's prompt into its slot, then
-    ``step`` every row by one token. Not thread-safe (the backend's lock serializes callers).
+    """The forward passes of rows in one cache: ``prefill`` prompts into their slots, then ``step``
+    every row by one token. Not thread-safe (the backend's lock serializes callers).
 
     ``adapters`` fixes each adapter's index (row adapter 0 is the base). The cache holds
     ``slots`` rows of ``capacity`` positions; both grow as needed (``reserve``).
@@ -212,8 +213,9 @@ class RowDecoder:
 
     def _layers(self, ids, positions, rows, write, upto: int, mask):
         """Final normed hidden states [batch, tokens, hidden]. ``write``: ("prompt", slots) puts the
-        prompts' keys/values at positions 0..n-1 of those slots (causal attention within each); ("step", n) puts the n rows' single tokens at their positions and attends
-        over the first ``upto`` positions of their slots under ``mask``."""
+        prompts' keys/values at positions 0..n-1 of those slots (causal attention within each);
+        ("step", n) puts the n rows' single tokens at their positions and attends over the first
+        ``upto`` positions of their slots under ``mask``."""
         import torch.nn.functional as F
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -311,14 +313,15 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
     row has ended, streaming each row's tokens to its caller. Between two steps: rows whose caller
     has gone are dropped, ``between_steps()`` runs (the backend lends the model there), and streams
     that arrived meanwhile join (``take_more(room)``), up to ``max_rows`` rows. ``resumed``: a
-    stream another decoder started, which goes on as the first row."""
+    stream another decoder started, which goes on as the first row. Every stream is released
+    (``adapters.batching.release``) by the time this returns; a failure goes to their callers."""
     import torch
 
     from .batching import release
 
     live: list[_Live] = []
-    if resumed is not None:
-        request, produced = resumed.request, resumed.produced
+
+    def resume(request, produced: list[int], layers) -> None:
         row = _Live(request, decoder.adapter_index(request.adapter),
                     min(request.params.max_new_tokens, decoder.context_length - len(request.prompt_ids)))
         row.produced, row.next = list(produced), produced[-1]
@@ -326,8 +329,9 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
         for token in produced:
             row.ban.add(token)
         decoder.reserve(1, len(request.prompt_ids) + row.limit)
-        decoder.adopt(0, resumed.layers)
+        decoder.adopt(0, layers)
         live.append(row)
+        pending.remove(request)
 
     def close(row: _Live, finished: bool) -> None:
         slot = live.index(row)
@@ -373,8 +377,10 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
             for i, row in enumerate(group):
                 deliver(row, row.choose(logits[i], greedy[i]))
 
-    pending = list(requests)  # claimed for this batch, not yet rows
+    pending = list(requests) + ([resumed.request] if resumed else [])  # claimed for this batch, not yet rows
     try:
+        if resumed is not None:
+            resume(resumed.request, resumed.produced, resumed.layers)
         admit(pending)
         while live:
             for row in [r for r in live if r.request.cancelled.is_set()]:
@@ -397,7 +403,7 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
             for row in live:
                 row.request.alone = not pending and row.request.alone  # its thread now goes on for others
             admit(pending)
-    except BaseException as exc:  # noqa: BLE001 - re-raised in each caller's thread
+    except BaseException as exc:  # noqa: BLE001 - raised in each caller's thread, never here
         for row in live:
             row.request.failure.append(exc)
             release(row.request, row.produced, False, finish_reason)

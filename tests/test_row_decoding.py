@@ -188,3 +188,20 @@ def test_prompts_of_similar_length_are_grouped_shortest_first():
 
     groups = prefill_groups([row(n) for n in (100, 10, 12, 95, 11, 400)])
     assert [[len(r.request.prompt_ids) for r in g] for g in groups] == [[10, 11, 12], [95, 100], [400]]
+
+
+def test_a_stream_handed_over_is_released_with_the_failure_when_taking_it_over_fails(base_and_lora, monkeypatch):
+    from adapters.row_decoding import Resumed
+
+    model, tokenizer = base_and_lora
+    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    handed = request(tokenizer, PROMPTS[1], None, 10)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(decoder, "adopt", broken)
+    decode_streams(decoder, [], EOS, lambda ids, limit: "length", lambda room: [], lambda: None, max_rows=2,
+                   resumed=Resumed(handed, [5, 6], layers=[]))
+    assert handed.released.is_set() and handed.streamer.ended.is_set()
+    assert [str(e) for e in handed.failure] == ["out of memory"]
