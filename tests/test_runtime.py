@@ -828,3 +828,54 @@ def test_the_model_lock_is_lent_only_to_callers_waiting_for_it_and_comes_back():
         assert lock.held_here() and not lock.taken_by_a_generation
     borrower.join(timeout=5)
     assert order == [("borrowed while lent", True), "back"] and not lock.held_here()
+
+
+def test_many_streams_joining_leaving_and_stopped_at_random_each_end_with_their_own_answer(
+        tiny_base, catalog, trained_spam):
+    """Streams arriving at random moments (joining rows mid-answer), some stopped by their caller at
+    random, spam checks borrowing the model meanwhile: every stream ends, each one not stopped with
+    the text it gets alone, each check with its label alone, and no decoding thread is left."""
+    import random
+
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    rng = random.Random(7)
+    asks = [(rng.choice([None, "spam"]), backend.render([{"role": "user", "content": rng.choice(["hello", "win a prize", "dinner"])}]),
+             GenerationParams(max_new_tokens=rng.randint(3, 60), no_repeat_ngram_size=rng.choice([0, 3])))
+            for _ in range(14)]
+    alone = ["".join(backend.stream(*ask)) for ask in asks]
+    label_alone = rt.classify("spam", ["win a free prize"])[0].probs
+    stop_after = {i: rng.randint(1, 4) for i in rng.sample(range(len(asks)), 4)}  # pieces before the caller leaves
+    arrive = [rng.random() * 0.5 for _ in asks]  # seconds after the start
+    got: dict[int, str] = {}
+
+    def ask(i):
+        time.sleep(arrive[i])
+        stream = backend.stream(*asks[i])
+        pieces = []
+        for piece in stream:
+            pieces.append(piece)
+            if len(pieces) == stop_after.get(i):
+                stream.close()
+                break
+        got[i] = "".join(pieces)
+
+    hook = slowed_steps(backend, 0.005)
+    try:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+        for t in threads:
+            t.start()
+        labels = [rt.classify("spam", ["win a free prize"])[0].probs for _ in range(5)]
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        hook.remove()
+    assert not [t for t in threads if t.is_alive()], "a stream never ended"
+    for i, text in got.items():
+        if i not in stop_after:
+            assert text == alone[i], (i, asks[i][0])
+    assert all(label == pytest.approx(label_alone, abs=1e-6) for label in labels)
+    deadline = time.monotonic() + 30
+    while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
