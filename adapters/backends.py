@@ -659,6 +659,8 @@ class LocalBackend:
             decode_streams(decoder, batch, self._eos_ids(), self._finish_reason, take_more=self._streams.take,
                            between_steps=lambda: self.lend_between_steps and self._lock.lend(),
                            max_rows=self._streams.max_batch, resumed=resumed)
+        if not decoder.use_graphs:  # a CPU allocates it again in milliseconds; a GPU keeps it and its graphs
+            decoder.free()
 
     def _lending(self, adapter: str | None):
         """Stopping criteria for ``generate`` that never stop it, but lend the model to the callers
