@@ -121,7 +121,8 @@ class LocalBackend:
     "Base" is the same weights with adapters disabled, so a base-vs-fine-tuned comparison never
     loads a second model. A lock makes every model call atomic with its adapter choice, so
     concurrent callers (threads, browser sessions) never mix adapters or outputs; streamed answers
-    that wait for the lock are decoded together, one row each (``adapters.batching``).
+    are decoded together, one row each, and join a running batch between two steps
+    (``adapters.row_decoding``; ``adapters.batching`` for models it does not cover).
     """
 
     # streams decoded as rows that join and leave between steps (adapters.row_decoding) where the model

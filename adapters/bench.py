@@ -37,7 +37,7 @@ STREAMS_NOTES = (
     "and settings (adapters.row_decoding: one gathered LoRA matmul per projection for all rows; on a GPU each step "
     "a CUDA graph), and a stream that arrives while others decode joins them between two steps (continuous "
     "batching). On a GPU a stream that finds the model free runs alone through the CUDA-graph decoder (adapter "
-    "merged), so the others join a batch once it ends. One at a time: max_stream_batch = 1, each stream alone "
+    "merged) until another stream or a call asks for the model, then goes on as a row. One at a time: max_stream_batch = 1, each stream alone "
     "through the single-stream path (on a GPU, the CUDA-graph decoder). max_streams_decoding_at_once says how "
     "many streams were ever decoding at the same moment. Models the row decoder does not cover (not Llama-"
     "shaped, 4-bit, float16) batch through PEFT's mixed-adapter generate on a CPU and stream one at a time on a GPU.")
