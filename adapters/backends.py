@@ -151,8 +151,8 @@ class LocalBackend:
         # generate took 190 ms a step for 7 rows, 6.8x slower in all than graph-replayed streams in
         # turn (benchmarks/results/serve-cuda-h200.json of 2026-11-30, before row decoding)
         on_gpu = next(model.parameters()).device.type == "cuda"
-        rows_apply = self.continuous_batching and self._fused_path() is not None
-        self._streams = StreamQueue(max_batch=1 if on_gpu and not rows_apply else MAX_STREAM_BATCH)
+        self._rows_apply = _FusedLlama.applies(model)  # whether row decoding covers this model
+        self._streams = StreamQueue(max_batch=1 if on_gpu and not self._rows_apply else MAX_STREAM_BATCH)
         self._row_adapters = RowAdapters()  # the adapter of each row of a mixed batch
 
     @classmethod
@@ -214,6 +214,7 @@ class LocalBackend:
             self._fused = _UNKNOWN  # the model object and its LoRA layers changed
             self._switch_layers = None
             self._static_decoder = None  # it holds the model object, graphs and merged weights of before
+            self._rows_apply = _FusedLlama.applies(self.model)  # not with an adapter it cannot run (DoRA)
 
     # --- text helpers ----------------------------------------------------------------------
 
@@ -535,8 +536,13 @@ class LocalBackend:
         return kwargs
 
     def complete(self, adapter, prompts, params, batch_size=8):
+        """The text generated after each prompt. Where row decoding applies the prompts go the way of
+        streams: rows of whatever the model decodes (``MAX_STREAM_BATCH`` at a time, refilled as
+        rows end; ``batch_size`` is the batch of ``generate`` for other models)."""
         import torch
 
+        if self.continuous_batching and self._rows_apply and prompts:
+            return self._complete_as_rows(adapter, prompts, params)
         tok = self.tokenizer
         outputs: list[str] = []
         with self._using(adapter) as model, torch.inference_mode():
@@ -553,6 +559,30 @@ class LocalBackend:
                 new_tokens = out[:, enc["input_ids"].shape[1]:]
                 outputs.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
         return outputs
+
+    def _complete_as_rows(self, adapter, prompts, params) -> list[str]:
+        """``complete`` through the stream queue: this thread decodes the rows (and others that join)
+        unless a running batch takes them in."""
+        from .batching import StreamRequest, TokenIds
+
+        if adapter is not None and adapter not in self._adapters:
+            raise KeyError(f"adapter {adapter!r} is not loaded (loaded: {self._adapters})")
+        requests = [StreamRequest(adapter, ids, params, TokenIds()) for ids in self.encode(list(prompts))["input_ids"]]
+        for request in requests:
+            self._streams.add(request)
+        try:
+            for request in requests:
+                self._decode_when_free(request)
+            for request in requests:
+                request.released.wait()
+        finally:  # an interrupted caller: nothing of these runs on
+            for request in requests:
+                request.cancelled.set()
+                self._streams.withdraw(request)
+        for request in requests:
+            if request.failure:
+                raise request.failure[0]
+        return [self.tokenizer.decode(r.streamer.ids, skip_special_tokens=True) for r in requests]
 
     def stream(self, adapter, prompt, params, on_finish=None) -> Iterator[str]:
         """Yield text pieces as they are decoded; closing the iterator stops the generation (and
@@ -701,7 +731,7 @@ class LocalBackend:
         with self._using(request.adapter) as model, torch.inference_mode():
             ids = torch.tensor([request.prompt_ids], device=self._device())
             if self._decoder() is not None:
-                rows_apply = self.continuous_batching and self._row_decoder() is not None
+                rows_apply = self.continuous_batching and self._rows_apply and self._row_decoder() is not None
                 others_asked = []
 
                 def on_token(token: int) -> bool:
@@ -923,6 +953,21 @@ class _FusedLlama:
 
     @classmethod
     def build(cls, model) -> "_FusedLlama | None":
+        planned = cls._plan(model)
+        if planned is None:
+            return None
+        llama, plan, dtype = planned
+        return cls._fuse(llama, plan, dtype)
+
+    @classmethod
+    def applies(cls, model) -> bool:
+        """Whether ``build`` would give a fused forward for ``model`` (it checks; nothing is fused)."""
+        return cls._plan(model) is not None
+
+    @classmethod
+    def _plan(cls, model):
+        """(the *ForCausalLM, per layer and group its (modules, base linears), the weights' dtype), or
+        None where the model is not one this forward covers."""
         import torch
 
         try:
@@ -963,6 +1008,12 @@ class _FusedLlama:
                     bases.append(base)
                 groups.append((modules, bases))
             plan.append(groups)
+        return llama, plan, dtype
+
+    @classmethod
+    def _fuse(cls, llama, plan, dtype) -> "_FusedLlama":
+        import torch
+
         layers = []
         with torch.no_grad():
             for groups in plan:

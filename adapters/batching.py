@@ -109,6 +109,22 @@ class StreamQueue:
         return live
 
 
+class TokenIds:
+    """A streamer that keeps the new token ids (the first ``put`` is the prompt), for ``complete``."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if self._prompt_seen:
+            self.ids.extend(value.view(-1).tolist())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class _Row:
     request: StreamRequest

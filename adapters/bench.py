@@ -192,7 +192,8 @@ def bench_generate(runtime: Runtime, adapter: str | None, base: bool, runs: int,
 
 
 def decoder_check(runtime: Runtime, tokens: int) -> dict:
-    """Whether the backend's fast one-prompt decoder (CUDA graphs) gives generate's greedy text."""
+    """Whether the backend's fast one-prompt decoder (CUDA graphs) gives the greedy text of the path
+    that decodes several prompts (rows of the row decoder, or ``generate`` for other models)."""
     from .backends import GenerationParams
 
     backend = runtime.backend
@@ -204,16 +205,16 @@ def decoder_check(runtime: Runtime, tokens: int) -> dict:
     for adapter in [None, *backend.adapter_names()[:1]]:
         prompt = runtime.rendered_prompt(adapter, [{"role": "user", "content": SAMPLE_QUESTION}])
         fast = backend.complete(adapter, [prompt], params)[0]
-        plain = backend.complete(adapter, [prompt, prompt], params)[0]  # two prompts go through generate
+        plain = backend.complete(adapter, [prompt, prompt], params)[0]  # two prompts: rows (or generate)
         same = 0
         while same < min(len(fast), len(plain)) and fast[same] == plain[same]:
             same += 1
         checks[adapter or "base"] = {"identical": fast == plain, "common_prefix_chars": same,
                                      "chars": [len(fast), len(plain)]}
+    several = "the row decoder (LoRA unmerged, gathered per row)" if backend._rows_apply else "model.generate (PEFT, unmerged)"
     return {"definition": "greedy text of one prompt through the static decoder (CUDA graph; an adapter merged "
-                          "into the base weights) vs. model.generate on a batch of the same prompt twice "
-                          "(PEFT, unmerged); bf16 rounding differs between the two paths, so a late divergence "
-                          "is rounding, an early one a bug", **checks,
+                          f"into the base weights) vs. {several} on the same prompt twice; bf16 rounding differs "
+                          "between the two paths, so a late divergence is rounding, an early one a bug", **checks,
             "graphs_captured": sum(slot.graph is not None for slot in decoder._slots.values())}
 
 

@@ -880,3 +880,31 @@ def test_many_streams_joining_leaving_and_stopped_at_random_each_end_with_their_
         time.sleep(0.01)
     assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
     assert backend._rows.slots == 0 and backend._rows.keys == []  # on a CPU the cache is freed once the rows end
+
+
+def test_a_long_completion_asked_while_a_stream_decodes_runs_beside_it_not_instead_of_it(tiny_base, catalog):
+    """An extraction (``complete``) asked during someone's streamed answer used to borrow the model
+    for its whole generation, and the answer stood still meanwhile. Now its prompts join the rows:
+    both advance together, and each text is what it is alone."""
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    long_params, extraction = GenerationParams(max_new_tokens=200), GenerationParams(max_new_tokens=60)
+    stream_alone = "".join(backend.stream(None, prompt, long_params))
+    completion_alone = backend.complete(None, [prompt + "x"], extraction)
+    pieces: list[str] = []
+    hook = slowed_steps(backend, 0.01)
+    try:
+        streaming = threading.Thread(target=lambda: pieces.extend(backend.stream(None, prompt, long_params)))
+        streaming.start()
+        while len(pieces) < 5:
+            time.sleep(0.01)
+        before = len(pieces)
+        completion = backend.complete(None, [prompt + "x"], extraction)
+        during = len(pieces) - before
+        still_streaming = streaming.is_alive()
+        streaming.join(timeout=120)
+    finally:
+        hook.remove()
+    assert still_streaming and during >= 10, f"the answer advanced {during} pieces while the completion ran"
+    assert completion == completion_alone and "".join(pieces) == stream_alone
