@@ -541,7 +541,7 @@ class LocalBackend:
         rows end; ``batch_size`` is the batch of ``generate`` for other models)."""
         import torch
 
-        if self.continuous_batching and self._rows_apply and prompts:
+        if self.continuous_batching and self._rows_apply and prompts and not self._lock.held_here():
             return self._complete_as_rows(adapter, prompts, params)
         tok = self.tokenizer
         outputs: list[str] = []
@@ -561,8 +561,9 @@ class LocalBackend:
         return outputs
 
     def _complete_as_rows(self, adapter, prompts, params) -> list[str]:
-        """``complete`` through the stream queue: this thread decodes the rows (and others that join)
-        unless a running batch takes them in."""
+        """``complete`` through the stream queue, as streams go: a worker thread decodes the rows
+        (and whatever joins them) unless a running batch takes them in; the caller has its texts
+        once its own rows end."""
         from .batching import StreamRequest, TokenIds
 
         if adapter is not None and adapter not in self._adapters:
@@ -570,15 +571,22 @@ class LocalBackend:
         requests = [StreamRequest(adapter, ids, params, TokenIds()) for ids in self.encode(list(prompts))["input_ids"]]
         for request in requests:
             self._streams.add(request)
+        worker = threading.Thread(target=lambda: [self._decode_when_free(r) for r in requests], daemon=True,
+                                  name="adapterlab-generate")
+        worker.start()
+        done = False
         try:
             for request in requests:
-                self._decode_when_free(request)
-            for request in requests:
                 request.released.wait()
-        finally:  # an interrupted caller: nothing of these runs on
-            for request in requests:
-                request.cancelled.set()
-                self._streams.withdraw(request)
+            done = True
+        finally:
+            if not done:  # interrupted (Ctrl-C in `predict`): nothing of these runs on after the caller
+                for request in requests:
+                    request.cancelled.set()
+                    self._streams.withdraw(request)
+                for request in requests:
+                    request.released.wait(timeout=STOP_WAIT_S)
+                worker.join(timeout=STOP_WAIT_S)
         for request in requests:
             if request.failure:
                 raise request.failure[0]

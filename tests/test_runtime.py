@@ -908,3 +908,31 @@ def test_a_long_completion_asked_while_a_stream_decodes_runs_beside_it_not_inste
         hook.remove()
     assert still_streaming and during >= 10, f"the answer advanced {during} pieces while the completion ran"
     assert completion == completion_alone and "".join(pieces) == stream_alone
+
+
+def test_a_completion_returns_when_its_rows_end_though_a_stream_joined_its_batch(tiny_base, catalog):
+    """The thread that decodes a completion's rows goes on for a stream that joined them; the
+    completion's caller does not wait for that stream."""
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    prompt = backend.render([{"role": "user", "content": "hello"}])
+    pieces: list[str] = []
+    returned: dict[str, float] = {}
+    hook = slowed_steps(backend, 0.01)
+    try:
+        def complete():
+            backend.complete(None, [prompt, prompt + "x"], GenerationParams(max_new_tokens=30))
+            returned["completion"] = time.perf_counter()
+
+        completing = threading.Thread(target=complete)
+        completing.start()
+        time.sleep(0.2)  # its rows are decoding (30 steps of >= 10 ms)
+        streaming = threading.Thread(target=lambda: pieces.extend(backend.stream(None, prompt, GenerationParams(max_new_tokens=300))))
+        streaming.start()
+        completing.join(timeout=120)
+        streaming.join(timeout=120)
+        returned["stream"] = time.perf_counter()
+    finally:
+        hook.remove()
+    assert len("".join(pieces)) > 0
+    assert returned["stream"] - returned["completion"] > 1.0, "the completion waited for the stream that joined its batch"
