@@ -358,8 +358,9 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
             row.next = token
 
     def admit(requests) -> None:
-        """Start ``requests`` as rows (taking each out of ``pending`` once it is a row or released):
-        their prompts run together in groups of similar length, and each gets its first token."""
+        """Start ``requests`` as rows, taking each out of that list once it is a row or released
+        (what is left there on a failure is released by the caller): their prompts run together in
+        groups of similar length, and each gets its first token."""
         starting = []
         for request in list(requests):
             n = len(request.prompt_ids)
@@ -368,7 +369,7 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
                         min(request.params.max_new_tokens, decoder.context_length - n))
             if row.limit <= 0:
                 release(request, [], True, finish_reason)
-                pending.remove(request)
+                requests.remove(request)
             else:
                 starting.append(row)
         if not starting:
@@ -378,7 +379,7 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
             first = len(live)
             live.extend(group)
             for row in group:
-                pending.remove(row.request)
+                requests.remove(row.request)
             logits = decoder.prefill(first, [r.request.adapter for r in group], [r.request.prompt_ids for r in group])
             greedy = logits.argmax(-1).tolist()
             for i, row in enumerate(group):

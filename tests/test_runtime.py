@@ -461,6 +461,14 @@ def test_answer_logprob_gives_each_reference_its_log_likelihood_and_token_count(
     assert [lp for lp, _ in got] == pytest.approx([row[0] for row in scored]) and all(lp < 0 for lp, _ in got)
 
 
+def counted_batches(backend, monkeypatch) -> list[int]:
+    """The size of every batch of streams the backend decodes from now on, as it starts."""
+    batches: list[int] = []
+    decode_batch = backend._decode_batch
+    monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
+    return batches
+
+
 def test_streams_requested_together_are_decoded_as_one_batch_each_with_its_own_answer(
         stream_path, tiny_base, catalog, trained_spam, monkeypatch):
     """Users asking at the same moment share decode steps: a stream that gets the model takes the
@@ -479,9 +487,7 @@ def test_streams_requested_together_are_decoded_as_one_batch_each_with_its_own_a
     alone = {name: "".join(backend.stream(adapter, prompts[name], params)) for name, (adapter, _, params) in asks.items()}
     assert alone["base"] != alone["base, no repeated 2-grams"]  # the ban matters for this prompt
 
-    batches = []
-    decode_batch = backend._decode_batch
-    monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
+    batches = counted_batches(backend, monkeypatch)
     together: dict[str, str] = {}
     reasons: dict[str, str] = {}
     sampled: list[str] = []
@@ -680,9 +686,7 @@ def test_a_stream_asked_during_another_ones_generation_joins_it_or_waits_for_it(
     backend = rt.backend
     prompt = backend.render([{"role": "user", "content": "hello"}])
     second_alone = "".join(backend.stream("spam", prompt, GenerationParams(max_new_tokens=5)))
-    batches = []
-    decode_batch = backend._decode_batch
-    monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
+    batches = counted_batches(backend, monkeypatch)
     ends: dict[str, float] = {}
     firsts: dict[str, float] = {}
     texts: dict[str, str] = {}
@@ -737,9 +741,7 @@ def test_a_stream_alone_on_the_graph_decoder_hands_over_to_a_batch_when_another_
     alone = {name: "".join(backend.stream(adapter, prompt, params, on_finish=lambda r, name=name: alone_reasons.__setitem__(name, r)))
              for name, (adapter, params) in asks.items()}
     expected_label = rt.classify("spam", ["win a free prize"])[0]
-    batches = []
-    decode_batch = backend._decode_batch
-    monkeypatch.setattr(backend, "_decode_batch", lambda batch: (batches.append(len(batch)), decode_batch(batch)))
+    batches = counted_batches(backend, monkeypatch)
     firsts: dict[str, float] = {}
     ends: dict[str, float] = {}
     texts: dict[str, str] = {}

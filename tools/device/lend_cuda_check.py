@@ -31,16 +31,15 @@ SHORT = GenerationParams(max_new_tokens=6)
 STREAMS = (("base", None), ("a", "a"), ("b", "b"))
 
 
-def tiny_backend(root: Path) -> LocalBackend:
+def tiny_backend(root: Path, device: str = "cuda") -> LocalBackend:
+    """The tiny model with two random LoRA adapters, "a" and "b", in float32 (rows_cuda_check uses it too)."""
     base = build_tiny_model(root / "base")
     for seed, name in enumerate(["a", "b"], start=10):
         torch.manual_seed(seed)
         config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
         get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(root / name)
-    backend = LocalBackend.load(str(base), {"a": root / "a", "b": root / "b"},
-                                LoadOptions(device="cuda", dtype="float32"), progress=False)
-    backend.max_stream_batch = 4  # a GPU streams one at a time by default; here they form a mixed batch
-    return backend
+    return LocalBackend.load(str(base), {"a": root / "a", "b": root / "b"},
+                             LoadOptions(device=device, dtype="float32"), progress=False)
 
 
 def borrowers(backend, prompt) -> dict:
@@ -63,6 +62,7 @@ def borrowed_during(backend, prompt, threads) -> tuple[dict, float, bool]:
 
 def main() -> None:
     backend = tiny_backend(Path(tempfile.mkdtemp()))
+    backend.max_stream_batch = 4  # at most 4 rows: here the three streams form one mixed batch
     prompt = backend.render([{"role": "user", "content": "hello"}])
     alone = borrowers(backend, prompt)
     alone_long = backend.complete(None, [prompt, prompt + "y"], LONG)

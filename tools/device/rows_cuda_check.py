@@ -22,24 +22,9 @@ sys.path.insert(0, "tests")
 
 import torch  # noqa: E402
 
-from adapters.backends import GenerationParams, LocalBackend  # noqa: E402
+from adapters.backends import GenerationParams  # noqa: E402
 from adapters.batching import MAX_STREAM_BATCH  # noqa: E402
-
-
-def tiny_backend(root: Path) -> LocalBackend:
-    from conftest import build_tiny_model
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from adapters.base_models import LoadOptions
-
-    base = build_tiny_model(root / "base")
-    for seed, name in enumerate(["a", "b"], start=10):
-        torch.manual_seed(seed)
-        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
-        get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(root / name)
-    return LocalBackend.load(str(base), {"a": root / "a", "b": root / "b"},
-                             LoadOptions(device=os.environ.get("CHECK_DEVICE", "cuda"), dtype="float32"), progress=False)
+from lend_cuda_check import tiny_backend  # noqa: E402 - this folder is on the path of a script run from it
 
 
 def together(backend, asks) -> tuple[list[str], float]:
@@ -59,7 +44,7 @@ def together(backend, asks) -> tuple[list[str], float]:
 
 
 def tiny() -> dict:
-    backend = tiny_backend(Path(tempfile.mkdtemp()))
+    backend = tiny_backend(Path(tempfile.mkdtemp()), os.environ.get("CHECK_DEVICE", "cuda"))
     backend.max_stream_batch = MAX_STREAM_BATCH
     prompt = backend.render([{"role": "user", "content": "hello"}])
     params = GenerationParams(max_new_tokens=100)
