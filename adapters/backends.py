@@ -537,12 +537,12 @@ class LocalBackend:
 
     def complete(self, adapter, prompts, params, batch_size=8):
         """The text generated after each prompt. Where row decoding applies the prompts go the way of
-        streams: rows of whatever the model decodes (``MAX_STREAM_BATCH`` at a time, refilled as
-        rows end; ``batch_size`` is the batch of ``generate`` for other models)."""
+        streams: rows of whatever the model decodes, refilled as rows end, up to ``batch_size`` rows
+        (or ``MAX_STREAM_BATCH``, when more); for other models ``batch_size`` is that of ``generate``."""
         import torch
 
         if self.continuous_batching and self._rows_apply and prompts and not self._lock.held_here():
-            return self._complete_as_rows(adapter, prompts, params)
+            return self._complete_as_rows(adapter, prompts, params, batch_size)
         tok = self.tokenizer
         outputs: list[str] = []
         with self._using(adapter) as model, torch.inference_mode():
@@ -560,7 +560,7 @@ class LocalBackend:
                 outputs.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
         return outputs
 
-    def _complete_as_rows(self, adapter, prompts, params) -> list[str]:
+    def _complete_as_rows(self, adapter, prompts, params, batch_size: int) -> list[str]:
         """``complete`` through the stream queue, as streams go: a worker thread decodes the rows
         (and whatever joins them) unless a running batch takes them in; the caller has its texts
         once its own rows end."""
@@ -568,7 +568,8 @@ class LocalBackend:
 
         if adapter is not None and adapter not in self._adapters:
             raise KeyError(f"adapter {adapter!r} is not loaded (loaded: {self._adapters})")
-        requests = [StreamRequest(adapter, ids, params, TokenIds()) for ids in self.encode(list(prompts))["input_ids"]]
+        requests = [StreamRequest(adapter, ids, params, TokenIds(), rows=batch_size)
+                    for ids in self.encode(list(prompts))["input_ids"]]
         for request in requests:
             self._streams.add(request)
         worker = threading.Thread(target=lambda: [self._decode_when_free(r) for r in requests], daemon=True,

@@ -45,6 +45,7 @@ class StreamRequest:
     failure: list[BaseException] = field(default_factory=list)
     runner: threading.Thread | None = None  # the thread decoding it, once claimed
     alone: bool = False  # claimed into a batch of its own (the single-stream path)
+    rows: int = 0  # rows its batch may grow to while it decodes (``complete``'s batch_size); 0: the queue's
 
 
 class StreamQueue:
@@ -83,13 +84,14 @@ class StreamQueue:
         return self._live(taken)
 
     def claim(self, request: StreamRequest) -> list[StreamRequest]:
-        """``request`` and the streams waiting with it (oldest first, at most ``max_batch``), now
-        decoded by this thread; [] when another thread has claimed ``request`` already. Streams
-        whose caller has gone are dropped."""
+        """``request`` and the streams waiting with it (oldest first, at most ``max_batch``, or
+        ``request.rows`` when that is more), now decoded by this thread; [] when another thread has
+        claimed ``request`` already. Streams whose caller has gone are dropped."""
         with self._lock:
             if request not in self._waiting:
                 return []
-            batch = [request] + [r for r in self._waiting if r is not request][:self.max_batch - 1]
+            width = max(self.max_batch, request.rows)
+            batch = [request] + [r for r in self._waiting if r is not request][:width - 1]
             self._waiting = [r for r in self._waiting if r not in batch]
             for r in batch:
                 r.runner = threading.current_thread()

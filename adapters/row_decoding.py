@@ -319,7 +319,8 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
     """Decode ``requests`` (``adapters.batching.StreamRequest``) as rows of ``decoder`` until every
     row has ended, streaming each row's tokens to its caller. Between two steps: rows whose caller
     has gone are dropped, ``between_steps()`` runs (the backend lends the model there), and streams
-    that arrived meanwhile join (``take_more(room)``), up to ``max_rows`` rows. ``resumed``: a
+    that arrived meanwhile join (``take_more(room)``), up to ``max_rows`` rows (or the largest
+    ``rows`` a live request asks for: an evaluation's batch size). ``resumed``: a
     stream another decoder started, which goes on as the first row. Every stream is released
     (``adapters.batching.release``) by the time this returns; a failure goes to their callers."""
     import torch
@@ -407,7 +408,7 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
             if not live:
                 break
             between_steps()
-            pending = take_more(max_rows - len(live))
+            pending = take_more(max(max_rows, *(r.request.rows for r in live)) - len(live))
             for row in live:
                 row.request.alone = not pending and row.request.alone  # its thread now goes on for others
             admit(pending)

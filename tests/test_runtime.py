@@ -912,6 +912,29 @@ def test_a_long_completion_asked_while_a_stream_decodes_runs_beside_it_not_inste
     assert completion == completion_alone and "".join(pieces) == stream_alone
 
 
+def test_a_completion_decodes_as_many_rows_as_its_batch_size_asks(tiny_base, catalog, monkeypatch):
+    """An evaluation's ``--batch-size`` sets how many of its prompts decode together (a GPU's row
+    step costs about the same for 1 and 160 rows); below ``MAX_STREAM_BATCH`` the app's default
+    width stays. The texts do not depend on the width."""
+    from adapters.batching import MAX_STREAM_BATCH
+
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    prompts = [backend.render([{"role": "user", "content": f"note {i}"}]) for i in range(MAX_STREAM_BATCH + 4)]
+    params = GenerationParams(max_new_tokens=4)
+    decoder = backend._row_decoder()
+    widths: list[int] = []
+    step = decoder.step
+    monkeypatch.setattr(decoder, "step", lambda ids, *rest: (widths.append(len(ids)), step(ids, *rest))[1])
+
+    wide = backend.complete(None, prompts, params, batch_size=len(prompts))
+    assert max(widths) == len(prompts)
+    widths.clear()
+    default = backend.complete(None, prompts, params)
+    assert max(widths) == MAX_STREAM_BATCH
+    assert wide == default == [backend.complete(None, [p], params)[0] for p in prompts]
+
+
 def test_a_completion_returns_when_its_rows_end_though_a_stream_joined_its_batch(tiny_base, catalog):
     """The thread that decodes a completion's rows goes on for a stream that joined them; the
     completion's caller does not wait for that stream."""
