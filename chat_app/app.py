@@ -328,7 +328,8 @@ async def _name_thread(name: str) -> None:
         await asyncio.wait(chainlit_init, timeout=10)
     await emitter.emit("first_interaction", {"interaction": name, "thread_id": session.thread_id})
     if layer := cl_data.get_data_layer():
-        await layer.update_thread(thread_id=session.thread_id, name=name)
+        await layer.update_thread(thread_id=session.thread_id, name=name,
+                                  tags=[session.chat_profile] if session.chat_profile else None)
 
 
 def _runs(task: asyncio.Task, method, instance) -> bool:

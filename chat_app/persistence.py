@@ -10,7 +10,10 @@ SQLite by default (a local file whose tables are created on first use), PostgreS
 - attachments (CSV downloads, tables) are not persisted (there is no blob storage): a resumed
   thread keeps every message's text but not its files;
 - a thread is never renamed to "": Chainlit names a thread after its first message's text, which is
-  empty for a file sent alone; the app names such a thread after the files (``app.on_message``).
+  empty for a file sent alone; the app names such a thread after the files (``app.on_message``);
+- that first name starts with the chat's profile ("Spam check · Remember the milk"), which Chainlit
+  gives as the thread's tag: the history lists the chats of every profile together, and one started
+  from the same text in two profiles looked the same. A name the user gives a chat stays as given.
 """
 
 from __future__ import annotations
@@ -118,12 +121,21 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
                             step[key] = bool(step[key])
         return threads
 
-    async def update_thread(self, thread_id: str, name: str | None = None, **changes):
-        return await super().update_thread(thread_id, name=name or None, **changes)
+    async def update_thread(self, thread_id: str, name: str | None = None, tags: list[str] | None = None,
+                            **changes):
+        return await super().update_thread(thread_id, name=thread_name(name, tags), tags=tags, **changes)
 
     async def create_element(self, element) -> None:
         """Attachments are not persisted (no blob storage configured); the message text is."""
         return None
+
+
+def thread_name(first_text: str | None, tags: list[str] | None) -> str | None:
+    """The name a thread gets from its first message (None: keep the stored one): prefixed with its
+    chat profile, Chainlit's only tag, when it has one."""
+    if not first_text:
+        return None
+    return f"{tags[0]} · {first_text}" if tags else first_text
 
 
 def _loads(value, default):

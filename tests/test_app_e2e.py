@@ -408,6 +408,38 @@ def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, 
     page.context.close()
 
 
+def test_icon_buttons_have_names_and_the_keyboard_returns_to_the_message_box(server, browser):
+    """Chainlit's icon-only buttons get names a screen reader can say (``public/adapterlab.js``), and
+    focus goes back to the message box when the settings dialog closes or Stop ends an answer
+    (before, it fell to the page, many Tab presses away)."""
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    for name in ("New chat", "Attach files", "Settings", "Send message", "Close the panel"):
+        assert page.get_by_role("button", name=name, exact=True).is_visible(), name
+    assert page.get_by_role("textbox", name="Message", exact=True).is_visible()
+    focused = "() => document.activeElement.id"
+
+    page.get_by_role("button", name="Settings", exact=True).focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("dialog").wait_for()
+    page.keyboard.press("Escape")
+    page.get_by_role("dialog").wait_for(state="detached")
+    page.wait_for_function(f"({focused})() === 'chat-input'", timeout=5000)
+
+    page.keyboard.type("Write a long story about a lighthouse keeper.")
+    page.keyboard.press("Enter")
+    stop = page.get_by_role("button", name="Stop the answer", exact=True)
+    stop.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    stop.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=/stopped by you/", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_function(f"({focused})() === 'chat-input'", timeout=5000)
+    assert page.get_by_role("button", name="Send message", exact=True).is_visible()  # the name follows the id
+    page.context.close()
+
+
 def test_stop_keeps_the_partial_answer_in_the_chat_and_the_history(server, browser):
     page = new_page(browser, server)
     open_app(page, server)
@@ -640,7 +672,8 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         stored_answer(tmp_path / "history.sqlite3", "probability")  # the answer too, before resuming
         page.goto(srv.url)
         page.wait_for_selector("#chat-input")
-        thread = page.locator("#thread-history a").filter(has_text="Remember the milk").first
+        # named with its profile: the history lists every profile's chats together
+        thread = page.locator("#thread-history a").filter(has_text="Spam check · Remember the milk").first
         href = thread.get_attribute("href")
         for attempt in range(2):
             page.goto(srv.url + href)  # the history sidebar's link to the thread

@@ -651,15 +651,20 @@ def test_history_and_feedback_are_stored_in_a_sqlite_file_created_on_first_use(t
         await layer.upsert_feedback(Feedback(forId="s2", value=0, threadId="t1", comment="wrong stage"))
         await layer.execute_sql("INSERT INTO nowhere VALUES (:x)", {"x": secret})  # fails, logged safely
         # a file sent alone: Chainlit names the thread "" while the app names it after the file
-        await layer.update_thread("t2", name="many.txt", user_id=user.id)
         await layer.update_thread("t2", name="", user_id=user.id, tags=["Spam check"])
-        thread, named = await layer.get_thread("t1"), await layer.get_thread("t2")
+        await layer.update_thread("t2", name="many.txt", user_id=user.id, tags=["Spam check"])
+        # renamed by its user in the history: as given
+        await layer.update_thread("t3", name="Remember the milk", user_id=user.id, tags=["Compare"])
+        await layer.update_thread("t3", name="milk test")
+        thread, named, renamed = [await layer.get_thread(t) for t in ("t1", "t2", "t3")]
         await layer.engine.dispose()
-        return thread, named
+        return thread, named, renamed
 
-    thread, named = asyncio.run(scenario())
+    thread, named, renamed = asyncio.run(scenario())
     assert db.is_file()
-    assert named["name"] == "many.txt" and named["tags"] == ["Spam check"]
+    assert thread["name"] == "Oncology extraction · first"
+    assert named["name"] == "Spam check · many.txt" and named["tags"] == ["Spam check"]
+    assert renamed["name"] == "milk test" and renamed["tags"] == ["Compare"]
     assert thread["tags"] == ["Oncology extraction"] and thread["metadata"]["chat_profile"] == "Oncology extraction"
     steps = {s["id"]: s for s in thread["steps"]}
     assert steps["s1"]["output"] == secret and steps["s2"]["metadata"] == {"answer": "a table"}

@@ -1,0 +1,56 @@
+// Keyboard and screen-reader fixes for Chainlit 2.12's page (the config's `custom_js`); each has a
+// browser test in tests/test_app_e2e.py.
+//
+// 1. Chainlit's icon-only buttons have no accessible name: a screen reader says "button" for
+//    New chat, Attach, Settings, Send, Stop and the status panel's close arrow. They get one here.
+//    Send and Stop are one element whose id changes, so a name follows the id.
+// 2. When the focused control leaves the page or is disabled (the settings dialog closes, Stop ends
+//    an answer, a starter is used), focus fell back to the page itself, many Tab presses from the
+//    message box.
+//    It goes to the message box instead (not on touch screens, where that would pop up the keyboard).
+(() => {
+  const NAMES = {
+    "new-chat-button": "New chat",
+    "upload-button": "Attach files",
+    "chat-settings-open-modal": "Settings",
+    "chat-submit": "Send message",
+    "stop-button": "Stop the answer",
+    "chat-input": "Message",
+  };
+  const ICON_NAMES = { "lucide-arrow-left": "Close the panel" };
+  const touchScreen = window.matchMedia("(pointer: coarse)").matches;
+  let focused = null;
+
+  function nameButtons() {
+    for (const [id, name] of Object.entries(NAMES)) {
+      const element = document.getElementById(id);
+      if (element && (!element.hasAttribute("aria-label") || "adapterlabNamed" in element.dataset)) giveName(element, name);
+    }
+    for (const [icon, name] of Object.entries(ICON_NAMES)) {
+      for (const button of document.querySelectorAll(`button:not([aria-label]):has(> svg.${icon})`)) {
+        if (!button.textContent.trim()) giveName(button, name);
+      }
+    }
+  }
+
+  function giveName(element, name) {
+    if (element.getAttribute("aria-label") === name) return;
+    element.setAttribute("aria-label", name);
+    element.dataset.adapterlabNamed = "";
+  }
+
+  function refocusIfFocusWasRemoved() {
+    if (touchScreen || !focused || (focused.isConnected && !focused.disabled)) return;
+    if (document.activeElement && document.activeElement !== document.body) return;
+    const input = document.getElementById("chat-input");
+    if (input && !input.disabled) input.focus();
+    focused = input;
+  }
+
+  document.addEventListener("focusin", (event) => { focused = event.target; });
+  new MutationObserver(() => {
+    nameButtons();
+    refocusIfFocusWasRemoved();
+  }).observe(document.documentElement,
+    { childList: true, subtree: true, attributes: true, attributeFilter: ["id", "disabled"] });
+})();
