@@ -159,10 +159,13 @@ class LocalBackend:
     def load(cls, base: str = DEFAULT_BASE, adapters: dict[str, Path] | None = None,
              options: LoadOptions = LoadOptions(), *, progress: bool = True) -> "LocalBackend":
         """Load the base once and every given adapter folder as a named PEFT adapter on it."""
+        from .openmp import release_thread_team
+
         model, tokenizer = load_base(base, options, progress=progress)
         backend = cls(model, tokenizer, canonical_name(base))
         for name, path in (adapters or {}).items():
             backend.add_adapter(name, path)
+        release_thread_team()  # loading ran on this thread's OpenMP workers (adapters.openmp)
         return backend
 
     def adapter_names(self) -> list[str]:

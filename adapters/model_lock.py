@@ -11,6 +11,9 @@ Streams do not get in this way: a stream waits for the running generation (``ada
 so ``taken_by_a_generation`` tells a stream's thread that picked the lock up during a loan to put it
 down again. The CUDA-graph decoder never lends: it merges its adapter into the base weights while
 it decodes, which a borrower would run with.
+
+A thread that puts the model down gives back its OpenMP workers (``adapters.openmp``): PyTorch's CPU
+operators are much slower while more than one thread keeps them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from .openmp import release_thread_team
 
 LEND_WAIT_S = 1.0  # longest a lending generation waits for later arrivals before it takes its turn again
 
@@ -62,6 +67,8 @@ class ModelLock:
     def release(self) -> None:
         self._held(-1)
         self._lock.release()
+        if not self.held_here():
+            release_thread_team()
 
     def held_here(self) -> bool:
         """Whether this thread holds the model (perhaps on loan from a paused generation, which
