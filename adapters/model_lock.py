@@ -66,9 +66,10 @@ class ModelLock:
 
     def release(self) -> None:
         self._held(-1)
-        self._lock.release()
         if not self.held_here():
+            # before another thread can run the model: OpenMP leaves a pause beside parallel work unspecified
             release_thread_team()
+        self._lock.release()
 
     def held_here(self) -> bool:
         """Whether this thread holds the model (perhaps on loan from a paused generation, which
