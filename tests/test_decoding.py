@@ -175,3 +175,29 @@ def test_an_adapter_merged_into_the_base_weights_gives_the_adapters_logits(base_
     assert pairs and (unmerged - base).abs().max() > 1e-3  # the adapter changes the logits
     assert torch.allclose(merged_logits, unmerged, atol=1e-4)
     assert torch.equal(again, unmerged)  # adapters back on, base weights restored
+
+
+@pytest.mark.parametrize("temperature, top_p, spread, nucleus", [
+    (0.7, 0.9, 3.0, "within the candidates"),   # a peaked distribution, as a model's usually is
+    (1.0, 0.5, 5.0, "within the candidates"),
+    (1.0, 0.5, 1.0, "beyond them"),
+    (1.5, 0.95, 0.05, "beyond them"),           # nearly flat: the whole vocabulary is sorted
+    (0.7, 1.0, 3.0, "the whole vocabulary"),    # no top-p
+])
+def test_sampling_draws_from_the_distribution_of_transformers_warpers(temperature, top_p, spread, nucleus):
+    import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from adapters.decoding import SAMPLE_CANDIDATES, sampling_distribution
+
+    logits = torch.randn(49152, generator=torch.Generator().manual_seed(0)) * spread  # SmolLM2's vocabulary
+    tokens, probs = sampling_distribution(logits, temperature, top_p)
+    scores = TemperatureLogitsWarper(temperature)(None, logits[None])
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    expected = torch.softmax(scores, dim=-1)[0]
+    got = torch.zeros_like(expected)
+    got[tokens] = probs
+    assert set(tokens.tolist()) == set(expected.nonzero().flatten().tolist())
+    assert torch.allclose(got, expected, atol=1e-7, rtol=1e-4)
+    assert (len(tokens) <= SAMPLE_CANDIDATES) == (nucleus == "within the candidates")
