@@ -205,3 +205,32 @@ def test_a_stream_handed_over_is_released_with_the_failure_when_taking_it_over_f
                    resumed=Resumed(handed, [5, 6], layers=[]))
     assert handed.released.is_set() and handed.streamer.ended.is_set()
     assert [str(e) for e in handed.failure] == ["out of memory"]
+
+
+def test_rows_that_share_one_adapter_skip_the_gather_and_get_the_same_logits(base_and_lora, monkeypatch):
+    """Eager passes whose rows all have one adapter (or all the base) use its LoRA weights as they
+    are instead of gathering them per row: the same logits as the gathered path."""
+    import torch
+
+    import adapters.row_decoding as row_decoding
+
+    model, tokenizer = base_and_lora
+    prompt = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+
+    def logits(adapter: str | None) -> tuple:
+        decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+        decoder.reserve(2, len(prompt) + 2)
+        first = decoder.prefill(0, [adapter, adapter], [prompt, prompt])
+        index = decoder.adapter_index(adapter)
+        step, _ = decoder.step([7, 7], [len(prompt)] * 2, [index, index])
+        return first, step
+
+    for adapter in ("default", None):
+        uniform = logits(adapter)
+        with monkeypatch.context() as patch:
+            patch.setattr(row_decoding, "_adapter_rows", lambda rows, device: torch.tensor(rows, device=device))
+            gathered = logits(adapter)
+        for got, want in zip(uniform, gathered):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with_lora, without = logits("default"), logits(None)
+    assert not torch.allclose(with_lora[1], without[1])  # the adapter does change them
