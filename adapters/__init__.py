@@ -5,7 +5,6 @@ from .openmp import set_spin_count
 
 set_spin_count()  # before anything loads PyTorch (adapters/openmp.py says why)
 
-
 from .base_models import DEFAULT_BASE, LoadOptions
 from .catalog import CATALOG_DIR, UnknownAdapterError, load_catalog
 from .fields import Extraction

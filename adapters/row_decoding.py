@@ -265,7 +265,7 @@ class RowDecoder:
 
 def _adapter_rows(adapters: list[int], device):
     """What ``_project`` takes for these rows' adapter indices: one int when every row has the same
-    one (an eager pass needs no gather then: ~10% of a one-stream step on a 2-core CPU), else a
+    one (an eager pass needs no gather then: 10-20% of a step on a 2-core CPU), else a
     tensor of them."""
     import torch
 
