@@ -177,6 +177,32 @@ def sampling_distribution(logits, temperature: float, top_p: float):
     return tokens[keep], kept / kept.sum()
 
 
+def sample_rows(logits, temperatures: Sequence[float], top_ps: Sequence[float]) -> list[int]:
+    """One token drawn for each row of ``logits`` [rows, vocabulary], row i from
+    ``sampling_distribution(logits[i], temperatures[i], top_ps[i])``: the rows' candidates in one
+    batched pass and one draw (per row, a GPU launches a dozen small kernels and waits for the
+    result; rows whose nucleus reaches beyond the candidates, or with no top-p, go one by one)."""
+    import torch
+
+    device = logits.device
+    temperature = torch.tensor(list(temperatures), dtype=torch.float32, device=device)[:, None]
+    top_p = torch.tensor(list(top_ps), dtype=torch.float32, device=device)[:, None]
+    scores = logits.float() / temperature
+    k = min(SAMPLE_CANDIDATES, scores.shape[-1])
+    top, tokens = scores.topk(k, dim=-1)
+    probs = torch.exp(top - torch.logsumexp(scores, dim=-1, keepdim=True))
+    whole = (probs.sum(-1, keepdim=True) < top_p) | (top_p >= 1.0)  # these rows need the whole vocabulary
+    keep = (probs.cumsum(-1) - probs) < top_p
+    keep[:, 0] = True
+    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    kept[whole[:, 0]] = 1.0  # a placeholder draw, replaced below
+    drawn = tokens.gather(-1, torch.multinomial(kept, 1)).view(-1).tolist()
+    for i in whole[:, 0].nonzero().view(-1).tolist():
+        row_tokens, row_probs = sampling_distribution(logits[i], temperatures[i], top_ps[i])
+        drawn[i] = int(row_tokens[torch.multinomial(row_probs, 1)])
+    return drawn
+
+
 class NGramBan:
     """The tokens that would repeat an n-gram of the sequence so far (prompt included), kept up to
     date one token at a time: what ``generate``'s ``no_repeat_ngram_size`` bans, without rescanning."""

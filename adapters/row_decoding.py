@@ -325,6 +325,28 @@ class _Live:
             return greedy
         return choose_token(logits, params.temperature, params.top_p, banned=banned)
 
+    @property
+    def plainly_sampled(self) -> bool:
+        """Whether its next token is a draw with nothing banned (drawn with other rows' at once)."""
+        return self.request.params.temperature > 0 and not self.ban.banned()
+
+
+def chosen_tokens(rows: list["_Live"], logits, greedy: list[int]) -> list[int]:
+    """Each row's next token: plainly sampled rows drawn together (``decoding.sample_rows``), the
+    others one by one (``_Live.choose``)."""
+    import torch
+
+    from .decoding import sample_rows
+
+    sampled = [i for i, row in enumerate(rows) if row.plainly_sampled]
+    if len(sampled) < 2:
+        return [row.choose(logits[i], greedy[i]) for i, row in enumerate(rows)]
+    params = [rows[i].request.params for i in sampled]
+    draws = sample_rows(logits[torch.tensor(sampled, device=logits.device)],
+                        [p.temperature for p in params], [p.top_p for p in params])
+    drawn = dict(zip(sampled, draws))
+    return [drawn[i] if i in drawn else row.choose(logits[i], greedy[i]) for i, row in enumerate(rows)]
+
 
 def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reason, take_more, between_steps,
                    max_rows: int, resumed: "Resumed | None" = None) -> None:
@@ -410,13 +432,13 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
                 break
             rows = list(live)
             logits, greedy = decoder.step([r.next for r in rows], [r.position for r in rows], [r.adapter for r in rows])
-            greedy = greedy.tolist()
+            chosen = chosen_tokens(rows, logits, greedy.tolist())
             for i, row in enumerate(rows):
                 row.position += 1
                 if row.request.cancelled.is_set():
                     close(row, finished=False)
                 else:
-                    deliver(row, row.choose(logits[i], greedy[i]))
+                    deliver(row, chosen[i])
             if not live:
                 break
             between_steps()

@@ -201,3 +201,26 @@ def test_sampling_draws_from_the_distribution_of_transformers_warpers(temperatur
     assert set(tokens.tolist()) == set(expected.nonzero().flatten().tolist())
     assert torch.allclose(got, expected, atol=1e-7, rtol=1e-4)
     assert (len(tokens) <= SAMPLE_CANDIDATES) == (nucleus == "within the candidates")
+
+
+def test_rows_sampled_together_draw_from_each_rows_own_distribution():
+    """``sample_rows`` draws every row at once; each row's tokens follow that row's own temperature
+    and top-p (``sampling_distribution``), including a row whose nucleus needs the whole vocabulary."""
+    import torch
+
+    from adapters.decoding import SAMPLE_CANDIDATES, sample_rows, sampling_distribution
+
+    torch.manual_seed(0)
+    peaked, flat = torch.randn(2, 49152) * 5, torch.randn(1, 49152) * 0.05
+    logits = torch.cat([peaked, flat])
+    settings = [(1.0, 0.8), (1.3, 0.9), (1.0, 0.9)]  # the flat row's nucleus is beyond the candidates
+    draws = [sample_rows(logits, [t for t, _ in settings], [p for _, p in settings]) for _ in range(400)]
+    for i, (temperature, top_p) in enumerate(settings):
+        tokens, probs = sampling_distribution(logits[i], temperature, top_p)
+        allowed = dict(zip(tokens.tolist(), probs.tolist()))
+        seen = [d[i] for d in draws]
+        assert all(t in allowed for t in seen), f"row {i} drew a token outside its nucleus"
+        if len(allowed) <= SAMPLE_CANDIDATES:  # frequencies follow the row's probabilities
+            top = max(allowed, key=allowed.get)
+            assert abs(seen.count(top) / len(seen) - allowed[top]) < 0.08
+    assert len({d[2] for d in draws}) > 300  # the flat row really draws from its wide nucleus
