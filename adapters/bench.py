@@ -307,8 +307,9 @@ def _concurrent_run(runtime: Runtime, streams: int, tokens: int, during=None) ->
         g = runtime.generate(adapter, [{"role": "user", "content": text}], temperature=0, max_new_tokens=tokens)
         for _ in g:
             decoding.set()
-        finished[index] = {"started": g.started, "first": g.first_piece_at or time.perf_counter(),
-                           "done": time.perf_counter(), "tokens": runtime.backend.count_tokens(g.text),
+        done = time.perf_counter()
+        finished[index] = {"started": g.started, "first": g.first_piece_at or done, "done": done,
+                           "decoded": g.finished_at or done, "tokens": runtime.backend.count_tokens(g.text),
                            "adapter": adapter or "base"}
 
     threads = [threading.Thread(target=one_stream, args=(i, a)) for i, a in enumerate(plan)]
@@ -329,7 +330,10 @@ def _concurrent_run(runtime: Runtime, streams: int, tokens: int, during=None) ->
     return {"streams": streams, "max_new_tokens": tokens, "wall_seconds": round(wall, 2),
             "total_tokens": total, "aggregate_tokens_per_s": round(total / wall, 1),
             "ttft_ms": p50_p95(ttfts, digits=1) | {"max": round(max(ttfts), 1)},
-            "max_streams_decoding_at_once": max_overlap([(f["first"], f["done"]) for f in finished]),
+            # from its first piece read to its decoding's end, in the decoding thread: a stream read
+            # after the next one started (its reader not yet scheduled) is not counted as decoding
+            "max_streams_decoding_at_once": max_overlap([(min(f["first"], f["decoded"]), f["decoded"])
+                                                         for f in finished]),
             "per_stream": [{"adapter": f["adapter"], "tokens": f["tokens"], "ttft_ms": round(t, 1),
                             "seconds": round(f["done"] - f["started"], 3)} for f, t in zip(finished, ttfts)],
             **({"during_ms": [round(ms, 1) for ms in during_ms]} if during is not None else {})}

@@ -73,9 +73,11 @@ class Generation:
     first_piece_at: float | None = None
     finish_reason: str | None = None
     max_new_tokens: int | None = None
+    finished_at: float | None = None  # when decoding ended (in the decoding thread, before the model is free)
 
     def finished(self, reason: str) -> None:
         self.finish_reason = reason
+        self.finished_at = time.perf_counter()
 
     def __iter__(self) -> Iterator[str]:
         try:
