@@ -101,3 +101,19 @@ def test_a_second_models_call_reuses_the_conversion(real_runtime):
     assert done.returncode == 0, done.stderr
     assert str(path) in done.stdout
     assert (path / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_predict_extracts_and_exits_cleanly(tmp_path, real_runtime):
+    """`adapterlab predict oncology` as a user runs it: the fields are written and the process exits
+    with 0. The thread that decoded the rows goes on to free the cache and give back its OpenMP
+    workers after the caller has its texts; at exit it used to be killed in the middle of that
+    ("terminate called without an active exception", status 134, in 2 of 3 runs)."""
+    inp, out = tmp_path / "notes.jsonl", tmp_path / "fields.jsonl"
+    inp.write_text(json.dumps({"text": "58-year-old man with stage IIIA lung adenocarcinoma, EGFR exon 19 "
+                                       "deletion, treated with osimertinib; partial response."}) + "\n")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-m", "adapters.cli", "predict", "oncology", "--input", str(inp),
+                               "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+        (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+        assert set(row["fields"]) == set(real_runtime.spec("oncology").fields) and row["valid"]
