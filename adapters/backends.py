@@ -101,17 +101,18 @@ MIN_CACHED_PREFIX = 8  # tokens; a shorter shared prefix is recomputed with each
 STOP_WAIT_S = 30.0  # longest a closed stream waits for its generation to stop (one token; a long prefill on a CPU)
 STREAM_CLAIM_POLL_S = 0.02  # how often a stream waiting for the model checks whether a batch took it
 EXIT_WAIT_S = 5.0  # longest the process waits at exit for decoding threads to finish
+DECODING_THREAD = "adapterlab-generate"  # the name of every thread that decodes streams and completions
 
 
 def _join_decoding_threads(timeout: float = EXIT_WAIT_S) -> None:
-    """At exit, let the threads that decode (daemons, named "adapterlab-generate") finish first. A
+    """At exit, let the threads that decode (daemons, named ``DECODING_THREAD``) finish first. A
     completion's caller has its texts once its rows end, while the thread goes on to free the cache
     and put the model down (giving back its OpenMP workers); killed in the middle of that by the
     interpreter's exit, the process aborted ("terminate called without an active exception", status
     134) in 2 of 3 `adapterlab predict oncology` runs."""
     deadline = time.monotonic() + timeout
     for thread in threading.enumerate():
-        if thread.name == "adapterlab-generate" and thread is not threading.current_thread():
+        if thread.name == DECODING_THREAD and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
@@ -593,7 +594,7 @@ class LocalBackend:
         for request in requests:
             self._streams.add(request)
         worker = threading.Thread(target=lambda: [self._decode_when_free(r) for r in requests], daemon=True,
-                                  name="adapterlab-generate")
+                                  name=DECODING_THREAD)
         worker.start()
         done = False
         try:
@@ -630,7 +631,7 @@ class LocalBackend:
         request = StreamRequest(adapter, self.encode(prompt)["input_ids"], params, streamer, on_finish)
         self._streams.add(request)
         worker = threading.Thread(target=self._decode_when_free, args=(request,), daemon=True,
-                                  name="adapterlab-generate")
+                                  name=DECODING_THREAD)
         worker.start()
         try:
             for piece in streamer:

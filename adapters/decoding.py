@@ -170,11 +170,17 @@ def sampling_distribution(logits, temperature: float, top_p: float):
     if k < scores.numel() and float(probs.sum()) < top_p:  # the nucleus reaches beyond the candidates
         top, tokens = scores.sort(descending=True)
         probs = torch.exp(top - log_total)
-    above = probs.cumsum(0) - probs  # the mass of the tokens ranked above each
-    keep = above < top_p
-    keep[0] = True  # as the warper's min_tokens_to_keep
+    keep = _nucleus(probs, top_p)
     kept = probs[keep]
     return tokens[keep], kept / kept.sum()
+
+
+def _nucleus(probs, top_p):
+    """Which of the descending ``probs`` [..., k] top-p keeps: each token while the mass of those
+    ranked above it is below ``top_p``, and always the first (the warper's min_tokens_to_keep)."""
+    keep = (probs.cumsum(-1) - probs) < top_p
+    keep[..., 0] = True
+    return keep
 
 
 def sample_rows(logits, temperatures: Sequence[float], top_ps: Sequence[float]) -> list[int]:
@@ -192,9 +198,7 @@ def sample_rows(logits, temperatures: Sequence[float], top_ps: Sequence[float]) 
     top, tokens = scores.topk(k, dim=-1)
     probs = torch.exp(top - torch.logsumexp(scores, dim=-1, keepdim=True))
     whole = (probs.sum(-1, keepdim=True) < top_p) | (top_p >= 1.0)  # these rows need the whole vocabulary
-    keep = (probs.cumsum(-1) - probs) < top_p
-    keep[:, 0] = True
-    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    kept = torch.where(_nucleus(probs, top_p), probs, torch.zeros_like(probs))
     kept[whole[:, 0]] = 1.0  # a placeholder draw, replaced below
     drawn = tokens.gather(-1, torch.multinomial(kept, 1)).view(-1).tolist()
     for i in whole[:, 0].nonzero().view(-1).tolist():

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from adapters import AdapterNotTrainedError, InputError, Runtime, UnknownAdapterError
-from adapters.backends import BaseMismatchError, GenerationParams
+from adapters.backends import DECODING_THREAD, BaseMismatchError, GenerationParams
 from adapters.catalog import load_catalog
 from conftest import train_tiny_lora
 
@@ -201,7 +201,7 @@ def test_closing_a_stream_early_frees_the_model(stream_path, tiny_base, catalog)
     next(stream)
     stream.close()
     # nothing of it runs on once closed (a Ctrl-C in `predict` exited under a running generate: abort)
-    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
+    assert not [t for t in threading.enumerate() if t.name == DECODING_THREAD]
     # the next request must not wait for the abandoned 200-token generation to hold the lock forever
     assert rt.classify("spam", ["hello"], base=True)[0].label in ("ham", "spam")
 
@@ -238,12 +238,12 @@ def test_an_abandoned_stream_collected_in_its_own_worker_thread_closes_cleanly(s
         del stream, cycle
         collect_in_worker.set()
         deadline = time.monotonic() + 30
-        while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+        while [t for t in threading.enumerate() if t.name == DECODING_THREAD] and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         gc.enable()
     assert not collect_in_worker.is_set(), "the worker never collected"
-    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
+    assert not [t for t in threading.enumerate() if t.name == DECODING_THREAD]
     assert [str(p.exc_value) for p in problems] == []
 
 
@@ -539,9 +539,9 @@ def test_a_stream_closed_in_a_batch_stops_alone_and_the_others_finish(stream_pat
     other.join(timeout=120)
     assert results["first"] and results["finished"] == expected
     deadline = time.monotonic() + 30
-    while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+    while [t for t in threading.enumerate() if t.name == DECODING_THREAD] and time.monotonic() < deadline:
         time.sleep(0.01)  # the batch's thread, once the last row is done
-    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
+    assert not [t for t in threading.enumerate() if t.name == DECODING_THREAD]
 
 
 def test_a_short_answer_returns_when_it_ends_even_when_its_thread_runs_the_batch(stream_path, tiny_base, catalog, monkeypatch):
@@ -799,12 +799,12 @@ def test_a_stream_closed_by_a_caller_that_borrows_the_model_does_not_wait_for_it
             stream.close()
             took = time.perf_counter() - started
         deadline = time.monotonic() + 30
-        while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+        while [t for t in threading.enumerate() if t.name == DECODING_THREAD] and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         hook.remove()
     assert took < 1.0, f"closing took {took:.2f} s"
-    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]  # it stopped once given back
+    assert not [t for t in threading.enumerate() if t.name == DECODING_THREAD]  # it stopped once given back
 
 
 def test_the_model_lock_is_lent_only_to_callers_waiting_for_it_and_comes_back():
@@ -878,9 +878,9 @@ def test_many_streams_joining_leaving_and_stopped_at_random_each_end_with_their_
             assert text == alone[i], (i, asks[i][0])
     assert all(label == pytest.approx(label_alone, abs=1e-6) for label in labels)
     deadline = time.monotonic() + 30
-    while [t for t in threading.enumerate() if t.name == "adapterlab-generate"] and time.monotonic() < deadline:
+    while [t for t in threading.enumerate() if t.name == DECODING_THREAD] and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not [t for t in threading.enumerate() if t.name == "adapterlab-generate"]
+    assert not [t for t in threading.enumerate() if t.name == DECODING_THREAD]
     assert backend._rows.slots == 0 and backend._rows.keys == []  # on a CPU the cache is freed once the rows end
 
 
