@@ -53,6 +53,7 @@ class Backend(Protocol):
 
     base_name: str
     context_length: int
+    device: str  # where the model runs: "cpu", "cuda:0", or the server's name for a remote engine
 
     def adapter_names(self) -> list[str]: ...
 
@@ -390,6 +391,10 @@ class LocalBackend:
 
     def _device(self):
         return next(self.model.parameters()).device
+
+    @property
+    def device(self) -> str:
+        return str(self._device())
 
     def score(self, adapter, prompts, continuations, batch_size=16, shared_prefix=""):
         """One forward pass per prompt: the prompt once, each continuation after it.

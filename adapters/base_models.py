@@ -232,7 +232,8 @@ class LoadOptions:
     adapters are trained and evaluated in; on the 2-core EPYC here one spam classification takes
     ~105 ms in bf16 against ~160 ms in float32); float32 on other CPUs, where bf16 is emulated.
     ``$ADAPTERLAB_DTYPE`` changes the default (the unit tests pin float32 so that they behave the
-    same on every machine).
+    same on every machine). A ``device`` of ``auto`` is ``$ADAPTERLAB_DEVICE`` when that is set
+    (the unit tests pin cpu: their timings and tolerances are a CPU's), else CUDA when there is a GPU.
     """
 
     dtype: str = field(default_factory=lambda: os.environ.get("ADAPTERLAB_DTYPE") or "auto")
@@ -240,25 +241,36 @@ class LoadOptions:
     load_in_4bit: bool = False
 
     def torch_device(self) -> str:
+        """The device to load on (cpu, cuda, cuda:N), checked: a GPU that is not here is named."""
         import torch
 
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
+        wanted, source = self._wanted_device()
         try:
-            device = torch.device(self.device)
+            device = torch.device(wanted)
         except (RuntimeError, TypeError):
-            raise BaseModelError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N") from None
+            raise BaseModelError(f"{source} {wanted!r}: use auto, cpu, cuda or cuda:N") from None
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             built = "" if torch.backends.cuda.is_built() else f"; this PyTorch ({torch.__version__}) has no CUDA support"
-            raise BaseModelError(f"device {self.device!r}: no such CUDA GPU here "
+            raise BaseModelError(f"{source} {wanted!r}: no such CUDA GPU here "
                                  f"({torch.cuda.device_count()} found{built})")
-        return self.device
+        return wanted
+
+    def _wanted_device(self) -> tuple[str, str]:
+        """(device asked for, where it was asked): ``auto`` resolved, not yet checked."""
+        import torch
+
+        if self.device != "auto":
+            return self.device, "device"
+        from_env = os.environ.get("ADAPTERLAB_DEVICE", "").strip()
+        if from_env and from_env != "auto":
+            return from_env, "$ADAPTERLAB_DEVICE"
+        return ("cuda" if torch.cuda.is_available() else "cpu"), "device"
 
     def torch_dtype(self) -> Any:
         import torch
 
         if self.dtype == "auto":
-            on_gpu = self.device.startswith("cuda") or self.device == "auto" and torch.cuda.is_available()
+            on_gpu = self._wanted_device()[0].startswith("cuda")
             return torch.bfloat16 if on_gpu or cpu_multiplies_bf16() else torch.float32
         try:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16,

@@ -43,14 +43,15 @@ STREAMS_NOTES = (
     "shaped, 4-bit, float16) batch through PEFT's mixed-adapter generate on a CPU and stream one at a time on a GPU.")
 
 
-def environment() -> dict:
-    """Device name and versions that the numbers depend on."""
+def environment(device: str) -> dict:
+    """The name of ``device`` (where the measured run ran: cpu, cuda, cuda:N) and the versions that
+    the numbers depend on."""
     import peft
     import torch
     import transformers
 
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
+    if device.startswith("cuda"):
+        device = torch.cuda.get_device_name(torch.device(device))
     else:
         device = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     return {"device": device, "python": platform.python_version(), "torch": torch.__version__,
@@ -358,7 +359,7 @@ def run_serve(args) -> int:
     runtime = Runtime.local(args.catalog, base=args.base_model, options=options)
     load_s = time.perf_counter() - start
     use_base = "spam" not in runtime.backend.adapter_names()
-    result = {"benchmark": "serve", **environment(), "load_seconds": round(load_s, 2),
+    result = {"benchmark": "serve", **environment(options.torch_device()), "load_seconds": round(load_s, 2),
               "dtype": str(options.torch_dtype()).removeprefix("torch."),
               "note": "adapters disabled (spam not trained yet): base model with the spam prompt"
               if use_base else "trained spam adapter",

@@ -12,6 +12,9 @@ import pytest
 # Unit tests behave the same on every CPU: float32 weights unless a test asks for another dtype
 # (the default "auto" is bf16 on CPUs with bf16 instructions; the browser test runs that default).
 os.environ.setdefault("ADAPTERLAB_DTYPE", "float32")
+# ... and on the CPU, on a GPU machine too: their tolerances, timings and thread checks are a CPU's.
+# The GPU paths are checked on the GPU by tools/device/ scripts (DEVELOPERS.md).
+os.environ.setdefault("ADAPTERLAB_DEVICE", "cpu")
 
 from adapters.catalog import CATALOG_DIR
 

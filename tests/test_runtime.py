@@ -435,6 +435,26 @@ def test_auto_dtype_is_bf16_on_a_gpu_or_a_cpu_with_bf16_instructions(monkeypatch
         bm.LoadOptions(device="cpu").torch_dtype()
 
 
+def test_auto_device_is_the_environment_s_then_a_gpu_when_there_is_one(monkeypatch):
+    import torch
+
+    import adapters.base_models as bm
+
+    monkeypatch.setenv("ADAPTERLAB_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bm.LoadOptions().torch_device() == "cpu"  # the unit tests' setting wins over the GPU
+    assert bm.LoadOptions(device="cpu", dtype="auto").torch_dtype() == bm.LoadOptions(dtype="auto").torch_dtype()
+    monkeypatch.setenv("ADAPTERLAB_DEVICE", "auto")
+    assert bm.LoadOptions(dtype="auto").torch_dtype() == torch.bfloat16  # auto: the GPU "there is"
+    monkeypatch.delenv("ADAPTERLAB_DEVICE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bm.LoadOptions().torch_device() == "cpu"
+    monkeypatch.setenv("ADAPTERLAB_DEVICE", "tpu9")
+    with pytest.raises(bm.BaseModelError, match=r"\$ADAPTERLAB_DEVICE 'tpu9': use auto, cpu, cuda or cuda:N"):
+        bm.LoadOptions().torch_device()
+    assert bm.LoadOptions(device="cpu").torch_device() == "cpu"  # an explicit device ignores it
+
+
 def test_bf16_weights_classify_like_float32_ones(tiny_base, trained_spam):
     import torch
 

@@ -356,7 +356,6 @@ def print_table(recipes: dict[str, dict], ratio: dict) -> None:
 
 
 def cmd_bench_train(args) -> int:
-    import torch
     import trl
     from tqdm.auto import tqdm
 
@@ -424,9 +423,7 @@ def cmd_bench_train(args) -> int:
             bar.update()
     recipes = {name: median_run(measured) for name, measured in runs.items()}
 
-    env = environment()
-    if on_cuda:
-        env["device"] = torch.cuda.get_device_name(torch.device(device))
+    env = environment(device)
     result = {"benchmark": "train", **env, "trl": trl.__version__, "command": command_line(args),
               "device_kind": "cuda" if on_cuda else "cpu", "base_model": canonical_name(base),
               "adapter": spec.name, "data_source": portable_source(splits.report.source),

@@ -108,9 +108,7 @@ def cmd_bench_qlora(args) -> int:
         peak = int(torch.cuda.max_memory_allocated()) if on_cuda else None
         reserved = int(torch.cuda.max_memory_reserved()) if on_cuda else None
 
-    env = environment()
-    if on_cuda:
-        env["device"] = torch.cuda.get_device_name(torch.device(device))
+    env = environment(device)
     out = {"benchmark": "train-qlora", **env, "command": command_line(args),
            "device_kind": "cuda" if on_cuda else "cpu", "shape": args.shape,
            "parameters": parameter_count(args.shape), "random_weights": True,

@@ -81,7 +81,7 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
         "variants": results, **({"decision": decision} if decision else {}),
         **({"few_shot": selection} if selection else {}),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "evaluated_on": environment()["device"],
+        "evaluated_on": environment(runtime.backend.device)["device"],
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -206,7 +206,8 @@ def _generate(runtime, spec, test, kwargs, in_batches):
     references = [ex.target for ex in test]
     answers = in_batches(lambda qs, b: runtime.answer(spec.name, qs, batch_size=b, **kwargs), questions)
     result = load_metric("medquad_generation").compute(predictions=answers, references=references)
-    bert = load_metric("bertscore_local").compute(predictions=answers, references=references)
+    bert = load_metric("bertscore_local").compute(predictions=answers, references=references,
+                                                  device=runtime.backend.device)
     result["bertscore_f1"] = bert["f1"]
     result["bertscore_encoder"] = bert["encoder"]
     logprobs = in_batches(lambda pairs, b: runtime.answer_logprob(
