@@ -42,19 +42,26 @@ def set_spin_count() -> None:
 
 @functools.cache
 def _pause_all():
-    """libgomp's ``omp_pause_resource_all`` when this process has loaded libgomp, else None."""
+    """A function that calls ``omp_pause_resource_all`` in every libgomp this process has loaded
+    (wheels such as scikit-learn's bundle their own copy beside PyTorch's), or None when there is none."""
     if sys.platform != "linux":
         return None
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
-            path = next((line.split()[-1] for line in maps if "/libgomp" in line), None)
-        if path is None:
-            return None
-        pause = ctypes.CDLL(path).omp_pause_resource_all
-    except (OSError, AttributeError):
+            paths = dict.fromkeys(line.split()[-1] for line in maps if "/libgomp" in line)
+    except OSError:
         return None
-    pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
-    return pause
+    pauses = []
+    for path in paths:
+        try:
+            pause = ctypes.CDLL(path).omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
+        pauses.append(pause)
+    if not pauses:
+        return None
+    return lambda kind: [pause(kind) for pause in pauses]
 
 
 def release_thread_team() -> None:

@@ -928,7 +928,8 @@ def test_a_long_completion_asked_while_a_stream_decodes_runs_beside_it_not_inste
         streaming.join(timeout=120)
     finally:
         hook.remove()
-    assert still_streaming and during >= 10, f"the answer advanced {during} pieces while the completion ran"
+    # a stalled answer gains 0-1 pieces; the tiny model's bytes make pieces of several tokens (9-20 seen)
+    assert still_streaming and during >= 5, f"the answer advanced {during} pieces while the completion ran"
     assert completion == completion_alone and "".join(pieces) == stream_alone
 
 

@@ -200,7 +200,8 @@ def test_two_data_parallel_processes_train_one_adapter_and_evaluate_it_once(cata
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "-m", "training.cli"]
     proc = subprocess.run([*launch, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          # no GPU in sight: on a GPU machine accelerate's barrier would name one per rank
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
     assert output.count("data: ") == 1 and output.count("wrote ") == 1  # one report, one evaluation

@@ -249,12 +249,6 @@ def _measurement(name: str, examples: int, real: int, padded: int, seconds: floa
             "validation_loss": round(loss, 5) if math.isfinite(loss) else None}
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # --- device helpers ----------------------------------------------------------------------------
 
 def _reset_peak_memory(on_cuda: bool) -> None:
@@ -386,7 +380,7 @@ def cmd_bench_train(args) -> int:
     runs: dict[str, list[dict]] = {"reference": [], "strong_baseline": [], "adapterlab": []}
     from .step_profiler import StepProfiler  # imports transformers: only when this command runs
 
-    profiler = StepProfiler() if args.profile else None
+    profiler = StepProfiler(on_cuda) if args.profile else None
     warmup = min(args.warmup_examples, len(train_examples))
     warmup_seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, \
