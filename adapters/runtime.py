@@ -26,6 +26,7 @@ THRESHOLD_FILE = "threshold.json"  # written by evaluation when the spec's decis
 # with a special-token string that the renderer breaks (prompts.literal_text)
 TEMPLATE_PROBE = " \n\t<b>{text}</b> & \"quoted\" 'text' {{ x }} \\n <|im_end|> \n"
 GENERATION_RESERVE = 64  # tokens kept free for the chat template around the user's text
+MIN_INPUT_TOKENS = 16  # a system prompt that leaves fewer for the user's text is refused
 
 
 class InputError(ValueError):
@@ -74,6 +75,8 @@ class Generation:
     finish_reason: str | None = None
     max_new_tokens: int | None = None
     finished_at: float | None = None  # when decoding ended (in the decoding thread, before the model is free)
+    message_cut_to: int | None = None  # the last message was cut to its first this many tokens
+    turns_dropped: int = 0  # the oldest messages left out to fit the context (``truncated`` says either)
 
     def finished(self, reason: str) -> None:
         self.finish_reason = reason
@@ -143,7 +146,7 @@ class Runtime:
         spec = self._task_spec(adapter, "classify")
         target = self._target(spec, base)
         threshold = None if base else read_threshold(spec)
-        fitted = self._fit(spec, texts)
+        fitted = self._fit(spec, texts, system, examples)
         prompts, shared_prefix = self._task_prompts(spec, [text for text, _ in fitted], system, examples)
         continuations = [self._label_continuation(spec, label) for label in spec.labels]
         scores = self.backend.score(target, prompts, [continuations] * len(prompts),
@@ -167,10 +170,11 @@ class Runtime:
         params = self._params(spec, temperature, top_p, max_new_tokens)
         shots = [m for q, a in examples for m in ({"role": "user", "content": q},
                                                   {"role": "assistant", "content": a})]
-        messages, truncated = self._fit_conversation(spec, [*shots, *messages], system,
-                                                     params.max_new_tokens)
+        messages, cut_to, dropped = self._fit_conversation(spec, [*shots, *messages], system,
+                                                           params.max_new_tokens)
         prompt = self.backend.render(messages)
-        generation = Generation(truncated=truncated, prompt_tokens=self.backend.count_tokens(prompt),
+        generation = Generation(truncated=cut_to is not None or dropped > 0, message_cut_to=cut_to,
+                                turns_dropped=dropped, prompt_tokens=self.backend.count_tokens(prompt),
                                 max_new_tokens=params.max_new_tokens)
         if stream:
             generation.pieces = self.backend.stream(target, prompt, params, on_finish=generation.finished)
@@ -198,7 +202,7 @@ class Runtime:
         spec = self._task_spec(adapter, "extract")
         target = self._target(spec, base)
         params = self._params(spec, 0.0, 1.0, max_new_tokens)
-        fitted = self._fit(spec, texts)
+        fitted = self._fit(spec, texts, system, examples, params.max_new_tokens)
         prompts = [self.backend.render(task_messages(spec, text, system=system, examples=examples))
                    for text, _ in fitted]
         outputs = self.backend.complete(target, prompts, params, batch_size=batch_size)
@@ -228,12 +232,12 @@ class Runtime:
         """The exact text a task would send to the model for this input (for prompt testing)."""
         spec = self.spec(adapter) if adapter is not None else None
         if spec is not None and spec.task in ("classify", "extract"):
-            [(text, _)] = self._fit(spec, [messages[-1]["content"]])
+            [(text, _)] = self._fit(spec, [messages[-1]["content"]], system, examples)
             return self.backend.render(task_messages(spec, text, system=system, examples=examples))
         shots = [m for q, a in examples for m in ({"role": "user", "content": q},
                                                   {"role": "assistant", "content": a})]
         max_new = spec.generation.max_new_tokens if spec else 256
-        full, _ = self._fit_conversation(spec, [*shots, *messages], system, max_new)
+        full, _, _ = self._fit_conversation(spec, [*shots, *messages], system, max_new)
         return self.backend.render(full)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -269,18 +273,37 @@ class Runtime:
         room = self.backend.context_length - max_new_tokens - GENERATION_RESERVE
         return max(1, min(spec.max_input_tokens, room) if spec else room)
 
-    def _fit(self, spec: AdapterSpec, texts: Sequence[str]) -> list[tuple[str, bool]]:
-        """Each text, cut to the spec's input budget, and whether it was cut."""
+    def _fit(self, spec: AdapterSpec, texts: Sequence[str], system: str | None = None,
+             examples: Sequence[tuple[str, str]] = (), max_new_tokens: int | None = None) -> list[tuple[str, bool]]:
+        """Each text, cut to the spec's input budget and to what the prompt around it leaves of the
+        context, and whether it was cut."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InputError("the text is empty" if len(texts) == 1 else f"text {i} is empty")
             _check_encodable(text)
-        budget = self._input_budget(spec, spec.generation.max_new_tokens)
+        max_new = max_new_tokens or spec.generation.max_new_tokens
+        frame = self.backend.render(task_messages(spec, "", system=system, examples=examples))
+        budget = min(self._input_budget(spec, max_new), self._room_after(frame, max_new))
         return [(self.backend.truncate(text, budget), True) if over else (text, False)
                 for text, over in zip(texts, self.backend.over_budget(texts, budget))]
 
-    def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], bool]:
-        """The conversation with the spec's system message; oldest turns dropped if too long."""
+    def _room_after(self, frame: str, max_new_tokens: int) -> int:
+        """Tokens of input that fit beside ``frame`` (the rendered prompt around it: system message,
+        examples, template) and the answer; a frame that leaves none is refused, naming the sizes."""
+        frame_tokens = self.backend.count_tokens(frame)
+        room = self.backend.context_length - max_new_tokens - frame_tokens
+        if room < MIN_INPUT_TOKENS:
+            raise InputError(
+                f"the system prompt is too long: with the prompt's template and examples it takes "
+                f"{frame_tokens:,} tokens, and this model reads {self.backend.context_length:,} in all, "
+                f"{max_new_tokens:,} of them kept for the answer; shorten it (or lower max new tokens) "
+                f"to leave room for your text")
+        return room
+
+    def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], int | None, int]:
+        """The conversation with the spec's system message, the last message cut to the input budget
+        and the oldest turns dropped to fit the context: (messages, tokens the last message was cut
+        to or None, how many turns were dropped)."""
         turns = [dict(m) for m in messages]
         for i, m in enumerate(turns):
             if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
@@ -290,19 +313,24 @@ class Runtime:
         for m in turns:
             _check_encodable(m["content"])
         budget = self._input_budget(spec, max_new_tokens)
-        truncated = False
+        cut_to, dropped = None, 0
         if self.backend.count_tokens(turns[-1]["content"]) > budget:
             turns[-1]["content"] = self.backend.truncate(turns[-1]["content"], budget)
-            truncated = True
+            cut_to = budget
         full = chat_messages(spec, turns, system=system)
         limit = self.backend.context_length - max_new_tokens
         while self.backend.count_tokens(self.backend.render(full)) > limit:
             first_turn = 1 if full[0]["role"] == "system" else 0
-            if len(full) - first_turn <= 1:
-                break
+            if len(full) - first_turn <= 1:  # the system message and this message are left: cut it
+                frame = self.backend.render(chat_messages(spec, [{**turns[-1], "content": ""}], system=system))
+                last = turns[-1]["content"]
+                cut_to = min(self._room_after(frame, max_new_tokens), self.backend.count_tokens(last) - 1)
+                turns[-1]["content"] = self.backend.truncate(last, cut_to)
+                full[-1] = chat_messages(spec, [turns[-1]], system=system)[-1]
+                continue
             del full[first_turn]
-            truncated = True
-        return full, truncated
+            dropped += 1
+        return full, cut_to, dropped
 
     def _task_prompts(self, spec: AdapterSpec, texts: Sequence[str], system: str | None,
                       examples: Sequence[tuple[str, str]]) -> tuple[list[str], str]:

@@ -463,7 +463,8 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
     output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, info.text, info.cut_at)
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
                                         output_tokens, info.truncated, medical=profile.task == "generate",
-                                        cut_at=info.cut_at, stopped=info.stopped)
+                                        cut_at=info.cut_at, stopped=info.stopped,
+                                        message_cut_to=info.message_cut_to, turns_dropped=info.turns_dropped)
     shown = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
     answer.content = shown + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}

@@ -144,6 +144,8 @@ class GenerationInfo:
 
     prompt_tokens: int = 0
     truncated: bool = False
+    message_cut_to: int | None = None  # the message was cut to its first this many tokens
+    turns_dropped: int = 0  # the oldest messages left out to fit the context
     cut_at: int | None = None  # the max-new-tokens limit the answer was cut at; None: it ended by itself
     first_piece_seconds: float | None = None
     seconds: float | None = None
@@ -180,6 +182,7 @@ def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
         generation = runtime.generate(adapter, messages, base=base, system=system, temperature=temperature,
                                       top_p=top_p, max_new_tokens=max_new_tokens, stream=True)
         info.prompt_tokens, info.truncated = generation.prompt_tokens, generation.truncated  # known before any piece
+        info.message_cut_to, info.turns_dropped = generation.message_cut_to, generation.turns_dropped
         return generation
 
     def finish(generation) -> None:

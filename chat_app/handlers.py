@@ -405,8 +405,9 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
 
 def extraction_flag(result: dict) -> str:
     if not result["valid"]:
+        # the one reason parse_fields gives (adapters/fields.py) is this sentence's first half
         return ("❌ **Invalid output**: the model did not produce a JSON object, so every field is null "
-                f"(nothing is invented). {result.get('error') or ''}").strip()
+                "(nothing is invented).")
     if result["repaired"]:
         return ("⚠️ **Repaired output**: the model's JSON needed repair (cut from surrounding text, closed, "
                 "or keys added/dropped/converted). Check the fields against the text.")
@@ -424,16 +425,22 @@ def generated_tokens(count_tokens: Callable[[str], int], answer: str, cut_at: in
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,
                       output_tokens: int | None, truncated: bool, medical: bool,
-                      cut_at: int | None = None, stopped: bool = False) -> str:
+                      cut_at: int | None = None, stopped: bool = False,
+                      message_cut_to: int | None = None, turns_dropped: int = 0) -> str:
     """The line under an answer; ``cut_at``: the max-new-tokens limit the answer was cut at;
-    ``stopped``: the user stopped it."""
+    ``stopped``: the user stopped it; ``message_cut_to`` / ``turns_dropped``: what of the input was
+    cut to fit (``truncated`` alone: something was)."""
     bits = [variant]
     if first is not None:
         bits.append(f"first token {first:.2f} s")
     if seconds is not None:
         bits.append(f"total {seconds:.1f} s")
     bits.append(f"{prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else ""))
-    if truncated:
+    if message_cut_to is not None:
+        bits.append(f"only the first {message_cut_to:,} tokens of your message were read")
+    if turns_dropped:
+        bits.append(f"the {turns_dropped} oldest message{'s' if turns_dropped > 1 else ''} left out to fit the context")
+    if truncated and message_cut_to is None and not turns_dropped:
         bits.append("earlier turns or the message were cut to fit the context")
     if cut_at is not None:
         bits.append(f"cut at the {cut_at}-token limit (⚙️ max new tokens)")
@@ -691,7 +698,7 @@ def settings_for(profile: Profile, spec: AdapterSpec | None, trained: bool) -> l
                              values=COMPARE_ADAPTERS))
     if profile.task in ("classify", "generate", "extract"):
         items.append(Setting("switch", "use_base", "Use the base model (adapter off)", not trained,
-                             "Runs the adapter's prompt on the base model, as `--base` does."
+                             "Runs the adapter's prompt on the base model, as the CLI's --base does."
                              + ("" if trained else " On because the adapter is not trained yet.")))
     items += [
         Setting("text", "system", "System prompt override", "", system_default_text(profile, spec)),

@@ -59,6 +59,7 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
 
 
 def render_chainlit_md(specs: Mapping[str, AdapterSpec], base_model: str) -> str:
+    """The page's markdown. A paragraph is one line: Chainlit's readme dialog shows every line break."""
     sections = []
     for name, spec in specs.items():
         sections.append(f"### {spec.title} (`{name}`, {spec.task})\n\n{spec.description}\n\n"
@@ -66,9 +67,7 @@ def render_chainlit_md(specs: Mapping[str, AdapterSpec], base_model: str) -> str
                         f"Limitations: {spec.limitations or f'see the model card in adapters/{name}/README.md.'}\n")
     return f"""# adapterlab
 
-> ⚠️ **Nothing here is for clinical decisions.** This is a teaching and demonstration app on a
-> 135M-parameter model: it is often wrong, sometimes confidently. Medical answers are not medical
-> advice; the oncology adapter is trained on synthetic data.
+> ⚠️ **Nothing here is for clinical decisions.** This is a teaching and demonstration app on a 135M-parameter model: it is often wrong, sometimes confidently. Medical answers are not medical advice; the oncology adapter is trained on synthetic data.
 
 One base model (`{base_model}`) with LoRA adapters, side by side. Pick a **chat profile** at the top:
 
@@ -78,8 +77,7 @@ One base model (`{base_model}`) with LoRA adapters, side by side. Pick a **chat 
 - **Oncology extraction** — 7 fields as a table and JSON; attach a `.txt`/`.csv` for a batch.
 - **Compare** — base vs few-shot vs fine-tuned on the same input.
 
-The ⚙️ settings (next to the message box) set temperature, top-p, the number of new tokens, a system
-prompt override, and can show the exact rendered prompt with its token count.
+The ⚙️ settings (next to the message box) set temperature, top-p, the number of new tokens, a system prompt override, and can show the exact rendered prompt with its token count.
 
 ## Adapters
 
@@ -87,8 +85,7 @@ prompt override, and can show the exact rendered prompt with its token count.
 
 ## Privacy
 
-Conversations are stored in this server's chat history database (and feedback with them). Message
-text is not written to the server logs.
+Conversations are stored in this server's chat history database (and feedback with them). Message text is not written to the server logs.
 
 {GENERATED_NOTE}
 """

@@ -126,6 +126,29 @@ def test_generate_chain_streams_the_runtime_answer_with_history(tiny_base, catal
     assert "cut at" not in handlers.generation_footer("base", 1.0, 0.1, 9, 5, False, medical=True)
 
 
+def test_the_footer_says_what_of_the_input_was_cut_to_fit(tiny_base, catalog):
+    rt = runtime(tiny_base, catalog)
+    budget = rt.spec("medquad").max_input_tokens
+    info = chains.GenerationInfo()
+    chain = chains.generate_chain(rt, "medquad", base=True, temperature=0, max_new_tokens=4, info=info)
+    "".join(chain.stream({"history": [], "text": "what is asthma " * 400}))
+    assert info.truncated and info.message_cut_to == budget and info.turns_dropped == 0
+    footer = handlers.generation_footer("base", 1.0, 0.1, info.prompt_tokens, 4, info.truncated, medical=True,
+                                        message_cut_to=info.message_cut_to, turns_dropped=info.turns_dropped)
+    assert f"only the first {budget:,} tokens of your message were read" in footer and "oldest" not in footer
+
+    turn = "tell me about diabetes " * (budget // rt.backend.count_tokens("tell me about diabetes ") // 2)
+    history = [m for _ in range(6) for m in ({"role": "user", "content": turn}, {"role": "assistant", "content": turn})]
+    info = chains.GenerationInfo()
+    chain = chains.generate_chain(rt, "medquad", base=True, temperature=0, max_new_tokens=4, info=info)
+    "".join(chain.stream({"history": history, "text": "and asthma?"}))
+    assert info.message_cut_to is None and info.turns_dropped > 0
+    assert info.prompt_tokens <= rt.backend.context_length - 4
+    footer = handlers.generation_footer("base", 1.0, 0.1, info.prompt_tokens, 4, info.truncated, medical=True,
+                                        message_cut_to=None, turns_dropped=info.turns_dropped)
+    assert f"the {info.turns_dropped} oldest messages left out to fit the context" in footer
+
+
 def test_generate_chain_streams_asynchronously_and_stops_when_abandoned(tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
 
@@ -423,6 +446,7 @@ def test_extraction_shows_seven_fields_null_json_and_flags():
     assert repaired.startswith("⚠️ **Repaired output**") and "raw | output" in repaired
     invalid = handlers.extraction_markdown(extraction(valid=False), FIELDS, "v", text)
     assert invalid.startswith("❌ **Invalid output**") and "nothing is invented" in invalid
+    assert invalid.count("JSON object") == 1  # said once, not again as the parser's reason
 
 
 def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
@@ -602,6 +626,12 @@ def test_the_committed_chainlit_md_is_generated_from_the_shipped_metrics():
     committed = (CATALOG_DIR.parent / "chainlit.md").read_text(encoding="utf-8")
     assert committed == welcome.render_chainlit_md(load_catalog(CATALOG_DIR), DEFAULT_BASE), (
         "chainlit.md is stale: run `python -m chat_app.welcome` and commit it")
+    # Chainlit's readme dialog shows each line break: a paragraph wrapped over lines read broken
+    lines = committed.split("\n")
+    block = ("|", "-", "#")
+    wrapped = [a for a, b in zip(lines, lines[1:]) if a.strip() and b.strip()
+               and not a.lstrip().startswith(block) and not b.lstrip().startswith(block)]
+    assert not wrapped, wrapped
 
 
 def test_the_served_page_loads_nothing_from_other_hosts():
@@ -767,6 +797,11 @@ def test_the_system_prompt_setting_says_what_empty_means_in_each_profile(catalog
                          if s.id == "system") for p in handlers.PROFILES}
     assert hint["Spam check"] == f"Empty: the adapter's own system prompt: {specs['spam'].prompt.system}"
     assert "each compared adapter's own" in hint["Compare"] and "adapter" not in hint["Chat"]
+    # the panel shows descriptions as plain text: markdown would show its backticks and stars
+    for p in handlers.PROFILES:
+        for trained in (True, False):
+            for s in handlers.settings_for(p, specs.get(p.adapter), trained):
+                assert not re.search(r"`|\*\*", s.description), (p.name, s.id, s.description)
 
 
 def test_chain_run_names_are_ones_chainlit_serves_an_avatar_for():

@@ -331,6 +331,35 @@ def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_base, catalo
     assert g.truncated and g.prompt_tokens <= rt.backend.context_length
 
 
+def test_a_system_prompt_is_never_longer_than_the_context_leaves(tiny_base, catalog):
+    """A system prompt override longer than the model reads was run as it was: past the model's
+    positions a classification was confident nonsense and an answer empty. Now the text is cut to
+    what the system prompt leaves, and one that leaves nothing is refused, naming the sizes."""
+    from adapters import InputError
+
+    rt = runtime(tiny_base, catalog)
+    context = rt.backend.context_length  # 1,024 for the tiny model
+    huge = "be brief " * context
+    message = [{"role": "user", "content": "hello"}]
+    for call in (lambda: rt.classify("spam", ["win a prize"], base=True, system=huge),
+                 lambda: rt.extract("oncology", ["stage IV melanoma"], base=True, system=huge),
+                 lambda: rt.generate(None, message, system=huge, max_new_tokens=4),
+                 lambda: rt.generate("medquad", message, base=True, system=huge, max_new_tokens=4)):
+        with pytest.raises(InputError, match=r"system prompt is too long: .* \d[\d,]* tokens, .*reads 1,024"):
+            call()
+
+    large = "be brief " * (context // 3 // rt.backend.count_tokens("be brief "))  # room, not for a long text
+    long_text = "win a free prize call now " * 400
+    (r,) = rt.classify("spam", [long_text], base=True, system=large)
+    assert r.truncated
+    prompt = rt.rendered_prompt("spam", [{"role": "user", "content": long_text}], system=large)
+    assert rt.backend.count_tokens(prompt) <= context - rt.spec("spam").generation.max_new_tokens
+    g = rt.generate(None, [{"role": "user", "content": long_text}], system=large, max_new_tokens=8)
+    g.read()
+    assert g.truncated and large.strip() in rt.rendered_prompt(None, [{"role": "user", "content": "x"}], system=large)
+    assert g.prompt_tokens <= context - 8
+
+
 def test_over_budget_counts_only_texts_whose_bytes_could_exceed_it(tiny_base, catalog):
     backend = runtime(tiny_base, catalog).backend
     texts = ["short", "ünïcödé £9 💊", "x " * 30, "win " * 40, "💊" * 20]
