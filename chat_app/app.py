@@ -559,7 +559,7 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
     # one table (the message's preview) and the CSV: Chainlit's cl.Dataframe repeated the preview in
     # another format, and its pager, one link per 10 rows, pushed Previous/Next off the page past
     # about 250 rows
-    elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows),
+    elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows, upload),
                         mime="text/csv", display="inline")]
     content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds)
     if profile.task == "extract":
@@ -580,33 +580,24 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
                 None if examples else handlers.few_shot_unavailable(spec)),
                ("fine-tuned", False, (), None if trained else f"the `{adapter}` adapter is not trained yet "
                                                              f"(`adapterlab train {adapter}`)")]
-    outcomes = []
+    outcomes: list[handlers.Outcome] = []
     config = _callbacks()
-    for name, base, shots, unavailable in columns:
-        if unavailable:
-            outcomes.append(handlers.Outcome(name, unavailable=unavailable))
-            continue
-        started = time.perf_counter()
-        output_tokens = cut_at = None
-        if spec.task == "classify":
-            chain = chains.classify_chain(runtime, adapter, base=base, system=settings.system, examples=shots)
-            (result,) = await chain.ainvoke({"texts": [text]}, config=config)
-        elif spec.task == "extract":
-            chain = chains.extract_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
-                                         max_new_tokens=settings.max_new_tokens)
-            (result,) = await chain.ainvoke({"texts": [text]}, config=config)
-            output_tokens = runtime.backend.count_tokens(result["raw"])
-        else:
-            info = chains.GenerationInfo()
-            chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
-                                          temperature=0.0, max_new_tokens=settings.max_new_tokens, info=info)
-            result = "".join([piece async for piece in chain.astream({"history": [], "text": text}, config=config)])
-            output_tokens, cut_at = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at), info.cut_at
-        seconds = time.perf_counter() - started
-        prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
-                                         system=settings.system, examples=shots)
-        outcomes.append(handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens,
-                                         cut_at=cut_at))
+    pieces: list[str] = []  # the generated column's answer so far
+    started = time.perf_counter()
+    try:
+        for name, base, shots, unavailable in columns:
+            if unavailable:
+                outcomes.append(handlers.Outcome(name, unavailable=unavailable))
+                continue
+            pieces.clear()
+            started = time.perf_counter()
+            outcomes.append(await _compare_column(runtime, spec, text, settings, name, base, shots, config, pieces))
+    except asyncio.CancelledError:  # the Stop button: the columns that ran are kept, as other profiles keep theirs
+        running = columns[len(outcomes)][0]
+        for name, *_ in columns[len(outcomes):]:
+            partial = "".join(pieces) if name == running else ""
+            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=True)
+                            if partial else handlers.Outcome(name, unavailable="stopped by you"))
     content = handlers.compare_markdown(spec, text, outcomes, chosen_by)
     if spec.task == "generate":
         ban = spec.generation.no_repeat_ngram_size
@@ -617,3 +608,31 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
         content += "\n\n" + handlers.NOT_CLINICAL
     elements = await _prompt_element(runtime, adapter, [{"role": "user", "content": text}], settings)
     await cl.Message(content=content, elements=elements, metadata={"compare": adapter}).send()
+
+
+async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str, base: bool, shots, config,
+                          pieces: list[str]) -> handlers.Outcome:
+    """One variant's result for Compare; a generated answer's pieces go into ``pieces`` as they come."""
+    adapter = spec.name
+    started = time.perf_counter()
+    output_tokens = cut_at = None
+    if spec.task == "classify":
+        chain = chains.classify_chain(runtime, adapter, base=base, system=settings.system, examples=shots)
+        (result,) = await chain.ainvoke({"texts": [text]}, config=config)
+    elif spec.task == "extract":
+        chain = chains.extract_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
+                                     max_new_tokens=settings.max_new_tokens)
+        (result,) = await chain.ainvoke({"texts": [text]}, config=config)
+        output_tokens = runtime.backend.count_tokens(result["raw"])
+    else:
+        info = chains.GenerationInfo()
+        chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
+                                      temperature=0.0, max_new_tokens=settings.max_new_tokens, info=info)
+        async for piece in chain.astream({"history": [], "text": text}, config=config):
+            pieces.append(piece)
+        result = "".join(pieces)
+        output_tokens, cut_at = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at), info.cut_at
+    seconds = time.perf_counter() - started
+    prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
+                                     system=settings.system, examples=shots)
+    return handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens, cut_at=cut_at)

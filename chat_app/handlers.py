@@ -209,6 +209,17 @@ class Upload:
     source: str  # "lines" or the CSV column used
     total: int  # non-empty rows in the file
     notes: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # each text's line (.txt) or row (.csv, the header is row 1)
+    columns: list[str] = field(default_factory=list)  # a CSV's other columns, kept in the results file
+    values: list[list[str]] = field(default_factory=list)  # each text's values of those columns
+
+    def __post_init__(self):
+        self.rows = self.rows or list(range(1, len(self.texts) + 1))
+        self.values = self.values or [[] for _ in self.texts]
+
+    @property
+    def row_name(self) -> str:
+        return "line" if self.source == "lines" else "row"
 
 
 def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> Upload:
@@ -233,31 +244,38 @@ def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> 
         raise InputProblem(f"📎 `{_safe_name(name)}` is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
                            f"position {exc.start:,}). Save it as UTF-8 and upload it again.") from None
     if suffix == ".txt":
-        texts = [line.strip() for line in content.splitlines() if line.strip()]
-        source = "lines"
-        notes = []
+        numbered = [(number, line.strip()) for number, line in enumerate(content.splitlines(), start=1)
+                    if line.strip()]
+        upload = Upload([text for _, text in numbered], "lines", len(numbered),
+                        rows=[number for number, _ in numbered])
     else:
-        texts, source, notes = _csv_texts(name, content)
-    if not texts:
+        upload = _csv_upload(name, content)
+    if not upload.texts:
         raise InputProblem(f"📎 `{_safe_name(name)}` holds no text to process.")
-    upload = Upload(texts, source, len(texts), notes)
-    if len(texts) > limit:
-        upload.texts = texts[:limit]
-        upload.notes.append(f"The file has {len(texts):,} texts; only the first {limit:,} were processed "
-                            "(the limit for one upload on this server). Split the file to process the rest.")
+    if upload.total > limit:
+        upload.texts, upload.rows, upload.values = upload.texts[:limit], upload.rows[:limit], upload.values[:limit]
+        upload.notes.append(f"The file has {upload.total:,} texts; only the first {limit:,} were processed "
+                            f"(the limit for one upload on this server, up to {upload.row_name} "
+                            f"{upload.rows[-1]:,}). Split the file to process the rest.")
     return upload
 
 
-CSV_DELIMITERS = (",", ";", "\t", "|")  # what spreadsheet programs write, by locale and choice
+CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}  # spreadsheets' choices
 
 
-def _csv_texts(name: str, content: str) -> tuple[list[str], str, list[str]]:
-    """The texts of a CSV's text column, the column's name, and notes on how rows were read.
+def _rows_text(numbers: Sequence[int]) -> str:
+    return ", ".join(f"{n:,}" for n in numbers[:8]) + (" …" if len(numbers) > 8 else "")
+
+
+def _csv_upload(name: str, content: str) -> Upload:
+    """The texts of a CSV's text column with their row numbers and other columns, and notes on how
+    rows were read.
 
     The delimiter is the one whose header names a text column (a comma when none does). A row with
     more fields than the header holds an unquoted delimiter in its text: when the text column is
     the last one, the rest of the row is its text (said in a note); otherwise the file is refused,
-    naming the rows, since which field is the text cannot be told.
+    naming the rows, since which field is the text cannot be told. Rows with no text are skipped and
+    named in a note.
     """
     delimiter = next((d for d in CSV_DELIMITERS if _text_column(_first_row(content, d)) is not None), ",")
     try:
@@ -271,18 +289,33 @@ def _csv_texts(name: str, content: str) -> tuple[list[str], str, list[str]]:
         found = ", ".join(f"`{_safe_name(h)}`" for h in rows[0][:12]) or "none"
         raise InputProblem(f"📎 `{_safe_name(name)}` has no text column (columns found: {found}). Name the "
                            f"column with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
-    width, last = len(rows[0]), column == len(rows[0]) - 1
+    header, width, last = rows[0], len(rows[0]), column == len(rows[0]) - 1
+    sign = CSV_DELIMITERS.get(delimiter, repr(delimiter))
     long_rows = [number for number, row in enumerate(rows[1:], start=2) if len(row) > width]
-    shown = ", ".join(map(str, long_rows[:8])) + (" …" if len(long_rows) > 8 else "")
     if long_rows and not last:
-        raise InputProblem(f"📎 `{_safe_name(name)}`: row(s) {shown} have more fields than the header "
-                           f"({width}): a text holds an unquoted `{delimiter}`. Put such texts in double "
+        raise InputProblem(f"📎 `{_safe_name(name)}`: row(s) {_rows_text(long_rows)} have more fields than "
+                           f"the header ({width}): a text holds an unquoted {sign}. Put such texts in double "
                            "quotes (spreadsheet programs do when they save as CSV).")
-    texts = [delimiter.join(row[column:]).strip() if last else row[column].strip()
-             for row in rows[1:] if len(row) > column]
-    notes = [f"Row(s) {shown} have more fields than the header: their texts hold an unquoted "
-             f"`{delimiter}`, so the rest of each row was read as its text."] if long_rows else []
-    return [t for t in texts if t], rows[0][column].strip(), notes
+    others = [i for i in range(width) if i != column]
+    upload = Upload([], header[column].strip(), 0, columns=[header[i].strip() for i in others])
+    empty = []
+    for number, row in enumerate(rows[1:], start=2):
+        text = (delimiter.join(row[column:]) if last else row[column] if len(row) > column else "").strip()
+        if not text:
+            if any(value.strip() for value in row):  # a row with other values but no text
+                empty.append(number)
+            continue
+        upload.texts.append(text)
+        upload.rows.append(number)
+        upload.values.append([row[i] if i < len(row) else "" for i in others])
+    upload.total = len(upload.texts)
+    if long_rows:
+        upload.notes.append(f"Row(s) {_rows_text(long_rows)} have more fields than the header: their texts "
+                            f"hold an unquoted {sign}, so the rest of each row was read as its text.")
+    if empty:
+        upload.notes.append(f"Row(s) {_rows_text(empty)} have no text in column `{_safe_name(upload.source)}` "
+                            "and were skipped.")
+    return upload
 
 
 def _first_row(content: str, delimiter: str) -> list[str]:
@@ -468,13 +501,17 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
     return header, rows
 
 
-def results_csv(header: Sequence[str], rows: Sequence[Sequence]) -> bytes:
-    """CSV bytes (UTF-8 with BOM so spreadsheet programs read it right); None becomes empty."""
+def results_csv(header: Sequence[str], rows: Sequence[Sequence], upload: Upload | None = None) -> bytes:
+    """CSV bytes (UTF-8 with BOM so spreadsheet programs read it right); None becomes empty. With the
+    ``upload``, each row starts with its line or row number in the file and the file's other
+    columns (an id, a patient number), so results join back to the records they came from."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
+    lead = [upload.row_name, *upload.columns] if upload is not None else []
+    writer.writerow([*lead, *header])
+    for i, row in enumerate(rows):
+        source = [upload.rows[i], *upload.values[i]] if upload is not None else []
+        writer.writerow([*source, *("" if v is None else v for v in row)])
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
@@ -487,17 +524,19 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         labels = [h[2:] for h in header if h.startswith("p_")]
         counts = {label: sum(1 for r in rows if r[1] == label) for label in labels}
         parts.append(" · ".join(f"**{cell(k)}**: {v:,}" for k, v in counts.items()))
-        md_rows = [[str(i + 1), cell(_short(r[0])), f"**{cell(r[1])}**",
-                    *[percent(p) for p in r[2:2 + len(labels)]]] for i, r in enumerate(shown)]
-        parts.append(table(["#", "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
+        md_rows = [[f"{n:,}", cell(_short(r[0])), f"**{cell(r[1])}**",
+                    *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
+        parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
     else:
         fields = header[1:-3]
         valid = sum(1 for r in rows if r[-3])
         repaired = sum(1 for r in rows if r[-2])
         parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**")
-        md_rows = [[str(i + 1), cell(_short(r[0], 60)), *[cell(v) for v in r[1:1 + len(fields)]],
-                    "✅" if r[-3] and not r[-2] else ("⚠️" if r[-3] else "❌")] for i, r in enumerate(shown)]
-        parts.append(table(["#", "text", *fields, "ok"], md_rows))
+        md_rows = [[f"{n:,}", cell(_short(r[0], 60)), *[cell(v) for v in r[1:1 + len(fields)]],
+                    "valid" if r[-3] and not r[-2] else ("⚠️ repaired" if r[-3] else "❌ invalid")]
+                   for n, r in zip(upload.rows, shown)]
+        # "JSON", not a green check: a well-formed answer can still hold invented values
+        parts.append(table([upload.row_name, "text", *fields, "JSON"], md_rows))
     if len(rows) > PREVIEW_ROWS:
         parts.append(f"First {PREVIEW_ROWS} rows shown; the CSV below holds all {len(rows):,}.")
     parts.extend(f"ℹ️ {note}" for note in upload.notes)
@@ -526,6 +565,7 @@ class Outcome:
     output_tokens: int | None = None
     unavailable: str | None = None  # why this column has no result
     cut_at: int | None = None  # the max-new-tokens limit a generated answer was cut at
+    stopped: bool = False  # the user stopped it: ``result`` is the answer so far
 
 
 def few_shot_unavailable(spec: AdapterSpec) -> str:
@@ -561,7 +601,8 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
         rows.append(["answer", *per(lambda o: cell(o.result) if o.result and o.result.strip() else "*(empty)*")])
     rows.append(["latency", *per(lambda o: f"{o.seconds:.2f} s" if o.seconds is not None else "—")])
     rows.append(["tokens", *per(lambda o: _tokens(o))])
-    rows.append(["status", *[("ran" if o.unavailable is None else f"⚠️ {_one_line(o.unavailable)}") for o in outcomes]])
+    rows.append(["status", *[("⏹ stopped by you (the answer so far)" if o.stopped else "ran")
+                             if o.unavailable is None else f"⚠️ {_one_line(o.unavailable)}" for o in outcomes]])
     intro = f"### Compare · `{spec.name}` ({spec.task})"
     parts = [intro, table(header, rows)]
     if chosen_by:

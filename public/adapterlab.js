@@ -2,7 +2,8 @@
 // browser test in tests/test_app_e2e.py.
 //
 // 1. Chainlit's icon-only buttons have no accessible name: a screen reader says "button" for
-//    New chat, Attach, Settings, Send, Stop and the status panel's close arrow. They get one here.
+//    New chat, Attach, Settings, Send, Stop, the status panel's close arrow and, on a phone, Compare's
+//    command buttons. They get one here.
 //    Send and Stop are one element whose id changes, so a name follows the id.
 // 2. When the focused control leaves the page or is disabled (the settings dialog closes, Stop ends
 //    an answer, a starter is used), focus fell back to the page itself, many Tab presses from the
@@ -25,6 +26,10 @@
     for (const [id, name] of Object.entries(NAMES)) {
       const element = document.getElementById(id);
       if (element && (!element.hasAttribute("aria-label") || "adapterlabNamed" in element.dataset)) giveName(element, name);
+    }
+    // Compare's command buttons show their name as text, except on a phone, where the text is hidden
+    for (const button of document.querySelectorAll('button[id^="command-"]')) {
+      if (!button.getAttribute("aria-label")) giveName(button, button.id.slice("command-".length));
     }
     for (const [icon, name] of Object.entries(ICON_NAMES)) {
       for (const button of document.querySelectorAll(`button:not([aria-label]):has(> svg.${icon})`)) {

@@ -535,6 +535,28 @@ def test_compare_answers_in_three_labelled_columns(server, browser):
     page.context.close()
 
 
+def test_stopping_a_comparison_keeps_the_columns_that_ran(server, browser):
+    """Stop during Compare left only Chainlit's "Task manually stopped.": the base column's answer,
+    done, and the few-shot one streaming were thrown away."""
+    page = new_page(browser, server)
+    open_app(page, server)
+    choose_profile(page, "Compare")
+    page.get_by_text("Medical: three ways").click()
+    # the second column's step appears once the base column's answer is done
+    page.wait_for_selector("text=/medquad - generate - few-shot/", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_timeout(1500)  # a few of its words
+    page.click("#stop-button")
+    table = page.wait_for_selector("text=/Compare · medquad/", timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    rows = {r.locator("td").first.inner_text(): r for r in answers(page).last.locator("tbody tr").all()}
+    status = [c.inner_text() for c in rows["status"].locator("td").all()[1:]]
+    assert status[0] == "ran" and "stopped by you" in status[2], status
+    assert rows["answer"].locator("td").nth(1).inner_text().strip() not in ("", "—", "(empty)")
+    assert table is not None
+    shot(page, "11b-compare-stopped")
+    page.context.close()
+
+
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
          "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
                        "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"}
@@ -550,6 +572,9 @@ def test_on_a_phone_the_chat_stays_uncovered_and_tables_and_prompts_stay_readabl
     wait_idle(page)
     # below 768 px Chainlit lays the status panel over the chat: a phone does not get it
     assert page.locator("#side-view-content").count() == 0
+    # Compare's command buttons show only their icons here: they have names all the same
+    for command in ("spam", "medquad", "oncology"):
+        assert page.get_by_role("button", name=command, exact=True).count() == 1, command
     # the three columns' table: wider than a phone, it scrolls, and its row names stay in view
     table = answers(page).last.locator("table").first
     box = table.locator("xpath=..")

@@ -362,7 +362,31 @@ def test_a_csv_text_with_unquoted_commas_is_read_whole_and_said_so():
     data = b"id,text\n1,Hi, are you free tonight? Call me, love\n2,See you at 6\n3,WINNER, claim your prize\n"
     upload = handlers.read_upload("commas.csv", data, limit=100)
     assert upload.texts == ["Hi, are you free tonight? Call me, love", "See you at 6", "WINNER, claim your prize"]
-    assert "Row(s) 2, 4 have more fields than the header" in upload.notes[0]
+    assert "Row(s) 2, 4 have more fields than the header: their texts hold an unquoted comma," in upload.notes[0]
+
+
+def test_a_batch_names_each_text_by_its_row_in_the_file_and_keeps_the_file_s_columns():
+    """A note said "row 4" for what the table showed as #3, rows without text vanished unsaid, and
+    the results file dropped the upload's ids, so results could not be joined back to patients."""
+    data = (b"patient_id,narrative\nP1,Stage IV melanoma\nP2,\"Lung, EGFR\"\nP3,\n"
+            b"P4,Colon cancer, KRAS G12D\n")
+    upload = handlers.read_upload("onco.csv", data, limit=100)
+    assert upload.texts == ["Stage IV melanoma", "Lung, EGFR", "Colon cancer, KRAS G12D"]
+    assert upload.rows == [2, 3, 5] and upload.columns == ["patient_id"]
+    assert upload.values == [["P1"], ["P2"], ["P4"]]
+    assert upload.notes == ["Row(s) 5 have more fields than the header: their texts hold an unquoted comma, "
+                            "so the rest of each row was read as its text.",
+                            "Row(s) 4 have no text in column `narrative` and were skipped."]
+    results = [{"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}] * 3
+    header, rows = handlers.batch_rows("classify", upload.texts, results, labels=("ham", "spam"))
+    md = handlers.batch_markdown("classify", "onco.csv", upload, header, rows, "base", 0.5)
+    assert "| row | text | label |" in md and "| 5 | Colon cancer, KRAS G12D | **ham** |" in md
+    parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
+    assert parsed[0][:3] == ["row", "patient_id", "text"] and [r[:2] for r in parsed[1:]] == [
+        ["2", "P1"], ["3", "P2"], ["5", "P4"]]
+
+    lines = handlers.read_upload("sms.txt", b"first\n\nsecond\n", limit=1)
+    assert lines.rows == [1] and lines.row_name == "line" and "up to line 1" in lines.notes[0]
 
 
 def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas():
