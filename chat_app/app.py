@@ -597,7 +597,7 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
         for name, *_ in columns[len(outcomes):]:
             partial = "".join(pieces) if name == running else ""
             outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=True)
-                            if partial else handlers.Outcome(name, unavailable="stopped by you"))
+                            if partial else handlers.Outcome(name, unavailable="stopped by you before it ran", stopped=True))
     content = handlers.compare_markdown(spec, text, outcomes, chosen_by)
     if spec.task == "generate":
         ban = spec.generation.no_repeat_ngram_size

@@ -602,7 +602,8 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
     rows.append(["latency", *per(lambda o: f"{o.seconds:.2f} s" if o.seconds is not None else "—")])
     rows.append(["tokens", *per(lambda o: _tokens(o))])
     rows.append(["status", *[("⏹ stopped by you (the answer so far)" if o.stopped else "ran")
-                             if o.unavailable is None else f"⚠️ {_one_line(o.unavailable)}" for o in outcomes]])
+                             if o.unavailable is None else f"{'⏹' if o.stopped else '⚠️'} {_one_line(o.unavailable)}"
+                             for o in outcomes]])
     intro = f"### Compare · `{spec.name}` ({spec.task})"
     parts = [intro, table(header, rows)]
     if chosen_by:
