@@ -262,6 +262,34 @@ def _keep_stop_button_on_reconnect() -> None:
 _keep_stop_button_on_reconnect()
 
 
+def _accept_empty_uploads() -> None:
+    """Chainlit 2.12 refuses to store a 0-byte upload (``persist_file`` raises ValueError for empty
+    content: an "Upload failed" toast and an ASGI traceback) before the app sees it. Store it as an
+    empty file, so the app says what is wrong with it as for any other file."""
+    from chainlit.session import BaseSession
+
+    original = BaseSession.persist_file
+    if getattr(original, "_adapterlab", False):
+        return
+
+    async def persist_file(self, name, mime, path=None, content=None):
+        if not path and content is not None and len(content) == 0:
+            self.files_dir.mkdir(exist_ok=True)
+            empty = self.files_dir / f"empty-{uuid.uuid4()}"
+            empty.touch()
+            try:
+                return await original(self, name, mime, path=str(empty))
+            finally:
+                empty.unlink(missing_ok=True)
+        return await original(self, name, mime, path=path, content=content)
+
+    persist_file._adapterlab = True
+    BaseSession.persist_file = persist_file
+
+
+_accept_empty_uploads()
+
+
 @cl.on_settings_update
 async def on_settings_update(settings):
     cl.user_session.set("settings", settings)

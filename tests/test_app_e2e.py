@@ -298,18 +298,23 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     response = page.request.get(link.get_attribute("href"))
     assert response.ok
     rows = list(csv.reader(io.StringIO(response.body().decode("utf-8-sig"))))
-    assert rows[0] == ["text", "label", "p_ham", "p_spam", "truncated"] and len(rows) == 4
-    assert all(r[1] in ("ham", "spam") and abs(float(r[2]) + float(r[3]) - 1) < 1e-4 for r in rows[1:])
+    # each result with its row in the file and the file's other columns, to join it back
+    assert rows[0] == ["row", "id", "text", "label", "p_ham", "p_spam", "truncated"] and len(rows) == 4
+    assert [r[:2] for r in rows[1:]] == [["2", "1"], ["3", "2"], ["4", "3"]]
+    assert all(r[3] in ("ham", "spam") and abs(float(r[4]) + float(r[5]) - 1) < 1e-4 for r in rows[1:])
     shot(page, "05-spam-upload")
     bad = tmp_path / "notes.txt"
     bad.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     nocol = tmp_path / "labels.csv"
     nocol.write_text("id,label\n1,ham\n", encoding="utf-8")
-    page.set_input_files("#upload-button-input", [str(bad), str(nocol)])
-    page.wait_for_selector("#attachments :text('labels.csv')")
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")  # Chainlit itself refused to store a 0-byte file ("Upload failed")
+    page.set_input_files("#upload-button-input", [str(bad), str(nocol), str(empty)])
+    page.wait_for_selector("#attachments :text('empty.txt')")
     page.click("#chat-submit")
     page.wait_for_selector("text=is not UTF-8 text", timeout=ANSWER_TIMEOUT * 1000)
     page.wait_for_selector("text=has no text column", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("text=holds no text to process", timeout=ANSWER_TIMEOUT * 1000)
     shot(page, "06-bad-uploads")
     page.context.close()
 
