@@ -495,8 +495,9 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
         rows = [[t, r["label"], *[round(r["probs"][label], 6) for label in labels], r["truncated"]]
                 for t, r in zip(texts, results, strict=True)]
     else:
-        header = ["text", *fields, "valid", "repaired", "truncated"]
-        rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"]]
+        header = ["text", *fields, "valid", "repaired", "truncated", "not_in_text"]
+        rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"],
+                 "; ".join(f for f in fields if support_in_text(r["fields"].get(f), t) == "none")]
                 for t, r in zip(texts, results, strict=True)]
     return header, rows
 
@@ -528,19 +529,21 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
         parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
     else:
-        fields = header[1:-3]
-        valid = sum(1 for r in rows if r[-3])
-        repaired = sum(1 for r in rows if r[-2])
+        fields = header[1:-4]
+        valid = sum(1 for r in rows if r[-4])
+        repaired = sum(1 for r in rows if r[-3])
         parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**")
-        md_rows = [[f"{n:,}", cell(_short(r[0], 60)), *[cell(v) for v in r[1:1 + len(fields)]],
-                    "valid" if r[-3] and not r[-2] else ("⚠️ repaired" if r[-3] else "❌ invalid")]
+        md_rows = [[f"{n:,}", cell(_short(r[0], 60)), *[_compared_value(v, False, r[0]) for v in r[1:1 + len(fields)]],
+                    "valid" if r[-4] and not r[-3] else ("⚠️ repaired" if r[-4] else "❌ invalid")]
                    for n, r in zip(upload.rows, shown)]
         # "JSON", not a green check: a well-formed answer can still hold invented values
         parts.append(table([upload.row_name, "text", *fields, "JSON"], md_rows))
+        parts.append(f"{COMPARE_SUPPORT['none']} no word of the value is in the text (inferred, or invented; "
+                     f"the CSV's `not_in_text` lists those fields); {COMPARE_SUPPORT['some']} only some words are.")
     if len(rows) > PREVIEW_ROWS:
         parts.append(f"First {PREVIEW_ROWS} rows shown; the CSV below holds all {len(rows):,}.")
     parts.extend(f"ℹ️ {note}" for note in upload.notes)
-    truncated = sum(1 for r in rows if r[-1])
+    truncated = sum(1 for r in rows if r[header.index("truncated")])
     if truncated:
         parts.append(f"✂️ {truncated} text(s) were longer than the adapter reads; only their beginning was used.")
     parts.append(f"*{variant} · {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} texts/s)*")

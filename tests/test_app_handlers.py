@@ -520,8 +520,22 @@ def test_batch_rows_table_and_csv(catalog):
                                   "base", 0.5)
     assert one.startswith("### 1 text from `one.csv`")
     header, rows = handlers.batch_rows("extract", ["n"], [extraction(stage="IV")], fields=FIELDS)
-    assert header == ["text", *FIELDS, "valid", "repaired", "truncated"] and rows[0][2] == "IV"
+    assert header == ["text", *FIELDS, "valid", "repaired", "truncated", "not_in_text"] and rows[0][2] == "IV"
     assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
+
+
+def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
+    """A sprained ankle came back as "bacteria (fever-resistant)", stage II, marked ✅ in a batch,
+    with nothing in the table or the CSV to say those words were not in the text."""
+    texts = ["34-year-old man with a sprained ankle, given ibuprofen.", "Stage IV melanoma, BRAF V600E."]
+    results = [extraction(cancer_type="bacteria (fever-resistant)", stage="II", treatment="ibuprofen"),
+               extraction(cancer_type="melanoma", stage="IV", gene_mutation="BRAF V600E")]
+    header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
+    assert [r[-1] for r in rows] == ["cancer_type; stage", ""]
+    md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 2), header, rows, "v", 1.0)
+    assert "| 1 | 34-year-old man with a sprained ankle, given ibuprofen. | bacteria (fever-resistant) ○ | II ○ |" in md
+    assert "| 2 | Stage IV melanoma, BRAF V600E. | melanoma | IV | BRAF V600E |" in md
+    assert "| valid |" in md and "✅" not in md and "not_in_text" in md
 
 
 def test_profiles_have_realistic_starters_and_compare_uses_commands():
