@@ -19,6 +19,7 @@ import signal
 import time
 import traceback
 import uuid
+import weakref
 from pathlib import Path
 
 import chainlit as cl
@@ -221,6 +222,7 @@ async def on_chat_end():
     if task is None or task.done():
         return
     if session.to_clear:  # a new chat, or another profile: the page will not come back
+        STOP_REASONS[task] = "stopped: the chat was left"
         task.cancel()
         return
     log.info("adapterlab: a page's connection closed during an answer; stopping it unless it "
@@ -232,7 +234,17 @@ async def _stop_unless_reconnected(session, task: asyncio.Task) -> None:
     socket_id = session.socket_id  # a reconnect gives the session a new one
     await asyncio.sleep(RECONNECT_GRACE_S)
     if session.socket_id == socket_id and not task.done():
+        STOP_REASONS[task] = "stopped: the page was closed"
         task.cancel()
+
+
+STOP_REASONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message task -> why the app stopped it
+
+
+def _stop_reason() -> str:
+    """Why the current message's task was cancelled: the Stop button, unless the app stopped it."""
+    task = asyncio.current_task()
+    return STOP_REASONS.get(task, "stopped by you") if task is not None else "stopped by you"
 
 
 def _keep_stop_button_on_reconnect() -> None:
@@ -398,7 +410,7 @@ class StepsTracer(cl.LangchainCallbackHandler):
         if not chains.stopped_by_user(error) or step is None:
             return await super()._on_error(error, run_id=run_id, **kwargs)
         context_var.set(self.context)
-        step.output, step.end = "stopped by you", utc_now()
+        step.output, step.end = _stop_reason(), utc_now()
         await step.update()
 
     on_chain_error = on_llm_error = on_tool_error = on_retriever_error = _on_error
@@ -464,7 +476,7 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
     try:
         await chains.stream_pieces(chain, {"history": history, "text": text}, _callbacks(), show)
     except asyncio.CancelledError:  # the Stop button: keep what was said, on the page and in the history
-        info.text, info.stopped = "".join(streamed), True  # the text the page shows
+        info.text, info.stopped = "".join(streamed), _stop_reason()  # the text the page shows
         # handled in full, so the message's task ends normally, not as a failed step
     finally:
         notice.cancel()
@@ -624,8 +636,9 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
         running = columns[len(outcomes)][0]
         for name, *_ in columns[len(outcomes):]:
             partial = "".join(pieces) if name == running else ""
-            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=True)
-                            if partial else handlers.Outcome(name, unavailable="stopped by you before it ran", stopped=True))
+            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=_stop_reason())
+                            if partial else handlers.Outcome(name, unavailable=f"{_stop_reason()} before it ran",
+                                                             stopped=_stop_reason()))
     content = handlers.compare_markdown(spec, text, outcomes, chosen_by)
     if spec.task == "generate":
         ban = spec.generation.no_repeat_ngram_size

@@ -151,7 +151,7 @@ class GenerationInfo:
     seconds: float | None = None
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
-    stopped: bool = False  # the user stopped it (the app sets this)
+    stopped: str | None = None  # why it was stopped ("stopped by you", ...; the app sets this)
 
 
 def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,

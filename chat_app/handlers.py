@@ -458,10 +458,10 @@ def generated_tokens(count_tokens: Callable[[str], int], answer: str, cut_at: in
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,
                       output_tokens: int | None, truncated: bool, medical: bool,
-                      cut_at: int | None = None, stopped: bool = False,
+                      cut_at: int | None = None, stopped: str | None = None,
                       message_cut_to: int | None = None, turns_dropped: int = 0) -> str:
     """The line under an answer; ``cut_at``: the max-new-tokens limit the answer was cut at;
-    ``stopped``: the user stopped it; ``message_cut_to`` / ``turns_dropped``: what of the input was
+    ``stopped``: why it was stopped ("stopped by you"); ``message_cut_to`` / ``turns_dropped``: what of the input was
     cut to fit (``truncated`` alone: something was)."""
     bits = [variant]
     if first is not None:
@@ -478,7 +478,7 @@ def generation_footer(variant: str, seconds: float | None, first: float | None, 
     if cut_at is not None:
         bits.append(f"cut at the {cut_at}-token limit (⚙️ max new tokens)")
     if stopped:
-        bits.append("stopped by you")
+        bits.append(stopped)
     footer = "*" + " · ".join(bits) + "*"
     if medical:
         footer += "\n\n" + NOT_MEDICAL_ADVICE
@@ -568,7 +568,7 @@ class Outcome:
     output_tokens: int | None = None
     unavailable: str | None = None  # why this column has no result
     cut_at: int | None = None  # the max-new-tokens limit a generated answer was cut at
-    stopped: bool = False  # the user stopped it: ``result`` is the answer so far
+    stopped: str | None = None  # why it was stopped ("stopped by you"): ``result`` is the answer so far
 
 
 def few_shot_unavailable(spec: AdapterSpec) -> str:
@@ -604,7 +604,7 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
         rows.append(["answer", *per(lambda o: cell(o.result) if o.result and o.result.strip() else "*(empty)*")])
     rows.append(["latency", *per(lambda o: f"{o.seconds:.2f} s" if o.seconds is not None else "—")])
     rows.append(["tokens", *per(lambda o: _tokens(o))])
-    rows.append(["status", *[("⏹ stopped by you (the answer so far)" if o.stopped else "ran")
+    rows.append(["status", *[(f"⏹ {o.stopped} (the answer so far)" if o.stopped else "ran")
                              if o.unavailable is None else f"{'⏹' if o.stopped else '⚠️'} {_one_line(o.unavailable)}"
                              for o in outcomes]])
     intro = f"### Compare · `{spec.name}` ({spec.task})"

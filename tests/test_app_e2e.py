@@ -329,8 +329,20 @@ def test_closing_the_page_stops_its_answer(server, browser):
     page.get_by_role("button", name="Confirm").click()
     ask_and_wait_for_words(page, "What causes glaucoma? (page closed)")
     page.context.close()
-    # the answer ends as stopped, once the page has not come back, in its thread
-    stored_answer(server.database, "stopped by you", RECONNECT_GRACE_S + 15, thread_of="%(page closed)%")
+    # the answer ends as stopped, once the page has not come back, in its thread; not "by you"
+    stored_answer(server.database, "stopped: the page was closed", RECONNECT_GRACE_S + 15,
+                  thread_of="%(page closed)%")
+
+
+def test_leaving_a_chat_stops_its_answer_and_says_why(server, browser):
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    choose_profile(page, "Medical Q&A")
+    ask_and_wait_for_words(page, "What causes cataracts? (chat left)")
+    choose_profile(page, "Chat")  # another profile: a new chat, and the answer's own is left
+    stored_answer(server.database, "stopped: the chat was left", 30, thread_of="%(chat left)%")
+    page.context.close()
 
 
 def test_an_answer_goes_on_when_its_page_reconnects_after_a_blip(server, browser):

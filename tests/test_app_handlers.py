@@ -322,7 +322,7 @@ def test_the_stop_button_cancelling_the_task_closes_the_models_stream(tiny_base,
     # what the footer of a stopped answer needs is known: not cut at a limit, but stopped
     assert info.prompt_tokens > 0 and info.seconds is not None and info.cut_at is None
     footer = handlers.generation_footer("base", info.seconds, info.first_piece_seconds, info.prompt_tokens, 12,
-                                        info.truncated, medical=False, cut_at=info.cut_at, stopped=True)
+                                        info.truncated, medical=False, cut_at=info.cut_at, stopped="stopped by you")
     assert "stopped by you" in footer and "cut at" not in footer
 
 
