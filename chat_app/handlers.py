@@ -529,12 +529,13 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
         parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
     else:
-        fields = header[1:-4]
-        valid = sum(1 for r in rows if r[-4])
-        repaired = sum(1 for r in rows if r[-3])
+        is_valid, is_repaired = header.index("valid"), header.index("repaired")
+        fields = header[1:is_valid]
+        valid = sum(1 for r in rows if r[is_valid])
+        repaired = sum(1 for r in rows if r[is_repaired])
         parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**")
-        md_rows = [[f"{n:,}", cell(_short(r[0], 60)), *[_compared_value(v, False, r[0]) for v in r[1:1 + len(fields)]],
-                    "valid" if r[-4] and not r[-3] else ("⚠️ repaired" if r[-4] else "❌ invalid")]
+        md_rows = [[f"{n:,}", cell(_short(r[0], 60)), *[_compared_value(v, False, r[0]) for v in r[1:is_valid]],
+                    "⚠️ repaired" if r[is_repaired] else ("valid" if r[is_valid] else "❌ invalid")]
                    for n, r in zip(upload.rows, shown)]
         # "JSON", not a green check: a well-formed answer can still hold invented values
         parts.append(table([upload.row_name, "text", *fields, "JSON"], md_rows))
