@@ -19,7 +19,7 @@ import os
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +104,23 @@ def materialized_path(name: str) -> Path | None:
 
 def resolve(name_or_path: str, *, progress: bool = True) -> str:
     """What ``from_pretrained`` should load: a local folder, or a Hub id for online users."""
+    check_base(name_or_path)
     info = KNOWN_BASES.get(name_or_path)
-    if info is not None and info.gguf_package:
-        return str(materialize(info, progress=progress))
     if info is not None:
-        return info.hub_id
+        return str(materialize(info, progress=progress)) if info.gguf_package else info.hub_id
+    return name_or_path
+
+
+def check_base(name_or_path: str) -> None:
+    """Refuse a base that is neither a known name, a model folder nor a Hub id (nothing is loaded)."""
+    if name_or_path in KNOWN_BASES:
+        return
     if Path(name_or_path).exists():
         if not Path(name_or_path, "config.json").is_file():
             raise BaseModelError(f"{name_or_path}: not a model folder (no config.json)")
-        return name_or_path
-    if name_or_path.count("/") == 1:
-        return name_or_path  # a Hub id
+        return
+    if name_or_path.count("/") == 1 and not name_or_path.startswith(("/", ".")):
+        return  # a Hub id
     raise BaseModelError(
         f"unknown base model {name_or_path!r}: use one of {', '.join(KNOWN_BASES)}, "
         "a Hub id such as meta-llama/Llama-3.2-1B-Instruct, or a local model folder"
@@ -231,12 +237,13 @@ class LoadOptions:
     ``auto`` is bfloat16 on a GPU, and on a CPU with bfloat16 matrix instructions (the dtype the
     adapters are trained and evaluated in; on the 2-core EPYC here one spam classification takes
     ~105 ms in bf16 against ~160 ms in float32); float32 on other CPUs, where bf16 is emulated.
-    ``$ADAPTERLAB_DTYPE`` changes the default (the unit tests pin float32 so that they behave the
-    same on every machine). A ``device`` of ``auto`` is ``$ADAPTERLAB_DEVICE`` when that is set
-    (the unit tests pin cpu: their timings and tolerances are a CPU's), else CUDA when there is a GPU.
+    A ``dtype`` of ``auto`` is ``$ADAPTERLAB_DTYPE`` when that is set (the unit tests pin float32
+    so that they behave the same on every machine), and a ``device`` of ``auto`` is
+    ``$ADAPTERLAB_DEVICE`` (the unit tests pin cpu: their timings and tolerances are a CPU's), else
+    CUDA when there is a GPU.
     """
 
-    dtype: str = field(default_factory=lambda: os.environ.get("ADAPTERLAB_DTYPE") or "auto")
+    dtype: str = "auto"
     device: str = "auto"
     load_in_4bit: bool = False
 
@@ -269,14 +276,16 @@ class LoadOptions:
     def torch_dtype(self) -> Any:
         import torch
 
-        if self.dtype == "auto":
+        dtype, source = self.dtype, "dtype"
+        if dtype == "auto" and os.environ.get("ADAPTERLAB_DTYPE", "").strip() not in ("", "auto"):
+            dtype, source = os.environ["ADAPTERLAB_DTYPE"].strip(), "$ADAPTERLAB_DTYPE"
+        if dtype == "auto":
             on_gpu = self._wanted_device()[0].startswith("cuda")
             return torch.bfloat16 if on_gpu or cpu_multiplies_bf16() else torch.float32
         try:
-            return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                    "float16": torch.float16}[self.dtype]
+            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         except KeyError:
-            raise BaseModelError(f"dtype {self.dtype!r}: use auto, float32, bfloat16 or float16") from None
+            raise BaseModelError(f"{source} {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
 def load_base(name_or_path: str = DEFAULT_BASE, options: LoadOptions = LoadOptions(),

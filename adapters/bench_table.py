@@ -69,6 +69,8 @@ class Row:
 def read_results(directory: Path) -> list[tuple[str, dict]]:
     """(file name, parsed JSON) of every ``*.json`` in ``directory``, by name; a file that is not
     a JSON object stops with its name (a broken result must be fixed, not silently dropped)."""
+    if not Path(directory).is_dir():
+        raise ValueError(f"{directory}: no such results folder")
     results = []
     for path in sorted(Path(directory).glob("*.json")):
         try:

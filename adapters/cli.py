@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None, registrars=()) -> int:
     except Terminated:
         print("adapterlab: terminated", file=sys.stderr)
         return 143
+    except BrokenPipeError:  # `... --output - | head`: the reader has what it wanted; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
     except (UsageError, *EXPECTED_ERRORS) as exc:
         print(f"adapterlab: error: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +70,7 @@ def _raise_on_sigterm():
 
 
 def build_parser(registrars=()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adapterlab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="adapterlab", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     models = sub.add_parser("models", help="list base models; prepare the embedded default")
@@ -309,6 +312,17 @@ def check_output_path(path: Path) -> None:
         raise UsageError(f"--output {path}: cannot write in {existing} (permission denied)")
 
 
+def check_output_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, a folder option (``--output DIR``, ``--run-dir``) that cannot be
+    made or written: a file at the path or above it, or a folder this user cannot write to."""
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, a file"
+        raise UsageError(f"{option} {path}: {where}; give a folder")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{option} {path}: cannot write in {existing} (permission denied)")
+
+
 def _encodable(obj: dict) -> bool:
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
@@ -322,5 +336,9 @@ def write_jsonl_atomic(path: Path, rows) -> None:
     write_lines_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m adapters.cli
+    # the module that training imports UsageError from, not this __main__ copy (whose own
+    # UsageError class would not catch the one training raises)
+    from adapters.cli import main as package_main
+
+    sys.exit(package_main())

@@ -2,12 +2,15 @@
 
 The text goes to a temporary file beside the target and is renamed over it, so a reader (or a run
 killed half-way) sees the old file or the new one, never part of one; the temporary file is removed
-if writing fails.
+if writing fails. A symbolic link is written through (its target is replaced, the link stays), and a
+path that is not a regular file (/dev/stdout, /dev/null, a named pipe) is written to as it is: a
+rename would replace the device or pipe with a plain file.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -17,6 +20,13 @@ from pathlib import Path
 def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
     """Write ``lines`` (each with its own newline, produced lazily if need be) to ``path`` atomically."""
     path = Path(path)
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):  # a device or a pipe: a stream anyway
+        with open(path, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+        return path
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -8,11 +8,10 @@ is what people read first; generating it means it cannot drift from the committe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .bench_table import README, refresh_readme_table
-from .catalog import CATALOG_DIR
+from .catalog import CATALOG_DIR, read_metrics_file
 
 MARKERS = ("<!-- results-table:start -->", "<!-- results-table:end -->")
 VARIANTS = (("base", "base"), ("few_shot", "few-shot"), ("fine_tuned", "fine-tuned"))
@@ -20,13 +19,9 @@ VARIANTS = (("base", "base"), ("few_shot", "few-shot"), ("fine_tuned", "fine-tun
 
 def read_metrics(catalog: Path = CATALOG_DIR) -> list[tuple[str, dict]]:
     """(adapter, metrics) for every catalogue adapter that has a ``metrics.json``, by name."""
-    found = []
-    for path in sorted(Path(catalog).glob("*/metrics.json")):
-        try:
-            found.append((path.parent.name, json.loads(path.read_text(encoding="utf-8"))))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    return found
+    if not Path(catalog).is_dir():
+        raise ValueError(f"{catalog}: no such adapter catalogue folder")
+    return [(path.parent.name, read_metrics_file(path)) for path in sorted(Path(catalog).glob("*/metrics.json"))]
 
 
 def _number(value) -> str:

@@ -237,11 +237,28 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
             fail(name, f"must be >= 0, got {value}")
     if not 0 < spec.generation.top_p <= 1:
         fail("generation.top_p", f"must be in (0, 1], got {spec.generation.top_p}")
+    t = spec.training
     for name, value in (("generation.max_new_tokens", spec.generation.max_new_tokens),
                         ("lora.r", spec.lora.r), ("max_input_tokens", spec.max_input_tokens),
-                        ("training.batch_size", spec.training.batch_size)):
+                        ("training.batch_size", t.batch_size),
+                        ("training.gradient_accumulation", t.gradient_accumulation),
+                        ("training.eval_steps", t.eval_steps),
+                        ("training.early_stopping_patience", t.early_stopping_patience)):
         if value < 1:
             fail(name, f"must be >= 1, got {value}")
+    # a run of no steps would still replace the adapter's weights (with untrained ones)
+    for name, value in (("training.epochs", t.epochs), ("training.learning_rate", t.learning_rate),
+                        ("lora.alpha", spec.lora.alpha)):
+        if not value > 0:
+            fail(name, f"must be > 0, got {value}")
+    if t.max_seq_length < 16:
+        fail("training.max_seq_length", f"must be >= 16 tokens, got {t.max_seq_length}")
+    if not 0 <= t.warmup_ratio < 1:
+        fail("training.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+    if not spec.lora.dropout < 1:
+        fail("lora.dropout", f"must be < 1, got {spec.lora.dropout}")
+    if not spec.lora.target_modules:
+        fail("lora.target_modules", "name at least one module (e.g. q_proj)")
     if spec.data.oversample is not None:
         if spec.task != "classify":
             fail("data.oversample", f"only classify adapters can oversample (task is {spec.task!r})")

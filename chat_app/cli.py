@@ -17,13 +17,25 @@ def register(sub, bench_sub) -> None:
     serve = sub.add_parser("serve", help="start the web app (Chainlit) on the embedded default model")
     serve.add_argument("--host", default=os.environ.get("CHAINLIT_HOST", "127.0.0.1"),
                        help="address to listen on (default: %(default)s; env CHAINLIT_HOST)")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("CHAINLIT_PORT", "8000")),
+    serve.add_argument("--port", type=port_number, default=os.environ.get("CHAINLIT_PORT") or "8000",
                        help="port (default: %(default)s; env CHAINLIT_PORT)")
     serve.add_argument("--open", action="store_true", help="open a browser tab")
     serve.add_argument("--base-model", default=None, help="base model name, Hub id or folder "
                                                           "(default: the catalogue's; env ADAPTERLAB_BASE_MODEL)")
     serve.add_argument("--catalog", default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
+
+
+def port_number(value: str) -> int:
+    """argparse type: a TCP port (the default comes from $CHAINLIT_PORT, so the message names it)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {value!r} "
+                                         "(from --port or $CHAINLIT_PORT)")
+    return port
 
 
 def serve_command(args) -> tuple[list[str], dict[str, str]]:
@@ -40,6 +52,11 @@ def serve_command(args) -> tuple[list[str], dict[str, str]]:
 
 
 def cmd_serve(args) -> int:
+    from adapters.base_models import check_base
+
+    base = args.base_model or os.environ.get("ADAPTERLAB_BASE_MODEL")
+    if base:
+        check_base(base)  # before the server starts: it would fail in the background, page up
     command, env = serve_command(args)
     print(f"adapterlab: serving on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)
     if os.name == "posix":  # become chainlit, so signals (Ctrl-C, a service manager's TERM) reach it

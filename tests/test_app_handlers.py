@@ -4,6 +4,7 @@ runtime returns, and the handlers say the right thing for good and bad input (ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -751,6 +752,30 @@ def test_adapterlab_serve_runs_chainlit_on_the_app():
     assert command[1:4] == ["-m", "chainlit", "run"] and command[4].endswith("chat_app/app.py")
     assert command[-5:] == ["--host", "127.0.0.1", "--port", "8123", "--headless"]
     assert env["ADAPTERLAB_BASE_MODEL"] == "/models/x" and (cli.PROJECT_ROOT / ".chainlit" / "config.toml").is_file()
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["serve", "--port", "70000"], {}, "a port is a number from 1 to 65535, got '70000'"),
+    (["serve"], {"CHAINLIT_PORT": "abc"}, "got 'abc' (from --port or $CHAINLIT_PORT)"),
+    (["serve", "--base-model", "/tmp/no-such-model-here"], {}, "unknown base model '/tmp/no-such-model-here'"),
+    (["serve"], {"ADAPTERLAB_BASE_MODEL": "/tmp/no-such-model-here"}, "unknown base model"),
+])
+def test_serve_refuses_a_bad_port_or_base_before_the_server_starts(argv, env, message, monkeypatch, capsys):
+    """A port out of range printed "serving on ...:70000" and then tracebacks; a missing base
+    started the server, which failed in the background with the page already up; a bad
+    CHAINLIT_PORT broke every adapterlab command, serve or not."""
+    from adapters.cli import main
+    from chat_app import cli
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli.os, "execve", lambda *a: pytest.fail("the server was started"))
+    monkeypatch.setattr(cli.subprocess, "call", lambda *a, **k: pytest.fail("the server was started"))
+    with pytest.raises(SystemExit) if "port" in message else contextlib.nullcontext():
+        assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    if "CHAINLIT_PORT" in env:
+        assert main(["adapters"]) == 0  # other commands do not read it
 
 
 def test_the_runtime_loads_once_in_the_background_and_failures_are_reported():

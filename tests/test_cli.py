@@ -465,3 +465,31 @@ def test_written_files_get_normal_permissions_and_keep_those_of_the_file_they_re
     assert new.stat().st_mode & 0o777 == 0o644
     assert kept.stat().st_mode & 0o777 == 0o664 and kept.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "shared.csv"]  # no temporary left
+
+
+def test_an_output_that_is_a_link_a_device_or_a_pipe_is_written_through_not_replaced(tmp_path):
+    """`--output /dev/null` or a link to the real file was renamed over: the device or the link
+    became a plain file (as root, /dev/null itself)."""
+    import os
+    import threading
+
+    from adapters.files import write_text_atomic
+
+    target = tmp_path / "target.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target.name)
+    write_text_atomic(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_text()))
+    reader.start()
+    write_text_atomic(pipe, "through the pipe\n")
+    reader.join(10)
+    assert got == ["through the pipe\n"] and not pipe.is_file()
+
+    # (not tried on /dev/null itself: a regression would replace the machine's with a file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "pipe", "target.jsonl"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from adapters.cli import main
 from adapters.results_table import MARKERS, read_metrics, table
 
@@ -60,3 +62,41 @@ def test_the_committed_readme_results_table_matches_the_committed_metrics():
 
     text = README.read_text(encoding="utf-8")
     assert with_table(text, table(read_metrics()), README, MARKERS) == text, "run `adapterlab results`"
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ("[1, 2]", "not the metrics an evaluation writes"),
+    ("{}", "not the metrics an evaluation writes"),
+    ('{"variants": {"base": "x"}}', "not the metrics an evaluation writes"),
+    ('{"variants": {}}', "not the metrics an evaluation writes"),
+    ('{"variants": {"base": {"f1": 0.5}}, "targets": [{"metric": "f1"}]}', '"targets" must be a list'),
+    ("{not json", "not valid JSON"),
+])
+def test_a_metrics_file_of_another_shape_is_named_not_a_traceback(tmp_path, capsys, content, said):
+    """`card` and `results` crashed with AttributeError/KeyError on these, or wrote an empty table."""
+    from adapters.cli import main
+
+    (tmp_path / "catalog" / "spam").mkdir(parents=True)
+    metrics = tmp_path / "catalog" / "spam" / "metrics.json"
+    metrics.write_text(content)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{MARKERS[0]}\n{MARKERS[1]}\n")
+    assert main(["results", "--catalog", str(tmp_path / "catalog"), "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert f"{metrics}: {said}" in err and "Traceback" not in err
+
+
+def test_a_catalogue_or_results_folder_that_is_not_there_is_named(tmp_path, capsys):
+    """A typo in --catalog emptied the README's table ("results table updated") instead."""
+    from adapters.cli import main
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{MARKERS[0]}\nrows\n{MARKERS[1]}\n")
+    missing = tmp_path / "no-such-catalog"
+    assert main(["results", "--catalog", str(missing), "--readme", str(readme)]) == 2
+    assert f"{missing}: no such adapter catalogue folder" in capsys.readouterr().err
+    assert main(["adapters", "--catalog", str(missing)]) == 2
+    assert f"{missing}: no such adapter catalogue folder" in capsys.readouterr().err
+    assert main(["bench", "table", "--results", str(missing), "--readme", str(readme)]) == 2
+    assert f"{missing}: no such results folder" in capsys.readouterr().err
+    assert "rows" in readme.read_text()

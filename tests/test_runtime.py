@@ -452,6 +452,7 @@ def test_auto_dtype_is_bf16_on_a_gpu_or_a_cpu_with_bf16_instructions(monkeypatch
 
     import adapters.base_models as bm
 
+    monkeypatch.delenv("ADAPTERLAB_DTYPE")  # the unit tests' float32
     monkeypatch.setattr(bm, "cpu_multiplies_bf16", lambda: True)
     assert bm.LoadOptions(dtype="auto", device="cpu").torch_dtype() == torch.bfloat16
     monkeypatch.setattr(bm, "cpu_multiplies_bf16", lambda: False)
@@ -459,8 +460,11 @@ def test_auto_dtype_is_bf16_on_a_gpu_or_a_cpu_with_bf16_instructions(monkeypatch
     assert bm.LoadOptions(dtype="auto", device="cuda").torch_dtype() == torch.bfloat16
     monkeypatch.setenv("ADAPTERLAB_DTYPE", "bfloat16")
     assert bm.LoadOptions(device="cpu").torch_dtype() == torch.bfloat16  # the default comes from the env
+    # ... and so does an explicit auto, what `predict --dtype auto` passes (it ignored the env)
+    assert bm.LoadOptions(dtype="auto", device="cpu").torch_dtype() == torch.bfloat16
+    assert bm.LoadOptions(dtype="float32", device="cpu").torch_dtype() == torch.float32
     monkeypatch.setenv("ADAPTERLAB_DTYPE", "float64")
-    with pytest.raises(bm.BaseModelError, match="float64"):
+    with pytest.raises(bm.BaseModelError, match=r"\$ADAPTERLAB_DTYPE 'float64'"):
         bm.LoadOptions(device="cpu").torch_dtype()
 
 
@@ -469,6 +473,7 @@ def test_auto_device_is_the_environment_s_then_a_gpu_when_there_is_one(monkeypat
 
     import adapters.base_models as bm
 
+    monkeypatch.delenv("ADAPTERLAB_DTYPE")  # the unit tests' float32
     monkeypatch.setenv("ADAPTERLAB_DEVICE", "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert bm.LoadOptions().torch_device() == "cpu"  # the unit tests' setting wins over the GPU

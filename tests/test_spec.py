@@ -349,6 +349,27 @@ def test_out_of_range_numbers(tmp_path, section, key, value):
     assert "must be >=" in refused(write_spec(tmp_path, raw), f"{section}.{key}")
 
 
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    # each once trained (or wiped the shipped adapter: 0 epochs replaced its weights with untrained
+    # ones, exit status 0) or failed deep inside transformers/TRL after the model had loaded
+    ("training", "epochs", 0, "must be > 0"),
+    ("training", "epochs", -1, "must be > 0"),
+    ("training", "learning_rate", -5.0e-4, "must be > 0"),
+    ("lora", "alpha", -32, "must be > 0"),
+    ("training", "gradient_accumulation", 0, "must be >= 1"),
+    ("training", "eval_steps", 0, "must be >= 1"),
+    ("training", "early_stopping_patience", -1, "must be >= 1"),
+    ("training", "max_seq_length", 0, "must be >= 16"),
+    ("training", "warmup_ratio", 7, "must be in [0, 1)"),
+    ("lora", "dropout", 1.0, "must be < 1"),
+    ("lora", "target_modules", [], "name at least one module"),
+])
+def test_training_numbers_out_of_range_are_refused_at_load(tmp_path, section, key, value, expected):
+    raw = real_spec("spam")
+    raw[section][key] = value
+    assert expected in refused(write_spec(tmp_path, raw), f"{section}.{key}")
+
+
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_non_finite_numbers_are_refused(tmp_path, value):
     # YAML's .nan compares false with everything, so it would pass every range check

@@ -217,6 +217,24 @@ def test_two_data_parallel_processes_train_one_adapter_and_evaluate_it_once(cata
     assert parallel["train_tokens"] > 1.5 * single["train_tokens"]  # two batches a step, not one
 
 
+def test_a_run_that_trained_no_step_leaves_the_adapter_as_it_was(trained, tiny_base, tmp_path, monkeypatch, capsys):
+    """0 epochs once replaced a trained adapter with untrained weights, and said so with status 0.
+    The spec now refuses that (tests/test_spec.py); whatever else makes a run end with no step must
+    not replace the weights either."""
+    import shutil
+
+    import trl
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(trained.parent, catalog)
+    before = {p.name: p.read_bytes() for p in (catalog / "spam").iterdir() if p.is_file()}
+    monkeypatch.setattr(trl.SFTTrainer, "train", lambda self, **kw: None)
+    data = trained.parent.parent / "SMSSpamCollection"
+    assert main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--no-eval")) == 2
+    assert "spam: training ran no step" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (catalog / "spam").iterdir() if p.is_file()} == before
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_path):
     set_training(catalog, "spam", learning_rate="5.0e-3", eval_steps="2", early_stopping_patience="100")
     data = write_sms_collection(tmp_path / "SMSSpamCollection")
@@ -377,6 +395,16 @@ def test_eval_measures_without_losing_what_the_catalogue_holds(trained, tiny_bas
     with pytest.raises(SystemExit):
         main([*command, "--eval-limit", "0"])
     assert {name: (folder / name).read_text() for name in kept} == kept
+
+    a_file = tmp_path / "a-file.jsonl"
+    a_file.write_text("{}\n")
+    capsys.readouterr()
+    for output, said in ((a_file, "is a file; give a folder"), (a_file / "sub", f"is under {a_file}, a file")):
+        assert main([*command, "--eval-limit", "4", "--variants", "fine_tuned", "--output", str(output)]) == 2
+        assert f"--output {output}: {said}" in capsys.readouterr().err  # said before the evaluation ran
+    assert main(["train", "spam", "--catalog", str(catalog), "--base-model", str(tiny_base), "--data", str(data),
+                 "--device", "cpu", "--run-dir", str(a_file)]) == 2
+    assert f"--run-dir {a_file}: is a file" in capsys.readouterr().err
 
     quick = tmp_path / "quick"
     assert main([*command, "--eval-limit", "4", "--variants", "fine_tuned", "--output", str(quick)]) == 0

@@ -221,7 +221,7 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
     peak = _peak_memory(on_cuda)
     _free_memory(on_cuda)
     # the same dtype the Trainer recipes are measured in on a CPU (float32); bf16 on a GPU
-    model, tokenizer = load_base(base, LoadOptions(device=device, dtype="auto" if on_cuda else "float32"),
+    model, tokenizer = load_base(base, LoadOptions(device=device, dtype="bfloat16" if on_cuda else "float32"),
                                  progress=False)
     model = PeftModel.from_pretrained(model, str(out))
     loss = completion_loss(model, tokenizer, val_rows)

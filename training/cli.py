@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
-from adapters.cli import UsageError, positive_int
+from adapters.cli import UsageError, check_output_folder, positive_int
 from adapters.runtime import read_threshold_record
 
 
@@ -53,7 +53,8 @@ def _common(p) -> None:
     p.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
     p.add_argument("--base-model", default=None, help="base model name, Hub id or folder")
     p.add_argument("--data", default=None, help="data file (default: the spec's local_path, else the Hub)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (env ADAPTERLAB_DEVICE, else CUDA when there is a GPU), "
+                                                  "cpu, cuda, cuda:1 ...")
     p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate on the first N test examples")
     p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
     p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
@@ -85,6 +86,8 @@ def cmd_train(args) -> int:
     from .train import end_process_group, is_main_process, train_adapter
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
+    if args.run_dir:
+        check_output_folder(Path(args.run_dir), "--run-dir")
     needs = {"train": "training", "validation": "early stopping"} | ({} if args.no_eval else {"test": "evaluation"})
     splits = _splits(spec, args, needs)
     result = train_adapter(spec, splits, base=args.base_model, max_steps=args.max_steps,
@@ -109,6 +112,7 @@ def cmd_eval(args) -> int:
     if unknown or not variants:
         raise UsageError(f"--variants: {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(VARIANTS)}")
     out_dir = Path(args.output) if args.output else spec.directory
+    check_output_folder(out_dir, "--output")
     needs = {"test": "evaluation"}
     if "fine_tuned" in variants and spec.decision == "validation_f1" and read_threshold_record(spec) is None:
         needs["validation"] = "tuning the decision threshold"
@@ -144,6 +148,8 @@ def measurements_lost(metrics_file: Path, variants: tuple[str, ...], examples: i
 def cmd_card(args) -> int:
     from adapters.files import refresh_generated
 
+    from adapters.catalog import read_metrics_file
+
     from .card import card_text
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
@@ -151,10 +157,7 @@ def cmd_card(args) -> int:
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: not found; the card is written from the measured "
                                 f"results: run `adapterlab eval {spec.name}` first")
-    try:
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{metrics_file}: not valid JSON: {exc}") from None
+    metrics = read_metrics_file(metrics_file)
     return refresh_generated(spec.directory / "README.md", card_text(spec, metrics, spec.directory),
                              "model card", f"adapterlab card {spec.name}", args.check)
 

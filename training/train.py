@@ -205,7 +205,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     on_cuda = LoadOptions(device=device).torch_device().startswith("cuda")
     # on a CPU (tests, tiny models) training stays float32 whatever the loader's default: there is
     # no bf16 autocast there, so bf16 weights would also mean bf16 activations and gradients
-    options = LoadOptions(device=device, load_in_4bit=qlora, dtype="auto" if on_cuda else "float32")
+    options = LoadOptions(device=device, load_in_4bit=qlora, dtype="bfloat16" if on_cuda else "float32")
     model, tokenizer = load_base(base, options, progress=progress)
     if t.batching == "packed":
         use_packed_attention(model)  # attention within each packed example, without a block mask
@@ -279,6 +279,9 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
 
     with cudnn_attention(False):  # eager steps: its CPU cost per call
         trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.state.global_step == 0:  # untrained weights must never replace an adapter's
+        raise ValueError(f"{spec.name}: training ran no step ({len(train_rows)} training examples, "
+                         f"epochs {t.epochs}); the adapter was left as it was")
 
     result = TrainResult(
         adapter=spec.name, base_model=canonical_name(base), method=t.method,
