@@ -493,3 +493,17 @@ def test_an_output_that_is_a_link_a_device_or_a_pipe_is_written_through_not_repl
 
     # (not tried on /dev/null itself: a regression would replace the machine's with a file)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "pipe", "target.jsonl"]
+
+
+@pytest.mark.parametrize("module", ["adapters.cli", "training.cli"])
+def test_usage_errors_of_registered_commands_are_one_line_under_python_m(module, catalog):
+    """`python -m adapters.cli eval ...` printed a traceback: training raised the UsageError of the
+    imported adapters.cli, which the __main__ copy's own class did not catch."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", module, "eval", "spam", "--variants", "bogus",
+                          "--catalog", str(catalog)], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "adapterlab: error: --variants: 'bogus'" in run.stderr
