@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import string
 import types
 import typing
@@ -205,6 +206,8 @@ def load_spec(path: str | Path) -> AdapterSpec:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
+    if "directory" in raw:
+        raise SpecError(f"{path}: directory: not a spec field (an adapter's folder is where its spec is)")
     raw = {"name": path.parent.name, **raw, "directory": path.parent}
     spec = _build(AdapterSpec, raw, str(path), "")
     _check_semantics(spec, str(path))
@@ -215,6 +218,9 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     def fail(field_name: str, message: str) -> None:
         raise SpecError(f"{where}: {field_name}: {message}")
 
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name):
+        fail("name", f"{spec.name!r}: letters, digits, '_', '.' and '-' only (it is typed in commands "
+                     "such as `adapterlab train <name>`)")
     _check_template(spec.prompt.user_template, lambda message: fail("prompt.user_template", message))
     if spec.task == "classify" and len(spec.labels) < 2:
         fail("labels", "a classify adapter needs at least two labels")
@@ -300,7 +306,7 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise SpecError(f"{where}: {prefix}{unknown[0]}: unknown field "
-                        f"(known: {', '.join(sorted(known))})")
+                        f"(known: {', '.join(sorted(k for k in known if k != 'directory'))})")
     values = {}
     for name, f in known.items():
         if name not in raw:

@@ -431,3 +431,15 @@ def test_a_tuned_threshold_needs_two_labels_and_a_known_rule(tmp_path):
     raw = real_spec("spam")
     raw["decision"] = "best"
     assert "argmax" in refused(write_spec(tmp_path, raw, "typo"), "decision")
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("directory", "/etc", "directory: not a spec field"),
+    ("name", "Spam Check!", "'Spam Check!': letters, digits"),
+])
+def test_the_folder_is_not_a_spec_field_and_a_name_is_one_word(tmp_path, key, value, said):
+    """`directory: /etc` was accepted and silently overridden; a name with spaces was suggested in
+    commands (`adapterlab train Spam Check!`) that a shell cannot run."""
+    raw = real_spec("spam")
+    raw[key] = value
+    assert said in refused(write_spec(tmp_path, raw), key)
