@@ -206,8 +206,9 @@ async def on_chat_start():
 @cl.on_chat_resume
 async def on_chat_resume(thread):
     cl.user_session.set("thread_named", True)
-    if not cl.user_session.get("history"):
-        cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
+    # from the stored messages, every page's: the chat's metadata holds no copy (persistence.py), and
+    # one saved by the last page to close lacked the turns another page had added
+    cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
     await _setup_session(cl.user_session.get("settings"))
 
 
@@ -313,6 +314,9 @@ async def on_settings_update(settings):
 @cl.on_message
 async def on_message(message: cl.Message):
     profile = _profile()
+    if _chat_deleted():
+        await cl.Message(content=handlers.CHAT_DELETED).send()
+        return
     try:
         files = [e for e in (message.elements or []) if getattr(e, "path", None)]
         if not cl.user_session.get("thread_named"):
@@ -354,6 +358,27 @@ async def on_message(message: cl.Message):
                   "".join(traceback.format_tb(exc.__traceback__)))
         await cl.Message(content=f"❌ Something went wrong ({type(exc).__name__}). The app keeps running; "
                                  "try again, or with a shorter input.").send()
+    finally:
+        await _save_session()
+
+
+def _chat_deleted() -> bool:
+    layer = cl_data.get_data_layer()
+    return isinstance(layer, HistoryDataLayer) and layer.is_deleted(cl.context.session.thread_id)
+
+
+async def _save_session() -> None:
+    """Save the chat's profile and settings with it after each message, as Chainlit does only when
+    its page disconnects: a second tab (or a page after a crash) resumed it as a plain Chat, with
+    default settings, while the first was open."""
+    from chainlit.socket import persist_user_session
+
+    session = cl.context.session
+    if session.thread_id and getattr(session, "has_first_interaction", False):
+        try:
+            await persist_user_session(session.thread_id, session.to_persistable())
+        except Exception as exc:  # noqa: BLE001 - the answer is given; saving it again is a nicety
+            log.warning("chat history: saving the session failed (%s)", type(exc).__name__)
 
 
 async def _name_thread(name: str) -> None:

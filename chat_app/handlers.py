@@ -201,6 +201,10 @@ def truncation_note(spec: AdapterSpec | None, text: str) -> str:
             "only its beginning was used.")
 
 
+CHAT_DELETED = ("🗑 This chat was deleted, so nothing more of it is kept, and it is not answered. "
+                "Start a new chat (the pencil at the top left).")
+
+
 # --- uploads -------------------------------------------------------------------------------------
 
 @dataclass

@@ -13,11 +13,18 @@ SQLite by default (a local file whose tables are created on first use), PostgreS
   empty for a file sent alone; the app names such a thread after the files (``app.on_message``);
 - that first name starts with the chat's profile ("Spam check · Remember the milk"), which Chainlit
   gives as the thread's tag: the history lists the chats of every profile together, and one started
-  from the same text in two profiles looked the same. A name the user gives a chat stays as given.
+  from the same text in two profiles looked the same. A name the user gives a chat stays as given;
+- a deleted chat stays deleted: Chainlit saves a session's state when its page disconnects, and
+  that save re-created a chat deleted while open (ownerless, hidden, its conversation in the
+  metadata), as did a message sent in it afterwards; writes for a deleted chat are dropped;
+- the conversation is not copied into the chat's metadata (the app's "history" session key): a
+  resumed chat rebuilds it from its stored messages (``handlers.history_from_steps``), so message
+  text lives in one place, which a delete removes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -54,6 +61,7 @@ POSTGRES_SCHEMA = [
 ]
 
 SQLITE_TYPES = {"UUID": "TEXT", "JSONB": "TEXT", "TEXT[]": "TEXT"}  # SQLite stores these as text
+NOT_IN_METADATA = {"history"}  # session keys not saved with a chat: the conversation is in its steps
 
 
 def sqlite_statement(postgres: str) -> str:
@@ -77,6 +85,10 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(conninfo=url, storage_provider=None, show_logger=False)
         self._schema_ready = False
+        self._deleted: set[str] = set()  # chats deleted while this server runs
+        # the stock update_thread reads a chat's metadata, merges, then writes: two at once (the
+        # app's save after a message, Chainlit naming the chat) lost one's keys
+        self._thread_writes = asyncio.Lock()
 
     async def ensure_schema(self) -> None:
         if self._schema_ready:
@@ -123,7 +135,29 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
 
     async def update_thread(self, thread_id: str, name: str | None = None, tags: list[str] | None = None,
                             **changes):
-        return await super().update_thread(thread_id, name=thread_name(name, tags), tags=tags, **changes)
+        if thread_id in self._deleted:
+            return None
+        if isinstance(changes.get("metadata"), dict):
+            changes["metadata"] = {k: v for k, v in changes["metadata"].items() if k not in NOT_IN_METADATA}
+        async with self._thread_writes:
+            return await super().update_thread(thread_id, name=thread_name(name, tags), tags=tags, **changes)
+
+    async def delete_thread(self, thread_id: str):
+        self._deleted.add(thread_id)
+        return await super().delete_thread(thread_id)
+
+    def is_deleted(self, thread_id: str | None) -> bool:
+        return thread_id in self._deleted
+
+    async def create_step(self, step_dict):
+        if step_dict.get("threadId") in self._deleted:
+            return None
+        return await super().create_step(step_dict)
+
+    async def upsert_feedback(self, feedback):
+        if feedback.threadId in self._deleted:
+            return feedback.id or ""
+        return await super().upsert_feedback(feedback)
 
     async def create_element(self, element) -> None:
         """Attachments are not persisted (no blob storage configured); the message text is."""

@@ -2,8 +2,9 @@
 // browser test in tests/test_app_e2e.py.
 //
 // 1. Chainlit's icon-only buttons have no accessible name: a screen reader says "button" for
-//    New chat, Attach, Settings, Send, Stop, the status panel's close arrow and, on a phone, Compare's
-//    command buttons. They get one here.
+//    New chat, Attach, Settings, Send, Stop, the status panel's close arrow, an answer's copy and
+//    feedback buttons, the history's toggle and search, the login's show-password eye and, on a
+//    phone, Compare's command buttons. They get one here.
 //    Send and Stop are one element whose id changes, so a name follows the id.
 // 2. When the focused control leaves the page or is disabled (the settings dialog closes, Stop ends
 //    an answer, a starter is used), focus fell back to the page itself, many Tab presses from the
@@ -17,15 +18,26 @@
     "chat-submit": "Send message",
     "stop-button": "Stop the answer",
     "chat-input": "Message",
+    "sidebar-trigger-button": "Show or hide the chat history",
+    "search-chats-button": "Search chats",
   };
-  const ICON_NAMES = { "lucide-arrow-left": "Close the panel" };
+  const ICON_NAMES = {
+    "lucide-arrow-left": "Close the panel",
+    "lucide-copy": "Copy",
+    "lucide-thumbs-up": "Helpful",
+    "lucide-thumbs-down": "Not helpful",
+    "lucide-eye": "Show the password",
+    "lucide-eye-off": "Hide the password",
+  };
   const touchScreen = window.matchMedia("(pointer: coarse)").matches;
   let focused = null;
 
   function nameButtons() {
     for (const [id, name] of Object.entries(NAMES)) {
-      const element = document.getElementById(id);
-      if (element && (!element.hasAttribute("aria-label") || "adapterlabNamed" in element.dataset)) giveName(element, name);
+      // by attribute, not getElementById: with the history sidebar the page has two "new-chat-button"s
+      for (const element of document.querySelectorAll(`[id="${id}"]`)) {
+        if (!element.hasAttribute("aria-label") || "adapterlabNamed" in element.dataset) giveName(element, name);
+      }
     }
     // Compare's command buttons show their name as text, except on a phone, where the text is hidden
     for (const button of document.querySelectorAll('button[id^="command-"]')) {

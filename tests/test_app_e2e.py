@@ -705,6 +705,9 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         send(page, "Remember the milk")
         answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
         wait_idle(page)
+        # the icon buttons a signed-in page adds have names too (public/adapterlab.js)
+        for name in ("Copy", "Helpful", "Not helpful", "Show or hide the chat history", "Search chats", "New chat"):
+            assert page.get_by_role("button", name=name, exact=True).count() >= 1, name
         # thumbs up with a comment: stored through Chainlit's data layer
         page.locator("[data-step-type=assistant_message] button").filter(
             has=page.locator(".lucide-thumbs-up")).first.click()
@@ -715,6 +718,17 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
             assert db.execute('SELECT "value", "comment" FROM feedbacks').fetchall() == [(1, "right label")]
             assert ("Remember the milk",) in db.execute('SELECT "output" FROM steps').fetchall()
         stored_answer(tmp_path / "history.sqlite3", "probability")  # the answer too, before resuming
+        # saved after the message, with the page still open (Chainlit saves only at disconnect, and a
+        # second tab resumed the chat as a plain Chat); the conversation is not copied into it
+        deadline = time.monotonic() + 15  # saved once the message's handler ends, just after its answer
+        while True:
+            with sqlite3.connect(tmp_path / "history.sqlite3") as db:
+                [(metadata,)] = db.execute('SELECT "metadata" FROM threads').fetchall()
+            metadata = json.loads(metadata or "{}")
+            if metadata.get("chat_profile") or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        assert metadata.get("chat_profile") == "Spam check" and "history" not in metadata, metadata
         page.goto(srv.url)
         page.wait_for_selector("#chat-input")
         # named with its profile: the history lists every profile's chats together

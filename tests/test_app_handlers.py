@@ -710,7 +710,8 @@ def test_history_and_feedback_are_stored_in_a_sqlite_file_created_on_first_use(t
         layer = HistoryDataLayer(f"sqlite+aiosqlite:///{db}")
         user = await layer.create_user(User(identifier="ana"))
         await layer.update_thread("t1", name="first", user_id=user.id, tags=["Oncology extraction"],
-                                  metadata={"chat_profile": "Oncology extraction", "history": []})
+                                  metadata={"chat_profile": "Oncology extraction",
+                                            "history": [{"role": "user", "content": secret}]})
         await layer.create_step({"id": "s1", "threadId": "t1", "name": "ana", "type": "user_message",
                                  "output": secret, "streaming": False, "createdAt": "2026-01-01T00:00:00Z",
                                  "metadata": {}, "modes": {"m": "x"}})
@@ -735,11 +736,48 @@ def test_history_and_feedback_are_stored_in_a_sqlite_file_created_on_first_use(t
     assert named["name"] == "Spam check · many.txt" and named["tags"] == ["Spam check"]
     assert renamed["name"] == "milk test" and renamed["tags"] == ["Compare"]
     assert thread["tags"] == ["Oncology extraction"] and thread["metadata"]["chat_profile"] == "Oncology extraction"
+    assert "history" not in thread["metadata"]  # the conversation is stored once, in the steps
     steps = {s["id"]: s for s in thread["steps"]}
     assert steps["s1"]["output"] == secret and steps["s2"]["metadata"] == {"answer": "a table"}
     assert steps["s2"]["feedback"]["value"] == 0 and steps["s2"]["feedback"]["comment"] == "wrong stage"
     assert "INSERT statement failed (OperationalError)" in caplog.text
     assert secret not in caplog.text
+
+
+def test_a_deleted_chat_stays_deleted_when_its_open_page_saves_or_writes_again(tmp_path):
+    """Deleting a chat while it was open: the page's disconnect saved its session again, which
+    re-created the chat with no owner and the conversation in its metadata, and a message sent
+    afterwards was stored under it."""
+    import sqlite3
+
+    from chainlit.context import init_http_context
+    from chainlit.types import Feedback
+    from chainlit.user import User
+
+    from chat_app.persistence import HistoryDataLayer
+
+    db = tmp_path / "history.sqlite3"
+
+    async def scenario():
+        init_http_context()
+        layer = HistoryDataLayer(f"sqlite+aiosqlite:///{db}")
+        user = await layer.create_user(User(identifier="ana"))
+        await layer.update_thread("t1", name="dinner", user_id=user.id, tags=["Spam check"])
+        step = {"id": "s1", "threadId": "t1", "name": "ana", "type": "user_message", "output": "dinner tonight?",
+                "streaming": False, "createdAt": "2026-01-01T00:00:00Z", "metadata": {}}
+        await layer.create_step(step)
+        await layer.delete_thread("t1")
+        deleted = layer.is_deleted("t1")
+        await layer.update_thread("t1", metadata={"chat_profile": "Spam check", "history": ["dinner tonight?"]})
+        await layer.create_step({**step, "id": "s2", "output": "are you still there?"})
+        await layer.upsert_feedback(Feedback(forId="s2", value=1, threadId="t1"))
+        await layer.engine.dispose()
+        return deleted
+
+    assert asyncio.run(scenario())
+    with sqlite3.connect(db) as connection:
+        for table in ("threads", "steps", "feedbacks"):
+            assert connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table
 
 
 def test_adapterlab_serve_runs_chainlit_on_the_app():
