@@ -412,10 +412,15 @@ async def _ready_runtime() -> Runtime:
         raise handlers.InputProblem(handlers.load_failed_message(HOLDER.error or "unknown error"))
     waiting = cl.Message(content=handlers.loading_message(HOLDER.elapsed()))
     await waiting.send()
-    while HOLDER.state == "loading":
-        await asyncio.to_thread(HOLDER.wait, 3)
-        waiting.content = handlers.loading_message(HOLDER.elapsed())
+    try:
+        while HOLDER.state == "loading":
+            await asyncio.to_thread(HOLDER.wait, 3)
+            waiting.content = handlers.loading_message(HOLDER.elapsed())
+            await waiting.update()
+    except asyncio.CancelledError:  # stopped while waiting: the "answered as soon as ready" promise goes
+        waiting.content = f"⏹ {_stop_reason()} while the model was loading: this message is not answered."
         await waiting.update()
+        raise
     if HOLDER.state == "failed":
         waiting.content = handlers.load_failed_message(HOLDER.error or "unknown error")
         await waiting.update()
