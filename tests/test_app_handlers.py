@@ -797,6 +797,7 @@ def test_adapterlab_serve_runs_chainlit_on_the_app():
     (["serve"], {"CHAINLIT_PORT": "abc"}, "got 'abc' (from --port or $CHAINLIT_PORT)"),
     (["serve", "--base-model", "/tmp/no-such-model-here"], {}, "unknown base model '/tmp/no-such-model-here'"),
     (["serve"], {"ADAPTERLAB_BASE_MODEL": "/tmp/no-such-model-here"}, "unknown base model"),
+    (["serve"], {"ADAPTERLAB_CATALOG": "/tmp/no-such-catalog-here"}, "no such adapter catalogue folder"),
 ])
 def test_serve_refuses_a_bad_port_or_base_before_the_server_starts(argv, env, message, monkeypatch, capsys):
     """A port out of range printed "serving on ...:70000" and then tracebacks; a missing base
