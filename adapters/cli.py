@@ -15,8 +15,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .backends import BaseMismatchError
-from .base_models import DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, materialize, materialized_path
+from .backends import BaseMismatchError, recorded_base
+from .base_models import (DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, canonical_name, materialize,
+                          materialized_path)
 from .catalog import CATALOG_DIR, get_spec, load_catalog
 from .files import write_lines_atomic
 from .runtime import AdapterNotTrainedError, InputError, Runtime, read_threshold_record, train_command
@@ -129,7 +130,10 @@ def add_plugin_commands(sub, bench_sub, registrars=()) -> None:
 
 def positive_int(value: str) -> int:
     """argparse type: an integer of at least 1."""
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return number
@@ -154,6 +158,9 @@ def cmd_models(args) -> int:
 def cmd_adapters(args) -> int:
     for name, spec in load_catalog(args.catalog).items():
         state = "trained" if spec.has_weights else f"not trained ({train_command(spec)})"
+        trained_on = recorded_base(spec.directory) if spec.has_weights else None
+        if trained_on is not None and canonical_name(trained_on) != canonical_name(spec.base_model):
+            state = f"trained on {canonical_name(trained_on)}, not its spec's base {spec.base_model} ({train_command(spec)})"
         print(f"{name:10} {spec.task:9} {spec.title} — {state}")
     return 0
 

@@ -507,3 +507,11 @@ def test_usage_errors_of_registered_commands_are_one_line_under_python_m(module,
                          cwd=Path(__file__).resolve().parent.parent)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert "adapterlab: error: --variants: 'bogus'" in run.stderr
+
+
+def test_a_count_that_is_not_a_number_says_so(capsys):
+    from adapters.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", "spam", "--batch-size", "x", "--input", "-", "--output", "-"])
+    assert "--batch-size: expected a whole number >= 1, got 'x'" in capsys.readouterr().err

@@ -397,7 +397,7 @@ def test_wrong_task_is_refused(tiny_base, catalog):
         runtime(tiny_base, catalog).classify("medquad", ["hi"], base=True)
 
 
-def test_adapter_trained_on_another_base_is_refused_naming_both(tiny_base, catalog, trained_spam):
+def test_adapter_trained_on_another_base_is_refused_naming_both(tiny_base, catalog, trained_spam, capsys):
     config_file = catalog / "spam" / "adapter_config.json"
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = "meta-llama/Llama-3.2-1B-Instruct"
@@ -405,6 +405,12 @@ def test_adapter_trained_on_another_base_is_refused_naming_both(tiny_base, catal
     with pytest.raises(BaseMismatchError) as caught:
         runtime(tiny_base, catalog)
     assert "llama-3.2-1b-instruct" in str(caught.value) and str(tiny_base) in str(caught.value)
+    # the catalogue listing says so too (it said "trained")
+    from adapters.cli import main
+
+    assert main(["adapters", "--catalog", str(catalog)]) == 0
+    listed = capsys.readouterr().out
+    assert "trained on llama-3.2-1b-instruct, not its spec's base smollm2-135m-instruct" in listed
 
 
 @pytest.mark.parametrize(("file", "damage", "problem"), [
