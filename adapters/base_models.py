@@ -266,19 +266,13 @@ class LoadOptions:
         """(device asked for, where it was asked): ``auto`` resolved, not yet checked."""
         import torch
 
-        if self.device != "auto":
-            return self.device, "device"
-        from_env = os.environ.get("ADAPTERLAB_DEVICE", "").strip()
-        if from_env and from_env != "auto":
-            return from_env, "$ADAPTERLAB_DEVICE"
-        return ("cuda" if torch.cuda.is_available() else "cpu"), "device"
+        device, source = _asked(self.device, "device", "ADAPTERLAB_DEVICE")
+        return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device, source
 
     def torch_dtype(self) -> Any:
         import torch
 
-        dtype, source = self.dtype, "dtype"
-        if dtype == "auto" and os.environ.get("ADAPTERLAB_DTYPE", "").strip() not in ("", "auto"):
-            dtype, source = os.environ["ADAPTERLAB_DTYPE"].strip(), "$ADAPTERLAB_DTYPE"
+        dtype, source = _asked(self.dtype, "dtype", "ADAPTERLAB_DTYPE")
         if dtype == "auto":
             on_gpu = self._wanted_device()[0].startswith("cuda")
             return torch.bfloat16 if on_gpu or cpu_multiplies_bf16() else torch.float32
@@ -286,6 +280,15 @@ class LoadOptions:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         except KeyError:
             raise BaseModelError(f"{source} {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def _asked(value: str, option: str, variable: str) -> tuple[str, str]:
+    """(``value``, or for ``auto`` the environment ``variable`` when set; where it was asked: the
+    option's name or ``$variable``), for error messages that point at the right place."""
+    from_env = os.environ.get(variable, "").strip()
+    if value == "auto" and from_env and from_env != "auto":
+        return from_env, f"${variable}"
+    return value, option
 
 
 def load_base(name_or_path: str = DEFAULT_BASE, options: LoadOptions = LoadOptions(),

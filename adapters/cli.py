@@ -312,22 +312,30 @@ def check_output_path(path: Path) -> None:
         return
     if path.is_dir():
         raise UsageError(f"--output {path}: is a folder; give a file name")
-    existing = next(p for p in [path.parent, *path.parent.parents] if p.exists() or p == p.parent)
+    existing = _nearest_existing(path.parent)
     if not existing.is_dir():
         raise UsageError(f"--output {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK):
-        raise UsageError(f"--output {path}: cannot write in {existing} (permission denied)")
+    _check_writable("--output", path, existing)
 
 
 def check_output_folder(path: Path, option: str) -> None:
     """Refuse, before any work, a folder option (``--output DIR``, ``--run-dir``) that cannot be
     made or written: a file at the path or above it, or a folder this user cannot write to."""
-    existing = next(p for p in [path, *path.parents] if p.exists() or p == p.parent)
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         where = "is a file" if existing == path else f"is under {existing}, a file"
         raise UsageError(f"{option} {path}: {where}; give a folder")
-    if not os.access(existing, os.W_OK):
-        raise UsageError(f"{option} {path}: cannot write in {existing} (permission denied)")
+    _check_writable(option, path, existing)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (what a write there would create under)."""
+    return next(p for p in [path, *path.parents] if p.exists() or p == p.parent)
+
+
+def _check_writable(option: str, path: Path, folder: Path) -> None:
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path}: cannot write in {folder} (permission denied)")
 
 
 def _encodable(obj: dict) -> bool:

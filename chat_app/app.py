@@ -663,12 +663,11 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
             started = time.perf_counter()
             outcomes.append(await _compare_column(runtime, spec, text, settings, name, base, shots, config, pieces))
     except asyncio.CancelledError:  # the Stop button: the columns that ran are kept, as other profiles keep theirs
-        running = columns[len(outcomes)][0]
+        running, reason = columns[len(outcomes)][0], _stop_reason()
         for name, *_ in columns[len(outcomes):]:
             partial = "".join(pieces) if name == running else ""
-            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=_stop_reason())
-                            if partial else handlers.Outcome(name, unavailable=f"{_stop_reason()} before it ran",
-                                                             stopped=_stop_reason()))
+            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=reason)
+                            if partial else handlers.Outcome(name, unavailable=f"{reason} before it ran", stopped=reason))
     content = handlers.compare_markdown(spec, text, outcomes, chosen_by)
     if spec.task == "generate":
         ban = spec.generation.no_repeat_ngram_size

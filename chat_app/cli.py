@@ -53,13 +53,14 @@ def serve_command(args) -> tuple[list[str], dict[str, str]]:
 
 def cmd_serve(args) -> int:
     from adapters.base_models import check_base
+    from adapters.catalog import load_catalog
 
     base = args.base_model or os.environ.get("ADAPTERLAB_BASE_MODEL")
     if base:
         check_base(base)  # before the server starts: it would fail in the background, page up
     catalog = args.catalog or os.environ.get("ADAPTERLAB_CATALOG")
-    if catalog and not Path(catalog).is_dir():
-        raise ValueError(f"{catalog}: no such adapter catalogue folder (--catalog or $ADAPTERLAB_CATALOG)")
+    if catalog:
+        load_catalog(catalog)  # a missing folder or a bad spec is named before the server starts
     command, env = serve_command(args)
     print(f"adapterlab: serving on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)
     if os.name == "posix":  # become chainlit, so signals (Ctrl-C, a service manager's TERM) reach it
