@@ -18,12 +18,13 @@ import logging
 import os
 import shutil
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .files import give_default_modes
+from .hub import offline_if_unreachable
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 
@@ -304,11 +305,17 @@ def load_base(name_or_path: str = DEFAULT_BASE, options: LoadOptions = LoadOptio
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as exc:
-        raise BaseModelError(f"cannot load base model {name_or_path!r} from {source}: {exc}") from None
+    from_hub = not Path(source).exists()
+    with offline_if_unreachable() if from_hub else nullcontext() as unreachable:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            if unreachable:
+                raise BaseModelError(f"cannot load base model {name_or_path!r}: the Hub is not reachable "
+                                     f"({unreachable}) and the Hugging Face cache does not hold "
+                                     f"{source}; give a local model folder instead") from None
+            raise BaseModelError(f"cannot load base model {name_or_path!r} from {source}: {exc}") from None
     if not options.load_in_4bit:
         model.to(device)
     if tokenizer.pad_token is None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import errno
 import json
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,7 +309,7 @@ def _refuse_constant(name: str):
 
 def check_output_path(path: Path) -> None:
     """Refuse, before any work, an ``--output`` that cannot be written: a folder, a path under a
-    file, or a folder this user cannot write to. ``-`` (standard output) is always fine."""
+    file, or a place this user cannot write to. ``-`` (standard output) is always fine."""
     if path == STANDARD_STREAM:
         return
     if path.is_dir():
@@ -315,6 +317,10 @@ def check_output_path(path: Path) -> None:
     existing = _nearest_existing(path.parent)
     if not existing.is_dir():
         raise UsageError(f"--output {path}: {existing} is a file, not a folder")
+    if path.exists() and not path.is_file():  # a device or a pipe: written to as it is
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"--output {path}: cannot be written (permission denied)")
+        return
     _check_writable("--output", path, existing)
 
 
@@ -334,8 +340,17 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _check_writable(option: str, path: Path, folder: Path) -> None:
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {path}: cannot write in {folder} (permission denied)")
+    """Make and remove a file in ``folder``, as the atomic write will: permission bits do not tell
+    (root may write anywhere by them, yet not in /proc or on a read-only mount)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".adapterlab-probe.", dir=folder)
+    except OSError as exc:
+        reasons = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                   errno.ENOENT: "it takes no new files"}  # /proc, /sys
+        raise UsageError(f"{option} {path}: cannot write in {folder} "
+                         f"({reasons.get(exc.errno, exc.strerror)})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _encodable(obj: dict) -> bool:

@@ -186,6 +186,15 @@ def _yaml_error(exc: yaml.YAMLError, text: str) -> str:
     return f"{where}not valid YAML: {message}"
 
 
+def _where_undecodable(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Line and column of the first byte that is not UTF-8, as an editor counts them."""
+    before = data[:exc.start]
+    line = before.count(b"\n") + 1
+    column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
+    return (f"line {line}, column {column}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
+            "save the spec as UTF-8")
+
+
 def load_spec(path: str | Path) -> AdapterSpec:
     """Read and validate one ``adapter.yaml`` (or the folder holding it)."""
     path = Path(path)
@@ -203,7 +212,7 @@ def load_spec(path: str | Path) -> AdapterSpec:
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: {_yaml_error(exc, text)}") from None
     except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        raise SpecError(f"{path}: {_where_undecodable(path.read_bytes(), exc)}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     if "directory" in raw:
@@ -299,8 +308,8 @@ def _check_template(template: str, fail: typing.Callable[[str], typing.NoReturn]
 
 def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise SpecError(f"{where}: {prefix.rstrip('.') or 'top level'}: expected a mapping, "
-                        f"got {type(raw).__name__}")
+        got = "nothing (an empty value)" if raw is None else f"{type(raw).__name__} {raw!r}"
+        raise SpecError(f"{where}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {got}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(known))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,20 @@ def train_tiny_lora(base_dir: Path, spec, examples: list[tuple[str, str]], out_d
         optimizer.zero_grad()
     model.save_pretrained(out_dir)
     return out_dir
+
+
+@pytest.fixture()
+def no_hub(monkeypatch):
+    """The Hub's host refuses connections: a port on this machine that nothing listens on."""
+    from huggingface_hub import constants
+
+    from adapters import hub
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub.unreachable_reason.cache_clear()
+    yield port
+    hub.unreachable_reason.cache_clear()

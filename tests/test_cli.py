@@ -8,6 +8,7 @@ no output file (nor touches one that was there).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,17 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(cli, tmp_pa
                     "under a file": (tmp_path / "afile" / "o.jsonl", f"{tmp_path / 'afile'} is a file, not a folder")}[where]
     assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out), f"--output {out}: {problem}")
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_in_a_folder_that_takes_no_files_is_refused_before_any_work(cli, tmp_path, monkeypatch):
+    from adapters.runtime import Runtime
+
+    # /proc's permission bits say root may write there; only making a file there tells
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", "/proc/adapterlab.jsonl"),
+                   "--output /proc/adapterlab.jsonl: cannot write in /proc (it takes no new files)")
 
 
 def test_an_input_that_is_a_folder_is_named(cli, tmp_path):

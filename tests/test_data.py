@@ -285,6 +285,13 @@ def test_hub_medquad_without_focus_groups_by_question(tmp_path, monkeypatch):
     assert splits.report.targets_capped == 2
 
 
+def test_hub_data_with_no_hub_says_the_hub_is_not_reachable(no_hub, tmp_path):
+    spec = make_spec("classify", local_path="absent/file", hub_id="example-org/not-in-the-cache")
+    with pytest.raises(DataNotFoundError) as caught:
+        load_examples(spec, root=tmp_path)
+    assert f"the Hub is not reachable (127.0.0.1:{no_hub}: " in str(caught.value)
+
+
 # --- de-duplication, groups, seeds, strata --------------------------------------------------------
 
 @pytest.fixture()

@@ -153,6 +153,25 @@ def test_a_section_that_is_not_a_mapping(tmp_path):
     assert "expected a mapping" in refused(write_spec(tmp_path, raw), "lora")
 
 
+def test_an_empty_section_says_it_is_empty(tmp_path):
+    raw = real_spec("spam")
+    raw["lora"] = None  # `lora: ~` or `lora:` with nothing under it
+    message = refused(write_spec(tmp_path, raw), "lora")
+    assert message.endswith("expected a mapping, got nothing (an empty value)")
+
+
+def test_a_spec_that_is_not_utf8_is_located_by_line_and_column(tmp_path):
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    data = "".join(lines[:3]).encode() + b"# caf\xe9 \xe9\n" + "".join(lines[3:]).encode()
+    path = tmp_path / "demo" / "adapter.yaml"
+    path.parent.mkdir()
+    path.write_bytes(data)  # Latin-1 'é' in a comment on line 4
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: line 4, column 6: not UTF-8 (byte 0xe9); save the spec as UTF-8"
+
+
 def test_unknown_top_level_field_is_a_typo_not_ignored(tmp_path):
     raw = real_spec("spam")
     raw["lables"] = raw.pop("labels")

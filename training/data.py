@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from adapters.base_models import sha256_of
+from adapters.hub import offline_if_unreachable
 from adapters.spec import AdapterSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder holding adapters/
@@ -430,7 +431,14 @@ def read_hub(spec: AdapterSpec, hub_id: str | None = None) -> tuple[list[Example
     hub_id = hub_id or spec.data.hub_id
     if not hub_id:
         raise DataError(f"adapter {spec.name!r}: the spec has no data.hub_id")
-    ds = datasets.load_dataset(hub_id, split="train")
+    with offline_if_unreachable() as unreachable:
+        try:
+            ds = datasets.load_dataset(hub_id, split="train")
+        except Exception as exc:
+            if unreachable:  # offline mode's own message ("offline mode is enabled") would mislead
+                raise ConnectionError(f"the Hub is not reachable ({unreachable}) and the Hugging Face "
+                                      "cache does not hold it") from exc
+            raise
     where = f"hub dataset {hub_id}"
     out = _Collector(f"hf://datasets/{hub_id}", spec.data.format)
     columns = {c.casefold(): c for c in ds.column_names}
