@@ -30,7 +30,7 @@ from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
-from chat_app import chains, handlers, login_text, offline, welcome
+from chat_app import chains, handlers, offline, page_text, welcome
 from chat_app.config import load_config
 from chat_app.persistence import HistoryDataLayer
 from chat_app.state import RuntimeHolder
@@ -63,7 +63,7 @@ HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_mo
 if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` writes every thread's stack to the log (a stuck load)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 offline.install()
-login_text.install()
+page_text.install()
 welcome.write_chainlit_md(chainlit_config.root, SPECS, BASE_MODEL)
 log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)
 

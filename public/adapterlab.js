@@ -11,7 +11,8 @@
 //    message box.
 //    It goes to the message box instead (not on touch screens, where that would pop up the keyboard).
 // 3. A wrong password showed, beside the login form's own message, a toast with the server's raw
-//    error, "Unauthorized: credentialssignin"; it is hidden (chat_app/login_text.py words the form's).
+//    error, "Unauthorized: credentialssignin"; it is hidden (chat_app/page_text.py words the form's).
+// 4. Enter in the history's rename dialog did nothing; it confirms, as in any one-field form.
 (() => {
   const NAMES = {
     "new-chat-button": "New chat",
@@ -22,6 +23,7 @@
     "chat-input": "Message",
     "sidebar-trigger-button": "Show or hide the chat history",
     "search-chats-button": "Search chats",
+    "thread-options": "Chat options",
   };
   const ICON_NAMES = {
     "lucide-arrow-left": "Close the panel",
@@ -72,6 +74,21 @@
     }
   }
 
+  function confirmRenameOnEnter(event) {
+    if (event.key !== "Enter" || event.isComposing || event.shiftKey) return;
+    const input = event.target;
+    const dialog = input instanceof HTMLInputElement && input.id === "name" && input.closest('[role="dialog"]');
+    if (!dialog) return;
+    // the footer's buttons are Cancel then Confirm; the dialog's close button holds an X icon
+    const buttons = [...dialog.querySelectorAll("button")].filter((b) => !b.querySelector("svg.lucide-x"));
+    const confirm = buttons[buttons.length - 1];
+    if (confirm && !confirm.disabled) {
+      event.preventDefault();
+      confirm.click();
+    }
+  }
+
+  document.addEventListener("keydown", confirmRenameOnEnter, true);
   document.addEventListener("focusin", (event) => { focused = event.target; });
   new MutationObserver(() => {
     nameButtons();

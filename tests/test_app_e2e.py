@@ -750,6 +750,20 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
                     raise
         page.locator("[data-step-type=user_message]").filter(has_text="Remember the milk").first.wait_for()
         shot(page, "14-login-resumed-thread")
+        # rename from the history with the keyboard: Enter confirms (public/adapterlab.js)
+        if page.locator("#thread-history").evaluate("e => e.getBoundingClientRect().right <= 0"):  # closed
+            page.get_by_role("button", name="Show or hide the chat history").last.click()
+        page.locator("#thread-history li").filter(has_text="Remember the milk").first.hover()
+        page.locator('#thread-history [aria-label="Chat options"]').first.click()
+        page.get_by_role("menuitem", name="Rename").click()
+        dialog = page.get_by_role("dialog")
+        assert dialog.get_by_text("Rename Chat", exact=True).is_visible()  # Chainlit's "Rename Thread"
+        page.get_by_label("Name", exact=True).fill("Milk reminder")
+        page.keyboard.press("Enter")
+        dialog.wait_for(state="hidden")
+        page.locator("#thread-history a").filter(has_text="Milk reminder").first.wait_for()
+        with sqlite3.connect(tmp_path / "history.sqlite3") as db:
+            assert db.execute('SELECT "name" FROM threads').fetchall() == [("Milk reminder",)]
         page.context.close()
     finally:
         srv.stop()
