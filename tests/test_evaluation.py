@@ -38,7 +38,38 @@ def test_extract_evaluation_reports_exact_match_and_token_f1_per_variant(catalog
         assert set(metrics["per_field"]) == set(FIELDS) == set(metrics["per_field_token_f1"])
         assert 0.0 <= metrics["micro_field_accuracy"] <= metrics["micro_field_token_f1"] <= 1.0
     assert (tmp_path / "out" / "fields.png").stat().st_size > 0
-    assert report["few_shot"] == {"k": 3, "seed": spec.training.seed, "draws": 1}  # one generation per draw: one draw
+    chosen = report["few_shot"]  # the best of five draws by micro field accuracy on validation
+    assert chosen["draws"] == 5 and chosen["validation_examples"] == len(splits.validation) > 0
+    assert chosen["criterion"] == "micro field accuracy on the validation split"
+    scores = [d["score"] for d in chosen["scores"]]
+    assert chosen["seed"] == chosen["scores"][scores.index(max(scores))]["seed"]
+    assert all(d["score"] == d["micro_field_accuracy"] for d in chosen["scores"])
+
+
+def test_a_generators_few_shot_examples_are_the_draw_with_the_best_validation_rouge(catalog, tmp_path):
+    spec = load_catalog(catalog)["medquad"]
+    rows = [(f"What are the symptoms of disease {i} ?", f"Disease {i} causes fever and cough.", f"disease {i}")
+            for i in range(60)]
+    (tmp_path / "medquad.csv").write_text(medquad_csv(rows))
+    splits = load_splits(spec, path=tmp_path / "medquad.csv")
+    truth = {ex.input: ex.target for ex in splits.validation}
+    good_seed = spec.training.seed + 2
+    good = few_shot_pairs(spec, splits.train, 2, good_seed)
+    asked = []
+
+    class FewShotSensitive:  # the reference with the third draw's examples, an unrelated answer with others
+        def answer(self, adapter, questions, *, base, examples, batch_size):
+            assert base and adapter == "medquad"
+            asked.append(len(questions))
+            return [truth[q] if list(examples) == good else "Unrelated words entirely." for q in questions]
+
+    shots, record = choose_few_shot(FewShotSensitive(), spec, splits)
+
+    assert shots == good and record["seed"] == good_seed
+    assert record["criterion"] == "ROUGE-L on the validation split"
+    assert record["scores"][2]["rougeL"] == 1.0 > max(d["rougeL"] for i, d in enumerate(record["scores"]) if i != 2)
+    # a generation per validation question and draw: at most the first 50 are scored
+    assert record["validation_examples"] == min(50, len(splits.validation)) and sum(asked) == 5 * min(50, len(truth))
 
 
 def test_generate_evaluation_reports_overlap_bertscore_and_perplexity(catalog, tiny_base, tmp_path):

@@ -86,9 +86,9 @@ def _few_shot_text(metrics: dict) -> str:
     scores = chosen.get("scores") or []
     if len(scores) < 2:
         return ""
-    f1s = sorted(d["f1"] for d in scores)
-    return (f" (the best of {len(scores)} seeded draws by {chosen['criterion']}: {f1s[-1]:.3f} on its "
-            f"{chosen['validation_examples']} examples, where the draws ranged {f1s[0]:.3f}–{f1s[-1]:.3f})")
+    ranked = sorted(d.get("score", d.get("f1")) for d in scores)  # "f1" in metrics of spam-only draws
+    return (f" (the best of {len(scores)} seeded draws by {chosen['criterion']}: {ranked[-1]:.3f} on its "
+            f"{chosen['validation_examples']} examples, where the draws ranged {ranked[0]:.3f}–{ranked[-1]:.3f})")
 
 
 def _decision_text(metrics: dict) -> str:

@@ -116,7 +116,7 @@ def cmd_eval(args) -> int:
     needs = {"test": "evaluation"}
     if "fine_tuned" in variants and spec.decision == "validation_f1" and read_threshold_record(spec) is None:
         needs["validation"] = "tuning the decision threshold"
-    if "few_shot" in variants and FEW_SHOT_DRAWS[spec.task] > 1:
+    if "few_shot" in variants and FEW_SHOT_DRAWS > 1:
         needs["validation"] = "choosing the few-shot examples"
     splits = _splits(spec, args, needs)
     if out_dir.resolve() == spec.directory.resolve() and not args.replace:
