@@ -235,7 +235,7 @@ def test_a_run_that_trained_no_step_leaves_the_adapter_as_it_was(trained, tiny_b
     assert {p.name: p.read_bytes() for p in (catalog / "spam").iterdir() if p.is_file()} == before
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_path):
+def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_path, capsys):
     set_training(catalog, "spam", learning_rate="5.0e-3", eval_steps="2", early_stopping_patience="100")
     data = write_sms_collection(tmp_path / "SMSSpamCollection")
     runs = tmp_path / "runs"
@@ -254,10 +254,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_p
         proc.wait()
     assert not (catalog / "spam" / "adapter_model.safetensors").exists()  # killed before the end
 
+    capsys.readouterr()
     assert main(args) == 0
     result = json.loads((catalog / "spam" / "train_result.json").read_text())
     assert result["resumed_from"] and Path(result["resumed_from"]).parent == runs
     resumed_at = int(result["resumed_from"].rsplit("-", 1)[1])
+    assert f"train: resuming from {result['resumed_from']} (step {resumed_at})" in capsys.readouterr().err
     assert 2 <= resumed_at < 30 and result["steps"] == 30
     logged = [int(row.split(",")[0]) for row in (catalog / "spam" / "training_log.csv").read_text().splitlines()[1:]]
     assert min(logged) <= 2 and max(logged) == 30  # the log before the kill was kept
@@ -273,6 +275,33 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     assert _checkpoint_to_resume(run, "old-config", restart=False).endswith("checkpoint-4")
     assert _checkpoint_to_resume(run, "new-config", restart=False) is None
     assert not run.exists()
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_run_folder_holding_other_files_is_refused_not_deleted(catalog, tiny_base, tmp_path, capsys, restart):
+    folder = tmp_path / "precious"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("important")
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    args = train_args(catalog, tiny_base, data, folder, "--max-steps", "2", "--no-eval", *(["--restart"] * restart))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir {folder}: holds files, and no training run made it" in err
+    assert "data:" not in err  # refused before the data was read
+    assert (folder / "notes.txt").read_text() == "important" and (folder / "sub").is_dir()
+
+
+def test_another_data_file_does_not_resume_the_checkpoints_of_the_first(catalog, tmp_path):
+    from training.data import load_splits
+    from training.train import run_fingerprint
+
+    spec = load_catalog(catalog)["spam"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = load_splits(spec, path=write_sms_collection(tmp_path / "a" / "SMSSpamCollection"))
+    second = load_splits(spec, path=write_sms_collection(tmp_path / "b" / "SMSSpamCollection", n=60))
+    assert run_fingerprint(spec, "base", {}, first) == run_fingerprint(spec, "base", {}, first)
+    assert run_fingerprint(spec, "base", {}, first) != run_fingerprint(spec, "base", {}, second)
 
 
 def test_a_checkpoint_cut_short_by_a_kill_is_not_resumed(tmp_path):

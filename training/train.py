@@ -39,6 +39,7 @@ from training.packed_attention import use_packed_attention
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = PROJECT_ROOT / "runs"  # checkpoints of runs in progress (git-ignored)
+FINGERPRINT_FILE = "fingerprint"  # in a run folder: what the run trained, and that a run made the folder
 WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -176,10 +177,16 @@ def activation_checkpointing(on: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
-def run_fingerprint(spec: AdapterSpec, base: str, overrides: dict) -> str:
-    """Checkpoints are resumed only by a run with the same spec, base and overrides."""
-    text = (spec.directory / "adapter.yaml").read_text() + base + json.dumps(overrides, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def run_fingerprint(spec: AdapterSpec, base: str, overrides: dict, splits=None) -> str:
+    """Checkpoints are resumed only by a run with the same spec, base, overrides and data (the
+    training and validation examples themselves, so another --data file starts afresh)."""
+    digest = hashlib.sha256()
+    for part in ((spec.directory / "adapter.yaml").read_text(), base, json.dumps(overrides, sort_keys=True)):
+        digest.update(part.encode())
+    for examples in ((splits.train, splits.validation) if splits is not None else ()):
+        for ex in examples:
+            digest.update(json.dumps([ex.input, ex.target], ensure_ascii=False, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_dir: Path | None = None,
@@ -198,8 +205,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     t = spec.training
     overrides = {"max_steps": max_steps, **(extra_args or {})}
     run_dir = Path(run_dir or RUNS_DIR / spec.name)
-    fingerprint = run_fingerprint(spec, canonical_name(base), overrides)
-    resume_from = _checkpoint_to_resume(run_dir, fingerprint, restart)
+    fingerprint = run_fingerprint(spec, canonical_name(base), overrides, splits)
+    resume_from = _checkpoint_to_resume(run_dir, fingerprint, restart, progress and is_main_process())
 
     qlora = t.method == "qlora"
     on_cuda = LoadOptions(device=device).torch_device().startswith("cuda")
@@ -275,7 +282,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         trainer.add_callback(LossAndSpeedBar(throughput))
     if trainer.is_world_process_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "fingerprint").write_text(fingerprint)
+        (run_dir / FINGERPRINT_FILE).write_text(fingerprint)
 
     with cudnn_attention(False):  # eager steps: its CPU cost per call
         trainer.train(resume_from_checkpoint=resume_from)
@@ -300,16 +307,36 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     return result
 
 
-def _checkpoint_to_resume(run_dir: Path, fingerprint: str, restart: bool) -> str | None:
-    if restart and run_dir.exists():
-        shutil.rmtree(run_dir)
+class RunDirError(ValueError):
+    """A run folder that is not this tool's: training will not delete what it holds."""
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse a run folder that holds files but was not made by a training run (no fingerprint):
+    starting afresh deletes a run folder, and must never delete someone's files."""
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / FINGERPRINT_FILE).is_file():
+        raise RunDirError(f"--run-dir {run_dir}: holds files, and no training run made it (no "
+                          f"{FINGERPRINT_FILE} file); give an empty or new folder, so that nothing in "
+                          "it is deleted")
+
+
+def _checkpoint_to_resume(run_dir: Path, fingerprint: str, restart: bool, say: bool = False) -> str | None:
+    """The checkpoint to resume from in ``run_dir``, or None to start afresh (its old checkpoints
+    deleted). A folder that holds files but no ``fingerprint`` was not made by a run: refused."""
+    check_run_folder(run_dir)
     if not run_dir.is_dir():
         return None
-    recorded = (run_dir / "fingerprint").read_text() if (run_dir / "fingerprint").is_file() else None
-    if recorded != fingerprint:
-        shutil.rmtree(run_dir)  # checkpoints of a different configuration: not resumable
+    recorded = (run_dir / FINGERPRINT_FILE).read_text() if (run_dir / FINGERPRINT_FILE).is_file() else None
+    if restart or recorded != fingerprint:
+        if say and recorded is not None:
+            why = "--restart" if restart else "another spec, base, data or --max-steps"
+            print(f"train: starting afresh in {run_dir} ({why}); its checkpoints are deleted", file=sys.stderr)
+        shutil.rmtree(run_dir)
         return None
-    return last_complete_checkpoint(run_dir)
+    checkpoint = last_complete_checkpoint(run_dir)
+    if say and checkpoint:
+        print(f"train: resuming from {checkpoint} (step {_checkpoint_step(Path(checkpoint))})", file=sys.stderr)
+    return checkpoint
 
 
 def last_complete_checkpoint(run_dir: Path) -> str | None:
