@@ -195,6 +195,19 @@ def test_env_var_and_path_argument_override_the_spec(tmp_path, monkeypatch):
     assert data_candidates(spec, root=root)[0] == tmp_path / "elsewhere" / "sms_spam" / "SMSSpamCollection"
 
 
+def test_another_adapter_of_a_format_never_reads_the_shipped_adapters_data(tmp_path, monkeypatch):
+    mine = write(tmp_path / "mine" / "mysms.tsv", "ham\tmy own data\n")
+    write(tmp_path / "datasets" / "sms_spam" / "SMSSpamCollection", "ham\tthe shipped data set\n")
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "datasets"))
+    spec = make_spec("classify", local_path=str(mine))  # the format of the shipped spam adapter
+    assert load_examples(spec, hub=False)[0][0].input == "my own data"
+    mine.unlink()
+    with pytest.raises(DataNotFoundError) as caught:
+        load_examples(spec, hub=False)
+    assert "SMSSpamCollection" not in str(caught.value)  # neither read nor suggested
+    assert f"set {DATA_DIR_ENV} to a datasets folder holding mine/mysms.tsv" in str(caught.value)
+
+
 def test_the_recorded_source_names_no_folder_of_this_machine(tmp_path, monkeypatch):
     """metrics.json and the card are committed: they keep where the data lie as any machine can read it."""
     import hashlib

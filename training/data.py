@@ -508,14 +508,14 @@ def portable_source(source: str) -> str:
 
 
 def _tails(spec: AdapterSpec) -> list[Path]:
-    """Where the spec's file may lie inside a datasets folder: ``<name>/<file>``, then ``<file>``."""
-    tails = []
+    """Where the spec's file may lie inside a datasets folder: ``<name>/<file>``, then ``<file>``,
+    from its ``local_path``; the format's usual file only for a spec without one (another adapter
+    of the same format must never read the shipped one's data by accident)."""
     if spec.data.local_path:
-        parts = [p for p in Path(spec.data.local_path).parts if p not in ("..", ".")]
-        tails += [Path(*parts[-2:]), Path(parts[-1])] if parts else []
+        parts = [p for p in Path(spec.data.local_path).parts if p not in ("..", ".", "/")]
+        return list(dict.fromkeys([Path(*parts[-2:]), Path(parts[-1])])) if parts else []
     default = Path(DEFAULT_FILES.get(spec.data.format, ""))
-    tails += [default, Path(default.name)] if default.name else []
-    return list(dict.fromkeys(tails))
+    return list(dict.fromkeys([default, Path(default.name)])) if default.name else []
 
 
 def data_candidates(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: str | Path | None = None,
@@ -547,8 +547,9 @@ def load_examples(spec: AdapterSpec, path: str | Path | None = None, *, data_dir
             return read_file(spec, candidate.resolve())
     tried = "; ".join(os.path.abspath(c) for c in candidates) or "no local path"
     env = os.environ.get(DATA_DIR_ENV)
+    tails = _tails(spec)
     hint = (f"pass the file with --data PATH (in Python: load_splits(spec, path=...)), or set {DATA_DIR_ENV} to a "
-            f"datasets folder holding {DEFAULT_FILES.get(spec.data.format, 'the file')}"
+            f"datasets folder holding {tails[0].as_posix() if tails else 'the file'}"
             + (f" (it is set to {env!r})" if env else ""))
     if path is not None:
         raise DataNotFoundError(f"adapter {spec.name!r}: data file not found: {tried}; {hint}")
