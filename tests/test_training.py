@@ -304,6 +304,30 @@ def test_another_data_file_does_not_resume_the_checkpoints_of_the_first(catalog,
     assert run_fingerprint(spec, "base", {}, first) != run_fingerprint(spec, "base", {}, second)
 
 
+def test_a_max_seq_length_that_leaves_no_answer_token_is_refused(catalog, tiny_base, tmp_path, capsys):
+    set_training(catalog, "spam", max_seq_length="16")  # the spam prompt alone is longer
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    assert main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "2", "--no-eval")) == 2
+    err = capsys.readouterr().err
+    assert "training.max_seq_length is 16 tokens, and every training prompt is that long or longer" in err
+    assert not (catalog / "spam" / "adapter_model.safetensors").exists()
+
+
+def test_answers_cut_by_max_seq_length_are_counted(tiny_base):
+    from transformers import AutoTokenizer
+
+    from training.train import check_answers_fit
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    rows = [{"prompt": "short prompt ", "completion": "ok"},
+            {"prompt": "a prompt ", "completion": "an answer " * 40},
+            {"prompt": "a very long prompt " * 40, "completion": "ok"}]
+    assert check_answers_fit(tokenizer, rows[:1], 64, "spec") is None
+    note = check_answers_fit(tokenizer, rows, 64, "spec")
+    assert note == ("1 of 3 training examples have a prompt of 64 tokens or more and train nothing; "
+                    "1 of 3 have their answer cut at 64 tokens (training.max_seq_length)")
+
+
 def test_a_checkpoint_cut_short_by_a_kill_is_not_resumed(tmp_path):
     from training.train import _checkpoint_to_resume
 

@@ -75,6 +75,29 @@ def sft_rows(tokenizer: Any, spec: AdapterSpec, examples) -> list[dict[str, str]
     return rows
 
 
+def check_answers_fit(tokenizer: Any, rows: list[dict[str, str]], max_length: int, where: str) -> str | None:
+    """Refuse rows whose prompt alone fills ``max_length`` tokens (training.max_seq_length): cut
+    there, they keep no answer token, so they teach nothing, and when every row is so the loss is 0
+    and the run looks perfect. A note when some answers are cut short or some rows are lost, else None."""
+    no_answer = cut = 0
+    for row in rows:
+        prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+        whole = prompt + len(tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
+        no_answer += prompt >= max_length
+        cut += prompt < max_length < whole
+    if rows and no_answer == len(rows):
+        raise ValueError(f"{where}: training.max_seq_length is {max_length} tokens, and every training "
+                         f"prompt is that long or longer, so no answer token would be trained; raise it "
+                         f"(the prompts are the system prompt, template and text as rendered)")
+    notes = []
+    if no_answer:
+        notes.append(f"{no_answer} of {len(rows)} training examples have a prompt of {max_length} tokens or "
+                     "more and train nothing")
+    if cut:
+        notes.append(f"{cut} of {len(rows)} have their answer cut at {max_length} tokens")
+    return "; ".join(notes) + " (training.max_seq_length)" if notes else None
+
+
 def batching_args(batching: str) -> dict:
     """TRL arguments for the spec's ``training.batching``.
 
@@ -221,6 +244,9 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
 
     train_rows = sft_rows(tokenizer, spec, splits.train)
     eval_rows = sft_rows(tokenizer, spec, splits.validation)
+    fit_note = check_answers_fit(tokenizer, train_rows, t.max_seq_length, str(spec.directory / "adapter.yaml"))
+    if fit_note and is_main_process():
+        print(f"train: {fit_note}", file=sys.stderr)
     steps_per_eval = t.eval_steps
     config = dict(
         output_dir=str(run_dir),
