@@ -233,8 +233,10 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     _check_template(spec.prompt.user_template, lambda message: fail("prompt.user_template", message))
     if spec.task == "classify" and len(spec.labels) < 2:
         fail("labels", "a classify adapter needs at least two labels")
-    if spec.task == "classify" and len(set(spec.labels)) != len(spec.labels):
-        fail("labels", "labels must be distinct")
+    if spec.task == "classify" and len({label.casefold() for label in spec.labels}) != len(spec.labels):
+        fail("labels", "labels must be distinct, ignoring case (data files are read that way)")
+    if spec.task == "extract" and len(set(spec.fields)) != len(spec.fields):
+        fail("fields", "fields must be distinct")
     if spec.decision != "argmax" and (spec.task != "classify" or len(spec.labels) != 2):
         fail("decision", "a tuned threshold needs a classify adapter with exactly two labels")
     if spec.task == "extract" and not spec.fields:

@@ -95,6 +95,22 @@ def test_sms_reader_skips_the_header_and_counts_bad_rows_by_reason(tmp_path):
     assert report.skipped == {"empty_row": 1, "empty_text": 1, "malformed_row": 1, "unknown_label": 1}
     assert report.skipped_lines == {"empty_row": [4], "unknown_label": [6], "empty_text": [7], "malformed_row": [8]}
     assert examples[0].line == 2 and examples[0].group == "hello there"
+    assert report.notes == ["labels not in the spec: 'maybe'"]
+
+
+def test_labels_take_the_specs_spelling_whatever_the_files(tmp_path):
+    path = write(tmp_path / "moods.tsv", "positive\tgreat day\nNEGATIVE\tawful day\nNeutral\ta day\n")
+    examples, _ = read_sms_spam(path, labels=("Positive", "Negative", "Neutral"))
+    # the spelling the runtime scores and evaluation compares: "neutral" would never equal "Neutral"
+    assert [e.target for e in examples] == ["Positive", "Negative", "Neutral"]
+
+
+def test_labels_missing_from_training_are_named(tmp_path):
+    import dataclasses
+
+    spec = dataclasses.replace(make_spec("classify"), labels=("ham", "spam", "unsure"))
+    path = write(tmp_path / "sms.tsv", "".join(f"{'spam' if i % 3 == 0 else 'ham'}\tmessage {i}\n" for i in range(60)))
+    assert "no training example of 'unsure'" in load_splits(spec, path).report.notes
 
 
 def test_sms_file_without_header(tmp_path):

@@ -243,6 +243,18 @@ def test_classify_labels_must_be_distinct(tmp_path):
     assert "distinct" in refused(write_spec(tmp_path, raw), "labels")
 
 
+def test_classify_labels_must_differ_in_more_than_case(tmp_path):
+    raw = real_spec("spam")
+    raw["labels"] = ["ham", "spam", "Spam"]
+    assert "distinct, ignoring case" in refused(write_spec(tmp_path, raw), "labels")
+
+
+def test_extract_fields_must_be_distinct(tmp_path):
+    raw = real_spec("oncology")
+    raw["fields"] = [*raw["fields"], raw["fields"][0]]
+    assert "distinct" in refused(write_spec(tmp_path, raw), "fields")
+
+
 def test_labels_on_a_generate_task(tmp_path):
     raw = real_spec("medquad")
     raw["labels"] = ["yes", "no"]

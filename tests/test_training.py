@@ -304,6 +304,14 @@ def test_another_data_file_does_not_resume_the_checkpoints_of_the_first(catalog,
     assert run_fingerprint(spec, "base", {}, first) != run_fingerprint(spec, "base", {}, second)
 
 
+def test_training_data_of_one_label_is_refused_before_the_model_loads(catalog, tiny_base, tmp_path, capsys):
+    data = tmp_path / "SMSSpamCollection"
+    data.write_text("".join(f"ham\tsee you at dinner {i}\n" for i in range(60)))
+    assert main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "2", "--no-eval")) == 2
+    err = capsys.readouterr().err
+    assert "the training split holds only 'ham' of 'ham', 'spam'" in err and "no training example of 'spam'" in err
+
+
 def test_a_max_seq_length_that_leaves_no_answer_token_is_refused(catalog, tiny_base, tmp_path, capsys):
     set_training(catalog, "spam", max_seq_length="16")  # the spam prompt alone is longer
     data = write_sms_collection(tmp_path / "SMSSpamCollection")

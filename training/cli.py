@@ -71,8 +71,8 @@ def _splits(spec, args, needs: dict[str, str]):
         skipped = ", ".join(f"{n} {reason} (first lines: {', '.join(map(str, r.skipped_lines.get(reason, [])))})"
                             for reason, n in r.skipped.items()) or "none"
         print(f"data: {r.source}: train {r.train}, validation {r.validation}, test {r.test} (seed {r.seed}, "
-              f"{r.duplicates_removed} duplicates removed, skipped {skipped}, labels {r.label_counts})",
-              file=sys.stderr)
+              f"{r.duplicates_removed} duplicates removed, skipped {skipped}, labels {r.label_counts})"
+              + "".join(f"; {note}" for note in r.notes), file=sys.stderr)
     empty = [f"{what} needs {split} examples" for split, what in needs.items() if not getattr(r, split)]
     if empty:
         raise UsageError(f"{r.source}: {r.examples} usable examples split into train {r.train}, validation "
@@ -92,6 +92,11 @@ def cmd_train(args) -> int:
     check_output_folder(spec.directory, "the adapter's folder")  # written at the end: fail now, not then
     needs = {"train": "training", "validation": "early stopping"} | ({} if args.no_eval else {"test": "evaluation"})
     splits = _splits(spec, args, needs)
+    trained_labels = [label for label, n in (splits.report.label_counts or {}).get("train", {}).items() if n]
+    if spec.task == "classify" and len(trained_labels) < 2:
+        raise UsageError(f"{splits.report.source}: the training split holds only "
+                         f"{', '.join(map(repr, trained_labels)) or 'no label'} of {', '.join(map(repr, spec.labels))}; "
+                         "a classifier needs examples of at least two labels")
     result = train_adapter(spec, splits, base=args.base_model, max_steps=args.max_steps,
                            device=args.device, restart=args.restart,
                            run_dir=args.run_dir)

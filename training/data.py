@@ -200,6 +200,7 @@ class _Collector:
         self.examples: list[Example] = []
         self._skipped: Counter[str] = Counter()
         self._lines: dict[str, list[int]] = defaultdict(list)
+        self.unknown_labels: dict[str, None] = {}  # the first few labels not in the spec, in order
 
     def row(self) -> None:
         self.report.rows += 1
@@ -217,8 +218,11 @@ class _Collector:
         report.loaded = len(self.examples)
         report.skipped = dict(sorted(self._skipped.items()))
         report.skipped_lines = {k: self._lines[k] for k in report.skipped}
+        if self.unknown_labels:
+            report.notes.append("labels not in the spec: " + ", ".join(map(repr, self.unknown_labels)))
         if not self.examples:
             detail = f" (skipped: {report.skipped}; first lines: {report.skipped_lines})" if report.skipped else ""
+            detail += "".join(f"; {note}" for note in report.notes)
             raise DataError(f"{where}: no usable rows in {report.rows} data rows{detail}; "
                             f"is this really {report.format} data?")
         return self.examples, report
@@ -250,11 +254,15 @@ def _lines(text: str) -> Iterable[tuple[int, str]]:
         yield number, line.removesuffix("\r")
 
 
-def _sms_record(out: _Collector, line: int, label: Any, text: Any, labels: Sequence[str]) -> None:
-    label = str(label).strip().casefold() if label is not None else ""
-    if label not in labels:
+def _sms_record(out: _Collector, line: int, label: Any, text: Any, labels: Mapping[str, str]) -> None:
+    """``labels`` maps each casefolded label to the spec's spelling, which the example gets."""
+    read = str(label).strip() if label is not None else ""
+    if read.casefold() not in labels:
         out.skip("unknown_label", line)
+        if read and len(out.unknown_labels) < MAX_LINES_KEPT:
+            out.unknown_labels.setdefault(read, None)
         return
+    label = labels[read.casefold()]
     text = "" if text is None else str(text).strip()
     if not text:
         out.skip("empty_text", line)
@@ -265,7 +273,7 @@ def _sms_record(out: _Collector, line: int, label: Any, text: Any, labels: Seque
 def read_sms_spam(path: str | Path, labels: Sequence[str] = ("ham", "spam")) -> tuple[list[Example], LoadReport]:
     """SMS Spam Collection: ``label<TAB>text`` per line; a first line like ``Label<TAB>SMS`` is a header."""
     path = Path(path)
-    labels = tuple(label.casefold() for label in labels)
+    labels = {label.casefold(): label for label in labels}
     out = _Collector(str(path), "sms_spam_tsv")
     for number, line in _lines(_read_text(path)):
         label, tab, text = line.partition("\t")
@@ -456,7 +464,7 @@ def read_hub(spec: AdapterSpec, hub_id: str | None = None) -> tuple[list[Example
         text_col, label_col = column("sms", "text", "message"), column("label")
         feature = ds.features.get(label_col)
         names = list(getattr(feature, "names", None) or HUB_SMS_LABELS)
-        labels = tuple(label.casefold() for label in (spec.labels or HUB_SMS_LABELS))
+        labels = {label.casefold(): label for label in (spec.labels or HUB_SMS_LABELS)}
         for number, row in enumerate(ds, 1):
             out.row()
             label = row[label_col]
@@ -816,4 +824,7 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
     splits = Splits(train=train, validation=validation, test=test, report=report)
     if stratify:
         report.label_counts = label_counts(splits)
+        missing = [label for label in spec.labels if not report.label_counts["train"].get(label)]
+        if missing:
+            report.notes.append("no training example of " + ", ".join(map(repr, missing)))
     return splits
