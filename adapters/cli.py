@@ -180,6 +180,9 @@ def cmd_predict(args) -> int:
         raise AdapterNotTrainedError.of(spec)
     rows = read_jsonl_texts(args.input, reserved=PREDICTION_KEYS[spec.task])
     check_output_path(args.output)
+    if STANDARD_STREAM not in (args.input, args.output) and _same_file(args.input, args.output):
+        raise UsageError(f"--output {args.output}: is the --input file; write the predictions to another file "
+                         "(they would replace the texts)")
     options = LoadOptions(dtype=args.dtype, device=args.device, load_in_4bit=args.load_in_4bit)
     options.torch_device(), options.torch_dtype()  # a bad --device or --dtype is named before loading
     if args.load_in_4bit and not args.base and (record := read_threshold_record(spec)) is not None:
@@ -305,6 +308,13 @@ def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
 
 def _refuse_constant(name: str):
     raise _NotStrictJSON(f"{name} is not JSON (write null, or the number as a string)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # the output does not exist yet
+        return False
 
 
 def check_output_path(path: Path) -> None:

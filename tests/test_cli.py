@@ -294,6 +294,18 @@ def test_an_output_in_a_folder_that_takes_no_files_is_refused_before_any_work(cl
                    "--output /proc/adapterlab.jsonl: cannot write in /proc (it takes no new files)")
 
 
+def test_an_output_that_is_the_input_is_refused_before_any_work(cli, tmp_path, monkeypatch):
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    (tmp_path / "link.jsonl").symlink_to(inp)
+    for out in (inp, tmp_path / "link.jsonl"):
+        assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out),
+                       f"--output {out}: is the --input file")
+    assert json.loads(inp.read_text()) == {"text": "hello"}
+
+
 def test_an_input_that_is_a_folder_is_named(cli, tmp_path):
     assert_refused(cli("predict", "spam", "--base", "--input", tmp_path, "--output", tmp_path / "o.jsonl"),
                    f"{tmp_path}: is a folder; --input takes a JSONL file")

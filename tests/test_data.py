@@ -178,15 +178,17 @@ def test_oncology_reader_counts_every_kind_of_bad_line(tmp_path):
     lines = [good, "{not json", "", "[1, 2]", json.dumps({"input": "x"}),
              json.dumps({"input": "x", "output": "not an object"}), no_field,
              oncology_line("Stage 2.", stage=2), oncology_line("   "),
-             json.dumps({"input": "Extra keys are fine.", "output": {f: None for f in FIELDS} | {"grade": "3"}})]
+             json.dumps({"input": "Extra keys are fine.", "output": {f: None for f in FIELDS} | {"grade": "3"}}),
+             good.replace('"input": ', '"input": "which one?", "input": ', 1)]  # a key given twice
     examples, report = read_oncology_jsonl(write(tmp_path / "onc.jsonl", "\n".join(lines) + "\n"), FIELDS)
     assert [e.input for e in examples] == ["Melanoma stage IV.", "Extra keys are fine."]
     assert examples[0].target == {f: None for f in FIELDS} | {"cancer_type": "melanoma", "stage": "IV"}
     assert list(examples[1].target) == list(FIELDS)
-    assert report.rows == 10
+    assert report.rows == 11
     assert report.skipped_lines == {"bad_field_value": [8], "bad_output": [6], "empty_input": [9], "empty_row": [3],
-                                    "invalid_json": [2], "missing_field": [7], "missing_key": [5], "not_an_object": [4]}
-    assert sum(report.skipped.values()) == 8
+                                    "invalid_json": [2], "missing_field": [7], "missing_key": [5], "not_an_object": [4],
+                                    "repeated_key": [11]}
+    assert sum(report.skipped.values()) == 9
 
 
 # --- where the data come from ---------------------------------------------------------------------

@@ -395,6 +395,17 @@ def _oncology_record(out: _Collector, line: int, obj: Any, fields: Sequence[str]
                     line=line, meta=meta))
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _RepeatedKey
+    return dict(pairs)
+
+
 def read_oncology_jsonl(path: str | Path, fields: Sequence[str],
                         group_by: str | None = None) -> tuple[list[Example], LoadReport]:
     """One JSON object a line with ``input`` and ``output`` (an object with every one of ``fields``,
@@ -407,7 +418,10 @@ def read_oncology_jsonl(path: str | Path, fields: Sequence[str],
             out.skip("empty_row", number)
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_without_repeated_keys)
+        except _RepeatedKey:  # which of two values is meant cannot be known (json.loads keeps the last)
+            out.skip("repeated_key", number)
+            continue
         except ValueError:
             out.skip("invalid_json", number)
             continue
