@@ -40,11 +40,11 @@ log.setLevel(logging.INFO)
 
 
 class _ExpectedChainlitWarnings(logging.Filter):
-    """Chainlit warns on every page load that there is no translated readme (chainlit.md serves
-    every language here) and that elements are not persisted (``persistence.py`` says why): states
-    this app chose, repeated dozens of times an hour, which buried the warnings that matter."""
+    """Chainlit warns on every page load that elements are not persisted (``persistence.py`` says
+    why): a state this app chose, repeated dozens of times an hour, which buried the warnings that
+    matter."""
 
-    EXPECTED = ("Translated markdown file for", "storage client is not initialized")
+    EXPECTED = ("storage client is not initialized",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(text in record.getMessage() for text in self.EXPECTED)
@@ -64,7 +64,7 @@ if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` writes every thread's stack
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 offline.install()
 page_text.install()
-welcome.write_chainlit_md(chainlit_config.root, SPECS, BASE_MODEL)
+welcome.serve(welcome.render_chainlit_md(SPECS, BASE_MODEL))
 log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)
 
 LANGCHAIN_IGNORE = ["RunnableSequence", "RunnableParallel", "RunnableAssign", "RunnableLambda", "<lambda>",

@@ -1,5 +1,9 @@
 """``chainlit.md``, the app's readme page, rendered from the adapter specs and each adapter's
-``metrics.json`` (written by training's evaluation) at start-up: no number in it is typed by hand."""
+``metrics.json`` (written by training's evaluation) at start-up: no number in it is typed by hand.
+
+The app serves the page it renders from memory, so it always describes the catalogue and base being
+served, and serving another catalogue never rewrites the project's tracked ``chainlit.md`` (which
+``python -m chat_app.welcome`` refreshes for the shipped catalogue, and a test keeps current)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from adapters.spec import AdapterSpec
 from adapters.files import write_text_atomic
 
 GENERATED_NOTE = ("*This page is generated when the app starts, from each adapter's `adapter.yaml` and "
-                  "`metrics.json` (chat_app/welcome.py); edits to chainlit.md are overwritten.*")
+                  "`metrics.json` (chat_app/welcome.py), so it describes the adapters served; edits to "
+                  "chainlit.md are not shown.*")
 
 
 def read_metrics(spec: AdapterSpec) -> dict | None:
@@ -101,6 +106,23 @@ def write_chainlit_md(root: str | Path, specs: Mapping[str, AdapterSpec], base_m
     except OSError:
         pass
     return write_text_atomic(path, text)
+
+
+def serve(text: str) -> bool:
+    """Make Chainlit's readme endpoint answer ``text`` in every language, instead of reading
+    chainlit.md from the app root; False if this Chainlit version reads it some other way."""
+    try:
+        import chainlit.server as server
+    except ImportError:  # pragma: no cover - chainlit is a dependency
+        return False
+    if not callable(getattr(server, "get_markdown_str", None)):
+        return False
+
+    def get_markdown_str(root: str, language: str) -> str:
+        return text
+
+    server.get_markdown_str = get_markdown_str
+    return True
 
 
 if __name__ == "__main__":  # python -m chat_app.welcome: refresh chainlit.md after an evaluation

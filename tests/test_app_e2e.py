@@ -56,8 +56,8 @@ class Server:
 
     def __init__(self, tmp: Path, env: dict[str, str] | None = None, name: str = "server",
                  own_root: bool = False):
-        """``own_root``: run from a copy of the app root in ``tmp``, so the chainlit.md the app writes
-        for another catalogue or base never touches the project's own."""
+        """``own_root``: run from a copy of the app root in ``tmp`` (its config; ``public/`` linked),
+        where the project's chainlit.md is absent: the readme the app serves must not need it."""
         self.port = free_port()
         cwd = ROOT
         if own_root:

@@ -657,8 +657,8 @@ def test_chainlit_md_shows_the_metrics_json_numbers(catalog, tmp_path):
 
 
 def test_the_committed_chainlit_md_is_generated_from_the_shipped_metrics():
-    """chainlit.md is in the repository (Chainlit shows it as the readme) and the app rewrites it at
-    start-up; it must already equal what the shipped specs and metrics.json files produce."""
+    """chainlit.md is in the repository (what Chainlit shows when the app is not running it); it
+    must equal what the shipped specs and metrics.json files produce, as the app serves."""
     from adapters.catalog import CATALOG_DIR
     from adapters.base_models import DEFAULT_BASE
 
@@ -671,6 +671,18 @@ def test_the_committed_chainlit_md_is_generated_from_the_shipped_metrics():
     wrapped = [a for a, b in zip(lines, lines[1:]) if a.strip() and b.strip()
                and not a.lstrip().startswith(block) and not b.lstrip().startswith(block)]
     assert not wrapped, wrapped
+
+
+def test_the_readme_served_is_the_one_rendered_and_the_file_is_left_alone(catalog, tmp_path, monkeypatch):
+    import chainlit.server as server
+
+    monkeypatch.setattr(server, "get_markdown_str", server.get_markdown_str)  # undone after the test
+    (tmp_path / "chainlit.md").write_text("the project's own page\n")
+    text = welcome.render_chainlit_md(load_catalog(catalog), "another-base")
+    assert welcome.serve(text)
+    for language in ("en-US", "fr-FR"):
+        assert server.get_markdown_str(str(tmp_path), language) == text
+    assert (tmp_path / "chainlit.md").read_text() == "the project's own page\n"  # another catalogue: not written
 
 
 def test_the_served_page_loads_nothing_from_other_hosts():
