@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .files import finish_staged_writes
 from .spec import SPEC_FILE, AdapterSpec, SpecError, load_spec
 
 CATALOG_DIR = Path(__file__).resolve().parent
@@ -25,6 +26,7 @@ def load_catalog(directory: str | Path = CATALOG_DIR) -> dict[str, AdapterSpec]:
             raise SpecError(f"{spec_file}: name: {spec.name!r} is already the name of "
                             f"{specs[spec.name].directory / SPEC_FILE}")
         specs[spec.name] = spec
+        finish_staged_writes(spec.directory)  # a training run killed while moving its files in
     return specs
 
 

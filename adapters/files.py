@@ -10,6 +10,7 @@ rename would replace the device or pipe with a plain file.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -73,6 +74,56 @@ def _umask() -> int:
         umask = os.umask(0o022)
         os.umask(umask)
         return umask
+
+
+STAGING_PREFIX = ".staging-"  # a folder of files being written, beside where they go
+STAGED_MARKER = ".complete"  # in a staging folder: every file is written; moving them in may start
+
+
+def move_staged_files(staging: Path, names: Iterable[str]) -> None:
+    """Move the files ``names`` of a finished ``staging`` folder into its parent folder, as one change.
+
+    Each ``os.replace`` is atomic, but a set of them is not: a run killed between the weights and
+    their config would pair new weights with the old config. So the staging folder is marked
+    complete first, and ``finish_staged_writes`` (called whenever the catalogue is read) moves what a
+    kill left there; a folder never marked complete is discarded, leaving the previous files."""
+    (staging / STAGED_MARKER).write_text("\n".join(names) + "\n")
+    _move_marked(staging)
+
+
+def finish_staged_writes(folder: Path) -> None:
+    """Complete, or discard, the staged writes a killed process left in ``folder`` (best effort:
+    a catalogue this user cannot write is left as it is)."""
+    for staging in folder.glob(f"{STAGING_PREFIX}*"):
+        if not staging.is_dir() or _pid_alive(staging.name.removeprefix(STAGING_PREFIX)):
+            continue
+        try:
+            if (staging / STAGED_MARKER).is_file():
+                _move_marked(staging)
+            else:
+                shutil.rmtree(staging)
+        except OSError:
+            pass
+
+
+def _move_marked(staging: Path) -> None:
+    for name in (staging / STAGED_MARKER).read_text().split():
+        if (staging / name).exists():  # not moved yet
+            os.replace(staging / name, staging.parent / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pid_alive(pid: str) -> bool:
+    """Whether the process that named a staging folder still runs (it may be writing it now)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -3,6 +3,7 @@ the evaluation, the artifacts, resuming a killed run, and the atomic write of th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -379,6 +380,56 @@ def test_a_save_killed_half_way_leaves_the_previous_adapter_loadable(trained, ti
 
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
+
+
+def test_a_kill_between_weights_and_config_is_finished_by_the_next_catalogue_read(trained, tiny_base, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import adapters.files as files
+    import training.train as train_module
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(trained.parent, catalog)
+    out = catalog / "spam"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out, is_trainable=True)
+    real_replace, moved = os.replace, []
+
+    def killed_after_the_weights(src, dst):
+        staged = ".staging-" in str(src)
+        if staged and moved:
+            raise KeyboardInterrupt("killed between the weights and their config")
+        real_replace(src, dst)
+        moved.extend([Path(dst).name] if staged else [])
+
+    monkeypatch.setattr(files.os, "replace", killed_after_the_weights)
+    spec = load_catalog(catalog)["spam"]
+    result = train_module.TrainResult(**json.loads((trained / "train_result.json").read_text()))
+    new_result = json.dumps(dataclasses.asdict(dataclasses.replace(result, steps=999)), indent=2) + "\n"
+    with pytest.raises(KeyboardInterrupt):
+        train_module.write_adapter(model, spec, out, str(tiny_base), [], dataclasses.replace(result, steps=999))
+    monkeypatch.undo()
+    assert moved == ["adapter_model.safetensors"] and list(out.glob(".staging-*"))  # new weights, old rest
+
+    load_catalog(catalog)  # what every command does first
+    assert not list(out.glob(".staging-*"))
+    assert (out / "train_result.json").read_text() == new_result  # the rest of the new files moved in
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
+
+
+def test_a_staging_folder_never_completed_is_discarded(tmp_path):
+    from adapters.files import finish_staged_writes
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".staging-{dead.pid}").mkdir()
+    (tmp_path / f".staging-{dead.pid}" / "adapter_model.safetensors").write_bytes(b"half")
+    (tmp_path / ".staging-1").mkdir()  # pid 1 runs: a save in progress is left alone
+    finish_staged_writes(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-1"]
 
 
 def test_the_spam_threshold_is_tuned_on_validation_and_used_by_the_runtime(trained, tiny_base):

@@ -29,7 +29,7 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback
 
 from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_attention
-from adapters.files import give_default_modes, write_text_atomic
+from adapters.files import STAGING_PREFIX, give_default_modes, move_staged_files, write_text_atomic
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
@@ -453,14 +453,16 @@ def write_adapter(model, spec: AdapterSpec, out: Path, base_name: str, log_histo
                   result: TrainResult) -> None:
     """Write PEFT weights, the training log and the loss plot into ``out``.
 
-    Files are first written to a staging folder, then moved into place with ``os.replace``, config
-    last: a run killed while saving leaves the previous adapter's files in place.
+    Files are first written to a staging folder, then moved into place together
+    (``adapters.files.move_staged_files``): a run killed while saving leaves the previous adapter's
+    files, or, once the staging folder is complete, the new ones (the next catalogue read finishes
+    the move), never new weights with an old config.
     """
     import torch
     from safetensors.torch import load_file, save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    staging = out / f".staging-{os.getpid()}"
+    staging = out / f"{STAGING_PREFIX}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
     config_file = staging / "adapter_config.json"
@@ -481,10 +483,8 @@ def write_adapter(model, spec: AdapterSpec, out: Path, base_name: str, log_histo
     for name in (THRESHOLD_FILE, *EVALUATION_FILES):
         (out / name).unlink(missing_ok=True)
     write_text_atomic(out / "README.md", unevaluated_card_text(spec, asdict(result)))
-    for name in ("adapter_model.safetensors", "training_log.csv", "loss.png", "train_result.json",
-                 "adapter_config.json"):
-        os.replace(staging / name, out / name)
-    shutil.rmtree(staging, ignore_errors=True)
+    move_staged_files(staging, ("adapter_model.safetensors", "training_log.csv", "loss.png", "train_result.json",
+                                "adapter_config.json"))
 
 
 def write_training_log(path: Path, log_history: list[dict]) -> None:
