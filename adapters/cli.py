@@ -82,7 +82,7 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     adapters = sub.add_parser("adapters", help="list the adapter catalogue")
-    adapters.add_argument("--catalog", default=str(CATALOG_DIR), help=argparse.SUPPRESS)
+    adapters.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
     adapters.set_defaults(func=cmd_adapters)
 
     predict = sub.add_parser("predict", help="run an adapter over a JSONL file of {\"text\": ...}")
@@ -99,7 +99,7 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     predict.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     predict.add_argument("--load-in-4bit", action="store_true", help="NF4 4-bit base (bitsandbytes)")
-    predict.add_argument("--catalog", default=str(CATALOG_DIR), help=argparse.SUPPRESS)
+    predict.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
     predict.set_defaults(func=cmd_predict)
 
     from .results_table import add_parser as add_results

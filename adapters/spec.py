@@ -110,6 +110,17 @@ class TrainingSpec:
     compile: bool = False
 
 
+# What evaluation measures for each kind of adapter; a spec's ``metrics`` picks, in order, which of
+# them its model card, metrics.json's headline and the README's results table show.
+TASK_METRICS = {
+    "classify": ("accuracy", "precision", "recall", "f1", "auroc"),  # of the last label, as positive
+    "classify_multi": ("accuracy", "macro_precision", "macro_recall", "macro_f1"),  # three labels or more
+    "generate": ("rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1", "perplexity", "length_ratio"),
+    "extract": ("json_valid", "micro_field_accuracy", "micro_field_token_f1", "exact_match_all_fields",
+                "repaired_rate"),
+}
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     """One adapter: what it does, how it is prompted, trained and measured."""
@@ -135,7 +146,20 @@ class AdapterSpec:
     # what a user should know about this adapter beyond the shared disclaimer: its data, known
     # failure modes, a missed target's cause; printed in the model card's limitations section
     limitations: str = ""
+    # extra model-card tags; "medical" also puts "not for clinical decisions" in the card
+    tags: tuple[str, ...] = ()
     directory: Path = Path(".")
+
+    @property
+    def measured(self) -> tuple[str, ...]:
+        """The metrics evaluation computes for this adapter (``TASK_METRICS``)."""
+        multi = self.task == "classify" and len(self.labels) > 2
+        return TASK_METRICS["classify_multi" if multi else self.task]
+
+    @property
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The spec's ``metrics``, or all that evaluation computes when it names none."""
+        return self.metrics or self.measured
 
     @property
     def has_weights(self) -> bool:
@@ -245,6 +269,9 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
         fail("labels", f"only classify adapters have labels (task is {spec.task!r})")
     if spec.task != "extract" and spec.fields:
         fail("fields", f"only extract adapters have fields (task is {spec.task!r})")
+    unknown = [m for m in spec.metrics if m not in spec.measured]
+    if unknown:
+        fail("metrics", f"{unknown[0]!r} is not measured for this adapter; choose from {', '.join(spec.measured)}")
     if not spec.data.local_path and not spec.data.hub_id:
         fail("data", "give local_path, hub_id or both")
     for name, value in (("generation.temperature", spec.generation.temperature),

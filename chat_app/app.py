@@ -55,6 +55,7 @@ chains.quiet_abandoned_langchain_generators()
 
 CONFIG = load_config(app_root=chainlit_config.root)
 SPECS = load_catalog(CONFIG.catalog)
+PROFILES = handlers.profiles_for(SPECS)
 BASE_MODEL = CONFIG.base_model or ", ".join(sorted({s.base_model for s in SPECS.values()})) or DEFAULT_BASE
 HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_model, progress=False),
                        on_done=lambda holder: log.info("adapterlab: model %s after %.1f s%s", holder.state,
@@ -107,11 +108,11 @@ def _trained(name: str) -> bool:
 @cl.set_chat_profiles
 async def chat_profiles(current_user=None, language=None):
     profiles = []
-    for p in handlers.PROFILES:
+    for p in PROFILES:
         status = ""
         if p.adapter:
             status = "\n\n" + handlers.adapter_status_line(SPECS[p.adapter], _trained(p.adapter))
-        if p.task == "generate":
+        if p.task == "generate" and handlers.is_medical(SPECS.get(p.adapter)):
             status += "\n\n" + handlers.NOT_MEDICAL_ADVICE
         profiles.append(cl.ChatProfile(
             name=p.name, markdown_description=p.description + status, default=p.default,
@@ -122,7 +123,7 @@ async def chat_profiles(current_user=None, language=None):
 # --- session state ---------------------------------------------------------------------------------
 
 def _profile() -> handlers.Profile:
-    return handlers.profile_named(cl.user_session.get("chat_profile"))
+    return handlers.profile_named(cl.user_session.get("chat_profile"), PROFILES)
 
 
 def _setting_items(profile: handlers.Profile) -> list[handlers.Setting]:
@@ -533,7 +534,7 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
     """End a streamed answer: its footer, its metadata for resumed threads, and the turn in the history."""
     output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, info.text, info.cut_at)
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
-                                        output_tokens, info.truncated, medical=profile.task == "generate",
+                                        output_tokens, info.truncated, medical=handlers.is_medical(SPECS.get(profile.adapter or "")),
                                         cut_at=info.cut_at, stopped=info.stopped,
                                         message_cut_to=info.message_cut_to, turns_dropped=info.turns_dropped)
     shown = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
@@ -573,7 +574,8 @@ async def _extract(runtime: Runtime, profile: handlers.Profile, text: str) -> No
     content = handlers.extraction_markdown(result, spec.fields, variant.label, text)
     if result["truncated"]:
         content += "\n\n" + handlers.truncation_note(spec, text)
-    content += "\n\n" + handlers.NOT_CLINICAL
+    if handlers.is_medical(spec):
+        content += "\n\n" + handlers.NOT_CLINICAL
     elements = await _prompt_element(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
     await cl.Message(content=content, elements=elements, metadata={"answer": result["fields"]}).send()
 
@@ -633,7 +635,7 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
     elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows, upload),
                         mime="text/csv", display="inline")]
     content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds)
-    if profile.task == "extract":
+    if profile.task == "extract" and handlers.is_medical(spec):
         content += "\n\n" + handlers.NOT_CLINICAL
     await progress.remove()
     await cl.Message(content=content, elements=elements).send()

@@ -105,12 +105,34 @@ PROFILES: tuple[Profile, ...] = (
 )
 
 
-def profile_named(name: str | None) -> Profile:
+def profiles_for(specs: Mapping[str, AdapterSpec]) -> tuple[Profile, ...]:
+    """The profiles the app offers for a catalogue: Chat; the hand-made profile of each shipped
+    adapter it holds; one made from the spec (title, task, description) for each other adapter;
+    and Compare when it holds the three adapters Compare's buttons pick from."""
+    made = {p.adapter for p in PROFILES if p.adapter}
+    offered = [p for p in PROFILES if p.task != "compare" and (p.adapter is None or p.adapter in specs)]
+    taken = {p.name for p in PROFILES}
+    for name, spec in sorted(specs.items()):
+        if name not in made:
+            title = spec.title if spec.title not in taken else f"{spec.title} ({name})"
+            taken.add(title)
+            offered.append(Profile(title, spec.task, name, spec.description))
+    if all(name in specs for name in COMPARE_ADAPTERS):
+        offered += [p for p in PROFILES if p.task == "compare"]
+    return tuple(offered)
+
+
+def profile_named(name: str | None, profiles: Sequence[Profile] = PROFILES) -> Profile:
     """The profile called ``name``; the default one for None or an unknown name."""
-    for p in PROFILES:
+    for p in profiles:
         if p.name == name:
             return p
-    return next(p for p in PROFILES if p.default)
+    return next(p for p in profiles if p.default)
+
+
+def is_medical(spec: AdapterSpec | None) -> bool:
+    """Whether answers carry the medical notices (the spec's ``tags`` say ``medical``)."""
+    return spec is not None and "medical" in spec.tags
 
 
 # --- adapter state -------------------------------------------------------------------------------
@@ -811,9 +833,10 @@ def status_markdown(state: str, load_seconds: float | None, error: str | None,
         trained = name in loaded if state == "ready" else spec.has_weights
         lines.append(f"- `{name}` — {spec.title}: " + ("trained ✅" if trained else "**not trained yet** 🚧 "
                                                           "(base model + its prompt)"))
-    if profile.task == "generate":
+    medical = is_medical(specs.get(profile.adapter) if profile.adapter else None)
+    if profile.task == "generate" and medical:
         lines += ["", NOT_MEDICAL_ADVICE]
-    elif profile.task == "extract":
+    elif profile.task == "extract" and medical:
         lines += ["", NOT_CLINICAL]
     elif profile.task == "compare":
         lines += ["", NOT_CLINICAL_COMPARE]

@@ -767,3 +767,38 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         page.context.close()
     finally:
         srv.stop()
+
+
+def test_another_catalogue_is_served_with_a_profile_per_adapter(tmp_path, browser, tiny_base):
+    """`ADAPTERLAB_CATALOG` with an adapter of one's own: the app offers it (a profile made from its
+    spec), offers no profile of a shipped adapter it lacks, and answers with the spec's labels."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "adapters" / "spam" / "adapter.yaml").read_text())
+    spec.update(title="Mood check", description="How a message feels.", labels=["positive", "negative", "neutral"],
+                decision="argmax")
+    spec.pop("metrics")  # spam's list names two-label measures
+    (tmp_path / "mine" / "mood").mkdir(parents=True)
+    (tmp_path / "mine" / "mood" / "adapter.yaml").write_text(yaml.safe_dump(spec))
+    srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(tmp_path / "mine")},
+                 name="server-catalogue", own_root=True)
+    try:
+        srv.wait_healthy()
+        page = new_page(browser, srv)
+        open_app(page, srv)
+        page.click("#chat-profiles")
+        items = page.locator('[data-test^="select-item:"]')
+        items.first.wait_for()
+        assert sorted(items.evaluate_all("els => els.map(e => e.dataset.test)")) == [
+            "select-item:Chat", "select-item:Mood check"]  # no Spam check, Medical Q&A, Oncology or Compare
+        page.click('[data-test="select-item:Mood check"]')
+        page.wait_for_selector("#chat-profiles:has-text('Mood check')")
+        send(page, "What a lovely sunny day")
+        answer = answers(page).filter(has_text="probability").first
+        answer.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+        text = answer.inner_text()
+        assert all(label in text for label in ("positive", "negative", "neutral")), text
+        assert "spam" not in text.lower()
+        page.context.close()
+    finally:
+        srv.stop()

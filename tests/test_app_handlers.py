@@ -548,6 +548,26 @@ def test_profiles_have_realistic_starters_and_compare_uses_commands():
     assert handlers.profile_named(None).name == "Chat" and handlers.profile_named("nope").name == "Chat"
 
 
+def test_another_catalogue_gets_a_profile_per_adapter_and_no_profile_of_an_absent_one(catalog):
+    import dataclasses
+
+    specs = load_catalog(catalog)
+    assert handlers.profiles_for(specs) == handlers.PROFILES  # the shipped catalogue: the hand-made ones
+    mood = dataclasses.replace(specs["spam"], name="mood", title="Mood", description="How a text feels.",
+                               labels=("positive", "negative", "neutral"), decision="argmax")
+    chat = dataclasses.replace(specs["medquad"], name="chatty", title="Chat", tags=())  # a title already taken
+    profiles = handlers.profiles_for({"oncology": specs["oncology"], "mood": mood, "chatty": chat})
+    assert [(p.name, p.task, p.adapter) for p in profiles] == [
+        ("Chat", "chat", None), ("Oncology extraction", "extract", "oncology"),
+        ("Chat (chatty)", "generate", "chatty"), ("Mood", "classify", "mood")]  # no Compare: spam is absent
+    assert handlers.profile_named("Mood", profiles).description == "How a text feels."
+    # the medical notices go with adapters tagged medical, not with every generated answer
+    chatty = handlers.status_markdown("ready", 1, None, {"chatty": chat}, ["chatty"], "b", profiles[2])
+    assert "Not medical advice" not in chatty
+    medquad = handlers.status_markdown("ready", 1, None, specs, [], "b", handlers.profile_named("Medical Q&A"))
+    assert "Not medical advice" in medquad
+
+
 def test_settings_take_the_adapters_defaults_and_normalise(catalog):
     specs = load_catalog(catalog)
     medical = handlers.profile_named("Medical Q&A")

@@ -10,7 +10,7 @@ from test_training import write_sms_collection
 from adapters import Runtime
 from adapters.runtime import Classification
 from adapters.catalog import load_catalog
-from training.card import HEADLINE
+from adapters.spec import TASK_METRICS
 from training.data import load_splits
 from training.evaluate import _with_progress, choose_few_shot, evaluate_adapter, few_shot_pairs
 
@@ -34,7 +34,7 @@ def test_extract_evaluation_reports_exact_match_and_token_f1_per_variant(catalog
     assert report["variants"]["fine_tuned"] == {"skipped": "no trained weights"}
     for variant in ("base", "few_shot"):
         metrics = report["variants"][variant]
-        assert set(HEADLINE["extract"]) <= set(metrics)  # every number the model card shows
+        assert set(TASK_METRICS["extract"]) <= set(metrics)  # every number the model card shows
         assert set(metrics["per_field"]) == set(FIELDS) == set(metrics["per_field_token_f1"])
         assert 0.0 <= metrics["micro_field_accuracy"] <= metrics["micro_field_token_f1"] <= 1.0
     assert (tmp_path / "out" / "fields.png").stat().st_size > 0
@@ -84,7 +84,7 @@ def test_generate_evaluation_reports_overlap_bertscore_and_perplexity(catalog, t
 
     base = report["variants"]["base"]
     assert report["test_examples"] == 3
-    assert set(HEADLINE["generate"]) <= set(base)  # every number the model card shows
+    assert set(TASK_METRICS["generate"]) <= set(base)  # every number the model card shows
     assert 0.0 <= base["rougeL"] <= 1.0 and base["bertscore_encoder"]
     assert math.isfinite(base["perplexity"])
 
@@ -121,3 +121,32 @@ def test_a_classifiers_few_shot_examples_are_the_draw_with_the_best_validation_f
     assert [d["seed"] for d in record["scores"]] == [spec.training.seed + i for i in range(5)]
     assert record["scores"][3]["f1"] == 1.0 > max(d["f1"] for i, d in enumerate(record["scores"]) if i != 3)
     assert record["validation_examples"] == len(splits.validation)
+
+
+def test_three_labels_are_scored_as_three_classes_not_the_last_against_the_rest(catalog):
+    import dataclasses
+
+    from training.data import Example
+    from training.evaluate import _classify, plot_results
+
+    spec = dataclasses.replace(load_catalog(catalog)["spam"], labels=("positive", "negative", "neutral"),
+                               decision="argmax", metrics=())
+    test = [Example(text, label, text) for text, label in
+            [("good", "positive"), ("great", "positive"), ("bad", "negative"), ("meh", "neutral")]]
+    said = {"good": "positive", "great": "negative", "bad": "negative", "meh": "neutral"}
+
+    class Runtime:
+        def classify(self, adapter, texts, *, base, examples, batch_size):
+            return [Classification(said[t], {label: float(label == said[t]) for label in spec.labels}) for t in texts]
+
+    result, _ = _classify(Runtime(), spec, test, {"base": True, "examples": ()}, _with_progress("t", 2, False))
+
+    assert result["accuracy"] == 0.75
+    assert result["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]  # rows: reference, columns: predicted
+    assert result["f1_per_label"] == {"positive": 2 / 3, "negative": 2 / 3, "neutral": 1.0}
+    assert math.isclose(result["macro_f1"], (2 / 3 + 2 / 3 + 1) / 3)
+    assert spec.headline_metrics == TASK_METRICS["classify_multi"] and set(spec.headline_metrics) <= set(result)
+    assert "f1" not in result and "auroc" not in result  # no binary score of one label against the rest
+    report = {"variants": {"base": result}, "test_examples": 4}
+    plot_results(spec, report, {"base": []}, test, catalog)  # a 3 x 3 confusion matrix
+    assert (catalog / "confusion.png").stat().st_size > 0

@@ -255,6 +255,20 @@ def test_extract_fields_must_be_distinct(tmp_path):
     assert "distinct" in refused(write_spec(tmp_path, raw), "fields")
 
 
+def test_metrics_name_what_evaluation_measures(tmp_path):
+    raw = real_spec("spam")
+    raw["metrics"] = ["accuracy", "bogus_metric"]
+    message = refused(write_spec(tmp_path, raw), "metrics")
+    assert "'bogus_metric' is not measured for this adapter; choose from accuracy, precision" in message
+    raw["labels"] = ["positive", "negative", "neutral"]
+    raw["decision"] = "argmax"
+    raw["metrics"] = ["f1"]  # a two-label measure
+    assert "choose from accuracy, macro_precision, macro_recall, macro_f1" in refused(write_spec(tmp_path, raw), "metrics")
+    del raw["metrics"]
+    assert load_spec(write_spec(tmp_path, raw)).headline_metrics == ("accuracy", "macro_precision", "macro_recall",
+                                                                      "macro_f1")
+
+
 def test_labels_on_a_generate_task(tmp_path):
     raw = real_spec("medquad")
     raw["labels"] = ["yes", "no"]

@@ -115,9 +115,21 @@ def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(tra
     metrics = json.loads((trained / "metrics.json").read_text())
     fine = metrics["variants"]["fine_tuned"]["accuracy"]
     assert re.search(rf"\| accuracy \| [0-9.]+ \| [0-9.]+ \| {fine:.3f} \|", card)
-    assert "Not for clinical decisions" in card and "adapterlab eval spam --eval-limit 8" in card
+    # a catalogue outside the project: every command the card gives names it, the folder is its own
+    assert f"adapterlab eval spam --catalog {trained.parent} --eval-limit 8" in card
+    assert f"adapterlab predict spam --catalog {trained.parent} --input" in card
+    assert f'PeftModel.from_pretrained(base_model, "{trained}")' in card
+    assert "Not for clinical decisions" not in card and "medical" not in front  # a spam filter: no medical tag
     assert "the best of 5 seeded draws by F1 of 'spam' on the validation split" in card
     assert f"read `{metrics['split']['source']}`, sha256 `{metrics['split']['source_sha256']}`" in card
+
+
+def test_a_medical_adapters_card_says_not_for_clinical_decisions():
+    from adapters.catalog import CATALOG_DIR
+
+    for name in ("medquad", "oncology"):
+        card = (CATALOG_DIR / name / "README.md").read_text()
+        assert "**Not for clinical decisions**" in card and "medical" in card.split("---")[1]
 
 
 def test_adapterlab_card_rewrites_the_card_from_metrics_after_the_spec_text_changes(trained, tmp_path, capsys):
@@ -139,8 +151,9 @@ def test_adapterlab_card_rewrites_the_card_from_metrics_after_the_spec_text_chan
     assert main(["card", "spam", "--catalog", str(catalog)]) == 0
     assert main(["card", "spam", "--catalog", str(catalog), "--check"]) == 0
     after = (catalog / "spam" / "README.md").read_text()
-    assert f"not medical advice.\n{new_text}\n" in after and old_text not in after
-    assert after.replace(new_text, old_text) == before  # the rest is the measured card, unchanged
+    assert f"confidence.\n{new_text}\n" in after and old_text not in after
+    # the rest is the measured card, unchanged but for the catalogue's folder, which moved
+    assert after.replace(new_text, old_text).replace(str(catalog), str(trained.parent)) == before
 
     (catalog / "spam" / "metrics.json").unlink()
     capsys.readouterr()

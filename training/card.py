@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base_models import KNOWN_BASES
+from adapters.catalog import CATALOG_DIR
 from adapters.files import write_text_atomic
 from adapters.spec import AdapterSpec
 
@@ -19,12 +20,6 @@ TARGETS = {
     "medquad": [("rougeL", ">=", 0.25), ("rougeL", ">= base +", 0.10), ("bertscore_f1", "> base", 0.0)],
     "oncology": [("json_valid", ">=", 1.0), ("micro_field_accuracy", ">=", 0.90)],
 }
-HEADLINE = {"classify": ["accuracy", "precision", "recall", "f1", "auroc"],
-            "generate": ["rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1", "perplexity", "length_ratio"],
-            "extract": ["json_valid", "micro_field_accuracy", "micro_field_token_f1", "exact_match_all_fields",
-                        "repaired_rate"]}
-
-
 def check_targets(name: str, variants: dict) -> list[dict]:
     """Each target of the adapter with the measured value and whether it was met."""
     tuned, base = variants.get("fine_tuned", {}), variants.get("base", {})
@@ -49,7 +44,7 @@ def write_metrics(spec: AdapterSpec, report: dict, split_report: dict | None, tr
     metrics = {**report, "split": split_report, "training": train_result,
                "targets": check_targets(spec.name, report["variants"]),
                "headline": {k: report["variants"].get("fine_tuned", {}).get(k)
-                            for k in HEADLINE[spec.task]}}
+                            for k in spec.headline_metrics}}
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
 
@@ -145,24 +140,46 @@ def _front_matter(spec: AdapterSpec, base_id: str) -> list[str]:
         "library_name: peft",
         "pipeline_tag: text-generation",
         "license: apache-2.0",
-        f"tags: [lora, peft, adapterlab, {spec.task}{', medical' if spec.name != 'spam' else ''}]",
+        f"tags: [{', '.join(dict.fromkeys(['lora', 'peft', 'adapterlab', spec.task, *spec.tags]))}]",
     ] + ([f"datasets: [{spec.data.hub_id}]"] if spec.data.hub_id else []) + ["---", ""]
 
 
+def _folder(spec: AdapterSpec) -> str:
+    """The adapter's folder as the card names it: relative to the project for its own catalogue."""
+    project = CATALOG_DIR.parent
+    folder = spec.directory.resolve()
+    return folder.relative_to(project).as_posix() if folder.is_relative_to(project) else str(folder)
+
+
+def _catalog_option(spec: AdapterSpec) -> str:
+    """``--catalog DIR`` for an adapter outside the project's catalogue (the commands need it)."""
+    catalog = spec.directory.resolve().parent
+    return "" if catalog == CATALOG_DIR.resolve() else f" --catalog {catalog}"
+
+
 def _use_text(spec: AdapterSpec, base_name: str) -> str:
+    catalog = _catalog_option(spec)
     return f"""```bash
-adapterlab predict {spec.name} --input in.jsonl --output out.jsonl
+adapterlab predict {spec.name}{catalog} --input in.jsonl --output out.jsonl
 ```
 
 ```python
 from adapters import Runtime                  # the runtime the app and evaluation use
-rt = Runtime.local(only=["{spec.name}"])
+rt = Runtime.local({f'"{spec.directory.resolve().parent}", ' if catalog else ''}only=["{spec.name}"])
 
 from adapters.base_models import load_base    # or plain PEFT, on the base these weights were trained on
 from peft import PeftModel
 base_model, tokenizer = load_base("{base_name}")
-model = PeftModel.from_pretrained(base_model, "adapters/{spec.name}")
+model = PeftModel.from_pretrained(base_model, "{_folder(spec)}")
 ```"""
+
+
+def _intended_use(spec: AdapterSpec, base_id: str) -> str:
+    medical = ("\n**Not for clinical decisions**, diagnosis or treatment; not medical advice."
+               if "medical" in spec.tags else "")
+    return f"""A teaching and demonstration adapter for {base_id}. It can be wrong with high confidence.{medical}
+{spec.limitations}
+"""
 
 
 def unevaluated_card_text(spec: AdapterSpec, train_result: dict) -> str:
@@ -183,10 +200,7 @@ card with base, few-shot and fine-tuned results.
 
 ## Intended use and limitations
 
-A teaching and demonstration adapter for a 135M-parameter model. It can be wrong with high confidence.
-**Not for clinical decisions**, diagnosis or treatment; not medical advice.
-{spec.limitations}
-"""
+{_intended_use(spec, _base_id(spec, train_result.get('base_model')))}"""
     return "\n".join(_front_matter(spec, _base_id(spec, train_result.get("base_model")))) + body
 
 
@@ -212,7 +226,7 @@ def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     variants = metrics["variants"]
     shown = [v for v in ("base", "few_shot", "fine_tuned") if "skipped" not in variants.get(v, {"skipped": 1})]
     names = {"base": "base", "few_shot": f"few-shot (k={metrics.get('few_shot_k')})", "fine_tuned": "fine-tuned"}
-    keys = HEADLINE[spec.task]
+    keys = spec.headline_metrics
     rows = "\n".join(f"| {k} | " + " | ".join(_fmt(variants[v].get(k)) for v in shown) + " |" for k in keys)
     table = f"| metric | {' | '.join(names[v] for v in shown)} |\n|---|{'---|' * len(shown)}\n{rows}"
     if spec.task == "extract" and shown:
@@ -231,7 +245,7 @@ def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
 
 {spec.description}
 
-Trained and evaluated with [adapterlab](../../README.md) from `adapters/{spec.name}/adapter.yaml`; the
+Trained and evaluated with [adapterlab](../../README.md) from `{_folder(spec)}/adapter.yaml`; the
 prompt below is the one used in training, evaluation and the app.
 
 ## Results
@@ -278,8 +292,8 @@ User template: `{spec.prompt.user_template}`{_decoding_text(spec)}
 ## Reproduce
 
 ```bash
-adapterlab train {spec.name} --no-eval    # trained on: {training.get('device', '—')}
-adapterlab eval {spec.name}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
+adapterlab train {spec.name}{_catalog_option(spec)} --no-eval    # trained on: {training.get('device', '—')}
+adapterlab eval {spec.name}{_catalog_option(spec)}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
 ```
 
 `adapterlab train {spec.name}` alone trains and evaluates in one go; either way the configuration is
@@ -287,8 +301,5 @@ adapterlab eval {spec.name}{'' if metrics.get('test_examples') == metrics.get('t
 
 ## Intended use and limitations
 
-A teaching and demonstration adapter for a 135M-parameter model. It can be wrong with high confidence.
-**Not for clinical decisions**, diagnosis or treatment; not medical advice.
-{spec.limitations}
-"""
+{_intended_use(spec, base_id)}"""
     return "\n".join(_front_matter(spec, base_id)) + body

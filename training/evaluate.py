@@ -98,9 +98,11 @@ def evaluate_adapter(runtime: Runtime, spec: AdapterSpec, splits, *, limit: int 
 # --- tasks ---------------------------------------------------------------------------------------
 
 def _classify(runtime, spec, test, kwargs, in_batches):
-    positive = spec.labels[-1]  # spam: the last label is the positive class
     out = in_batches(lambda texts, b: runtime.classify(spec.name, texts, batch_size=b, **kwargs),
                      [ex.input for ex in test])
+    if len(spec.labels) > 2:
+        return _classify_multi(spec, test, out), out
+    positive = spec.labels[-1]  # spam: the last label is the positive class
     metric = load_metric("spam_classification")
     refs = [int(ex.target == positive) for ex in test]
     preds = [int(r.label == positive) for r in out]
@@ -114,6 +116,18 @@ def _classify(runtime, spec, test, kwargs, in_batches):
         result["at_argmax"] = {k: v for k, v in metric.compute(predictions=argmax, references=refs,
                                                               scores=scores).items() if k != "auroc"}
     return result, out
+
+
+def _classify_multi(spec, test, out) -> dict:
+    """Three labels or more: accuracy, macro-averaged precision, recall and F1, F1 per label, and the
+    confusion matrix (rows: the reference label, columns: the predicted one, in the spec's order)."""
+    index = {label: i for i, label in enumerate(spec.labels)}
+    refs, preds = [index[ex.target] for ex in test], [index[r.label] for r in out]
+    result = load_metric("multiclass_classification").compute(predictions=preds, references=refs,
+                                                             num_labels=len(spec.labels))
+    result["f1_per_label"] = dict(zip(spec.labels, result["f1_per_label"]))
+    result["confusion"] = _confusion(refs, preds, len(spec.labels))
+    return result
 
 
 def choose_threshold(scores: Sequence[float], refs: Sequence[int]) -> tuple[float, float]:
@@ -164,9 +178,14 @@ def choose_few_shot(runtime: Runtime, spec: AdapterSpec, splits, batch_size: int
         candidates.append(shots)
     best = max(range(len(draws)), key=lambda i: (draws[i]["score"], -i))
     return candidates[best], {"k": k, "seed": draws[best]["seed"], "draws": len(draws),
-                              "criterion": FEW_SHOT_CRITERION[spec.task].format(
-                                  positive=spec.labels[-1] if spec.labels else "") + " on the validation split",
+                              "criterion": _few_shot_criterion(spec) + " on the validation split",
                               "validation_examples": len(validation), "scores": draws}
+
+
+def _few_shot_criterion(spec: AdapterSpec) -> str:
+    if spec.task == "classify" and len(spec.labels) > 2:
+        return "macro F1"
+    return FEW_SHOT_CRITERION[spec.task].format(positive=spec.labels[-1] if spec.labels else "")
 
 
 def _few_shot_scores(runtime: Runtime, spec: AdapterSpec, validation, shots, in_batches) -> dict:
@@ -174,6 +193,8 @@ def _few_shot_scores(runtime: Runtime, spec: AdapterSpec, validation, shots, in_
     kwargs = {"base": True, "examples": shots}
     if spec.task == "classify":
         result, _ = _classify(runtime, spec, validation, kwargs, in_batches)
+        if len(spec.labels) > 2:
+            return {"score": result["macro_f1"], **{m: result[m] for m in ("macro_f1", "accuracy")}}
         return {"score": result["f1"], **{m: result[m] for m in ("f1", "accuracy", "auroc")}}
     if spec.task == "generate":  # ROUGE only: BERTScore and perplexity would double the cost
         answers = in_batches(lambda qs, b: runtime.answer(spec.name, qs, batch_size=b, **kwargs),
@@ -269,8 +290,8 @@ def _with_progress(desc: str, batch_size: int, progress: bool):
     return in_batches
 
 
-def _confusion(refs: list[int], preds: list[int]) -> list[list[int]]:
-    matrix = [[0, 0], [0, 0]]
+def _confusion(refs: list[int], preds: list[int], n: int = 2) -> list[list[int]]:
+    matrix = [[0] * n for _ in range(n)]
     for r, p in zip(refs, preds):
         matrix[r][p] += 1
     return matrix
@@ -296,15 +317,18 @@ def plot_results(spec: AdapterSpec, report: dict, predictions: dict, test, out_d
     if spec.task == "classify":
         fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.2), dpi=110)
         axes = [axes] if len(shown) == 1 else axes
+        f1 = "f1" if len(spec.labels) == 2 else "macro_f1"
         for ax, v in zip(axes, shown):
             m = variants[v]["confusion"]
             ax.imshow(m, cmap="Blues")
-            for i in range(2):
-                for j in range(2):
-                    ax.text(j, i, m[i][j], ha="center", va="center", fontsize=12)
-            ax.set_xticks([0, 1], [f"pred {spec.labels[0]}", f"pred {spec.labels[-1]}"])
-            ax.set_yticks([0, 1], [spec.labels[0], spec.labels[-1]])
-            ax.set_title(f"{v}\nacc {variants[v]['accuracy']:.3f}  F1 {variants[v]['f1']:.3f}", fontsize=9)
+            for i, row in enumerate(m):
+                for j, count in enumerate(row):
+                    ax.text(j, i, count, ha="center", va="center", fontsize=12 if len(m) < 4 else 8)
+            ticks = range(len(spec.labels))
+            ax.set_xticks(ticks, [f"pred {label}" for label in spec.labels], rotation=30 if len(m) > 2 else 0)
+            ax.set_yticks(ticks, spec.labels)
+            ax.set_title(f"{v}\nacc {variants[v]['accuracy']:.3f}  {f1.replace('_', ' ')} {variants[v][f1]:.3f}",
+                         fontsize=9)
         name = "confusion.png"
     elif spec.task == "generate":
         keys = ["rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1"]
