@@ -200,7 +200,7 @@ def cmd_predict(args) -> int:
     else:
         write_jsonl_atomic(args.output, predictions)
     where = "standard output" if args.output == STANDARD_STREAM else args.output
-    print(f"wrote {len(rows)} lines to {where}", file=sys.stderr)
+    print(f"wrote {len(rows)} line{'s' if len(rows) != 1 else ''} to {where}", file=sys.stderr)
     return 0
 
 

@@ -226,6 +226,15 @@ def test_another_adapter_of_a_format_never_reads_the_shipped_adapters_data(tmp_p
     assert f"set {DATA_DIR_ENV} to a datasets folder holding mine/mysms.tsv" in str(caught.value)
 
 
+def test_a_relative_local_path_is_also_read_beside_the_spec(tmp_path):
+    import dataclasses
+
+    write(tmp_path / "elsewhere" / "mood" / "data" / "mood.tsv", "ham\tfrom beside the spec\n")
+    spec = dataclasses.replace(make_spec("classify", local_path="data/mood.tsv"),
+                               directory=tmp_path / "elsewhere" / "mood")
+    assert load_examples(spec, root=tmp_path / "project", hub=False)[0][0].input == "from beside the spec"
+
+
 def test_the_recorded_source_names_no_folder_of_this_machine(tmp_path, monkeypatch):
     """metrics.json and the card are committed: they keep where the data lie as any machine can read it."""
     import hashlib

@@ -544,7 +544,8 @@ def data_candidates(spec: AdapterSpec, path: str | Path | None = None, *, data_d
                     root: str | Path | None = None) -> list[Path]:
     """The local files tried, in order: ``path`` (a file, or a folder searched like a datasets
     folder), then ``data_dir`` (default ``$ADAPTERLAB_DATA_DIR``), then ``root / data.local_path``
-    (``root`` defaults to the project root, the folder holding ``adapters/``)."""
+    (``root`` defaults to the project root, the folder holding ``adapters/``), then a relative
+    ``data.local_path`` from the spec's own folder (a catalogue kept elsewhere, with its data)."""
     if path is not None:
         path = Path(path).expanduser()
         return [path / tail for tail in _tails(spec)] if path.is_dir() else [path]
@@ -554,7 +555,9 @@ def data_candidates(spec: AdapterSpec, path: str | Path | None = None, *, data_d
         candidates += [Path(data_dir).expanduser() / tail for tail in _tails(spec)]
     if spec.data.local_path:
         candidates.append(Path(root or PROJECT_ROOT) / spec.data.local_path)
-    return candidates
+        if not Path(spec.data.local_path).is_absolute():
+            candidates.append(spec.directory / spec.data.local_path)
+    return list(dict.fromkeys(candidates))
 
 
 def load_examples(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: str | Path | None = None,
