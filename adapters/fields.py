@@ -25,26 +25,29 @@ class Extraction:
     raw: str  # the model's text, unchanged
     error: str | None = None
     truncated: bool = False  # the input was cut to fit the context
+    cut_at: int | None = None  # the output ended inside the object at this max_new_tokens limit
+    closed: bool = False  # the output ended inside the object, which repair closed
 
 
 def parse_fields(raw: str, fields: Sequence[str]) -> Extraction:
     """Parse a model's output into exactly ``fields``; never raises on bad output."""
-    obj, repaired = _find_json_object(raw)
+    obj, repaired, closed = _find_json_object(raw)
     if obj is None:
         return Extraction({f: None for f in fields}, valid=False, repaired=False, raw=raw,
-                          error="the model's output is not a JSON object")
+                          error="the model's output is not a JSON object", closed="{" in raw)
     values: dict[str, str | None] = {}
     for name in fields:
         value, changed = _as_text(obj.get(name))
         values[name] = value
         repaired |= changed or name not in obj
     repaired |= bool(set(obj) - set(fields))
-    return Extraction(values, valid=True, repaired=repaired, raw=raw)
+    return Extraction(values, valid=True, repaired=repaired, raw=raw, closed=closed)
 
 
-def _find_json_object(raw: str) -> tuple[dict | None, bool]:
+def _find_json_object(raw: str) -> tuple[dict | None, bool, bool]:
+    """The object in ``raw``, whether it needed repair, and whether repair had to close it."""
     text = raw.strip()
-    for candidate, repaired, cut_in_string in _candidates(text):
+    for candidate, repaired, cut_in_string, closed in _candidates(text):
         try:
             obj = json.loads(candidate)
         except json.JSONDecodeError:
@@ -54,26 +57,27 @@ def _find_json_object(raw: str) -> tuple[dict | None, bool]:
                 # the last value was cut mid-string ("stage": "I of "IV"): a plausible-looking
                 # wrong value is worse than none, so it becomes null
                 obj[list(obj)[-1]] = None
-            return obj, repaired
-    return None, False
+            return obj, repaired, closed
+    return None, False, False
 
 
 def _candidates(text: str):
-    """(candidate JSON text, whether it is a repair, whether the last string value was cut)."""
-    yield text, False, False
+    """(candidate JSON text, whether it is a repair, whether the last string value was cut, whether
+    the object was closed by the repair)."""
+    yield text, False, False, False
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     if fenced:
-        yield fenced.group(1).strip(), True, False
+        yield fenced.group(1).strip(), True, False, False
     start = text.find("{")
     if start < 0:
         return
     end = text.rfind("}")
     if end > start:
-        yield text[start:end + 1], True, False
+        yield text[start:end + 1], True, False, False
     body = text[start:].rstrip().rstrip(",")
     # an object cut off by max_new_tokens: in a value, after a value, in a key, after a key, after ':'
     for closing in ('"}', "}", '": null}', ": null}", "null}"):
-        yield body + closing, True, closing == '"}'
+        yield body + closing, True, closing == '"}', True
 
 
 

@@ -463,6 +463,10 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
 
 
 def extraction_flag(result: dict) -> str:
+    if result.get("cut_at"):
+        return (f"✂️ **Cut at the {result['cut_at']}-token limit** (⚙️ max new tokens): the model had not "
+                "finished, so fields after the cut are null because they were never written, not because "
+                "the text lacks them. Raise the limit and send again.")
     if not result["valid"]:
         # the one reason parse_fields gives (adapters/fields.py) is this sentence's first half
         return ("❌ **Invalid output**: the model did not produce a JSON object, so every field is null "
@@ -521,8 +525,8 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
         rows = [[t, r["label"], *[round(r["probs"][label], 6) for label in labels], r["truncated"]]
                 for t, r in zip(texts, results, strict=True)]
     else:
-        header = ["text", *fields, "valid", "repaired", "truncated", "not_in_text"]
-        rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"],
+        header = ["text", *fields, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text"]
+        rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"], r.get("cut_at"),
                  "; ".join(f for f in fields if support_in_text(r["fields"].get(f), t) == "none")]
                 for t, r in zip(texts, results, strict=True)]
     return header, rows
@@ -555,13 +559,17 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
         parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
     else:
-        is_valid, is_repaired = header.index("valid"), header.index("repaired")
+        is_valid, is_repaired, is_cut = header.index("valid"), header.index("repaired"), header.index("cut_at_tokens")
         fields = header[1:is_valid]
         valid = sum(1 for r in rows if r[is_valid])
         repaired = sum(1 for r in rows if r[is_repaired])
-        parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**")
+        cut = [r[is_cut] for r in rows if r[is_cut]]
+        parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**"
+                     + (f" · ✂️ cut at the {cut[0]}-token limit: **{len(cut)}** (⚙️ max new tokens; their later "
+                        "fields were never written)" if cut else ""))
         md_rows = [[f"{n:,}", cell(_short(r[0], 60)), *[_compared_value(v, False, r[0]) for v in r[1:is_valid]],
-                    "⚠️ repaired" if r[is_repaired] else ("valid" if r[is_valid] else "❌ invalid")]
+                    "✂️ cut" if r[is_cut] else ("⚠️ repaired" if r[is_repaired] else ("valid" if r[is_valid]
+                                                                                     else "❌ invalid"))]
                    for n, r in zip(upload.rows, shown)]
         # "JSON", not a green check: a well-formed answer can still hold invented values
         parts.append(table([upload.row_name, "text", *fields, "JSON"], md_rows))
@@ -625,8 +633,9 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
             differs = len(values) > 1
             rows.append([f"`{name}`" + (" ≠" if differs else ""),
                          *per(lambda o, n=name, d=differs: _compared_value(o.result["fields"].get(n), d, text))])
-        rows.append(["output", *per(lambda o: "❌ invalid" if not o.result["valid"]
-                                    else ("⚠️ repaired" if o.result["repaired"] else "✅ valid"))])
+        rows.append(["output", *per(lambda o: f"✂️ cut at the {o.result['cut_at']}-token limit"
+                                    if o.result.get("cut_at") else ("❌ invalid" if not o.result["valid"]
+                                    else ("⚠️ repaired" if o.result["repaired"] else "✅ valid")))])
     else:
         rows.append(["answer", *per(lambda o: cell(o.result) if o.result and o.result.strip() else "*(empty)*")])
     rows.append(["latency", *per(lambda o: f"{o.seconds:.2f} s" if o.seconds is not None else "—")])

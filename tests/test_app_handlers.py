@@ -472,6 +472,9 @@ def test_extraction_shows_seven_fields_null_json_and_flags():
     invalid = handlers.extraction_markdown(extraction(valid=False), FIELDS, "v", text)
     assert invalid.startswith("❌ **Invalid output**") and "nothing is invented" in invalid
     assert invalid.count("JSON object") == 1  # said once, not again as the parser's reason
+    # cut off by the token limit: its nulls are unwritten fields, not findings missing from the text
+    cut = handlers.extraction_markdown(extraction(repaired=True) | {"cut_at": 16}, FIELDS, "v", text)
+    assert cut.startswith("✂️ **Cut at the 16-token limit** (⚙️ max new tokens)") and "never written" in cut
 
 
 def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
@@ -521,7 +524,8 @@ def test_batch_rows_table_and_csv(catalog):
                                   "base", 0.5)
     assert one.startswith("### 1 text from `one.csv`")
     header, rows = handlers.batch_rows("extract", ["n"], [extraction(stage="IV")], fields=FIELDS)
-    assert header == ["text", *FIELDS, "valid", "repaired", "truncated", "not_in_text"] and rows[0][2] == "IV"
+    assert header == ["text", *FIELDS, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text"]
+    assert rows[0][2] == "IV"
     assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
 
 
@@ -537,6 +541,11 @@ def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
     assert "| 1 | 34-year-old man with a sprained ankle, given ibuprofen. | bacteria (fever-resistant) ○ | II ○ |" in md
     assert "| 2 | Stage IV melanoma, BRAF V600E. | melanoma | IV | BRAF V600E |" in md
     assert "| valid |" in md and "✅" not in md and "not_in_text" in md
+    results[1] = extraction(repaired=True, cancer_type="melanoma") | {"cut_at": 16}
+    header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
+    md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 2), header, rows, "v", 1.0)
+    assert "✂️ cut at the 16-token limit: **1**" in md and "| ✂️ cut |" in md
+    assert rows[1][header.index("cut_at_tokens")] == 16
 
 
 def test_profiles_have_realistic_starters_and_compare_uses_commands():

@@ -14,7 +14,7 @@ def test_bench_qlora_trains_a_random_4bit_model_and_reports_it(tiny_base, catalo
     data = write_sms_collection(tmp_path / "SMSSpamCollection")
     out = tmp_path / "qlora.json"
 
-    rc = main(["bench", "qlora", "--shape", "tiny", "--seq-len", "64", "--steps", "3", "--device", "cpu",
+    rc = main(["bench", "qlora", "--shape", "tiny", "--seq-len", "256", "--steps", "3", "--device", "cpu",
                "--tokenizer", str(tiny_base), "--catalog", str(catalog), "--data", str(data),
                "--output", str(out), "--quiet"])
 
@@ -22,11 +22,11 @@ def test_bench_qlora_trains_a_random_4bit_model_and_reports_it(tiny_base, catalo
     result = json.loads(out.read_text())
     assert result["benchmark"] == "train-qlora" and result["shape"] == "tiny" and result["device_kind"] == "cpu"
     assert result["random_weights"] is True and "do not depend on weight values" in result["note"]
-    assert result["steps"] == 3 and result["sequence_length"] == 64
-    assert 0 < result["real_tokens"] <= 3 * 64  # three rows of at most seq-len tokens
+    assert result["steps"] == 3 and result["sequence_length"] == 256
+    assert 0 < result["real_tokens"] <= 3 * 256  # three rows of at most seq-len tokens
     assert result["tokens_per_s"] > 0 and result["parameters"] > 0
     assert result["peak_gpu_memory_bytes"] is None and result["meets_memory_target"] is None
-    assert "bench qlora --shape tiny --seq-len 64 --steps 3" in result["command"]
+    assert "bench qlora --shape tiny --seq-len 256 --steps 3" in result["command"]
     assert sorted(p.name for p in (catalog / "spam").iterdir()) == ["adapter.yaml"]  # catalogue untouched
 
 

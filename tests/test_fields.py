@@ -58,13 +58,14 @@ def test_all_null_object_is_valid_and_clean():
 def test_prose_and_code_fences_are_cut_and_flagged(raw):
     result = parse(raw)
     assert result.valid and result.repaired and result.error is None
+    assert not result.closed  # a whole object with text around it: nothing was cut off
     assert result.fields == EXAMPLE
 
 
 def test_object_cut_by_max_tokens_keeps_the_complete_values():
     cut = CLEAN[:CLEAN.index('"treatment"') + len('"treatment": "nivol')]
     result = parse(cut)
-    assert result.valid and result.repaired
+    assert result.valid and result.repaired and result.closed  # it ended inside the object
     assert {k: result.fields[k] for k in ("cancer_type", "stage", "gene_mutation", "biomarker")} == {
         "cancer_type": "melanoma", "stage": "IV", "gene_mutation": "BRAF V600E", "biomarker": None}
     assert result.fields["response"] is None and result.fields["metastasis_site"] is None
