@@ -83,12 +83,21 @@ class Generation:
         self.finished_at = time.perf_counter()
 
     def __iter__(self) -> Iterator[str]:
+        # U+FFFD is what a character whose bytes are split across tokens decodes to until its last
+        # token comes; held back, it is shown with what follows, and dropped when the answer ends
+        # inside the character (cut by the token limit: an answer ended "🎉🎉�", and the "�" went
+        # back to the model with the history)
+        pending = ""
         try:
             for piece in self.pieces:
                 if self.first_piece_at is None:
                     self.first_piece_at = time.perf_counter()
-                self.text += piece
-                yield piece
+                piece = pending + piece
+                whole = piece.rstrip("\ufffd")
+                pending = piece[len(whole):]
+                if whole:
+                    self.text += whole
+                    yield whole
         finally:  # a consumer that stops early (the app's Stop button) must free the model too
             self.close()
 
@@ -192,7 +201,8 @@ class Runtime:
         params = self._params(spec, 0.0, 1.0, max_new_tokens)
         prompts = [self.rendered_prompt(adapter, [{"role": "user", "content": q}], system=system,
                                         examples=examples) for q in questions]
-        return self.backend.complete(target, prompts, params, batch_size=batch_size)
+        # an answer the token limit ended inside a character: its half is no text (see Generation)
+        return [text.rstrip("\ufffd") for text in self.backend.complete(target, prompts, params, batch_size=batch_size)]
 
     def extract(self, adapter: str, texts: Sequence[str], *, base: bool = False,
                 system: str | None = None, examples: Sequence[tuple[str, str]] = (),

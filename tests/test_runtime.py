@@ -1023,3 +1023,13 @@ def test_a_completion_returns_when_its_rows_end_though_a_stream_joined_its_batch
         hook.remove()
     assert len("".join(pieces)) > 0
     assert returned["stream"] - returned["completion"] > 1.0, "the completion waited for the stream that joined its batch"
+
+
+def test_a_character_split_by_the_end_of_an_answer_is_dropped_not_shown_as_a_replacement_sign():
+    from adapters.runtime import Generation
+
+    # what the streamer flushes at the end when the token limit cut the third 🎉 after its first bytes
+    generation = Generation(pieces=iter(["Party: ", "🎉🎉\ufffd"]))
+    assert list(generation) == ["Party: ", "🎉🎉"] and generation.text == "Party: 🎉🎉"
+    inside = Generation(pieces=iter(["a \ufffd b", "c"]))  # one inside the text is kept, in order
+    assert "".join(inside) == inside.text == "a \ufffd bc"
