@@ -155,7 +155,7 @@ class Runtime:
         spec = self._task_spec(adapter, "classify")
         target = self._target(spec, base)
         threshold = None if base else read_threshold(spec)
-        fitted = self._fit(spec, texts, system, examples)
+        fitted = self._fit(spec, texts, system, examples, self._label_room(spec))
         prompts, shared_prefix = self._task_prompts(spec, [text for text, _ in fitted], system, examples)
         continuations = [self._label_continuation(spec, label) for label in spec.labels]
         scores = self.backend.score(target, prompts, [continuations] * len(prompts),
@@ -246,7 +246,8 @@ class Runtime:
         """The exact text a task would send to the model for this input (for prompt testing)."""
         spec = self.spec(adapter) if adapter is not None else None
         if spec is not None and spec.task in ("classify", "extract"):
-            [(text, _)] = self._fit(spec, [messages[-1]["content"]], system, examples)
+            room = self._label_room(spec) if spec.task == "classify" else None
+            [(text, _)] = self._fit(spec, [messages[-1]["content"]], system, examples, room)
             return self.backend.render(task_messages(spec, text, system=system, examples=examples))
         shots = [m for q, a in examples for m in ({"role": "user", "content": q},
                                                   {"role": "assistant", "content": a})]
@@ -297,22 +298,28 @@ class Runtime:
             _check_encodable(text)
         max_new = max_new_tokens or spec.generation.max_new_tokens
         frame = self.backend.render(task_messages(spec, "", system=system, examples=examples))
-        budget = min(self._input_budget(spec, max_new), self._room_after(frame, max_new))
+        answer = "label" if spec.task == "classify" else "answer"
+        budget = min(self._input_budget(spec, max_new), self._room_after(frame, max_new, answer))
         return [(self.backend.truncate(text, budget), True) if over else (text, False)
                 for text, over in zip(texts, self.backend.over_budget(texts, budget))]
 
-    def _room_after(self, frame: str, max_new_tokens: int) -> int:
+    def _room_after(self, frame: str, max_new_tokens: int, answer: str = "answer") -> int:
         """Tokens of input that fit beside ``frame`` (the rendered prompt around it: system message,
-        examples, template) and the answer; a frame that leaves none is refused, naming the sizes."""
+        examples, template) and the ``answer`` (a generated answer, or a classifier's label); a frame
+        that leaves none is refused, naming the sizes."""
         frame_tokens = self.backend.count_tokens(frame)
         room = self.backend.context_length - max_new_tokens - frame_tokens
         if room < MIN_INPUT_TOKENS:
+            lower = " (or lower max new tokens)" if answer == "answer" else ""
             raise InputError(
-                f"the system prompt is too long: with the prompt's template and examples it takes "
+                f"the system prompt is too long: with the prompt around your text it takes "
                 f"{frame_tokens:,} tokens, and this model reads {self.backend.context_length:,} in all, "
-                f"{max_new_tokens:,} of them kept for the answer; shorten it (or lower max new tokens) "
-                f"to leave room for your text")
+                f"{max_new_tokens:,} of them kept for the {answer}; shorten it{lower} to leave room for your text")
         return room
+
+    def _label_room(self, spec: AdapterSpec) -> int:
+        """Tokens a classifier's answer takes: its longest label as trained (label + end of turn)."""
+        return max(self.backend.count_tokens(self._label_continuation(spec, label)) for label in spec.labels)
 
     def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], int | None, int]:
         """The conversation with the spec's system message, the last message cut to the input budget

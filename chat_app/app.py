@@ -349,8 +349,8 @@ async def on_message(message: cl.Message):
             await _extract(runtime, profile, text)
     except handlers.InputProblem as exc:
         await cl.Message(content=str(exc)).send()
-    except InputError as exc:
-        await cl.Message(content=f"✏️ {exc}").send()
+    except InputError as exc:  # the runtime's messages start in lower case, to follow "error: "
+        await cl.Message(content=f"✏️ {str(exc)[:1].upper()}{str(exc)[1:]}").send()
     except AdapterNotTrainedError:
         await cl.Message(content=handlers.not_trained_message(SPECS[profile.adapter])).send()
     except asyncio.CancelledError:

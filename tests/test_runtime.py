@@ -342,19 +342,23 @@ def test_a_system_prompt_is_never_longer_than_the_context_leaves(tiny_base, cata
     context = rt.backend.context_length  # 1,024 for the tiny model
     huge = "be brief " * context
     message = [{"role": "user", "content": "hello"}]
-    for call in (lambda: rt.classify("spam", ["win a prize"], base=True, system=huge),
-                 lambda: rt.extract("oncology", ["stage IV melanoma"], base=True, system=huge),
-                 lambda: rt.generate(None, message, system=huge, max_new_tokens=4),
-                 lambda: rt.generate("medquad", message, base=True, system=huge, max_new_tokens=4)):
-        with pytest.raises(InputError, match=r"system prompt is too long: .* \d[\d,]* tokens, .*reads 1,024"):
+    for kept_for, call in (("label", lambda: rt.classify("spam", ["win a prize"], base=True, system=huge)),
+                           ("answer", lambda: rt.extract("oncology", ["stage IV melanoma"], base=True, system=huge)),
+                           ("answer", lambda: rt.generate(None, message, system=huge, max_new_tokens=4)),
+                           ("answer", lambda: rt.generate("medquad", message, base=True, system=huge,
+                                                          max_new_tokens=4))):
+        with pytest.raises(InputError, match=r"system prompt is too long: .* \d[\d,]* tokens, .*reads 1,024") as caught:
             call()
+        # a classifier's answer is its label: no "max new tokens" to lower, and no 256 tokens kept for it
+        assert f"of them kept for the {kept_for};" in str(caught.value)
+        assert ("max new tokens" in str(caught.value)) == (kept_for == "answer")
 
     large = "be brief " * (context // 3 // rt.backend.count_tokens("be brief "))  # room, not for a long text
     long_text = "win a free prize call now " * 400
     (r,) = rt.classify("spam", [long_text], base=True, system=large)
     assert r.truncated
     prompt = rt.rendered_prompt("spam", [{"role": "user", "content": long_text}], system=large)
-    assert rt.backend.count_tokens(prompt) <= context - rt.spec("spam").generation.max_new_tokens
+    assert rt.backend.count_tokens(prompt) <= context - rt._label_room(rt.spec("spam"))  # room for the label only
     g = rt.generate(None, [{"role": "user", "content": long_text}], system=large, max_new_tokens=8)
     g.read()
     assert g.truncated and large.strip() in rt.rendered_prompt(None, [{"role": "user", "content": "x"}], system=large)
