@@ -13,6 +13,7 @@
 // 3. A wrong password showed, beside the login form's own message, a toast with the server's raw
 //    error, "Unauthorized: credentialssignin"; it is hidden (chat_app/page_text.py words the form's).
 // 4. Enter in the history's rename dialog did nothing; it confirms, as in any one-field form.
+// 5. The settings' sliders had no name ("slider"); each gets its label's text.
 (() => {
   const NAMES = {
     "new-chat-button": "New chat",
@@ -54,6 +55,19 @@
     }
   }
 
+  // Settings sliders: Radix puts role="slider" on an inner thumb that the <label for=...> of the
+  // slider's root does not reach, so a screen reader said "slider" with no name. The label's own text
+  // (without the value badge inside it) names the thumb.
+  function nameSliders() {
+    for (const thumb of document.querySelectorAll('[role="slider"]:not([aria-label])')) {
+      const root = thumb.closest("[id]");
+      const label = root && document.querySelector(`label[for="${CSS.escape(root.id)}"]`);
+      const text = label && [...label.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE)
+        .map((n) => n.textContent).join("").trim();
+      if (text) giveName(thumb, text);
+    }
+  }
+
   function giveName(element, name) {
     if (element.getAttribute("aria-label") === name) return;
     element.setAttribute("aria-label", name);
@@ -92,6 +106,7 @@
   document.addEventListener("focusin", (event) => { focused = event.target; });
   new MutationObserver(() => {
     nameButtons();
+    nameSliders();
     refocusIfFocusWasRemoved();
     hideRawLoginToast();
   }).observe(document.documentElement,

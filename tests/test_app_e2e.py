@@ -171,7 +171,7 @@ def choose_profile(page, name: str) -> None:
 def set_max_new_tokens(page, value: int) -> None:
     """Settings panel: move the "Max new tokens" slider with the keyboard (16 at Home, steps of 16)."""
     page.click("#chat-settings-open-modal")
-    thumb = page.locator("#max_new_tokens [role=slider]")
+    thumb = page.get_by_role("slider", name="Max new tokens", exact=True)  # named by public/adapterlab.js
     thumb.focus()
     thumb.press("Home")
     for _ in range(value // 16 - 1):
@@ -443,6 +443,8 @@ def test_icon_buttons_have_names_and_the_keyboard_returns_to_the_message_box(ser
     page.get_by_role("button", name="Settings", exact=True).focus()
     page.keyboard.press("Enter")
     page.get_by_role("dialog").wait_for()
+    for name in ("Temperature", "Top-p", "Max new tokens"):  # sliders, named by their labels
+        assert page.get_by_role("slider", name=name, exact=True).count() == 1, name
     page.keyboard.press("Escape")
     page.get_by_role("dialog").wait_for(state="detached")
     page.wait_for_function(f"({focused})() === 'chat-input'", timeout=5000)
