@@ -129,3 +129,12 @@ def support_in_text(value: str | None, text: str) -> str | None:
     found = set(_words(text))
     hits = sum(w in found for w in words)
     return "all" if hits == len(words) else ("some" if hits else "none")
+
+
+def parts_not_in_text(value: str | None, text: str) -> list[str]:
+    """The items of a list value ("bone; liver; lung") with no word in the text: one invented item
+    hides behind the others' words, and the value as a whole reads "some words"."""
+    if value is None:
+        return []
+    parts = [p.strip() for p in re.split(r"[;,]", value) if p.strip()]
+    return [p for p in parts if len(parts) > 1 and support_in_text(p, text) == "none"]

@@ -11,11 +11,11 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-from adapters.fields import support_in_text
+from adapters.fields import parts_not_in_text, support_in_text
 from adapters.spec import AdapterSpec
 
 NOT_MEDICAL_ADVICE = ("⚕️ **Not medical advice.** Answers come from a 135M-parameter demo model that can "
@@ -450,7 +450,7 @@ SUPPORT = {"all": "✓ every word", "some": "◐ some words", "none": "○ no wo
 def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str) -> str:
     """The fields as a table, with how far each value's words occur in ``text`` (the input), then as
     JSON; the model's raw output when it needed repair."""
-    rows = [[f"`{name}`", cell(result["fields"].get(name)), SUPPORT[support_in_text(result["fields"].get(name), text)]]
+    rows = [[f"`{name}`", cell(result["fields"].get(name)), _support_note(result["fields"].get(name), text)]
             for name in fields]
     parts = [extraction_flag(result), table(["field", "value", "in your text"], rows),
              "JSON (copy with the button on the block):",
@@ -460,6 +460,23 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
         parts.append(code_block(result["raw"] or "(empty)", "text"))
     parts.append(f"*{variant}*")
     return "\n\n".join(parts)
+
+
+def _support_note(value: str | None, text: str) -> str:
+    note = SUPPORT[support_in_text(value, text)]
+    missing = parts_not_in_text(value, text)
+    return note + (f" (no word in the text: {cell(', '.join(missing))})" if missing else "")
+
+
+def _not_in_text(fields: Sequence[str], values: Mapping, text: str) -> str:
+    """The CSV's ``not_in_text``: fields with no word in the text, and list items with none."""
+    notes = []
+    for f in fields:
+        if support_in_text(values.get(f), text) == "none":
+            notes.append(f)
+        elif missing := parts_not_in_text(values.get(f), text):
+            notes.append(f"{f}: {', '.join(missing)}")
+    return "; ".join(notes)
 
 
 def extraction_flag(result: dict) -> str:
@@ -527,7 +544,7 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
     else:
         header = ["text", *fields, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text"]
         rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"], r.get("cut_at"),
-                 "; ".join(f for f in fields if support_in_text(r["fields"].get(f), t) == "none")]
+                 _not_in_text(fields, r["fields"], t)]
                 for t, r in zip(texts, results, strict=True)]
     return header, rows
 

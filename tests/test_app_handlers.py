@@ -125,6 +125,9 @@ def test_generate_chain_streams_the_runtime_answer_with_history(tiny_base, catal
                                         cut_at=info.cut_at)
     assert "cut at the 12-token limit (⚙️ max new tokens)" in footer
     assert "cut at" not in handlers.generation_footer("base", 1.0, 0.1, 9, 5, False, medical=True)
+    quick = handlers.generation_footer("base", 0.548, 0.536, 9, 5, False, medical=False)
+    assert "first token 0.54 s · total 0.55 s" in quick and "Not medical advice" not in quick
+    assert "total 12.3 s" in handlers.generation_footer("base", 12.34, 0.5, 9, 5, False, medical=False)
 
 
 def test_the_footer_says_what_of_the_input_was_cut_to_fit(tiny_base, catalog):
@@ -546,6 +549,16 @@ def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
     md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 2), header, rows, "v", 1.0)
     assert "✂️ cut at the 16-token limit: **1**" in md and "| ✂️ cut |" in md
     assert rows[1][header.index("cut_at_tokens")] == 16
+
+
+def test_an_invented_item_of_a_list_value_is_named():
+    """Bone and liver metastases only, and the model added lung: the value read "◐ some words"."""
+    text = "Breast cancer with bone and liver metastases."
+    result = extraction(metastasis_site="bone, liver, lung")
+    md = handlers.extraction_markdown(result, FIELDS, "v", text)
+    assert "| `metastasis_site` | bone, liver, lung | ◐ some words (no word in the text: lung) |" in md
+    header, rows = handlers.batch_rows("extract", [text], [result], fields=FIELDS)
+    assert rows[0][-1] == "metastasis_site: lung"
 
 
 def test_profiles_have_realistic_starters_and_compare_uses_commands():
