@@ -622,10 +622,14 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
             results += await chain.ainvoke({"texts": upload.texts[start:start + step]})
             progress.content = f"⏳ Processed {len(results):,} of {total:,} texts from `{name}`…"
             await progress.update()
-    except asyncio.CancelledError:  # the Stop button
-        progress.content = f"⏹ Stopped after {len(results):,} of {total:,} texts from `{name}`; no results file was made."
-        await progress.update()
-        return
+    except asyncio.CancelledError:  # the Stop button: the texts done are kept, as Chat and Compare keep theirs
+        if not results:
+            progress.content = f"⏹ Stopped before any of the {total:,} texts from `{name}` was done ({_stop_reason()})."
+            await progress.update()
+            return
+        reason = _stop_reason()
+        upload = upload.first(len(results), f"{reason[:1].upper()}{reason[1:]} after {len(results):,} of "
+                                            f"{total:,} texts: the results below and in the file are theirs.")
     seconds = time.perf_counter() - started
     header, rows = handlers.batch_rows(profile.task, upload.texts, results, spec.labels, spec.fields)
     stem = Path(name).stem or "upload"

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 from adapters.fields import parts_not_in_text, support_in_text
@@ -246,6 +246,11 @@ class Upload:
     @property
     def row_name(self) -> str:
         return "line" if self.source == "lines" else "row"
+
+    def first(self, n: int, note: str) -> "Upload":
+        """The first ``n`` texts, as a batch stopped after them reports them, with ``note``."""
+        return replace(self, texts=self.texts[:n], rows=self.rows[:n], values=self.values[:n],
+                                   notes=[*self.notes, note])
 
 
 def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> Upload:

@@ -363,7 +363,7 @@ def test_an_answer_goes_on_when_its_page_reconnects_after_a_blip(server, browser
     page.context.close()
 
 
-def test_stopping_a_batch_upload_says_how_far_it_got(server, browser, tmp_path):
+def test_stopping_a_batch_upload_keeps_the_texts_it_did(server, browser, tmp_path):
     page = new_page(browser, server)
     open_app(page, server)
     wait_model_ready(page, server)
@@ -376,15 +376,18 @@ def test_stopping_a_batch_upload_says_how_far_it_got(server, browser, tmp_path):
     page.wait_for_selector("text=/Processed \\d+ of 640 texts/", timeout=ANSWER_TIMEOUT * 1000)
     page.click("#stop-button")
     wait_idle(page)
-    stopped = page.wait_for_selector("text=/Stopped after \\d+ of 640 texts/")
-    assert "no results file was made" in stopped.inner_text()
-    assert page.locator('a.inline-file[download="many-spam-results.csv"]').count() == 0
+    stopped = page.wait_for_selector("text=/Stopped by you after [\\d,]+ of 640 texts/")
+    done = int(re.search(r"after ([\d,]+) of 640", stopped.inner_text())[1].replace(",", ""))
+    assert 0 < done < 640
+    link = page.locator('a.inline-file[download="many-spam-results.csv"]')  # as Chat and Compare keep theirs
+    rows = list(csv.reader(io.StringIO(page.request.get(link.get_attribute("href")).body().decode("utf-8-sig"))))
+    assert len(rows) == done + 1 and [r[0] for r in rows[1:3]] == ["1", "2"]  # the first texts, by line
     assert page.locator("text=Something went wrong").count() == 0
     # the upload was the chat's first message: the stored chat is named after its profile and the
     # file (Chainlit names a chat after its first message's text, here none)
     with sqlite3.connect(server.database) as db:
         names = db.execute('SELECT "name" FROM threads WHERE "id" IN (SELECT "threadId" FROM steps '
-                           'WHERE "output" LIKE ?)', ("%Stopped after % of 640 texts%",)).fetchall()
+                           'WHERE "output" LIKE ?)', ("%Stopped by you after % of 640 texts%",)).fetchall()
     assert names == [("Spam check · many.txt",)], names
     page.context.close()
 
@@ -459,6 +462,10 @@ def test_icon_buttons_have_names_and_the_keyboard_returns_to_the_message_box(ser
     page.wait_for_selector("text=/stopped by you/", timeout=ANSWER_TIMEOUT * 1000)
     page.wait_for_function(f"({focused})() === 'chat-input'", timeout=5000)
     assert page.get_by_role("button", name="Send message", exact=True).is_visible()  # the name follows the id
+    # "New chat" asks first: without login nothing else keeps the conversation
+    page.get_by_role("button", name="New chat", exact=True).first.click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    assert answers(page).count() >= 1
     page.context.close()
 
 
