@@ -34,7 +34,8 @@ def parse_fields(raw: str, fields: Sequence[str]) -> Extraction:
     obj, repaired, closed = _find_json_object(raw)
     if obj is None:
         return Extraction({f: None for f in fields}, valid=False, repaired=False, raw=raw,
-                          error="the model's output is not a JSON object", closed="{" in raw)
+                          error="the model's output is not a JSON object",
+                          closed="{" in raw)  # an object began and no repair could close it: it ended inside
     values: dict[str, str | None] = {}
     for name in fields:
         value, changed = _as_text(obj.get(name))

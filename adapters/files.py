@@ -87,7 +87,7 @@ def move_staged_files(staging: Path, names: Iterable[str]) -> None:
     their config would pair new weights with the old config. So the staging folder is marked
     complete first, and ``finish_staged_writes`` (called whenever the catalogue is read) moves what a
     kill left there; a folder never marked complete is discarded, leaving the previous files."""
-    (staging / STAGED_MARKER).write_text("\n".join(names) + "\n")
+    write_text_atomic(staging / STAGED_MARKER, "\n".join(names) + "\n")  # a half-written list would move half
     _move_marked(staging)
 
 

@@ -250,7 +250,7 @@ class Upload:
     def first(self, n: int, note: str) -> "Upload":
         """The first ``n`` texts, as a batch stopped after them reports them, with ``note``."""
         return replace(self, texts=self.texts[:n], rows=self.rows[:n], values=self.values[:n],
-                                   notes=[*self.notes, note])
+                       notes=[*self.notes, note])
 
 
 def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> Upload:

@@ -300,7 +300,7 @@ def test_a_run_folder_holding_other_files_is_refused_not_deleted(catalog, tiny_b
     args = train_args(catalog, tiny_base, data, folder, "--max-steps", "2", "--no-eval", *(["--restart"] * restart))
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"--run-dir {folder}: holds files, and no training run made it" in err
+    assert f"run folder {folder}: holds files that no training run made" in err
     assert "data:" not in err  # refused before the data was read
     assert (folder / "notes.txt").read_text() == "important" and (folder / "sub").is_dir()
 

@@ -341,9 +341,9 @@ def check_run_folder(run_dir: Path) -> None:
     """Refuse a run folder that holds files but was not made by a training run (no fingerprint):
     starting afresh deletes a run folder, and must never delete someone's files."""
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / FINGERPRINT_FILE).is_file():
-        raise RunDirError(f"--run-dir {run_dir}: holds files, and no training run made it (no "
-                          f"{FINGERPRINT_FILE} file); give an empty or new folder, so that nothing in "
-                          "it is deleted")
+        raise RunDirError(f"run folder {run_dir}: holds files that no training run made (no "
+                          f"{FINGERPRINT_FILE} file); give --run-dir an empty or new folder, so that "
+                          "nothing in it is deleted")
 
 
 def _checkpoint_to_resume(run_dir: Path, fingerprint: str, restart: bool, say: bool = False) -> str | None:
