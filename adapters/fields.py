@@ -27,6 +27,7 @@ class Extraction:
     truncated: bool = False  # the input was cut to fit the context
     cut_at: int | None = None  # the output ended inside the object at this max_new_tokens limit
     closed: bool = False  # the output ended inside the object, which repair closed
+    text_read: str | None = None  # the input as the model read it, when it was cut (``truncated``)
 
 
 def parse_fields(raw: str, fields: Sequence[str]) -> Extraction:

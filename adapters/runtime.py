@@ -218,13 +218,14 @@ class Runtime:
         outputs = self.backend.complete(target, prompts, params, batch_size=batch_size)
         results = []
         limit = params.max_new_tokens
-        for raw, (_, truncated) in zip(outputs, fitted):
+        for raw, (read, truncated) in zip(outputs, fitted):
             result = parse_fields(raw, spec.fields)
             # an object the limit cut off: fields after the cut are null because unwritten, not absent
             # from the text (decoded text counted again can come out a token short of what was generated)
             cut = result.closed and self.backend.count_tokens(raw) >= limit - 1
             results.append(Extraction(result.fields, result.valid, result.repaired, result.raw,
-                                      result.error, truncated, limit if cut else None, result.closed))
+                                      result.error, truncated, limit if cut else None, result.closed,
+                                      read if truncated else None))
         return results
 
     def answer_logprob(self, adapter: str, questions: Sequence[str], answers: Sequence[str], *,

@@ -132,7 +132,8 @@ def extract_chain(runtime: Runtime, adapter: str, *, base: bool, system: str | N
         results = runtime.extract(adapter, inputs["texts"], base=base, system=system, examples=examples,
                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
         return [{"fields": dict(r.fields), "valid": r.valid, "repaired": r.repaired, "raw": r.raw,
-                 "error": r.error, "truncated": r.truncated, "cut_at": r.cut_at} for r in results]
+                 "error": r.error, "truncated": r.truncated, "cut_at": r.cut_at, "text_read": r.text_read}
+                for r in results]
 
     name = run_name(adapter, "extract", variant_name(base, examples))
     return (_with_prompts(prompt) | RunnableLambda(run, name="runtime.extract")).with_config(run_name=name)

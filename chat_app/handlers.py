@@ -453,8 +453,9 @@ SUPPORT = {"all": "✓ every word", "some": "◐ some words", "none": "○ no wo
 
 
 def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str) -> str:
-    """The fields as a table, with how far each value's words occur in ``text`` (the input), then as
-    JSON; the model's raw output when it needed repair."""
+    """The fields as a table, with how far each value's words occur in ``text`` (the input; the part
+    the model read, when it was cut), then as JSON; the model's raw output when it needed repair."""
+    text = result.get("text_read") or text  # a word past the cut did not back the value
     rows = [[f"`{name}`", cell(result["fields"].get(name)), _support_note(result["fields"].get(name), text)]
             for name in fields]
     parts = [extraction_flag(result), table(["field", "value", "in your text"], rows),

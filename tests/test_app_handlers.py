@@ -551,6 +551,13 @@ def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
     assert rows[1][header.index("cut_at_tokens")] == 16
 
 
+def test_a_cut_input_is_checked_against_the_part_the_model_read():
+    text = "Follow-up visit, vitals stable. " * 3 + "Diagnosis: melanoma."
+    result = extraction(cancer_type="melanoma") | {"truncated": True, "text_read": "Follow-up visit, vitals stable."}
+    md = handlers.extraction_markdown(result, FIELDS, "v", text)
+    assert "| `cancer_type` | melanoma | ○ no word: inferred (or invented) |" in md  # "melanoma" came after the cut
+
+
 def test_an_invented_item_of_a_list_value_is_named():
     """Bone and liver metastases only, and the model added lung: the value read "◐ some words"."""
     text = "Breast cancer with bone and liver metastases."
