@@ -17,17 +17,33 @@ class UnknownAdapterError(ValueError):
 
 def load_catalog(directory: str | Path = CATALOG_DIR) -> dict[str, AdapterSpec]:
     """All adapter specs in ``directory``, by name, validated; two specs may not share a name."""
+    specs = {}
+    for _, spec in scan_catalog(directory):
+        if isinstance(spec, SpecError):
+            raise spec
+        specs[spec.name] = spec
+    return specs
+
+
+def scan_catalog(directory: str | Path = CATALOG_DIR) -> list[tuple[Path, AdapterSpec | SpecError]]:
+    """Each ``<folder>/adapter.yaml`` in ``directory`` with its spec, or the error that refuses it
+    (``adapterlab adapters`` lists them all; every other command stops at the first error)."""
     if not Path(directory).is_dir():
         raise SpecError(f"{directory}: no such adapter catalogue folder")
-    specs = {}
+    found: list[tuple[Path, AdapterSpec | SpecError]] = []
+    names: dict[str, Path] = {}
     for spec_file in sorted(Path(directory).glob(f"*/{SPEC_FILE}")):
-        spec = load_spec(spec_file)
-        if spec.name in specs:
-            raise SpecError(f"{spec_file}: name: {spec.name!r} is already the name of "
-                            f"{specs[spec.name].directory / SPEC_FILE}")
-        specs[spec.name] = spec
+        try:
+            spec = load_spec(spec_file)
+            if spec.name in names:
+                raise SpecError(f"{spec_file}: name: {spec.name!r} is already the name of {names[spec.name]}")
+        except SpecError as exc:
+            found.append((spec_file, exc))
+            continue
+        names[spec.name] = spec_file
         finish_staged_writes(spec.directory)  # a training run killed while moving its files in
-    return specs
+        found.append((spec_file, spec))
+    return found
 
 
 def get_spec(specs: dict[str, AdapterSpec], name: str) -> AdapterSpec:

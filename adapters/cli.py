@@ -20,10 +20,10 @@ from pathlib import Path
 from .backends import BaseMismatchError, recorded_base
 from .base_models import (DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, canonical_name, materialize,
                           materialized_path)
-from .catalog import CATALOG_DIR, get_spec, load_catalog
+from .catalog import CATALOG_DIR, get_spec, load_catalog, scan_catalog
 from .files import write_lines_atomic
 from .runtime import AdapterNotTrainedError, InputError, Runtime, read_threshold_record, train_command
-from .spec import SpecError
+from .spec import SPEC_FILE, SpecError
 
 EXPECTED_ERRORS = (SpecError, InputError, AdapterNotTrainedError, BaseMismatchError,
                    BaseModelError, ValueError, OSError)
@@ -158,13 +158,20 @@ def cmd_models(args) -> int:
 
 
 def cmd_adapters(args) -> int:
-    for name, spec in load_catalog(args.catalog).items():
+    """Every adapter of the catalogue, and every spec it cannot load with the reason (status 1 then)."""
+    found = scan_catalog(args.catalog)
+    if not found:
+        print(f"{args.catalog}: no adapters (each is a folder holding an {SPEC_FILE})", file=sys.stderr)
+    for spec_file, spec in found:
+        if isinstance(spec, SpecError):
+            print(f"{spec_file.parent.name:10} {'-':9} not loaded: {spec}")
+            continue
         state = "trained" if spec.has_weights else f"not trained ({train_command(spec)})"
         trained_on = recorded_base(spec.directory) if spec.has_weights else None
         if trained_on is not None and canonical_name(trained_on) != canonical_name(spec.base_model):
             state = f"trained on {canonical_name(trained_on)}, not its spec's base {spec.base_model} ({train_command(spec)})"
-        print(f"{name:10} {spec.task:9} {spec.title} — {state}")
-    return 0
+        print(f"{spec.name:10} {spec.task:9} {spec.title} — {state}")
+    return 1 if any(isinstance(spec, SpecError) for _, spec in found) else 0
 
 
 PREDICTION_KEYS = {"classify": ("label", "probs", "truncated"),

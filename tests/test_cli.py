@@ -373,7 +373,22 @@ def test_a_broken_spec_in_the_catalogue_is_one_line_naming_file_and_field(cli, c
     spec_file = catalog / "spam" / "adapter.yaml"
     spec_file.write_text(spec_file.read_text(encoding="utf-8").replace("r: 16", "r: sixteen", 1),
                          encoding="utf-8")
-    assert_refused(cli("adapters"), f"{spec_file}: lora.r: expected an integer")
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    assert_refused(cli("predict", "medquad", "--base", "--input", inp, "--output", tmp_path / "o.jsonl"),
+                   f"{spec_file}: lora.r: expected an integer")
+    # the listing shows every adapter, the broken one with its reason, and says so by its status
+    status, out, _ = cli("adapters")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert status == 1 and sorted(lines) == ["medquad", "oncology", "spam"]
+    assert f"not loaded: {spec_file}: lora.r: expected an integer" in lines["spam"]
+    assert "not trained" in lines["medquad"]
+
+
+def test_an_empty_catalogue_says_so(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["adapters", "--catalog", str(tmp_path / "empty")]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no adapters (each is a folder holding an adapter.yaml)" in err
 
 
 def test_a_4bit_base_is_told_that_the_tuned_threshold_was_not_tuned_for_it(catalog, tiny_base, tmp_path,
