@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .catalog import CATALOG_DIR
+from .catalog import CATALOG_DIR, load_catalog
 from .files import write_text_atomic
 from .runtime import Runtime
 
@@ -355,6 +355,9 @@ def run_serve(args) -> int:
     from .base_models import LoadOptions
 
     options = LoadOptions(dtype=args.dtype, device=args.device)
+    if "spam" not in load_catalog(args.catalog):  # the benchmark times the spam check: refused before loading
+        raise ValueError(f"bench serve times the `spam` adapter's checks, and the catalogue {args.catalog} "
+                         "has no adapter called spam; give --catalog a catalogue that holds it")
     start = time.perf_counter()
     runtime = Runtime.local(args.catalog, base=args.base_model, options=options)
     load_s = time.perf_counter() - start

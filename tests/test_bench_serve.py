@@ -442,3 +442,13 @@ def test_bench_serve_profiles_the_batched_classify_by_function(tiny_base, two_ad
     # the model's scoring (cProfile under torch 2.11 lost Runtime.classify itself from the list)
     assert any("score" in name for name in profile["top_cumulative_ms"]) and profile["wall_ms"] > 0
     assert "cumulative" in (tmp_path / "serve-profile.txt").read_text()
+
+
+def test_bench_serve_on_a_catalogue_without_spam_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    from adapters.cli import main
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "mine").mkdir()
+    assert main(["bench", "serve", "--catalog", str(tmp_path / "mine"), "--device", "cpu"]) == 2
+    assert "has no adapter called spam" in capsys.readouterr().err
