@@ -175,7 +175,7 @@ def cmd_adapters(args) -> int:
 
 
 PREDICTION_KEYS = {"classify": ("label", "probs", "truncated"),
-                   "extract": ("fields", "valid", "repaired", "truncated"),
+                   "extract": ("fields", "valid", "repaired", "truncated", "cut_at"),
                    "generate": ("answer", "finish_reason", "truncated")}  # what predict adds to each line, by task
 STANDARD_STREAM = Path("-")
 
@@ -226,7 +226,7 @@ def _predictions(runtime: Runtime, name: str, task: str, rows: list[dict], args)
                 for row, r in zip(batch, runtime.extract(name, texts, base=args.base,
                                                          batch_size=args.batch_size)):
                     yield {**row, "fields": r.fields, "valid": r.valid, "repaired": r.repaired,
-                           "truncated": r.truncated}
+                           "truncated": r.truncated, "cut_at": r.cut_at}  # cut_at: the output ended at that limit
             else:
                 for row, text in zip(batch, texts):
                     g = runtime.generate(name, [{"role": "user", "content": text}], base=args.base)

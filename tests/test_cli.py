@@ -121,6 +121,7 @@ def test_predict_oncology_with_the_base_writes_exactly_the_fields(cli, catalog, 
         assert list(pred["fields"]) == ONCOLOGY_FIELDS
         assert all(v is None or isinstance(v, str) for v in pred["fields"].values())
         assert isinstance(pred["valid"], bool) and isinstance(pred["repaired"], bool)
+        assert pred["cut_at"] in (None, 12)  # 12 new tokens at most: an object left open there says so
         if not pred["valid"]:  # a random model writes garbage: flagged, nothing invented
             assert all(v is None for v in pred["fields"].values())
 
