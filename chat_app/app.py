@@ -147,12 +147,17 @@ def _settings() -> handlers.Settings:
     return handlers.read_settings(cl.user_session.get("settings"), _setting_items(_profile()))
 
 
-async def _setup_session(restored: dict | None = None) -> None:
-    profile = _profile()
+async def _send_settings(profile: handlers.Profile, restored: dict | None = None) -> None:
+    """The settings panel with the profile's items, at their defaults or the ``restored`` values."""
     items = _setting_items(profile)
     values = {i.id: i.initial for i in items} | {k: v for k, v in (restored or {}).items()
                                                   if k in {i.id for i in items}}
     cl.user_session.set("settings", await cl.ChatSettings([_widget(i, values[i.id]) for i in items]).send())
+
+
+async def _setup_session(restored: dict | None = None) -> None:
+    profile = _profile()
+    await _send_settings(profile, restored)
     await cl.context.emitter.set_commands([
         {"id": name, "icon": icon, "description": f"Compare base / few-shot / fine-tuned on `{name}`",
          "button": True, "persistent": False}
@@ -339,6 +344,8 @@ async def on_message(message: cl.Message):
             last = cl.user_session.get("compare_adapter")
             adapter = message.command or last or _settings().compare_adapter
             cl.user_session.set("compare_adapter", adapter)
+            if message.command and _settings().compare_adapter != adapter:  # the panel names what runs
+                await _send_settings(profile, {**(cl.user_session.get("settings") or {}), "compare_adapter": adapter})
             chosen_by = None if message.command else ("the last command picked" if last else "the settings panel")
             await _compare(runtime, text, adapter, chosen_by)
         elif profile.task in ("chat", "generate"):

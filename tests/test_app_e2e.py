@@ -580,6 +580,10 @@ def test_stopping_a_comparison_keeps_the_columns_that_ran(server, browser):
     assert status[0] == "ran" and "stopped by you" in status[2], status
     assert rows["answer"].locator("td").nth(1).inner_text().strip() not in ("", "—", "(empty)")
     shot(page, "11b-compare-stopped")
+    # the settings panel names the adapter the command picked, not the one it said before
+    page.click("#chat-settings-open-modal")
+    assert "medquad" in page.locator("#compare_adapter").inner_text()
+    page.keyboard.press("Escape")
     page.context.close()
 
 
