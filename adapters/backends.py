@@ -73,7 +73,10 @@ class Backend(Protocol):
 
     def over_budget(self, texts: Sequence[str], budget: int) -> list[bool]: ...
 
-    def truncate(self, text: str, max_tokens: int) -> str: ...
+    def truncate(self, text: str, max_tokens: int, keep_end: int = 0) -> str:
+        """``text`` cut to about ``max_tokens`` tokens: its start, or with ``keep_end`` its start and
+        its last ``keep_end`` tokens, a marker between them."""
+        ...
 
     def score(self, adapter: str | None, prompts: Sequence[str],
               continuations: Sequence[Sequence[str]], batch_size: int = 16,
@@ -293,9 +296,14 @@ class LocalBackend:
                                 and any(step.get("type") == "ByteLevel" for step in steps))
         return self._byte_level
 
-    def truncate(self, text: str, max_tokens: int) -> str:
-        ids = self.encode(text)["input_ids"][:max_tokens]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def truncate(self, text: str, max_tokens: int, keep_end: int = 0) -> str:
+        ids = self.encode(text)["input_ids"]
+        if not keep_end or len(ids) <= max_tokens:
+            return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+        marker = "\n[…]\n"  # where the middle was left out; its tokens come out of the start's share
+        start = max(0, max_tokens - keep_end - len(self.encode(marker)["input_ids"]))
+        return (self.tokenizer.decode(ids[:start], skip_special_tokens=True) + marker
+                + self.tokenizer.decode(ids[-keep_end:], skip_special_tokens=True))
 
     # --- model calls -----------------------------------------------------------------------
 

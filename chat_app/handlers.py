@@ -523,7 +523,8 @@ def generation_footer(variant: str, seconds: float | None, first: float | None, 
         bits.append(f"total {seconds:.2f} s" if seconds < 10 else f"total {seconds:.1f} s")
     bits.append(f"{prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else ""))
     if message_cut_to is not None:
-        bits.append(f"only the first {message_cut_to:,} tokens of your message were read")
+        bits.append(f"only {message_cut_to:,} tokens of your message were read, its start and its end "
+                    "(the middle was left out)")
     if turns_dropped:
         bits.append(f"the {turns_dropped} oldest message{'s' if turns_dropped > 1 else ''} left out to fit the context")
     if truncated and message_cut_to is None and not turns_dropped:

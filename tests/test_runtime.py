@@ -1037,3 +1037,15 @@ def test_a_character_split_by_the_end_of_an_answer_is_dropped_not_shown_as_a_rep
     assert list(generation) == ["Party: ", "🎉🎉"] and generation.text == "Party: 🎉🎉"
     inside = Generation(pieces=iter(["a \ufffd b", "c"]))  # one inside the text is kept, in order
     assert "".join(inside) == inside.text == "a \ufffd bc"
+
+
+def test_a_long_chat_message_keeps_its_start_and_its_end(tiny_base, catalog):
+    """A long paste usually ends with the question about it; keeping only the start lost it."""
+    rt = runtime(tiny_base, catalog)
+    budget = rt.spec("medquad").max_input_tokens
+    text = "Report begins here. " + "filler words about nothing " * (budget // 2) + "What does angina mean?"
+    prompt = rt.rendered_prompt("medquad", [{"role": "user", "content": text}])
+    assert "Report begins here." in prompt and "What does angina mean?" in prompt and "[…]" in prompt
+    g = rt.generate("medquad", [{"role": "user", "content": text}], base=True, max_new_tokens=2)
+    g.read()
+    assert g.message_cut_to == budget and g.prompt_tokens <= rt.backend.context_length
