@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import Backend, GenerationParams, LocalBackend
-from .base_models import DEFAULT_BASE, LoadOptions
+from .base_models import DEFAULT_BASE, LoadOptions, canonical_name
 from .catalog import CATALOG_DIR, get_spec, load_catalog
 from .fields import Extraction, parse_fields
 from .prompts import Message, chat_messages, task_messages
@@ -117,21 +117,32 @@ class Generation:
 class Runtime:
     """Runs adapters from the catalogue on one backend."""
 
-    def __init__(self, backend: Backend, specs: dict[str, AdapterSpec]):
+    def __init__(self, backend: Backend, specs: dict[str, AdapterSpec], other_bases: dict[str, str] | None = None):
         self.backend = backend
         self.specs = specs
+        self.other_bases = other_bases or {}  # adapters left unloaded: trained on this other base
 
     @classmethod
     def local(cls, catalog: str | Path = CATALOG_DIR, base: str | None = None,
               options: LoadOptions = LoadOptions(), *, only: Sequence[str] | None = None,
-              progress: bool = True) -> "Runtime":
-        """Load the base once and every catalogue adapter that has weights (or just ``only``)."""
+              progress: bool = True, skip_other_bases: bool = False) -> "Runtime":
+        """Load the base once and every catalogue adapter that has weights (or just ``only``). An
+        adapter trained on another base is refused, or with ``skip_other_bases`` left unloaded and
+        named in ``other_bases`` (the app serves the others)."""
+        from .backends import recorded_base
+
         specs = load_catalog(catalog)
         base = base or _common_base({n: get_spec(specs, n) for n in only} if only else specs)
         names = [n for n in (only if only is not None else specs) if get_spec(specs, n).has_weights]
+        other_bases = {}
+        if skip_other_bases:
+            trained_on = {n: recorded_base(specs[n].directory) for n in names}
+            other_bases = {n: canonical_name(b) for n, b in trained_on.items()
+                           if b is not None and canonical_name(b) != canonical_name(base)}
+            names = [n for n in names if n not in other_bases]
         backend = LocalBackend.load(base, {n: specs[n].directory for n in names}, options,
                                     progress=progress)
-        return cls(backend, specs)
+        return cls(backend, specs, other_bases)
 
     def spec(self, name: str) -> AdapterSpec:
         return get_spec(self.specs, name)

@@ -57,7 +57,8 @@ CONFIG = load_config(app_root=chainlit_config.root)
 SPECS = load_catalog(CONFIG.catalog)
 PROFILES = handlers.profiles_for(SPECS)
 BASE_MODEL = CONFIG.base_model or ", ".join(sorted({s.base_model for s in SPECS.values()})) or DEFAULT_BASE
-HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_model, progress=False),
+HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_model, progress=False,
+                                             skip_other_bases=True),
                        on_done=lambda holder: log.info("adapterlab: model %s after %.1f s%s", holder.state,
                                                        holder.load_seconds or 0.0,
                                                        f": {holder.error}" if holder.error else "")).start()
@@ -180,7 +181,7 @@ async def _show_status(profile: handlers.Profile) -> None:
     runtime = HOLDER.runtime
     loaded = runtime.backend.adapter_names() if runtime else []
     content = handlers.status_markdown(HOLDER.state, HOLDER.load_seconds, HOLDER.error,
-                                       SPECS, loaded, BASE_MODEL, profile)
+                                       SPECS, loaded, BASE_MODEL, profile, runtime.other_bases if runtime else None)
     try:
         await cl.ElementSidebar.set_elements([cl.Text(name="status", content=content)], key=uuid.uuid4().hex)
         await cl.ElementSidebar.set_title("Status")

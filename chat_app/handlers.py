@@ -851,7 +851,8 @@ def is_phone(user_agent: str | None) -> bool:
 
 
 def status_markdown(state: str, load_seconds: float | None, error: str | None,
-                    specs: dict, loaded: Sequence[str], base_model: str, profile: Profile) -> str:
+                    specs: dict, loaded: Sequence[str], base_model: str, profile: Profile,
+                    other_bases: Mapping[str, str] | None = None) -> str:
     """The status panel beside the chat: model state, adapters, the profile's notices. Sent when a
     chat opens and when loading ends, not in between: each sending reopens a panel the user closed."""
     if state == "ready":
@@ -863,6 +864,10 @@ def status_markdown(state: str, load_seconds: float | None, error: str | None,
                  "this panel changes when it is ready). You can type already: your first message waits for it.")
     lines = [model, ""]
     for name, spec in specs.items():
+        if name in (other_bases or {}):  # its weights do not fit the base served
+            lines.append(f"- `{name}` — {spec.title}: trained on `{other_bases[name]}`, not on this base: not "
+                         f"loaded (base model + its prompt; `ADAPTERLAB_BASE_MODEL={other_bases[name]}` serves it)")
+            continue
         trained = name in loaded if state == "ready" else spec.has_weights
         lines.append(f"- `{name}` — {spec.title}: " + ("trained ✅" if trained else "**not trained yet** 🚧 "
                                                           "(base model + its prompt)"))

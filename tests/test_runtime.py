@@ -416,6 +416,14 @@ def test_adapter_trained_on_another_base_is_refused_naming_both(tiny_base, catal
     assert main(["adapters", "--catalog", str(catalog)]) == 0
     listed = capsys.readouterr().out
     assert "trained on llama-3.2-1b-instruct, not its spec's base smollm2-135m-instruct" in listed
+    # the app serves the rest, and says which adapter it left out and why
+    served = runtime(tiny_base, catalog, skip_other_bases=True)
+    assert served.other_bases == {"spam": "llama-3.2-1b-instruct"} and "spam" not in served.backend.adapter_names()
+    from chat_app import handlers
+
+    status = handlers.status_markdown("ready", 1, None, served.specs, served.backend.adapter_names(), "b",
+                                      handlers.profile_named("Spam check"), served.other_bases)
+    assert "trained on `llama-3.2-1b-instruct`, not on this base: not loaded" in status
 
 
 @pytest.mark.parametrize(("file", "damage", "problem"), [
