@@ -305,6 +305,40 @@ def test_a_run_folder_holding_other_files_is_refused_not_deleted(catalog, tiny_b
     assert (folder / "notes.txt").read_text() == "important" and (folder / "sub").is_dir()
 
 
+def test_starting_afresh_deletes_what_runs_wrote_and_nothing_else(tmp_path):
+    from training.train import FINGERPRINT_FILE, _checkpoint_to_resume
+
+    run = tmp_path / "run"
+    (run / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (run / FINGERPRINT_FILE).write_text("old-config")
+    (run / "notes.txt").write_text("mine")  # put there after the run made the folder
+    (run / "my-plots").mkdir()
+    assert _checkpoint_to_resume(run, "new-config", restart=False) is None
+    assert sorted(p.name for p in run.iterdir()) == ["my-plots", "notes.txt"]
+
+
+def test_a_finished_run_leaves_no_checkpoints_and_a_second_train_trains_again(catalog, tiny_base, tmp_path, capsys):
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    args = train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "2", "--no-eval")
+    assert main(args) == 0
+    assert not (tmp_path / "runs").exists()  # its result is the adapter
+    capsys.readouterr()
+    assert main(args) == 0  # resuming a finished run had trained a step past --max-steps
+    result = json.loads((catalog / "spam" / "train_result.json").read_text())
+    assert result["steps"] == 2 and result["resumed_from"] is None
+    assert "resuming" not in capsys.readouterr().err
+
+
+def test_each_catalogue_keeps_its_own_runs(tmp_path):
+    from adapters.catalog import CATALOG_DIR
+    from training.train import RUNS_DIR, default_run_dir
+
+    assert default_run_dir(load_catalog(CATALOG_DIR)["spam"]) == RUNS_DIR / "spam"
+    copy_spec(CATALOG_DIR / "spam" / "adapter.yaml", tmp_path / "mine" / "spam")
+    assert default_run_dir(load_catalog(tmp_path / "mine")["spam"]) == (tmp_path / "mine").resolve() / ".runs" / "spam"
+
+
 def test_another_data_file_does_not_resume_the_checkpoints_of_the_first(catalog, tmp_path):
     from training.data import load_splits
     from training.train import run_fingerprint

@@ -83,12 +83,12 @@ def _splits(spec, args, needs: dict[str, str]):
 def cmd_train(args) -> int:
     from dataclasses import asdict
 
-    from .train import RUNS_DIR, check_run_folder, end_process_group, is_main_process, train_adapter
+    from .train import check_run_folder, default_run_dir, end_process_group, is_main_process, train_adapter
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     if args.run_dir:
         check_output_folder(Path(args.run_dir), "--run-dir")
-    check_run_folder(Path(args.run_dir or RUNS_DIR / spec.name))
+    check_run_folder(Path(args.run_dir or default_run_dir(spec)))
     check_output_folder(spec.directory, "the adapter's folder")  # written at the end: fail now, not then
     needs = {"train": "training", "validation": "early stopping"} | ({} if args.no_eval else {"test": "evaluation"})
     splits = _splits(spec, args, needs)

@@ -29,6 +29,7 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback
 
 from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_attention
+from adapters.catalog import CATALOG_DIR
 from adapters.files import STAGING_PREFIX, give_default_modes, move_staged_files, write_text_atomic
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
@@ -38,7 +39,8 @@ from training.fused_lora import fuse_lora_projections
 from training.packed_attention import use_packed_attention
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RUNS_DIR = PROJECT_ROOT / "runs"  # checkpoints of runs in progress (git-ignored)
+RUNS_DIR = PROJECT_ROOT / "runs"  # checkpoints of the project catalogue's runs in progress (git-ignored)
+RUN_ENTRIES = ("checkpoint-*", "README.md")  # what a run writes into its folder (README.md: TRL's card)
 FINGERPRINT_FILE = "fingerprint"  # in a run folder: what the run trained, and that a run made the folder
 WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -227,7 +229,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     base = base or spec.base_model
     t = spec.training
     overrides = {"max_steps": max_steps, **(extra_args or {})}
-    run_dir = Path(run_dir or RUNS_DIR / spec.name)
+    run_dir = Path(run_dir or default_run_dir(spec))
     fingerprint = run_fingerprint(spec, canonical_name(base), overrides, splits)
     resume_from = _checkpoint_to_resume(run_dir, fingerprint, restart, progress and is_main_process())
 
@@ -330,7 +332,30 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     if trainer.is_world_process_zero():
         write_adapter(trainer.model, spec, Path(output_dir or spec.directory), canonical_name(base),
                       trainer.state.log_history, result)
+        # the run is over and its result is the adapter: a second `train` trains again, where resuming
+        # a finished run had trained one step past --max-steps, or rewritten the weights and dropped
+        # their evaluation
+        clear_run_folder(run_dir)
     return result
+
+
+def default_run_dir(spec: AdapterSpec) -> Path:
+    """Where a run keeps its checkpoints: ``runs/<name>`` for the project's catalogue, ``.runs/<name>``
+    in any other catalogue (one catalogue's run must not restart another's of the same name)."""
+    catalog = spec.directory.resolve().parent
+    return RUNS_DIR / spec.name if catalog == CATALOG_DIR.resolve() else catalog / ".runs" / spec.name
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    """Delete what runs wrote into ``run_dir`` (checkpoints, fingerprint, TRL's card); anything else
+    someone put there stays, and so does the folder then."""
+    for pattern in (*RUN_ENTRIES, FINGERPRINT_FILE):
+        for entry in run_dir.glob(pattern):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    try:
+        run_dir.rmdir()
+    except OSError:  # not empty: someone's files
+        pass
 
 
 class RunDirError(ValueError):
@@ -357,7 +382,7 @@ def _checkpoint_to_resume(run_dir: Path, fingerprint: str, restart: bool, say: b
         if say and recorded is not None:
             why = "--restart" if restart else "another spec, base, data or --max-steps"
             print(f"train: starting afresh in {run_dir} ({why}); its checkpoints are deleted", file=sys.stderr)
-        shutil.rmtree(run_dir)
+        clear_run_folder(run_dir)
         return None
     checkpoint = last_complete_checkpoint(run_dir)
     if say and checkpoint:
