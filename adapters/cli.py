@@ -185,6 +185,8 @@ def cmd_predict(args) -> int:
     spec = get_spec(specs, args.adapter)
     if not args.base and not spec.has_weights:
         raise AdapterNotTrainedError.of(spec)
+    if not args.base:
+        check_trained_base(spec, args.base_model)
     rows = read_jsonl_texts(args.input, reserved=PREDICTION_KEYS[spec.task])
     check_output_path(args.output)
     if STANDARD_STREAM not in (args.input, args.output) and _same_file(args.input, args.output):
@@ -315,6 +317,17 @@ def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
 
 def _refuse_constant(name: str):
     raise _NotStrictJSON(f"{name} is not JSON (write null, or the number as a string)")
+
+
+def check_trained_base(spec, base_model: str | None) -> None:
+    """Refuse, before loading anything, to run an adapter on another base than it was trained on,
+    naming the --base-model that fits (it failed only after the model had loaded)."""
+    base = base_model or spec.base_model
+    trained_on = recorded_base(spec.directory) if spec.has_weights else None
+    if trained_on is not None and canonical_name(trained_on) != canonical_name(base):
+        raise BaseMismatchError(f"adapter {spec.name!r} was trained on base model {trained_on!r}, not "
+                                f"{canonical_name(base)!r}; add --base-model {trained_on} (or --base for the "
+                                "base model alone)")
 
 
 def _same_file(a: Path, b: Path) -> bool:

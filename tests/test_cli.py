@@ -307,6 +307,21 @@ def test_an_output_that_is_the_input_is_refused_before_any_work(cli, tmp_path, m
     assert json.loads(inp.read_text()) == {"text": "hello"}
 
 
+def test_an_adapter_trained_on_another_base_is_refused_before_loading_naming_the_fitting_one(catalog, tmp_path,
+                                                                                           monkeypatch, capsys):
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    (catalog / "spam" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/tiny"}))
+    (catalog / "spam" / "adapter_model.safetensors").write_bytes(b"")
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    assert main(["predict", "spam", "--catalog", str(catalog), "--input", str(inp), "--output", "-"]) == 2
+    assert "was trained on base model '/models/tiny', not 'smollm2-135m-instruct'; add --base-model /models/tiny" \
+        in capsys.readouterr().err
+    assert main(["eval", "spam", "--catalog", str(catalog), "--variants", "fine_tuned"]) == 2
+    assert "add --base-model /models/tiny" in capsys.readouterr().err
+
+
 def test_an_input_that_is_a_folder_is_named(cli, tmp_path):
     assert_refused(cli("predict", "spam", "--base", "--input", tmp_path, "--output", tmp_path / "o.jsonl"),
                    f"{tmp_path}: is a folder; --input takes a JSONL file")

@@ -115,9 +115,10 @@ def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(tra
     metrics = json.loads((trained / "metrics.json").read_text())
     fine = metrics["variants"]["fine_tuned"]["accuracy"]
     assert re.search(rf"\| accuracy \| [0-9.]+ \| [0-9.]+ \| {fine:.3f} \|", card)
-    # a catalogue outside the project: every command the card gives names it, the folder is its own
-    assert f"adapterlab eval spam --catalog {trained.parent} --eval-limit 8" in card
-    assert f"adapterlab predict spam --catalog {trained.parent} --input" in card
+    # a catalogue outside the project and another base than the spec's: every command the card gives
+    # names them (copied as printed, they had named an unknown adapter or loaded the wrong base)
+    assert f"adapterlab eval spam --catalog {trained.parent} --base-model {tiny_base} --eval-limit 8" in card
+    assert f"adapterlab predict spam --catalog {trained.parent} --base-model {tiny_base} --input" in card
     assert f'PeftModel.from_pretrained(base_model, "{trained}")' in card
     assert "Not for clinical decisions" not in card and "medical" not in front  # a spam filter: no medical tag
     assert "the best of 5 seeded draws by F1 of 'spam' on the validation split" in card

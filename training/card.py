@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adapters.base_models import KNOWN_BASES
+from adapters.base_models import KNOWN_BASES, canonical_name
 from adapters.catalog import CATALOG_DIR
 from adapters.files import write_text_atomic
 from adapters.spec import AdapterSpec
@@ -157,8 +157,15 @@ def _catalog_option(spec: AdapterSpec) -> str:
     return "" if catalog == CATALOG_DIR.resolve() else f" --catalog {catalog}"
 
 
+def _base_option(spec: AdapterSpec, trained_on: str | None) -> str:
+    """``--base-model X`` when the weights were trained on another base than the spec names."""
+    if trained_on is None or canonical_name(trained_on) == canonical_name(spec.base_model):
+        return ""
+    return f" --base-model {trained_on}"
+
+
 def _use_text(spec: AdapterSpec, base_name: str) -> str:
-    catalog = _catalog_option(spec)
+    catalog = _catalog_option(spec) + _base_option(spec, base_name)
     return f"""```bash
 adapterlab predict {spec.name}{catalog} --input in.jsonl --output out.jsonl
 ```
@@ -191,7 +198,7 @@ def unevaluated_card_text(spec: AdapterSpec, train_result: dict) -> str:
 
 **Not evaluated yet.** These weights were trained ({train_result.get('steps', '—')} steps on
 {train_result.get('device', '—')}, best validation loss {_fmt(train_result.get('best_eval_loss'))}) and not
-measured since: `adapterlab eval {spec.name}` measures them on the held-out test split and writes this
+measured since: `adapterlab eval {spec.name}{_catalog_option(spec)}{_base_option(spec, train_result.get('base_model'))}` measures them on the held-out test split and writes this
 card with base, few-shot and fine-tuned results.
 
 ## Use
@@ -292,8 +299,8 @@ User template: `{spec.prompt.user_template}`{_decoding_text(spec)}
 ## Reproduce
 
 ```bash
-adapterlab train {spec.name}{_catalog_option(spec)} --no-eval    # trained on: {training.get('device', '—')}
-adapterlab eval {spec.name}{_catalog_option(spec)}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
+adapterlab train {spec.name}{_catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))} --no-eval    # trained on: {training.get('device', '—')}
+adapterlab eval {spec.name}{_catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
 ```
 
 `adapterlab train {spec.name}` alone trains and evaluates in one go; either way the configuration is

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
-from adapters.cli import UsageError, check_output_folder, positive_int
+from adapters.cli import UsageError, check_output_folder, check_trained_base, positive_int
 from adapters.runtime import read_threshold_record
 
 
@@ -120,6 +120,8 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--variants: {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(VARIANTS)}")
     out_dir = Path(args.output) if args.output else spec.directory
     check_output_folder(out_dir, "--output")
+    if "fine_tuned" in variants:
+        check_trained_base(spec, args.base_model)
     needs = {"test": "evaluation"}
     if "fine_tuned" in variants and spec.decision == "validation_f1" and read_threshold_record(spec) is None:
         needs["validation"] = "tuning the decision threshold"
