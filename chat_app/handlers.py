@@ -70,7 +70,7 @@ COMMAND_BUTTONS = ", ".join(f"{COMMAND_ICONS[name][1]} {name}" for name in COMPA
 
 PROFILES: tuple[Profile, ...] = (
     Profile("Chat", "chat", None,
-            "Talk to the plain base model (SmolLM2-135M-Instruct), no adapter. Settings change the "
+            "Talk to the plain base model, no adapter (the status panel names it). Settings change the "
             "sampling and the system prompt.",
             (Starter("Explain LoRA", "Explain in two sentences what a LoRA adapter is."),
              Starter("Reminder text", "Write a short, friendly SMS reminding a patient of a dentist "

@@ -11,8 +11,10 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from adapters.spec import AdapterSpec
+from adapters.catalog import CATALOG_DIR
 from adapters.files import write_text_atomic
+from adapters.runtime import train_command
+from adapters.spec import AdapterSpec
 
 GENERATED_NOTE = ("*This page is generated when the app starts, from each adapter's `adapter.yaml` and "
                   "`metrics.json` (chat_app/welcome.py), so it describes the adapters served; edits to "
@@ -40,8 +42,8 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
     """Headline metrics as a table (fine-tuned vs base and few-shot), or the "not trained yet" line."""
     if not metrics:
         state = "weights present, not evaluated yet" if spec.has_weights else "**not trained yet**"
-        return (f"Metrics: {state} — `adapterlab train {spec.name}` trains and evaluates it, writing "
-                f"`adapters/{spec.name}/metrics.json`; this page shows them at the next start.")
+        return (f"Metrics: {state} — `{train_command(spec)}` trains and evaluates it, writing "
+                f"`{_shown_path(spec.directory / 'metrics.json')}`; this page shows them at the next start.")
     headline = metrics.get("headline") or {}
     variants = metrics.get("variants") or {}
     keys = list(headline) or sorted({k for v in variants.values() if isinstance(v, dict) for k, x in v.items()
@@ -63,24 +65,47 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
     return intro + "\n\n" + "\n".join(lines) + (f"\n\nTargets:{met}" if met else "")
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the project for its own catalogue, else as it is."""
+    project = CATALOG_DIR.parent.resolve()
+    path = path.resolve()
+    return path.relative_to(project).as_posix() if path.is_relative_to(project) else str(path)
+
+
+PROFILE_LINES = {  # the hand-made profiles' lines; another catalogue's adapters are described by their specs
+    "Chat": "the plain base model.",
+    "Spam check": "an SMS → spam/ham with a probability for each; attach a `.txt`/`.csv` for a batch.",
+    "Medical Q&A": "streamed answers, multi-turn.",
+    "Oncology extraction": "7 fields as a table and JSON; attach a `.txt`/`.csv` for a batch.",
+    "Compare": "base vs few-shot vs fine-tuned on the same input.",
+}
+MEDICAL_WARNING = ("> ⚠️ **Nothing here is for clinical decisions.** This is a teaching and demonstration app on a "
+                   "135M-parameter model: it is often wrong, sometimes confidently. Medical answers are not medical "
+                   "advice; the oncology adapter is trained on synthetic data.")
+WARNING = ("> ⚠️ **A teaching and demonstration app.** Small models are often wrong, sometimes confidently: "
+           "check what they say.")
+
+
 def render_chainlit_md(specs: Mapping[str, AdapterSpec], base_model: str) -> str:
     """The page's markdown. A paragraph is one line: Chainlit's readme dialog shows every line break."""
+    from chat_app.handlers import is_medical, profiles_for
+
     sections = []
     for name, spec in specs.items():
+        card = _shown_path(spec.directory / "README.md")
         sections.append(f"### {spec.title} (`{name}`, {spec.task})\n\n{spec.description}\n\n"
                         f"{metrics_section(spec, read_metrics(spec))}\n\n"
-                        f"Limitations: {spec.limitations or f'see the model card in adapters/{name}/README.md.'}\n")
+                        f"Limitations: {spec.limitations or f'see the model card in {card}.'}\n")
+    profiles = "\n".join(f"- **{p.name}** — {PROFILE_LINES.get(p.name) or specs[p.adapter].description}"
+                         for p in profiles_for(specs))
+    warning = MEDICAL_WARNING if any(is_medical(spec) for spec in specs.values()) else WARNING
     return f"""# adapterlab
 
-> ⚠️ **Nothing here is for clinical decisions.** This is a teaching and demonstration app on a 135M-parameter model: it is often wrong, sometimes confidently. Medical answers are not medical advice; the oncology adapter is trained on synthetic data.
+{warning}
 
 One base model (`{base_model}`) with LoRA adapters, side by side. Pick a **chat profile** at the top:
 
-- **Chat** — the plain base model.
-- **Spam check** — an SMS → spam/ham with a probability for each; attach a `.txt`/`.csv` for a batch.
-- **Medical Q&A** — streamed answers, multi-turn.
-- **Oncology extraction** — 7 fields as a table and JSON; attach a `.txt`/`.csv` for a batch.
-- **Compare** — base vs few-shot vs fine-tuned on the same input.
+{profiles}
 
 The ⚙️ settings (next to the message box) set temperature, top-p, the number of new tokens, a system prompt override, and can show the exact rendered prompt with its token count.
 

@@ -687,7 +687,7 @@ def test_chainlit_md_points_to_the_model_card_when_a_spec_states_no_limitations(
     del raw["limitations"]
     spec_file.write_text(yaml.safe_dump(raw))
     text = welcome.render_chainlit_md(load_catalog(catalog), "base")
-    assert "Limitations: see the model card in adapters/spam/README.md." in text
+    assert f"Limitations: see the model card in {(catalog / 'spam' / 'README.md').resolve()}." in text
 
 
 def test_chainlit_md_shows_the_metrics_json_numbers(catalog, tmp_path):
@@ -721,6 +721,21 @@ def test_the_committed_chainlit_md_is_generated_from_the_shipped_metrics():
     wrapped = [a for a, b in zip(lines, lines[1:]) if a.strip() and b.strip()
                and not a.lstrip().startswith(block) and not b.lstrip().startswith(block)]
     assert not wrapped, wrapped
+
+
+def test_another_catalogues_readme_describes_its_own_adapters(catalog, tmp_path):
+    import dataclasses
+
+    spec = load_catalog(catalog)["spam"]
+    mood = dataclasses.replace(spec, name="mood", title="Mood check", description="How a message feels.",
+                               labels=("positive", "negative", "neutral"), decision="argmax", limitations="",
+                               directory=tmp_path / "mine" / "mood")
+    text = welcome.render_chainlit_md({"mood": mood}, "/models/tiny")
+    assert "- **Chat** — the plain base model." in text and "- **Mood check** — How a message feels." in text
+    assert "Spam check" not in text and "Oncology" not in text and "Compare" not in text
+    assert "clinical decisions" not in text and "A teaching and demonstration app" in text
+    assert f"see the model card in {tmp_path / 'mine' / 'mood' / 'README.md'}." in text
+    assert f"`adapterlab train mood --catalog {tmp_path / 'mine'}`" in text
 
 
 def test_the_readme_served_is_the_one_rendered_and_the_file_is_left_alone(catalog, tmp_path, monkeypatch):
