@@ -125,6 +125,16 @@ def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(tra
     assert f"read `{metrics['split']['source']}`, sha256 `{metrics['split']['source_sha256']}`" in card
 
 
+def test_the_card_names_the_rows_skipped_with_their_lines_and_notes():
+    from training.card import _rows_text
+
+    split = {"rows": 160, "duplicates_removed": 3, "skipped": {"unknown_label": 10, "empty_text": 1},
+             "skipped_lines": {"unknown_label": [201, 202], "empty_text": [7]},
+             "notes": ["labels not in the spec: 'mixed'"]}
+    assert _rows_text(split) == ("160 read, 3 duplicates removed; 10 skipped as unknown_label (first lines: 201, 202); "
+                                 "1 skipped as empty_text (first lines: 7); labels not in the spec: 'mixed'")
+
+
 def test_a_medical_adapters_card_says_not_for_clinical_decisions():
     from adapters.catalog import CATALOG_DIR
 

@@ -111,6 +111,24 @@ def _near_duplicates_text(split: dict) -> str:
             f"masked: {near['linked_pairs']} pairs) kept in one split")
 
 
+def _rows_text(split: dict) -> str:
+    """What reading the data kept and skipped, by reason with the first lines, and its notes."""
+    skipped = split.get("skipped") or {}
+    lines = split.get("skipped_lines") or {}
+    parts = [f"{split.get('rows', '—')} read, {split.get('duplicates_removed', 0)} duplicates removed"]
+    parts += [f"{n} skipped as {reason}" + (f" (first lines: {', '.join(map(str, lines.get(reason, [])))})"
+                                            if lines.get(reason) else "") for reason, n in skipped.items()]
+    return "; ".join(parts + list(split.get("notes") or []))
+
+
+def _details_text(split: dict) -> str:
+    shown = {k: v for k, v in split.items() if k not in ("train", "validation", "test", "source", "source_sha256",
+                                                         "rows", "skipped", "skipped_lines", "notes",
+                                                         "duplicates_removed")}
+    text = json.dumps(shown, default=str)
+    return text if len(text) <= 600 else text[:600] + " …"  # metrics.json holds it all
+
+
 def _compile_note(training: dict) -> str:
     return " (includes compiling the decoder layers)" if training.get("compiled_layers") else ""
 
@@ -272,7 +290,8 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 
 - Source: `{data_source}`{'' if data_source == spec.data.local_path else f" (local copy `{spec.data.local_path}` when present)"}{_read_from(split)}
 - Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}{_near_duplicates_text(split)}
-- Details: `{json.dumps({k: v for k, v in split.items() if k not in ('train', 'validation', 'test', 'source', 'source_sha256')}, default=str)[:600]}`
+- Rows: {_rows_text(split)}
+- Details: `{_details_text(split)}`
 
 ## Training
 
