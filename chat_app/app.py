@@ -637,7 +637,7 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
             return
         reason = _stop_reason()
         upload = upload.first(len(results), f"{reason[:1].upper()}{reason[1:]} after {len(results):,} of "
-                                            f"{total:,} texts: the results below and in the file are theirs.")
+                                            f"{total:,} texts: this table and the file hold their results.")
     seconds = time.perf_counter() - started
     header, rows = handlers.batch_rows(profile.task, upload.texts, results, spec.labels, spec.fields)
     stem = Path(name).stem or "upload"

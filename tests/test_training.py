@@ -630,4 +630,12 @@ def test_the_data_line_names_the_lines_it_skipped(catalog, tiny_base, tmp_path, 
     data.write_text(data.read_text() + "a line without a tab\n", encoding="utf-8")
     argv = train_args(catalog, tiny_base, data, tmp_path / "runs")
     assert main(["eval", *argv[1:argv.index("--run-dir")]]) == 2  # too small: stops before the model
-    assert "skipped 1 malformed_row (first lines: 4)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipped 1 malformed_row (first lines: 4), labels {" in err  # a classifier's labels per split
+    fields = load_catalog(catalog)["oncology"].fields
+    onc = tmp_path / "onc.jsonl"
+    onc.write_text("".join(json.dumps({"input": f"melanoma case {i}", "output": dict.fromkeys(fields)}) + "\n"
+                           for i in range(3)))
+    assert main(["eval", "oncology", "--catalog", str(catalog), "--data", str(onc)]) == 2  # too small too
+    data_line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("data: "))
+    assert "labels" not in data_line  # an extraction has none ("labels None")

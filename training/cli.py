@@ -71,7 +71,8 @@ def _splits(spec, args, needs: dict[str, str]):
         skipped = ", ".join(f"{n} {reason} (first lines: {', '.join(map(str, r.skipped_lines.get(reason, [])))})"
                             for reason, n in r.skipped.items()) or "none"
         print(f"data: {r.source}: train {r.train}, validation {r.validation}, test {r.test} (seed {r.seed}, "
-              f"{r.duplicates_removed} duplicates removed, skipped {skipped}, labels {r.label_counts})"
+              f"{r.duplicates_removed} duplicates removed, skipped {skipped}"
+              + (f", labels {r.label_counts}" if r.label_counts is not None else "") + ")"
               + "".join(f"; {note}" for note in r.notes), file=sys.stderr)
     empty = [f"{what} needs {split} examples" for split, what in needs.items() if not getattr(r, split)]
     if empty:
