@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 from adapters.fields import parts_not_in_text, support_in_text
+from adapters.runtime import read_few_shot
 from adapters.spec import AdapterSpec
 
 NOT_MEDICAL_ADVICE = ("⚕️ **Not medical advice.** Answers come from a 135M-parameter demo model that can "
@@ -116,10 +117,22 @@ def profiles_for(specs: Mapping[str, AdapterSpec]) -> tuple[Profile, ...]:
         if name not in made:
             title = spec.title if spec.title not in taken else f"{spec.title} ({name})"
             taken.add(title)
-            offered.append(Profile(title, spec.task, name, spec.description))
+            batch = (" Attach a .txt (one text a line) or .csv (a `text` column) for a batch."
+                     if spec.task in ("classify", "extract") else "")
+            offered.append(Profile(title, spec.task, name, spec.description + batch, _starters_of(spec)))
     if all(name in specs for name in COMPARE_ADAPTERS):
         offered += [p for p in PROFILES if p.task == "compare"]
     return tuple(offered)
+
+
+def _starters_of(spec: AdapterSpec) -> tuple[Starter, ...]:
+    """Up to three inputs of the adapter's few-shot examples (evaluation stores them), as starters."""
+    try:
+        examples = read_few_shot(spec)
+    except (OSError, ValueError, KeyError, TypeError):  # a file edited by hand: no starters, not a broken app
+        return ()
+    return tuple(Starter(" ".join(text.split()[:4]) + ("…" if len(text.split()) > 4 else ""), text)
+                 for text, _ in examples[:3])
 
 
 def profile_named(name: str | None, profiles: Sequence[Profile] = PROFILES) -> Profile:

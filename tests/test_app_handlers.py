@@ -590,7 +590,12 @@ def test_another_catalogue_gets_a_profile_per_adapter_and_no_profile_of_an_absen
     assert [(p.name, p.task, p.adapter) for p in profiles] == [
         ("Chat", "chat", None), ("Oncology extraction", "extract", "oncology"),
         ("Chat (chatty)", "generate", "chatty"), ("Mood", "classify", "mood")]  # no Compare: spam is absent
-    assert handlers.profile_named("Mood", profiles).description == "How a text feels."
+    assert handlers.profile_named("Mood", profiles).description.startswith("How a text feels. Attach a .txt")
+    assert handlers.profile_named("Mood", profiles).starters == ()  # no few-shot examples stored yet
+    (catalog / "spam" / "few_shot.jsonl").write_text(json.dumps({"input": "What a lovely sunny day it is",
+                                                                  "target": "positive"}) + "\n")
+    (starter,) = handlers.profile_named("Mood", handlers.profiles_for({"mood": mood})).starters
+    assert (starter.label, starter.message) == ("What a lovely sunny…", "What a lovely sunny day it is")
     # the medical notices go with adapters tagged medical, not with every generated answer
     chatty = handlers.status_markdown("ready", 1, None, {"chatty": chat}, ["chatty"], "b", profiles[2])
     assert "Not medical advice" not in chatty
