@@ -465,13 +465,22 @@ def decision_text(probs: dict[str, float], labels: Sequence[str], threshold: flo
 SUPPORT = {"all": "✓ every word", "some": "◐ some words", "none": "○ no word: inferred (or invented)", None: ""}
 
 
+# "hello" came back as a melanoma on surgery: every value can be invented when the text holds none
+NOTHING_BACKED = ("⚠️ **No value has a word in your text.** The model filled the fields anyway: they are "
+                  "most likely invented. Is this the kind of text the adapter was made for?")
+
+
 def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str) -> str:
     """The fields as a table, with how far each value's words occur in ``text`` (the input; the part
     the model read, when it was cut), then as JSON; the model's raw output when it needed repair."""
     text = result.get("text_read") or text  # a word past the cut did not back the value
     rows = [[f"`{name}`", cell(result["fields"].get(name)), _support_note(result["fields"].get(name), text)]
             for name in fields]
-    parts = [extraction_flag(result), table(["field", "value", "in your text"], rows),
+    values = [v for v in result["fields"].values() if v is not None]
+    unbacked = bool(values) and all(support_in_text(v, text) == "none" for v in values)
+    parts = [extraction_flag(result),
+             *([NOTHING_BACKED] if unbacked else []),
+             table(["field", "value", "in your text"], rows),
              "JSON (copy with the button on the block):",
              code_block(json.dumps(result["fields"], ensure_ascii=False, indent=2), "json")]
     if not result["valid"] or result["repaired"]:
@@ -500,7 +509,7 @@ def _not_in_text(fields: Sequence[str], values: Mapping, text: str) -> str:
 
 def extraction_flag(result: dict) -> str:
     if result.get("cut_at"):
-        return (f"✂️ **Cut at the {result['cut_at']}-token limit** (⚙️ max new tokens): the model had not "
+        return (f"⌛ **Cut at the {result['cut_at']}-token limit** (⚙️ max new tokens): the model had not "
                 "finished, so fields after the cut are null because they were never written, not because "
                 "the text lacks them. Raise the limit and send again.")
     if not result["valid"]:
@@ -583,6 +592,11 @@ def results_csv(header: Sequence[str], rows: Sequence[Sequence], upload: Upload 
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
+def _row_number(n: int, row: Sequence, header: Sequence[str]) -> str:
+    """A batch row's number in the file, marked ✂️ when its text was cut to what the adapter reads."""
+    return f"{n:,} ✂️" if row[header.index("truncated")] else f"{n:,}"
+
+
 def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], rows: Sequence[Sequence],
                    variant: str, seconds: float) -> str:
     shown = rows[:PREVIEW_ROWS]
@@ -592,7 +606,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         labels = [h[2:] for h in header if h.startswith("p_")]
         counts = {label: sum(1 for r in rows if r[1] == label) for label in labels}
         parts.append(" · ".join(f"**{cell(k)}**: {v:,}" for k, v in counts.items()))
-        md_rows = [[f"{n:,}", cell(_short(r[0])), f"**{cell(r[1])}**",
+        md_rows = [[_row_number(n, r, header), cell(_short(r[0])), f"**{cell(r[1])}**",
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
         parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
     else:
@@ -602,10 +616,11 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         repaired = sum(1 for r in rows if r[is_repaired])
         cut = [r[is_cut] for r in rows if r[is_cut]]
         parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**"
-                     + (f" · ✂️ cut at the {cut[0]}-token limit: **{len(cut)}** (⚙️ max new tokens; their later "
+                     + (f" · ⌛ cut at the {cut[0]}-token limit: **{len(cut)}** (⚙️ max new tokens; their later "
                         "fields were never written)" if cut else ""))
-        md_rows = [[f"{n:,}", cell(_short(r[0], 60)), *[_compared_value(v, False, r[0]) for v in r[1:is_valid]],
-                    "✂️ cut" if r[is_cut] else ("⚠️ repaired" if r[is_repaired] else ("valid" if r[is_valid]
+        md_rows = [[_row_number(n, r, header), cell(_short(r[0], 60)),
+                    *[_compared_value(v, False, r[0]) for v in r[1:is_valid]],
+                    "⌛ cut" if r[is_cut] else ("⚠️ repaired" if r[is_repaired] else ("valid" if r[is_valid]
                                                                                      else "❌ invalid"))]
                    for n, r in zip(upload.rows, shown)]
         # "JSON", not a green check: a well-formed answer can still hold invented values
@@ -617,7 +632,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
     parts.extend(f"ℹ️ {note}" for note in upload.notes)
     truncated = sum(1 for r in rows if r[header.index("truncated")])
     if truncated:
-        parts.append(f"✂️ {truncated} text(s) were longer than the adapter reads; only their beginning was used.")
+        parts.append(f"✂️ {truncated} text(s) were longer than the adapter reads; only their beginning was used "
+                     "(their rows are marked ✂️).")
     parts.append(f"*{variant} · {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} texts/s)*")
     return "\n\n".join(parts)
 
@@ -670,7 +686,7 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
             differs = len(values) > 1
             rows.append([f"`{name}`" + (" ≠" if differs else ""),
                          *per(lambda o, n=name, d=differs: _compared_value(o.result["fields"].get(n), d, text))])
-        rows.append(["output", *per(lambda o: f"✂️ cut at the {o.result['cut_at']}-token limit"
+        rows.append(["output", *per(lambda o: f"⌛ cut at the {o.result['cut_at']}-token limit"
                                     if o.result.get("cut_at") else ("❌ invalid" if not o.result["valid"]
                                     else ("⚠️ repaired" if o.result["repaired"] else "✅ valid")))])
     else:

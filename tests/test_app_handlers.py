@@ -478,7 +478,7 @@ def test_extraction_shows_seven_fields_null_json_and_flags():
     assert invalid.count("JSON object") == 1  # said once, not again as the parser's reason
     # cut off by the token limit: its nulls are unwritten fields, not findings missing from the text
     cut = handlers.extraction_markdown(extraction(repaired=True) | {"cut_at": 16}, FIELDS, "v", text)
-    assert cut.startswith("✂️ **Cut at the 16-token limit** (⚙️ max new tokens)") and "never written" in cut
+    assert cut.startswith("⌛ **Cut at the 16-token limit** (⚙️ max new tokens)") and "never written" in cut
 
 
 def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
@@ -522,7 +522,8 @@ def test_batch_rows_table_and_csv(catalog):
                       ["a", "ham", "0.9", "0.1", "False"], ["b, with comma", "spam", "0.2", "0.8", "True"]]
     upload = handlers.Upload(texts, "text", 2, ["only the first 2"])
     md = handlers.batch_markdown("classify", "in.csv", upload, header, rows, "base", 0.5)
-    assert "**ham**: 1 · **spam**: 1" in md and "| 2 | b, with comma | **spam** | 20.0% | 80.0% |" in md
+    assert "**ham**: 1 · **spam**: 1" in md and "| 1 | a | **ham** |" in md
+    assert "| 2 ✂️ | b, with comma | **spam** | 20.0% | 80.0% |" in md  # its text was cut: marked by its row
     assert "ℹ️ only the first 2" in md and "✂️ 1 text(s)" in md and md.startswith("### 2 texts from `in.csv`")
     one = handlers.batch_markdown("classify", "one.csv", handlers.Upload(["a"], "text", 1), header, rows[:1],
                                   "base", 0.5)
@@ -548,7 +549,7 @@ def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
     results[1] = extraction(repaired=True, cancer_type="melanoma") | {"cut_at": 16}
     header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
     md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 2), header, rows, "v", 1.0)
-    assert "✂️ cut at the 16-token limit: **1**" in md and "| ✂️ cut |" in md
+    assert "⌛ cut at the 16-token limit: **1**" in md and "| ⌛ cut |" in md
     assert rows[1][header.index("cut_at_tokens")] == 16
 
 
@@ -557,6 +558,16 @@ def test_a_cut_input_is_checked_against_the_part_the_model_read():
     result = extraction(cancer_type="melanoma") | {"truncated": True, "text_read": "Follow-up visit, vitals stable."}
     md = handlers.extraction_markdown(result, FIELDS, "v", text)
     assert "| `cancer_type` | melanoma | ○ no word: inferred (or invented) |" in md  # "melanoma" came after the cut
+
+
+def test_values_with_no_word_in_the_text_at_all_get_a_warning():
+    invented = handlers.extraction_markdown(extraction(cancer_type="melanoma", treatment="surgery"), FIELDS, "v",
+                                            "hello")
+    assert handlers.NOTHING_BACKED in invented
+    backed = handlers.extraction_markdown(extraction(cancer_type="melanoma", stage="IV"), FIELDS, "v",
+                                          "Melanoma, widely metastatic.")  # one inferred value, one backed
+    empty = handlers.extraction_markdown(extraction(), FIELDS, "v", "hello")  # all null: nothing invented
+    assert handlers.NOTHING_BACKED not in backed and handlers.NOTHING_BACKED not in empty
 
 
 def test_an_invented_item_of_a_list_value_is_named():
