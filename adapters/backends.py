@@ -137,6 +137,12 @@ def recorded_base(adapter_dir: Path) -> str | None:
     return config.get("base_model_name_or_path")
 
 
+def other_base(adapter_dir: Path, base: str) -> str | None:
+    """The base model an adapter was trained on, as recorded, when that is not ``base``; else None."""
+    trained_on = recorded_base(adapter_dir)
+    return trained_on if trained_on is not None and canonical_name(trained_on) != canonical_name(base) else None
+
+
 class LocalBackend:
     """Base model + PEFT adapters in this process; thread-safe, one model in memory.
 
@@ -216,8 +222,8 @@ class LocalBackend:
         """Attach the PEFT adapter in ``path`` under ``name``; refuses one trained on another base."""
         from peft import PeftModel
 
-        trained_on = recorded_base(path)
-        if trained_on is not None and canonical_name(trained_on) != self.base_name:
+        trained_on = other_base(path, self.base_name)
+        if trained_on is not None:
             raise BaseMismatchError(
                 f"adapter {name!r} ({path}) was trained on base model {canonical_name(trained_on)!r}, "
                 f"but the loaded base model is {self.base_name!r}")

@@ -46,6 +46,18 @@ def scan_catalog(directory: str | Path = CATALOG_DIR) -> list[tuple[Path, Adapte
     return found
 
 
+def catalog_option(spec: AdapterSpec) -> str:
+    """`` --catalog DIR`` for an adapter outside the project's catalogue (commands need it), else ""."""
+    catalog = spec.directory.parent
+    return "" if catalog.resolve() == CATALOG_DIR.resolve() else f" --catalog {catalog}"
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as cards and the app's page name it: relative to the project inside it, else whole."""
+    project, path = CATALOG_DIR.parent.resolve(), Path(path).resolve()
+    return path.relative_to(project).as_posix() if path.is_relative_to(project) else str(path)
+
+
 def get_spec(specs: dict[str, AdapterSpec], name: str) -> AdapterSpec:
     """The spec called ``name``, or an error that lists the known names."""
     try:

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .backends import BaseMismatchError, recorded_base
+from .backends import BaseMismatchError, other_base
 from .base_models import (DEFAULT_BASE, KNOWN_BASES, BaseModelError, LoadOptions, canonical_name, materialize,
                           materialized_path)
 from .catalog import CATALOG_DIR, get_spec, load_catalog, scan_catalog
@@ -167,8 +167,8 @@ def cmd_adapters(args) -> int:
             print(f"{spec_file.parent.name:10} {'-':9} not loaded: {spec}")
             continue
         state = "trained" if spec.has_weights else f"not trained ({train_command(spec)})"
-        trained_on = recorded_base(spec.directory) if spec.has_weights else None
-        if trained_on is not None and canonical_name(trained_on) != canonical_name(spec.base_model):
+        trained_on = other_base(spec.directory, spec.base_model) if spec.has_weights else None
+        if trained_on is not None:
             state = f"trained on {canonical_name(trained_on)}, not its spec's base {spec.base_model} ({train_command(spec)})"
         print(f"{spec.name:10} {spec.task:9} {spec.title} — {state}")
     return 1 if any(isinstance(spec, SpecError) for _, spec in found) else 0
@@ -323,8 +323,8 @@ def check_trained_base(spec, base_model: str | None) -> None:
     """Refuse, before loading anything, to run an adapter on another base than it was trained on,
     naming the --base-model that fits (it failed only after the model had loaded)."""
     base = base_model or spec.base_model
-    trained_on = recorded_base(spec.directory) if spec.has_weights else None
-    if trained_on is not None and canonical_name(trained_on) != canonical_name(base):
+    trained_on = other_base(spec.directory, base) if spec.has_weights else None
+    if trained_on is not None:
         raise BaseMismatchError(f"adapter {spec.name!r} was trained on base model {trained_on!r}, not "
                                 f"{canonical_name(base)!r}; add --base-model {trained_on} (or --base for the "
                                 "base model alone)")

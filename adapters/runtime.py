@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends import Backend, GenerationParams, LocalBackend
+from .backends import Backend, GenerationParams, LocalBackend, other_base
 from .base_models import DEFAULT_BASE, LoadOptions, canonical_name
-from .catalog import CATALOG_DIR, get_spec, load_catalog
+from .catalog import CATALOG_DIR, catalog_option, get_spec, load_catalog
 from .fields import Extraction, parse_fields
 from .prompts import Message, chat_messages, task_messages
 from .spec import AdapterSpec
@@ -44,10 +44,7 @@ class AdapterNotTrainedError(RuntimeError):
 
 def train_command(spec: AdapterSpec) -> str:
     """The command that trains ``spec``'s adapter in its own catalogue."""
-    catalog = spec.directory.parent
-    if catalog.resolve() == Path(CATALOG_DIR).resolve():
-        return f"adapterlab train {spec.name}"
-    return f"adapterlab train {spec.name} --catalog {catalog}"
+    return f"adapterlab train {spec.name}{catalog_option(spec)}"
 
 
 @dataclass(frozen=True)
@@ -129,16 +126,13 @@ class Runtime:
         """Load the base once and every catalogue adapter that has weights (or just ``only``). An
         adapter trained on another base is refused, or with ``skip_other_bases`` left unloaded and
         named in ``other_bases`` (the app serves the others)."""
-        from .backends import recorded_base
-
         specs = load_catalog(catalog)
         base = base or _common_base({n: get_spec(specs, n) for n in only} if only else specs)
         names = [n for n in (only if only is not None else specs) if get_spec(specs, n).has_weights]
         other_bases = {}
         if skip_other_bases:
-            trained_on = {n: recorded_base(specs[n].directory) for n in names}
-            other_bases = {n: canonical_name(b) for n, b in trained_on.items()
-                           if b is not None and canonical_name(b) != canonical_name(base)}
+            trained_on = {n: other_base(specs[n].directory, base) for n in names}
+            other_bases = {n: canonical_name(b) for n, b in trained_on.items() if b is not None}
             names = [n for n in names if n not in other_bases]
         backend = LocalBackend.load(base, {n: specs[n].directory for n in names}, options,
                                     progress=progress)

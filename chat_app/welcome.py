@@ -11,10 +11,11 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from adapters.catalog import CATALOG_DIR
+from adapters.catalog import shown_path
 from adapters.files import write_text_atomic
 from adapters.runtime import train_command
 from adapters.spec import AdapterSpec
+from chat_app.handlers import is_medical, profiles_for
 
 GENERATED_NOTE = ("*This page is generated when the app starts, from each adapter's `adapter.yaml` and "
                   "`metrics.json` (chat_app/welcome.py), so it describes the adapters served; edits to "
@@ -43,7 +44,7 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
     if not metrics:
         state = "weights present, not evaluated yet" if spec.has_weights else "**not trained yet**"
         return (f"Metrics: {state} — `{train_command(spec)}` trains and evaluates it, writing "
-                f"`{_shown_path(spec.directory / 'metrics.json')}`; this page shows them at the next start.")
+                f"`{shown_path(spec.directory / 'metrics.json')}`; this page shows them at the next start.")
     headline = metrics.get("headline") or {}
     variants = metrics.get("variants") or {}
     keys = list(headline) or sorted({k for v in variants.values() if isinstance(v, dict) for k, x in v.items()
@@ -65,13 +66,6 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
     return intro + "\n\n" + "\n".join(lines) + (f"\n\nTargets:{met}" if met else "")
 
 
-def _shown_path(path: Path) -> str:
-    """``path`` relative to the project for its own catalogue, else as it is."""
-    project = CATALOG_DIR.parent.resolve()
-    path = path.resolve()
-    return path.relative_to(project).as_posix() if path.is_relative_to(project) else str(path)
-
-
 PROFILE_LINES = {  # the hand-made profiles' lines; another catalogue's adapters are described by their specs
     "Chat": "the plain base model.",
     "Spam check": "an SMS → spam/ham with a probability for each; attach a `.txt`/`.csv` for a batch.",
@@ -88,11 +82,9 @@ WARNING = ("> ⚠️ **A teaching and demonstration app.** Small models are ofte
 
 def render_chainlit_md(specs: Mapping[str, AdapterSpec], base_model: str) -> str:
     """The page's markdown. A paragraph is one line: Chainlit's readme dialog shows every line break."""
-    from chat_app.handlers import is_medical, profiles_for
-
     sections = []
     for name, spec in specs.items():
-        card = _shown_path(spec.directory / "README.md")
+        card = shown_path(spec.directory / "README.md")
         sections.append(f"### {spec.title} (`{name}`, {spec.task})\n\n{spec.description}\n\n"
                         f"{metrics_section(spec, read_metrics(spec))}\n\n"
                         f"Limitations: {spec.limitations or f'see the model card in {card}.'}\n")

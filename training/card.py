@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base_models import KNOWN_BASES, canonical_name
-from adapters.catalog import CATALOG_DIR
+from adapters.catalog import catalog_option, shown_path
 from adapters.files import write_text_atomic
 from adapters.spec import AdapterSpec
 
@@ -162,19 +162,6 @@ def _front_matter(spec: AdapterSpec, base_id: str) -> list[str]:
     ] + ([f"datasets: [{spec.data.hub_id}]"] if spec.data.hub_id else []) + ["---", ""]
 
 
-def _folder(spec: AdapterSpec) -> str:
-    """The adapter's folder as the card names it: relative to the project for its own catalogue."""
-    project = CATALOG_DIR.parent
-    folder = spec.directory.resolve()
-    return folder.relative_to(project).as_posix() if folder.is_relative_to(project) else str(folder)
-
-
-def _catalog_option(spec: AdapterSpec) -> str:
-    """``--catalog DIR`` for an adapter outside the project's catalogue (the commands need it)."""
-    catalog = spec.directory.resolve().parent
-    return "" if catalog == CATALOG_DIR.resolve() else f" --catalog {catalog}"
-
-
 def _base_option(spec: AdapterSpec, trained_on: str | None) -> str:
     """``--base-model X`` when the weights were trained on another base than the spec names."""
     if trained_on is None or canonical_name(trained_on) == canonical_name(spec.base_model):
@@ -183,7 +170,7 @@ def _base_option(spec: AdapterSpec, trained_on: str | None) -> str:
 
 
 def _use_text(spec: AdapterSpec, base_name: str) -> str:
-    catalog = _catalog_option(spec) + _base_option(spec, base_name)
+    catalog = catalog_option(spec) + _base_option(spec, base_name)
     return f"""```bash
 adapterlab predict {spec.name}{catalog} --input in.jsonl --output out.jsonl
 ```
@@ -195,7 +182,7 @@ rt = Runtime.local({f'"{spec.directory.resolve().parent}", ' if catalog else ''}
 from adapters.base_models import load_base    # or plain PEFT, on the base these weights were trained on
 from peft import PeftModel
 base_model, tokenizer = load_base("{base_name}")
-model = PeftModel.from_pretrained(base_model, "{_folder(spec)}")
+model = PeftModel.from_pretrained(base_model, "{shown_path(spec.directory)}")
 ```"""
 
 
@@ -216,7 +203,7 @@ def unevaluated_card_text(spec: AdapterSpec, train_result: dict) -> str:
 
 **Not evaluated yet.** These weights were trained ({train_result.get('steps', '—')} steps on
 {train_result.get('device', '—')}, best validation loss {_fmt(train_result.get('best_eval_loss'))}) and not
-measured since: `adapterlab eval {spec.name}{_catalog_option(spec)}{_base_option(spec, train_result.get('base_model'))}` measures them on the held-out test split and writes this
+measured since: `adapterlab eval {spec.name}{catalog_option(spec)}{_base_option(spec, train_result.get('base_model'))}` measures them on the held-out test split and writes this
 card with base, few-shot and fine-tuned results.
 
 ## Use
@@ -270,7 +257,7 @@ def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
 
 {spec.description}
 
-Trained and evaluated with [adapterlab](../../README.md) from `{_folder(spec)}/adapter.yaml`; the
+Trained and evaluated with [adapterlab](../../README.md) from `{shown_path(spec.directory)}/adapter.yaml`; the
 prompt below is the one used in training, evaluation and the app.
 
 ## Results
@@ -318,8 +305,8 @@ User template: `{spec.prompt.user_template}`{_decoding_text(spec)}
 ## Reproduce
 
 ```bash
-adapterlab train {spec.name}{_catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))} --no-eval    # trained on: {training.get('device', '—')}
-adapterlab eval {spec.name}{_catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
+adapterlab train {spec.name}{catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))} --no-eval    # trained on: {training.get('device', '—')}
+adapterlab eval {spec.name}{catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
 ```
 
 `adapterlab train {spec.name}` alone trains and evaluates in one go; either way the configuration is

@@ -39,7 +39,8 @@ FEW_SHOT_K = {"classify": 4, "generate": 2, "extract": 3}
 FEW_SHOT_DRAWS = 5  # seeded draws of few-shot examples, scored on validation: the spec's seed, then the next ones
 # validation examples a draw is scored on: a generated answer or extraction costs a generation each
 FEW_SHOT_VALIDATION = {"classify": None, "generate": 50, "extract": 100}
-FEW_SHOT_CRITERION = {"classify": "F1 of {positive!r}", "generate": "ROUGE-L", "extract": "micro field accuracy"}
+FEW_SHOT_CRITERION = {"classify": "F1 of {positive!r}", "classify_multi": "macro F1", "generate": "ROUGE-L",
+                      "extract": "micro field accuracy"}
 
 
 def load_metric(name: str):
@@ -183,9 +184,8 @@ def choose_few_shot(runtime: Runtime, spec: AdapterSpec, splits, batch_size: int
 
 
 def _few_shot_criterion(spec: AdapterSpec) -> str:
-    if spec.task == "classify" and len(spec.labels) > 2:
-        return "macro F1"
-    return FEW_SHOT_CRITERION[spec.task].format(positive=spec.labels[-1] if spec.labels else "")
+    kind = "classify_multi" if spec.task == "classify" and len(spec.labels) > 2 else spec.task
+    return FEW_SHOT_CRITERION[kind].format(positive=spec.labels[-1] if spec.labels else "")
 
 
 def _few_shot_scores(runtime: Runtime, spec: AdapterSpec, validation, shots, in_batches) -> dict:
