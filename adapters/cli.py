@@ -24,6 +24,7 @@ from .catalog import CATALOG_DIR, get_spec, load_catalog, scan_catalog
 from .files import write_lines_atomic
 from .runtime import AdapterNotTrainedError, InputError, Runtime, read_threshold_record, train_command
 from .spec import SPEC_FILE, SpecError
+from .strict_json import NotStrictJSON, loads_strict
 
 EXPECTED_ERRORS = (SpecError, InputError, AdapterNotTrainedError, BaseMismatchError,
                    BaseModelError, ValueError, OSError)
@@ -260,12 +261,11 @@ def read_jsonl_texts(path: Path, reserved: tuple[str, ...] = ()) -> list[dict]:
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; skipping them loses nothing
         try:
-            obj = json.loads(line, object_pairs_hook=_object_without_repeated_keys,
-                             parse_constant=_refuse_constant)
+            obj = loads_strict(line)
         except json.JSONDecodeError as exc:
             problems.append(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})")
             continue
-        except _NotStrictJSON as exc:
+        except NotStrictJSON as exc:
             problems.append(f"{where}: {exc}")
             continue
         clashes = [key for key in reserved if isinstance(obj, dict) and key in obj]
@@ -301,22 +301,6 @@ def _input_bytes(path: Path) -> bytes:
         raise UsageError(f"{path}: is a folder; --input takes a JSONL file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot be read ({exc.strerror})") from None
-
-
-class _NotStrictJSON(ValueError):
-    pass
-
-
-def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise _NotStrictJSON(f"key {json.dumps(repeated[0])} appears twice in one object")
-    return dict(pairs)
-
-
-def _refuse_constant(name: str):
-    raise _NotStrictJSON(f"{name} is not JSON (write null, or the number as a string)")
 
 
 def check_trained_base(spec, base_model: str | None) -> None:

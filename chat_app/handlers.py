@@ -6,6 +6,7 @@ markdown of every answer. No Chainlit and no model here, so all of it is unit-te
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -18,6 +19,7 @@ from pathlib import PurePath
 from adapters.fields import parts_not_in_text, support_in_text
 from adapters.runtime import read_few_shot
 from adapters.spec import AdapterSpec
+from adapters.strict_json import loads_strict
 
 NOT_MEDICAL_ADVICE = ("⚕️ **Not medical advice.** Answers come from a 135M-parameter demo model that can "
                       "be wrong or invent facts. Ask a health professional about your own situation.")
@@ -28,7 +30,9 @@ NOT_CLINICAL = ("🧪 **Not for clinical decisions.** A demo on synthetic narrat
 MAX_MESSAGE_CHARS = 200_000  # beyond this a message is cut before tokenizing (the model reads far less)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report", "question", "content", "body")
-UPLOAD_SUFFIXES = (".txt", ".csv")
+UPLOAD_SUFFIXES = (".txt", ".csv", ".jsonl")
+UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` file with a `text` column or a `.jsonl` file "
+               'with a `text` key (`{"text": "…"}` a line).')
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
                          "not. Send it on its own to run it.")
 PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV holds all of them
@@ -80,7 +84,7 @@ PROFILES: tuple[Profile, ...] = (
             default=True),
     Profile("Spam check", "classify", "spam",
             "Classify an SMS as spam or ham with a probability for each label. Attach a .txt (one "
-            "message a line) or .csv (with a `text` column) to classify a batch.",
+            "message a line), .csv (with a `text` column) or .jsonl (a `text` key) to classify a batch.",
             (Starter("Prize scam", SPAM_EXAMPLE),
              Starter("Dinner plans", HAM_EXAMPLE),
              Starter("Weekly draw", "FREE entry into our weekly draw! Text WIN to 80086 to receive your "
@@ -117,7 +121,7 @@ def profiles_for(specs: Mapping[str, AdapterSpec]) -> tuple[Profile, ...]:
         if name not in made:
             title = spec.title if spec.title not in taken else f"{spec.title} ({name})"
             taken.add(title)
-            batch = (" Attach a .txt (one text a line) or .csv (a `text` column) for a batch."
+            batch = (" Attach a .txt (one text a line), .csv (a `text` column) or .jsonl (a `text` key) for a batch."
                      if spec.task in ("classify", "extract") else "")
             offered.append(Profile(title, spec.task, name, spec.description + batch, _starters_of(spec)))
     if all(name in specs for name in COMPARE_ADAPTERS):
@@ -213,8 +217,8 @@ class InputProblem(ValueError):
     """Input the app refuses; the message is shown in the chat as it is."""
 
 
-EMPTY_MESSAGE = ("✏️ The message is empty. Type some text, or attach a .txt (one message a line) or "
-                 ".csv (with a `text` column) file.")
+EMPTY_MESSAGE = ("✏️ The message is empty. Type some text, or attach a .txt (one message a line), "
+                 ".csv (with a `text` column) or .jsonl (a `text` key) file.")
 
 
 def check_text(text: str | None) -> tuple[str, list[str]]:
@@ -245,20 +249,25 @@ CHAT_DELETED = ("🗑 This chat was deleted, so nothing more of it is kept, and 
 @dataclass
 class Upload:
     texts: list[str]
-    source: str  # "lines" or the CSV column used
+    source: str  # "lines" (.txt), or the CSV column or JSONL key that held the texts
     total: int  # non-empty rows in the file
     notes: list[str] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)  # each text's line (.txt) or row (.csv, the header is row 1)
-    columns: list[str] = field(default_factory=list)  # a CSV's other columns, kept in the results file
+    rows: list[int] = field(default_factory=list)  # each text's line (.txt, .jsonl) or row (.csv, the header is row 1)
+    columns: list[str] = field(default_factory=list)  # a file's other columns or keys, kept in the results file
     values: list[list[str]] = field(default_factory=list)  # each text's values of those columns
+    row_name: str = "line"  # "row" for a CSV
+    delimiter: str = ","  # a CSV's, which its results file keeps (a semicolon for a spreadsheet that wrote one)
 
     def __post_init__(self):
         self.rows = self.rows or list(range(1, len(self.texts) + 1))
         self.values = self.values or [[] for _ in self.texts]
 
     @property
-    def row_name(self) -> str:
-        return "line" if self.source == "lines" else "row"
+    def source_name(self) -> str:
+        """Where the texts came from, for a summary: "lines", "column `text`" or "key `input`"."""
+        if self.source == "lines":
+            return "lines"
+        return f"{'column' if self.row_name == 'row' else 'key'} `{_safe_name(self.source)}`"
 
     def first(self, n: int, note: str) -> "Upload":
         """The first ``n`` texts, as a batch stopped after them reports them, with ``note``."""
@@ -267,33 +276,29 @@ class Upload:
 
 
 def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> Upload:
-    """The texts of an uploaded .txt (one a line) or .csv (a text column), at most ``limit`` of them.
+    """The texts of an uploaded .txt (one a line), .csv (a text column) or .jsonl (a text key), at
+    most ``limit`` of them.
 
     Every problem raises ``InputProblem`` with a message that says what to do.
     """
     suffix = PurePath(name or "").suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         kind = f" ({mime})" if mime else ""
-        raise InputProblem(f"📎 `{_safe_name(name)}`{kind} cannot be read: upload a `.txt` file (one text a "
-                           "line) or a `.csv` file with a `text` column.")
+        raise InputProblem(f"📎 `{_safe_name(name)}`{kind} cannot be read: {UPLOAD_HELP}")
     if len(data) > MAX_UPLOAD_BYTES:
         raise InputProblem(f"📎 `{_safe_name(name)}` is {len(data) / 1e6:.1f} MB; the limit is "
                            f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB. Split it into smaller files.")
-    if b"\x00" in data[:65536]:
-        raise InputProblem(f"📎 `{_safe_name(name)}` looks like a binary file, not text. Upload a UTF-8 "
-                           f"`{suffix}` file.")
-    try:
-        content = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputProblem(f"📎 `{_safe_name(name)}` is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
-                           f"position {exc.start:,}). Save it as UTF-8 and upload it again.") from None
+    content, notes = _decoded(name, suffix, data)
     if suffix == ".txt":
         numbered = [(number, line.strip()) for number, line in enumerate(content.splitlines(), start=1)
                     if line.strip()]
         upload = Upload([text for _, text in numbered], "lines", len(numbered),
                         rows=[number for number, _ in numbered])
+    elif suffix == ".jsonl":
+        upload = _jsonl_upload(name, content)
     else:
         upload = _csv_upload(name, content)
+    upload.notes[:0] = notes
     if not upload.texts:
         raise InputProblem(f"📎 `{_safe_name(name)}` holds no text to process.")
     if upload.total > limit:
@@ -302,6 +307,88 @@ def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> 
                             f"(the limit for one upload on this server, up to {upload.row_name} "
                             f"{upload.rows[-1]:,}). Split the file to process the rest.")
     return upload
+
+
+def _decoded(name: str, suffix: str, data: bytes) -> tuple[str, list[str]]:
+    """The file's text and a note on its encoding when it is not UTF-8.
+
+    Excel on Windows saves "CSV" and "Unicode text" in Windows-1252 and UTF-16, so a clinician's
+    export is read in those rather than refused; UTF-16 is told by its byte-order mark, and any other
+    byte Windows-1252 cannot read (or a NUL byte without the mark) is refused.
+    """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16"), []
+        except UnicodeDecodeError:
+            raise InputProblem(f"📎 `{_safe_name(name)}` starts as UTF-16 text but is not. Save it as UTF-8 "
+                               "and upload it again.") from None
+    if b"\x00" in data[:65536]:
+        raise InputProblem(f"📎 `{_safe_name(name)}` looks like a binary file, not text. Upload a UTF-8 "
+                           f"`{suffix}` file.")
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        where = f"byte 0x{data[exc.start]:02x} on line {line:,}"
+    try:
+        content = data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise InputProblem(f"📎 `{_safe_name(name)}` is not UTF-8 text ({where}). Save it as UTF-8 and upload "
+                           "it again.") from None
+    return content, [f"The file is not UTF-8 ({where}), so it was read as Windows-1252, the encoding Excel "
+                     "on Windows saves. If accented letters or symbols look wrong below, save it as UTF-8 "
+                     "and upload it again."]
+
+
+def _jsonl_upload(name: str, content: str) -> Upload:
+    """The texts of a JSONL file's text key (the first of ``TEXT_COLUMNS`` any line has), with the
+    other keys kept as columns (a value that is not a string as its JSON). A line that is not a
+    strict JSON object refuses the file, naming it; an object without the text is skipped and named
+    in a note, as a CSV row without one is."""
+    objects, bad = [], []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = loads_strict(line)
+        except ValueError as exc:
+            bad.append((number, getattr(exc, "msg", None) or str(exc)))
+            continue
+        if not isinstance(obj, dict):
+            bad.append((number, f"a JSON {type(obj).__name__}, not an object"))
+            continue
+        objects.append((number, obj))
+    if bad:
+        first, why = bad[0]
+        raise InputProblem(f"📎 `{_safe_name(name)}`: line(s) {_rows_text([n for n, _ in bad])} are not JSON "
+                           f"objects (line {first}: {why}). A `.jsonl` file holds one object a line, "
+                           'such as `{"text": "…"}`.')
+    keys = list(dict.fromkeys(key for _, obj in objects for key in obj))
+    column = _text_column(keys)
+    if column is None:
+        found = ", ".join(f"`{_safe_name(k)}`" for k in keys[:12]) or "none"
+        raise InputProblem(f"📎 `{_safe_name(name)}` has no text key (keys found: {found}). Name the key "
+                           f"with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
+    key, others = keys[column], [k for k in keys if k != keys[column]]
+    upload = Upload([], key, 0, columns=others)
+    empty = []
+    for number, obj in objects:
+        text = obj.get(key)
+        if not isinstance(text, str) or not text.strip():
+            empty.append(number)
+            continue
+        upload.texts.append(text.strip())
+        upload.rows.append(number)
+        upload.values.append([_jsonl_value(obj.get(k)) for k in others])
+    upload.total = len(upload.texts)
+    if empty:
+        upload.notes.append(f"Line(s) {_rows_text(empty)} have no text (a non-empty string) under "
+                            f"`{_safe_name(key)}` and were skipped.")
+    return upload
+
+
+def _jsonl_value(value) -> str:
+    return "" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}  # spreadsheets' choices
@@ -341,7 +428,8 @@ def _csv_upload(name: str, content: str) -> Upload:
                            f"the header ({width}): a text holds an unquoted {sign}. Put such texts in double "
                            "quotes (spreadsheet programs do when they save as CSV).")
     others = [i for i in range(width) if i != column]
-    upload = Upload([], header[column].strip(), 0, columns=[header[i].strip() for i in others])
+    upload = Upload([], header[column].strip(), 0, columns=[header[i].strip() for i in others], row_name="row",
+                    delimiter=delimiter)
     empty = []
     for number, row in enumerate(rows[1:], start=2):
         text = (delimiter.join(row[column:]) if last else row[column] if len(row) > column else "").strip()
@@ -581,9 +669,10 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
 def results_csv(header: Sequence[str], rows: Sequence[Sequence], upload: Upload | None = None) -> bytes:
     """CSV bytes (UTF-8 with BOM so spreadsheet programs read it right); None becomes empty. With the
     ``upload``, each row starts with its line or row number in the file and the file's other
-    columns (an id, a patient number), so results join back to the records they came from."""
+    columns (an id, a patient number), so results join back to the records they came from, and the
+    fields are separated as the uploaded CSV's were (a spreadsheet set to semicolons opens it)."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv.writer(out, delimiter=upload.delimiter if upload is not None else ",")
     lead = [upload.row_name, *upload.columns] if upload is not None else []
     writer.writerow([*lead, *header])
     for i, row in enumerate(rows):
@@ -600,7 +689,7 @@ def _row_number(n: int, row: Sequence, header: Sequence[str]) -> str:
 def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], rows: Sequence[Sequence],
                    variant: str, seconds: float) -> str:
     shown = rows[:PREVIEW_ROWS]
-    summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({'lines' if upload.source == 'lines' else 'column `' + _safe_name(upload.source) + '`'})"
+    summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({upload.source_name})"
     parts = [summary]
     if task == "classify":
         labels = [h[2:] for h in header if h.startswith("p_")]

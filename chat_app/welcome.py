@@ -68,9 +68,9 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
 
 PROFILE_LINES = {  # the hand-made profiles' lines; another catalogue's adapters are described by their specs
     "Chat": "the plain base model.",
-    "Spam check": "an SMS → spam/ham with a probability for each; attach a `.txt`/`.csv` for a batch.",
+    "Spam check": "an SMS → spam/ham with a probability for each; attach a `.txt`/`.csv`/`.jsonl` for a batch.",
     "Medical Q&A": "streamed answers, multi-turn.",
-    "Oncology extraction": "7 fields as a table and JSON; attach a `.txt`/`.csv` for a batch.",
+    "Oncology extraction": "7 fields as a table and JSON; attach a `.txt`/`.csv`/`.jsonl` for a batch.",
     "Compare": "base vs few-shot vs fine-tuned on the same input.",
 }
 MEDICAL_WARNING = ("> ⚠️ **Nothing here is for clinical decisions.** This is a teaching and demonstration app on a "

@@ -303,16 +303,17 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     assert [r[:2] for r in rows[1:]] == [["2", "1"], ["3", "2"], ["4", "3"]]
     assert all(r[3] in ("ham", "spam") and abs(float(r[4]) + float(r[5]) - 1) < 1e-4 for r in rows[1:])
     shot(page, "05-spam-upload")
-    bad = tmp_path / "notes.txt"
-    bad.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    windows = tmp_path / "notes.txt"  # saved by a Windows program: read, and said so
+    windows.write_bytes("caf\xe9 cr\xe8me at 8 \u2013 see you".encode("cp1252"))
     nocol = tmp_path / "labels.csv"
     nocol.write_text("id,label\n1,ham\n", encoding="utf-8")
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")  # Chainlit itself refused to store a 0-byte file ("Upload failed")
-    page.set_input_files("#upload-button-input", [str(bad), str(nocol), str(empty)])
+    page.set_input_files("#upload-button-input", [str(windows), str(nocol), str(empty)])
     page.wait_for_selector("#attachments :text('empty.txt')")
     page.click("#chat-submit")
-    page.wait_for_selector("text=is not UTF-8 text", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("text=so it was read as Windows-1252", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("td:has-text('café crème at 8 – see you')")
     page.wait_for_selector("text=has no text column", timeout=ANSWER_TIMEOUT * 1000)
     page.wait_for_selector("text=holds no text to process", timeout=ANSWER_TIMEOUT * 1000)
     shot(page, "06-bad-uploads")

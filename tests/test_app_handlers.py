@@ -409,7 +409,11 @@ def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
 @pytest.mark.parametrize("name, data, message", [
     ("data.csv", b"id,label\n1,ham\n", r"no text column \(columns found: `id`, `label`\)"),
     ("blob.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
-    ("latin1.txt", "café crème".encode("latin-1"), "not UTF-8 text"),
+    ("mixed.txt", b"caf\xc3\xa9 and \x81\x8d", r"not UTF-8 text \(byte 0x81 on line 1\)"),
+    ("half.txt", b"\xff\xfeh\x00i\x00\x00", "starts as UTF-16 text but is not"),
+    ("notes.jsonl", b'{"text": "ok"}\n{"text": "a", "text": "b"}\n[1]\n',
+     r"line\(s\) 2, 3 are not JSON objects \(line 2: key \"text\" appears twice in one object\)"),
+    ("keys.jsonl", b'{"id": 1, "label": "ham"}\n', r"no text key \(keys found: `id`, `label`\)"),
     ("photo.png", b"\x89PNG", r"upload a `\.txt` file"),
     ("empty.txt", b"\n\n  \n", "no text"),
     ("empty.csv", b"", "empty"),
@@ -417,6 +421,43 @@ def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
 def test_bad_uploads_get_a_clear_message(name, data, message):
     with pytest.raises(handlers.InputProblem, match=message):
         handlers.read_upload(name, data, limit=10)
+
+
+def test_an_excel_csv_in_windows_1252_with_semicolons_is_read_and_its_results_keep_the_semicolons():
+    """Excel on Windows saves "CSV" in Windows-1252, with semicolons where the list separator is one:
+    such a file was refused as not UTF-8, and a results file in commas opened as one column there."""
+    data = "id;text\r\nP1;Dose 5 µg, 38,5 °C fever – café\r\nP2;WIN £100 now\r\n".encode("cp1252")
+    upload = handlers.read_upload("export.csv", data, limit=10)
+    assert upload.texts == ["Dose 5 µg, 38,5 °C fever – café", "WIN £100 now"]
+    assert upload.notes[0].startswith("The file is not UTF-8 (byte 0xb5 on line 2), so it was read "
+                                      "as Windows-1252")
+    header, rows = handlers.batch_rows("classify", upload.texts, [
+        {"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}] * 2, labels=("ham", "spam"))
+    written = handlers.results_csv(header, rows, upload).decode("utf-8-sig").splitlines()
+    assert written[0].startswith("row;id;text;label;") and written[1].startswith("2;P1;Dose 5 µg, 38,5 °C")
+
+
+def test_an_excel_unicode_text_file_in_utf_16_is_read():
+    upload = handlers.read_upload("notes.txt", "Stage II — ER+\r\nKRAS G12D\r\n".encode("utf-16"), limit=10)
+    assert upload.texts == ["Stage II — ER+", "KRAS G12D"] and not upload.notes
+
+
+def test_a_jsonl_upload_reads_the_text_key_and_keeps_the_other_keys():
+    """The oncology data set's own file (instruction, input, output) could not be attached."""
+    lines = [{"id": "n1", "input": "Stage IV melanoma, BRAF V600E.", "output": {"stage": "IV"}},
+             {"id": "n2", "input": "  "},
+             {"id": "n3", "input": "Lung adenocarcinoma", "extra": None}]
+    data = ("\n".join(json.dumps(line) for line in lines) + "\n\n").encode()
+    upload = handlers.read_upload("onco.JSONL", data, limit=10)
+    assert upload.texts == ["Stage IV melanoma, BRAF V600E.", "Lung adenocarcinoma"]
+    assert upload.source == "input" and upload.rows == [1, 3] and upload.row_name == "line"
+    assert upload.columns == ["id", "output", "extra"]
+    assert upload.values == [["n1", '{"stage": "IV"}', ""], ["n3", "", ""]]
+    assert upload.notes == ["Line(s) 2 have no text (a non-empty string) under `input` and were skipped."]
+    header, rows = handlers.batch_rows("classify", upload.texts, [
+        {"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}] * 2, labels=("ham", "spam"))
+    assert "from `onco.JSONL` (key `input`)" in handlers.batch_markdown(
+        "classify", "onco.JSONL", upload, header, rows, "base", 1.0)
 
 
 def test_a_10000_line_upload_is_cut_to_the_limit_and_says_so():

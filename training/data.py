@@ -57,6 +57,7 @@ import numpy as np
 from adapters.base_models import sha256_of
 from adapters.hub import offline_if_unreachable
 from adapters.spec import AdapterSpec
+from adapters.strict_json import RepeatedKey, loads_strict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder holding adapters/
 DATA_DIR_ENV = "ADAPTERLAB_DATA_DIR"
@@ -395,17 +396,6 @@ def _oncology_record(out: _Collector, line: int, obj: Any, fields: Sequence[str]
                     line=line, meta=meta))
 
 
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise _RepeatedKey
-    return dict(pairs)
-
-
 def read_oncology_jsonl(path: str | Path, fields: Sequence[str],
                         group_by: str | None = None) -> tuple[list[Example], LoadReport]:
     """One JSON object a line with ``input`` and ``output`` (an object with every one of ``fields``,
@@ -418,8 +408,8 @@ def read_oncology_jsonl(path: str | Path, fields: Sequence[str],
             out.skip("empty_row", number)
             continue
         try:
-            obj = json.loads(line, object_pairs_hook=_without_repeated_keys)
-        except _RepeatedKey:  # which of two values is meant cannot be known (json.loads keeps the last)
+            obj = loads_strict(line)
+        except RepeatedKey:  # which of two values is meant cannot be known (json.loads keeps the last)
             out.skip("repeated_key", number)
             continue
         except ValueError:
