@@ -1,11 +1,11 @@
 """Adapter backends: one base model with named LoRA adapters, behind a small interface.
 
-The runtime's tasks (classify, generate, extract) need only four operations from a backend:
-render a chat, score continuations, complete prompts in a batch, and stream one completion.
-``LocalBackend`` runs them with transformers + PEFT in this process. A server backend (an
-OpenAI-compatible server such as vLLM with LoRA enabled, where the adapter name is the model
-name, and prompt log-probabilities give the scores) can implement the same ``Backend`` protocol
-without changing any caller.
+The runtime's tasks (classify, generate, extract) need from a backend what the ``Backend`` protocol
+lists: render a chat (and an answer after it), count and cut tokens, score continuations, complete
+prompts in a batch, and stream one completion. ``LocalBackend`` runs them with transformers + PEFT
+in this process. A server backend (an OpenAI-compatible server such as vLLM with LoRA enabled,
+where the adapter name is the model name, and prompt log-probabilities give the scores) can
+implement the same protocol without changing any caller.
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ class Backend(Protocol):
     def adapter_names(self) -> list[str]: ...
 
     def render(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+    def render_answer(self, messages: Sequence[dict[str, str]], answer: str) -> str:
+        """``answer`` as the text after ``render(messages)`` that a model trained on it writes (the
+        chat template's end-of-turn marker included): what a classifier's label is scored as."""
+        ...
 
     def literal(self, text: str) -> str:
         """``text`` as ``render`` puts it in a message (special-token strings broken)."""
@@ -253,6 +258,11 @@ class LocalBackend:
         from .prompts import render
 
         return render(self.tokenizer, messages)
+
+    def render_answer(self, messages: Sequence[dict[str, str]], answer: str) -> str:
+        from .prompts import render_example
+
+        return render_example(self.tokenizer, messages, answer)[1]
 
     def literal(self, text: str) -> str:
         from .prompts import literal_text, special_strings

@@ -26,8 +26,12 @@ from .runtime import AdapterNotTrainedError, InputError, Runtime, read_threshold
 from .spec import SPEC_FILE, SpecError
 from .strict_json import NotStrictJSON, loads_strict
 
+# Printed as one line. Plain ValueError and OSError are here because much of the code (and the
+# libraries under it) says what is wrong with an input or a file in one; ADAPTERLAB_TRACEBACK=1
+# prints the traceback instead, for the one that turns out to be a bug.
 EXPECTED_ERRORS = (SpecError, InputError, AdapterNotTrainedError, BaseMismatchError,
                    BaseModelError, ValueError, OSError)
+TRACEBACK_VARIABLE = "ADAPTERLAB_TRACEBACK"
 
 
 class UsageError(Exception):
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None, registrars=()) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 1
     except (UsageError, *EXPECTED_ERRORS) as exc:
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            raise
         print(f"adapterlab: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -94,7 +100,8 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
                          help="JSONL written atomically (- writes standard output)")
     predict.add_argument("--base", action="store_true",
                          help="same prompt with adapters disabled (the base model)")
-    predict.add_argument("--batch-size", type=positive_int, default=16, help="texts per model call (default: 16)")
+    predict.add_argument("--batch-size", type=positive_int, default=16, help="texts per model call; a generate adapter's answers are decoded together as rows "
+                              "(default: 16)")
     predict.add_argument("--base-model", default=None,
                          help="base model name, Hub id or folder (default: the spec's)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -231,11 +238,26 @@ def _predictions(runtime: Runtime, name: str, task: str, rows: list[dict], args)
                     yield {**row, "fields": r.fields, "valid": r.valid, "repaired": r.repaired,
                            "truncated": r.truncated, "cut_at": r.cut_at}  # cut_at: the output ended at that limit
             else:
-                for row, text in zip(batch, texts):
-                    g = runtime.generate(name, [{"role": "user", "content": text}], base=args.base)
-                    answer = g.read()  # its finish_reason ("stop" or "length") is known once read
-                    yield {**row, "answer": answer, "finish_reason": g.finish_reason, "truncated": g.truncated}
+                for row, answer in zip(batch, _answers(runtime, name, texts, args.base)):
+                    yield {**row, **answer}
             bar.update(len(batch))
+
+
+def _answers(runtime: Runtime, name: str, texts: list[str], base: bool) -> list[dict]:
+    """Each text's answer as a chat's first turn, with its finish reason: the streams are opened
+    together, so the backend decodes them as rows of one batch, as it does a server's users."""
+    generations = [runtime.generate(name, [{"role": "user", "content": text}], base=base) for text in texts]
+    streams = [iter(g) for g in generations]
+    try:
+        for stream in streams:  # each asks for the model; those after the first join its batch
+            next(stream, None)
+        for stream in streams:
+            for _ in stream:
+                pass
+    finally:  # Ctrl-C: every generation stops
+        for stream in streams:
+            stream.close()
+    return [{"answer": g.text, "finish_reason": g.finish_reason, "truncated": g.truncated} for g in generations]
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ was bound by the CPU at ~11 tokens/s (benchmarks/results/serve-cuda-h100.json of
 Capturing one decode step (the forward pass, the greedy choice and moving the buffers on by one
 token) as a CUDA graph turns it into one launch. Everything else is the model's own code:
 transformers' ``StaticCache`` keeps keys/values at fixed addresses, the attention mask is a 4-D
-additive mask updated in place, and sampling uses transformers' logits warpers, so the tokens are
-those of ``model.generate`` (tests compare them on CPU, where the same steps run eagerly).
+additive mask updated in place. Greedy tokens are those of ``model.generate`` (tests compare them on
+CPU, where the same steps run eagerly); sampling draws from the distribution of transformers'
+temperature and top-p warpers (``sampling_distribution``), with other random draws.
 
 With a LoRA adapter active, the graph of the base model is replayed over weights with the adapter
 merged in (W + scale·B·A, computed once per adapter and kept on the device): the unmerged LoRA

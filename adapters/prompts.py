@@ -28,6 +28,11 @@ def task_messages(spec: AdapterSpec, text: str, *, system: str | None = None,
     return messages
 
 
+def few_shot_turns(examples: Sequence[tuple[str, str]]) -> list[Message]:
+    """(input, answer) pairs as the user and assistant turns put before a conversation."""
+    return [m for q, a in examples for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+
+
 def chat_messages(spec: AdapterSpec | None, history: Sequence[Message], *,
                   system: str | None = None) -> list[Message]:
     """A multi-turn conversation, with the spec's system message unless one is given or present.

@@ -16,15 +16,16 @@ from .backends import Backend, GenerationParams, LocalBackend, other_base
 from .base_models import DEFAULT_BASE, LoadOptions, canonical_name
 from .catalog import CATALOG_DIR, catalog_option, get_spec, load_catalog
 from .fields import Extraction, parse_fields
-from .prompts import Message, chat_messages, task_messages
+from .prompts import Message, chat_messages, few_shot_turns, task_messages
 from .spec import AdapterSpec
 
-FEW_SHOT_FILE = "few_shot.jsonl"  # written by training: k examples from the training split
+FEW_SHOT_FILE = "few_shot.jsonl"  # written by evaluation: the k training examples of its few-shot baseline
 THRESHOLD_FILE = "threshold.json"  # written by evaluation when the spec's decision is tuned
 
 # a text that a chat template which trims, escapes or otherwise rewrites messages would change,
 # with a special-token string that the renderer breaks (prompts.literal_text)
 TEMPLATE_PROBE = " \n\t<b>{text}</b> & \"quoted\" 'text' {{ x }} \\n <|im_end|> \n"
+CHAT_DEFAULTS = GenerationParams(temperature=0.7, top_p=0.9, max_new_tokens=256)  # a chat with no adapter
 GENERATION_RESERVE = 64  # tokens kept free for the chat template around the user's text
 MIN_INPUT_TOKENS = 16  # a system prompt that leaves fewer for the user's text is refused
 
@@ -45,6 +46,11 @@ class AdapterNotTrainedError(RuntimeError):
 def train_command(spec: AdapterSpec) -> str:
     """The command that trains ``spec``'s adapter in its own catalogue."""
     return f"adapterlab train {spec.name}{catalog_option(spec)}"
+
+
+def eval_command(spec: AdapterSpec) -> str:
+    """The command that evaluates ``spec``'s adapter in its own catalogue."""
+    return f"adapterlab eval {spec.name}{catalog_option(spec)}"
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ class Generation:
     finish_reason: str | None = None
     max_new_tokens: int | None = None
     finished_at: float | None = None  # when decoding ended (in the decoding thread, before the model is free)
-    message_cut_to: int | None = None  # the last message was cut to its first this many tokens
+    message_cut_to: int | None = None  # the last message was cut to this many tokens (its start and its end)
     turns_dropped: int = 0  # the oldest messages left out to fit the context (``truncated`` says either)
 
     def finished(self, reason: str) -> None:
@@ -142,7 +148,7 @@ class Runtime:
         return get_spec(self.specs, name)
 
     def few_shot_examples(self, name: str) -> list[tuple[str, str]]:
-        """The (input, answer) pairs training chose for the few-shot baseline; [] before training."""
+        """The (input, answer) pairs evaluation chose for the few-shot baseline; [] before an evaluation."""
         return read_few_shot(self.spec(name))
 
     # --- tasks -----------------------------------------------------------------------------
@@ -182,9 +188,7 @@ class Runtime:
         spec = self.spec(adapter) if adapter is not None else None
         target = self._target(spec, base) if spec else None
         params = self._params(spec, temperature, top_p, max_new_tokens)
-        shots = [m for q, a in examples for m in ({"role": "user", "content": q},
-                                                  {"role": "assistant", "content": a})]
-        messages, cut_to, dropped = self._fit_conversation(spec, [*shots, *messages], system,
+        messages, cut_to, dropped = self._fit_conversation(spec, [*few_shot_turns(examples), *messages], system,
                                                            params.max_new_tokens)
         prompt = self.backend.render(messages)
         generation = Generation(truncated=cut_to is not None or dropped > 0, message_cut_to=cut_to,
@@ -205,7 +209,7 @@ class Runtime:
         target = self._target(spec, base)
         params = self._params(spec, 0.0, 1.0, max_new_tokens)
         prompts = [self.rendered_prompt(adapter, [{"role": "user", "content": q}], system=system,
-                                        examples=examples) for q in questions]
+                                        examples=examples, max_new_tokens=params.max_new_tokens) for q in questions]
         # an answer the token limit ended inside a character: its half is no text (see Generation)
         return [text.rstrip("\ufffd") for text in self.backend.complete(target, prompts, params, batch_size=batch_size)]
 
@@ -248,17 +252,17 @@ class Runtime:
         return [(row[0], n) for row, n in zip(scores, self.backend.token_counts(answers))]
 
     def rendered_prompt(self, adapter: str | None, messages: Sequence[Message], *,
-                        system: str | None = None, examples: Sequence[tuple[str, str]] = ()) -> str:
-        """The exact text a task would send to the model for this input (for prompt testing)."""
+                        system: str | None = None, examples: Sequence[tuple[str, str]] = (),
+                        max_new_tokens: int | None = None) -> str:
+        """The exact text a task would send to the model for this input (for prompt testing): cut
+        to leave room for ``max_new_tokens`` (the spec's default when None) as the task does."""
         spec = self.spec(adapter) if adapter is not None else None
+        max_new = self._params(spec, None, None, max_new_tokens).max_new_tokens
         if spec is not None and spec.task in ("classify", "extract"):
-            room = self._label_room(spec) if spec.task == "classify" else None
+            room = self._label_room(spec) if spec.task == "classify" else max_new
             [(text, _)] = self._fit(spec, [messages[-1]["content"]], system, examples, room)
             return self.backend.render(task_messages(spec, text, system=system, examples=examples))
-        shots = [m for q, a in examples for m in ({"role": "user", "content": q},
-                                                  {"role": "assistant", "content": a})]
-        max_new = spec.generation.max_new_tokens if spec else 256
-        full, _, _ = self._fit_conversation(spec, [*shots, *messages], system, max_new)
+        full, _, _ = self._fit_conversation(spec, [*few_shot_turns(examples), *messages], system, max_new)
         return self.backend.render(full)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -278,8 +282,7 @@ class Runtime:
         return spec.name
 
     def _params(self, spec: AdapterSpec | None, temperature, top_p, max_new_tokens) -> GenerationParams:
-        defaults = spec.generation if spec else GenerationParams(temperature=0.7, top_p=0.9,
-                                                                  max_new_tokens=256)
+        defaults = spec.generation if spec else CHAT_DEFAULTS
         params = GenerationParams(
             temperature=defaults.temperature if temperature is None else float(temperature),
             top_p=defaults.top_p if top_p is None else float(top_p),
@@ -399,13 +402,8 @@ class Runtime:
         return (before, after) if found else None
 
     def _label_continuation(self, spec: AdapterSpec, label: str) -> str:
-        from .prompts import render_example
-
-        tokenizer = getattr(self.backend, "tokenizer", None)
-        if tokenizer is None:
-            return label
-        _, completion = render_example(tokenizer, task_messages(spec, "x"), label)
-        return completion
+        """A label as training wrote it after the prompt (label + end of turn): the text scored."""
+        return self.backend.render_answer(task_messages(spec, "x"), label)
 
 
 def read_few_shot(spec: AdapterSpec) -> list[tuple[str, str]]:

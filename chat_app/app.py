@@ -30,6 +30,7 @@ from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
+from adapters.runtime import train_command
 from chat_app import chains, handlers, offline, page_text, welcome
 from chat_app.config import load_config
 from chat_app.persistence import HistoryDataLayer
@@ -480,7 +481,7 @@ async def _prompt_element(runtime: Runtime, adapter: str | None, messages: list[
     if not settings.show_prompt:
         return []
     prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, messages, system=settings.system,
-                                     examples=examples)
+                                     examples=examples, max_new_tokens=settings.max_new_tokens)
     tokens = runtime.backend.count_tokens(prompt)
     return [cl.Text(name=handlers.rendered_prompt_title(tokens), content=handlers.shown_prompt(prompt),
                     display="inline", language="text")]
@@ -602,9 +603,7 @@ async def _uploads(runtime: Runtime, profile: handlers.Profile, files: list) -> 
     for file in files:
         try:
             path = Path(file.path)
-            if path.stat().st_size > handlers.MAX_UPLOAD_BYTES:
-                raise handlers.InputProblem(f"📎 `{file.name}` is larger than "
-                                            f"{handlers.MAX_UPLOAD_BYTES // 2**20} MB; split it into smaller files.")
+            handlers.check_upload_size(file.name, path.stat().st_size)
             upload = handlers.read_upload(file.name, await asyncio.to_thread(path.read_bytes), limit, file.mime)
         except handlers.InputProblem as exc:
             await cl.Message(content=str(exc)).send()
@@ -654,8 +653,8 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
 
 
 async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | None = None) -> None:
-    if adapter not in handlers.COMPARE_ADAPTERS:
-        adapter = "spam"
+    if adapter not in handlers.COMPARE_ADAPTERS:  # only a forged command names another
+        adapter = handlers.DEFAULT_COMPARE
     settings = _settings()
     spec = runtime.spec(adapter)
     examples = runtime.few_shot_examples(adapter)
@@ -664,7 +663,7 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
                (chains.variant_name(True, examples) if examples else "few-shot", True, examples,
                 None if examples else handlers.few_shot_unavailable(spec)),
                ("fine-tuned", False, (), None if trained else f"the `{adapter}` adapter is not trained yet "
-                                                             f"(`adapterlab train {adapter}`)")]
+                                                             f"(`{train_command(spec)}`)")]
     outcomes: list[handlers.Outcome] = []
     config = _callbacks()
     pieces: list[str] = []  # the generated column's answer so far
@@ -719,5 +718,5 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
         output_tokens, cut_at = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at), info.cut_at
     seconds = time.perf_counter() - started
     prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
-                                     system=settings.system, examples=shots)
+                                     system=settings.system, examples=shots, max_new_tokens=settings.max_new_tokens)
     return handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens, cut_at=cut_at)

@@ -10,7 +10,8 @@ each chain's steps (prompt, then the runtime call) in the UI.
 Every chain takes a dict and returns plain data (dicts, strings), so the steps display as JSON:
 
 - ``classify_chain``: ``{"texts": [...]}`` → ``[{"label", "probs", "truncated", "threshold"}, ...]``
-- ``extract_chain``: ``{"texts": [...]}`` → ``[{"fields", "valid", "repaired", "raw", "error", "truncated"}, ...]``
+- ``extract_chain``: ``{"texts": [...]}`` → ``[{"fields", "valid", "repaired", "raw", "error", "truncated", "cut_at",
+  "text_read"}, ...]``
 - ``generate_chain``: ``{"history": [...], "text": str}`` → streamed text pieces
 """
 
@@ -29,7 +30,7 @@ from langchain_core.prompts import ChatPromptTemplate, HumanMessagePromptTemplat
 from langchain_core.runnables import Runnable, RunnableLambda
 
 from adapters import Runtime
-from adapters.prompts import Message, chat_messages, task_messages
+from adapters.prompts import Message, chat_messages, few_shot_turns, task_messages
 from adapters.spec import AdapterSpec
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
@@ -82,11 +83,6 @@ def history_messages(spec: AdapterSpec | None, turns: Sequence[Message]) -> list
 def as_dicts(messages: Sequence[BaseMessage]) -> list[Message]:
     """LangChain messages as the runtime's ``{"role", "content"}`` dicts."""
     return [{"role": ROLES[m.type], "content": m.content} for m in messages]
-
-
-def few_shot_turns(examples: Sequence[tuple[str, str]]) -> list[Message]:
-    return [m for q, a in examples for m in ({"role": "user", "content": q},
-                                             {"role": "assistant", "content": a})]
 
 
 # --- chains ----------------------------------------------------------------------------------------
@@ -145,7 +141,7 @@ class GenerationInfo:
 
     prompt_tokens: int = 0
     truncated: bool = False
-    message_cut_to: int | None = None  # the message was cut to its first this many tokens
+    message_cut_to: int | None = None  # the message was cut to this many tokens (its start and its end)
     turns_dropped: int = 0  # the oldest messages left out to fit the context
     cut_at: int | None = None  # the max-new-tokens limit the answer was cut at; None: it ended by itself
     first_piece_seconds: float | None = None

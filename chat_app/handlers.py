@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 from adapters.fields import parts_not_in_text, support_in_text
-from adapters.runtime import read_few_shot
+from adapters.catalog import shown_path
+from adapters.runtime import CHAT_DEFAULTS, FEW_SHOT_FILE, eval_command, read_few_shot, train_command
 from adapters.spec import AdapterSpec
 from adapters.strict_json import loads_strict
 
@@ -68,6 +69,7 @@ SPAM_EXAMPLE = "URGENT! You have won a £1,000 cash prize. Call 09061234567 now 
 HAM_EXAMPLE = "Hey, are we still on for dinner at 7? I can pick you up on the way."
 
 COMPARE_ADAPTERS = ("spam", "medquad", "oncology")
+DEFAULT_COMPARE = COMPARE_ADAPTERS[0]
 # Compare's command buttons: the lucide icon Chainlit draws for each, and the emoji like it that text
 # naming the buttons shows beside the name, since a phone shows the icons alone
 COMMAND_ICONS = {"spam": ("shield-alert", "🛡️"), "medquad": ("stethoscope", "🩺"), "oncology": ("microscope", "🔬")}
@@ -163,7 +165,7 @@ class Variant:
 
 def not_trained_message(spec: AdapterSpec) -> str:
     return (f"🚧 **The `{spec.name}` adapter is not trained yet** (no weights in "
-            f"`adapters/{spec.name}/`). Train it with `adapterlab train {spec.name}`, then restart the "
+            f"`{shown_path(spec.directory)}/`). Train it with `{train_command(spec)}`, then restart the "
             f"app. Meanwhile, switch on *Use the base model* in the settings to try the {spec.name} "
             "prompt on the base model.")
 
@@ -182,7 +184,7 @@ def adapter_status_line(spec: AdapterSpec, trained: bool) -> str:
     if trained:
         return f"✅ `{spec.name}` adapter: trained and loaded."
     return (f"🚧 `{spec.name}` adapter: **not trained yet** — answers come from the base model with the "
-            f"`{spec.name}` prompt until it is (`adapterlab train {spec.name}`).")
+            f"`{spec.name}` prompt until it is (`{train_command(spec)}`).")
 
 
 def loading_message(elapsed: float) -> str:
@@ -285,9 +287,7 @@ def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> 
     if suffix not in UPLOAD_SUFFIXES:
         kind = f" ({mime})" if mime else ""
         raise InputProblem(f"📎 `{_safe_name(name)}`{kind} cannot be read: {UPLOAD_HELP}")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise InputProblem(f"📎 `{_safe_name(name)}` is {len(data) / 1e6:.1f} MB; the limit is "
-                           f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB. Split it into smaller files.")
+    check_upload_size(name, len(data))
     content, notes = _decoded(name, suffix, data)
     if suffix == ".txt":
         numbered = [(number, line.strip()) for number, line in enumerate(content.splitlines(), start=1)
@@ -307,6 +307,13 @@ def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> 
                             f"(the limit for one upload on this server, up to {upload.row_name} "
                             f"{upload.rows[-1]:,}). Split the file to process the rest.")
     return upload
+
+
+def check_upload_size(name: str, size: int) -> None:
+    """Refuse a file over ``MAX_UPLOAD_BYTES`` (before it is read, where its size is known)."""
+    if size > MAX_UPLOAD_BYTES:
+        raise InputProblem(f"📎 `{_safe_name(name)}` is {size / 2**20:.1f} MB; the limit is "
+                           f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB. Split it into smaller files.")
 
 
 def _decoded(name: str, suffix: str, data: bytes) -> tuple[str, list[str]]:
@@ -749,8 +756,8 @@ class Outcome:
 
 
 def few_shot_unavailable(spec: AdapterSpec) -> str:
-    return (f"no few-shot examples yet (training writes `adapters/{spec.name}/few_shot.jsonl`: "
-            f"`adapterlab train {spec.name}`)")
+    return (f"no few-shot examples yet (evaluation writes `{shown_path(spec.directory / FEW_SHOT_FILE)}`: "
+            f"`{eval_command(spec)}`)")
 
 
 def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], chosen_by: str | None = None) -> str:
@@ -894,10 +901,7 @@ class Settings:
     system: str | None = None  # None: the adapter's own system prompt
     show_prompt: bool = False
     use_base: bool = False
-    compare_adapter: str = "spam"
-
-
-CHAT_DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256}  # the runtime's for adapter=None
+    compare_adapter: str = DEFAULT_COMPARE
 
 
 def settings_for(profile: Profile, spec: AdapterSpec | None, trained: bool) -> list[Setting]:
@@ -906,17 +910,17 @@ def settings_for(profile: Profile, spec: AdapterSpec | None, trained: bool) -> l
     if profile.task in ("chat", "generate"):
         gen = spec.generation if spec else None
         items += [
-            Setting("slider", "temperature", "Temperature", gen.temperature if gen else CHAT_DEFAULTS["temperature"],
+            Setting("slider", "temperature", "Temperature", (gen or CHAT_DEFAULTS).temperature,
                     "0 is greedy (deterministic); higher samples more freely.", 0, 1.5, 0.05),
-            Setting("slider", "top_p", "Top-p", gen.top_p if gen else CHAT_DEFAULTS["top_p"],
+            Setting("slider", "top_p", "Top-p", (gen or CHAT_DEFAULTS).top_p,
                     "Sample only from the most likely tokens covering this much probability.", 0.05, 1, 0.05),
         ]
     if profile.task in ("chat", "generate", "extract", "compare"):
-        default = spec.generation.max_new_tokens if spec else CHAT_DEFAULTS["max_new_tokens"]
+        default = (spec.generation if spec else CHAT_DEFAULTS).max_new_tokens
         items.append(Setting("slider", "max_new_tokens", "Max new tokens", default,
                              "Longest answer, in tokens (extraction and compare use it too).", 16, 1024, 16))
     if profile.task == "compare":
-        items.append(Setting("select", "compare_adapter", "Adapter to compare", "spam",
+        items.append(Setting("select", "compare_adapter", "Adapter to compare", DEFAULT_COMPARE,
                              f"Used until a button under the message box ({COMMAND_BUTTONS}) is picked.",
                              values=COMPARE_ADAPTERS))
     if profile.task in ("classify", "generate", "extract"):
@@ -950,7 +954,7 @@ def read_settings(raw: dict | None, items: Sequence[Setting]) -> Settings:
         return None if value is None else cast(value)
 
     system = values.get("system")
-    compare = values.get("compare_adapter") or "spam"
+    compare = values.get("compare_adapter") or DEFAULT_COMPARE
     return Settings(
         temperature=number("temperature", float),
         top_p=max(0.01, min(1.0, number("top_p", float))) if values.get("top_p") is not None else None,
@@ -958,7 +962,7 @@ def read_settings(raw: dict | None, items: Sequence[Setting]) -> Settings:
         system=system if isinstance(system, str) and system.strip() else None,
         show_prompt=bool(values.get("show_prompt")),
         use_base=bool(values.get("use_base")),
-        compare_adapter=compare if compare in COMPARE_ADAPTERS else "spam",
+        compare_adapter=compare if compare in COMPARE_ADAPTERS else DEFAULT_COMPARE,
     )
 
 

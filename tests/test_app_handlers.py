@@ -14,7 +14,7 @@ import pytest
 
 from adapters import AdapterNotTrainedError, Runtime
 from adapters.catalog import load_catalog
-from adapters.prompts import chat_messages, task_messages
+from adapters.prompts import chat_messages, few_shot_turns, task_messages
 from chat_app import chains, handlers, offline, welcome
 from chat_app.config import load_config
 
@@ -53,7 +53,7 @@ def test_task_prompt_follows_a_changed_user_template(catalog):
 def test_chat_prompt_messages_are_exactly_chat_messages(catalog, adapter, system):
     spec = load_catalog(catalog)[adapter] if adapter else None
     turns = [{"role": "user", "content": "first {question}"}, {"role": "assistant", "content": "an answer"}]
-    shots = chains.few_shot_turns(EXAMPLES[:1])
+    shots = few_shot_turns(EXAMPLES[:1])
     value = chains.chat_prompt(spec, system=system).invoke(
         {"history": chains.history_messages(spec, [*shots, *turns]), "text": "second"})
     expected = chat_messages(spec, [*shots, *turns, {"role": "user", "content": "second"}], system=system)
@@ -793,6 +793,21 @@ def test_another_catalogues_readme_describes_its_own_adapters(catalog, tmp_path)
     assert "clinical decisions" not in text and "A teaching and demonstration app" in text
     assert f"see the model card in {tmp_path / 'mine' / 'mood' / 'README.md'}." in text
     assert f"`adapterlab train mood --catalog {tmp_path / 'mine'}`" in text
+
+
+def test_the_app_s_advice_for_another_catalogue_names_its_folder_and_catalog_option(catalog, tmp_path):
+    """The not-trained and no-few-shot messages named `adapters/<name>/` and `adapterlab train <name>`
+    for any catalogue, so a user of another one trained (or looked in) the project's."""
+    import dataclasses
+
+    spec = dataclasses.replace(load_catalog(catalog)["spam"], directory=tmp_path / "mine" / "spam")
+    option = f"--catalog {tmp_path / 'mine'}"
+    assert f"`{tmp_path / 'mine' / 'spam'}/`" in handlers.not_trained_message(spec)
+    assert f"`adapterlab train spam {option}`" in handlers.not_trained_message(spec)
+    assert f"`adapterlab train spam {option}`" in handlers.adapter_status_line(spec, trained=False)
+    assert handlers.few_shot_unavailable(spec) == (
+        f"no few-shot examples yet (evaluation writes `{tmp_path / 'mine' / 'spam' / 'few_shot.jsonl'}`: "
+        f"`adapterlab eval spam {option}`)")
 
 
 def test_the_readme_served_is_the_one_rendered_and_the_file_is_left_alone(catalog, tmp_path, monkeypatch):

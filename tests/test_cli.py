@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters import AdapterNotTrainedError
 from adapters.cli import main
 
 ONCOLOGY_FIELDS = ["cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
@@ -67,6 +68,18 @@ def assert_refused(result: tuple[int, str, str], *needles: str) -> str:
     for needle in needles:
         assert needle in err, err
     return err
+
+
+def test_a_refusal_is_one_line_and_adapterlab_traceback_shows_where_it_came_from(cli, catalog, tmp_path,
+                                                                                 monkeypatch):
+    """A plain ValueError or OSError prints as one line, the way inputs are refused; that hid where a
+    bug's came from, so ADAPTERLAB_TRACEBACK=1 raises it instead."""
+    texts, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    texts.write_text('{"text": "hello"}\n')
+    assert_refused(cli("predict", "spam", "--input", texts, "--output", out), "has no trained weights")
+    monkeypatch.setenv("ADAPTERLAB_TRACEBACK", "1")
+    with pytest.raises(AdapterNotTrainedError, match="has no trained weights"):
+        main(["predict", "spam", "--input", str(texts), "--output", str(out), "--catalog", str(catalog)])
 
 
 # --- predictions -------------------------------------------------------------------------------
@@ -138,6 +151,36 @@ def test_predict_medquad_with_the_base_writes_an_answer(cli, catalog, tmp_path):
         assert isinstance(pred["answer"], str) and pred["answer"].strip()
         assert pred["truncated"] is False
         assert pred["finish_reason"] == "length"  # a random model runs to the 8-token limit
+
+
+def test_predict_decodes_a_batch_of_questions_together_with_the_answers_of_one_at_a_time(
+        cli, catalog, tmp_path, monkeypatch):
+    """--batch-size was ignored for a generate adapter: each question waited for the one before."""
+    from adapters.backends import LocalBackend
+
+    limit_generation(catalog, "medquad", 24)
+    rows = [{"text": q} for q in ("What is glaucoma?", "What causes asthma and how is it treated?", "Is flu contagious?")]
+    inp = write_lines(tmp_path / "in.jsonl", rows)
+    stream, open_streams, most = LocalBackend.stream, [0], [0]
+
+    def counted(self, *args, **kwargs):
+        open_streams[0] += 1
+        most[0] = max(most[0], open_streams[0])
+        try:
+            yield from stream(self, *args, **kwargs)
+        finally:
+            open_streams[0] -= 1
+
+    monkeypatch.setattr(LocalBackend, "stream", counted)
+    answers = {}
+    for size in (1, 3):
+        most[0] = 0
+        out = tmp_path / f"out-{size}.jsonl"
+        status, _, err = cli("predict", "medquad", "--base", "--batch-size", size, "--input", inp, "--output", out)
+        assert status == 0, err
+        answers[size] = [(p["answer"], p["finish_reason"]) for p in read_lines(out)]
+        assert most[0] == size
+    assert answers[1] == answers[3]
 
 
 def test_output_is_utf8_text_not_ascii_escapes(cli, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from adapters import AdapterNotTrainedError, InputError, Runtime, UnknownAdapterError
 from adapters.backends import DECODING_THREAD, BaseMismatchError, GenerationParams
 from adapters.catalog import load_catalog
+from adapters.prompts import task_messages
 from conftest import train_tiny_lora
 
 SPAMMY = ["win a free prize call now", "free cash prize win now", "call now to win cash"]
@@ -1045,6 +1046,19 @@ def test_a_character_split_by_the_end_of_an_answer_is_dropped_not_shown_as_a_rep
     assert list(generation) == ["Party: ", "🎉🎉"] and generation.text == "Party: 🎉🎉"
     inside = Generation(pieces=iter(["a \ufffd b", "c"]))  # one inside the text is kept, in order
     assert "".join(inside) == inside.text == "a \ufffd bc"
+
+
+def test_the_rendered_prompt_is_cut_for_the_max_new_tokens_the_task_runs_with(tiny_base, catalog):
+    """"Show the rendered prompt" cut an extraction's text to leave room for the spec's max new
+    tokens while the extraction ran with the settings' own: the prompt shown was not the one run."""
+    rt = runtime(tiny_base, catalog)
+    text = "Stage II breast cancer, ER positive, treated with tamoxifen. " * 200
+    max_new = rt.backend.context_length // 2
+    (result,) = rt.extract("oncology", [text], base=True, max_new_tokens=max_new)
+    shown = rt.rendered_prompt("oncology", [{"role": "user", "content": text}], max_new_tokens=max_new)
+    assert result.truncated and shown == rt.backend.render(task_messages(rt.spec("oncology"), result.text_read))
+    assert rt.backend.count_tokens(shown) < rt.backend.count_tokens(
+        rt.rendered_prompt("oncology", [{"role": "user", "content": text}]))
 
 
 def test_a_long_chat_message_keeps_its_start_and_its_end(tiny_base, catalog):

@@ -2,8 +2,9 @@
 
 Where the data come from (first that exists): the ``path`` argument (a file, or a datasets folder),
 ``$ADAPTERLAB_DATA_DIR`` (a datasets folder laid out like ``../shared/datasets``), the spec's
-``data.local_path`` (relative to the project root, the folder holding ``adapters/``), and last the
-Hugging Face Hub (``data.hub_id`` through ``datasets.load_dataset``). The report says which.
+``data.local_path`` (relative to the project root, the folder holding ``adapters/``, then to the
+spec's own folder), and last the Hugging Face Hub (``data.hub_id`` through
+``datasets.load_dataset``); ``data_candidates`` lists the files tried. The report says which.
 
 Formats: the SMS Spam Collection (``label<TAB>text`` per line, an optional header line), MedQuAD CSV
 (header with at least ``Question,Answer``; ``qtype,focus,source,document_id`` optional) and the

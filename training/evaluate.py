@@ -11,11 +11,13 @@ the validation split (never the test split), stored beside its weights for the a
 is tuned once for each set of weights (training removes the old one), so evaluating again measures
 the adapter as the app runs it and changes nothing.
 
-A classify adapter's few-shot examples are the best of a few seeded draws by the validation F1 of
-the positive label: which four SMS a 135M model sees moves it from 0.80 accuracy to "spam" for
-every message, and a baseline that swings with one draw says little about in-context learning.
-Scoring a draw is one forward pass per validation message; for generate and extract adapters it
-would be a generation per example and draw, so they keep the one draw of the spec's seed.
+Every adapter's few-shot examples are the best of ``FEW_SHOT_DRAWS`` seeded draws, each scored on
+validation examples (``FEW_SHOT_VALIDATION``; by ``FEW_SHOT_CRITERION``): which four SMS a 135M model
+sees moves it from 0.80 accuracy to "spam" for every message, and a baseline that swings with one
+draw says little about in-context learning. A classify draw is scored on the whole validation split
+(a forward pass a message); generate and extract draws on its first 50 and 100 examples, since each
+costs a generation. The chosen examples are stored beside the weights (``few_shot.jsonl``) for the
+app's few-shot variant.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from adapters.bench import environment
 from adapters.prompts import target_text
 from adapters.files import write_lines_atomic, write_text_atomic
-from adapters.runtime import THRESHOLD_FILE, Runtime, read_threshold_record
+from adapters.runtime import FEW_SHOT_FILE, THRESHOLD_FILE, Runtime, read_threshold_record
 from adapters.spec import AdapterSpec
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -168,7 +170,7 @@ def choose_few_shot(runtime: Runtime, spec: AdapterSpec, splits, batch_size: int
     k, seed = FEW_SHOT_K[spec.task], spec.training.seed
     seeds = [seed + i for i in range(FEW_SHOT_DRAWS)]
     validation = list(splits.validation)[:FEW_SHOT_VALIDATION[spec.task]]
-    if len(seeds) == 1 or not validation:
+    if not validation:
         return few_shot_pairs(spec, splits.train, k, seed), {"k": k, "seed": seed, "draws": 1}
     draws, candidates = [], []
     for draw_seed in seeds:
@@ -298,7 +300,7 @@ def _confusion(refs: list[int], preds: list[int], n: int = 2) -> list[list[int]]
 
 
 def _write_few_shot(out_dir: Path, shots: list[tuple[str, str]]) -> None:
-    write_lines_atomic(out_dir / "few_shot.jsonl",
+    write_lines_atomic(out_dir / FEW_SHOT_FILE,
                        (json.dumps({"input": q, "target": a}, ensure_ascii=False) + "\n" for q, a in shots))
 
 

@@ -42,7 +42,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = PROJECT_ROOT / "runs"  # checkpoints of the project catalogue's runs in progress (git-ignored)
 RUN_ENTRIES = ("checkpoint-*", "README.md")  # what a run writes into its folder (README.md: TRL's card)
 FINGERPRINT_FILE = "fingerprint"  # in a run folder: what the run trained, and that a run made the folder
-WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass
