@@ -74,6 +74,7 @@ LANGCHAIN_IGNORE = ["RunnableSequence", "RunnableParallel", "RunnableAssign", "R
                     "prompt template", "history"]
 LANGCHAIN_KEEP = ["retriever", "llm", "agent", "chain", "tool", "prompt"]
 UPLOAD_TASKS = ("classify", "extract")
+COMPARE_REFRESH_S = 0.5  # how often Compare's progress message shows the answer being generated
 CHUNK = {"classify": 32, "extract": 8}  # texts per model call in a batch upload (progress in between)
 RECONNECT_GRACE_S = 10  # an answer waits this long for its page to reconnect (socket.io retries within ~5 s)
 
@@ -668,14 +669,21 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
     config = _callbacks()
     pieces: list[str] = []  # the generated column's answer so far
     started = time.perf_counter()
+    # a generated column takes ~16 s on a 2-core CPU: say which one runs, and show its answer as it comes
+    progress, progress_sent = (cl.Message(content="") if spec.task != "classify" else None), False
     try:
-        for name, base, shots, unavailable in columns:
+        for number, (name, base, shots, unavailable) in enumerate(columns, start=1):
             if unavailable:
                 outcomes.append(handlers.Outcome(name, unavailable=unavailable))
                 continue
             pieces.clear()
             started = time.perf_counter()
-            outcomes.append(await _compare_column(runtime, spec, text, settings, name, base, shots, config, pieces))
+            if progress is not None:
+                progress.content = handlers.compare_progress(adapter, name, number, len(columns))
+                await (progress.update() if progress_sent else progress.send())
+                progress_sent = True
+            outcomes.append(await _compare_column(runtime, spec, text, settings, name, base, shots, config, pieces,
+                                                  progress))
     except asyncio.CancelledError:  # the Stop button: the columns that ran are kept, as other profiles keep theirs
         running, reason = columns[len(outcomes)][0], _stop_reason()
         for name, *_ in columns[len(outcomes):]:
@@ -691,12 +699,15 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
     elif spec.task == "extract":
         content += "\n\n" + handlers.NOT_CLINICAL
     elements = await _prompt_element(runtime, adapter, [{"role": "user", "content": text}], settings)
+    if progress_sent:
+        await progress.remove()
     await cl.Message(content=content, elements=elements, metadata={"compare": adapter}).send()
 
 
 async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str, base: bool, shots, config,
-                          pieces: list[str]) -> handlers.Outcome:
-    """One variant's result for Compare; a generated answer's pieces go into ``pieces`` as they come."""
+                          pieces: list[str], progress: cl.Message | None = None) -> handlers.Outcome:
+    """One variant's result for Compare; a generated answer's pieces go into ``pieces`` as they come,
+    and into the ``progress`` message about twice a second."""
     adapter = spec.name
     started = time.perf_counter()
     output_tokens = cut_at = None
@@ -712,8 +723,13 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
         info = chains.GenerationInfo()
         chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
                                       temperature=0.0, max_new_tokens=settings.max_new_tokens, info=info)
+        heading, shown = (progress.content if progress else ""), time.perf_counter()
         async for piece in chain.astream({"history": [], "text": text}, config=config):
             pieces.append(piece)
+            if progress is not None and time.perf_counter() - shown > COMPARE_REFRESH_S:
+                progress.content = heading + "\n\n" + handlers.with_fences_closed("".join(pieces)) + " ▌"
+                await progress.update()
+                shown = time.perf_counter()
         result = "".join(pieces)
         output_tokens, cut_at = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at), info.cut_at
     seconds = time.perf_counter() - started

@@ -755,6 +755,10 @@ class Outcome:
     stopped: str | None = None  # why it was stopped ("stopped by you"): ``result`` is the answer so far
 
 
+def compare_progress(adapter: str, variant: str, number: int, total: int) -> str:
+    return f"⏳ Comparing on `{adapter}`: running **{variant}** ({number} of {total})…"
+
+
 def few_shot_unavailable(spec: AdapterSpec) -> str:
     return (f"no few-shot examples yet (evaluation writes `{shown_path(spec.directory / FEW_SHOT_FILE)}`: "
             f"`{eval_command(spec)}`)")

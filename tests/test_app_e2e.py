@@ -569,12 +569,15 @@ def test_stopping_a_comparison_keeps_the_columns_that_ran(server, browser):
     open_app(page, server)
     choose_profile(page, "Compare")
     page.get_by_text("Medical: three ways").click()
-    # the second column's step appears once the base column's answer is done
-    page.wait_for_selector("text=/medquad - generate - few-shot/", timeout=ANSWER_TIMEOUT * 1000)
+    # a message says which column runs (~16 s each on this CPU) and shows its answer as it comes
+    page.wait_for_selector("text=/Comparing on medquad: running base \\(1 of 3\\)/", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("text=/running base \\(1 of 3\\)…\\s+\\S+.* ▌/", timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("text=/running few-shot .*\\(2 of 3\\)/", timeout=ANSWER_TIMEOUT * 1000)
     page.wait_for_timeout(1500)  # a few of its words
     page.click("#stop-button")
     page.wait_for_selector("text=/Compare · medquad/", timeout=ANSWER_TIMEOUT * 1000)
     wait_idle(page)
+    assert page.get_by_text("Comparing on").count() == 0  # the progress message goes with the result
     table = answers(page).filter(has_text="Compare · medquad").last  # Chainlit's "Task manually stopped." follows
     rows = {r.locator("td").first.inner_text(): r for r in table.locator("tbody tr").all()}
     status = [c.inner_text() for c in rows["status"].locator("td").all()[1:]]
