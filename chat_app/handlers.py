@@ -688,6 +688,11 @@ def results_csv(header: Sequence[str], rows: Sequence[Sequence], upload: Upload 
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
+# chat history keeps message text, not files (chat_app/persistence.py): said before it is too late
+RESULTS_FILE_NOTE = ("⬇️ Download the CSV while this chat is open: a chat reopened from the history keeps "
+                     "this message, not the file.")
+
+
 def _row_number(n: int, row: Sequence, header: Sequence[str]) -> str:
     """A batch row's number in the file, marked ✂️ when its text was cut to what the adapter reads."""
     return f"{n:,} ✂️" if row[header.index("truncated")] else f"{n:,}"
@@ -725,6 +730,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                      f"the CSV's `not_in_text` lists those fields); {COMPARE_SUPPORT['some']} only some words are.")
     if len(rows) > PREVIEW_ROWS:
         parts.append(f"First {PREVIEW_ROWS} rows shown; the CSV below holds all {len(rows):,}.")
+    parts.append(RESULTS_FILE_NOTE)
     parts.extend(f"ℹ️ {note}" for note in upload.notes)
     truncated = sum(1 for r in rows if r[header.index("truncated")])
     if truncated:

@@ -386,6 +386,7 @@ def test_a_batch_names_each_text_by_its_row_in_the_file_and_keeps_the_file_s_col
     header, rows = handlers.batch_rows("classify", upload.texts, results, labels=("ham", "spam"))
     md = handlers.batch_markdown("classify", "onco.csv", upload, header, rows, "base", 0.5)
     assert "| row | text | label |" in md and "| 5 | Colon cancer, KRAS G12D | **ham** |" in md
+    assert "a chat reopened from the history keeps this message, not the file" in md  # said before it is lost
     parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
     assert parsed[0][:3] == ["row", "patient_id", "text"] and [r[:2] for r in parsed[1:]] == [
         ["2", "P1"], ["3", "P2"], ["5", "P4"]]
