@@ -646,7 +646,8 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
     # about 250 rows
     elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows, upload),
                         mime="text/csv", display="inline")]
-    content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds)
+    content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds,
+                                      [handlers.text_read(t, r) for t, r in zip(upload.texts, results)])
     if profile.task == "extract" and handlers.is_medical(spec):
         content += "\n\n" + handlers.NOT_CLINICAL
     await progress.remove()

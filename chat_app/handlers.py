@@ -568,7 +568,7 @@ NOTHING_BACKED = ("⚠️ **No value has a word in your text.** The model filled
 def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str) -> str:
     """The fields as a table, with how far each value's words occur in ``text`` (the input; the part
     the model read, when it was cut), then as JSON; the model's raw output when it needed repair."""
-    text = result.get("text_read") or text  # a word past the cut did not back the value
+    text = text_read(text, result)  # a word past the cut did not back the value
     rows = [[f"`{name}`", cell(result["fields"].get(name)), _support_note(result["fields"].get(name), text)]
             for name in fields]
     values = [v for v in result["fields"].values() if v is not None]
@@ -668,7 +668,7 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
     else:
         header = ["text", *fields, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text"]
         rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"], r.get("cut_at"),
-                 _not_in_text(fields, r["fields"], t)]
+                 _not_in_text(fields, r["fields"], text_read(t, r))]
                 for t, r in zip(texts, results, strict=True)]
     return header, rows
 
@@ -698,8 +698,15 @@ def _row_number(n: int, row: Sequence, header: Sequence[str]) -> str:
     return f"{n:,} ✂️" if row[header.index("truncated")] else f"{n:,}"
 
 
+def text_read(text: str, result: dict) -> str:
+    """The part of ``text`` an extraction read: all of it, unless it was cut to fit."""
+    return result.get("text_read") or text
+
+
 def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], rows: Sequence[Sequence],
-                   variant: str, seconds: float) -> str:
+                   variant: str, seconds: float, texts_read: Sequence[str] | None = None) -> str:
+    """The batch's message: counts, a table of its first rows and notes. ``texts_read``: each text as
+    the model read it (cut to fit), for the marks of values with no word in it; else the texts."""
     shown = rows[:PREVIEW_ROWS]
     summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({upload.source_name})"
     parts = [summary]
@@ -719,11 +726,12 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**"
                      + (f" · ⌛ cut at the {cut[0]}-token limit: **{len(cut)}** (⚙️ max new tokens; their later "
                         "fields were never written)" if cut else ""))
+        read = texts_read or [r[0] for r in rows]
         md_rows = [[_row_number(n, r, header), cell(_short(r[0], 60)),
-                    *[_compared_value(v, False, r[0]) for v in r[1:is_valid]],
+                    *[_compared_value(v, False, read[i]) for v in r[1:is_valid]],
                     "⌛ cut" if r[is_cut] else ("⚠️ repaired" if r[is_repaired] else ("valid" if r[is_valid]
                                                                                      else "❌ invalid"))]
-                   for n, r in zip(upload.rows, shown)]
+                   for i, (n, r) in enumerate(zip(upload.rows, shown))]
         # "JSON", not a green check: a well-formed answer can still hold invented values
         parts.append(table([upload.row_name, "text", *fields, "JSON"], md_rows))
         parts.append(f"{COMPARE_SUPPORT['none']} no word of the value is in the text (inferred, or invented; "

@@ -602,6 +602,18 @@ def test_a_cut_input_is_checked_against_the_part_the_model_read():
     assert "| `cancer_type` | melanoma | ○ no word: inferred (or invented) |" in md  # "melanoma" came after the cut
 
 
+def test_a_batch_checks_each_cut_text_against_the_part_the_model_read():
+    """A batch's marks and its CSV's not_in_text read the whole text, where a single extraction read
+    the part the model saw: a value found only past the cut looked backed by the text."""
+    texts = ["Follow-up visit, vitals stable. " * 3 + "Diagnosis: melanoma."]
+    results = [extraction(cancer_type="melanoma") | {"truncated": True, "text_read": "Follow-up visit, vitals stable."}]
+    header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
+    assert rows[0][header.index("not_in_text")] == "cancer_type"
+    read = [handlers.text_read(t, r) for t, r in zip(texts, results)]
+    md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 1), header, rows, "v", 1.0, read)
+    assert "| melanoma ○ |" in md
+
+
 def test_values_with_no_word_in_the_text_at_all_get_a_warning():
     invented = handlers.extraction_markdown(extraction(cancer_type="melanoma", treatment="surgery"), FIELDS, "v",
                                             "hello")
