@@ -343,13 +343,7 @@ async def on_message(message: cl.Message):
         for note in notes:
             await cl.Message(content=f"ℹ️ {note}").send()
         if profile.task == "compare":
-            # the command picked with this message, else the last one picked, else the settings' adapter
-            last = cl.user_session.get("compare_adapter")
-            adapter = message.command or last or _settings().compare_adapter
-            cl.user_session.set("compare_adapter", adapter)
-            if message.command and _settings().compare_adapter != adapter:  # the panel names what runs
-                await _send_settings(profile, {**(cl.user_session.get("settings") or {}), "compare_adapter": adapter})
-            chosen_by = None if message.command else ("the last command picked" if last else "the settings panel")
+            adapter, chosen_by = await _compare_adapter_for(message, profile)
             await _compare(runtime, text, adapter, chosen_by)
         elif profile.task in ("chat", "generate"):
             await _generate(runtime, profile, text)
@@ -372,6 +366,17 @@ async def on_message(message: cl.Message):
                                  "try again, or with a shorter input.").send()
     finally:
         await _save_session()
+
+
+async def _compare_adapter_for(message: cl.Message, profile: handlers.Profile) -> tuple[str, str | None]:
+    """The adapter a comparison runs, and what chose it when not this message's command: the
+    command picked with this message, else the last one picked, else the settings panel's."""
+    last = cl.user_session.get("compare_adapter")
+    adapter = message.command or last or _settings().compare_adapter
+    cl.user_session.set("compare_adapter", adapter)
+    if message.command and _settings().compare_adapter != adapter:  # the panel names what runs
+        await _send_settings(profile, {**(cl.user_session.get("settings") or {}), "compare_adapter": adapter})
+    return adapter, None if message.command else ("the last command picked" if last else "the settings panel")
 
 
 def _chat_deleted() -> bool:
