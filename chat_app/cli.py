@@ -70,6 +70,7 @@ def cmd_serve(args) -> int:
 
 
 if __name__ == "__main__":  # `python -m chat_app.cli serve` works without the installed entry point
+    import chat_app.cli  # the module object the entry point names, not this __main__ copy (or serve is added twice)
     from adapters.cli import main
 
-    sys.exit(main(registrars=[register]))
+    sys.exit(main(sys.argv[1:], registrars=[chat_app.cli.register]))

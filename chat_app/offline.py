@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from starlette.datastructures import MutableHeaders
+
 _EXTERNAL_LINK = re.compile(r"<link\b[^>]*\bhref\s*=\s*[\"']https?://[^\"']*[\"'][^>]*>\s*", re.IGNORECASE)
 _EXTERNAL_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']https?://[^\"']*[\"'][^>]*>\s*</script>\s*",
                               re.IGNORECASE)
@@ -27,12 +29,28 @@ IMAGE_POLICY = "img-src 'self' data: blob:"
 
 def add_image_policy(app) -> None:
     """Send ``IMAGE_POLICY`` as the Content-Security-Policy of every response of ``app``."""
+    app.add_middleware(_ImagePolicy)
 
-    @app.middleware("http")
-    async def image_policy(request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", IMAGE_POLICY)
-        return response
+
+class _ImagePolicy:
+    """ASGI middleware that adds the header as a response starts. A plain ASGI one, not Starlette's
+    ``BaseHTTPMiddleware``: that one logged "RuntimeError: No response returned" with an ASGI
+    traceback when a page closed during a request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_policy(message):
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("Content-Security-Policy", IMAGE_POLICY)
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
 
 
 def install() -> bool:

@@ -843,6 +843,37 @@ def test_the_served_page_loads_nothing_from_other_hosts():
     assert '/assets/index-' in html and "<div id=\"root\">" in html
 
 
+def test_every_response_carries_the_image_policy_and_an_unanswered_request_logs_no_error():
+    """Starlette's BaseHTTPMiddleware raised "RuntimeError: No response returned" (an ASGI traceback in
+    the server log) for a request its client left before the answer."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+    from starlette.testclient import TestClient
+
+    async def unanswered(scope, receive, send):  # what a handler does whose client went away
+        return None
+
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/", hello), Mount("/gone", app=unanswered)])
+    offline.add_image_policy(app)
+    assert TestClient(app).get("/").headers["content-security-policy"] == offline.IMAGE_POLICY
+    sent = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/gone/x", "raw_path": b"/gone/x", "root_path": "",
+             "query_string": b"", "headers": [], "scheme": "http", "server": ("test", 80), "app": app}
+    asyncio.run(app(scope, receive, send))
+    assert sent == []
+
+
 def test_config_from_environment(tmp_path):
     config = load_config({}, app_root=tmp_path)
     assert config.database_url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/.chainlit/adapterlab-history.sqlite3"

@@ -607,6 +607,18 @@ def test_usage_errors_of_registered_commands_are_one_line_under_python_m(module,
     assert "adapterlab: error: --variants: 'bogus'" in run.stderr
 
 
+@pytest.mark.parametrize("module, command", [("chat_app.cli", "serve"), ("training.cli", "train")])
+def test_python_m_of_a_package_cli_runs_its_own_commands(module, command):
+    """`python -m chat_app.cli serve` failed with "conflicting subparser: serve": its __main__ copy's
+    register is another function than the entry point's, so the command was added twice."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", module, command, "--help"], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0 and f"usage: adapterlab {command}" in run.stdout, run.stderr[-2000:]
+
+
 def test_a_count_that_is_not_a_number_says_so(capsys):
     from adapters.cli import main
 
