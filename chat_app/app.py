@@ -30,7 +30,7 @@ from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
-from adapters.runtime import train_command
+from adapters.runtime import CHAT_DEFAULTS, train_command
 from chat_app import chains, handlers, offline, page_text, welcome
 from chat_app.config import load_config
 from chat_app.persistence import HistoryDataLayer
@@ -547,7 +547,8 @@ async def _tell_while_waiting(runtime: Runtime, answer: cl.Message, streamed: li
 async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, history: list[dict], text: str,
                        answer: cl.Message, info: chains.GenerationInfo, label: str) -> None:
     """End a streamed answer: its footer, its metadata for resumed threads, and the turn in the history."""
-    output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, info.text, info.cut_at)
+    output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, info.text, info.cut_at,
+                                              _max_new_tokens(settings, SPECS.get(profile.adapter or "")))
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
                                         output_tokens, info.truncated, medical=handlers.is_medical(SPECS.get(profile.adapter or "")),
                                         cut_at=info.cut_at, stopped=info.stopped,
@@ -710,6 +711,11 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
     await cl.Message(content=content, elements=elements, metadata={"compare": adapter}).send()
 
 
+def _max_new_tokens(settings, spec) -> int:
+    """The answer-length limit a request ran with: the settings', else the adapter's (or a chat's) default."""
+    return settings.max_new_tokens or (spec.generation if spec else CHAT_DEFAULTS).max_new_tokens
+
+
 async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str, base: bool, shots, config,
                           pieces: list[str], progress: cl.Message | None = None) -> handlers.Outcome:
     """One variant's result for Compare; a generated answer's pieces go into ``pieces`` as they come,
@@ -724,7 +730,8 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
         chain = chains.extract_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
                                      max_new_tokens=settings.max_new_tokens)
         (result,) = await chain.ainvoke({"texts": [text]}, config=config)
-        output_tokens = runtime.backend.count_tokens(result["raw"])
+        output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result["raw"], result["cut_at"],
+                                                  _max_new_tokens(settings, spec))
     else:
         info = chains.GenerationInfo()
         chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
@@ -737,7 +744,9 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
                 await progress.update()
                 shown = time.perf_counter()
         result = "".join(pieces)
-        output_tokens, cut_at = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at), info.cut_at
+        output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at,
+                                                  _max_new_tokens(settings, spec))
+        cut_at = info.cut_at
     seconds = time.perf_counter() - started
     prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
                                      system=settings.system, examples=shots, max_new_tokens=settings.max_new_tokens)

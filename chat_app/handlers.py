@@ -618,12 +618,15 @@ def extraction_flag(result: dict) -> str:
             "against your text (the last column).")
 
 
-def generated_tokens(count_tokens: Callable[[str], int], answer: str, cut_at: int | None) -> int:
-    """How many tokens an answer took: the limit when it was cut there, else its text counted again
-    (which, after sampling, can differ from the tokens drawn: 33 against a 32-token limit was seen)."""
+def generated_tokens(count_tokens: Callable[[str], int], answer: str, cut_at: int | None,
+                     limit: int | None = None) -> int:
+    """How many tokens an answer took: the limit when it was cut there, else its text counted again,
+    never more than ``limit`` (text counted again can differ from the tokens drawn: 33 against a
+    32-token limit after sampling, an extraction's 81 against 80)."""
     if cut_at is not None:
         return cut_at
-    return count_tokens(answer) if answer else 0
+    count = count_tokens(answer) if answer else 0
+    return min(count, limit) if limit else count
 
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,

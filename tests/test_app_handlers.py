@@ -1126,6 +1126,7 @@ def test_an_answer_cut_at_its_limit_reports_the_limit_not_its_text_counted_again
     assert handlers.generated_tokens(recount, "an answer", cut_at=32) == 32
     assert handlers.generated_tokens(recount, "an answer", cut_at=None) == 33  # ended by itself: counted
     assert handlers.generated_tokens(recount, "", cut_at=None) == 0
+    assert handlers.generated_tokens(recount, "an answer", cut_at=None, limit=32) == 32  # never over the limit
 
 
 def test_only_langchains_finalizer_message_is_kept_out_of_the_server_log(monkeypatch, caplog):
