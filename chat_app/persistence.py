@@ -14,6 +14,8 @@ SQLite by default (a local file whose tables are created on first use), PostgreS
 - that first name starts with the chat's profile ("Spam check · Remember the milk"), which Chainlit
   gives as the thread's tag: the history lists the chats of every profile together, and one started
   from the same text in two profiles looked the same. A name the user gives a chat stays as given;
+- a message removed stays removed: Chainlit writes a message's last update and its removal in
+  tasks it does not wait for, and the update could land last and put the row back;
 - a deleted chat stays deleted: Chainlit saves a session's state when its page disconnects, and
   that save re-created a chat deleted while open (ownerless, hidden, its conversation in the
   metadata), as did a message sent in it afterwards; writes for a deleted chat are dropped;
@@ -75,6 +77,10 @@ SQLITE_SCHEMA = [sqlite_statement(statement) for statement in POSTGRES_SCHEMA] +
 ]
 
 
+STEP_LOCK_STRIPES = 64  # locks shared by message ids (a lock per message would be kept for ever)
+REMOVED_STEPS_KEPT = 4096  # removed messages whose late writes are dropped
+
+
 class HistoryDataLayer(SQLAlchemyDataLayer):
     """Chainlit's SQLAlchemy data layer, creating its tables and keeping message text out of logs."""
 
@@ -89,6 +95,12 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         # the stock update_thread reads a chat's metadata, merges, then writes: two at once (the
         # app's save after a message, Chainlit naming the chat) lost one's keys
         self._thread_writes = asyncio.Lock()
+        # Chainlit saves a message's update and its removal in tasks it does not wait for, so an
+        # update written after the removal put the row back (a batch's "⏳ Processed 300 of 300"
+        # line came back in the reopened chat). Writes of one message take turns, in the order they
+        # were asked for, and a removed message is not written again.
+        self._step_locks = [asyncio.Lock() for _ in range(STEP_LOCK_STRIPES)]
+        self._deleted_steps: dict[str, None] = {}  # the latest removed messages, oldest first
 
     async def ensure_schema(self) -> None:
         if self._schema_ready:
@@ -149,10 +161,22 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
     def is_deleted(self, thread_id: str | None) -> bool:
         return thread_id in self._deleted
 
-    async def create_step(self, step_dict):
-        if step_dict.get("threadId") in self._deleted:
-            return None
-        return await super().create_step(step_dict)
+    def _step_lock(self, step_id) -> asyncio.Lock:
+        return self._step_locks[hash(step_id) % STEP_LOCK_STRIPES]
+
+    async def create_step(self, step_dict):  # update_step writes through it too
+        step_id = step_dict.get("id")
+        async with self._step_lock(step_id):
+            if step_dict.get("threadId") in self._deleted or step_id in self._deleted_steps:
+                return None
+            return await super().create_step(step_dict)
+
+    async def delete_step(self, step_id: str):
+        async with self._step_lock(step_id):
+            self._deleted_steps[step_id] = None
+            if len(self._deleted_steps) > REMOVED_STEPS_KEPT:  # a late write comes within seconds
+                del self._deleted_steps[next(iter(self._deleted_steps))]
+            return await super().delete_step(step_id)
 
     async def upsert_feedback(self, feedback):
         if feedback.threadId in self._deleted:

@@ -973,6 +973,44 @@ def test_a_deleted_chat_stays_deleted_when_its_open_page_saves_or_writes_again(t
             assert connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table
 
 
+def test_a_removed_message_stays_removed_when_its_last_update_is_written_late(tmp_path):
+    """Chainlit writes a message's update and its removal in tasks it does not wait for: a batch's
+    progress line, updated then removed, came back in the reopened chat when the update landed last."""
+    import sqlite3
+
+    from chainlit.context import init_http_context
+
+    from chat_app.persistence import HistoryDataLayer
+
+    db = tmp_path / "history.sqlite3"
+
+    async def scenario():
+        init_http_context()
+        layer = HistoryDataLayer(f"sqlite+aiosqlite:///{db}")
+        await layer.update_thread("t1", name="batch")
+        step = {"id": "p1", "threadId": "t1", "name": "progress", "type": "assistant_message",
+                "output": "⏳ Processed 32 of 300 texts", "streaming": False,
+                "createdAt": "2026-01-01T00:00:00Z", "metadata": {}}
+        await layer.create_step(step)
+        execute = layer.execute_sql
+
+        async def slow_step_writes(query, parameters):  # the update's write is the slower one
+            if query.lstrip().startswith("INSERT INTO steps"):
+                await asyncio.sleep(0.3)
+            return await execute(query, parameters)
+
+        layer.execute_sql = slow_step_writes
+        update = asyncio.create_task(layer.update_step({**step, "output": "⏳ Processed 300 of 300 texts"}))
+        remove = asyncio.create_task(layer.delete_step("p1"))
+        await asyncio.gather(update, remove)
+        await layer.update_step({**step, "output": "a write after the removal"})
+        await layer.engine.dispose()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM steps").fetchone() == (0,)
+
+
 def test_adapterlab_serve_runs_chainlit_on_the_app():
     from adapters.cli import build_parser
     from chat_app import cli
