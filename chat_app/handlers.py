@@ -30,6 +30,7 @@ NOT_CLINICAL = ("🧪 **Not for clinical decisions.** A demo on synthetic narrat
                 "against the source text.")
 MAX_MESSAGE_CHARS = 200_000  # beyond this a message is cut before tokenizing (the model reads far less)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+NOT_TEXT_WORDS = {"id", "no", "number", "num", "date", "time", "label", "type", "count", "length", "category"}
 TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report", "question", "content", "body")
 UPLOAD_SUFFIXES = (".txt", ".csv", ".jsonl")
 UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` file with a `text` column or a `.jsonl` file "
@@ -423,10 +424,16 @@ def _csv_upload(name: str, content: str) -> Upload:
     if not rows:
         raise InputProblem(f"📎 `{_safe_name(name)}` is empty.")
     column = _text_column(rows[0])
+    if column is None and all(len(row) <= 1 for row in rows):  # one column, and no header naming it
+        numbered = [(number, row[0].strip()) for number, row in enumerate(rows, start=1) if row and row[0].strip()]
+        return Upload([t for _, t in numbered], "lines", len(numbered), rows=[n for n, _ in numbered], row_name="row",
+                      notes=[f"Row 1 (`{_safe_name(_short(rows[0][0] if rows[0] else '', 40))}`) names no text column, "
+                             "so the file was read as one text a row, row 1 included."])
     if column is None:
-        found = ", ".join(f"`{_safe_name(h)}`" for h in rows[0][:12]) or "none"
-        raise InputProblem(f"📎 `{_safe_name(name)}` has no text column (columns found: {found}). Name the "
-                           f"column with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
+        found = ", ".join(f"`{_safe_name(_short(h, 40))}`" for h in rows[0][:12]) or "none"
+        raise InputProblem(f"📎 `{_safe_name(name)}` has no text column (its first row: {found}). Name the "
+                           f"column with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}) in a "
+                           "first row; a file of one text a line with no such row can be uploaded as a `.txt`.")
     header, width, last = rows[0], len(rows[0]), column == len(rows[0]) - 1
     sign = CSV_DELIMITERS.get(delimiter, repr(delimiter))
     long_rows = [number for number, row in enumerate(rows[1:], start=2) if len(row) > width]
@@ -465,9 +472,15 @@ def _first_row(content: str, delimiter: str) -> list[str]:
 
 
 def _text_column(header: list[str]) -> int | None:
-    """The index of the first text column a header names (``TEXT_COLUMNS`` order), or None."""
+    """The index of the text column a header names, or None: the first of ``TEXT_COLUMNS`` (in that
+    order) that is a column's name, else a word of its name ("Clinical Notes"), where the name has
+    no word of an identifier or a label ("note_id", "sms label")."""
     names = [h.strip().lower() for h in header]
-    return next((names.index(c) for c in TEXT_COLUMNS if c in names), None)
+    exact = next((names.index(c) for c in TEXT_COLUMNS if c in names), None)
+    if exact is not None:
+        return exact
+    words = [{w for word in re.findall(r"[a-z]+", name) for w in (word, word.removesuffix("s"))} for name in names]
+    return next((i for c in TEXT_COLUMNS for i, w in enumerate(words) if c in w and not w & NOT_TEXT_WORDS), None)
 
 
 def _safe_name(name: str) -> str:

@@ -395,6 +395,17 @@ def test_a_batch_names_each_text_by_its_row_in_the_file_and_keeps_the_file_s_col
     assert lines.rows == [1] and lines.row_name == "line" and "up to line 1" in lines.notes[0]
 
 
+def test_a_csv_text_column_is_found_by_a_word_of_its_name_and_a_headerless_column_is_read_whole():
+    """"Clinical Note" was not a text column, and a one-column file without a header said "no text
+    column (columns found: <its first message>)"."""
+    upload = handlers.read_upload("notes.csv", b"Patient ID,Clinical Notes\nP1,Stage II melanoma\n", limit=10)
+    assert upload.texts == ["Stage II melanoma"] and upload.source == "Clinical Notes" and upload.columns == ["Patient ID"]
+    plain = handlers.read_upload("sms.csv", b"Are you free tonight?\n\nWIN a prize now\n", limit=10)
+    assert plain.texts == ["Are you free tonight?", "WIN a prize now"] and plain.rows == [1, 3]
+    assert plain.notes == ["Row 1 (`Are you free tonight?`) names no text column, so the file was read as one "
+                           "text a row, row 1 included."]
+
+
 def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas():
     with pytest.raises(handlers.InputProblem, match=r"row\(s\) 3 have more fields than the header \(2\)"):
         handlers.read_upload("commas.csv", b"text,label\nhello,ham\nWIN, now,spam\n", limit=100)
@@ -408,7 +419,9 @@ def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
 
 
 @pytest.mark.parametrize("name, data, message", [
-    ("data.csv", b"id,label\n1,ham\n", r"no text column \(columns found: `id`, `label`\)"),
+    ("data.csv", b"id,label\n1,ham\n", r"no text column \(its first row: `id`, `label`\)\. Name the column"),
+    ("ids.csv", b"note_id,sms label\n1,ham\n", r"no text column \(its first row: `note_id`, `sms label`\)"),
+    ("sms.csv", b"Go until jurong point, crazy\nOk lar\n", r"no text column .* uploaded as a `\.txt`"),
     ("blob.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
     ("mixed.txt", b"caf\xc3\xa9 and \x81\x8d", r"not UTF-8 text \(byte 0x81 on line 1\)"),
     ("half.txt", b"\xff\xfeh\x00i\x00\x00", "starts as UTF-16 text but is not"),
