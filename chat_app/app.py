@@ -547,12 +547,17 @@ async def _tell_while_waiting(runtime: Runtime, answer: cl.Message, streamed: li
 async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, history: list[dict], text: str,
                        answer: cl.Message, info: chains.GenerationInfo, label: str) -> None:
     """End a streamed answer: its footer, its metadata for resumed threads, and the turn in the history."""
+    spec = SPECS.get(profile.adapter or "")
+    defaults = spec.generation if spec else CHAT_DEFAULTS
+    sampling = (defaults.temperature if settings.temperature is None else settings.temperature,
+                defaults.top_p if settings.top_p is None else settings.top_p)
     output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, info.text, info.cut_at,
-                                              _max_new_tokens(settings, SPECS.get(profile.adapter or "")))
+                                              _max_new_tokens(settings, spec))
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
-                                        output_tokens, info.truncated, medical=handlers.is_medical(SPECS.get(profile.adapter or "")),
+                                        output_tokens, info.truncated, medical=handlers.is_medical(spec),
                                         cut_at=info.cut_at, stopped=info.stopped,
-                                        message_cut_to=info.message_cut_to, turns_dropped=info.turns_dropped)
+                                        message_cut_to=info.message_cut_to, turns_dropped=info.turns_dropped,
+                                        sampling=sampling)
     shown = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
     answer.content = shown + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
@@ -611,7 +616,7 @@ async def _uploads(runtime: Runtime, profile: handlers.Profile, files: list) -> 
         try:
             path = Path(file.path)
             handlers.check_upload_size(file.name, path.stat().st_size)
-            upload = handlers.read_upload(file.name, await asyncio.to_thread(path.read_bytes), limit, file.mime)
+            upload = handlers.read_upload(file.name, await asyncio.to_thread(path.read_bytes), limit)
         except handlers.InputProblem as exc:
             await cl.Message(content=str(exc)).send()
             continue
@@ -625,7 +630,7 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
         chain = chains.extract_chain(runtime, spec.name, base=variant.base, system=settings.system,
                                      max_new_tokens=settings.max_new_tokens)
     total = len(upload.texts)
-    progress = cl.Message(content=f"⏳ Processing {total:,} texts from `{name}`…")
+    progress = cl.Message(content=handlers.batch_start_message(name, upload))
     await progress.send()
     started = time.perf_counter()
     results: list[dict] = []

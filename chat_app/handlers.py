@@ -33,6 +33,7 @@ MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 NOT_TEXT_WORDS = {"id", "no", "number", "num", "date", "time", "label", "type", "count", "length", "category"}
 TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report", "question", "content", "body")
 UPLOAD_SUFFIXES = (".txt", ".csv", ".jsonl")
+WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
 UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` file with a `text` column or a `.jsonl` file "
                'with a `text` key (`{"text": "…"}` a line).')
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
@@ -278,16 +279,18 @@ class Upload:
                        notes=[*self.notes, note])
 
 
-def read_upload(name: str, data: bytes, limit: int, mime: str | None = None) -> Upload:
+def read_upload(name: str, data: bytes, limit: int) -> Upload:
     """The texts of an uploaded .txt (one a line), .csv (a text column) or .jsonl (a text key), at
     most ``limit`` of them.
 
     Every problem raises ``InputProblem`` with a message that says what to do.
     """
     suffix = PurePath(name or "").suffix.lower()
+    if suffix in WORKBOOK_SUFFIXES:
+        raise InputProblem(f"📎 `{_safe_name(name)}` is a spreadsheet workbook, which the app cannot read. Save "
+                           "the sheet as CSV (in Excel: File → Save As → CSV UTF-8) and upload that file.")
     if suffix not in UPLOAD_SUFFIXES:
-        kind = f" ({mime})" if mime else ""
-        raise InputProblem(f"📎 `{_safe_name(name)}`{kind} cannot be read: {UPLOAD_HELP}")
+        raise InputProblem(f"📎 `{_safe_name(name)}` cannot be read: {UPLOAD_HELP}")
     check_upload_size(name, len(data))
     content, notes = _decoded(name, suffix, data)
     if suffix == ".txt":
@@ -645,11 +648,15 @@ def generated_tokens(count_tokens: Callable[[str], int], answer: str, cut_at: in
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,
                       output_tokens: int | None, truncated: bool, medical: bool,
                       cut_at: int | None = None, stopped: str | None = None,
-                      message_cut_to: int | None = None, turns_dropped: int = 0) -> str:
+                      message_cut_to: int | None = None, turns_dropped: int = 0,
+                      sampling: tuple[float, float] | None = None) -> str:
     """The line under an answer; ``cut_at``: the max-new-tokens limit the answer was cut at;
     ``stopped``: why it was stopped ("stopped by you"); ``message_cut_to`` / ``turns_dropped``: what of the input was
-    cut to fit (``truncated`` alone: something was)."""
+    cut to fit (``truncated`` alone: something was); ``sampling``: the (temperature, top-p) it ran with."""
     bits = [variant]
+    if sampling is not None:  # an answer at temperature 1.2 reads as word salad: say why
+        temperature, top_p = sampling
+        bits.append("greedy" if temperature == 0 else f"temperature {temperature:g}, top-p {top_p:g}")
     if first is not None:
         bits.append(f"first token {first:.2f} s")
     if seconds is not None:  # under 10 s with the first token's precision: "first 0.54 s · total 0.5 s" read odd
@@ -712,6 +719,16 @@ RESULTS_FILE_NOTE = ("⬇️ Download the CSV while this chat is open: a chat re
 def _row_number(n: int, row: Sequence, header: Sequence[str]) -> str:
     """A batch row's number in the file, marked ✂️ when its text was cut to what the adapter reads."""
     return f"{n:,} ✂️" if row[header.index("truncated")] else f"{n:,}"
+
+
+def batch_start_message(name: str, upload: Upload) -> str:
+    """What a batch says while it starts: how many texts, and when the file holds more, that only
+    the first ones are done (said at the end only, a 300-row file looked processed whole)."""
+    count = len(upload.texts)
+    if upload.total > count:
+        return (f"⏳ Processing the first {count:,} of the {upload.total:,} texts in `{_safe_name(name)}` (the "
+                "limit for one upload on this server)…")
+    return f"⏳ Processing {count:,} text{'' if count == 1 else 's'} from `{_safe_name(name)}`…"
 
 
 def text_read(text: str, result: dict) -> str:

@@ -128,6 +128,9 @@ def test_generate_chain_streams_the_runtime_answer_with_history(tiny_base, catal
     quick = handlers.generation_footer("base", 0.548, 0.536, 9, 5, False, medical=False)
     assert "first token 0.54 s · total 0.55 s" in quick and "Not medical advice" not in quick
     assert "total 12.3 s" in handlers.generation_footer("base", 12.34, 0.5, 9, 5, False, medical=False)
+    hot = handlers.generation_footer("fine-tuned", 1.0, 0.1, 9, 5, False, medical=False, sampling=(1.2, 1.0))
+    assert hot.startswith("*fine-tuned · temperature 1.2, top-p 1 · first token")
+    assert "· greedy ·" in handlers.generation_footer("base", 1.0, 0.1, 9, 5, False, medical=False, sampling=(0.0, 1.0))
 
 
 def test_the_footer_says_what_of_the_input_was_cut_to_fit(tiny_base, catalog):
@@ -429,6 +432,7 @@ def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
      r"line\(s\) 2, 3 are not JSON objects \(line 2: key \"text\" appears twice in one object\)"),
     ("keys.jsonl", b'{"id": 1, "label": "ham"}\n', r"no text key \(keys found: `id`, `label`\)"),
     ("photo.png", b"\x89PNG", r"upload a `\.txt` file"),
+    ("notes.xlsx", b"PK\x03\x04", r"a spreadsheet workbook, .* Save the sheet as CSV \(in Excel: File → Save As"),
     ("empty.txt", b"\n\n  \n", "no text"),
     ("empty.csv", b"", "empty"),
 ])
@@ -479,6 +483,8 @@ def test_a_10000_line_upload_is_cut_to_the_limit_and_says_so():
     upload = handlers.read_upload("big.txt", data, limit=1000)
     assert len(upload.texts) == 1000 and upload.total == 10_000
     assert "10,000 texts; only the first 1,000" in upload.notes[0]
+    assert handlers.batch_start_message("big.txt", upload) == ("⏳ Processing the first 1,000 of the 10,000 texts in "
+                                                               "`big.txt` (the limit for one upload on this server)…")
 
 
 def test_an_upload_over_the_size_limit_is_refused():
