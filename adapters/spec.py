@@ -110,6 +110,17 @@ class TrainingSpec:
     compile: bool = False
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """What the fine-tuned adapter must reach on one metric (``targets: {metric: ...}``); every bound
+    given must hold. ``metric: 0.95`` is short for ``metric: {at_least: 0.95}``."""
+
+    metric: str
+    at_least: float | None = None  # value >= at_least
+    at_least_base_plus: float | None = None  # value >= the base model's value + this
+    above_base: bool = False  # value > the base model's value
+
+
 # What evaluation measures for each kind of adapter; a spec's ``metrics`` picks, in order, which of
 # them its model card, metrics.json's headline and the README's results table show.
 TASK_METRICS = {
@@ -142,6 +153,8 @@ class AdapterSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     metrics: tuple[str, ...] = ()
+    # what "good enough" means: the model card, the results table and the app say whether each was met
+    targets: tuple[TargetSpec, ...] = ()
     max_input_tokens: int = 1024
     # what a user should know about this adapter beyond the shared disclaimer: its data, known
     # failure modes, a missed target's cause; printed in the model card's limitations section
@@ -242,9 +255,28 @@ def load_spec(path: str | Path) -> AdapterSpec:
     if "directory" in raw:
         raise SpecError(f"{path}: directory: not a spec field (an adapter's folder is where its spec is)")
     raw = {"name": path.parent.name, **raw, "directory": path.parent}
-    spec = _build(AdapterSpec, raw, str(path), "")
+    targets = _targets(raw.pop("targets", {}), str(path))
+    spec = dataclasses.replace(_build(AdapterSpec, raw, str(path), ""), targets=targets)
     _check_semantics(spec, str(path))
     return spec
+
+
+def _targets(raw: Any, where: str) -> tuple[TargetSpec, ...]:
+    """The ``targets:`` mapping (metric name -> a number or a mapping of bounds), in its order."""
+    if not isinstance(raw, dict):
+        got = "nothing (an empty value)" if raw is None else repr(raw)
+        raise SpecError(f"{where}: targets: expected a mapping of metric name to target, got {got}")
+    targets = []
+    for metric, bounds in raw.items():
+        if isinstance(bounds, (int, float)) and not isinstance(bounds, bool):
+            bounds = {"at_least": bounds}
+        elif isinstance(bounds, dict) and "metric" in bounds:
+            raise SpecError(f"{where}: targets.{metric}.metric: unknown field (the key above names the metric)")
+        elif not isinstance(bounds, dict):
+            raise SpecError(f"{where}: targets.{metric}: expected a number (at least) or a mapping of "
+                            f"at_least, at_least_base_plus, above_base, got {bounds!r}")
+        targets.append(_build(TargetSpec, {**bounds, "metric": metric}, where, f"targets.{metric}."))
+    return tuple(targets)
 
 
 def _check_semantics(spec: AdapterSpec, where: str) -> None:
@@ -272,6 +304,11 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     unknown = [m for m in spec.metrics if m not in spec.measured]
     if unknown:
         fail("metrics", f"{unknown[0]!r} is not measured for this adapter; choose from {', '.join(spec.measured)}")
+    for target in spec.targets:
+        if target.metric not in spec.measured:
+            fail(f"targets.{target.metric}", f"not measured for this adapter; choose from {', '.join(spec.measured)}")
+        if target.at_least is None and target.at_least_base_plus is None and not target.above_base:
+            fail(f"targets.{target.metric}", "give at_least, at_least_base_plus or above_base: true")
     if not spec.data.local_path and not spec.data.hub_id:
         fail("data", "give local_path, hub_id or both")
     for name, value in (("generation.temperature", spec.generation.temperature),
@@ -335,6 +372,9 @@ def _check_template(template: str, fail: typing.Callable[[str], typing.NoReturn]
 
 # --- a small typed loader: dataclass fields and their annotations are the schema ------------
 
+IMPLIED_FIELDS = ("directory", "metric")  # set from where the value is (the folder, the targets key)
+
+
 def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         got = "nothing (an empty value)" if raw is None else f"{type(raw).__name__} {raw!r}"
@@ -344,7 +384,7 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise SpecError(f"{where}: {prefix}{unknown[0]}: unknown field "
-                        f"(known: {', '.join(sorted(k for k in known if k != 'directory'))})")
+                        f"(known: {', '.join(sorted(k for k in known if k not in IMPLIED_FIELDS))})")
     values = {}
     for name, f in known.items():
         if name not in raw:

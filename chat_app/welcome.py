@@ -13,6 +13,7 @@ from pathlib import Path
 
 from adapters.catalog import shown_path
 from adapters.files import write_text_atomic
+from adapters.metrics_file import check_targets
 from adapters.runtime import train_command
 from adapters.spec import AdapterSpec
 from chat_app.handlers import is_medical, profiles_for
@@ -60,9 +61,8 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
     where = f"held-out test split, {metrics.get('test_examples', '?')} examples"
     when = metrics.get("evaluated_at")
     intro = f"Headline metrics ({where}{', evaluated ' + str(when) if when else ''}):"
-    targets = metrics.get("targets") or []
-    met = "".join(f"\n- {'✅' if t.get('met') else '❌'} {t.get('metric')} {t.get('target')}: "
-                  f"measured {_fmt(t.get('value'))}" for t in targets)
+    met = "".join(f"\n- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {_fmt(t['value'])}"
+                  for t in check_targets(spec, variants))
     return intro + "\n\n" + "\n".join(lines) + (f"\n\nTargets:{met}" if met else "")
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.catalog import CATALOG_DIR
 from adapters.cli import main
-from adapters.results_table import MARKERS, read_metrics, table
+from adapters.results_table import MARKERS, evaluated_adapters, table
 
 
 def spam_metrics(f1: float) -> dict:
@@ -19,8 +20,17 @@ def spam_metrics(f1: float) -> dict:
             "targets": [{"metric": "f1", "target": ">= 0.95", "value": f1, "met": f1 >= 0.95}]}
 
 
-def write_catalog(root: Path, f1: float) -> Path:
+def write_spam_spec(root: Path, targets: str = "{f1: 0.95}") -> Path:
+    """The shipped spam spec in ``root/spam``, with ``targets``."""
     (root / "spam").mkdir(parents=True, exist_ok=True)
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    kept = [line for line in text.splitlines() if not line.startswith("targets:")]
+    (root / "spam" / "adapter.yaml").write_text("\n".join(kept + [f"targets: {targets}", ""]), encoding="utf-8")
+    return root / "spam"
+
+
+def write_catalog(root: Path, f1: float) -> Path:
+    write_spam_spec(root)
     (root / "spam" / "metrics.json").write_text(json.dumps(spam_metrics(f1)))
     return root
 
@@ -61,7 +71,7 @@ def test_the_committed_readme_results_table_matches_the_committed_metrics():
     from adapters.bench_table import README, with_table
 
     text = README.read_text(encoding="utf-8")
-    assert with_table(text, table(read_metrics()), README, MARKERS) == text, "run `adapterlab results`"
+    assert with_table(text, table(evaluated_adapters()), README, MARKERS) == text, "run `adapterlab results`"
 
 
 @pytest.mark.parametrize(("content", "said"), [
@@ -76,8 +86,7 @@ def test_a_metrics_file_of_another_shape_is_named_not_a_traceback(tmp_path, caps
     """`card` and `results` crashed with AttributeError/KeyError on these, or wrote an empty table."""
     from adapters.cli import main
 
-    (tmp_path / "catalog" / "spam").mkdir(parents=True)
-    metrics = tmp_path / "catalog" / "spam" / "metrics.json"
+    metrics = write_spam_spec(tmp_path / "catalog") / "metrics.json"
     metrics.write_text(content)
     readme = tmp_path / "README.md"
     readme.write_text(f"{MARKERS[0]}\n{MARKERS[1]}\n")
@@ -100,3 +109,16 @@ def test_a_catalogue_or_results_folder_that_is_not_there_is_named(tmp_path, caps
     assert main(["bench", "table", "--results", str(missing), "--readme", str(readme)]) == 2
     assert f"{missing}: no such results folder" in capsys.readouterr().err
     assert "rows" in readme.read_text()
+
+
+def test_the_targets_shown_are_the_specs_not_those_recorded_when_it_was_evaluated(tmp_path):
+    """Targets live in the spec: changing one there changes the table at the next `adapterlab results`."""
+    catalog = write_catalog(tmp_path / "catalog", f1=0.97)  # metrics.json recorded f1 >= 0.95
+    write_spam_spec(catalog, targets="{f1: 0.98, accuracy: {above_base: true}}")
+    text = table(evaluated_adapters(catalog))
+    assert "| f1 | 0.200 | 0.400 | 0.970 | >= 0.98 ❌ |" in text
+    assert "| accuracy | 0.500 | 0.500 | 0.500 | > base (0.500) ❌ |" in text
+    write_spam_spec(catalog, targets="{}")
+    assert "| f1 | 0.200 | 0.400 | 0.970 |  |" in table(evaluated_adapters(catalog))
+    (catalog / "spam" / "metrics.json").unlink()  # an adapter not evaluated has no rows
+    assert "spam" not in table(evaluated_adapters(catalog))

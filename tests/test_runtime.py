@@ -61,7 +61,7 @@ def test_batching_does_not_change_classification(tiny_base, catalog):
 def test_multi_token_labels_are_scored_whole(tiny_base, catalog):
     spec_file = catalog / "spam" / "adapter.yaml"
     text = spec_file.read_text().replace("labels: [ham, spam]", 'labels: ["not spam", "spam", "spam call now"]')
-    text = re.sub(r"^metrics: .*\n", "", text, flags=re.M)  # spam's list names two-label measures
+    text = re.sub(r"^(metrics|targets): .*\n", "", text, flags=re.M)  # spam's lists name two-label measures
     spec_file.write_text(text.replace("decision: validation_f1", "decision: argmax"))  # needs two labels
     rt = runtime(tiny_base, catalog)
     tokens = [rt.backend.count_tokens(label) for label in rt.spec("spam").labels]

@@ -265,8 +265,47 @@ def test_metrics_name_what_evaluation_measures(tmp_path):
     raw["metrics"] = ["f1"]  # a two-label measure
     assert "choose from accuracy, macro_precision, macro_recall, macro_f1" in refused(write_spec(tmp_path, raw), "metrics")
     del raw["metrics"]
+    del raw["targets"]  # two-label targets, refused below
     assert load_spec(write_spec(tmp_path, raw)).headline_metrics == ("accuracy", "macro_precision", "macro_recall",
                                                                       "macro_f1")
+
+
+def test_the_shipped_targets_are_in_the_specs():
+    from adapters.spec import TargetSpec
+
+    specs = load_catalog()
+    assert specs["spam"].targets == (TargetSpec("accuracy", at_least=0.985), TargetSpec("f1", at_least=0.95),
+                                     TargetSpec("auroc", at_least=0.99))
+    assert specs["medquad"].targets == (TargetSpec("rougeL", at_least=0.25, at_least_base_plus=0.10),
+                                        TargetSpec("bertscore_f1", above_base=True))
+    assert specs["oncology"].targets == (TargetSpec("json_valid", at_least=1.0),
+                                         TargetSpec("micro_field_accuracy", at_least=0.90))
+
+
+def test_a_spec_without_targets_sets_none(tmp_path):
+    raw = real_spec("spam")
+    del raw["targets"]
+    assert load_spec(write_spec(tmp_path, raw)).targets == ()
+
+
+@pytest.mark.parametrize(("targets", "field", "said"), [
+    ({"bogus": 0.5}, "targets.bogus", "not measured for this adapter; choose from accuracy, precision"),
+    ({"rougeL": 0.25}, "targets.rougeL", "not measured for this adapter"),  # a generate metric on a classifier
+    ({"f1": "high"}, "targets.f1", "expected a number (at least) or a mapping"),
+    ({"f1": None}, "targets.f1", "expected a number (at least) or a mapping"),
+    ({"f1": {"at_least": "high"}}, "targets.f1.at_least", "expected a number"),
+    ({"f1": {"above": 0.9}}, "targets.f1.above", "unknown field (known: above_base, at_least, at_least_base_plus)"),
+    ({"f1": {"metric": "auroc"}}, "targets.f1.metric", "unknown field"),
+    ({"f1": {"above_base": "yes"}}, "targets.f1.above_base", "expected true or false"),
+    ({"f1": {"above_base": False}}, "targets.f1", "give at_least, at_least_base_plus or above_base: true"),
+    ({"f1": {}}, "targets.f1", "give at_least"),
+    (["f1"], "targets", "expected a mapping of metric name to target"),
+    (None, "targets", "got nothing (an empty value)"),
+])
+def test_targets_name_measured_metrics_and_bounds(tmp_path, targets, field, said):
+    raw = real_spec("spam")
+    raw["targets"] = targets
+    assert said in refused(write_spec(tmp_path, raw), field)
 
 
 def test_labels_on_a_generate_task(tmp_path):

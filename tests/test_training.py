@@ -153,7 +153,7 @@ def test_adapterlab_card_rewrites_the_card_from_metrics_after_the_spec_text_chan
     spec_file = catalog / "spam" / "adapter.yaml"
     spec = yaml.safe_load(spec_file.read_text())
     old_text, new_text = " ".join(spec["limitations"].split()), "Misjudges messages written in Welsh."
-    spec_file.write_text(yaml.safe_dump({**spec, "limitations": new_text}))
+    spec_file.write_text(yaml.safe_dump({**spec, "limitations": new_text}, sort_keys=False))  # targets in order
     before = (catalog / "spam" / "README.md").read_text()
     assert old_text in before and new_text not in before
 

@@ -12,37 +12,14 @@ from typing import Any
 from adapters.base_models import KNOWN_BASES, canonical_name
 from adapters.catalog import catalog_option, shown_path
 from adapters.files import write_text_atomic
+from adapters.metrics_file import check_targets
 from adapters.spec import AdapterSpec
-
-# What "good enough" means for each adapter (issue #3); the card states whether it was met.
-TARGETS = {
-    "spam": [("accuracy", ">=", 0.985), ("f1", ">=", 0.95), ("auroc", ">=", 0.99)],
-    "medquad": [("rougeL", ">=", 0.25), ("rougeL", ">= base +", 0.10), ("bertscore_f1", "> base", 0.0)],
-    "oncology": [("json_valid", ">=", 1.0), ("micro_field_accuracy", ">=", 0.90)],
-}
-def check_targets(name: str, variants: dict) -> list[dict]:
-    """Each target of the adapter with the measured value and whether it was met."""
-    tuned, base = variants.get("fine_tuned", {}), variants.get("base", {})
-    checks = []
-    for metric, op, bound in TARGETS.get(name, []):
-        value = tuned.get(metric)
-        if value is None:
-            checks.append({"metric": metric, "target": f"{op} {bound}", "value": None, "met": False})
-            continue
-        if op == ">=":
-            met, target = value >= bound, f">= {bound}"
-        elif op == ">= base +":
-            met, target = value >= base.get(metric, 0) + bound, f">= base ({base.get(metric, 0):.3f}) + {bound}"
-        else:
-            met, target = value > base.get(metric, 0), f"> base ({base.get(metric, 0):.3f})"
-        checks.append({"metric": metric, "target": target, "value": value, "met": bool(met)})
-    return checks
 
 
 def write_metrics(spec: AdapterSpec, report: dict, split_report: dict | None, train_result: dict | None,
                   out_dir: Path) -> dict:
     metrics = {**report, "split": split_report, "training": train_result,
-               "targets": check_targets(spec.name, report["variants"]),
+               "targets": check_targets(spec, report["variants"]),
                "headline": {k: report["variants"].get("fine_tuned", {}).get(k)
                             for k in spec.headline_metrics}}
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
@@ -246,7 +223,7 @@ def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
         table += "\n".join(f"| {f} | " + " | ".join(_fmt(variants[v]["per_field"][f]) for v in shown) + " |"
                            for f in spec.fields)
     targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {_fmt(t['value'])}"
-                        for t in metrics.get("targets", []))
+                        for t in check_targets(spec, variants))
     plots = [p for p in ("confusion.png", "metrics.png", "fields.png", "loss.png") if (out_dir / p).is_file()]
     split = metrics.get("split") or {}
     training = metrics.get("training") or {}

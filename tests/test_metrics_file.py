@@ -1,0 +1,31 @@
+"""metrics.json as everything shows it: the spec's targets judged one way for the card, the README
+table and the app's page."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from adapters.catalog import load_catalog
+from adapters.metrics_file import check_targets
+from adapters.spec import TargetSpec
+
+
+def test_targets_are_judged_as_the_spec_says_against_the_fine_tuned_and_base_values():
+    spec = dataclasses.replace(load_catalog()["medquad"], targets=(
+        TargetSpec("rougeL", at_least=0.25, at_least_base_plus=0.10), TargetSpec("bertscore_f1", above_base=True)))
+    variants = {"base": {"rougeL": 0.16, "bertscore_f1": 0.57},
+                "fine_tuned": {"rougeL": 0.255, "bertscore_f1": 0.57}}
+    assert check_targets(spec, variants) == [
+        {"metric": "rougeL", "target": ">= 0.25", "value": 0.255, "met": True},
+        {"metric": "rougeL", "target": ">= base (0.160) + 0.1", "value": 0.255, "met": False},
+        {"metric": "bertscore_f1", "target": "> base (0.570)", "value": 0.57, "met": False},  # equal is not above
+    ]
+
+
+def test_a_target_on_the_base_is_not_met_when_the_base_was_not_measured():
+    """It was checked against 0 (`--variants fine_tuned` met "> base" with any positive value)."""
+    spec = dataclasses.replace(load_catalog()["medquad"], targets=(TargetSpec("bertscore_f1", above_base=True),))
+    checks = check_targets(spec, {"base": {"skipped": "not asked for"}, "fine_tuned": {"bertscore_f1": 0.6}})
+    assert checks == [{"metric": "bertscore_f1", "target": "> base", "value": 0.6, "met": False}]
+    unmeasured = check_targets(spec, {"base": {"bertscore_f1": 0.5}, "fine_tuned": {"skipped": "not asked for"}})
+    assert unmeasured == [{"metric": "bertscore_f1", "target": "> base (0.500)", "value": None, "met": False}]
