@@ -61,6 +61,12 @@ class SplitSpec:
     near_duplicates: float | None = None
 
 
+# What each data.format holds: the task its examples are for (training/data.py reads them so), and
+# the formats whose readers keep the examples that share split.group_by's value in one split.
+FORMAT_TASKS = {"sms_spam_tsv": "classify", "medquad_csv": "generate", "oncology_jsonl": "extract"}
+GROUPED_FORMATS = ("medquad_csv", "oncology_jsonl")
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where the examples come from: a local file (path relative to the project root) or the Hub."""
@@ -347,6 +353,19 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
             fail("data.oversample", f"must be in (0, 1], got {spec.data.oversample}")
     if spec.training.compile and spec.training.method != "lora":
         fail("training.compile", "compiled layers are for method: lora (a 4-bit base does not compile)")
+    data = spec.data
+    if FORMAT_TASKS[data.format] != spec.task:
+        fitting = [f for f, task in FORMAT_TASKS.items() if task == spec.task]
+        fail("data.format", f"{data.format!r} holds {FORMAT_TASKS[data.format]} examples; {spec.task} adapters "
+                            f"read {', '.join(fitting)}")
+    if data.max_target_words is not None:
+        if spec.task != "generate":
+            fail("data.max_target_words", f"only generate adapters cap their answers (task is {spec.task!r})")
+        if data.max_target_words < 1:
+            fail("data.max_target_words", f"must be >= 1 word (leave it out for no cap), got {data.max_target_words}")
+    if data.split.group_by is not None and data.format not in GROUPED_FORMATS:
+        fail("data.split.group_by", f"{data.format!r} is not read by groups (only {', '.join(GROUPED_FORMATS)}); "
+                                    "leave it out")
     split = spec.data.split
     if not (0 <= split.validation < 1 and 0 < split.test < 1 and split.validation + split.test < 1):
         fail("data.split", "validation and test must be fractions that leave room for training")

@@ -527,3 +527,40 @@ def test_the_folder_is_not_a_spec_field_and_a_name_is_one_word(tmp_path, key, va
     raw = real_spec("spam")
     raw[key] = value
     assert said in refused(write_spec(tmp_path, raw), key)
+
+
+@pytest.mark.parametrize(("adapter", "fmt", "said"), [
+    ("spam", "medquad_csv", "'medquad_csv' holds generate examples; classify adapters read sms_spam_tsv"),
+    ("medquad", "oncology_jsonl", "'oncology_jsonl' holds extract examples; generate adapters read medquad_csv"),
+    ("oncology", "sms_spam_tsv", "'sms_spam_tsv' holds classify examples; extract adapters read oncology_jsonl"),
+])
+def test_the_data_format_must_hold_the_tasks_examples(tmp_path, adapter, fmt, said):
+    """A classifier reading MedQuAD's CSV loaded, and failed (or trained on nonsense) only later."""
+    raw = real_spec(adapter)
+    raw["data"]["format"] = fmt
+    raw["data"]["split"].pop("group_by", None)
+    raw["data"].pop("max_target_words", None)
+    assert said in refused(write_spec(tmp_path, raw), "data.format")
+
+
+@pytest.mark.parametrize(("adapter", "value", "said"), [
+    ("medquad", 0, "must be >= 1 word"),  # 0 meant no cap, silently (the reader tests truthiness)
+    ("medquad", -5, "must be >= 1 word"),
+    ("medquad", 2.5, "expected an integer"),
+    ("spam", 200, "only generate adapters cap their answers (task is 'classify')"),
+    ("oncology", 200, "only generate adapters cap their answers (task is 'extract')"),
+])
+def test_max_target_words_is_a_positive_word_count_for_generate_only(tmp_path, adapter, value, said):
+    raw = real_spec(adapter)
+    raw["data"]["max_target_words"] = value
+    assert said in refused(write_spec(tmp_path, raw), "data.max_target_words")
+
+
+def test_group_by_only_where_the_reader_keeps_groups(tmp_path):
+    raw = real_spec("spam")
+    raw["data"]["split"]["group_by"] = "sender"
+    message = refused(write_spec(tmp_path, raw), "data.split.group_by")
+    assert "'sms_spam_tsv' is not read by groups (only medquad_csv, oncology_jsonl)" in message
+    raw = real_spec("oncology")
+    raw["data"]["split"]["group_by"] = "patient_id"  # a key of the JSONL objects: read
+    assert load_spec(write_spec(tmp_path, raw)).data.split.group_by == "patient_id"
