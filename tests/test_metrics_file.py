@@ -29,3 +29,4 @@ def test_a_target_on_the_base_is_not_met_when_the_base_was_not_measured():
     assert checks == [{"metric": "bertscore_f1", "target": "> base", "value": 0.6, "met": False}]
     unmeasured = check_targets(spec, {"base": {"bertscore_f1": 0.5}, "fine_tuned": {"skipped": "not asked for"}})
     assert unmeasured == [{"metric": "bertscore_f1", "target": "> base (0.500)", "value": None, "met": False}]
+

@@ -173,6 +173,62 @@ def test_adapterlab_card_rewrites_the_card_from_metrics_after_the_spec_text_chan
     assert "metrics.json: not found" in err and "adapterlab eval spam" in err
 
 
+class RecordingBackend:
+    """Just enough of a backend to see the decoding settings evaluation asks for."""
+
+    context_length = 4096
+
+    def __init__(self):
+        self.asked = []
+
+    def render(self, messages):
+        return "\n".join(m["content"] for m in messages)
+
+    def literal(self, text):
+        return text
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def over_budget(self, texts, budget):
+        return [self.count_tokens(t) > budget for t in texts]
+
+    def truncate(self, text, max_tokens, keep_end=0):
+        return " ".join(text.split()[:max_tokens])
+
+    def adapter_names(self):
+        return ()
+
+    def complete(self, adapter, prompts, params, batch_size=8):
+        self.asked.append(params)
+        return ["{}" for _ in prompts]
+
+
+def test_the_card_says_evaluation_decodes_greedily_whatever_the_specs_temperature():
+    """The card said evaluation sampled at the spec's temperature; Runtime.answer/extract are greedy."""
+    from adapters.runtime import Runtime
+    from adapters.spec import GenerationSpec
+    from training.card import _decoding_text
+
+    catalog = load_catalog()
+    sampled = GenerationSpec(temperature=0.7, top_p=0.9, max_new_tokens=64)
+    medquad = dataclasses.replace(catalog["medquad"], generation=sampled)
+    oncology = dataclasses.replace(catalog["oncology"], generation=sampled)
+    backend = RecordingBackend()
+    runtime = Runtime(backend, {"medquad": medquad, "oncology": oncology})
+    runtime.answer("medquad", ["What is gout?"], base=True)
+    runtime.extract("oncology", ["Stage II melanoma."], base=True)
+    assert [p.temperature for p in backend.asked] == [0.0, 0.0]  # what evaluation runs
+
+    assert _decoding_text(medquad) == ("\n\nDecoding in evaluation: greedy, at most 64 new tokens. The app's "
+                                       "default: sampled at temperature 0.7, top-p 0.9, with the same limits.")
+    assert _decoding_text(oncology) == ("\n\nDecoding in evaluation and the app: greedy, at most 64 new tokens "
+                                        "(extraction does not sample).")
+    assert _decoding_text(catalog["medquad"]) == (  # the shipped card's line, greedy everywhere
+        "\n\nDecoding in evaluation (and the app's default): greedy, at most 256 new tokens, never repeating "
+        "a sequence of 6 tokens.")
+
+
 @pytest.mark.parametrize("adapter", ["spam", "medquad", "oncology"])
 def test_the_shipped_model_cards_are_generated_from_their_spec_and_metrics(adapter):
     from adapters.catalog import get_spec

@@ -199,13 +199,20 @@ def write_card(spec: AdapterSpec, metrics: dict, out_dir: Path) -> None:
 
 
 def _decoding_text(spec: AdapterSpec) -> str:
-    """How answers are decoded, in evaluation and in the app (empty for a classifier, which scores labels)."""
+    """How answers are decoded, in evaluation and in the app (empty for a classifier, which scores labels).
+    Evaluation is always greedy (``Runtime.answer`` and ``Runtime.extract``), so that its numbers do not
+    depend on a draw; the spec's temperature is the app's default for a generate adapter."""
     if spec.task == "classify":
         return ""
     g = spec.generation
-    how = "greedy" if g.temperature <= 0 else f"sampled at temperature {g.temperature}, top-p {g.top_p}"
     ban = f", never repeating a sequence of {g.no_repeat_ngram_size} tokens" if g.no_repeat_ngram_size else ""
-    return f"\n\nDecoding in evaluation (and the app's default): {how}, at most {g.max_new_tokens} new tokens{ban}."
+    limits = f"at most {g.max_new_tokens} new tokens{ban}"
+    if g.temperature <= 0:
+        return f"\n\nDecoding in evaluation (and the app's default): greedy, {limits}."
+    if spec.task == "extract":  # extraction never samples, in the app either
+        return f"\n\nDecoding in evaluation and the app: greedy, {limits} (extraction does not sample)."
+    return (f"\n\nDecoding in evaluation: greedy, {limits}. The app's default: sampled at temperature "
+            f"{g.temperature}, top-p {g.top_p}, with the same limits.")
 
 
 def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
