@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .files import finish_staged_writes
@@ -66,23 +65,3 @@ def get_spec(specs: dict[str, AdapterSpec], name: str) -> AdapterSpec:
         known = ", ".join(sorted(specs)) or "(none)"
         raise UnknownAdapterError(f"unknown adapter {name!r}; known adapters: {known}") from None
 
-
-def read_metrics_file(path: Path) -> dict:
-    """An adapter's ``metrics.json``, checked for the shape evaluation writes (an object whose
-    ``variants`` maps each variant to its metrics, and ``targets`` a list of checked targets); every
-    problem names the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
-    variants = data.get("variants") if isinstance(data, dict) else None
-    if not variants or not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-        raise ValueError(f'{path}: not the metrics an evaluation writes (an object with "variants": '
-                         "{variant: {metric: value}}); `adapterlab eval <name>` writes it")
-    targets = data.get("targets", [])
-    if not isinstance(targets, list) or not all(isinstance(t, dict) and {"metric", "target", "met"} <= t.keys()
-                                                for t in targets):
-        raise ValueError(f'{path}: "targets" must be a list of {{"metric", "target", "met", ...}} objects')
-    return data

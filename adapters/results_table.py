@@ -12,23 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bench_table import README, refresh_readme_table
-from .catalog import CATALOG_DIR, load_catalog, read_metrics_file
-from .metrics_file import check_targets
+from .catalog import CATALOG_DIR, load_catalog
+from .metrics_file import VARIANT_TITLES, VARIANTS, adapter_metrics, check_targets, shown_value
 from .spec import AdapterSpec
 
 MARKERS = ("<!-- results-table:start -->", "<!-- results-table:end -->")
-VARIANTS = (("base", "base"), ("few_shot", "few-shot"), ("fine_tuned", "fine-tuned"))
 
 
 def evaluated_adapters(catalog: Path = CATALOG_DIR) -> list[tuple[AdapterSpec, dict]]:
     """(spec, metrics) for every catalogue adapter that has a ``metrics.json``, by name."""
-    specs = load_catalog(catalog)
-    return [(spec, read_metrics_file(spec.directory / "metrics.json")) for _, spec in sorted(specs.items())
-            if (spec.directory / "metrics.json").exists()]
-
-
-def _number(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
+    found = [(spec, adapter_metrics(spec)) for _, spec in sorted(load_catalog(catalog).items())]
+    return [(spec, metrics) for spec, metrics in found if metrics is not None]
 
 
 def _targets(metric: str, checks: list[dict]) -> str:
@@ -42,14 +36,14 @@ def adapter_rows(spec: AdapterSpec, metrics: dict) -> list[str]:
     label = f"{spec.name} ({shown} of {total} test)"
     variants = metrics.get("variants", {})
     checks = check_targets(spec, variants)
-    return ["| " + " | ".join([label, metric, *(_number(variants.get(key, {}).get(metric)) for key, _ in VARIANTS),
+    return ["| " + " | ".join([label, metric, *(shown_value(variants.get(v, {}).get(metric)) for v in VARIANTS),
                                _targets(metric, checks)]) + " |"
             for metric in metrics.get("headline", {})]
 
 
 def table(found: list[tuple[AdapterSpec, dict]]) -> str:
     """The markdown that goes between the README markers."""
-    header = ["adapter", "metric", *(title for _, title in VARIANTS), "target"]
+    header = ["adapter", "metric", *(VARIANT_TITLES[v] for v in VARIANTS), "target"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     for spec, metrics in found:
         lines += adapter_rows(spec, metrics)

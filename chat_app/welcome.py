@@ -7,16 +7,18 @@ served, and serving another catalogue never rewrites the project's tracked ``cha
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from adapters.catalog import shown_path
 from adapters.files import write_text_atomic
-from adapters.metrics_file import check_targets
+from adapters.metrics_file import adapter_metrics, check_targets, measured_variants, shown_value, variant_title
 from adapters.runtime import train_command
 from adapters.spec import AdapterSpec
 from chat_app.handlers import is_medical, profiles_for
+
+log = logging.getLogger("adapterlab.chat_app")
 
 GENERATED_NOTE = ("*This page is generated when the app starts, from each adapter's `adapter.yaml` and "
                   "`metrics.json` (chat_app/welcome.py), so it describes the adapters served; edits to "
@@ -24,20 +26,13 @@ GENERATED_NOTE = ("*This page is generated when the app starts, from each adapte
 
 
 def read_metrics(spec: AdapterSpec) -> dict | None:
-    """The adapter's metrics.json, or None when absent or unreadable."""
-    path = spec.directory / "metrics.json"
+    """The adapter's metrics.json, or None when it has none or it is broken: the page then says the
+    adapter is not evaluated, and the log says why (the app starts either way)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return adapter_metrics(spec)
+    except ValueError as exc:
+        log.warning("%s; the app's page shows no metrics for %s", exc, spec.name)
         return None
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
 
 
 def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
@@ -47,21 +42,19 @@ def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
         return (f"Metrics: {state} — `{train_command(spec)}` trains and evaluates it, writing "
                 f"`{shown_path(spec.directory / 'metrics.json')}`; this page shows them at the next start.")
     headline = metrics.get("headline") or {}
-    variants = metrics.get("variants") or {}
-    keys = list(headline) or sorted({k for v in variants.values() if isinstance(v, dict) for k, x in v.items()
+    variants = metrics["variants"]
+    keys = list(headline) or sorted({k for v in variants.values() for k, x in v.items()
                                      if isinstance(x, (int, float)) and not isinstance(x, bool)})
-    shown = [v for v in ("base", "few_shot", "fine_tuned")
-             if isinstance(variants.get(v), dict) and "skipped" not in variants[v]]
+    shown = measured_variants(metrics)
     if not keys or not shown:
         return "Metrics: `metrics.json` holds no headline metrics."
-    names = {"base": "base", "few_shot": f"few-shot (k={metrics.get('few_shot_k', '?')})", "fine_tuned": "fine-tuned"}
-    lines = [f"| metric | {' | '.join(names[v] for v in shown)} |", "|---|" + "---|" * len(shown)]
+    lines = [f"| metric | {' | '.join(variant_title(v, metrics) for v in shown)} |", "|---|" + "---|" * len(shown)]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(_fmt(variants[v].get(key)) for v in shown) + " |")
+        lines.append(f"| {key} | " + " | ".join(shown_value(variants[v].get(key)) for v in shown) + " |")
     where = f"held-out test split, {metrics.get('test_examples', '?')} examples"
     when = metrics.get("evaluated_at")
     intro = f"Headline metrics ({where}{', evaluated ' + str(when) if when else ''}):"
-    met = "".join(f"\n- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {_fmt(t['value'])}"
+    met = "".join(f"\n- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {shown_value(t['value'])}"
                   for t in check_targets(spec, variants))
     return intro + "\n\n" + "\n".join(lines) + (f"\n\nTargets:{met}" if met else "")
 

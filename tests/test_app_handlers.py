@@ -795,6 +795,16 @@ def test_chainlit_md_shows_the_metrics_json_numbers(catalog, tmp_path):
     assert text.count("**not trained yet**") == 2  # an unreadable metrics.json counts as none
 
 
+@pytest.mark.parametrize("content", ['{"variants": [1, 2]}', '{"variants": {"base": 0.5}}', "[]", "{not json"])
+def test_a_broken_metrics_json_leaves_the_page_up_and_says_why_in_the_log(catalog, caplog, content):
+    """The page reads metrics.json through the checked reader; `"variants": [1, 2]` crashed it."""
+    (catalog / "spam" / "metrics.json").write_text(content)
+    with caplog.at_level("WARNING", logger="adapterlab.chat_app"):
+        text = welcome.render_chainlit_md(load_catalog(catalog), "base")
+    assert text.count("**not trained yet**") == 3 and "### Spam check" in text
+    assert f"{catalog / 'spam' / 'metrics.json'}: " in caplog.text and "no metrics for spam" in caplog.text
+
+
 def test_the_committed_chainlit_md_is_generated_from_the_shipped_metrics():
     """chainlit.md is in the repository (what Chainlit shows when the app is not running it); it
     must equal what the shipped specs and metrics.json files produce, as the app serves."""

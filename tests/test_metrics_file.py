@@ -30,3 +30,19 @@ def test_a_target_on_the_base_is_not_met_when_the_base_was_not_measured():
     unmeasured = check_targets(spec, {"base": {"bertscore_f1": 0.5}, "fine_tuned": {"skipped": "not asked for"}})
     assert unmeasured == [{"metric": "bertscore_f1", "target": "> base (0.500)", "value": None, "met": False}]
 
+
+
+def test_eval_keeps_a_fuller_measurement_read_through_the_checked_reader(tmp_path):
+    from training.cli import measurements_lost
+
+    path = tmp_path / "metrics.json"
+    assert measurements_lost(path, ("fine_tuned",), 10) is None  # none yet
+    for broken in ("{not json", '{"variants": [1]}', '{"variants": {"base": {"f1": 0.5}}}'):  # the last: no test_examples
+        path.write_text(broken)
+        assert measurements_lost(path, ("fine_tuned",), 10) is None  # not one evaluation wrote: nothing to keep
+    path.write_text('{"test_examples": 50, "variants": {"base": {"f1": 0.5}, "few_shot": {"skipped": "not asked"}, '
+                    '"fine_tuned": {"f1": 0.9}}}')
+    assert measurements_lost(path, ("base", "fine_tuned"), 50) is None
+    assert measurements_lost(path, ("fine_tuned",), 50) == (
+        f"{path} holds base, fine_tuned on 50 test examples; this evaluation (fine_tuned on 50) would replace it")
+    assert "holds base, fine_tuned on 50" in measurements_lost(path, ("base", "fine_tuned"), 20)

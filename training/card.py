@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from adapters.base_models import KNOWN_BASES, canonical_name
 from adapters.catalog import catalog_option, shown_path
 from adapters.files import write_text_atomic
-from adapters.metrics_file import check_targets
+from adapters.metrics_file import check_targets, measured_variants, shown_value, variant_title
 from adapters.spec import AdapterSpec
 
 
@@ -24,14 +23,6 @@ def write_metrics(spec: AdapterSpec, report: dict, split_report: dict | None, tr
                             for k in spec.headline_metrics}}
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
 
 
 def _seconds(value: float | None) -> str:
@@ -73,7 +64,7 @@ def _decision_text(metrics: dict) -> str:
             f"with the best {d['criterion']} on the validation split ({d['examples']} examples, {d['positives']} "
             f"{d['label']}; F1 {d['f1']:.3f} there against {d['f1_at_argmax']:.3f} at 0.5), stored in "
             f"`threshold.json`; base and few-shot take the most probable label. With 0.5 instead, the test "
-            f"split gives accuracy {_fmt(at_argmax.get('accuracy'))}, F1 {_fmt(at_argmax.get('f1'))}.\n\n")
+            f"split gives accuracy {shown_value(at_argmax.get('accuracy'))}, F1 {shown_value(at_argmax.get('f1'))}.\n\n")
 
 
 def _evaluated_on(metrics: dict) -> str:
@@ -179,7 +170,7 @@ def unevaluated_card_text(spec: AdapterSpec, train_result: dict) -> str:
 {spec.description}
 
 **Not evaluated yet.** These weights were trained ({train_result.get('steps', '—')} steps on
-{train_result.get('device', '—')}, best validation loss {_fmt(train_result.get('best_eval_loss'))}) and not
+{train_result.get('device', '—')}, best validation loss {shown_value(train_result.get('best_eval_loss'))}) and not
 measured since: `adapterlab eval {spec.name}{catalog_option(spec)}{_base_option(spec, train_result.get('base_model'))}` measures them on the held-out test split and writes this
 card with base, few-shot and fine-tuned results.
 
@@ -220,16 +211,16 @@ def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     ``out_dir`` holds."""
     base_id = _base_id(spec, metrics.get("base_model"))
     variants = metrics["variants"]
-    shown = [v for v in ("base", "few_shot", "fine_tuned") if "skipped" not in variants.get(v, {"skipped": 1})]
-    names = {"base": "base", "few_shot": f"few-shot (k={metrics.get('few_shot_k')})", "fine_tuned": "fine-tuned"}
+    shown = measured_variants(metrics)
+    names = {v: variant_title(v, metrics) for v in shown}
     keys = spec.headline_metrics
-    rows = "\n".join(f"| {k} | " + " | ".join(_fmt(variants[v].get(k)) for v in shown) + " |" for k in keys)
+    rows = "\n".join(f"| {k} | " + " | ".join(shown_value(variants[v].get(k)) for v in shown) + " |" for k in keys)
     table = f"| metric | {' | '.join(names[v] for v in shown)} |\n|---|{'---|' * len(shown)}\n{rows}"
     if spec.task == "extract" and shown:
         table += "\n\n| field | " + " | ".join(names[v] for v in shown) + " |\n|---|" + "---|" * len(shown) + "\n"
-        table += "\n".join(f"| {f} | " + " | ".join(_fmt(variants[v]["per_field"][f]) for v in shown) + " |"
+        table += "\n".join(f"| {f} | " + " | ".join(shown_value(variants[v]["per_field"][f]) for v in shown) + " |"
                            for f in spec.fields)
-    targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {_fmt(t['value'])}"
+    targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {shown_value(t['value'])}"
                         for t in check_targets(spec, variants))
     plots = [p for p in ("confusion.png", "metrics.png", "fields.png", "loss.png") if (out_dir / p).is_file()]
     split = metrics.get("split") or {}
@@ -272,8 +263,8 @@ Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('
 | optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
 | sequences | completion-only loss, {training.get('batching', 'padding-free packing')}, max length {t.max_seq_length} |
 | hardware | {_hardware(training)} |
-| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_seconds(training.get('train_seconds'))} s{_compile_note(training)}, {_fmt(training.get('tokens_per_second'))} tokens/s (real tokens) |
-| best validation loss | {_fmt(training.get('best_eval_loss'))} |
+| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_seconds(training.get('train_seconds'))} s{_compile_note(training)}, {shown_value(training.get('tokens_per_second'))} tokens/s (real tokens) |
+| best validation loss | {shown_value(training.get('best_eval_loss'))} |
 | seed | {t.seed} |
 
 ## Prompt

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 from adapters.cli import UsageError, check_output_folder, check_trained_base, positive_int
+from adapters.metrics_file import VARIANTS, measured_variants, read_metrics_file
 from adapters.runtime import read_threshold_record
 
 
@@ -113,7 +114,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import FEW_SHOT_DRAWS, VARIANTS
+    from .evaluate import FEW_SHOT_DRAWS
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     variants = tuple(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
@@ -144,12 +145,14 @@ def cmd_eval(args) -> int:
 def measurements_lost(metrics_file: Path, variants: tuple[str, ...], examples: int) -> str | None:
     """What writing an evaluation of ``variants`` on ``examples`` test examples over ``metrics_file``
     would lose (variants it holds that this one lacks, or more test examples); None when nothing."""
+    if not metrics_file.exists():
+        return None
     try:
-        recorded = json.loads(metrics_file.read_text(encoding="utf-8"))
-        held = [v for v, result in recorded["variants"].items() if "skipped" not in result]
+        recorded = read_metrics_file(metrics_file)
         recorded_examples = int(recorded["test_examples"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # none, or not one this tool wrote: nothing measured to keep
+    except (ValueError, KeyError, TypeError):
+        return None  # not one this tool wrote: nothing measured to keep
+    held = measured_variants(recorded)
     if recorded_examples <= examples and set(held) <= set(variants):
         return None
     return (f"{metrics_file} holds {', '.join(held)} on {recorded_examples} test examples; this evaluation "
@@ -158,8 +161,6 @@ def measurements_lost(metrics_file: Path, variants: tuple[str, ...], examples: i
 
 def cmd_card(args) -> int:
     from adapters.files import refresh_generated
-
-    from adapters.catalog import read_metrics_file
 
     from .card import card_text
 
@@ -178,7 +179,7 @@ def _evaluate(name: str, args, splits, train_result, variants=None, out_dir: Pat
     from adapters.runtime import Runtime
 
     from .card import write_card, write_metrics
-    from .evaluate import VARIANTS, evaluate_adapter
+    from .evaluate import evaluate_adapter
 
     runtime = Runtime.local(args.catalog, base=args.base_model, options=LoadOptions(device=args.device),
                             only=[name])

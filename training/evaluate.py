@@ -32,11 +32,11 @@ from typing import Any
 from adapters.bench import environment
 from adapters.prompts import target_text
 from adapters.files import write_lines_atomic, write_text_atomic
+from adapters.metrics_file import VARIANTS
 from adapters.runtime import FEW_SHOT_FILE, THRESHOLD_FILE, Runtime, read_threshold_record
 from adapters.spec import AdapterSpec
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-VARIANTS = ("base", "few_shot", "fine_tuned")
 FEW_SHOT_K = {"classify": 4, "generate": 2, "extract": 3}
 FEW_SHOT_DRAWS = 5  # seeded draws of few-shot examples, scored on validation: the spec's seed, then the next ones
 # validation examples a draw is scored on: a generated answer or extraction costs a generation each
