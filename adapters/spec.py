@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import yaml
 
-TASK_KINDS = ("classify", "generate", "extract")
 SPEC_FILE = "adapter.yaml"
 
 
@@ -69,7 +68,8 @@ GROUPED_FORMATS = ("medquad_csv", "oncology_jsonl")
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the examples come from: a local file (path relative to the project root) or the Hub."""
+    """Where the examples come from: a local file (a relative path is read from the project root, then
+    from the spec's own folder; see ``training.data.data_candidates``) or the Hub."""
 
     format: Literal["sms_spam_tsv", "medquad_csv", "oncology_jsonl"]
     local_path: str | None = None
