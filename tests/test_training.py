@@ -119,6 +119,8 @@ def test_the_model_card_has_hugging_face_front_matter_and_the_measured_table(tra
     # names them (copied as printed, they had named an unknown adapter or loaded the wrong base)
     assert f"adapterlab eval spam --catalog {trained.parent} --base-model {tiny_base} --eval-limit 8" in card
     assert f"adapterlab predict spam --catalog {trained.parent} --base-model {tiny_base} --input" in card
+    # the Python snippet loads the same catalogue and base the commands name
+    assert f'Runtime.local("{trained.parent.resolve()}", base="{tiny_base}", only=["spam"])' in card
     assert f'PeftModel.from_pretrained(base_model, "{trained}")' in card
     assert "Not for clinical decisions" not in card and "medical" not in front  # a spam filter: no medical tag
     assert "the best of 5 seeded draws by F1 of 'spam' on the validation split" in card

@@ -138,14 +138,16 @@ def _base_option(spec: AdapterSpec, trained_on: str | None) -> str:
 
 
 def _use_text(spec: AdapterSpec, base_name: str) -> str:
-    catalog = catalog_option(spec) + _base_option(spec, base_name)
+    options = catalog_option(spec) + _base_option(spec, base_name)
+    arguments = ([f'"{spec.directory.resolve().parent}"'] if catalog_option(spec) else []) + (
+        [f'base="{base_name}"'] if _base_option(spec, base_name) else []) + [f'only=["{spec.name}"]']
     return f"""```bash
-adapterlab predict {spec.name}{catalog} --input in.jsonl --output out.jsonl
+adapterlab predict {spec.name}{options} --input in.jsonl --output out.jsonl
 ```
 
 ```python
 from adapters import Runtime                  # the runtime the app and evaluation use
-rt = Runtime.local({f'"{spec.directory.resolve().parent}", ' if catalog else ''}only=["{spec.name}"])
+rt = Runtime.local({", ".join(arguments)})
 
 from adapters.base_models import load_base    # or plain PEFT, on the base these weights were trained on
 from peft import PeftModel
