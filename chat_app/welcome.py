@@ -14,7 +14,7 @@ from pathlib import Path
 from adapters.catalog import shown_path
 from adapters.files import write_text_atomic
 from adapters.metrics_file import adapter_metrics, check_targets, measured_variants, shown_value, variant_title
-from adapters.runtime import train_command
+from adapters.runtime import eval_command, train_command
 from adapters.spec import AdapterSpec
 from chat_app.handlers import is_medical, profiles_for
 
@@ -37,10 +37,11 @@ def read_metrics(spec: AdapterSpec) -> dict | None:
 
 def metrics_section(spec: AdapterSpec, metrics: dict | None) -> str:
     """Headline metrics as a table (fine-tuned vs base and few-shot), or the "not trained yet" line."""
+    written = f"writing `{shown_path(spec.directory / 'metrics.json')}`; this page shows them at the next start."
+    if not metrics and spec.has_weights:  # new weights: training again would throw them away
+        return f"Metrics: weights present, not evaluated yet — `{eval_command(spec)}` evaluates them, {written}"
     if not metrics:
-        state = "weights present, not evaluated yet" if spec.has_weights else "**not trained yet**"
-        return (f"Metrics: {state} — `{train_command(spec)}` trains and evaluates it, writing "
-                f"`{shown_path(spec.directory / 'metrics.json')}`; this page shows them at the next start.")
+        return f"Metrics: **not trained yet** — `{train_command(spec)}` trains and evaluates it, {written}"
     headline = metrics.get("headline") or {}
     variants = metrics["variants"]
     keys = list(headline) or sorted({k for v in variants.values() for k, x in v.items()

@@ -837,6 +837,19 @@ def test_another_catalogues_readme_describes_its_own_adapters(catalog, tmp_path)
     assert f"`adapterlab train mood --catalog {tmp_path / 'mine'}`" in text
 
 
+def test_the_readme_asks_new_weights_for_an_evaluation_not_a_training_that_would_replace_them(catalog, tmp_path):
+    import dataclasses
+
+    spec = dataclasses.replace(load_catalog(catalog)["spam"], directory=tmp_path / "mine" / "spam")
+    assert "not trained yet" in welcome.metrics_section(spec, None)
+    (spec.directory).mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (spec.directory / name).write_text("{}")
+    section = welcome.metrics_section(spec, None)
+    assert "weights present, not evaluated yet" in section and "adapterlab train" not in section
+    assert f"`adapterlab eval spam --catalog {tmp_path / 'mine'}` evaluates them" in section
+
+
 def test_the_app_s_advice_for_another_catalogue_names_its_folder_and_catalog_option(catalog, tmp_path):
     """The not-trained and no-few-shot messages named `adapters/<name>/` and `adapterlab train <name>`
     for any catalogue, so a user of another one trained (or looked in) the project's."""

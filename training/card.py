@@ -137,6 +137,10 @@ def _base_option(spec: AdapterSpec, trained_on: str | None) -> str:
     return f" --base-model {trained_on}"
 
 
+def _steps(steps) -> str:
+    return f"{steps} step{'' if steps == 1 else 's'}" if steps is not None else "— steps"
+
+
 def _use_text(spec: AdapterSpec, base_name: str) -> str:
     options = catalog_option(spec) + _base_option(spec, base_name)
     arguments = ([f'"{spec.directory.resolve().parent}"'] if catalog_option(spec) else []) + (
@@ -171,7 +175,7 @@ def unevaluated_card_text(spec: AdapterSpec, train_result: dict) -> str:
 
 {spec.description}
 
-**Not evaluated yet.** These weights were trained ({train_result.get('steps', '—')} steps on
+**Not evaluated yet.** These weights were trained ({_steps(train_result.get('steps'))} on
 {train_result.get('device', '—')}, best validation loss {shown_value(train_result.get('best_eval_loss'))}) and not
 measured since: `adapterlab eval {spec.name}{catalog_option(spec)}{_base_option(spec, train_result.get('base_model'))}` measures them on the held-out test split and writes this
 card with base, few-shot and fine-tuned results.
