@@ -233,7 +233,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     resume_from = _checkpoint_to_resume(run_dir, fingerprint, restart, progress and is_main_process())
 
     qlora = t.method == "qlora"
-    on_cuda = LoadOptions(device=device).torch_device().startswith("cuda")
+    torch_device = LoadOptions(device=device).torch_device()
+    on_cuda = torch_device.startswith("cuda")
     # on a CPU (tests, tiny models) training stays float32 whatever the loader's default: there is
     # no bf16 autocast there, so bf16 weights would also mean bf16 activations and gradients
     options = LoadOptions(device=device, load_in_4bit=qlora, dtype="bfloat16" if on_cuda else "float32")
@@ -319,7 +320,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
 
     result = TrainResult(
         adapter=spec.name, base_model=canonical_name(base), method=t.method,
-        device=torch.cuda.get_device_name(0) if on_cuda else "cpu",
+        device=torch.cuda.get_device_name(torch_device) if on_cuda else "cpu",
         steps=trainer.state.global_step, epochs=round(trainer.state.epoch or 0, 3),
         train_examples=len(train_rows), train_seconds=round(throughput.train_seconds, 2),
         train_tokens=int(trainer.state.num_input_tokens_seen),
