@@ -250,6 +250,7 @@ async def _stop_unless_reconnected(session, task: asyncio.Task) -> None:
 
 
 STOP_REASONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message task -> why the app stopped it
+STOP_SAID: weakref.WeakSet = weakref.WeakSet()  # message tasks whose stop a message has already told
 
 
 def _stop_reason() -> str:
@@ -283,6 +284,34 @@ def _keep_stop_button_on_reconnect() -> None:
 
 
 _keep_stop_button_on_reconnect()
+
+
+def _stop_without_a_second_message() -> None:
+    """Chainlit 2.12's Stop handler sends "Task manually stopped." before it cancels the message's
+    task, under the app's own "stopped by you" (which says what was kept). Replace it with one that
+    only cancels; a step that says nothing of its own stop gets the app's line (``on_message``)."""
+    from chainlit.config import config
+    from chainlit.context import init_ws_context
+    from chainlit.server import sio
+    from chainlit.session import WebsocketSession
+
+    original = sio.handlers.get("/", {}).get("stop")
+    if original is None or getattr(original, "_adapterlab", False):
+        return
+
+    async def stop(sid):
+        if session := WebsocketSession.get(sid):
+            init_ws_context(session)
+            if session.current_task:
+                session.current_task.cancel()
+            if config.code.on_stop:
+                await config.code.on_stop()
+
+    stop._adapterlab = True
+    sio.on("stop", stop)
+
+
+_stop_without_a_second_message()
 
 
 def _accept_empty_uploads() -> None:
@@ -357,8 +386,10 @@ async def on_message(message: cl.Message):
         await cl.Message(content=f"✏️ {str(exc)[:1].upper()}{str(exc)[1:]}").send()
     except AdapterNotTrainedError:
         await cl.Message(content=handlers.not_trained_message(SPECS[profile.adapter])).send()
-    except asyncio.CancelledError:
-        pass  # the Stop button: Chainlit has said so; the message's task ends without an error mark
+    except asyncio.CancelledError:  # stopped in a step that says nothing itself (a check, an extraction)
+        if asyncio.current_task() not in STOP_SAID:
+            await cl.Message(content=f"⏹ {_stop_reason()[:1].upper()}{_stop_reason()[1:]}.").send()
+        # the message's task ends normally, without an error mark
     except Exception as exc:  # noqa: BLE001 - the app keeps serving; details without message text
         log.error("adapterlab: %s failed with %s\n%s", profile.name, type(exc).__name__,
                   "".join(traceback.format_tb(exc.__traceback__)))
@@ -437,6 +468,7 @@ async def _ready_runtime() -> Runtime:
     except asyncio.CancelledError:  # stopped while waiting: the "answered as soon as ready" promise goes
         waiting.content = f"⏹ {_stop_reason()} while the model was loading: this message is not answered."
         await waiting.update()
+        STOP_SAID.add(asyncio.current_task())
         raise
     if HOLDER.state == "failed":
         waiting.content = handlers.load_failed_message(HOLDER.error or "unknown error")
