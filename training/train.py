@@ -249,44 +249,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     fit_note = check_answers_fit(tokenizer, train_rows, t.max_seq_length, str(spec.directory / "adapter.yaml"))
     if fit_note and is_main_process():
         print(f"train: {fit_note}", file=sys.stderr)
-    steps_per_eval = t.eval_steps
-    config = dict(
-        output_dir=str(run_dir),
-        num_train_epochs=t.epochs,
-        max_steps=max_steps if max_steps else -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is read as a ratio of the total steps
-        lr_scheduler_type="cosine",
-        max_length=t.max_seq_length,
-        # QLoRA is for bases that barely fit: trade recomputation for memory. LoRA bases here fit without it.
-        **activation_checkpointing(qlora),
-        **batching_args(t.batching),
-        completion_only_loss=True,
-        eval_strategy="steps",
-        eval_steps=steps_per_eval,
-        save_strategy="steps",
-        save_steps=steps_per_eval,
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=max(1, min(10, steps_per_eval)),
-        include_num_input_tokens_seen="non_padding",
-        bf16=on_cuda and not qlora,
-        optim="paged_adamw_8bit" if (qlora and on_cuda) else ("adamw_torch_fused" if on_cuda else "adamw_torch"),
-        seed=t.seed,
-        data_seed=t.seed,
-        report_to=[],
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        use_cpu=not on_cuda,
-        # every LoRA weight gets a gradient each step: searching the graph for unused ones (the
-        # Trainer's default for a PEFT model) is an extra traversal per step, and DDP warns about it
-        ddp_find_unused_parameters=False,
-    )
+    config = trainer_arguments(spec, run_dir, max_steps, on_cuda, progress)
     args = SFTConfig(**{**config, **(extra_args or {})})
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                       target_modules=list(spec.lora.target_modules), task_type="CAUSAL_LM")
@@ -337,6 +300,52 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         # their evaluation
         clear_run_folder(run_dir)
     return result
+
+
+def trainer_arguments(spec: AdapterSpec, run_dir: Path, max_steps: int | None, on_cuda: bool,
+                      progress: bool) -> dict:
+    """TRL's ``SFTConfig`` arguments for the spec's hyper-parameters: completion-only loss, evaluation
+    and a checkpoint every ``eval_steps`` (the best kept, by validation loss), bf16 and fused AdamW on
+    a GPU (paged 8-bit AdamW for QLoRA), fixed seeds."""
+    t, steps_per_eval = spec.training, spec.training.eval_steps
+    qlora = t.method == "qlora"
+    return dict(
+        output_dir=str(run_dir),
+        num_train_epochs=t.epochs,
+        max_steps=max_steps if max_steps else -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is read as a ratio of the total steps
+        lr_scheduler_type="cosine",
+        max_length=t.max_seq_length,
+        # QLoRA is for bases that barely fit: trade recomputation for memory. LoRA bases here fit without it.
+        **activation_checkpointing(qlora),
+        **batching_args(t.batching),
+        completion_only_loss=True,
+        eval_strategy="steps",
+        eval_steps=steps_per_eval,
+        save_strategy="steps",
+        save_steps=steps_per_eval,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=max(1, min(10, steps_per_eval)),
+        include_num_input_tokens_seen="non_padding",
+        bf16=on_cuda and not qlora,
+        optim="paged_adamw_8bit" if (qlora and on_cuda) else ("adamw_torch_fused" if on_cuda else "adamw_torch"),
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[],
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not on_cuda,
+        # every LoRA weight gets a gradient each step: searching the graph for unused ones (the
+        # Trainer's default for a PEFT model) is an extra traversal per step, and DDP warns about it
+        ddp_find_unused_parameters=False,
+    )
 
 
 def default_run_dir(spec: AdapterSpec) -> Path:
