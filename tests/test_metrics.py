@@ -12,7 +12,7 @@ from training.evaluate import load_metric
 
 @pytest.fixture(scope="module")
 def spam_metric():
-    return load_metric("spam_classification")
+    return load_metric("binary_classification")
 
 
 def test_a_perfect_spam_scorer_gets_auroc_one_and_an_inverted_one_zero(spam_metric):
@@ -34,8 +34,8 @@ def test_spam_is_the_positive_class(spam_metric):
     assert result["accuracy"] == pytest.approx(0.6)
 
 
-def test_oncology_fields_compare_after_the_documented_normalisation():
-    from training.metrics.oncology_fields import normalise
+def test_field_extraction_compare_after_the_documented_normalisation():
+    from training.metrics.field_extraction import normalise
 
     assert normalise("HER2 amplification; ER positive; PR positive") == \
         normalise("ER positive, PR positive and HER2 amplification")
@@ -45,7 +45,7 @@ def test_oncology_fields_compare_after_the_documented_normalisation():
     assert normalise("HER2 amplification; ER-negative") == normalise("ER negative; HER2 amplification")
     assert normalise("HRD\u2013positive") == normalise("HRD positive") != normalise("HRD negative")
 
-    metric = load_metric("oncology_fields")
+    metric = load_metric("field_extraction")
     fields = ["stage", "biomarker"]
     refs = [json.dumps({"stage": "IV", "biomarker": "ER positive; PR positive"}),
             json.dumps({"stage": "IIA", "biomarker": None})]
@@ -59,14 +59,14 @@ def test_oncology_fields_compare_after_the_documented_normalisation():
 
 
 def test_oncology_token_f1_credits_partial_overlap_but_not_nulls():
-    from training.metrics.oncology_fields import token_f1
+    from training.metrics.field_extraction import token_f1
 
     assert token_f1("cutaneous melanoma", "melanoma (cutaneous)") == 1.0
     assert token_f1("melanoma", "cutaneous melanoma") == pytest.approx(2 / 3)
     assert token_f1("leuprolide", "docetaxel") == 0.0
     assert token_f1(None, "not mentioned") == 1.0 and token_f1(None, "melanoma") == 0.0
 
-    metric = load_metric("oncology_fields")
+    metric = load_metric("field_extraction")
     result = metric.compute(predictions=[json.dumps({"cancer_type": "melanoma", "stage": None})],
                             references=[json.dumps({"cancer_type": "cutaneous melanoma", "stage": "IV"})],
                             fields=["cancer_type", "stage"])
@@ -76,7 +76,7 @@ def test_oncology_token_f1_credits_partial_overlap_but_not_nulls():
 
 
 def test_generation_metrics_reward_the_closer_answer():
-    metric = load_metric("medquad_generation")
+    metric = load_metric("answer_overlap")
     ref = ["Glaucoma is a group of eye diseases that damage the optic nerve."]
     close = metric.compute(predictions=["Glaucoma is a group of diseases that damage the optic nerve."],
                            references=ref)

@@ -106,7 +106,7 @@ def _classify(runtime, spec, test, kwargs, in_batches):
     if len(spec.labels) > 2:
         return _classify_multi(spec, test, out), out
     positive = spec.labels[-1]  # spam: the last label is the positive class
-    metric = load_metric("spam_classification")
+    metric = load_metric("binary_classification")
     refs = [int(ex.target == positive) for ex in test]
     preds = [int(r.label == positive) for r in out]
     scores = [r.probs[positive] for r in out]
@@ -201,7 +201,7 @@ def _few_shot_scores(runtime: Runtime, spec: AdapterSpec, validation, shots, in_
     if spec.task == "generate":  # ROUGE only: BERTScore and perplexity would double the cost
         answers = in_batches(lambda qs, b: runtime.answer(spec.name, qs, batch_size=b, **kwargs),
                              [ex.input for ex in validation])
-        result = load_metric("medquad_generation").compute(predictions=answers,
+        result = load_metric("answer_overlap").compute(predictions=answers,
                                                            references=[ex.target for ex in validation])
         return {"score": result["rougeL"], "rougeL": result["rougeL"]}
     result, _ = _extract(runtime, spec, validation, kwargs, in_batches)
@@ -226,7 +226,7 @@ def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: 
     scores = [r.probs[positive] for r in out]
     refs = [int(ex.target == positive) for ex in examples]
     threshold, f1 = choose_threshold(scores, refs)
-    at_half = load_metric("spam_classification").compute(
+    at_half = load_metric("binary_classification").compute(
         predictions=[int(s > 0.5) for s in scores], references=refs, scores=scores)["f1"]
     record = {"label": positive, "threshold": round(threshold, 6), "criterion": f"F1 of {positive!r}",
               "split": "validation", "examples": len(examples), "positives": sum(refs),
@@ -250,7 +250,7 @@ def _generate(runtime, spec, test, kwargs, in_batches):
     # end), since a 256-token answer cannot match a 1,500-word page; the card says so
     references = [ex.target for ex in test]
     answers = in_batches(lambda qs, b: runtime.answer(spec.name, qs, batch_size=b, **kwargs), questions)
-    result = load_metric("medquad_generation").compute(predictions=answers, references=references)
+    result = load_metric("answer_overlap").compute(predictions=answers, references=references)
     bert = load_metric("bertscore_local").compute(predictions=answers, references=references,
                                                   device=runtime.backend.device)
     result["bertscore_f1"] = bert["f1"]
@@ -267,7 +267,7 @@ def _generate(runtime, spec, test, kwargs, in_batches):
 def _extract(runtime, spec, test, kwargs, in_batches):
     out = in_batches(lambda texts, b: runtime.extract(spec.name, texts, batch_size=b, **kwargs),
                      [ex.input for ex in test])
-    result = load_metric("oncology_fields").compute(
+    result = load_metric("field_extraction").compute(
         predictions=[json.dumps(r.fields) for r in out],
         references=[json.dumps({f: ex.target.get(f) for f in spec.fields}) for ex in test],
         fields=list(spec.fields), valid=[r.valid for r in out])

@@ -83,7 +83,7 @@ def main() -> None:
         started = time.perf_counter()
         answers = answers_with(runtime, questions, extra, args.batch_size)
         seconds = time.perf_counter() - started
-        overlap = load_metric("medquad_generation").compute(predictions=answers, references=references)
+        overlap = load_metric("answer_overlap").compute(predictions=answers, references=references)
         bert = load_metric("bertscore_local").compute(predictions=answers, references=references)
         rows[name] = {
             "generate_arguments": extra,

@@ -1,6 +1,6 @@
 """Classification metrics for three labels or more as an `evaluate` module: accuracy, and precision,
 recall and F1 macro-averaged over the labels (each label counts the same, however rare), with F1 per
-label. Loaded by path, so it works with no Hub access. Two-label adapters use spam_classification."""
+label. Loaded by path, so it works with no Hub access. Two-label adapters use binary_classification."""
 
 import datasets
 import evaluate

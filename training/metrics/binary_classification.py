@@ -1,14 +1,15 @@
-"""Spam classification metrics as an `evaluate` module: accuracy, and precision, recall, F1 and AUROC
-of the positive class (spam). Loaded by path, so it works with no Hub access."""
+"""Two-label classification metrics as an `evaluate` module: accuracy, and precision, recall, F1 and
+AUROC of the positive class (the spec's last label: spam). Loaded by path, so it works with no Hub
+access."""
 
 import datasets
 import evaluate
 
-_DESCRIPTION = """Binary classification metrics with spam (label 1) as the positive class. `scores` are
-P(spam) per example; AUROC is computed from them (a perfect scorer gets 1.0, an inverted one 0.0)."""
+_DESCRIPTION = """Binary classification metrics with label 1 (spam) as the positive class. `scores` are
+P(label 1) per example; AUROC is computed from them (a perfect scorer gets 1.0, an inverted one 0.0)."""
 
 
-class SpamClassification(evaluate.Metric):
+class BinaryClassification(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION, citation="", inputs_description="predictions, references: 0/1; scores: P(1)",

@@ -1,4 +1,4 @@
-"""Oncology extraction metrics as an `evaluate` module: JSON-valid rate, exact match per field after
+"""Field extraction metrics (the oncology adapter's, any extract adapter's) as an `evaluate` module: JSON-valid rate, exact match per field after
 normalisation, and micro-averaged field accuracy. Loaded by path, so it works with no Hub access.
 
 Normalisation (applied to prediction and reference alike):
@@ -52,7 +52,7 @@ def token_f1(prediction, reference) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class OncologyFields(evaluate.Metric):
+class FieldExtraction(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=__doc__, citation="",

@@ -1,4 +1,5 @@
-"""Answer-quality metrics for generated answers as an `evaluate` module: ROUGE-1/2/L (rouge-score),
+"""Answer-quality metrics for generated answers (the MedQuAD adapter's, any generate adapter's) as an
+`evaluate` module: ROUGE-1/2/L (rouge-score),
 corpus BLEU (sacrebleu) and the length ratio of predictions to references. BERTScore and perplexity need
 models and are computed in training/evaluate.py. Loaded by path, so it works with no Hub access."""
 
@@ -6,7 +7,7 @@ import datasets
 import evaluate
 
 
-class MedquadGeneration(evaluate.Metric):
+class AnswerOverlap(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=__doc__, citation="", inputs_description="predictions, references: strings",
