@@ -1,10 +1,10 @@
 """The runtime's tasks as LangChain Runnables: a prompt template built from the adapter spec, then the
 runtime call.
 
-The templates are a LangChain *view* of ``adapters.prompts``: ``task_prompt`` produces exactly
-``task_messages`` and ``chat_prompt`` exactly ``chat_messages`` (tests check it, and every chain checks
-it again before calling the model), while the model call itself is the runtime's, so the app renders
-and runs a prompt the one way training and evaluation do. Chainlit's LangChain callback handler shows
+The templates are made from ``adapters.prompts``' own messages (``task_messages``, ``chat_messages``,
+rendered with a slot where the text goes), so they produce exactly those (tests check it, and every
+chain checks it again before calling the model), while the model call itself is the runtime's: the
+app renders and runs a prompt the one way training and evaluation do. Chainlit's LangChain callback handler shows
 each chain's steps (prompt, then the runtime call) in the UI.
 
 Every chain takes a dict and returns plain data (dicts, strings), so the steps display as JSON:
@@ -43,41 +43,43 @@ class PromptMismatchError(RuntimeError):
 
 # --- prompt templates ------------------------------------------------------------------------------
 
+# stands for the input while ``adapters.prompts`` renders the messages a template is made from
+TEXT_SLOT = "\x00text\x00"
+
+
 def task_prompt(spec: AdapterSpec, *, system: str | None = None,
                 examples: Sequence[tuple[str, str]] = ()) -> ChatPromptTemplate:
-    """The spec's prompt with one variable, ``text``: system, few-shot turns, the user template.
-
-    Fixed parts are message objects, not templates, so braces in a system prompt or a JSON few-shot
-    answer are kept as they are; the user template is formatted like ``str.format`` does in
-    ``task_messages``.
-    """
-    parts: list = [SystemMessage(content=system if system is not None else spec.prompt.system)]
-    for example_input, example_target in examples:
-        parts.append(HumanMessage(content=spec.prompt.user_template.format(text=example_input)))
-        parts.append(AIMessage(content=example_target))
-    parts.append(HumanMessagePromptTemplate.from_template(spec.prompt.user_template))
-    return ChatPromptTemplate.from_messages(parts)
+    """The spec's prompt with one variable, ``text``: ``task_messages`` itself (system, few-shot
+    turns, the user template), rendered with a slot where the text goes."""
+    *fixed, last = task_messages(spec, TEXT_SLOT, system=system, examples=examples)
+    return ChatPromptTemplate.from_messages([*_as_langchain(fixed), _user_template(last["content"])])
 
 
 def chat_prompt(spec: AdapterSpec | None, *, system: str | None = None) -> ChatPromptTemplate:
-    """A conversation: the system message, ``history`` (earlier turns and few-shot pairs, user turns
-    already through the user template: see ``history_messages``), then the new user ``text``."""
-    system = system if system is not None else (spec.prompt.system if spec else None)
-    parts: list = [SystemMessage(content=system)] if system else []
-    parts.append(MessagesPlaceholder("history", optional=True))
-    parts.append(HumanMessagePromptTemplate.from_template(spec.prompt.user_template if spec else "{text}"))
-    return ChatPromptTemplate.from_messages(parts)
+    """A conversation: ``chat_messages``' system message, ``history`` (earlier turns and few-shot
+    pairs, user turns already through the user template: see ``history_messages``), then the new
+    user ``text`` through it."""
+    *fixed, last = chat_messages(spec, [{"role": "user", "content": TEXT_SLOT}], system=system)
+    return ChatPromptTemplate.from_messages([*_as_langchain(fixed), MessagesPlaceholder("history", optional=True),
+                                             _user_template(last["content"])])
 
 
 def history_messages(spec: AdapterSpec | None, turns: Sequence[Message]) -> list[BaseMessage]:
-    """Earlier turns as LangChain messages, user turns through the spec's user template."""
-    out = []
-    for turn in turns:
-        content = turn["content"]
-        if spec is not None and turn["role"] == "user":
-            content = spec.prompt.user_template.format(text=content)
-        out.append(LC_TYPES[turn["role"]](content=content))
-    return out
+    """Earlier turns as LangChain messages, user turns through the spec's user template (as
+    ``chat_messages`` puts them; no system message of its own)."""
+    return _as_langchain(chat_messages(spec, turns, system="") if turns else [])
+
+
+def _as_langchain(messages: Sequence[Message]) -> list[BaseMessage]:
+    """Fixed messages as message objects, not templates: braces in a system prompt or a JSON answer
+    stay as they are."""
+    return [LC_TYPES[m["role"]](content=m["content"]) for m in messages]
+
+
+def _user_template(rendered: str) -> HumanMessagePromptTemplate:
+    """The user turn rendered around ``TEXT_SLOT`` as a template whose one variable is ``text``."""
+    escaped = [part.replace("{", "{{").replace("}", "}}") for part in rendered.split(TEXT_SLOT)]
+    return HumanMessagePromptTemplate.from_template("{text}".join(escaped))
 
 
 def as_dicts(messages: Sequence[BaseMessage]) -> list[Message]:

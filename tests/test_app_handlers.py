@@ -92,7 +92,9 @@ def test_few_shot_examples_reach_the_runtime(tiny_base, catalog, monkeypatch):
 
 def test_a_chain_refuses_to_run_when_its_prompt_drifts_from_adapters_prompts(tiny_base, catalog, monkeypatch):
     rt = runtime(tiny_base, catalog)
-    monkeypatch.setattr(chains, "task_messages", lambda *a, **kw: [{"role": "user", "content": "other"}])
+    # a template that puts the text in other words than adapters.prompts would (a LangChain change)
+    make = chains._user_template
+    monkeypatch.setattr(chains, "_user_template", lambda rendered: make(rendered + " (drifted)"))
     with pytest.raises(chains.PromptMismatchError):
         chains.classify_chain(rt, "spam", base=True).invoke({"texts": ["hello"]})
 
