@@ -671,7 +671,7 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
         for start in range(0, total, step):
             # no LangChain step per chunk: a 1,000-row upload would fill the page with steps
             results += await chain.ainvoke({"texts": upload.texts[start:start + step]})
-            progress.content = f"⏳ Processed {len(results):,} of {total:,} texts from `{name}`…"
+            progress.content = handlers.batch_progress_message(name, upload, len(results))
             await progress.update()
     except asyncio.CancelledError:  # the Stop button: the texts done are kept, as Chat and Compare keep theirs
         if not results:
@@ -732,7 +732,8 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
         running, reason = columns[len(outcomes)][0], _stop_reason()
         for name, *_ in columns[len(outcomes):]:
             partial = "".join(pieces) if name == running else ""
-            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=reason)
+            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=reason,
+                                             output_tokens=runtime.backend.count_tokens(partial))
                             if partial else handlers.Outcome(name, unavailable=f"{reason} before it ran", stopped=reason))
     content = handlers.compare_markdown(spec, text, outcomes, chosen_by)
     if spec.task == "generate":

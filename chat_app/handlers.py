@@ -30,6 +30,7 @@ NOT_CLINICAL = ("🧪 **Not for clinical decisions.** A demo on synthetic narrat
                 "against the source text.")
 MAX_MESSAGE_CHARS = 200_000  # beyond this a message is cut before tokenizing (the model reads far less)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+HEADER_WORDS = 3  # a column name with more words is taken for a text, not a name
 NOT_TEXT_WORDS = {"id", "no", "number", "num", "date", "time", "label", "type", "count", "length", "category"}
 TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report", "question", "content", "body")
 UPLOAD_SUFFIXES = (".txt", ".csv", ".jsonl")
@@ -476,14 +477,17 @@ def _first_row(content: str, delimiter: str) -> list[str]:
 
 def _text_column(header: list[str]) -> int | None:
     """The index of the text column a header names, or None: the first of ``TEXT_COLUMNS`` (in that
-    order) that is a column's name, else a word of its name ("Clinical Notes"), where the name has
-    no word of an identifier or a label ("note_id", "sms label")."""
+    order) that is a column's name, else a word of a short name ("Clinical Notes"; not "note_id" or
+    "sms label", which name something else, nor a first text such as "Text me when you get home",
+    which names nothing: read as a header, that text was lost)."""
     names = [h.strip().lower() for h in header]
     exact = next((names.index(c) for c in TEXT_COLUMNS if c in names), None)
     if exact is not None:
         return exact
-    words = [{w for word in re.findall(r"[a-z]+", name) for w in (word, word.removesuffix("s"))} for name in names]
-    return next((i for c in TEXT_COLUMNS for i, w in enumerate(words) if c in w and not w & NOT_TEXT_WORDS), None)
+    words = [[w for word in re.findall(r"[a-z]+", name) for w in (word, word.removesuffix("s"))] for name in names]
+    named = [set(w) if len(re.findall(r"[a-z]+", name)) <= HEADER_WORDS and not set(w) & NOT_TEXT_WORDS else set()
+             for name, w in zip(names, words)]
+    return next((i for c in TEXT_COLUMNS for i, w in enumerate(named) if c in w), None)
 
 
 def _safe_name(name: str) -> str:
@@ -704,7 +708,9 @@ def results_csv(header: Sequence[str], rows: Sequence[Sequence], upload: Upload 
     out = io.StringIO()
     writer = csv.writer(out, delimiter=upload.delimiter if upload is not None else ",")
     lead = [upload.row_name, *upload.columns] if upload is not None else []
-    writer.writerow([*lead, *header])
+    # a file's own column named like a result ("label": gold labels) is kept as file_label, so that
+    # the CSV never has two columns of one name
+    writer.writerow([*(f"file_{c}" if c in header and i else c for i, c in enumerate(lead)), *header])
     for i, row in enumerate(rows):
         source = [upload.rows[i], *upload.values[i]] if upload is not None else []
         writer.writerow([*source, *("" if v is None else v for v in row)])
@@ -729,6 +735,11 @@ def batch_start_message(name: str, upload: Upload) -> str:
         return (f"⏳ Processing the first {count:,} of the {upload.total:,} texts in `{_safe_name(name)}` (the "
                 "limit for one upload on this server)…")
     return f"⏳ Processing {count:,} text{'' if count == 1 else 's'} from `{_safe_name(name)}`…"
+
+
+def batch_progress_message(name: str, upload: Upload, done: int) -> str:
+    of_file = f" (the first {len(upload.texts):,} of {upload.total:,})" if upload.total > len(upload.texts) else ""
+    return f"⏳ Processed {done:,} of {len(upload.texts):,} texts{of_file} from `{_safe_name(name)}`…"
 
 
 def text_read(text: str, result: dict) -> str:
@@ -835,7 +846,7 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
                          *per(lambda o, n=name, d=differs: _compared_value(o.result["fields"].get(n), d, text))])
         rows.append(["output", *per(lambda o: f"⌛ cut at the {o.result['cut_at']}-token limit"
                                     if o.result.get("cut_at") else ("❌ invalid" if not o.result["valid"]
-                                    else ("⚠️ repaired" if o.result["repaired"] else "✅ valid")))])
+                                    else ("⚠️ repaired" if o.result["repaired"] else "valid")))])
     else:
         rows.append(["answer", *per(lambda o: cell(o.result) if o.result and o.result.strip() else "*(empty)*")])
     rows.append(["latency", *per(lambda o: f"{o.seconds:.2f} s" if o.seconds is not None else "—")])
@@ -872,10 +883,13 @@ def _one_line(markdown: str) -> str:
 
 
 def _tokens(o: Outcome) -> str:
-    if o.prompt_tokens is None:
+    """"N in / M out"; a column stopped while generating knows only what it wrote: "M out"."""
+    if o.prompt_tokens is None and o.output_tokens is None:
         return "—"
     cut = f" (cut at the {o.cut_at}-token limit)" if o.cut_at is not None else ""
-    return f"{o.prompt_tokens} in" + (f" / {o.output_tokens} out" if o.output_tokens is not None else "") + cut
+    parts = [f"{o.prompt_tokens} in" if o.prompt_tokens is not None else "",
+             f"{o.output_tokens} out" if o.output_tokens is not None else ""]
+    return " / ".join(p for p in parts if p) + cut
 
 
 # --- prompts shown to the user -------------------------------------------------------------------

@@ -411,6 +411,25 @@ def test_a_csv_text_column_is_found_by_a_word_of_its_name_and_a_headerless_colum
                            "text a row, row 1 included."]
 
 
+def test_a_first_text_that_has_a_column_word_in_it_is_not_taken_for_a_header():
+    """"Text me when you get home" was read as a header naming its text column (it holds "text"):
+    that first message was dropped without a word."""
+    data = b"Text me when you get home\nWINNER!! Claim your free prize now, call 09061701461\nOk lar\n"
+    with pytest.raises(handlers.InputProblem, match=r"no text column \(its first row: `Text me when you get home`"):
+        handlers.read_upload("sms.csv", data, limit=10)
+    quoted = handlers.read_upload("sms.csv", b"Text me when you get home\nOk lar\n", limit=10)
+    assert quoted.texts == ["Text me when you get home", "Ok lar"]
+
+
+def test_a_file_column_named_like_a_result_is_kept_under_another_name():
+    """A spam CSV with its gold `label` gave a results CSV with two `label` columns."""
+    upload = handlers.read_upload("gold.csv", b"id,label,text\n1,spam,WIN now\n", limit=10)
+    header, rows = handlers.batch_rows("classify", upload.texts, [
+        {"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}], labels=("ham", "spam"))
+    first = handlers.results_csv(header, rows, upload).decode("utf-8-sig").splitlines()[0]
+    assert first == "row,id,file_label,text,label,p_ham,p_spam,truncated"
+
+
 def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas():
     with pytest.raises(handlers.InputProblem, match=r"row\(s\) 3 have more fields than the header \(2\)"):
         handlers.read_upload("commas.csv", b"text,label\nhello,ham\nWIN, now,spam\n", limit=100)
@@ -487,6 +506,8 @@ def test_a_10000_line_upload_is_cut_to_the_limit_and_says_so():
     assert "10,000 texts; only the first 1,000" in upload.notes[0]
     assert handlers.batch_start_message("big.txt", upload) == ("⏳ Processing the first 1,000 of the 10,000 texts in "
                                                                "`big.txt` (the limit for one upload on this server)…")
+    assert handlers.batch_progress_message("big.txt", upload, 32) == (
+        "⏳ Processed 32 of 1,000 texts (the first 1,000 of 10,000) from `big.txt`…")
 
 
 def test_an_upload_over_the_size_limit_is_refused():
@@ -571,6 +592,10 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| answer | line one line \\| two |" in gen and "50 in / 9 out" in gen and "cut at" not in gen
     cut = handlers.compare_markdown(specs["medquad"], "q", [handlers.Outcome("base", "a", 2.0, 50, 64, cut_at=64)])
     assert "50 in / 64 out (cut at the 64-token limit)" in cut
+    stopped = handlers.compare_markdown(specs["medquad"], "q", [
+        handlers.Outcome("base", "so far", 2.0, output_tokens=7, stopped="stopped by you")])
+    assert "| tokens | 7 out |" in stopped  # a stopped column shows what it wrote, not "—"
+    assert "| output | valid | valid | ⚠️ repaired |" in md  # no green check: valid JSON can hold invented values
 
 
 def test_batch_rows_table_and_csv(catalog):
