@@ -803,6 +803,16 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         page.locator("#thread-history a").filter(has_text="Milk reminder").first.wait_for()
         with sqlite3.connect(tmp_path / "history.sqlite3") as db:
             assert db.execute('SELECT "name" FROM threads').fetchall() == [("Milk reminder",)]
+        # 390 px wide: a long profile name stays on one line beside the signed-in user's avatar (it
+        # wrapped, and pushed the avatar off the screen)
+        page.set_viewport_size({"width": 390, "height": 844})
+        choose_profile(page, "Oncology extraction")
+        shot(page, "14b-phone-header-signed-in")
+        selector = page.locator("#chat-profiles").bounding_box()
+        past_the_edge = page.evaluate("[...document.querySelectorAll('body *')].filter("
+                                      "e => e.getBoundingClientRect().right > 391).map(e => e.id || e.tagName)")
+        assert selector["height"] < 44 and not past_the_edge, past_the_edge
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
         page.context.close()
     finally:
         srv.stop()
