@@ -100,7 +100,8 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
                          help="JSONL written atomically (- writes standard output)")
     predict.add_argument("--base", action="store_true",
                          help="same prompt with adapters disabled (the base model)")
-    predict.add_argument("--batch-size", type=positive_int, default=16, help="texts per model call; a generate adapter's answers are decoded together as rows "
+    predict.add_argument("--batch-size", type=positive_int, default=16,
+                         help="texts per model call; a generate adapter's answers decode together as rows "
                               "(default: 16)")
     predict.add_argument("--base-model", default=None,
                          help="base model name, Hub id or folder (default: the spec's)")
