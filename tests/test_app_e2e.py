@@ -826,7 +826,7 @@ def test_another_catalogue_is_served_with_a_profile_per_adapter(tmp_path, browse
     spec = yaml.safe_load((ROOT / "adapters" / "spam" / "adapter.yaml").read_text())
     spec.update(title="Mood check", description="How a message feels.", labels=["positive", "negative", "neutral"],
                 decision="argmax")
-    spec.pop("metrics")  # spam's list names two-label measures
+    spec.pop("metrics"), spec.pop("targets")  # spam's name two-label measures
     (tmp_path / "mine" / "mood").mkdir(parents=True)
     (tmp_path / "mine" / "mood" / "adapter.yaml").write_text(yaml.safe_dump(spec))
     srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(tmp_path / "mine")},
