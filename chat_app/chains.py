@@ -4,8 +4,8 @@ runtime call.
 The templates are made from ``adapters.prompts``' own messages (``task_messages``, ``chat_messages``,
 rendered with a slot where the text goes), so they produce exactly those (tests check it, and every
 chain checks it again before calling the model), while the model call itself is the runtime's: the
-app renders and runs a prompt the one way training and evaluation do. Chainlit's LangChain callback handler shows
-each chain's steps (prompt, then the runtime call) in the UI.
+app renders and runs a prompt the one way training and evaluation do. Chainlit's LangChain callback
+handler shows each chain's steps (prompt, then the runtime call) in the UI.
 
 Every chain takes a dict and returns plain data (dicts, strings), so the steps display as JSON:
 

@@ -484,10 +484,16 @@ def _text_column(header: list[str]) -> int | None:
     exact = next((names.index(c) for c in TEXT_COLUMNS if c in names), None)
     if exact is not None:
         return exact
-    words = [[w for word in re.findall(r"[a-z]+", name) for w in (word, word.removesuffix("s"))] for name in names]
-    named = [set(w) if len(re.findall(r"[a-z]+", name)) <= HEADER_WORDS and not set(w) & NOT_TEXT_WORDS else set()
-             for name, w in zip(names, words)]
-    return next((i for c in TEXT_COLUMNS for i, w in enumerate(named) if c in w), None)
+    named = [_name_words(name) for name in names]
+    return next((i for c in TEXT_COLUMNS for i, words in enumerate(named) if c in words), None)
+
+
+def _name_words(name: str) -> set[str]:
+    """The words of a short column name, singular and as written; none for a long one (a text) or
+    one with a word of an identifier or a label."""
+    found = re.findall(r"[a-z]+", name)
+    words = {w for word in found for w in (word, word.removesuffix("s"))}
+    return words if len(found) <= HEADER_WORDS and not words & NOT_TEXT_WORDS else set()
 
 
 def _safe_name(name: str) -> str:
