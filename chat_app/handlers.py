@@ -330,7 +330,8 @@ def _decoded(name: str, suffix: str, data: bytes) -> tuple[str, list[str]]:
     """
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
-            return data.decode("utf-16"), []
+            return data.decode("utf-16"), ["The file is UTF-16 text (as Excel saves \"Unicode text\") and was read "
+                                           "as such."]
         except UnicodeDecodeError:
             raise InputProblem(f"📎 `{_safe_name(name)}` starts as UTF-16 text but is not. Save it as UTF-8 "
                                "and upload it again.") from None

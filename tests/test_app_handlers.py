@@ -478,7 +478,8 @@ def test_an_excel_csv_in_windows_1252_with_semicolons_is_read_and_its_results_ke
 
 def test_an_excel_unicode_text_file_in_utf_16_is_read():
     upload = handlers.read_upload("notes.txt", "Stage II — ER+\r\nKRAS G12D\r\n".encode("utf-16"), limit=10)
-    assert upload.texts == ["Stage II — ER+", "KRAS G12D"] and not upload.notes
+    assert upload.texts == ["Stage II — ER+", "KRAS G12D"]
+    assert upload.notes == ['The file is UTF-16 text (as Excel saves "Unicode text") and was read as such.']
 
 
 def test_a_jsonl_upload_reads_the_text_key_and_keeps_the_other_keys():
