@@ -281,6 +281,12 @@ class Runtime:
             raise AdapterNotTrainedError.of(spec)
         return spec.name
 
+    def generation_params(self, adapter: str | None, temperature: float | None = None, top_p: float | None = None,
+                          max_new_tokens: int | None = None) -> GenerationParams:
+        """The decoding a request with these settings runs with: each one given, else the adapter's
+        default (a chat's with ``adapter=None``)."""
+        return self._params(self.spec(adapter) if adapter is not None else None, temperature, top_p, max_new_tokens)
+
     def _params(self, spec: AdapterSpec | None, temperature, top_p, max_new_tokens) -> GenerationParams:
         defaults = spec.generation if spec else CHAT_DEFAULTS
         params = GenerationParams(

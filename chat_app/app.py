@@ -30,7 +30,7 @@ from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
-from adapters.runtime import CHAT_DEFAULTS, train_command
+from adapters.runtime import train_command
 from chat_app import chains, handlers, offline, page_text, welcome
 from chat_app.config import load_config
 from chat_app.persistence import HistoryDataLayer
@@ -580,16 +580,14 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
                        answer: cl.Message, info: chains.GenerationInfo, label: str) -> None:
     """End a streamed answer: its footer, its metadata for resumed threads, and the turn in the history."""
     spec = SPECS.get(profile.adapter or "")
-    defaults = spec.generation if spec else CHAT_DEFAULTS
-    sampling = (defaults.temperature if settings.temperature is None else settings.temperature,
-                defaults.top_p if settings.top_p is None else settings.top_p)
+    params = runtime.generation_params(profile.adapter, settings.temperature, settings.top_p, settings.max_new_tokens)
     output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, info.text, info.cut_at,
-                                              _max_new_tokens(settings, spec))
+                                              params.max_new_tokens)
     footer = handlers.generation_footer(label, info.seconds, info.first_piece_seconds, info.prompt_tokens,
                                         output_tokens, info.truncated, medical=handlers.is_medical(spec),
                                         cut_at=info.cut_at, stopped=info.stopped,
                                         message_cut_to=info.message_cut_to, turns_dropped=info.turns_dropped,
-                                        sampling=sampling)
+                                        sampling=(params.temperature, params.top_p))
     shown = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
     answer.content = shown + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
@@ -749,11 +747,6 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
     await cl.Message(content=content, elements=elements, metadata={"compare": adapter}).send()
 
 
-def _max_new_tokens(settings, spec) -> int:
-    """The answer-length limit a request ran with: the settings', else the adapter's (or a chat's) default."""
-    return settings.max_new_tokens or (spec.generation if spec else CHAT_DEFAULTS).max_new_tokens
-
-
 async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str, base: bool, shots, config,
                           pieces: list[str], progress: cl.Message | None = None) -> handlers.Outcome:
     """One variant's result for Compare; a generated answer's pieces go into ``pieces`` as they come,
@@ -761,6 +754,7 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
     adapter = spec.name
     started = time.perf_counter()
     output_tokens = cut_at = None
+    limit = runtime.generation_params(adapter, max_new_tokens=settings.max_new_tokens).max_new_tokens
     if spec.task == "classify":
         chain = chains.classify_chain(runtime, adapter, base=base, system=settings.system, examples=shots)
         (result,) = await chain.ainvoke({"texts": [text]}, config=config)
@@ -768,8 +762,7 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
         chain = chains.extract_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
                                      max_new_tokens=settings.max_new_tokens)
         (result,) = await chain.ainvoke({"texts": [text]}, config=config)
-        output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result["raw"], result["cut_at"],
-                                                  _max_new_tokens(settings, spec))
+        output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result["raw"], result["cut_at"], limit)
     else:
         info = chains.GenerationInfo()
         chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
@@ -782,8 +775,7 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
                 await progress.update()
                 shown = time.perf_counter()
         result = "".join(pieces)
-        output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at,
-                                                  _max_new_tokens(settings, spec))
+        output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at, limit)
         cut_at = info.cut_at
     seconds = time.perf_counter() - started
     prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],

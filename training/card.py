@@ -142,9 +142,10 @@ def _steps(steps) -> str:
 
 
 def _use_text(spec: AdapterSpec, base_name: str) -> str:
-    options = catalog_option(spec) + _base_option(spec, base_name)
-    arguments = ([f'"{spec.directory.resolve().parent}"'] if catalog_option(spec) else []) + (
-        [f'base="{base_name}"'] if _base_option(spec, base_name) else []) + [f'only=["{spec.name}"]']
+    catalog, other_base = catalog_option(spec), _base_option(spec, base_name)
+    options = catalog + other_base
+    arguments = ([f'"{spec.directory.resolve().parent}"'] if catalog else []) + (
+        [f'base="{base_name}"'] if other_base else []) + [f'only=["{spec.name}"]']
     return f"""```bash
 adapterlab predict {spec.name}{options} --input in.jsonl --output out.jsonl
 ```

@@ -53,7 +53,8 @@ def register(sub, bench_sub) -> None:
 def _common(p) -> None:
     p.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
     p.add_argument("--base-model", default=None, help="base model name, Hub id or folder")
-    p.add_argument("--data", default=None, help="data file, or a folder laid out like ../shared/datasets (default: $ADAPTERLAB_DATA_DIR, "
+    p.add_argument("--data", default=None,
+                   help="data file, or a folder laid out like ../shared/datasets (default: $ADAPTERLAB_DATA_DIR, "
                         "then the spec's local_path, else the Hub)")
     p.add_argument("--device", default="auto", help="auto (env ADAPTERLAB_DEVICE, else CUDA when there is a GPU), "
                                                   "cpu, cuda, cuda:1 ...")
