@@ -75,6 +75,8 @@ def _bounds(target: TargetSpec, base: float | None) -> list[tuple[str, Any]]:
     bounds = []
     if target.at_least is not None:
         bounds.append((f">= {target.at_least}", lambda v: v >= target.at_least))
+    if target.at_most is not None:
+        bounds.append((f"<= {target.at_most}", lambda v: v <= target.at_most))
     if target.at_least_base_plus is not None:
         bounds.append((f">= {shown_base} + {target.at_least_base_plus}",
                        lambda v: base is not None and v >= base + target.at_least_base_plus))

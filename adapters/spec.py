@@ -123,6 +123,7 @@ class TargetSpec:
 
     metric: str
     at_least: float | None = None  # value >= at_least
+    at_most: float | None = None  # value <= at_most (perplexity, repaired_rate: lower is better)
     at_least_base_plus: float | None = None  # value >= the base model's value + this
     above_base: bool = False  # value > the base model's value
 
@@ -313,8 +314,12 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     for target in spec.targets:
         if target.metric not in spec.measured:
             fail(f"targets.{target.metric}", f"not measured for this adapter; choose from {', '.join(spec.measured)}")
-        if target.at_least is None and target.at_least_base_plus is None and not target.above_base:
-            fail(f"targets.{target.metric}", "give at_least, at_least_base_plus or above_base: true")
+        if (target.at_least is None and target.at_most is None and target.at_least_base_plus is None
+                and not target.above_base):
+            fail(f"targets.{target.metric}", "give at_least, at_most, at_least_base_plus or above_base: true")
+        if target.at_least is not None and target.at_most is not None and target.at_least > target.at_most:
+            fail(f"targets.{target.metric}", f"at_least {target.at_least} is above at_most {target.at_most}: "
+                 "no value can meet both")
     if not spec.data.local_path and not spec.data.hub_id:
         fail("data", "give local_path, hub_id or both")
     for name, value in (("generation.temperature", spec.generation.temperature),

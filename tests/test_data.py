@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from adapters.catalog import CATALOG_DIR
-from adapters.spec import AdapterSpec, DataSpec, PromptSpec, SplitSpec, load_spec
+from adapters.spec import FORMAT_TASKS, AdapterSpec, DataSpec, PromptSpec, SplitSpec, load_spec
 from training.data import (DATA_DIR_ENV, DataError, DataNotFoundError, Example, cap_words, data_candidates,
                            deduplicate, few_shot_examples, label_counts, load_examples, load_splits,
                            near_duplicate_pairs, normalise_text, oversample_minority, portable_source,
@@ -22,7 +22,7 @@ from training.data import (DATA_DIR_ENV, DataError, DataNotFoundError, Example, 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
 FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response", "metastasis_site")
-FORMATS = {"classify": "sms_spam_tsv", "generate": "medquad_csv", "extract": "oncology_jsonl"}
+FORMAT_OF_TASK = {task: data_format for data_format, task in FORMAT_TASKS.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def make_spec(task: str, *, local_path: str | None = "data/file", hub_id: str | 
     return AdapterSpec(
         name=f"t-{task}", title="test", description="test", task=task, base_model="smollm2-135m-instruct",
         prompt=PromptSpec(system="test"),
-        data=DataSpec(format=FORMATS[task], local_path=local_path, hub_id=hub_id,
+        data=DataSpec(format=FORMAT_OF_TASK[task], local_path=local_path, hub_id=hub_id,
                       split=SplitSpec(seed=seed, validation=validation, test=test, group_by=group_by),
                       max_target_words=max_target_words),
         directory=ROOT / "adapters" / f"t-{task}", **extra)

@@ -22,6 +22,14 @@ def test_targets_are_judged_as_the_spec_says_against_the_fine_tuned_and_base_val
     ]
 
 
+def test_an_at_most_target_is_met_at_or_below_its_bound():
+    """Perplexity and repaired_rate are better lower; a target says so with ``at_most``."""
+    spec = dataclasses.replace(load_catalog()["medquad"], targets=(TargetSpec("perplexity", at_most=5.0),))
+    judged = [check_targets(spec, {"fine_tuned": {"perplexity": value}})[0]["met"] for value in (4.9, 5.0, 5.1)]
+    assert judged == [True, True, False]
+    assert check_targets(spec, {"fine_tuned": {"perplexity": 4.9}})[0]["target"] == "<= 5.0"
+
+
 def test_a_target_on_the_base_is_not_met_when_the_base_was_not_measured():
     """It was checked against 0 (`--variants fine_tuned` met "> base" with any positive value)."""
     spec = dataclasses.replace(load_catalog()["medquad"], targets=(TargetSpec("bertscore_f1", above_base=True),))

@@ -797,7 +797,7 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
     kept, removed, conflicts = deduplicate(examples, spec.task)
     notes = list(loaded.notes)
     capped = 0
-    if spec.task == "generate" and spec.data.max_target_words:
+    if spec.task == "generate" and spec.data.max_target_words is not None:
         capped_examples = []
         for example in kept:
             target = cap_words(example.target, spec.data.max_target_words)
