@@ -357,104 +357,138 @@ def decode_streams(decoder: RowDecoder, requests, eos_ids: set[int], finish_reas
     ``rows`` a live request asks for: an evaluation's batch size). ``resumed``: a
     stream another decoder started, which goes on as the first row. Every stream is released
     (``adapters.batching.release``) by the time this returns; a failure goes to their callers."""
-    import torch
+    _StreamBatch(decoder, eos_ids, finish_reason).run(list(requests), take_more, between_steps, max_rows, resumed)
 
-    from .batching import release
 
-    live: list[_Live] = []
+class _StreamBatch:
+    """The rows ``decode_streams`` decodes: ``live`` holds them in slot order (row i is slot i of
+    the decoder), ``pending`` the streams claimed for this batch that are not rows yet."""
 
-    def resume(request, produced: list[int], layers) -> None:
-        row = _Live(request, decoder.adapter_index(request.adapter),
-                    min(request.params.max_new_tokens, decoder.context_length - len(request.prompt_ids)))
+    def __init__(self, decoder: RowDecoder, eos_ids: set[int], finish_reason):
+        self.decoder, self.eos_ids, self.finish_reason = decoder, eos_ids, finish_reason
+        self.live: list[_Live] = []
+        self.pending: list = []
+
+    def run(self, requests: list, take_more, between_steps, max_rows: int, resumed: "Resumed | None") -> None:
+        self.pending = requests + ([resumed.request] if resumed else [])
+        try:
+            if resumed is not None:
+                self.resume(resumed.request, resumed.produced, resumed.layers)
+            self.admit(self.pending)
+            while self.live:
+                self.drop_cancelled()
+                if not self.live:
+                    break
+                self.step()
+                if not self.live:
+                    break
+                between_steps()
+                self.pending = take_more(max(max_rows, *(r.request.rows for r in self.live)) - len(self.live))
+                for row in self.live:
+                    row.request.alone = not self.pending and row.request.alone  # its thread now goes on for others
+                self.admit(self.pending)
+        except BaseException as exc:  # noqa: BLE001 - raised in each caller's thread, never here
+            self.fail(exc)
+
+    def resume(self, request, produced: list[int], layers) -> None:
+        """Go on with a stream another decoder started, as row 0, from its cache ``layers``."""
+        row = _Live(request, self.decoder.adapter_index(request.adapter),
+                    min(request.params.max_new_tokens, self.decoder.context_length - len(request.prompt_ids)))
         row.produced, row.next = list(produced), produced[-1]
         row.position = len(request.prompt_ids) + len(produced) - 1
         for token in produced:
             row.ban.add(token)
-        decoder.reserve(1, len(request.prompt_ids) + row.limit)
-        decoder.adopt(0, layers)
-        live.append(row)
-        pending.remove(request)
+        self.decoder.reserve(1, len(request.prompt_ids) + row.limit)
+        self.decoder.adopt(0, layers)
+        self.live.append(row)
+        self.pending.remove(request)
 
-    def close(row: _Live, finished: bool) -> None:
-        slot = live.index(row)
-        last = live.pop()
-        if last is not row:  # the last row takes the freed slot, so rows stay 0..n-1
-            decoder.move(len(live), slot, last.position + 1)  # + this step's token, if not counted yet
-            live[slot] = last
-        release(row.request, row.produced, finished, finish_reason)
-
-    def deliver(row: _Live, token: int) -> None:
-        row.produced.append(token)
-        row.ban.add(token)
-        row.request.streamer.put(torch.tensor([token]))
-        if token in eos_ids or len(row.produced) >= row.limit:
-            close(row, finished=True)
-        else:
-            row.next = token
-
-    def admit(requests) -> None:
+    def admit(self, requests: list) -> None:
         """Start ``requests`` as rows, taking each out of that list once it is a row or released
-        (what is left there on a failure is released by the caller): their prompts run together in
+        (what is left there on a failure is released by ``fail``): their prompts run together in
         groups of similar length, and each gets its first token."""
+        import torch
+
+        from .batching import release
+
         starting = []
         for request in list(requests):
             n = len(request.prompt_ids)
             request.streamer.put(torch.tensor([request.prompt_ids]))  # the prompt, which the streamer skips
-            row = _Live(request, decoder.adapter_index(request.adapter),
-                        min(request.params.max_new_tokens, decoder.context_length - n))
+            row = _Live(request, self.decoder.adapter_index(request.adapter),
+                        min(request.params.max_new_tokens, self.decoder.context_length - n))
             if row.limit <= 0:
-                release(request, [], True, finish_reason)
+                release(request, [], True, self.finish_reason)
                 requests.remove(request)
             else:
                 starting.append(row)
         if not starting:
             return
-        decoder.reserve(len(live) + len(starting), max(r.position + r.limit for r in starting))
-        for group in prefill_groups(starting, decoder.prefill_waste):
-            first = len(live)
-            live.extend(group)
+        self.decoder.reserve(len(self.live) + len(starting), max(r.position + r.limit for r in starting))
+        for group in prefill_groups(starting, self.decoder.prefill_waste):
+            first = len(self.live)
+            self.live.extend(group)
             for row in group:
                 requests.remove(row.request)
-            logits = decoder.prefill(first, [r.request.adapter for r in group], [r.request.prompt_ids for r in group])
+            logits = self.decoder.prefill(first, [r.request.adapter for r in group],
+                                          [r.request.prompt_ids for r in group])
             greedy = logits.argmax(-1).tolist()
             for i, row in enumerate(group):
-                deliver(row, row.choose(logits[i], greedy[i]))
+                self.deliver(row, row.choose(logits[i], greedy[i]))
 
-    pending = list(requests) + ([resumed.request] if resumed else [])  # claimed for this batch, not yet rows
-    try:
-        if resumed is not None:
-            resume(resumed.request, resumed.produced, resumed.layers)
-        admit(pending)
-        while live:
-            for row in [r for r in live if r.request.cancelled.is_set()]:
-                close(row, finished=False)
-            if not live:
-                break
-            rows = list(live)
-            logits, greedy = decoder.step([r.next for r in rows], [r.position for r in rows], [r.adapter for r in rows])
-            chosen = chosen_tokens(rows, logits, greedy.tolist())
-            for i, row in enumerate(rows):
-                row.position += 1
-                if row.request.cancelled.is_set():
-                    close(row, finished=False)
-                else:
-                    deliver(row, chosen[i])
-            if not live:
-                break
-            between_steps()
-            pending = take_more(max(max_rows, *(r.request.rows for r in live)) - len(live))
-            for row in live:
-                row.request.alone = not pending and row.request.alone  # its thread now goes on for others
-            admit(pending)
-    except BaseException as exc:  # noqa: BLE001 - raised in each caller's thread, never here
-        for row in live:
+    def drop_cancelled(self) -> None:
+        """Close the rows whose caller has gone."""
+        for row in [r for r in self.live if r.request.cancelled.is_set()]:
+            self.close(row, finished=False)
+
+    def step(self) -> None:
+        """One token for every live row."""
+        rows = list(self.live)
+        logits, greedy = self.decoder.step([r.next for r in rows], [r.position for r in rows],
+                                           [r.adapter for r in rows])
+        chosen = chosen_tokens(rows, logits, greedy.tolist())
+        for i, row in enumerate(rows):
+            row.position += 1
+            if row.request.cancelled.is_set():
+                self.close(row, finished=False)
+            else:
+                self.deliver(row, chosen[i])
+
+    def deliver(self, row: _Live, token: int) -> None:
+        """Stream ``token`` to the row's caller; the row ends at an end token or its limit."""
+        import torch
+
+        row.produced.append(token)
+        row.ban.add(token)
+        row.request.streamer.put(torch.tensor([token]))
+        if token in self.eos_ids or len(row.produced) >= row.limit:
+            self.close(row, finished=True)
+        else:
+            row.next = token
+
+    def close(self, row: _Live, finished: bool) -> None:
+        """Release the row's stream; the last row takes its slot, so rows stay 0..n-1."""
+        from .batching import release
+
+        slot = self.live.index(row)
+        last = self.live.pop()
+        if last is not row:
+            self.decoder.move(len(self.live), slot, last.position + 1)  # + this step's token, if not counted yet
+            self.live[slot] = last
+        release(row.request, row.produced, finished, self.finish_reason)
+
+    def fail(self, exc: BaseException) -> None:
+        """Hand ``exc`` to the caller of every row and every claimed stream, and release them."""
+        from .batching import release
+
+        for row in self.live:
             row.request.failure.append(exc)
-            release(row.request, row.produced, False, finish_reason)
-        for request in pending:
+            release(row.request, row.produced, False, self.finish_reason)
+        for request in self.pending:
             if not request.released.is_set():
                 request.failure.append(exc)
-                release(request, [], False, finish_reason)
-        live.clear()
+                release(request, [], False, self.finish_reason)
+        self.live.clear()
 
 
 def prefill_groups(rows: list[_Live], waste: float = 0.25) -> list[list[_Live]]:
