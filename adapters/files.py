@@ -20,21 +20,34 @@ from pathlib import Path
 
 def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> Path:
     """Write ``lines`` (each with its own newline, produced lazily if need be) to ``path`` atomically."""
+    def write(f) -> None:
+        for line in lines:
+            f.write(line)
+    return _write_atomic(path, "w", write)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (a plot's PNG)."""
+    return _write_atomic(path, "wb", lambda f: f.write(data))
+
+
+def _write_atomic(path: str | Path, mode: str, write) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path`` opened with ``mode``, then rename it
+    over ``path``."""
+    encoding = "utf-8" if "b" not in mode else None
     path = Path(path)
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):  # a device or a pipe: a stream anyway
-        with open(path, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
+        with open(path, mode, encoding=encoding) as f:
+            write(f)
         return path
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             os.chmod(tmp, _mode_for(path))  # mkstemp makes it private (0600); the file is not
-            for line in lines:
-                f.write(line)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

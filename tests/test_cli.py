@@ -625,3 +625,22 @@ def test_a_count_that_is_not_a_number_says_so(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "spam", "--batch-size", "x", "--input", "-", "--output", "-"])
     assert "--batch-size: expected a whole number >= 1, got 'x'" in capsys.readouterr().err
+
+
+def test_a_binary_write_that_fails_half_way_keeps_the_old_file(tmp_path):
+    """An evaluation's plot is written as the other files are: a run killed while saving leaves the
+    previous PNG whole."""
+    import pytest
+
+    from adapters.files import _write_atomic, write_bytes_atomic
+
+    plot = write_bytes_atomic(tmp_path / "fields.png", b"\x89PNG old")
+
+    def killed(f):
+        f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_atomic(plot, "wb", killed)
+    assert plot.read_bytes() == b"\x89PNG old"
+    assert [p.name for p in tmp_path.iterdir()] == ["fields.png"]  # no temporary left

@@ -31,7 +31,7 @@ from typing import Any
 
 from adapters.bench import environment
 from adapters.prompts import target_text
-from adapters.files import write_lines_atomic, write_text_atomic
+from adapters.files import write_bytes_atomic, write_lines_atomic, write_text_atomic
 from adapters.metrics_file import VARIANTS
 from adapters.runtime import FEW_SHOT_FILE, THRESHOLD_FILE, Runtime, read_threshold_record
 from adapters.spec import AdapterSpec
@@ -307,6 +307,11 @@ def _write_few_shot(out_dir: Path, shots: list[tuple[str, str]]) -> None:
 # --- plots ---------------------------------------------------------------------------------------
 
 def plot_results(spec: AdapterSpec, report: dict, predictions: dict, test, out_dir: Path) -> None:
+    """The evaluation's plot of every variant evaluated, written atomically into ``out_dir``:
+    confusion matrices for a classifier (``confusion.png``), metric bars for a generate adapter
+    (``metrics.png``), exact match per field for an extractor (``fields.png``)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,45 +320,53 @@ def plot_results(spec: AdapterSpec, report: dict, predictions: dict, test, out_d
     shown = [v for v in VARIANTS if v in predictions]
     if not shown:
         return
-    variants = report["variants"]
+    variants = {v: report["variants"][v] for v in shown}
     if spec.task == "classify":
-        fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.2), dpi=110)
-        axes = [axes] if len(shown) == 1 else axes
-        f1 = "f1" if len(spec.labels) == 2 else "macro_f1"
-        for ax, v in zip(axes, shown):
-            m = variants[v]["confusion"]
-            ax.imshow(m, cmap="Blues")
-            for i, row in enumerate(m):
-                for j, count in enumerate(row):
-                    ax.text(j, i, count, ha="center", va="center", fontsize=12 if len(m) < 4 else 8)
-            ticks = range(len(spec.labels))
-            ax.set_xticks(ticks, [f"pred {label}" for label in spec.labels], rotation=30 if len(m) > 2 else 0)
-            ax.set_yticks(ticks, spec.labels)
-            ax.set_title(f"{v}\nacc {variants[v]['accuracy']:.3f}  {f1.replace('_', ' ')} {variants[v][f1]:.3f}",
-                         fontsize=9)
-        name = "confusion.png"
+        fig, name = _confusion_figure(plt, spec, variants), "confusion.png"
     elif spec.task == "generate":
         keys = ["rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1"]
         fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
-        width = 0.8 / len(shown)
-        for i, v in enumerate(shown):
-            ax.bar([x + i * width for x in range(len(keys))], [variants[v][k] for k in keys], width, label=v)
-        ax.set_xticks([x + width * (len(shown) - 1) / 2 for x in range(len(keys))], keys)
-        ax.legend()
+        _grouped_bars(ax, keys, {v: [m[k] for k in keys] for v, m in variants.items()})
         ax.set_title(f"{spec.name}: answer quality on {report['test_examples']} test questions")
         name = "metrics.png"
     else:
         keys = list(spec.fields)
         fig, ax = plt.subplots(figsize=(8, 3.4), dpi=110)
-        width = 0.8 / len(shown)
-        for i, v in enumerate(shown):
-            ax.bar([x + i * width for x in range(len(keys))], [variants[v]["per_field"][k] for k in keys],
-                   width, label=f"{v} (micro {variants[v]['micro_field_accuracy']:.2f})")
-        ax.set_xticks([x + width * (len(shown) - 1) / 2 for x in range(len(keys))], keys, rotation=20)
+        _grouped_bars(ax, keys, {f"{v} (micro {m['micro_field_accuracy']:.2f})": [m["per_field"][k] for k in keys]
+                                 for v, m in variants.items()}, rotation=20, legend_size=8)
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
         ax.set_title(f"{spec.name}: exact match per field on {report['test_examples']} test narratives")
         name = "fields.png"
     fig.tight_layout()
-    fig.savefig(out_dir / name)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    write_bytes_atomic(out_dir / name, png.getvalue())
+
+
+def _confusion_figure(plt, spec: AdapterSpec, variants: dict):
+    """One confusion matrix a variant, titled with its accuracy and (macro) F1."""
+    fig, axes = plt.subplots(1, len(variants), figsize=(3.3 * len(variants), 3.2), dpi=110)
+    axes = [axes] if len(variants) == 1 else axes
+    f1 = "f1" if len(spec.labels) == 2 else "macro_f1"
+    for ax, (v, m) in zip(axes, variants.items()):
+        matrix = m["confusion"]
+        ax.imshow(matrix, cmap="Blues")
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                ax.text(j, i, count, ha="center", va="center", fontsize=12 if len(matrix) < 4 else 8)
+        ticks = range(len(spec.labels))
+        ax.set_xticks(ticks, [f"pred {label}" for label in spec.labels], rotation=30 if len(matrix) > 2 else 0)
+        ax.set_yticks(ticks, spec.labels)
+        ax.set_title(f"{v}\nacc {m['accuracy']:.3f}  {f1.replace('_', ' ')} {m[f1]:.3f}", fontsize=9)
+    return fig
+
+
+def _grouped_bars(ax, keys: list[str], series: dict[str, list[float]], rotation: int = 0,
+                  legend_size: int | None = None) -> None:
+    """One group of bars per key, one bar in each group per series (its label in the legend)."""
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(keys))], values, width, label=label)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(keys))], keys, rotation=rotation)
+    ax.legend(fontsize=legend_size)
