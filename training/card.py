@@ -217,24 +217,6 @@ def card_text(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     """The model card of the adapter from its spec and measured metrics; it shows the plots that
     ``out_dir`` holds."""
     base_id = _base_id(spec, metrics.get("base_model"))
-    variants = metrics["variants"]
-    shown = measured_variants(metrics)
-    names = {v: variant_title(v, metrics) for v in shown}
-    keys = spec.headline_metrics
-    rows = "\n".join(f"| {k} | " + " | ".join(shown_value(variants[v].get(k)) for v in shown) + " |" for k in keys)
-    table = f"| metric | {' | '.join(names[v] for v in shown)} |\n|---|{'---|' * len(shown)}\n{rows}"
-    if spec.task == "extract" and shown:
-        table += "\n\n| field | " + " | ".join(names[v] for v in shown) + " |\n|---|" + "---|" * len(shown) + "\n"
-        table += "\n".join(f"| {f} | " + " | ".join(shown_value(variants[v]["per_field"][f]) for v in shown) + " |"
-                           for f in spec.fields)
-    targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {shown_value(t['value'])}"
-                        for t in check_targets(spec, variants))
-    plots = [p for p in ("confusion.png", "metrics.png", "fields.png", "loss.png") if (out_dir / p).is_file()]
-    split = metrics.get("split") or {}
-    training = metrics.get("training") or {}
-    t, lora = spec.training, spec.lora
-    data_source = spec.data.hub_id or spec.data.local_path
-    encoder = variants.get("fine_tuned", variants.get("base", {})).get("bertscore_encoder")
     body = f"""# {spec.title} — LoRA adapter for {base_id}
 
 {spec.description}
@@ -244,35 +226,15 @@ prompt below is the one used in training, evaluation and the app.
 
 ## Results
 
-Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
-*base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt{_few_shot_text(metrics)},
-*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_extract_text(spec)}{_evaluated_on(metrics)}
-
-{table}
-
-{_decision_text(metrics)}Targets:
-{targets or '- none set'}
-
-{' '.join(f'![{p}]({p})' for p in plots)}
+{_results_section(spec, metrics, out_dir)}
 
 ## Data
 
-- Source: `{data_source}`{'' if data_source == spec.data.local_path else f" (local copy `{spec.data.local_path}` when present)"}{_read_from(split)}
-- Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}{_near_duplicates_text(split)}
-- Rows: {_rows_text(split)}
-- Details: `{_details_text(split)}`
+{_data_section(spec, metrics.get("split") or {})}
 
 ## Training
 
-| setting | value |
-|---|---|
-| method | {t.method} (LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules {', '.join(lora.target_modules)}) |
-| optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
-| sequences | completion-only loss, {training.get('batching', 'padding-free packing')}, max length {t.max_seq_length} |
-| hardware | {_hardware(training)} |
-| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_seconds(training.get('train_seconds'))} s{_compile_note(training)}, {shown_value(training.get('tokens_per_second'))} tokens/s (real tokens) |
-| best validation loss | {shown_value(training.get('best_eval_loss'))} |
-| seed | {t.seed} |
+{_training_section(spec, metrics.get("training") or {})}
 
 ## Prompt
 
@@ -286,15 +248,80 @@ User template: `{spec.prompt.user_template}`{_decoding_text(spec)}
 
 ## Reproduce
 
-```bash
-adapterlab train {spec.name}{catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))} --no-eval    # trained on: {training.get('device', '—')}
-adapterlab eval {spec.name}{catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))}{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"}
-```
-
-`adapterlab train {spec.name}` alone trains and evaluates in one go; either way the configuration is
-`adapter.yaml` as committed, with the data split recorded above.
+{_reproduce_section(spec, metrics)}
 
 ## Intended use and limitations
 
 {_intended_use(spec, base_id)}"""
     return "\n".join(_front_matter(spec, base_id)) + body
+
+
+def _results_section(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
+    """What was evaluated on which examples, the metric tables, the targets and the plots."""
+    variants = metrics["variants"]
+    encoder = variants.get("fine_tuned", variants.get("base", {})).get("bertscore_encoder")
+    plots = [p for p in ("confusion.png", "metrics.png", "fields.png", "loss.png") if (out_dir / p).is_file()]
+    targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {shown_value(t['value'])}"
+                        for t in check_targets(spec, variants))
+    return f"""Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
+*base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt{_few_shot_text(metrics)},
+*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_extract_text(spec)}{_evaluated_on(metrics)}
+
+{_metric_tables(spec, metrics)}
+
+{_decision_text(metrics)}Targets:
+{targets or '- none set'}
+
+{' '.join(f'![{p}]({p})' for p in plots)}"""
+
+
+def _metric_tables(spec: AdapterSpec, metrics: dict) -> str:
+    """The headline metrics of every measured variant, and for an extractor the exact match per field."""
+    variants = metrics["variants"]
+    shown = measured_variants(metrics)
+    names = {v: variant_title(v, metrics) for v in shown}
+    rows = "\n".join(f"| {k} | " + " | ".join(shown_value(variants[v].get(k)) for v in shown) + " |"
+                     for k in spec.headline_metrics)
+    table = f"| metric | {' | '.join(names[v] for v in shown)} |\n|---|{'---|' * len(shown)}\n{rows}"
+    if spec.task == "extract" and shown:
+        table += "\n\n| field | " + " | ".join(names[v] for v in shown) + " |\n|---|" + "---|" * len(shown) + "\n"
+        table += "\n".join(f"| {f} | " + " | ".join(shown_value(variants[v]["per_field"][f]) for v in shown) + " |"
+                           for f in spec.fields)
+    return table
+
+
+def _data_section(spec: AdapterSpec, split: dict) -> str:
+    """Where the examples came from and how they were split (``split``: metrics.json's record)."""
+    data_source = spec.data.hub_id or spec.data.local_path
+    return f"""- Source: `{data_source}`{'' if data_source == spec.data.local_path else f" (local copy `{spec.data.local_path}` when present)"}{_read_from(split)}
+- Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}{_near_duplicates_text(split)}
+- Rows: {_rows_text(split)}
+- Details: `{_details_text(split)}`"""
+
+
+def _training_section(spec: AdapterSpec, training: dict) -> str:
+    """The spec's settings and the recorded run (``training``: metrics.json's record)."""
+    t, lora = spec.training, spec.lora
+    return f"""| setting | value |
+|---|---|
+| method | {t.method} (LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules {', '.join(lora.target_modules)}) |
+| optimisation | lr {t.learning_rate}, cosine, warm-up {t.warmup_ratio}, batch {t.batch_size} × accumulation {t.gradient_accumulation}, up to {t.epochs} epochs, early stopping patience {t.early_stopping_patience} |
+| sequences | completion-only loss, {training.get('batching', 'padding-free packing')}, max length {t.max_seq_length} |
+| hardware | {_hardware(training)} |
+| run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_seconds(training.get('train_seconds'))} s{_compile_note(training)}, {shown_value(training.get('tokens_per_second'))} tokens/s (real tokens) |
+| best validation loss | {shown_value(training.get('best_eval_loss'))} |
+| seed | {t.seed} |"""
+
+
+def _reproduce_section(spec: AdapterSpec, metrics: dict) -> str:
+    """The commands that retrain and re-evaluate this adapter as it was."""
+    options = f"{catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))}"
+    limit = '' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"
+    trained_on = (metrics.get("training") or {}).get("device", "—")
+    return f"""```bash
+adapterlab train {spec.name}{options} --no-eval    # trained on: {trained_on}
+adapterlab eval {spec.name}{options}{limit}
+```
+
+`adapterlab train {spec.name}` alone trains and evaluates in one go; either way the configuration is
+`adapter.yaml` as committed, with the data split recorded above."""
