@@ -219,11 +219,8 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
                   callbacks: list | None = None) -> TrainResult:
     """Train ``spec`` on ``splits.train`` (early-stopped on ``splits.validation``) and write the
     adapter into ``output_dir`` (default: the spec's folder), replacing any previous one atomically."""
-    import torch
-    from peft import LoraConfig, prepare_model_for_kbit_training
-    from datasets import Dataset
-    from transformers import EarlyStoppingCallback
-    from trl import SFTConfig, SFTTrainer
+    from peft import prepare_model_for_kbit_training
+    from trl import SFTConfig
 
     base = base or spec.base_model
     t = spec.training
@@ -249,8 +246,42 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     fit_note = check_answers_fit(tokenizer, train_rows, t.max_seq_length, str(spec.directory / "adapter.yaml"))
     if fit_note and is_main_process():
         print(f"train: {fit_note}", file=sys.stderr)
-    config = trainer_arguments(spec, run_dir, max_steps, on_cuda, progress)
-    args = SFTConfig(**{**config, **(extra_args or {})})
+    args = SFTConfig(**{**trainer_arguments(spec, run_dir, max_steps, on_cuda, progress), **(extra_args or {})})
+    trainer, throughput, compiled = sft_trainer(spec, model, tokenizer, args, train_rows, eval_rows, callbacks,
+                                                on_cuda, progress)
+    if trainer.is_world_process_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / FINGERPRINT_FILE, fingerprint)
+
+    with cudnn_attention(False):  # eager steps: its CPU cost per call
+        trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.state.global_step == 0:  # untrained weights must never replace an adapter's
+        raise ValueError(f"{spec.name}: training ran no step ({len(train_rows)} training examples, "
+                         f"epochs {t.epochs}); the adapter was left as it was")
+
+    result = train_result(spec, trainer, throughput, canonical_name(base), torch_device, len(train_rows),
+                          resume_from, compiled)
+    if trainer.is_world_process_zero():
+        write_adapter(trainer.model, spec, Path(output_dir or spec.directory), canonical_name(base),
+                      trainer.state.log_history, result)
+        # the run is over and its result is the adapter: a second `train` trains again, where resuming
+        # a finished run had trained one step past --max-steps, or rewritten the weights and dropped
+        # their evaluation
+        clear_run_folder(run_dir)
+    return result
+
+
+def sft_trainer(spec: AdapterSpec, model, tokenizer, args, train_rows: list[dict], eval_rows: list[dict],
+                callbacks: list | None, on_cuda: bool, progress: bool):
+    """TRL's ``SFTTrainer`` for the spec's LoRA on ``model``, early-stopped on ``eval_rows``, with its
+    fused (and on a GPU compiled) layers and the loss-and-speed bar; returns the trainer, the
+    callback that times it, and whether its layers are compiled."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    t = spec.training
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                       target_modules=list(spec.lora.target_modules), task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
@@ -271,35 +302,26 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     if progress:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(LossAndSpeedBar(throughput))
-    if trainer.is_world_process_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FINGERPRINT_FILE).write_text(fingerprint)
+    return trainer, throughput, compiled
 
-    with cudnn_attention(False):  # eager steps: its CPU cost per call
-        trainer.train(resume_from_checkpoint=resume_from)
-    if trainer.state.global_step == 0:  # untrained weights must never replace an adapter's
-        raise ValueError(f"{spec.name}: training ran no step ({len(train_rows)} training examples, "
-                         f"epochs {t.epochs}); the adapter was left as it was")
 
-    result = TrainResult(
-        adapter=spec.name, base_model=canonical_name(base), method=t.method,
-        device=torch.cuda.get_device_name(torch_device) if on_cuda else "cpu",
-        steps=trainer.state.global_step, epochs=round(trainer.state.epoch or 0, 3),
-        train_examples=len(train_rows), train_seconds=round(throughput.train_seconds, 2),
-        train_tokens=int(trainer.state.num_input_tokens_seen),
-        tokens_per_second=round(throughput.tokens_per_second(trainer.state), 1),
-        best_eval_loss=trainer.state.best_metric, best_checkpoint=trainer.state.best_model_checkpoint,
-        resumed_from=resume_from, seed=t.seed,
-        batching="padding-free packing" if args.packing else "length-grouped batches, padded per batch",
+def train_result(spec: AdapterSpec, trainer, throughput: "ThroughputCallback", base_name: str, torch_device: str,
+                 train_examples: int, resumed_from: str | None, compiled: bool) -> TrainResult:
+    """What the finished run did, as recorded in ``train_result.json`` and the model card."""
+    import torch
+
+    state = trainer.state
+    return TrainResult(
+        adapter=spec.name, base_model=base_name, method=spec.training.method,
+        device=torch.cuda.get_device_name(torch_device) if torch_device.startswith("cuda") else "cpu",
+        steps=state.global_step, epochs=round(state.epoch or 0, 3),
+        train_examples=train_examples, train_seconds=round(throughput.train_seconds, 2),
+        train_tokens=int(state.num_input_tokens_seen),
+        tokens_per_second=round(throughput.tokens_per_second(state), 1),
+        best_eval_loss=state.best_metric, best_checkpoint=state.best_model_checkpoint,
+        resumed_from=resumed_from, seed=spec.training.seed,
+        batching="padding-free packing" if trainer.args.packing else "length-grouped batches, padded per batch",
         compiled_layers=compiled, processes=trainer.args.world_size)
-    if trainer.is_world_process_zero():
-        write_adapter(trainer.model, spec, Path(output_dir or spec.directory), canonical_name(base),
-                      trainer.state.log_history, result)
-        # the run is over and its result is the adapter: a second `train` trains again, where resuming
-        # a finished run had trained one step past --max-steps, or rewritten the weights and dropped
-        # their evaluation
-        clear_run_folder(run_dir)
-    return result
 
 
 def trainer_arguments(spec: AdapterSpec, run_dir: Path, max_steps: int | None, on_cuda: bool,
