@@ -116,18 +116,14 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
     add_results(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON results in benchmarks/results/)")
-    bench_sub = bench.add_subparsers(required=True, metavar="BENCHMARK")
-    from .bench import add_parser as add_bench_serve
-    from .bench_table import add_parser as add_bench_table
-
-    add_bench_serve(bench_sub)
-    add_bench_table(bench_sub)
+    bench_sub = bench.add_subparsers(required=True, metavar="BENCHMARK")  # filled by the benchmarks package
     add_plugin_commands(sub, bench_sub, registrars)
     return parser
 
 
 def add_plugin_commands(sub, bench_sub, registrars=()) -> None:
-    """Commands other packages register (``training`` adds train/eval) without adapters importing them.
+    """Commands other packages register (``training`` adds train/eval, ``benchmarks`` the ``bench``
+    commands) without adapters importing them.
 
     A package lists ``register(subparsers, bench_subparsers)`` under the entry-point group
     ``adapterlab.commands`` in pyproject.toml.

@@ -158,3 +158,22 @@ def refresh_generated(path: Path, text: str, what: str, command: str, check: boo
         write_text_atomic(path, text)
     print(f"{path}: {what} {'updated' if current != text else 'already up to date'}", file=sys.stderr)
     return 0
+
+
+def with_table(readme_text: str, generated: str, readme: Path, markers: tuple[str, str]) -> str:
+    """``readme_text`` with the part between the ``markers`` replaced by ``generated``."""
+    first, last = markers
+    start, end = readme_text.find(first), readme_text.find(last)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no {first} ... {last} pair; put the two markers where the table goes")
+    return readme_text[:start + len(first)] + "\n" + generated + "\n" + readme_text[end:]
+
+
+def refresh_readme_table(readme: Path, generated: str, markers: tuple[str, str], name: str, command: str,
+                         check: bool) -> int:
+    """Put ``generated`` between ``markers`` in ``readme`` through ``refresh_generated`` (``name``: the
+    table, ``command``: the one that regenerates it)."""
+    if not readme.is_file():
+        raise ValueError(f"{readme}: no such file; --readme names the README that holds the table markers")
+    updated = with_table(readme.read_text(encoding="utf-8"), generated, readme, markers)
+    return refresh_generated(readme, updated, name, command, check)

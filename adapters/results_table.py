@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench_table import README, refresh_readme_table
 from .catalog import CATALOG_DIR, load_catalog
+from .files import refresh_readme_table
 from .metrics_file import VARIANT_TITLES, VARIANTS, adapter_metrics, check_targets, shown_value
 from .spec import AdapterSpec
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 MARKERS = ("<!-- results-table:start -->", "<!-- results-table:end -->")
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from adapters import Runtime
-from adapters.bench import bench_adapter_switch, bench_classify_during_streams, bench_concurrent_streams, max_overlap
+from benchmarks.serve import bench_adapter_switch, bench_classify_during_streams, bench_concurrent_streams, max_overlap
 from adapters.catalog import CATALOG_DIR, load_catalog
 from conftest import train_tiny_lora
 
@@ -365,7 +365,7 @@ def test_regenerating_the_readme_table_is_idempotent_and_check_reports_staleness
 def test_a_cpu_result_alone_leaves_cuda_rows_pending_with_their_targets(tmp_path):
     import json
 
-    from adapters.bench_table import table
+    from benchmarks.table import table
 
     cpu = {**SERVE_H100, "device": "CPU x86_64, 2 cores, 2 threads"}
     text = table([("serve-cpu.json", json.loads(json.dumps(cpu)))])
@@ -390,10 +390,12 @@ def test_missing_markers_and_broken_results_are_named_and_nothing_is_written(res
 
 
 def test_the_committed_readme_table_matches_the_committed_results():
-    from adapters.bench_table import README, RESULTS_DIR, read_results, table, with_table
+    from adapters.files import with_table
+    from adapters.results_table import README
+    from benchmarks.table import END, RESULTS_DIR, START, read_results, table
 
     text = README.read_text(encoding="utf-8")
-    assert with_table(text, table(read_results(RESULTS_DIR))) == text, "run `adapterlab bench table`"
+    assert with_table(text, table(read_results(RESULTS_DIR)), README, (START, END)) == text, "run `adapterlab bench table`"
 
 
 def test_bench_serve_writes_every_measure_to_json(tiny_base, two_adapters, tmp_path):
@@ -422,7 +424,7 @@ def test_bench_serve_writes_every_measure_to_json(tiny_base, two_adapters, tmp_p
 @pytest.mark.parametrize(("device", "slug"), [("NVIDIA H100 80GB HBM3", "cuda-h100"), ("NVIDIA H200", "cuda-h200"),
                                               ("CPU x86_64, 2 cores, 2 threads", "cpu")])
 def test_result_files_are_named_after_the_device_kind(device, slug):
-    from adapters.bench import device_slug
+    from benchmarks.serve import device_slug
 
     assert device_slug(device) == slug
 

@@ -63,7 +63,7 @@ def test_bench_train_measures_three_recipes_on_the_same_examples(tiny_base, cata
         assert per_round[key] == pytest.approx([m / t for m, t in zip(mine, theirs)])
         assert result["ratios"][key] == min(per_round[key])
 
-    from adapters.bench_table import table
+    from benchmarks.table import table
     assert "one-time warm-up (4 examples" in table([("train.json", result)])
     assert "trl 1.16.0; measured before a change" in table([("train.json", {**result, "trl": "1.16.0",
                                                                             "note": "measured before a change"})])

@@ -68,7 +68,8 @@ def test_a_readme_without_the_markers_and_a_broken_metrics_file_are_named(tmp_pa
 
 
 def test_the_committed_readme_results_table_matches_the_committed_metrics():
-    from adapters.bench_table import README, with_table
+    from adapters.files import with_table
+    from adapters.results_table import README
 
     text = README.read_text(encoding="utf-8")
     assert with_table(text, table(evaluated_adapters()), README, MARKERS) == text, "run `adapterlab results`"

@@ -1,4 +1,4 @@
-"""``adapterlab train``, ``eval``, ``card`` and ``bench train``/``bench qlora``: the training package's commands.
+"""``adapterlab train``, ``eval`` and ``card``: the training package's commands.
 
 Registered through the ``adapterlab.commands`` entry point, so the CLI in ``adapters`` offers them
 without importing this package. Heavy imports happen only when a command runs.
@@ -42,12 +42,6 @@ def register(sub, bench_sub) -> None:
     card.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
     card.add_argument("--check", action="store_true", help="exit 1 if the card is stale; write nothing")
     card.set_defaults(func=cmd_card)
-
-    from .bench import add_parser as add_bench_train
-    from .bench_large import add_parser as add_bench_qlora
-
-    add_bench_train(bench_sub)
-    add_bench_qlora(bench_sub)
 
 
 def _common(p) -> None:

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from adapters.bench import environment
+from adapters.environment import environment
 from adapters.prompts import target_text
 from adapters.files import write_bytes_atomic, write_lines_atomic, write_text_atomic
 from adapters.metrics_file import VARIANTS

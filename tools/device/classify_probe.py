@@ -15,7 +15,8 @@ import time
 import torch
 
 from adapters.base_models import LoadOptions
-from adapters.bench import SAMPLE_SMS, environment
+from adapters.environment import environment
+from benchmarks.serve import SAMPLE_SMS
 from adapters.prompts import task_messages
 from adapters.runtime import Runtime
 
@@ -68,7 +69,7 @@ for _ in range(3):  # one message, as the app classifies it
             single[forward].append((time.perf_counter() - start) * 1000)
 use("filled", "peft")  # how far bf16 results move with the batch size alone, for scale
 smaller = [r.probs["spam"] for r in runtime.classify("spam", texts, batch_size=64)]
-report = {**environment(), "command": " ".join(["python3", *sys.argv]), "batch": BATCH, "rounds": ROUNDS,
+report = {**environment("cuda"), "command": " ".join(["python3", *sys.argv]), "batch": BATCH, "rounds": ROUNDS,
           "variants": {f"{p}+{f}": {"messages_per_s": round(BATCH / statistics.median(seconds[(p, f)]), 1),
                                     "ms_median": round(statistics.median(seconds[(p, f)]) * 1000, 1),
                                     "max_abs_p_spam_diff": max(abs(a - b) for a, b in zip(probs[(p, f)], reference))}

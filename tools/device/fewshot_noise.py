@@ -7,7 +7,7 @@ import json
 import sys
 
 from adapters.base_models import LoadOptions
-from adapters.bench import environment
+from adapters.environment import environment
 from adapters.runtime import Runtime
 from training.data import load_splits
 
@@ -25,7 +25,7 @@ for forward in ("peft", "fused"):
         out = runtime.classify("spam", texts, base=True, examples=shots, batch_size=batch)
         runs[f"{forward}_batch{batch}"] = [r.probs["spam"] for r in out]
 reference = runs["peft_batch16"]
-report = {**environment(), "command": " ".join(["python3", *sys.argv]), "examples": len(texts),
+report = {**environment("cuda"), "command": " ".join(["python3", *sys.argv]), "examples": len(texts),
           "near_boundary": {f"|p-0.5|<{d}": sum(abs(p - 0.5) < d for p in reference) for d in (0.001, 0.01, 0.05)},
           "runs": {name: {"accuracy": sum((p >= 0.5) == (t == "spam") for p, t in zip(probs, truth)) / len(truth),
                           "decisions_differing_from_peft_batch16": sum((p >= 0.5) != (q >= 0.5)

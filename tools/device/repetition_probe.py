@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from adapters.base_models import LoadOptions  # noqa: E402
-from adapters.bench import environment  # noqa: E402
+from adapters.environment import environment  # noqa: E402
 from adapters.runtime import Runtime  # noqa: E402
 from training.data import load_splits  # noqa: E402
 from training.evaluate import load_metric  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> None:
     Path(args.output).write_text(json.dumps({
         "adapter": "medquad", "variant": "fine_tuned", "split": args.split, "examples": len(test),
         "max_new_tokens": limit,
-        "device": environment()["device"],
+        "device": environment("cuda")["device"],
         "settings": rows}, indent=2) + "\n")
 
 

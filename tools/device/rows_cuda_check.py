@@ -87,7 +87,7 @@ def tiny() -> dict:
 
 def real() -> dict:
     from adapters import Runtime
-    from adapters.bench import SAMPLE_QUESTION, STREAM_INPUTS
+    from benchmarks.serve import SAMPLE_QUESTION, STREAM_INPUTS
 
     runtime = Runtime.local(progress=False)
     backend = runtime.backend

@@ -12,7 +12,8 @@ import threading
 import time
 
 from adapters import Runtime
-from adapters.bench import SAMPLE_QUESTION, STREAM_INPUTS, environment
+from adapters.environment import environment
+from benchmarks.serve import SAMPLE_QUESTION, STREAM_INPUTS
 
 from adapters.batching import MAX_STREAM_BATCH
 
@@ -46,7 +47,7 @@ def first_difference(a: str, b: str) -> int | None:
 
 rows = [{"adapter": a or "base", "same": alone[i] == together[i], "first_difference_at_char": first_difference(alone[i], together[i]),
          "chars": [len(alone[i]), len(together[i])]} for i, a in enumerate(plan)]
-result = {**environment(), "rows": rows, "same": sum(r["same"] for r in rows), "of": len(rows)}
+result = {**environment("cuda"), "rows": rows, "same": sum(r["same"] for r in rows), "of": len(rows)}
 print(json.dumps(result, indent=2))
 if len(sys.argv) > 1:
     with open(sys.argv[1], "w") as f:

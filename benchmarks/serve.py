@@ -11,20 +11,18 @@ how it was taken where that is not obvious (``definition``, ``notes``). Timings 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .catalog import CATALOG_DIR, load_catalog
-from .files import write_text_atomic
-from .runtime import Runtime
+from adapters.catalog import CATALOG_DIR, load_catalog
+from adapters.environment import environment
+from adapters.files import write_text_atomic
+from adapters.runtime import Runtime
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SAMPLE_SMS = "URGENT! You have won a £1,000 cash prize. Call 09061234567 now to claim. T&Cs apply."
 SAMPLE_QUESTION = "What are the symptoms of type 2 diabetes?"
 SAMPLE_NOTE = ("Clinic note: 61-year-old woman with invasive ductal carcinoma of the left breast, stage IIA, "
@@ -41,23 +39,6 @@ STREAMS_NOTES = (
     "through the single-stream path (on a GPU, the CUDA-graph decoder). max_streams_decoding_at_once says how "
     "many streams were ever decoding at the same moment. Models the row decoder does not cover (not Llama-"
     "shaped, 4-bit, float16) batch through PEFT's mixed-adapter generate on a CPU and stream one at a time on a GPU.")
-
-
-def environment(device: str) -> dict:
-    """The name of ``device`` (where the measured run ran: cpu, cuda, cuda:N) and the versions that
-    the numbers depend on."""
-    import peft
-    import torch
-    import transformers
-
-    if device.startswith("cuda"):
-        device = torch.cuda.get_device_name(torch.device(device))
-    else:
-        device = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    return {"device": device, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["adapterlab", *sys.argv[1:]]) if sys.argv else ""}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -195,7 +176,7 @@ def bench_generate(runtime: Runtime, adapter: str | None, base: bool, runs: int,
 def decoder_check(runtime: Runtime, tokens: int) -> dict:
     """Whether the backend's fast one-prompt decoder (CUDA graphs) gives the greedy text of the path
     that decodes several prompts (rows of the row decoder, or ``generate`` for other models)."""
-    from .backends import GenerationParams
+    from adapters.backends import GenerationParams
 
     backend = runtime.backend
     decoder = getattr(backend, "_decoder", lambda: None)()
@@ -223,7 +204,7 @@ def bench_concurrent_streams(runtime: Runtime, streams: int, tokens: int) -> dic
     """``streams`` greedy generations started together from threads, cycling through every loaded
     adapter and the base, each on its adapter's kind of input: aggregate tokens/s, wall time, TTFTs;
     decoded one at a time and as batches of up to ``MAX_STREAM_BATCH``, alternated in one process."""
-    from .batching import MAX_STREAM_BATCH
+    from adapters.batching import MAX_STREAM_BATCH
 
     runtime.generate(None, [{"role": "user", "content": "hi"}], temperature=0, max_new_tokens=2).read()
     backend = runtime.backend
@@ -352,7 +333,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def run_serve(args) -> int:
-    from .base_models import LoadOptions
+    from adapters.base_models import LoadOptions
 
     options = LoadOptions(dtype=args.dtype, device=args.device)
     if "spam" not in load_catalog(args.catalog):  # the benchmark times the spam check: refused before loading
@@ -401,7 +382,7 @@ def add_parser(bench_sub) -> None:
     serve = bench_sub.add_parser("serve", help="classify latency/throughput, generate TTFT and tokens/s")
     serve.add_argument("--calls", type=int, default=50, help="single-message classify calls")
     serve.add_argument("--batch", type=int, default=64, help="messages in the batched classify run")
-    from .cli import positive_int  # here: adapters.cli imports this module
+    from adapters.cli import positive_int  # here: adapters.cli registers this module's command
 
     serve.add_argument("--batch-runs", type=positive_int, default=3,
                        help="timed batched classify calls after a warm-up one (their median is reported)")

@@ -20,10 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from adapters.bench import RESULTS_DIR, environment
+from adapters.environment import environment
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 
-from .bench import write_json_atomic
+from .serve import RESULTS_DIR
+from .train import write_json_atomic
 
 GIB = 2**30
 # Llama-3.1-8B's published config.json, minus the rope scaling that does not change the cost
@@ -76,8 +77,8 @@ def cmd_bench_qlora(args) -> int:
 
     from adapters.base_models import LoadOptions, resolve
 
-    from .data import Splits, load_splits
-    from .train import train_adapter
+    from training.data import Splits, load_splits
+    from training.train import train_adapter
 
     if args.shape not in SHAPES:
         raise ValueError(f"--shape {args.shape!r}: use one of {', '.join(SHAPES)}")

@@ -31,9 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.bench import RESULTS_DIR, environment
+from adapters.environment import environment
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 from adapters.files import write_text_atomic
+
+from .serve import RESULTS_DIR
 
 RECIPES = ("reference", "strong_baseline", "adapterlab")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -162,7 +164,7 @@ def run_trainer_recipe(recipe: TrainerRecipe, base: str, device: str, train_rows
 
     from adapters.base_models import LoadOptions, load_base
 
-    from .train import ThroughputCallback, sampling_args
+    from training.train import ThroughputCallback, sampling_args
 
     on_cuda = device.startswith("cuda")
     dtype = "float32" if not on_cuda or recipe.cuda_precision == "fp16" else "bfloat16"
@@ -206,8 +208,8 @@ def run_adapterlab_recipe(spec, base: str, device: str, train_examples, val_exam
 
     from adapters.base_models import LoadOptions, load_base
 
-    from .data import Splits
-    from .train import train_adapter
+    from training.data import Splits
+    from training.train import train_adapter
 
     on_cuda = device.startswith("cuda")
     splits = Splits(train=list(train_examples), validation=list(val_examples), test=[], report=splits_report)
@@ -357,8 +359,8 @@ def cmd_bench_train(args) -> int:
 
     from adapters.base_models import LoadOptions, canonical_name, resolve
 
-    from .data import load_splits, portable_source
-    from .train import compiles_layers, sft_rows
+    from training.data import load_splits, portable_source
+    from training.train import compiles_layers, sft_rows
 
     if args.examples < 1 or args.val_examples < 1 or args.repeat < 1:
         raise ValueError("--examples, --val-examples and --repeat must be >= 1")

@@ -1,6 +1,6 @@
 """The README's benchmark table, generated from the JSON results in ``benchmarks/results/``.
 
-``adapterlab bench table`` (or ``python -m adapters.bench_table``) reads every result file, turns
+``adapterlab bench table`` (or ``python -m benchmarks.table``) reads every result file, turns
 ``serve`` results (``adapterlab bench serve``) and ``train`` results (``adapterlab bench train``) into
 table rows with the issue's targets marked ✅/❌ where they apply to the device, and rewrites the
 README between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` (atomically, and only
@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bench import RESULTS_DIR
-from .files import refresh_generated
+from adapters.files import refresh_readme_table
+from adapters.results_table import README
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from .serve import RESULTS_DIR
+
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 HEADER = ["benchmark", "device", "measure", "result", "target"]
 
@@ -282,25 +283,6 @@ def table(results: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def with_table(readme_text: str, generated: str, readme: Path = README, markers: tuple[str, str] = (START, END)) -> str:
-    """``readme_text`` with the part between the ``markers`` replaced by ``generated``."""
-    first, last = markers
-    start, end = readme_text.find(first), readme_text.find(last)
-    if start < 0 or end < start:
-        raise ValueError(f"{readme}: no {first} ... {last} pair; put the two markers where the table goes")
-    return readme_text[:start + len(first)] + "\n" + generated + "\n" + readme_text[end:]
-
-
-def refresh_readme_table(readme: Path, generated: str, markers: tuple[str, str], name: str, command: str,
-                         check: bool) -> int:
-    """Put ``generated`` between ``markers`` in ``readme`` through ``refresh_generated`` (``name``: the
-    table, ``command``: the one that regenerates it)."""
-    if not readme.is_file():
-        raise ValueError(f"{readme}: no such file; --readme names the README that holds the table markers")
-    updated = with_table(readme.read_text(encoding="utf-8"), generated, readme, markers)
-    return refresh_generated(readme, updated, name, command, check)
-
-
 def run_table(args) -> int:
     return refresh_readme_table(Path(args.readme), table(read_results(Path(args.results))), (START, END),
                                 "benchmark table", "adapterlab bench table", args.check)
@@ -315,13 +297,13 @@ def add_parser(bench_sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adapters.bench_table", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.splitlines()[0])
     add_parser(parser.add_subparsers(required=True, metavar="COMMAND"))
     args = parser.parse_args(["table", *(argv if argv is not None else sys.argv[1:])])
     try:
         return run_table(args)
     except (ValueError, OSError) as exc:
-        print(f"bench_table: error: {exc}", file=sys.stderr)
+        print(f"benchmarks.table: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,7 @@
 
 Its own module because subclassing ``TrainerCallback`` imports transformers, which every
 ``adapterlab`` command would otherwise pay for at start-up (the CLI registers ``bench train``
-by importing ``training.bench``).
+by importing ``benchmarks.train``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 from transformers import TrainerCallback
 
-from .bench import _synchronize
+from .train import _synchronize
 
 
 class StepProfiler(TrainerCallback):
