@@ -51,11 +51,25 @@ def test_field_extraction_compare_after_the_documented_normalisation():
             json.dumps({"stage": "IIA", "biomarker": None})]
     preds = [json.dumps({"stage": "iv", "biomarker": "PR positive, ER positive"}),
              json.dumps({"stage": "IIB", "biomarker": None})]
-    result = metric.compute(predictions=preds, references=refs, fields=fields, valid=[True, False])
-    assert result["per_field"] == {"stage": 0.5, "biomarker": 1.0}
+    result = metric.compute(predictions=preds, references=refs, fields=fields, valid=[True, True])
+    assert result["per_field"] == {"stage": 0.5, "biomarker": 1.0}  # a null said as null is right
     assert result["micro_field_accuracy"] == pytest.approx(0.75)
-    assert result["json_valid"] == 0.5
-    assert result["exact_match_all_fields"] == 0.5
+    assert result["json_valid"] == 1.0
+
+
+def test_an_output_that_is_not_json_misses_every_field_a_null_one_too():
+    """It had scored the reference's nulls as right: the shipped base model, JSON-valid on a third of
+    the narratives, got most of its micro field accuracy from prose."""
+    metric = load_metric("field_extraction")
+    fields = ["stage", "biomarker"]
+    refs = [json.dumps({"stage": "IV", "biomarker": None})] * 2
+    nothing = json.dumps({"stage": None, "biomarker": None})  # what parse_fields gives for prose
+    result = metric.compute(predictions=[json.dumps({"stage": "IV", "biomarker": None}), nothing],
+                            references=refs, fields=fields, valid=[True, False])
+    assert result["per_field"] == {"stage": 0.5, "biomarker": 0.5}
+    assert result["micro_field_accuracy"] == pytest.approx(0.5)
+    assert result["per_field_token_f1"] == {"stage": 0.5, "biomarker": 0.5}
+    assert result["json_valid"] == 0.5 and result["exact_match_all_fields"] == 0.5
 
 
 def test_oncology_token_f1_credits_partial_overlap_but_not_nulls():

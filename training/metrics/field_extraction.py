@@ -8,6 +8,10 @@ Normalisation (applied to prediction and reference alike):
 - a value is a set of parts split on ";", ",", "/", "+", " and ", " with ", " plus ": parts are
   compared as a sorted set, so "HER2 amplification; ER positive" equals "ER positive, HER2 amplification".
 
+An output that is not a JSON object (``valid`` false) misses every field, a null one too: the model
+extracted nothing, and counting its empty fields as right would credit prose with the reference's
+nulls (a base model that rambles had scored about the share of null references).
+
 Exact match is the measure (``micro_field_accuracy``). Beside it, a lenient one for reading the
 errors: token F1 per field (SQuAD-style, over the words of the normalised values; both null 1, one
 null 0), micro-averaged as ``micro_field_token_f1``. It credits "cutaneous melanoma" against a
@@ -63,11 +67,12 @@ class FieldExtraction(evaluate.Metric):
     def _compute(self, predictions, references, fields, valid=None):
         preds = [json.loads(p) for p in predictions]
         refs = [json.loads(r) for r in references]
-        hits = {f: [normalise(p.get(f)) == normalise(r.get(f)) for p, r in zip(preds, refs)] for f in fields}
-        per_field = {f: sum(h) / len(h) if h else 0.0 for f, h in hits.items()}
-        per_field_f1 = {f: sum(token_f1(p.get(f), r.get(f)) for p, r in zip(preds, refs)) / max(1, len(refs))
-                        for f in fields}
         valid = valid if valid is not None else [True] * len(preds)
+        hits = {f: [bool(ok) and normalise(p.get(f)) == normalise(r.get(f)) for p, r, ok in zip(preds, refs, valid)]
+                for f in fields}
+        per_field = {f: sum(h) / len(h) if h else 0.0 for f, h in hits.items()}
+        per_field_f1 = {f: sum(token_f1(p.get(f), r.get(f)) if ok else 0.0 for p, r, ok in zip(preds, refs, valid))
+                        / max(1, len(refs)) for f in fields}
         return {"json_valid": sum(bool(v) for v in valid) / len(valid) if valid else 0.0,
                 "micro_field_accuracy": sum(per_field.values()) / len(fields) if fields else 0.0,
                 "exact_match_all_fields": sum(all(row) for row in zip(*hits.values())) / max(1, len(refs)),
