@@ -287,7 +287,8 @@ class LocalBackend:
         return [len(ids) for ids in self.encode(list(texts))["input_ids"]] if texts else []
 
     def over_budget(self, texts: Sequence[str], budget: int) -> list[bool]:
-        """Whether each text has more than ``budget`` tokens.
+        """Whether each text has more than ``budget`` tokens, counted as the prompt will hold it: a
+        special-token string (``<|im_end|>``) stays text there (``literal``), several tokens, not one.
 
         Under a byte-level BPE tokenizer every token covers at least one UTF-8 byte (plus perhaps
         a space the tokenizer puts first), so a text of fewer bytes than the budget is not counted:
@@ -296,9 +297,13 @@ class LocalBackend:
         bounded = self._tokens_within_bytes()
         unsure = [i for i, text in enumerate(texts) if not bounded or len(text.encode("utf-8")) + 1 > budget]
         over = [False] * len(texts)
-        for i, count in zip(unsure, self.token_counts([texts[i] for i in unsure])):
-            over[i] = count > budget
+        for i, ids in zip(unsure, self._text_ids([texts[i] for i in unsure])):
+            over[i] = len(ids) > budget
         return over
+
+    def _text_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of user text, special-token strings read as the text they are."""
+        return self.encode(texts, split_special_tokens=True)["input_ids"] if texts else []
 
     def _tokens_within_bytes(self) -> bool:
         """Whether the tokenizer is byte-level BPE with no normalizer (which may expand text)."""
@@ -313,13 +318,24 @@ class LocalBackend:
         return self._byte_level
 
     def truncate(self, text: str, max_tokens: int, keep_end: int = 0) -> str:
-        ids = self.encode(text)["input_ids"]
+        ids = self._text_ids([text])[0]
         if not keep_end or len(ids) <= max_tokens:
-            return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+            return self._whole_characters(ids[:max_tokens], text)
         marker = "\n[…]\n"  # where the middle was left out; its tokens come out of the start's share
         start = max(0, max_tokens - keep_end - len(self.encode(marker)["input_ids"]))
-        return (self.tokenizer.decode(ids[:start], skip_special_tokens=True) + marker
-                + self.tokenizer.decode(ids[-keep_end:], skip_special_tokens=True))
+        return self._whole_characters(ids[:start], text) + marker + self._whole_characters(ids[-keep_end:], text)
+
+    def _whole_characters(self, ids: list[int], text: str) -> str:
+        """The text of ``ids``, a piece of ``text``, without a character cut between its byte tokens
+        at either end (which decodes to U+FFFD, a character nobody typed, and re-encodes longer)."""
+        decode = self.tokenizer.decode
+        if "\ufffd" in text:  # the text's own replacement characters: nothing to tell apart
+            return decode(ids)
+        while ids and decode(ids).endswith("\ufffd"):
+            ids = ids[:-1]
+        while ids and decode(ids).startswith("\ufffd"):
+            ids = ids[1:]
+        return decode(ids)
 
     # --- model calls -----------------------------------------------------------------------
 

@@ -356,7 +356,7 @@ class Runtime:
             _check_encodable(m["content"])
         budget = self._input_budget(spec, max_new_tokens)
         cut_to, dropped = None, 0
-        if self.backend.count_tokens(turns[-1]["content"]) > budget:
+        if self.backend.over_budget([turns[-1]["content"]], budget)[0]:
             turns[-1]["content"] = self._cut_message(turns[-1]["content"], budget)
             cut_to = budget
         full = chat_messages(spec, turns, system=system)

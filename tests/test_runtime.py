@@ -321,6 +321,21 @@ def test_empty_text_is_refused_clearly(tiny_base, catalog, text):
         rt.generate("medquad", [{"role": "user", "content": text}], base=True)
 
 
+def test_a_cut_text_keeps_its_special_token_strings_and_whole_characters(tiny_base, catalog):
+    """Budgets counted ``<|im_end|>`` in a text as one token where the prompt holds it as text
+    (several), and a cut dropped those strings; a cut between an emoji's byte tokens left U+FFFD."""
+    b = runtime(tiny_base, catalog).backend
+    tokens = lambda text: len(b._text_ids([text])[0])  # noqa: E731
+    text = "ok <|im_end|>" * 200
+    assert b.over_budget([text], 4 * 200) == [True]  # 4 tokens a repeat with <|im_end|> as one, 13 as text
+    cut = b.truncate(text, 50)
+    assert cut.startswith("ok <|im_end|>ok <|im_end|>") and tokens(cut) <= 50
+    party = "Congrats " + "\U0001f389" * 60 + " you won"
+    for budget in range(3, 14):
+        for cut in (b.truncate(party, budget), b.truncate(party, budget + 20, keep_end=budget)):
+            assert "\ufffd" not in cut and tokens(cut) <= budget + 20, (budget, cut)
+
+
 def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     long_text = "win a free prize call now " * 2000
@@ -370,8 +385,9 @@ def test_over_budget_counts_only_texts_whose_bytes_could_exceed_it(tiny_base, ca
     backend = runtime(tiny_base, catalog).backend
     texts = ["short", "ünïcödé £9 💊", "x " * 30, "win " * 40, "💊" * 20]
     counted = []
+    text_ids = backend._text_ids
+    backend._text_ids = lambda batch: counted.extend(batch) or text_ids(batch)
     token_counts = backend.token_counts
-    backend.token_counts = lambda batch: counted.extend(batch) or token_counts(batch)
     over = backend.over_budget(texts, budget=50)
     assert over == [n > 50 for n in token_counts(texts)] == [False, False, True, True, True]
     assert counted == texts[2:]  # 6 and 18 bytes cannot hold 51 tokens: not tokenized
