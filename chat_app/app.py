@@ -358,13 +358,16 @@ async def on_message(message: cl.Message):
         return
     try:
         files = [e for e in (message.elements or []) if getattr(e, "path", None)]
+        typed = bool(message.content.strip())
+        if files:
+            await _name_the_files_in(message, files)
         if not cl.user_session.get("thread_named"):
             cl.user_session.set("thread_named", True)
-            if files and not message.content.strip():
+            if files and not typed:
                 await _name_thread(", ".join(f.name for f in files))
         runtime = await _ready_runtime()
         if files:
-            if message.content.strip():
+            if typed:
                 await cl.Message(content=handlers.TYPED_TEXT_WITH_FILES).send()
             await _uploads(runtime, profile, files)
             return
@@ -397,6 +400,18 @@ async def on_message(message: cl.Message):
                                  "try again, or with a shorter input.").send()
     finally:
         await _save_session()
+
+
+async def _name_the_files_in(message: cl.Message, files: list) -> None:
+    """Mark a message that sent files as such (a resumed chat's history leaves it out), and give one
+    sent without text the files' names as its text. Chainlit 2.12 shows a message's files above its
+    bubble and the bubble empty; the files themselves are not kept (``persistence.py``), so a chat
+    reopened from the history showed an empty bubble alone."""
+    names = [f.name for f in files]
+    message.metadata = {**(message.metadata or {}), handlers.FILES_KEY: names}
+    if not message.content.strip():
+        message.content = handlers.attached_files_text(names)
+    await message.update()
 
 
 async def _compare_adapter_for(message: cl.Message, profile: handlers.Profile) -> tuple[str, str | None]:

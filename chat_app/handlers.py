@@ -40,6 +40,7 @@ UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` file with a `te
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
                          "not. Send it on its own to run it.")
 PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV holds all of them
+FILES_KEY = "files"  # a user message's metadata key naming the files sent with it
 
 
 # --- profiles ------------------------------------------------------------------------------------
@@ -351,6 +352,11 @@ def _decoded(name: str, suffix: str, data: bytes) -> tuple[str, list[str]]:
     return content, [f"The file is not UTF-8 ({where}), so it was read as Windows-1252, the encoding Excel "
                      "on Windows saves. If accented letters or symbols look wrong below, save it as UTF-8 "
                      "and upload it again."]
+
+
+def attached_files_text(names: Sequence[str]) -> str:
+    """What a message of files sent without text says in its bubble: the files' names."""
+    return "📎 " + ", ".join(f"`{_safe_name(name)}`" for name in names)
 
 
 def _jsonl_upload(name: str, content: str) -> Upload:
@@ -929,7 +935,9 @@ def add_turn(history: list[dict], question: str, answer: str, max_messages: int 
 
 def history_from_steps(steps: Sequence[dict]) -> list[dict]:
     """Rebuild a conversation from a persisted thread's steps (on resume): user messages and the
-    assistant answers the app marked with ``metadata.answer``."""
+    assistant answers the app marked with ``metadata.answer``. A message that sent files (marked
+    with ``metadata.files``) is not a turn: its files were processed, not its text, as in the chat
+    it came from."""
     history: list[dict] = []
     for step in sorted(steps, key=lambda s: s.get("createdAt") or ""):
         metadata = step.get("metadata") or {}
@@ -938,7 +946,8 @@ def history_from_steps(steps: Sequence[dict]) -> list[dict]:
                 metadata = json.loads(metadata)
             except json.JSONDecodeError:
                 metadata = {}
-        if step.get("type") == "user_message" and (step.get("output") or "").strip():
+        if (step.get("type") == "user_message" and (step.get("output") or "").strip()
+                and not metadata.get(FILES_KEY)):
             history.append({"role": "user", "content": step["output"]})
         elif step.get("type") == "assistant_message" and isinstance(metadata.get("answer"), str):
             if history and history[-1]["role"] == "user":

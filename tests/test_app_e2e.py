@@ -374,6 +374,8 @@ def test_stopping_a_batch_upload_keeps_the_texts_it_did(server, browser, tmp_pat
     page.set_input_files("#upload-button-input", str(many))
     page.wait_for_selector("#attachments :text('many.txt')")
     page.click("#chat-submit")
+    # sent without text, its bubble names the file (it was empty; a reopened chat keeps no file)
+    page.locator("[data-step-type=user_message] .message-content").filter(has_text="many.txt").wait_for()
     page.wait_for_selector("text=/Processed \\d+ of 640 texts/", timeout=ANSWER_TIMEOUT * 1000)
     page.click("#stop-button")
     wait_idle(page)
@@ -390,6 +392,10 @@ def test_stopping_a_batch_upload_keeps_the_texts_it_did(server, browser, tmp_pat
         names = db.execute('SELECT "name" FROM threads WHERE "id" IN (SELECT "threadId" FROM steps '
                            'WHERE "output" LIKE ?)', ("%Stopped by you after % of 640 texts%",)).fetchall()
     assert names == [("Spam check · many.txt",)], names
+    with sqlite3.connect(server.database) as db:
+        sent = db.execute('SELECT "output", "metadata" FROM steps WHERE "type" = ? AND "threadId" IN (SELECT "threadId" '
+                          'FROM steps WHERE "output" LIKE ?)', ("user_message", "%of 640 texts%")).fetchall()
+    assert [(output, json.loads(metadata).get("files")) for output, metadata in sent] == [("📎 `many.txt`", ["many.txt"])]
     page.context.close()
 
 

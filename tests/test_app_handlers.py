@@ -783,6 +783,19 @@ def test_history_keeps_turns_and_is_rebuilt_from_a_saved_thread():
                                                   {"role": "assistant", "content": "a1"}]
 
 
+def test_a_message_that_sent_files_names_them_and_is_no_turn_of_the_conversation():
+    assert handlers.attached_files_text(["notes.csv", "a`b|c.txt"]) == "📎 `notes.csv`, `a_b_c.txt`"
+    steps = [{"type": "user_message", "output": handlers.attached_files_text(["notes.csv"]), "createdAt": "1",
+              "metadata": json.dumps({handlers.FILES_KEY: ["notes.csv"]})},
+             {"type": "assistant_message", "output": "### 3 texts from notes.csv", "createdAt": "2"},
+             {"type": "user_message", "output": "check these", "createdAt": "3", "metadata": {"files": ["b.txt"]}},
+             {"type": "assistant_message", "output": "### 1 text from b.txt", "createdAt": "4"},
+             {"type": "user_message", "output": "q1", "createdAt": "5"},
+             {"type": "assistant_message", "output": "a1", "createdAt": "6", "metadata": {"answer": "a1"}}]
+    assert handlers.history_from_steps(steps) == [{"role": "user", "content": "q1"},
+                                                  {"role": "assistant", "content": "a1"}]
+
+
 # --- chainlit.md, offline page, settings from the environment ------------------------------------
 
 def test_chainlit_md_says_not_trained_yet_and_carries_the_disclaimer(catalog, tmp_path):
