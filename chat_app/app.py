@@ -33,7 +33,7 @@ from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, 
 from adapters.runtime import train_command
 from chat_app import chains, handlers, offline, page_text, welcome
 from chat_app.config import load_config
-from chat_app.persistence import HistoryDataLayer
+from chat_app.persistence import NOT_KEPT, HistoryDataLayer
 from chat_app.state import RuntimeHolder
 
 log = logging.getLogger("adapterlab.chat_app")
@@ -210,7 +210,28 @@ async def _announce_when_ready(profile: handlers.Profile) -> None:
 @cl.on_chat_start
 async def on_chat_start():
     cl.user_session.set("history", [])
+    gone = await _new_chat_if_the_address_holds_none()
     await _setup_session()
+    if gone:
+        await cl.Message(content=handlers.CHAT_GONE, metadata={NOT_KEPT: True}).send()
+
+
+async def _new_chat_if_the_address_holds_none() -> bool:
+    """Whether the page asked for a chat that is not there (``/thread/<id>`` of a deleted chat, or a
+    wrong id); if so, the session becomes a new chat of its own.
+
+    Chainlit 2.12 then toasts "Couldn't resume chat: Thread not found." for four seconds and shows a
+    blank chat, which kept the address's id: its first message was refused as sent in a deleted chat
+    (``handlers.CHAT_DELETED``) or, once the server had restarted, stored under the deleted chat's
+    id, bringing that chat back. The caller says so in the chat instead (the page hides the toast).
+    """
+    session = cl.context.session
+    wanted = getattr(session, "thread_id_to_resume", None)
+    layer = cl_data.get_data_layer()
+    if not wanted or session.has_first_interaction or layer is None or await layer.get_thread(wanted):
+        return False
+    session.thread_id, session.thread_id_to_resume = str(uuid.uuid4()), None
+    return True
 
 
 @cl.on_chat_resume

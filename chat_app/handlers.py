@@ -248,6 +248,8 @@ def truncation_note(spec: AdapterSpec | None, text: str) -> str:
 
 CHAT_DELETED = ("🗑 This chat was deleted, so nothing more of it is kept, and it is not answered. "
                 "Start a new chat (the pencil at the top left).")
+CHAT_GONE = ("🗑 The chat at this address no longer exists: it was deleted, or the address is wrong. "
+             "This is a new chat: type a message to start it.")
 
 
 # --- uploads -------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ SQLite by default (a local file whose tables are created on first use), PostgreS
 - a deleted chat stays deleted: Chainlit saves a session's state when its page disconnects, and
   that save re-created a chat deleted while open (ownerless, hidden, its conversation in the
   metadata), as did a message sent in it afterwards; writes for a deleted chat are dropped;
+- a message the app marks with ``NOT_KEPT`` in its metadata is shown, not stored (the notice that
+  a chat's address holds no chat, ``app.on_chat_start``: it belongs to no chat);
 - the conversation is not copied into the chat's metadata (the app's "history" session key): a
   resumed chat rebuilds it from its stored messages (``handlers.history_from_steps``), so message
   text lives in one place, which a delete removes.
@@ -63,6 +65,7 @@ POSTGRES_SCHEMA = [
 ]
 
 SQLITE_TYPES = {"UUID": "TEXT", "JSONB": "TEXT", "TEXT[]": "TEXT"}  # SQLite stores these as text
+NOT_KEPT = "not_kept"  # a message's metadata key: the app shows the message but does not store it
 NOT_IN_METADATA = {"history"}  # session keys not saved with a chat: the conversation is in its steps
 
 
@@ -167,7 +170,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
     async def create_step(self, step_dict):  # update_step writes through it too
         step_id = step_dict.get("id")
         async with self._step_lock(step_id):
-            if step_dict.get("threadId") in self._deleted or step_id in self._deleted_steps:
+            if step_dict.get("threadId") in self._deleted or step_id in self._deleted_steps or _not_kept(step_dict):
                 return None
             return await super().create_step(step_dict)
 
@@ -186,6 +189,12 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
     async def create_element(self, element) -> None:
         """Attachments are not persisted (no blob storage configured); the message text is."""
         return None
+
+
+def _not_kept(step_dict) -> bool:
+    """Whether the app marked a message as shown only, not stored (``NOT_KEPT``)."""
+    metadata = step_dict.get("metadata")
+    return isinstance(metadata, dict) and bool(metadata.get(NOT_KEPT))
 
 
 def thread_name(first_text: str | None, tags: list[str] | None) -> str | None:

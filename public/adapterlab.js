@@ -12,6 +12,8 @@
 //    It goes to the message box instead (not on touch screens, where that would pop up the keyboard).
 // 3. A wrong password showed, beside the login form's own message, a toast with the server's raw
 //    error, "Unauthorized: credentialssignin"; it is hidden (chat_app/page_text.py words the form's).
+//    So is "Couldn't resume chat: Thread not found." (the address of a deleted chat): the new chat
+//    the page opens says it in a message that stays (chat_app/app.py, on_chat_start).
 // 4. Enter in the history's rename dialog did nothing; it confirms, as in any one-field form.
 // 5. The settings' sliders had no name ("slider"); each gets its label's text.
 (() => {
@@ -82,9 +84,14 @@
     focused = input;
   }
 
-  function hideRawLoginToast() {
+  const TOASTS_SAID_OTHERWISE = [
+    /^\s*Unauthorized: credentialssignin\s*$/i,
+    /^\s*Couldn't resume chat: Thread not found\.?\s*$/i,
+  ];
+
+  function hideToastsSaidOtherwise() {
     for (const toast of document.querySelectorAll("[data-sonner-toast]")) {
-      if (/^\s*Unauthorized: credentialssignin\s*$/i.test(toast.textContent)) toast.style.display = "none";
+      if (TOASTS_SAID_OTHERWISE.some((text) => text.test(toast.textContent))) toast.style.display = "none";
     }
   }
 
@@ -108,7 +115,7 @@
     nameButtons();
     nameSliders();
     refocusIfFocusWasRemoved();
-    hideRawLoginToast();
+    hideToastsSaidOtherwise();
   }).observe(document.documentElement,
     { childList: true, subtree: true, attributes: true, attributeFilter: ["id", "disabled"] });
 })();

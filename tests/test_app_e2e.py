@@ -824,6 +824,64 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         srv.stop()
 
 
+def sign_in(page, server, user: str = "ana", password: str = "s3cret-pw") -> None:
+    page.goto(server.url)
+    page.get_by_label("User name", exact=True).fill(user)
+    page.fill("#password", password)
+    page.get_by_role("button", name=re.compile("continue|sign in|log in", re.I)).click()
+    page.wait_for_selector("#chat-input")
+
+
+def test_a_deleted_chats_address_says_so_and_opens_a_new_chat(tmp_path, browser, tiny_base, catalog):
+    """Delete a chat from the history, then open its old address: the page says the chat no longer
+    exists (Chainlit showed a blank chat, with a toast for four seconds), and the chat it opens is a
+    new one: its first message is answered and stored under a new id (it was refused as sent in the
+    deleted chat)."""
+    srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
+                            "ADAPTERLAB_APP_USER": "ana", "ADAPTERLAB_APP_PASSWORD": "s3cret-pw",
+                            "CHAINLIT_AUTH_SECRET": "x" * 64}, name="server-deleted-chat", own_root=True)
+    try:
+        srv.wait_healthy()
+        page = new_page(browser, srv)
+        sign_in(page, srv)
+        send(page, "Buy eggs")
+        answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+        wait_idle(page)
+        page.wait_for_url(re.compile(r"/thread/[0-9a-f-]+$"))
+        address = page.url
+        deleted = address.rsplit("/", 1)[1]
+        page.goto(srv.url)
+        page.wait_for_selector("#chat-input")
+        if page.locator("#thread-history").evaluate("e => e.getBoundingClientRect().right <= 0"):  # closed
+            page.get_by_role("button", name="Show or hide the chat history").last.click()
+        page.locator("#thread-history li").filter(has_text="Buy eggs").first.hover()
+        page.locator('#thread-history [aria-label="Chat options"]').first.click()
+        page.get_by_role("menuitem", name="Delete").click()
+        page.get_by_role("button", name="Confirm", exact=True).click()  # "Confirm deletion"
+        page.locator("#thread-history li").filter(has_text="Buy eggs").first.wait_for(state="detached")
+        with sqlite3.connect(srv.database) as db:
+            assert db.execute('SELECT "id" FROM threads').fetchall() == []
+        page.goto(address)
+        page.get_by_text("The chat at this address no longer exists").wait_for()
+        raw = page.get_by_text(re.compile("Thread not found", re.I))  # Chainlit's toast, said in the chat
+        assert not any(raw.nth(i).is_visible() for i in range(raw.count())), "the raw toast is shown"
+        shot(page, "15-deleted-chat-address")
+        send(page, "Buy milk")
+        answers(page).filter(has_text="prompt tokens").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+        wait_idle(page)
+        assert page.get_by_text("This chat was deleted").count() == 0
+        stored_answer(srv.database, "prompt tokens", thread_of="Buy milk")
+        with sqlite3.connect(srv.database) as db:
+            threads = db.execute('SELECT "id", "name" FROM threads').fetchall()
+            notices = db.execute('SELECT COUNT(*) FROM steps WHERE "output" LIKE ?', ("%no longer exists%",)).fetchone()
+        assert len(threads) == 1 and threads[0][0] != deleted and threads[0][1] == "Chat · Buy milk", threads
+        assert notices == (0,)  # the notice belongs to no chat: shown, not stored
+        page.wait_for_url(re.compile(rf"/thread/{threads[0][0]}$"))
+        page.context.close()
+    finally:
+        srv.stop()
+
+
 def test_another_catalogue_is_served_with_a_profile_per_adapter(tmp_path, browser, tiny_base):
     """`ADAPTERLAB_CATALOG` with an adapter of one's own: the app offers it (a profile made from its
     spec), offers no profile of a shipped adapter it lacks, and answers with the spec's labels."""
