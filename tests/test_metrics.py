@@ -35,7 +35,7 @@ def test_spam_is_the_positive_class(spam_metric):
 
 
 def test_field_extraction_compare_after_the_documented_normalisation():
-    from training.metrics.field_extraction import normalise
+    from adapters.field_match import normalise
 
     assert normalise("HER2 amplification; ER positive; PR positive") == \
         normalise("ER positive, PR positive and HER2 amplification")
@@ -73,7 +73,7 @@ def test_an_output_that_is_not_json_misses_every_field_a_null_one_too():
 
 
 def test_oncology_token_f1_credits_partial_overlap_but_not_nulls():
-    from training.metrics.field_extraction import token_f1
+    from adapters.field_match import token_f1
 
     assert token_f1("cutaneous melanoma", "melanoma (cutaneous)") == 1.0
     assert token_f1("melanoma", "cutaneous melanoma") == pytest.approx(2 / 3)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.catalog import get_spec, load_catalog  # noqa: E402
 from adapters.fields import support_in_text  # noqa: E402
 from training.data import load_splits  # noqa: E402
-from training.metrics.field_extraction import SEPARATORS, normalise  # noqa: E402
+from adapters.field_match import SEPARATORS, normalise  # noqa: E402
 
 
 def in_text(value, text: str) -> bool:

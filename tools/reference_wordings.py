@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.catalog import get_spec, load_catalog  # noqa: E402
 from training.data import load_splits  # noqa: E402
-from training.metrics.field_extraction import normalise  # noqa: E402
+from adapters.field_match import normalise  # noqa: E402
 
 
 def wordings(train, field: str, phrase: str) -> Counter:

@@ -105,7 +105,7 @@ def _extract_text(spec: AdapterSpec) -> str:
     if spec.task != "extract":
         return ""
     return ("\n*micro_field_accuracy* is exact match after the normalisation documented in "
-            "`training/metrics/field_extraction.py` (case, whitespace, separators, null; the measure of the target); "
+            "`adapters/field_match.py` (case, whitespace, separators, null; the measure of the target); "
             "*micro_field_token_f1* is the lenient word-overlap F1 of the same values, for reading the errors.")
 
 
