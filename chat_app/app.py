@@ -717,6 +717,8 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
                                             f"{total:,} texts: this table and the file hold their results.")
     seconds = time.perf_counter() - started
     header, rows = handlers.batch_rows(profile.task, upload.texts, results, spec.labels, spec.fields)
+    agreement = handlers.reference_agreement(profile.task, upload, results, spec.labels, spec.fields)
+    header, rows = handlers.with_agreement(header, rows, agreement)
     stem = Path(name).stem or "upload"
     # one table (the message's preview) and the CSV: Chainlit's cl.Dataframe repeated the preview in
     # another format, and its pager, one link per 10 rows, pushed Previous/Next off the page past
@@ -724,7 +726,7 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
     elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows, upload),
                         mime="text/csv", display="inline")]
     content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds,
-                                      [handlers.text_read(t, r) for t, r in zip(upload.texts, results)])
+                                      [handlers.text_read(t, r) for t, r in zip(upload.texts, results)], agreement)
     if profile.task == "extract" and handlers.is_medical(spec):
         content += "\n\n" + handlers.NOT_CLINICAL
     await progress.remove()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
+from adapters.field_match import field_hits, micro_field_accuracy, per_field_accuracy
 from adapters.fields import parts_not_in_text, support_in_text
 from adapters.catalog import shown_path
 from adapters.runtime import CHAT_DEFAULTS, FEW_SHOT_FILE, eval_command, read_few_shot, train_command
@@ -763,9 +764,11 @@ def text_read(text: str, result: dict) -> str:
 
 
 def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], rows: Sequence[Sequence],
-                   variant: str, seconds: float, texts_read: Sequence[str] | None = None) -> str:
-    """The batch's message: counts, a table of its first rows and notes. ``texts_read``: each text as
-    the model read it (cut to fit), for the marks of values with no word in it; else the texts."""
+                   variant: str, seconds: float, texts_read: Sequence[str] | None = None,
+                   agreement: Agreement | None = None) -> str:
+    """The batch's message: counts, the agreement with the file's references when it has some, a
+    table of its first rows and notes. ``texts_read``: each text as the model read it (cut to fit),
+    for the marks of values with no word in it; else the texts."""
     shown = rows[:PREVIEW_ROWS]
     summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({upload.source_name})"
     parts = [summary]
@@ -773,6 +776,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         labels = [h[2:] for h in header if h.startswith("p_")]
         counts = {label: sum(1 for r in rows if r[1] == label) for label in labels}
         parts.append(" · ".join(f"**{cell(k)}**: {v:,}" for k, v in counts.items()))
+        if agreement is not None:
+            parts.append(agreement_markdown(agreement, labels))
         md_rows = [[_row_number(n, r, header), cell(_short(r[0])), f"**{cell(r[1])}**",
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
         parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
@@ -785,6 +790,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         parts.append(f"valid JSON: **{valid}/{len(rows)}** · repaired: **{repaired}**"
                      + (f" · ⌛ cut at the {cut[0]}-token limit: **{len(cut)}** (⚙️ max new tokens; their later "
                         "fields were never written)" if cut else ""))
+        if agreement is not None:
+            parts.append(agreement_markdown(agreement))
         read = texts_read or [r[0] for r in rows]
         md_rows = [[_row_number(n, r, header), cell(_short(r[0], 60)),
                     *[_compared_value(v, False, read[i]) for v in r[1:is_valid]],
@@ -805,6 +812,177 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                      "(their rows are marked ✂️).")
     parts.append(f"*{variant} · {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} texts/s)*")
     return "\n\n".join(parts)
+
+
+# --- references in an upload ----------------------------------------------------------------------
+
+REFERENCE_COLUMNS = {"classify": "label", "extract": "output"}  # the file's column or key with the answers
+
+
+@dataclass
+class Agreement:
+    """How a batch's answers agree with the reference answers its file carries (a spam CSV's
+    ``label`` column; the oncology data set's ``output`` key), over the rows whose reference is usable."""
+
+    task: str
+    source: str  # where the references are: "`label` column", "`output` key"
+    row_name: str = "row"  # the upload's: "line" for a .jsonl
+    per_row: list = field(default_factory=list)  # classify: True/False; extract: the share of fields that match; None: not compared
+    differing: list[list[str]] = field(default_factory=list)  # extract: each row's fields that differ from its reference
+    compared: int = 0  # rows with a usable reference
+    agreed: int = 0  # classify: rows whose answer is their reference; extract: field values that match
+    score: float = 0.0  # classify: accuracy; extract: micro field accuracy, as the evaluation measures it
+    counts: dict = field(default_factory=dict)  # classify: (reference, answer) -> rows; extract: field -> accuracy
+    missing: list[int] = field(default_factory=list)  # row numbers with an empty reference
+    unusable: list[tuple[int, str]] = field(default_factory=list)  # row number, what its reference is instead
+
+
+def reference_agreement(task: str, upload: Upload, results: Sequence[dict], labels: Sequence[str] = (),
+                        fields: Sequence[str] = ()) -> Agreement | None:
+    """The batch's agreement with the references in the upload's ``REFERENCE_COLUMNS`` column or
+    key, or None when the file has no such column (or the task takes none)."""
+    wanted = REFERENCE_COLUMNS.get(task)
+    index = next((i for i, c in enumerate(upload.columns) if wanted and c.strip().lower() == wanted), None)
+    if index is None:
+        return None
+    source = f"`{_safe_name(upload.columns[index])}` {'column' if upload.row_name == 'row' else 'key'}"
+    references = [values[index] if index < len(values) else "" for values in upload.values]
+    agreement = Agreement(task, source, upload.row_name)
+    if task == "classify":
+        return _label_agreement(agreement, upload.rows, references, results, labels)
+    return _field_agreement(agreement, upload.rows, references, results, fields)
+
+
+def _label_agreement(agreement: Agreement, rows: Sequence[int], references: Sequence[str], results: Sequence[dict],
+                     labels: Sequence[str]) -> Agreement:
+    """``agreement`` filled: accuracy and counts of the answers against reference labels among
+    ``labels`` (any case)."""
+    known = {label.lower(): label for label in labels}
+    for row, reference, result in zip(rows, references, results, strict=True):
+        label = known.get(reference.strip().lower())
+        agreement.differing.append([])
+        if label is None:
+            agreement.per_row.append(None)
+            if reference.strip():
+                agreement.unusable.append((row, reference.strip()))
+            else:
+                agreement.missing.append(row)
+            continue
+        agreement.per_row.append(result["label"] == label)
+        agreement.counts[(label, result["label"])] = agreement.counts.get((label, result["label"]), 0) + 1
+    agreement.compared = sum(1 for a in agreement.per_row if a is not None)
+    agreement.agreed = sum(1 for a in agreement.per_row if a)
+    agreement.score = agreement.agreed / agreement.compared if agreement.compared else 0.0
+    return agreement
+
+
+def _field_agreement(agreement: Agreement, rows: Sequence[int], references: Sequence[str], results: Sequence[dict],
+                     fields: Sequence[str]) -> Agreement:
+    """``agreement`` filled: micro field accuracy of the extracted fields against reference objects
+    with every field, compared as the evaluation compares them (``adapters.field_match``)."""
+    hits = []
+    for row, reference, result in zip(rows, references, results, strict=True):
+        expected, problem = reference_fields(reference, fields)
+        if expected is None:
+            agreement.per_row.append(None)
+            agreement.differing.append([])
+            if problem:
+                agreement.unusable.append((row, problem))
+            else:
+                agreement.missing.append(row)
+            continue
+        row_hits = field_hits(result["fields"], expected, fields)
+        hits.append(row_hits)
+        agreement.per_row.append(round(sum(row_hits.values()) / len(fields), 6) if fields else 0.0)
+        agreement.differing.append([f for f in fields if not row_hits[f]])
+    agreement.compared = len(hits)
+    agreement.agreed = sum(sum(row.values()) for row in hits)
+    agreement.score = micro_field_accuracy(hits, fields)
+    agreement.counts = per_field_accuracy(hits, fields)
+    return agreement
+
+
+def reference_fields(value: str, fields: Sequence[str]) -> tuple[dict | None, str | None]:
+    """A reference's fields from its JSON text, or None with what it is instead (None too for an
+    empty one): usable is an object with every field, each a string or null, as training reads."""
+    if not value.strip():
+        return None, None
+    try:
+        obj = loads_strict(value)
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(obj, dict):
+        return None, f"a JSON {_json_kind(obj)}, not an object"
+    missing = [f for f in fields if f not in obj]
+    if missing:
+        return None, (f"an object without {', '.join(f'`{_safe_name(f)}`' for f in missing[:3])}"
+                      + (" …" if len(missing) > 3 else ""))
+    wrong = [f for f in fields if obj[f] is not None and not isinstance(obj[f], str)]
+    if wrong:
+        return None, f"an object whose `{_safe_name(wrong[0])}` is a {_json_kind(obj[wrong[0]])}, not a string or null"
+    return {f: obj[f] for f in fields}, None
+
+
+def _json_kind(value) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
+            float: "number"}.get(type(value), type(value).__name__)
+
+
+def with_agreement(header: Sequence[str], rows: Sequence[Sequence], agreement: Agreement | None
+                   ) -> tuple[list[str], list[list]]:
+    """The batch's header and rows with each row's agreement with its reference appended (blank
+    where it had none): classify ``agrees_with_reference``; extract ``field_agreement`` (the share
+    of fields that match) and ``fields_differing``."""
+    if agreement is None:
+        return list(header), [list(r) for r in rows]
+    if agreement.task == "classify":
+        return [*header, "agrees_with_reference"], [[*r, a] for r, a in zip(rows, agreement.per_row, strict=True)]
+    return ([*header, "field_agreement", "fields_differing"],
+            [[*r, a, "; ".join(d) if a is not None else None]
+             for r, a, d in zip(rows, agreement.per_row, agreement.differing, strict=True)])
+
+
+def agreement_markdown(agreement: Agreement, labels: Sequence[str] = ()) -> str:
+    """What the batch's message says of its agreement with the file's references: the score with
+    its counts, then the rows not compared and why."""
+    usable = (f"a label among {', '.join(labels)}" if agreement.task == "classify"
+              else "a JSON object with every field")
+    if not agreement.compared:
+        parts = [f"🎯 The file's {agreement.source} holds no usable reference ({usable}), so nothing was compared."]
+    elif agreement.task == "classify":
+        parts = [f"🎯 **Accuracy against the file's {agreement.source}: {agreement.score:.1%}** "
+                 f"({agreement.agreed:,} of {agreement.compared:,} rows agree; the CSV's `agrees_with_reference` "
+                 "says which)",
+                 table(["reference ↓ · answer →", *[cell(label) for label in labels]],
+                       [[f"**{cell(ref)}**", *[f"{agreement.counts.get((ref, answer), 0):,}" for answer in labels]]
+                        for ref in labels])]
+    else:
+        per_field = " · ".join(f"{cell(f)} {v:.0%}" for f, v in agreement.counts.items())
+        parts = [f"🎯 **Micro field accuracy against the file's {agreement.source}: {agreement.score:.1%}** "
+                 f"({agreement.agreed:,} of {agreement.compared * len(agreement.counts):,} values in "
+                 f"{agreement.compared:,} rows match, compared as the evaluation compares them: case, spaces, "
+                 "separators and wordings of null aside; the CSV's `field_agreement` and `fields_differing` say "
+                 f"which) · {per_field}"]
+    if agreement.unusable:
+        if agreement.task == "classify":
+            values = list(dict.fromkeys(v for _, v in agreement.unusable))
+            what = (f"a label that is not one of {', '.join(labels)} ("
+                    + ", ".join(f"`{_safe_name(_short(v, 30))}`" for v in values[:5]) + (" …" if len(values) > 5 else "")
+                    + ")")
+        else:
+            first, problem = agreement.unusable[0]
+            what = f"a reference that is not {usable} ({agreement.row_name} {first:,}: {problem})"
+        parts.append(f"⚠️ {len(agreement.unusable):,} row(s) not compared, with {what} in the "
+                     f"{agreement.source}: {_rows_named([n for n, _ in agreement.unusable], agreement.row_name)}.")
+    if agreement.missing:
+        parts.append(f"ℹ️ {len(agreement.missing):,} row(s) not compared, with nothing in the {agreement.source}: "
+                     f"{_rows_named(agreement.missing, agreement.row_name)}.")
+    return "\n\n".join(parts)
+
+
+def _rows_named(numbers: Sequence[int], row_name: str) -> str:
+    """"row 4", "lines 2, 7": numbers in a file with what they number."""
+    return f"{row_name}{'' if len(numbers) == 1 else 's'} {_rows_text(numbers)}"
 
 
 def _short(text: str, width: int = 80) -> str:

@@ -317,6 +317,25 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     page.wait_for_selector("text=has no text column", timeout=ANSWER_TIMEOUT * 1000)
     page.wait_for_selector("text=holds no text to process", timeout=ANSWER_TIMEOUT * 1000)
     shot(page, "06-bad-uploads")
+    # a file with the reference labels: the summary says how the answers agree, each row in the CSV too
+    gold = tmp_path / "gold.csv"
+    gold.write_text("id,label,text\n1,ham,Are we still meeting for lunch today?\n2,spam,WINNER! Claim your FREE "
+                    "prize: text WIN to 80086 now\n3,maybe,See you at the lecture tomorrow\n", encoding="utf-8")
+    wait_idle(page)
+    page.set_input_files("#upload-button-input", str(gold))
+    page.wait_for_selector("#attachments :text('gold.csv')")
+    page.click("#chat-submit")
+    summary = answers(page).filter(has_text="Accuracy against the file's label column")
+    summary.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    text = summary.inner_text()
+    assert re.search(r"Accuracy against the file's label column: \d+\.\d%\s+\([0-2] of 2 rows agree", text), text
+    assert "not one of ham, spam (maybe) in the label column: row 4" in text, text
+    link = page.locator('a.inline-file[download="gold-spam-results.csv"]')
+    rows = list(csv.reader(io.StringIO(page.request.get(link.get_attribute("href")).body().decode("utf-8-sig"))))
+    assert rows[0] == ["row", "id", "file_label", "text", "label", "p_ham", "p_spam", "truncated",
+                       "agrees_with_reference"]
+    assert [r[-1] for r in rows[1:]] == [str(r[4] == r[2]) for r in rows[1:3]] + [""]
+    shot(page, "06b-upload-with-labels")
     page.context.close()
 
 

@@ -623,6 +623,122 @@ def test_batch_rows_table_and_csv(catalog):
     assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
 
 
+def spam_result(label: str) -> dict:
+    return {"label": label, "probs": {"ham": 0.9, "spam": 0.1} if label == "ham" else {"ham": 0.2, "spam": 0.8},
+            "truncated": False}
+
+
+def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_each_row():
+    """A spam CSV's `label` column of ham/spam was kept as `file_label` and nothing more: the
+    answers were never compared with it."""
+    data = b"id,label,text\n1,ham,Lunch at 1?\n2,SPAM,WIN cash now\n3,spam,Free prize\n4,maybe,Hello\n5,,Call me\n"
+    upload = handlers.read_upload("gold.csv", data, limit=10)
+    results = [spam_result(label) for label in ("ham", "spam", "ham", "ham", "spam")]
+    agreement = handlers.reference_agreement("classify", upload, results, labels=("ham", "spam"))
+    assert agreement.per_row == [True, True, False, None, None]
+    assert (agreement.compared, agreement.agreed, agreement.missing) == (3, 2, [6])
+    assert agreement.unusable == [(5, "maybe")]
+    header, rows = handlers.batch_rows("classify", upload.texts, results, labels=("ham", "spam"))
+    header, rows = handlers.with_agreement(header, rows, agreement)
+    md = handlers.batch_markdown("classify", "gold.csv", upload, header, rows, "fine-tuned", 1.0, agreement=agreement)
+    assert "🎯 **Accuracy against the file's `label` column: 66.7%** (2 of 3 rows agree" in md
+    assert "| reference ↓ · answer → | ham | spam |" in md
+    assert "| **ham** | 1 | 0 |" in md and "| **spam** | 1 | 1 |" in md  # SPAM read as spam, any case
+    assert ("⚠️ 1 row(s) not compared, with a label that is not one of ham, spam (`maybe`) in the `label` column: "
+            "row 5.") in md
+    assert "ℹ️ 1 row(s) not compared, with nothing in the `label` column: row 6." in md
+    assert "| 4 | Free prize | **ham** |" in md  # the preview table as before
+    parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
+    assert parsed[0] == ["row", "id", "file_label", "text", "label", "p_ham", "p_spam", "truncated",
+                         "agrees_with_reference"]
+    assert [(r[2], r[4], r[-1]) for r in parsed[1:]] == [("ham", "ham", "True"), ("SPAM", "spam", "True"),
+                                                         ("spam", "ham", "False"), ("maybe", "ham", ""), ("", "spam", "")]
+
+    plain = handlers.read_upload("plain.csv", b"id,text\n1,Lunch at 1?\n", limit=10)
+    assert handlers.reference_agreement("classify", plain, results[:1], labels=("ham", "spam")) is None
+    header, rows = handlers.batch_rows("classify", plain.texts, results[:1], labels=("ham", "spam"))
+    assert handlers.with_agreement(header, rows, None) == (header, rows)
+    assert "🎯" not in handlers.batch_markdown("classify", "plain.csv", plain, header, rows, "v", 1.0)
+    nothing = handlers.read_upload("odd.csv", b"label,text\nyes,Lunch at 1?\n", limit=10)
+    odd = handlers.reference_agreement("classify", nothing, results[:1], labels=("ham", "spam"))
+    assert handlers.agreement_markdown(odd, ("ham", "spam")).startswith(
+        "🎯 The file's `label` column holds no usable reference (a label among ham, spam), so nothing was compared.")
+
+
+def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluation_scores_it():
+    """The oncology data set's own JSONL carries the reference fields under `output`: they were
+    kept as a column beside the extracted fields, never compared. The app's score is the
+    evaluation metric's, on the same pairs."""
+    from training.evaluate import load_metric
+
+    reference = {"cancer_type": "breast cancer", "stage": "IIA", "gene_mutation": None,
+                 "biomarker": "ER-negative; HER2 amplification", "treatment": "trastuzumab", "response": None,
+                 "metastasis_site": None}
+    other = dict(reference, cancer_type="melanoma", stage="IV", biomarker=None, treatment="nivolumab")
+    lines = [{"instruction": "Extract", "input": "Breast cancer, stage IIA ...", "output": reference},
+             {"input": "Melanoma stage IV ...", "output": json.dumps(other)},  # JSON text, as a Hub data set stores it
+             {"input": "Lung ...", "output": ["not", "an", "object"]},
+             {"input": "Colon ...", "output": {"stage": "II"}},
+             {"input": "Prostate ..."}]
+    upload = handlers.read_upload("onco.jsonl", "\n".join(json.dumps(line) for line in lines).encode(), limit=10)
+    results = [extraction(cancer_type="Breast Cancer", stage="IIB", biomarker="HER2 amplification, ER negative",
+                          treatment="trastuzumab"),
+               extraction(cancer_type="melanoma", stage="IV", treatment="pembrolizumab"),
+               extraction(stage="I"), extraction(stage="II"), extraction()]
+    agreement = handlers.reference_agreement("extract", upload, results, fields=FIELDS)
+    metric = load_metric("field_extraction").compute(
+        predictions=[json.dumps(r["fields"]) for r in results[:2]],
+        references=[json.dumps(reference), json.dumps(other)], fields=list(FIELDS))
+    assert agreement.score == pytest.approx(metric["micro_field_accuracy"]) == pytest.approx(12 / 14)
+    assert agreement.counts == pytest.approx(metric["per_field"])
+    assert agreement.per_row == [pytest.approx(6 / 7), pytest.approx(6 / 7), None, None, None]
+    assert agreement.differing[:2] == [["stage"], ["treatment"]] and agreement.missing == [5]
+    assert agreement.unusable == [(3, "a JSON list, not an object"),
+                                  (4, "an object without `cancer_type`, `gene_mutation`, `biomarker` …")]
+    header, rows = handlers.batch_rows("extract", upload.texts, results, fields=FIELDS)
+    header, rows = handlers.with_agreement(header, rows, agreement)
+    assert header[-3:] == ["not_in_text", "field_agreement", "fields_differing"]
+    assert [r[-2:] for r in rows] == [[0.857143, "stage"], [0.857143, "treatment"], [None, None], [None, None],
+                                      [None, None]]
+    md = handlers.batch_markdown("extract", "onco.jsonl", upload, header, rows, "v", 1.0, agreement=agreement)
+    assert ("🎯 **Micro field accuracy against the file's `output` key: 85.7%** (12 of 14 values in 2 rows match, "
+            "compared as the evaluation compares them") in md
+    assert "stage 50%" in md and "treatment 50%" in md and "cancer\\_type 100%" in md
+    assert ("⚠️ 2 row(s) not compared, with a reference that is not a JSON object with every field (line 3: a JSON "
+            "list, not an object) in the `output` key: lines 3, 4.") in md
+    assert "ℹ️ 1 row(s) not compared, with nothing in the `output` key: line 5." in md
+    parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
+    assert parsed[0][:4] == ["line", "instruction", "output", "text"]  # the file's columns as before
+    assert parsed[1][-2:] == ["0.857143", "stage"] and parsed[3][-2:] == ["", ""]
+
+
+def test_a_reference_object_is_usable_only_with_every_field_a_string_or_null():
+    assert handlers.reference_fields("", FIELDS) == (None, None)
+    assert handlers.reference_fields("{oops", FIELDS) == (None, "not JSON")
+    assert handlers.reference_fields('"IV"', FIELDS) == (None, "a JSON string, not an object")
+    full = dict.fromkeys(FIELDS)
+    assert handlers.reference_fields(json.dumps(full | {"stage": 4}), FIELDS) == (
+        None, "an object whose `stage` is a number, not a string or null")
+    assert handlers.reference_fields(json.dumps(full | {"stage": "IV", "extra": 1}), FIELDS) == (
+        full | {"stage": "IV"}, None)
+
+
+def test_the_chat_app_never_imports_training():
+    """chat_app reads adapters/ only (README, "How it fits together"): the evaluation's comparison
+    it shares lives in adapters.field_match."""
+    import ast
+    from pathlib import Path
+
+    imported = set()
+    for path in Path(handlers.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {(path.name, alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+    assert not [(f, m) for f, m in imported if m == "training" or m.startswith("training.")]
+
+
 def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
     """A sprained ankle came back as "bacteria (fever-resistant)", stage II, marked ✅ in a batch,
     with nothing in the table or the CSV to say those words were not in the text."""
