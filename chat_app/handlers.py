@@ -891,7 +891,7 @@ def _field_agreement(agreement: Agreement, rows: Sequence[int], references: Sequ
             else:
                 agreement.missing.append(row)
             continue
-        row_hits = field_hits(result["fields"], expected, fields)
+        row_hits = field_hits(result["fields"], expected, fields, valid=result["valid"])
         hits.append(row_hits)
         agreement.per_row.append(round(sum(row_hits.values()) / len(fields), 6) if fields else 0.0)
         agreement.differing.append([f for f in fields if not row_hits[f]])

@@ -711,6 +711,9 @@ def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluatio
     assert parsed[0][:4] == ["line", "instruction", "output", "text"]  # the file's columns as before
     assert parsed[1][-2:] == ["0.857143", "stage"] and parsed[3][-2:] == ["", ""]
 
+    prose = handlers.reference_agreement("extract", upload, [extraction(valid=False)] * 5, fields=FIELDS)
+    assert prose.per_row[:2] == [0.0, 0.0] and prose.score == 0.0  # not JSON: the reference's nulls are no match
+
 
 def test_a_reference_object_is_usable_only_with_every_field_a_string_or_null():
     assert handlers.reference_fields("", FIELDS) == (None, None)
