@@ -34,9 +34,9 @@ MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 HEADER_WORDS = 3  # a column name with more words is taken for a text, not a name
 NOT_TEXT_WORDS = {"id", "no", "number", "num", "date", "time", "label", "type", "count", "length", "category"}
 TEXT_COLUMNS = ("text", "message", "sms", "input", "narrative", "note", "report", "question", "content", "body")
-UPLOAD_SUFFIXES = (".txt", ".csv", ".jsonl")
+UPLOAD_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl")
 WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
-UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` file with a `text` column or a `.jsonl` file "
+UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` or `.tsv` file with a `text` column or a `.jsonl` file "
                'with a `text` key (`{"text": "…"}` a line).')
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
                          "not. Send it on its own to run it.")
@@ -298,7 +298,10 @@ def read_upload(name: str, data: bytes, limit: int) -> Upload:
         raise InputProblem(f"📎 `{_safe_name(name)}` cannot be read: {UPLOAD_HELP}")
     check_upload_size(name, len(data))
     content, notes = _decoded(name, suffix, data)
-    if suffix == ".txt":
+    labelled = _labelled_lines(content) if suffix in (".txt", ".tsv") else None
+    if labelled is not None:
+        upload = labelled
+    elif suffix == ".txt":
         numbered = [(number, line.strip()) for number, line in enumerate(content.splitlines(), start=1)
                     if line.strip()]
         upload = Upload([text for _, text in numbered], "lines", len(numbered),
@@ -316,6 +319,27 @@ def read_upload(name: str, data: bytes, limit: int) -> Upload:
                             f"(the limit for one upload on this server, up to {upload.row_name} "
                             f"{upload.rows[-1]:,}). Split the file to process the rest.")
     return upload
+
+
+LABEL_WORD = re.compile(r"[A-Za-z][\w-]{0,19}")  # a label before a tab: one short word ("ham", "spam")
+
+
+def _labelled_lines(content: str) -> Upload | None:
+    """The texts of a file of ``label<TAB>text`` lines with no header (the SMS Spam Collection's
+    own layout), the labels kept as its `label` column; None when it is not one. Read as lines,
+    each label had been classified with its text, and swayed it ("ham<TAB>URGENT! ..." came out ham)."""
+    numbered = [(number, line.strip("\r\n")) for number, line in enumerate(content.splitlines(), start=1)
+                if line.strip()]
+    pairs = [(number, *line.split("\t", 1)) for number, line in numbered if "\t" in line]
+    if not pairs or len(pairs) < len(numbered) or not all(LABEL_WORD.fullmatch(label.strip()) for _, label, _ in pairs):
+        return None
+    if len({label.strip() for _, label, _ in pairs}) > max(2, len(pairs) // 2):  # labels repeat; ids do not
+        return None
+    kept = [(number, label.strip(), text.strip()) for number, label, text in pairs if text.strip()]
+    return Upload([text for _, _, text in kept], "lines", len(kept), rows=[number for number, _, _ in kept],
+                  columns=["label"], values=[[label] for _, label, _ in kept],
+                  notes=["Each line is `label<TAB>text` (the SMS Spam Collection's layout): the text after "
+                         "the tab was processed, and the label kept as the file's `label` column."])
 
 
 def check_upload_size(name: str, size: int) -> None:
@@ -724,9 +748,10 @@ def results_csv(header: Sequence[str], rows: Sequence[Sequence], upload: Upload 
     out = io.StringIO()
     writer = csv.writer(out, delimiter=upload.delimiter if upload is not None else ",")
     lead = [upload.row_name, *upload.columns] if upload is not None else []
-    # a file's own column named like a result ("label": gold labels) is kept as file_label, so that
-    # the CSV never has two columns of one name
-    writer.writerow([*(f"file_{c}" if c in header and i else c for i, c in enumerate(lead)), *header])
+    # a file's own column named like a result ("label": gold labels) or like the row number ("row")
+    # is kept as file_label, so that the CSV never has two columns of one name
+    taken = {name.lower() for name in [*header, *lead[:1]]}
+    writer.writerow([*(f"file_{c}" if i and c.lower() in taken else c for i, c in enumerate(lead)), *header])
     for i, row in enumerate(rows):
         source = [upload.rows[i], *upload.values[i]] if upload is not None else []
         writer.writerow([*source, *("" if v is None else v for v in row)])

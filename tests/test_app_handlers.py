@@ -428,6 +428,10 @@ def test_a_file_column_named_like_a_result_is_kept_under_another_name():
         {"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}], labels=("ham", "spam"))
     first = handlers.results_csv(header, rows, upload).decode("utf-8-sig").splitlines()[0]
     assert first == "row,id,file_label,text,label,p_ham,p_spam,truncated"
+    # a `row` of its own had given `row,row,...`; a `Label` differs from `label` only in case
+    upload = handlers.read_upload("own-row.csv", b"row,Label,P_spam,text\n7,spam,0.5,WIN now\n", limit=10)
+    first = handlers.results_csv(header, rows, upload).decode("utf-8-sig").splitlines()[0]
+    assert first == "row,file_row,file_Label,file_P_spam,text,label,p_ham,p_spam,truncated"
 
 
 def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas():
@@ -626,6 +630,26 @@ def test_batch_rows_table_and_csv(catalog):
 def spam_result(label: str) -> dict:
     return {"label": label, "probs": {"ham": 0.9, "spam": 0.1} if label == "ham" else {"ham": 0.2, "spam": 0.8},
             "truncated": False}
+
+
+def test_sms_spam_collection_lines_are_read_as_label_and_text():
+    """`ham<TAB>text` lines (the data set's own layout) were classified whole, label included:
+    "ham<TAB>URGENT! Your account has been suspended..." came out ham. Now the label is the file's
+    `label` column, which the answers are compared with."""
+    data = b"ham\tURGENT! Your account is suspended, verify now\nspam\tWIN a prize\n\nham\tLunch at 1?\n"
+    for name in ("SMSSpamCollection.txt", "sms.tsv"):
+        upload = handlers.read_upload(name, data, limit=10)
+        assert upload.texts == ["URGENT! Your account is suspended, verify now", "WIN a prize", "Lunch at 1?"]
+        assert (upload.columns, upload.values, upload.rows) == (["label"], [["ham"], ["spam"], ["ham"]], [1, 2, 4])
+        assert "`label<TAB>text`" in upload.notes[0]
+        agreement = handlers.reference_agreement("classify", upload, [spam_result(label) for label in
+                                                                      ("spam", "spam", "ham")], labels=("ham", "spam"))
+        assert agreement.per_row == [False, True, True]
+    # tabs inside texts, an id first (ids do not repeat), or some lines without a tab: lines as they are
+    for other in (b"1\tHello there\n2\tSee you\n3\tBye now\n", b"ham\tok\nno tab on this line\n"):
+        assert handlers.read_upload("plain.txt", other, limit=10).columns == []
+    headed = handlers.read_upload("msgs.tsv", b"id\tmessage\n7\tHello there\n", limit=10)
+    assert (headed.texts, headed.columns, headed.values) == (["Hello there"], ["id"], [["7"]])
 
 
 def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_each_row():
