@@ -315,7 +315,7 @@ class Runtime:
         frame = self.backend.render(task_messages(spec, "", system=system, examples=examples))
         answer = "label" if spec.task == "classify" else "answer"
         budget = min(self._input_budget(spec, max_new), self._room_after(frame, max_new, answer))
-        return [(self.backend.truncate(text, budget), True) if over else (text, False)
+        return [(self._cut_text(text, budget), True) if over else (text, False)
                 for text, over in zip(texts, self.backend.over_budget(texts, budget))]
 
     def _room_after(self, frame: str, max_new_tokens: int, answer: str = "answer") -> int:
@@ -332,10 +332,10 @@ class Runtime:
                 f"{max_new_tokens:,} of them kept for the {answer}; shorten it{lower} to leave room for your text")
         return room
 
-    def _cut_message(self, text: str, max_tokens: int) -> str:
-        """A chat message cut to ``max_tokens``: its start and its end, the middle left out. A long
-        paste usually ends with what is asked about it ("… what does this mean?"), which keeping the
-        start alone lost."""
+    def _cut_text(self, text: str, max_tokens: int) -> str:
+        """A text cut to ``max_tokens``: its start and its end, the middle left out. A long paste
+        usually ends with what is asked about it ("… what does this mean?"), and a clinical note with
+        its assessment, which keeping the start alone lost."""
         return self.backend.truncate(text, max_tokens, keep_end=max_tokens // 2 if max_tokens >= 32 else 0)
 
     def _label_room(self, spec: AdapterSpec) -> int:
@@ -357,7 +357,7 @@ class Runtime:
         budget = self._input_budget(spec, max_new_tokens)
         cut_to, dropped = None, 0
         if self.backend.over_budget([turns[-1]["content"]], budget)[0]:
-            turns[-1]["content"] = self._cut_message(turns[-1]["content"], budget)
+            turns[-1]["content"] = self._cut_text(turns[-1]["content"], budget)
             cut_to = budget
         full = chat_messages(spec, turns, system=system)
         limit = self.backend.context_length - max_new_tokens
@@ -367,7 +367,7 @@ class Runtime:
                 frame = self.backend.render(chat_messages(spec, [{**turns[-1], "content": ""}], system=system))
                 last = turns[-1]["content"]
                 cut_to = min(self._room_after(frame, max_new_tokens), self.backend.count_tokens(last) - 1)
-                turns[-1]["content"] = self._cut_message(last, cut_to)
+                turns[-1]["content"] = self._cut_text(last, cut_to)
                 full[-1] = chat_messages(spec, [turns[-1]], system=system)[-1]
                 continue
             del full[first_turn]

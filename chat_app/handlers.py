@@ -244,7 +244,7 @@ def check_text(text: str | None) -> tuple[str, list[str]]:
 def truncation_note(spec: AdapterSpec | None, text: str) -> str:
     limit = f"{spec.max_input_tokens} tokens" if spec else "the model's context"
     return (f"✂️ Your text ({len(text):,} characters) is longer than this adapter reads ({limit}); "
-            "only its beginning was used.")
+            "only its start and its end were read, the middle left out.")
 
 
 CHAT_DELETED = ("🗑 This chat was deleted, so nothing more of it is kept, and it is not answered. "
@@ -833,7 +833,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
     parts.extend(f"ℹ️ {note}" for note in upload.notes)
     truncated = sum(1 for r in rows if r[header.index("truncated")])
     if truncated:
-        parts.append(f"✂️ {truncated} text(s) were longer than the adapter reads; only their beginning was used "
+        parts.append(f"✂️ {truncated} text(s) were longer than the adapter reads; only their start and end were read "
                      "(their rows are marked ✂️).")
     parts.append(f"*{variant} · {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} texts/s)*")
     return "\n\n".join(parts)

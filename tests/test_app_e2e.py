@@ -268,12 +268,12 @@ def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser
     assert page.locator("text=/Used spam - classify/").count() == 1  # the LangChain chain step is shown
     assert refused == []
     shot(page, "04-spam-check")
-    # a 100 kB message: answered, and the user is told only its beginning was read
+    # a 100 kB message: answered, and the user is told only its start and end were read
     send(page, ("WIN a free prize " + SECRET + " call now! ") * 2800)
     page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]').length >= 2",
                            timeout=ANSWER_TIMEOUT * 1000)
     wait_idle(page)
-    assert "only its beginning was used" in answers(page).last.inner_text()
+    assert "only its start and its end were read" in answers(page).last.inner_text()
     page.context.close()
 
 

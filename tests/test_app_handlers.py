@@ -350,7 +350,7 @@ def test_a_100kb_message_is_truncated_by_the_runtime_and_the_user_is_told(tiny_b
     rt = runtime(tiny_base, catalog)
     (result,) = chains.classify_chain(rt, "spam", base=True).invoke({"texts": [text]})
     assert result["truncated"]
-    assert "only its beginning was used" in handlers.truncation_note(rt.spec("spam"), text)
+    assert "only its start and its end were read" in handlers.truncation_note(rt.spec("spam"), text)
     huge, notes = handlers.check_text("x" * 300_000)
     assert len(huge) == handlers.MAX_MESSAGE_CHARS and "only the first" in notes[0]
 

@@ -336,6 +336,16 @@ def test_a_cut_text_keeps_its_special_token_strings_and_whole_characters(tiny_ba
             assert "\ufffd" not in cut and tokens(cut) <= budget + 20, (budget, cut)
 
 
+def test_a_long_note_is_read_by_its_start_and_its_end(tiny_base, catalog):
+    """A note to extract from was cut to its start: a progress note's assessment, at its end, was
+    never read, and the fields were made up from the filler before it."""
+    rt = runtime(tiny_base, catalog)
+    note = "Seen today. " + "Vitals stable, no complaints. " * 400 + "Assessment: stage IIIA lung adenocarcinoma."
+    (result,) = rt.extract("oncology", [note], base=True, max_new_tokens=4)
+    assert result.truncated and result.text_read.startswith("Seen today.")
+    assert result.text_read.endswith("Assessment: stage IIIA lung adenocarcinoma.") and "[…]" in result.text_read
+
+
 def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_base, catalog):
     rt = runtime(tiny_base, catalog)
     long_text = "win a free prize call now " * 2000
