@@ -631,10 +631,8 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
     text = text_read(text, result)  # a word past the cut did not back the value
     rows = [[f"`{name}`", cell(result["fields"].get(name)), _support_note(result["fields"].get(name), text)]
             for name in fields]
-    values = [v for v in result["fields"].values() if v is not None]
-    unbacked = bool(values) and all(support_in_text(v, text) == "none" for v in values)
     parts = [extraction_flag(result),
-             *([NOTHING_BACKED] if unbacked else []),
+             *_unbacked_warning([v for v in result["fields"].values() if v is not None], text),
              table(["field", "value", "in your text"], rows),
              "JSON (copy with the button on the block):",
              code_block(json.dumps(result["fields"], ensure_ascii=False, indent=2), "json")]
@@ -643,6 +641,19 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
         parts.append(code_block(result["raw"] or "(empty)", "text"))
     parts.append(f"*{variant}*")
     return "\n\n".join(parts)
+
+
+def _unbacked_warning(values: Sequence[str], text: str) -> list[str]:
+    """A warning when every value, or most of them (two or more), have no word in ``text``: a chest
+    pain note came back as a stage IV lung adenocarcinoma, with one value (the troponin) in the text,
+    which had kept the warning of "no value" away."""
+    unbacked = sum(support_in_text(v, text) == "none" for v in values)
+    if values and unbacked == len(values):
+        return [NOTHING_BACKED]
+    if unbacked >= 2 and unbacked * 2 > len(values):
+        return [f"⚠️ **{unbacked} of {len(values)} values have no word in your text** (○): they are most likely "
+                "invented. Is this the kind of text the adapter was made for?"]
+    return []
 
 
 def _support_note(value: str | None, text: str) -> str:

@@ -812,6 +812,17 @@ def test_values_with_no_word_in_the_text_at_all_get_a_warning():
                                           "Melanoma, widely metastatic.")  # one inferred value, one backed
     empty = handlers.extraction_markdown(extraction(), FIELDS, "v", "hello")  # all null: nothing invented
     assert handlers.NOTHING_BACKED not in backed and handlers.NOTHING_BACKED not in empty
+    assert "have no word in your text" not in backed  # one of two values unbacked: no warning
+
+
+def test_most_values_with_no_word_in_the_text_get_a_warning_too():
+    """A chest-pain note came back as a stage IV lung adenocarcinoma on chemotherapy; its one value in
+    the text (the troponin) had kept every warning away."""
+    note = "45-year-old man with chest pain radiating to the left arm. Troponin elevated. ST elevation in II, III, aVF."
+    md = handlers.extraction_markdown(extraction(cancer_type="lung adenocarcinoma", stage="IV",
+                                                 biomarker="Troponin elevated", treatment="doxorubicin",
+                                                 response="stable disease"), FIELDS, "v", note)
+    assert "⚠️ **4 of 5 values have no word in your text** (○)" in md and handlers.NOTHING_BACKED not in md
 
 
 def test_an_invented_item_of_a_list_value_is_named():
