@@ -644,6 +644,8 @@ async def _classify(runtime: Runtime, profile: handlers.Profile, text: str) -> N
     content = handlers.classification_markdown(result, spec.labels, variant.label)
     if result["truncated"]:
         content += "\n\n" + handlers.truncation_note(spec, text)
+    if note := handlers.one_message_note(text):
+        content += "\n\n" + note
     elements = await _prompt_element(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
     await cl.Message(content=content, elements=elements,
                      metadata={"answer": result["label"], "probs": result["probs"]}).send()

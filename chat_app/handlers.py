@@ -241,6 +241,16 @@ def check_text(text: str | None) -> tuple[str, list[str]]:
     return text, notes
 
 
+def one_message_note(text: str) -> str:
+    """A note for a classified text of several lines: it was scored as one message, which a paste of
+    three SMS, one a line, gave no hint of (a .txt upload scores each line)."""
+    lines = sum(1 for line in text.splitlines() if line.strip())
+    if lines < 2:
+        return ""
+    return (f"ℹ️ Your text has {lines} lines and was classified as one message. To classify each line on "
+            "its own, attach them as a `.txt` file (one message a line).")
+
+
 def truncation_note(spec: AdapterSpec | None, text: str) -> str:
     limit = f"{spec.max_input_tokens} tokens" if spec else "the model's context"
     return (f"✂️ Your text ({len(text):,} characters) is longer than this adapter reads ({limit}); "

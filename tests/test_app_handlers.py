@@ -804,6 +804,12 @@ def test_a_batch_checks_each_cut_text_against_the_part_the_model_read():
     assert "| melanoma ○ |" in md
 
 
+def test_a_classified_text_of_several_lines_says_it_was_one_message():
+    pasted = "Are you coming tonight?\nWINNER!! Claim your free iPhone now\n\nMum says call her back\n"
+    assert handlers.one_message_note(pasted).startswith("ℹ️ Your text has 3 lines and was classified as one message.")
+    assert handlers.one_message_note("Are you coming tonight?\n") == ""
+
+
 def test_values_with_no_word_in_the_text_at_all_get_a_warning():
     invented = handlers.extraction_markdown(extraction(cancer_type="melanoma", treatment="surgery"), FIELDS, "v",
                                             "hello")
