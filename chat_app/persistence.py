@@ -197,12 +197,17 @@ def _not_kept(step_dict) -> bool:
     return isinstance(metadata, dict) and bool(metadata.get(NOT_KEPT))
 
 
+THREAD_NAME_CHARS = 100  # a sidebar line; a 100 kB paste had named its chat with all of it
+
+
 def thread_name(first_text: str | None, tags: list[str] | None) -> str | None:
-    """The name a thread gets from its first message (None: keep the stored one): prefixed with its
-    chat profile, Chainlit's only tag, when it has one."""
-    if not first_text:
+    """The name a thread gets from its first message (None: keep the stored one): on one line, cut
+    to ``THREAD_NAME_CHARS``, prefixed with its chat profile, Chainlit's only tag, when it has one."""
+    if not first_text or not first_text.strip():
         return None
-    return f"{tags[0]} · {first_text}" if tags else first_text
+    name = " ".join(first_text.split())
+    name = f"{tags[0]} · {name}" if tags else name
+    return name if len(name) <= THREAD_NAME_CHARS else name[:THREAD_NAME_CHARS - 1].rstrip() + "…"
 
 
 def _loads(value, default):

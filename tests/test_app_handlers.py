@@ -1171,6 +1171,11 @@ def test_history_and_feedback_are_stored_in_a_sqlite_file_created_on_first_use(t
     assert thread["name"] == "Oncology extraction · first"
     assert named["name"] == "Spam check · many.txt" and named["tags"] == ["Spam check"]
     assert renamed["name"] == "milk test" and renamed["tags"] == ["Compare"]
+    from chat_app.persistence import THREAD_NAME_CHARS, thread_name
+
+    pasted = thread_name("Dear doctor,\n\n" + "the patient was seen " * 5000, ["Medical Q&A"])  # a 100 kB paste
+    assert len(pasted) == THREAD_NAME_CHARS and pasted.startswith("Medical Q&A · Dear doctor, the patient")
+    assert pasted.endswith("…") and thread_name("  \n ", ["Chat"]) is None
     assert thread["tags"] == ["Oncology extraction"] and thread["metadata"]["chat_profile"] == "Oncology extraction"
     assert "history" not in thread["metadata"]  # the conversation is stored once, in the steps
     steps = {s["id"]: s for s in thread["steps"]}
