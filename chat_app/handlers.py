@@ -84,7 +84,8 @@ PROFILES: tuple[Profile, ...] = (
     Profile("Chat", "chat", None,
             "Talk to the plain base model, no adapter (the status panel names it). Settings change the "
             "sampling and the system prompt.",
-            (Starter("Explain LoRA", "Explain in two sentences what a LoRA adapter is."),
+            # a starter the base model answers: asked what a LoRA adapter is, it described LoRa radio
+            (Starter("Explain fine-tuning", "Explain in two sentences what fine-tuning a language model means."),
              Starter("Reminder text", "Write a short, friendly SMS reminding a patient of a dentist "
                                       "appointment on Monday at 9am."),
              Starter("Capital cities", "What is the capital of France, and of Japan?")),
