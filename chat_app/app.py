@@ -380,18 +380,23 @@ async def on_message(message: cl.Message):
     try:
         files = [e for e in (message.elements or []) if getattr(e, "path", None)]
         typed = bool(message.content.strip())
-        if files:
+        text_answered = typed and profile.task not in UPLOAD_TASKS  # files are read in batch profiles only
+        if files and not text_answered:
             await _name_the_files_in(message, files)
         if not cl.user_session.get("thread_named"):
             cl.user_session.set("thread_named", True)
             if files and not typed:
                 await _name_thread(", ".join(f.name for f in files))
         runtime = await _ready_runtime()
-        if files:
+        if files and profile.task in UPLOAD_TASKS:
             if typed:
                 await cl.Message(content=handlers.TYPED_TEXT_WITH_FILES).send()
             await _uploads(runtime, profile, files)
             return
+        if files:
+            await cl.Message(content=handlers.files_not_read(typed)).send()
+            if not typed:
+                return
         text, notes = handlers.check_text(message.content)
         for note in notes:
             await cl.Message(content=f"ℹ️ {note}").send()
@@ -670,10 +675,6 @@ async def _extract(runtime: Runtime, profile: handlers.Profile, text: str) -> No
 
 
 async def _uploads(runtime: Runtime, profile: handlers.Profile, files: list) -> None:
-    if profile.task not in UPLOAD_TASKS:
-        await cl.Message(content="📎 Batch uploads work in the **Spam check** and **Oncology extraction** "
-                                 "profiles; here, type your message instead.").send()
-        return
     settings = _settings()
     variant = await _usable_variant(runtime, profile, settings)
     if variant is None:

@@ -40,6 +40,15 @@ UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` or `.tsv` file 
                'with a `text` key (`{"text": "…"}` a line).')
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
                          "not. Send it on its own to run it.")
+
+
+def files_not_read(typed: bool) -> str:
+    """What a profile without batch uploads says of files sent to it: the typed text is answered."""
+    then = "your message is answered below." if typed else "type your message instead."
+    return ("📎 Batch uploads work in the **Spam check** and **Oncology extraction** profiles; here the "
+            f"file was not read, and {then}")
+
+
 PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV holds all of them
 FILES_KEY = "files"  # a user message's metadata key naming the files sent with it
 

@@ -235,12 +235,20 @@ def test_the_page_is_usable_while_the_model_loads(server, browser):
     page.context.close()
 
 
-def test_chat_profile_answers_with_the_base_model(server, browser):
+def test_chat_profile_answers_with_the_base_model(server, browser, tmp_path):
     page = new_page(browser, server)
     open_app(page, server)
     wait_model_ready(page, server)
+    # a file sent with the question: said to be unread here, and the question answered (it was not)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file the chat does not read\n", encoding="utf-8")
+    page.set_input_files("#upload-button-input", str(notes))
+    page.wait_for_selector("#attachments :text('notes.txt')")
     send(page, f"Say hello to {SECRET} in one short sentence.")
-    answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_selector("text=/the file was not read, and your message is answered below/",
+                           timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]').length >= 2",
+                           timeout=ANSWER_TIMEOUT * 1000)
     wait_idle(page)
     text = answers(page).last.inner_text()
     assert "base model (no adapter)" in text and "prompt tokens" in text
