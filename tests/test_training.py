@@ -647,6 +647,15 @@ def test_eval_measures_without_losing_what_the_catalogue_holds(trained, tiny_bas
     assert metrics["decision"]["threshold"] == metrics["variants"]["fine_tuned"]["threshold"] == 0.4242
     assert json.loads((folder / "threshold.json").read_text()) == stored
 
+    capsys.readouterr()
+    (folder / "train_result.json").write_text("{broken")  # it had given a JSON error that named no file
+    assert main([*command, "--eval-limit", "4", "--variants", "fine_tuned", "--output", str(tmp_path / "q2")]) == 2
+    assert f"{folder / 'train_result.json'}: not a training record this tool wrote" in capsys.readouterr().err
+    for weights in folder.glob("adapter_model.*"):
+        weights.unlink()  # only the fine-tuned variant of an untrained adapter: it had written an empty card
+    assert main([*command, "--variants", "fine_tuned", "--output", str(tmp_path / "q3")]) == 2
+    assert "has no trained weights" in capsys.readouterr().err and not (tmp_path / "q3").exists()
+
 
 def test_the_loss_plot_of_a_run_that_logged_no_loss_says_so_without_a_warning(tmp_path):
     import warnings

@@ -279,6 +279,8 @@ def _metric_tables(spec: AdapterSpec, metrics: dict) -> str:
     """The headline metrics of every measured variant, and for an extractor the exact match per field."""
     variants = metrics["variants"]
     shown = measured_variants(metrics)
+    if not shown:
+        return "No variant was measured: `metrics.json` holds none."
     names = {v: variant_title(v, metrics) for v in shown}
     rows = "\n".join(f"| {k} | " + " | ".join(shown_value(variants[v].get(k)) for v in shown) + " |"
                      for k in spec.headline_metrics)

@@ -13,7 +13,7 @@ from pathlib import Path
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 from adapters.cli import UsageError, check_output_folder, check_trained_base, positive_int
 from adapters.metrics_file import VARIANTS, measured_variants, read_metrics_file
-from adapters.runtime import read_threshold_record
+from adapters.runtime import AdapterNotTrainedError, read_threshold_record
 
 
 def register(sub, bench_sub) -> None:
@@ -119,6 +119,8 @@ def cmd_eval(args) -> int:
     out_dir = Path(args.output) if args.output else spec.directory
     check_output_folder(out_dir, "--output")
     if "fine_tuned" in variants:
+        if variants == ("fine_tuned",) and not spec.has_weights:  # nothing would be measured
+            raise AdapterNotTrainedError.of(spec)
         check_trained_base(spec, args.base_model)
     needs = {"test": "evaluation"}
     if "fine_tuned" in variants and spec.decision == "validation_f1" and read_threshold_record(spec) is None:
@@ -131,10 +133,24 @@ def cmd_eval(args) -> int:
         loss = measurements_lost(spec.directory / "metrics.json", variants, examples)
         if loss:
             raise UsageError(f"{loss}; write it elsewhere with --output DIR, or pass --replace")
-    result_file = spec.directory / "train_result.json"
-    train_result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    train_result = read_train_result(spec.directory / "train_result.json")
     _evaluate(spec.name, args, splits, train_result, variants=variants, out_dir=out_dir)
     return 0
+
+
+def read_train_result(path: Path) -> dict | None:
+    """The training run's record beside the weights (None when there is none), or an error naming
+    the file when it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a training record this tool wrote ({exc}); train the adapter again "
+                         "or remove the file") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def measurements_lost(metrics_file: Path, variants: tuple[str, ...], examples: int) -> str | None:
