@@ -6,6 +6,7 @@ rendered one way everywhere and a metric measures exactly what a user sees.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -417,10 +418,17 @@ def read_few_shot(spec: AdapterSpec) -> list[tuple[str, str]]:
     path = spec.directory / FEW_SHOT_FILE
     if not path.is_file():
         return []
-    import json
-
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [(row["input"], row["target"]) for row in rows]
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((row["input"], row["target"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}, line {number}: needs a JSON object with 'input' and 'target' ({exc}); "
+                             f"`{eval_command(spec)}` writes it again") from None
+    return pairs
 
 
 def read_threshold(spec: AdapterSpec) -> float | None:
@@ -436,8 +444,6 @@ def read_threshold_record(spec: AdapterSpec) -> dict | None:
     path = spec.directory / THRESHOLD_FILE
     if spec.decision == "argmax" or not path.is_file():
         return None
-    import json
-
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         record["threshold"] = float(record["threshold"])

@@ -1097,3 +1097,13 @@ def test_a_long_chat_message_keeps_its_start_and_its_end(tiny_base, catalog):
     g = rt.generate("medquad", [{"role": "user", "content": text}], base=True, max_new_tokens=2)
     g.read()
     assert g.message_cut_to == budget and g.prompt_tokens <= rt.backend.context_length
+
+
+def test_a_broken_few_shot_file_is_named_with_its_line(catalog):
+    """A line without `target` raised a bare KeyError 'target', which named no file."""
+    from adapters.runtime import read_few_shot
+
+    spec = load_catalog(catalog)["spam"]
+    (spec.directory / "few_shot.jsonl").write_text('{"input": "hi", "target": "ham"}\n\n{"input": "win"}\n')
+    with pytest.raises(ValueError, match=r"few_shot.jsonl, line 3: needs a JSON object with 'input' and 'target'"):
+        read_few_shot(spec)
