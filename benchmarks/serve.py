@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, load_catalog
+from adapters.cli import positive_int
 from adapters.environment import environment
 from adapters.files import write_text_atomic
 from adapters.runtime import Runtime
@@ -380,15 +381,13 @@ def device_slug(device: str) -> str:
 
 def add_parser(bench_sub) -> None:
     serve = bench_sub.add_parser("serve", help="classify latency/throughput, generate TTFT and tokens/s")
-    serve.add_argument("--calls", type=int, default=50, help="single-message classify calls")
-    serve.add_argument("--batch", type=int, default=64, help="messages in the batched classify run")
-    from adapters.cli import positive_int  # here: adapters.cli registers this module's command
-
+    serve.add_argument("--calls", type=positive_int, default=50, help="single-message classify calls")
+    serve.add_argument("--batch", type=positive_int, default=64, help="messages in the batched classify run")
     serve.add_argument("--batch-runs", type=positive_int, default=3,
                        help="timed batched classify calls after a warm-up one (their median is reported)")
-    serve.add_argument("--runs", type=int, default=5, help="generation runs")
-    serve.add_argument("--tokens", type=int, default=64, help="max new tokens per generation run")
-    serve.add_argument("--switch-rounds", type=int, default=20,
+    serve.add_argument("--runs", type=positive_int, default=5, help="generation runs")
+    serve.add_argument("--tokens", type=positive_int, default=64, help="max new tokens per generation run")
+    serve.add_argument("--switch-rounds", type=positive_int, default=20,
                        help="times through the cycle of adapters + base when timing adapter switches")
     serve.add_argument("--streams", type=int, default=8,
                        help="concurrent generation streams, cycling through the adapters and the base (0: skip)")

@@ -454,3 +454,15 @@ def test_bench_serve_on_a_catalogue_without_spam_is_refused_before_loading(tmp_p
     (tmp_path / "mine").mkdir()
     assert main(["bench", "serve", "--catalog", str(tmp_path / "mine"), "--device", "cpu"]) == 2
     assert "has no adapter called spam" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--calls", "--batch", "--runs", "--tokens", "--switch-rounds"])
+def test_bench_serve_refuses_a_count_below_one_before_loading(option, capsys, monkeypatch):
+    """`--batch 0` ran until after the model loaded, then ended with "range() arg 3 must not be zero"."""
+    from adapters.cli import main
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit):
+        main(["bench", "serve", option, "0", "--device", "cpu"])
+    assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
