@@ -130,7 +130,8 @@ def serve_rows(name: str, result: dict) -> list[Row]:
     check = result.get("decoder_check") or {}
     if "base" in check:
         same = all(v.get("identical") for k, v in check.items() if isinstance(v, dict))
-        rows.append(Row(bench, device, "CUDA-graph decoder vs `generate`, greedy text",
+        other = "the row decoder" if "row decoder" in str(check.get("definition")) else "`generate`"
+        rows.append(Row(bench, device, f"CUDA-graph decoder vs {other}, greedy text",
                         "identical" if same else "differs (see decoder_check)", ""))
     switch = result.get("adapter_switch")
     if switch and "switch_ms" in switch:

@@ -466,3 +466,16 @@ def test_bench_serve_refuses_a_count_below_one_before_loading(option, capsys, mo
     with pytest.raises(SystemExit):
         main(["bench", "serve", option, "0", "--device", "cpu"])
     assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_decoder_check_row_names_what_the_graph_decoder_was_compared_with():
+    """The H200 result compared it with the row decoder, and the table said `generate`."""
+    from benchmarks.table import serve_rows
+
+    def row(definition: str) -> str:
+        result = {"device": "NVIDIA H200", "decoder_check": {"definition": definition, "base": {"identical": True}}}
+        return next(r.measure for r in serve_rows("serve-cuda-h200.json", result) if "CUDA-graph" in r.measure)
+
+    assert row("... static decoder vs. the row decoder (LoRA unmerged) ...") == \
+        "CUDA-graph decoder vs the row decoder, greedy text"
+    assert row("... static decoder vs. model.generate on a batch ...") == "CUDA-graph decoder vs `generate`, greedy text"
