@@ -19,13 +19,9 @@ Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str
 
 def task_messages(spec: AdapterSpec, text: str, *, system: str | None = None,
                   examples: Sequence[tuple[str, str]] = ()) -> list[Message]:
-    """Messages for one input: system, optional few-shot turns, then the user turn."""
-    messages = [{"role": "system", "content": system if system is not None else spec.prompt.system}]
-    for example_input, example_target in examples:
-        messages.append({"role": "user", "content": spec.prompt.user_template.format(text=example_input)})
-        messages.append({"role": "assistant", "content": example_target})
-    messages.append({"role": "user", "content": spec.prompt.user_template.format(text=text)})
-    return messages
+    """Messages for one input: system, optional few-shot turns, then the user turn (a conversation
+    of one question, as ``chat_messages`` makes it)."""
+    return chat_messages(spec, [*few_shot_turns(examples), {"role": "user", "content": text}], system=system)
 
 
 def few_shot_turns(examples: Sequence[tuple[str, str]]) -> list[Message]:
@@ -38,7 +34,8 @@ def chat_messages(spec: AdapterSpec | None, history: Sequence[Message], *,
     """A multi-turn conversation, with the spec's system message unless one is given or present.
 
     User turns go through the spec's user template, so a chat's first turn is exactly the prompt
-    the adapter was trained on (``task_messages``).
+    the adapter was trained on. A system message that is given, even empty, is a turn of its own;
+    with none (no spec and none given) the tokenizer's template puts its default one.
     """
     history = [dict(m) for m in history]
     if spec is not None:
@@ -48,7 +45,7 @@ def chat_messages(spec: AdapterSpec | None, history: Sequence[Message], *,
     if history and history[0]["role"] == "system":
         return history
     system = system if system is not None else (spec.prompt.system if spec else None)
-    return ([{"role": "system", "content": system}] if system else []) + history
+    return ([{"role": "system", "content": system}] if system is not None else []) + history
 
 
 def render(tokenizer: Any, messages: Sequence[Message]) -> str:

@@ -67,7 +67,8 @@ def chat_prompt(spec: AdapterSpec | None, *, system: str | None = None) -> ChatP
 def history_messages(spec: AdapterSpec | None, turns: Sequence[Message]) -> list[BaseMessage]:
     """Earlier turns as LangChain messages, user turns through the spec's user template (as
     ``chat_messages`` puts them; no system message of its own)."""
-    return _as_langchain(chat_messages(spec, turns, system="") if turns else [])
+    conversation = chat_messages(spec, turns, system="")  # its (empty) system turn first, left out
+    return _as_langchain(conversation[1:] if turns else [])
 
 
 def _as_langchain(messages: Sequence[Message]) -> list[BaseMessage]:

@@ -60,6 +60,16 @@ def test_chat_prompt_messages_are_exactly_chat_messages(catalog, adapter, system
     assert chains.as_dicts(value.to_messages()) == expected
 
 
+def test_an_empty_system_prompt_is_one_rule_for_tasks_and_chats(catalog):
+    """task_messages rendered "" as an empty system turn where chat_messages dropped it, and the
+    tokenizer's template then put SmolLM's default system prompt into a chat: one spec, two prompts."""
+    spec = load_catalog(catalog)["medquad"]
+    task = task_messages(spec, "What is glaucoma?", system="")
+    assert task == chat_messages(spec, [{"role": "user", "content": "What is glaucoma?"}], system="")
+    assert task[0] == {"role": "system", "content": ""}
+    assert chat_messages(None, [{"role": "user", "content": "hi"}])[0]["role"] == "user"  # none given: the template's
+
+
 def test_a_first_chat_turn_is_the_task_prompt(catalog):
     spec = load_catalog(catalog)["medquad"]
     value = chains.chat_prompt(spec).invoke({"history": [], "text": "What is glaucoma?"})

@@ -33,7 +33,7 @@ from adapters.environment import environment
 from adapters.prompts import target_text
 from adapters.files import write_bytes_atomic, write_lines_atomic, write_text_atomic
 from adapters.metrics_file import VARIANTS
-from adapters.runtime import FEW_SHOT_FILE, THRESHOLD_FILE, Runtime, read_threshold_record
+from adapters.runtime import FEW_SHOT_FILE, THRESHOLD_FILE, Runtime, decide, read_threshold_record
 from adapters.spec import AdapterSpec
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -114,7 +114,7 @@ def _classify(runtime, spec, test, kwargs, in_batches):
     result["confusion"] = _confusion(refs, preds)
     threshold = out[0].threshold if out else None
     if threshold is not None:  # also show what argmax would have given on the same scores
-        argmax = [int(s > 0.5) for s in scores]  # argmax: a tie goes to the first label
+        argmax = [int(decide(spec.labels, r.probs, None) == positive) for r in out]  # as with no threshold
         result["threshold"] = threshold
         result["at_argmax"] = {k: v for k, v in metric.compute(predictions=argmax, references=refs,
                                                               scores=scores).items() if k != "auroc"}
@@ -227,7 +227,8 @@ def tune_threshold(runtime: Runtime, spec: AdapterSpec, validation, batch_size: 
     refs = [int(ex.target == positive) for ex in examples]
     threshold, f1 = choose_threshold(scores, refs)
     at_half = load_metric("binary_classification").compute(
-        predictions=[int(s > 0.5) for s in scores], references=refs, scores=scores)["f1"]
+        predictions=[int(decide(spec.labels, r.probs, None) == positive) for r in out], references=refs,
+        scores=scores)["f1"]
     record = {"label": positive, "threshold": round(threshold, 6), "criterion": f"F1 of {positive!r}",
               "split": "validation", "examples": len(examples), "positives": sum(refs),
               "f1": f1, "f1_at_argmax": at_half}
