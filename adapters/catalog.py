@@ -45,10 +45,14 @@ def scan_catalog(directory: str | Path = CATALOG_DIR) -> list[tuple[Path, Adapte
     return found
 
 
+def in_project_catalog(spec: AdapterSpec) -> bool:
+    """Whether ``spec`` is one of the project's own adapters (``adapters/``), not another catalogue's."""
+    return spec.directory.resolve().parent == CATALOG_DIR.resolve()
+
+
 def catalog_option(spec: AdapterSpec) -> str:
     """`` --catalog DIR`` for an adapter outside the project's catalogue (commands need it), else ""."""
-    catalog = spec.directory.parent
-    return "" if catalog.resolve() == CATALOG_DIR.resolve() else f" --catalog {catalog}"
+    return "" if in_project_catalog(spec) else f" --catalog {spec.directory.parent}"
 
 
 def shown_path(path: Path) -> str:

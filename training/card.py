@@ -111,7 +111,8 @@ def _extract_text(spec: AdapterSpec) -> str:
 
 # what an evaluation writes about the weights it measured (besides the card): new weights make them
 # describe an adapter that is gone
-EVALUATION_FILES = ("metrics.json", "confusion.png", "metrics.png", "fields.png")
+PLOT_FILES = ("confusion.png", "metrics.png", "fields.png")  # evaluation's, one of them for each task
+EVALUATION_FILES = ("metrics.json", *PLOT_FILES)
 
 
 def _base_id(spec: AdapterSpec, recorded: str | None = None) -> str:
@@ -260,7 +261,7 @@ def _results_section(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     """What was evaluated on which examples, the metric tables, the targets and the plots."""
     variants = metrics["variants"]
     encoder = variants.get("fine_tuned", variants.get("base", {})).get("bertscore_encoder")
-    plots = [p for p in ("confusion.png", "metrics.png", "fields.png", "loss.png") if (out_dir / p).is_file()]
+    plots = [p for p in (*PLOT_FILES, "loss.png") if (out_dir / p).is_file()]
     targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {shown_value(t['value'])}"
                         for t in check_targets(spec, variants))
     return f"""Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.

@@ -29,16 +29,16 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback
 
 from adapters.base_models import LoadOptions, canonical_name, load_base, cudnn_attention
-from adapters.catalog import CATALOG_DIR
+from adapters.catalog import in_project_catalog
 from adapters.files import STAGING_PREFIX, give_default_modes, move_staged_files, write_text_atomic
 from adapters.prompts import render_example, target_text, task_messages
 from adapters.runtime import THRESHOLD_FILE
 from adapters.spec import AdapterSpec
 from training.card import EVALUATION_FILES, unevaluated_card_text
+from training.data import PROJECT_ROOT
 from training.fused_lora import fuse_lora_projections
 from training.packed_attention import use_packed_attention
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = PROJECT_ROOT / "runs"  # checkpoints of the project catalogue's runs in progress (git-ignored)
 RUN_ENTRIES = ("checkpoint-*", "README.md")  # what a run writes into its folder (README.md: TRL's card)
 FINGERPRINT_FILE = "fingerprint"  # in a run folder: what the run trained, and that a run made the folder
@@ -373,8 +373,7 @@ def trainer_arguments(spec: AdapterSpec, run_dir: Path, max_steps: int | None, o
 def default_run_dir(spec: AdapterSpec) -> Path:
     """Where a run keeps its checkpoints: ``runs/<name>`` for the project's catalogue, ``.runs/<name>``
     in any other catalogue (one catalogue's run must not restart another's of the same name)."""
-    catalog = spec.directory.resolve().parent
-    return RUNS_DIR / spec.name if catalog == CATALOG_DIR.resolve() else catalog / ".runs" / spec.name
+    return RUNS_DIR / spec.name if in_project_catalog(spec) else spec.directory.resolve().parent / ".runs" / spec.name
 
 
 def clear_run_folder(run_dir: Path) -> None:
