@@ -101,6 +101,15 @@ def _compile_note(training: dict) -> str:
     return " (includes compiling the decoder layers)" if training.get("compiled_layers") else ""
 
 
+def _references_text(spec: AdapterSpec) -> str:
+    """For a generate adapter whose answers were capped in training: the references are capped too."""
+    if spec.task != "generate" or spec.data.max_target_words is None:
+        return ""
+    return (f"\nThe reference answers are the answers as trained: cut at a sentence end within "
+            f"{spec.data.max_target_words} words (`data.max_target_words`), since an answer of at most "
+            f"{spec.generation.max_new_tokens} tokens cannot match a reference of thousands of words.")
+
+
 def _extract_text(spec: AdapterSpec) -> str:
     if spec.task != "extract":
         return ""
@@ -266,7 +275,7 @@ def _results_section(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
                         for t in check_targets(spec, variants))
     return f"""Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
 *base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt{_few_shot_text(metrics)},
-*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_extract_text(spec)}{_evaluated_on(metrics)}
+*fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_references_text(spec)}{_extract_text(spec)}{_evaluated_on(metrics)}
 
 {_metric_tables(spec, metrics)}
 

@@ -248,7 +248,7 @@ def _sigmoid(x: float) -> float:
 def _generate(runtime, spec, test, kwargs, in_batches):
     questions = [ex.input for ex in test]
     # references are the answers as trained: capped at data.max_target_words (cut at a sentence
-    # end), since a 256-token answer cannot match a 1,500-word page; the card says so
+    # end), since a 256-token answer cannot match a 4,000-word one; the card says so (card._references_text)
     references = [ex.target for ex in test]
     answers = in_batches(lambda qs, b: runtime.answer(spec.name, qs, batch_size=b, **kwargs), questions)
     result = load_metric("answer_overlap").compute(predictions=answers, references=references)
