@@ -26,7 +26,7 @@ class Extraction:
     error: str | None = None
     truncated: bool = False  # the input was cut to fit the context
     cut_at: int | None = None  # the output ended inside the object at this max_new_tokens limit
-    closed: bool = False  # the output ended inside the object, which repair closed
+    closed: bool = False  # the output ended inside the object (closed by repair when ``valid``)
     text_read: str | None = None  # the input as the model read it, when it was cut (``truncated``)
 
 

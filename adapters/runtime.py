@@ -245,7 +245,7 @@ class Runtime:
 
         Evaluation turns these into perplexity of the references, under the same prompt the app uses.
         """
-        spec = self.spec(adapter)
+        spec = self._task_spec(adapter, "generate")
         target = self._target(spec, base)
         prompts = [self.rendered_prompt(adapter, [{"role": "user", "content": q}], examples=examples)
                    for q in questions]

@@ -372,6 +372,9 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
         fail("data.split.group_by", f"{data.format!r} is not read by groups (only {', '.join(GROUPED_FORMATS)}); "
                                     "leave it out")
     split = spec.data.split
+    if split.validation == 0:  # refused after the data were read, by training and few-shot draws alike
+        fail("data.split.validation", "must be above 0: training stops early on the validation split, and "
+                                      "evaluation chooses its few-shot examples there")
     if not (0 <= split.validation < 1 and 0 < split.test < 1 and split.validation + split.test < 1):
         fail("data.split", "validation and test must be fractions that leave room for training")
     if split.near_duplicates is not None and not 0 < split.near_duplicates <= 1:

@@ -559,6 +559,8 @@ def test_answer_logprob_gives_each_reference_its_log_likelihood_and_token_count(
     scored = rt.backend.score(None, [rt.rendered_prompt("medquad", [{"role": "user", "content": q}])
                                      for q in questions], [[a] for a in answers])
     assert [lp for lp, _ in got] == pytest.approx([row[0] for row in scored]) and all(lp < 0 for lp, _ in got)
+    with pytest.raises(InputError, match="'spam' is a classify adapter, not generate"):  # a number meaning nothing
+        rt.answer_logprob("spam", questions, answers, base=True)
 
 
 def counted_batches(backend, monkeypatch) -> list[int]:

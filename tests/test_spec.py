@@ -481,6 +481,9 @@ def test_split_fractions_must_leave_room_for_training(tmp_path):
     raw = real_spec("spam")
     raw["data"]["split"] = {"validation": 0.5, "test": 0.5}
     refused(write_spec(tmp_path, raw), "data.split")
+    raw["data"]["split"] = {"validation": 0, "test": 0.1}
+    assert "training stops early on the validation split" in refused(write_spec(tmp_path, raw),
+                                                                    "data.split.validation")
 
 
 def test_near_duplicate_similarity_must_be_a_fraction(tmp_path):

@@ -8,7 +8,7 @@ spec's own folder), and last the Hugging Face Hub (``data.hub_id`` through
 
 Formats: the SMS Spam Collection (``label<TAB>text`` per line, an optional header line), MedQuAD CSV
 (header with at least ``Question,Answer``; ``qtype,focus,source,document_id`` optional) and the
-oncology JSONL (``instruction,input,output``; ``output`` holds the spec's fields, each a string or
+oncology JSONL (``input`` and ``output`` a line, ``instruction`` optional; ``output`` holds the spec's fields, each a string or
 null). Structural problems (a missing header column, a file that is not UTF-8, broken CSV quoting)
 raise ``DataError`` naming the file and line. A bad row (blank, unknown label, empty text, invalid
 JSON, a missing field...) is skipped and counted by reason; ``LoadReport.skipped`` has the counts and
@@ -29,7 +29,8 @@ Splitting (``load_splits``):
    at the spec's validation/test fractions. The same data and seed give the same split on any
    machine and Python version; another seed gives another split;
 4. for ``generate`` with ``data.max_target_words``: the training target is cut to that many words
-   (at a sentence end when one is in the second half), the full answer stays in ``reference``.
+   (at a sentence end when one is in the second half); ``reference`` keeps the full answer, which
+   de-duplication compares.
 
 Nothing here prints: everything worth recording is in ``Splits.report`` (a dataclass; the CLI
 prints it and ``metrics.json``/the model card record it).
@@ -709,8 +710,7 @@ def split_examples(examples: Sequence[Example], *, validation: float, test: floa
 
 def label_counts(splits: Splits | Mapping[str, Sequence[Example]]) -> dict[str, dict[str, int]]:
     """``{split: {label: count}}`` (labels sorted), for a ``Splits`` or a mapping of name to examples."""
-    items = splits.items() if isinstance(splits, Splits) else splits.items()
-    return {name: dict(sorted(Counter(str(ex.target) for ex in examples).items())) for name, examples in items}
+    return {name: dict(sorted(Counter(str(ex.target) for ex in examples).items())) for name, examples in splits.items()}
 
 
 def oversample_minority(examples: Sequence[Example], *, seed: int, ratio: float = 1.0) -> list[Example]:
