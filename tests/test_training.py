@@ -93,6 +93,9 @@ def test_evaluation_reports_base_few_shot_and_fine_tuned_on_the_same_examples(tr
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["test_examples"] == 8
     assert set(metrics["variants"]) == {"base", "few_shot", "fine_tuned"}
+    spec = load_catalog(trained.parent)["spam"]
+    assert metrics["training"]["settings"]["lora"]["r"] == spec.lora.r  # what the weights were trained with
+    assert metrics["training"]["settings"]["training"]["learning_rate"] == spec.training.learning_rate
     for variant in metrics["variants"].values():
         assert 0.0 <= variant["accuracy"] <= 1.0 and "auroc" in variant
         assert sum(map(sum, variant["confusion"])) == 8
@@ -204,6 +207,24 @@ class RecordingBackend:
     def complete(self, adapter, prompts, params, batch_size=8):
         self.asked.append(params)
         return ["{}" for _ in prompts]
+
+
+def test_the_card_shows_the_settings_the_weights_were_trained_with_and_a_spec_changed_since():
+    """The card's training table came from the spec as it is now: after an edit and `adapterlab
+    card`, it showed settings the weights were never trained with."""
+    from training.card import card_text
+
+    spec = load_catalog()["spam"]
+    metrics = json.loads((spec.directory / "metrics.json").read_text())
+    as_trained = {"training": {**dataclasses.asdict(spec.training), "learning_rate": 1e-3},
+                  "lora": {**dataclasses.asdict(spec.lora), "target_modules": list(spec.lora.target_modules)}}
+    metrics["training"] = {**metrics["training"], "settings": as_trained}
+    card = card_text(spec, metrics, spec.directory)
+    assert f"| optimisation | lr 0.001, cosine" in card
+    assert "⚠️ `adapter.yaml` has changed since these weights were trained (training.learning_rate)" in card
+    metrics["training"]["settings"]["training"]["learning_rate"] = spec.training.learning_rate
+    same = card_text(spec, metrics, spec.directory)
+    assert "has changed since" not in same and f"| optimisation | lr {spec.training.learning_rate}, cosine" in same
 
 
 def test_the_card_says_evaluation_decodes_greedily_whatever_the_specs_temperature():

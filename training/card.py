@@ -5,6 +5,7 @@ spec's text changes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from adapters.base_models import KNOWN_BASES, canonical_name
 from adapters.catalog import catalog_option, shown_path
 from adapters.files import write_text_atomic
 from adapters.metrics_file import check_targets, measured_variants, shown_value, variant_title
-from adapters.spec import AdapterSpec
+from adapters.spec import AdapterSpec, LoraSpec, TrainingSpec
 
 
 def write_metrics(spec: AdapterSpec, report: dict, split_report: dict | None, train_result: dict | None,
@@ -311,9 +312,29 @@ def _data_section(spec: AdapterSpec, split: dict) -> str:
 - Details: `{_details_text(split)}`"""
 
 
+def trained_settings(spec: AdapterSpec, recorded: dict | None) -> tuple[TrainingSpec, LoraSpec, list[str]]:
+    """The training and LoRA settings the weights were trained with (the run's record; the spec's
+    where the record has none), and the spec's settings that differ from them now."""
+    recorded = recorded or {}
+    as_trained = []
+    for section, current in (("training", spec.training), ("lora", spec.lora)):
+        known = {f.name for f in dataclasses.fields(current)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in (recorded.get(section) or {}).items()
+                  if k in known}
+        as_trained.append(dataclasses.replace(current, **values))
+    t, lora = as_trained
+    changed = [f"{section}.{f.name}" for section, now, then in (("training", spec.training, t), ("lora", spec.lora, lora))
+               for f in dataclasses.fields(now) if getattr(now, f.name) != getattr(then, f.name)]
+    return t, lora, changed
+
+
 def _training_section(spec: AdapterSpec, training: dict) -> str:
-    """The spec's settings and the recorded run (``training``: metrics.json's record)."""
-    t, lora = spec.training, spec.lora
+    """The settings the weights were trained with and the recorded run (``training``: metrics.json's
+    record); a spec edited since says so, since the card is rewritten from it (``adapterlab card``)."""
+    t, lora, changed = trained_settings(spec, training.get("settings"))
+    note = (f"\n\n⚠️ `adapter.yaml` has changed since these weights were trained ({', '.join(changed)}): the "
+            "table shows the settings they were trained with; train again to match the spec."
+            if changed else "")
     return f"""| setting | value |
 |---|---|
 | method | {t.method} (LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules {', '.join(lora.target_modules)}) |
@@ -322,7 +343,7 @@ def _training_section(spec: AdapterSpec, training: dict) -> str:
 | hardware | {_hardware(training)} |
 | run | {training.get('steps', '—')} steps, {training.get('epochs', '—')} epochs, {_seconds(training.get('train_seconds'))} s{_compile_note(training)}, {shown_value(training.get('tokens_per_second'))} tokens/s (real tokens) |
 | best validation loss | {shown_value(training.get('best_eval_loss'))} |
-| seed | {t.seed} |"""
+| seed | {t.seed} |{note}"""
 
 
 def _reproduce_section(spec: AdapterSpec, metrics: dict) -> str:

@@ -65,6 +65,7 @@ class TrainResult:
     batching: str | None = None  # absent in runs before 2026-11-23 (they used padding-free packing)
     compiled_layers: bool = False  # decoder layers torch.compiled; train_seconds includes compiling them
     processes: int = 1  # data-parallel processes (DDP through torchrun / accelerate launch), one GPU each
+    settings: dict | None = None  # the spec's training and lora sections as trained (absent before 2026-11-30)
 
 
 def sft_rows(tokenizer: Any, spec: AdapterSpec, examples) -> list[dict[str, str]]:
@@ -321,7 +322,8 @@ def train_result(spec: AdapterSpec, trainer, throughput: "ThroughputCallback", b
         best_eval_loss=state.best_metric, best_checkpoint=state.best_model_checkpoint,
         resumed_from=resumed_from, seed=spec.training.seed,
         batching="padding-free packing" if trainer.args.packing else "length-grouped batches, padded per batch",
-        compiled_layers=compiled, processes=trainer.args.world_size)
+        compiled_layers=compiled, processes=trainer.args.world_size,
+        settings={"training": asdict(spec.training), "lora": asdict(spec.lora)})
 
 
 def trainer_arguments(spec: AdapterSpec, run_dir: Path, max_steps: int | None, on_cuda: bool,
