@@ -220,7 +220,7 @@ def test_the_card_shows_the_settings_the_weights_were_trained_with_and_a_spec_ch
                   "lora": {**dataclasses.asdict(spec.lora), "target_modules": list(spec.lora.target_modules)}}
     metrics["training"] = {**metrics["training"], "settings": as_trained}
     card = card_text(spec, metrics, spec.directory)
-    assert f"| optimisation | lr 0.001, cosine" in card
+    assert "| optimisation | lr 0.001, cosine" in card
     assert "⚠️ `adapter.yaml` has changed since these weights were trained (training.learning_rate)" in card
     metrics["training"]["settings"]["training"]["learning_rate"] = spec.training.learning_rate
     same = card_text(spec, metrics, spec.directory)
