@@ -158,7 +158,10 @@ async def _send_settings(profile: handlers.Profile, restored: dict | None = None
     cl.user_session.set("settings", await cl.ChatSettings([_widget(i, values[i.id]) for i in items]).send())
 
 
-async def _setup_session(restored: dict | None = None) -> None:
+async def _setup_session(restored: dict | None = None, show_status: bool = True) -> None:
+    """Settings, commands and status panel of a chat that opens; ``show_status=False`` for a resumed
+    chat, whose page replaces its elements when Chainlit sends the thread, after on_chat_resume
+    (``_after_connection`` shows the panel then)."""
     profile = _profile()
     await _send_settings(profile, restored)
     await cl.context.emitter.set_commands([
@@ -166,7 +169,8 @@ async def _setup_session(restored: dict | None = None) -> None:
          "button": True, "persistent": False}
         for name, (icon, _emoji) in handlers.COMMAND_ICONS.items()
     ] if profile.task == "compare" else [])
-    await _show_status(profile)
+    if show_status:
+        await _show_status(profile)
     if HOLDER.state == "loading":
         asyncio.create_task(_announce_when_ready(profile))
 
@@ -175,9 +179,21 @@ def _on_phone() -> bool:
     return handlers.is_phone(cl.context.session.environ.get("HTTP_USER_AGENT"))
 
 
+def _status_element_id() -> str:
+    """The id of this page's status panel element, the same at each sending, so that the page keeps
+    one (it adds each new element id to its elements)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"adapterlab:status:{cl.context.session.id}"))
+
+
 async def _show_status(profile: handlers.Profile) -> None:
     """The status panel; on a phone only to say that loading failed, since there Chainlit lays the
-    panel over three quarters of the chat (the toasts and the first answer say the rest)."""
+    panel over three quarters of the chat (the toasts and the first answer say the rest).
+
+    Its element is marked ``display="side"``: Chainlit 2.12's page closes the side panel whenever
+    its elements change and none of them is a side element (a file sent with a message, the chat
+    rebuilt at its own address after its first message, signed in), and opens it again from the
+    side elements it holds; ``ElementSidebar`` alone sends an inline one, so the panel went at those
+    moments and could not be brought back."""
     if _on_phone() and HOLDER.state != "failed":
         return
     runtime = HOLDER.runtime
@@ -185,7 +201,8 @@ async def _show_status(profile: handlers.Profile) -> None:
     content = handlers.status_markdown(HOLDER.state, HOLDER.load_seconds, HOLDER.error,
                                        SPECS, loaded, BASE_MODEL, profile, runtime.other_bases if runtime else None)
     try:
-        await cl.ElementSidebar.set_elements([cl.Text(name="status", content=content)], key=uuid.uuid4().hex)
+        await cl.ElementSidebar.set_elements([cl.Text(id=_status_element_id(), name="Status", content=content,
+                                                      display="side")], key=uuid.uuid4().hex)
         await cl.ElementSidebar.set_title("Status")
     except FileNotFoundError:
         # Chainlit removed the session's file folder while the element was written: the page was
@@ -240,7 +257,8 @@ async def on_chat_resume(thread):
     # from the stored messages, every page's: the chat's metadata holds no copy (persistence.py), and
     # one saved by the last page to close lacked the turns another page had added
     cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
-    await _setup_session(cl.user_session.get("settings"))
+    await _setup_session(cl.user_session.get("settings"), show_status=False)
+    RESUMED_AT_CONNECTION.add(cl.context.session)
 
 
 @cl.on_chat_end
@@ -280,11 +298,18 @@ def _stop_reason() -> str:
     return STOP_REASONS.get(task, "stopped by you") if task is not None else "stopped by you"
 
 
-def _keep_stop_button_on_reconnect() -> None:
-    """Chainlit 2.12 clears the page's "answering" state whenever a page connects
-    (``connection_successful`` sends ``task_end``), so a page that reconnected mid-answer lost its
-    Stop button while the answer went on. Wrap that handler: a reconnected session with an answer
-    still running gets its Stop button back."""
+RESUMED_AT_CONNECTION: weakref.WeakSet = weakref.WeakSet()  # sessions whose connection resumed a chat
+
+
+def _after_connection() -> None:
+    """Wrap Chainlit 2.12's ``connection_successful``, for what must come after it:
+
+    - it clears the page's "answering" state whenever a page connects (it sends ``task_end``), so a
+      page that reconnected mid-answer lost its Stop button while the answer went on: a reconnected
+      session with an answer still running gets its Stop button back;
+    - it sends a resumed chat's thread after ``on_chat_resume``, and the page then replaces its
+      elements with the thread's, the status panel's among them: the panel is shown after that.
+    """
     from chainlit.context import init_ws_context
     from chainlit.server import sio
     from chainlit.session import WebsocketSession
@@ -296,15 +321,21 @@ def _keep_stop_button_on_reconnect() -> None:
     async def connection_successful(sid):
         await original(sid)
         session = WebsocketSession.get(sid)
-        task = session.current_task if session is not None and session.restored else None
+        if session is None:
+            return
+        init_ws_context(session)
+        task = session.current_task if session.restored else None
         if task is not None and not task.done():
-            await init_ws_context(session).emitter.task_start()
+            await cl.context.emitter.task_start()
+        if session in RESUMED_AT_CONNECTION:
+            RESUMED_AT_CONNECTION.discard(session)
+            await _show_status(_profile())
 
     connection_successful._adapterlab = True
     sio.on("connection_successful", connection_successful)
 
 
-_keep_stop_button_on_reconnect()
+_after_connection()
 
 
 def _stop_without_a_second_message() -> None:

@@ -391,6 +391,66 @@ def test_an_answer_goes_on_when_its_page_reconnects_after_a_blip(server, browser
     page.context.close()
 
 
+def status_panel(page):
+    """The status panel's text beside the chat (Chainlit's element side view)."""
+    return page.locator("#side-view-content").get_by_text("Model ready")
+
+
+def test_the_status_panel_stays_when_a_file_is_sent(server, browser, tmp_path):
+    """Chainlit's page closed the panel beside the chat whenever the page's elements changed without
+    one shown beside it: a file sent with a message did that, and the model's state and the
+    profile's notices were gone, with no way to bring them back."""
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    choose_profile(page, "Spam check")
+    status_panel(page).wait_for()
+    upload = tmp_path / "lunch.csv"
+    upload.write_text("text\nAre we still meeting for lunch today?\nWIN a FREE prize now\n", encoding="utf-8")
+    page.set_input_files("#upload-button-input", str(upload))
+    page.wait_for_selector("#attachments :text('lunch.csv')")
+    page.click("#chat-submit")
+    page.wait_for_selector("h3:has-text('2 texts from')", timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    page.wait_for_timeout(500)
+    assert status_panel(page).is_visible(), "the status panel closed when the file was sent"
+    shot(page, "05b-status-panel-after-upload")
+    page.context.close()
+
+
+LOGIN = {"ADAPTERLAB_APP_USER": "ana", "ADAPTERLAB_APP_PASSWORD": "s3cret-pw", "CHAINLIT_AUTH_SECRET": "x" * 64}
+
+
+@pytest.fixture(scope="module")
+def login_server(tmp_path_factory):
+    """The real model with password login (so with the history): a chat moves to its own address
+    at its first message, and a reload resumes it as another session."""
+    srv = Server(tmp_path_factory.mktemp("e2e-login"), LOGIN, name="server-login-real-model")
+    srv.wait_healthy()
+    yield srv
+    srv.stop()
+
+
+def test_signed_in_the_status_panel_stays_at_a_chats_address_and_when_resumed(login_server, browser):
+    """Signed in, a chat's first message moves the page to /thread/<id>, which rebuilt the chat and
+    closed the status panel; a chat reopened from its address opened without it."""
+    page = new_page(browser, login_server)
+    sign_in(page, login_server)
+    wait_model_ready(page, login_server)
+    choose_profile(page, "Spam check")
+    status_panel(page).wait_for()
+    send(page, "Are we still meeting for lunch today?")
+    page.wait_for_url(re.compile(r"/thread/[0-9a-f-]+$"))
+    answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    page.wait_for_timeout(500)
+    assert status_panel(page).is_visible(), "the status panel closed when the chat moved to its address"
+    page.reload()
+    answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    status_panel(page).wait_for(timeout=10_000)  # a resumed chat shows it too
+    page.context.close()
+
+
 def test_stopping_a_batch_upload_keeps_the_texts_it_did(server, browser, tmp_path):
     page = new_page(browser, server)
     open_app(page, server)
