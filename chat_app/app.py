@@ -265,27 +265,121 @@ async def on_chat_resume(thread):
 async def on_chat_end():
     """The page left this chat, was closed or lost its connection: stop its running answer, as the
     Stop button does, rather than let it hold the one model up to max_new_tokens while everyone else
-    waits. A connection that comes back within RECONNECT_GRACE_S keeps its answer (Chainlit calls
-    this on every disconnect, and the page reconnects to the same session after a network blip)."""
+    waits, unless another page shows it. A connection that comes back within RECONNECT_GRACE_S keeps
+    its answer (Chainlit calls this on every disconnect, and the page reconnects to the same session
+    after a network blip), and so does an answer that a reload, or the chat opened in another tab,
+    shows meanwhile (``_show_the_answer_being_written``)."""
     session = cl.context.session
+    CLOSED_AT[session] = session.socket_id
     task = session.current_task
     if task is None or task.done():
         return
-    if session.to_clear:  # a new chat, or another profile: the page will not come back
-        STOP_REASONS[task] = "stopped: the chat was left"
-        task.cancel()
+    pages = _pages_showing(task, session)
+    if session.to_clear:  # a new chat, or another profile: this page will not show the answer again
+        if session in pages[1:]:
+            pages.remove(session)
+        if not _open_pages(task):
+            STOP_REASONS[task] = "stopped: the chat was left"
+            task.cancel()
         return
-    log.info("adapterlab: a page's connection closed during an answer; stopping it unless it "
-             "reconnects within %d s", RECONNECT_GRACE_S)
-    asyncio.create_task(_stop_unless_reconnected(session, task))
+    log.info("adapterlab: a page's connection closed during an answer; stopping it unless a page "
+             "shows it within %d s", RECONNECT_GRACE_S)
+    asyncio.create_task(_stop_unless_shown(task))
 
 
-async def _stop_unless_reconnected(session, task: asyncio.Task) -> None:
-    socket_id = session.socket_id  # a reconnect gives the session a new one
+async def _stop_unless_shown(task: asyncio.Task) -> None:
     await asyncio.sleep(RECONNECT_GRACE_S)
-    if session.socket_id == socket_id and not task.done():
+    if not task.done() and not _open_pages(task):
         STOP_REASONS[task] = "stopped: the page was closed"
         task.cancel()
+
+
+ANSWER_PAGES: dict[asyncio.Task, list] = {}  # running message task -> sessions showing its answer, its own first
+CLOSED_AT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # session -> its page's socket id when it closed
+STREAMED_ANSWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message task -> the answer it streams
+
+
+def _pages_showing(task: asyncio.Task, session) -> list:
+    """The sessions whose pages show ``task``'s answer, ``session`` (its own) first when it is new.
+    Forgotten when the task ends (a weak mapping would keep it for ever: the sessions refer to it)."""
+    pages = ANSWER_PAGES.get(task)
+    if pages is None:
+        pages = ANSWER_PAGES[task] = [session]
+        task.add_done_callback(lambda done: ANSWER_PAGES.pop(done, None))
+    return pages
+
+
+def _open_pages(task: asyncio.Task) -> list:
+    """The sessions whose pages show ``task``'s answer and are connected (not closed, or reconnected
+    since, which gives the session a new socket id) and still in its chat."""
+    return [page for page in ANSWER_PAGES.get(task, ())
+            if CLOSED_AT.get(page) != page.socket_id and not page.to_clear]
+
+
+def _answer_being_written(thread_id: str) -> asyncio.Task | None:
+    """The message task answering in the chat ``thread_id``, if one runs."""
+    for task, pages in list(ANSWER_PAGES.items()):
+        if not task.done() and pages[0].thread_id == thread_id:
+            return task
+    return None
+
+
+async def _show_the_answer_being_written(session) -> None:
+    """A chat resumed while an answer in it is still written (signed in: a reload is a new session,
+    as is the chat opened in another tab) showed the stored messages only: the answer went on for
+    the old page, gone after a reload, and was stopped as "the page was closed". This page now shows
+    it too: it gets the answer so far and what comes next (the answering session's events are sent
+    to it as well), a Stop button that stops it, and, once it is written, the conversation with it.
+    Nothing is stored twice: the answering session stores the answer, as before.
+
+    Chainlit resumes the chat again at each reconnection of the page (its page connects twice as
+    it opens), and the thread it sends replaces the page's messages: the answer is sent again."""
+    task = _answer_being_written(session.thread_id)
+    if task is None:
+        return
+    pages = ANSWER_PAGES[task]
+    if session not in pages:
+        pages.append(session)
+        session.current_task = task  # Stop, leaving the chat and closing the page now act on it here
+        asyncio.create_task(_take_the_conversation_when_written(task, pages[0]))
+    _send_events_to_every_page(pages[0], task)
+    emitter = cl.context.emitter
+    await emitter.task_start()
+    answer = STREAMED_ANSWERS.get(task)
+    if answer is not None and answer.streaming:
+        await emitter.stream_start(answer.to_dict())
+        await emitter.send_token(answer.id, answer.content, is_sequence=True)  # what came meanwhile
+
+
+def _send_events_to_every_page(owner, task: asyncio.Task) -> None:
+    """Make what the answering session ``owner`` sends to its page go to every page that shows
+    ``task``'s answer, while it runs (each page's current connection: they reconnect too)."""
+    original = owner.emit
+    if getattr(original, "_adapterlab_answer", None) is task:
+        return
+
+    async def emit(event, data):
+        result = await original(event, data)
+        if not task.done():
+            for page in list(ANSWER_PAGES.get(task, ()))[1:]:
+                if page is not owner and CLOSED_AT.get(page) != page.socket_id:
+                    await page.emit(event, data)
+        return result
+
+    emit._adapterlab_answer = task
+    owner.emit = emit
+
+
+async def _take_the_conversation_when_written(task: asyncio.Task, owner) -> None:
+    """Once the answer is written, this session's conversation is the answering session's: the one
+    it was resumed with, from the stored messages, lacked the answer (Chainlit stores a message in a
+    task of its own, so it may not be stored yet when the answer ends)."""
+    from chainlit.user_session import user_sessions
+
+    await asyncio.wait({task})
+    history = (user_sessions.get(owner.id) or {}).get("history")
+    if history is not None:
+        cl.user_session.set("history", list(history))
 
 
 STOP_REASONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message task -> why the app stopped it
@@ -308,7 +402,8 @@ def _after_connection() -> None:
       page that reconnected mid-answer lost its Stop button while the answer went on: a reconnected
       session with an answer still running gets its Stop button back;
     - it sends a resumed chat's thread after ``on_chat_resume``, and the page then replaces its
-      elements with the thread's, the status panel's among them: the panel is shown after that.
+      elements with the thread's, the status panel's among them, and its messages with the stored
+      ones: the panel, and an answer still being written in the chat, are shown after that.
     """
     from chainlit.context import init_ws_context
     from chainlit.server import sio
@@ -327,9 +422,12 @@ def _after_connection() -> None:
         task = session.current_task if session.restored else None
         if task is not None and not task.done():
             await cl.context.emitter.task_start()
+            if len(ANSWER_PAGES.get(task, ())) > 1 and ANSWER_PAGES[task][0] is session:
+                _send_events_to_every_page(session, task)  # Chainlit gave it a new emit
         if session in RESUMED_AT_CONNECTION:
             RESUMED_AT_CONNECTION.discard(session)
             await _show_status(_profile())
+            await _show_the_answer_being_written(session)
 
     connection_successful._adapterlab = True
     sio.on("connection_successful", connection_successful)
@@ -405,6 +503,7 @@ async def on_settings_update(settings):
 @cl.on_message
 async def on_message(message: cl.Message):
     profile = _profile()
+    _pages_showing(asyncio.current_task(), cl.context.session)
     if _chat_deleted():
         await cl.Message(content=handlers.CHAT_DELETED).send()
         return
@@ -613,6 +712,7 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
                                   temperature=settings.temperature, top_p=settings.top_p,
                                   max_new_tokens=settings.max_new_tokens, info=info)
     answer = cl.Message(content="")
+    STREAMED_ANSWERS[asyncio.current_task()] = answer  # a reloaded page is sent it so far
     streamed: list[str] = []
     notice = asyncio.create_task(_tell_while_waiting(runtime, answer, streamed))
 

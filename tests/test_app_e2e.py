@@ -451,6 +451,65 @@ def test_signed_in_the_status_panel_stays_at_a_chats_address_and_when_resumed(lo
     page.context.close()
 
 
+def test_signed_in_a_reload_while_an_answer_streams_shows_it_and_keeps_it(login_server, browser):
+    """A reload is a new session that resumes the chat: it showed the question and no answer, no
+    Stop button, while the old session went on writing the answer for a page that was gone (and
+    stopped it as "the page was closed" after RECONNECT_GRACE_S). The reloaded page shows the answer
+    as it comes, can stop it, and its next question has it in its history."""
+    page = new_page(browser, login_server)
+    sign_in(page, login_server)
+    wait_model_ready(page, login_server)
+    choose_profile(page, "Medical Q&A")
+    set_max_new_tokens(page, 1024)  # an answer that outlasts the grace time after the reload
+    page.get_by_role("button", name="Confirm").click()
+    ask_and_wait_for_words(page, "How is asthma diagnosed in children?")
+    page.wait_for_url(re.compile(r"/thread/[0-9a-f-]+$"))
+    page.reload()
+    page.wait_for_selector("#stop-button", timeout=30_000)  # still being written, and can be stopped
+    answer = answers(page).first
+    answer.wait_for(timeout=10_000)
+    shown = len(answer.inner_text())
+    # it streams on this page (Chainlit's page connects twice as it opens, and the second resume
+    # replaces the messages for a moment)
+    page.wait_for_function("n => document.querySelector('[data-step-type=assistant_message]')?.innerText.length > n",
+                           arg=shown + 20, timeout=ANSWER_TIMEOUT * 1000)
+    shot(page, "08c-medical-qa-after-reload")
+    wait_idle(page, timeout=2 * ANSWER_TIMEOUT)
+    text = answers(page).first.inner_text()
+    assert re.search(r"\d+ prompt tokens, \d+ generated", text) and "stopped" not in text, text
+    assert page.get_by_text("Used medquad").count() >= 1  # the chain's step, as before the reload
+    stored_answer(login_server.database, "prompt tokens", thread_of="%asthma diagnosed%")
+    with sqlite3.connect(login_server.database) as db:
+        stored = db.execute('SELECT "output", "metadata" FROM steps WHERE "type" = ? AND "threadId" IN (SELECT '
+                            '"threadId" FROM steps WHERE "output" LIKE ?)',
+                            ("assistant_message", "%asthma diagnosed%")).fetchall()
+    assert len(stored) == 1 and "stopped" not in stored[0][0], stored  # once, complete
+    said = json.loads(stored[0][1])["answer"]
+    # the next question's prompt holds that answer: this page's conversation has it
+    set_max_new_tokens(page, 16)
+    page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
+    page.get_by_role("button", name="Confirm").click()
+    send(page, "Which tests are used?")
+    page.wait_for_selector("text=/Rendered prompt · \\d+ tokens/", timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    page.locator("text=/Rendered prompt · \\d+ tokens/").last.click()
+    prompt = " ".join(page.locator("pre").last.inner_text().split())
+    assert " ".join(said.split()[:12]) in prompt, prompt[-1500:]
+    # the Stop button of a reloaded page stops the answer, which keeps what it had
+    set_max_new_tokens(page, 1024)
+    page.get_by_role("button", name="Confirm").click()
+    send(page, "What are the symptoms of asthma?")
+    page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]')[2]?.innerText"
+                           ".split(' ').length > 4", timeout=ANSWER_TIMEOUT * 1000)
+    page.reload()
+    page.wait_for_selector("#stop-button", timeout=30_000)
+    answers(page).nth(2).wait_for(timeout=10_000)
+    page.click("#stop-button")
+    answers(page).filter(has_text="stopped by you").wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    stored_answer(login_server.database, "stopped by you", thread_of="%asthma diagnosed%")
+    page.context.close()
+
+
 def test_stopping_a_batch_upload_keeps_the_texts_it_did(server, browser, tmp_path):
     page = new_page(browser, server)
     open_app(page, server)
