@@ -959,10 +959,11 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         # wrapped, and pushed the avatar off the screen)
         page.set_viewport_size({"width": 390, "height": 844})
         # a desktop browser (a phone, told by its user agent, gets no status panel): narrower than
-        # 768 px, Chainlit lays the resumed chat's status panel over the chat, and Escape closes it
-        page.locator("#side-view-content").wait_for()
-        page.keyboard.press("Escape")
-        page.locator("#side-view-content").wait_for(state="detached")
+        # 768 px, Chainlit lays the resumed chat's status panel over the chat, in a dialog of its own
+        sheet = page.get_by_role("dialog").filter(has=page.locator("#side-view-content"))
+        sheet.wait_for()
+        page.keyboard.press("Escape")  # not its close button: the pointer left there, over the rename's toast,
+        sheet.wait_for(state="detached")  # kept that toast (and it covered the profile selector)
         choose_profile(page, "Oncology extraction")
         shot(page, "14b-phone-header-signed-in")
         selector = page.locator("#chat-profiles").bounding_box()
