@@ -286,6 +286,7 @@ class Upload:
     values: list[list[str]] = field(default_factory=list)  # each text's values of those columns
     row_name: str = "line"  # "row" for a CSV
     delimiter: str = ","  # a CSV's, which its results file keeps (a semicolon for a spreadsheet that wrote one)
+    field_word: str = "column"  # what the file calls a field: "key" in a JSONL file
 
     def __post_init__(self):
         self.rows = self.rows or list(range(1, len(self.texts) + 1))
@@ -296,7 +297,7 @@ class Upload:
         """Where the texts came from, for a summary: "lines", "column `text`" or "key `input`"."""
         if self.source == "lines":
             return "lines"
-        return f"{'column' if self.row_name == 'row' else 'key'} `{_safe_name(self.source)}`"
+        return f"{self.field_word} `{_safe_name(self.source)}`"
 
     def first(self, n: int, note: str) -> "Upload":
         """The first ``n`` texts, as a batch stopped after them reports them, with ``note``."""
@@ -342,24 +343,31 @@ def read_upload(name: str, data: bytes, limit: int) -> Upload:
 
 
 LABEL_WORD = re.compile(r"[A-Za-z][\w-]{0,19}")  # a label before a tab: one short word ("ham", "spam")
+LABEL_HEADERS = {"label", "labels", "class", "category", "target", "type", "v1"}  # a first line naming the column
 
 
 def _labelled_lines(content: str) -> Upload | None:
-    """The texts of a file of ``label<TAB>text`` lines with no header (the SMS Spam Collection's
-    own layout), the labels kept as its `label` column; None when it is not one. Read as lines,
-    each label had been classified with its text, and swayed it ("ham<TAB>URGENT! ..." came out ham)."""
+    """The texts of a file of ``label<TAB>text`` lines (the SMS Spam Collection's own layout, a
+    first line such as ``Label<TAB>SMS`` naming them or not), the labels kept as its `label` column;
+    None when it is not one. Read as lines, each label had been classified with its text, and
+    swayed it ("ham<TAB>URGENT! ..." came out ham)."""
     numbered = [(number, line.strip("\r\n")) for number, line in enumerate(content.splitlines(), start=1)
                 if line.strip()]
-    pairs = [(number, *line.split("\t", 1)) for number, line in numbered if "\t" in line]
-    if not pairs or len(pairs) < len(numbered) or not all(LABEL_WORD.fullmatch(label.strip()) for _, label, _ in pairs):
+    if not numbered or any(line.count("\t") != 1 for _, line in numbered):  # more fields: a CSV's
         return None
-    if len({label.strip() for _, label, _ in pairs}) > max(2, len(pairs) // 2):  # labels repeat; ids do not
+    pairs = [(number, *(part.strip() for part in line.split("\t"))) for number, line in numbered]
+    header = pairs[0] if pairs[0][1].lower() in LABEL_HEADERS else None  # "Label<TAB>SMS": not a message
+    pairs = pairs[1:] if header else pairs
+    if not pairs or not all(LABEL_WORD.fullmatch(label) for _, label, _ in pairs):
         return None
-    kept = [(number, label.strip(), text.strip()) for number, label, text in pairs if text.strip()]
+    if len({label for _, label, _ in pairs}) > max(2, len(pairs) // 2):  # labels repeat; ids do not
+        return None
+    kept = [(number, label, text) for number, label, text in pairs if text]
+    named = f"; line {header[0]} names them" if header else ""
     return Upload([text for _, _, text in kept], "lines", len(kept), rows=[number for number, _, _ in kept],
                   columns=["label"], values=[[label] for _, label, _ in kept],
-                  notes=["Each line is `label<TAB>text` (the SMS Spam Collection's layout): the text after "
-                         "the tab was processed, and the label kept as the file's `label` column."])
+                  notes=[f"Each line is `label<TAB>text` (the SMS Spam Collection's layout{named}): the text "
+                         "after the tab was processed, and the label kept as the file's `label` column."])
 
 
 def check_upload_size(name: str, size: int) -> None:
@@ -436,7 +444,7 @@ def _jsonl_upload(name: str, content: str) -> Upload:
         raise InputProblem(f"📎 `{_safe_name(name)}` has no text key (keys found: {found}). Name the key "
                            f"with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
     key, others = keys[column], [k for k in keys if k != keys[column]]
-    upload = Upload([], key, 0, columns=others)
+    upload = Upload([], key, 0, columns=others, field_word="key")
     empty = []
     for number, obj in objects:
         text = obj.get(key)
@@ -901,7 +909,7 @@ def reference_agreement(task: str, upload: Upload, results: Sequence[dict], labe
     index = next((i for i, c in enumerate(upload.columns) if wanted and c.strip().lower() == wanted), None)
     if index is None:
         return None
-    source = f"`{_safe_name(upload.columns[index])}` {'column' if upload.row_name == 'row' else 'key'}"
+    source = f"`{_safe_name(upload.columns[index])}` {upload.field_word}"
     references = [values[index] if index < len(values) else "" for values in upload.values]
     agreement = Agreement(task, source, upload.row_name)
     if task == "classify":

@@ -655,11 +655,18 @@ def test_sms_spam_collection_lines_are_read_as_label_and_text():
         agreement = handlers.reference_agreement("classify", upload, [spam_result(label) for label in
                                                                       ("spam", "spam", "ham")], labels=("ham", "spam"))
         assert agreement.per_row == [False, True, True]
+        assert "the file's `label` column" in handlers.agreement_markdown(agreement, ("ham", "spam"))  # not "key"
     # tabs inside texts, an id first (ids do not repeat), or some lines without a tab: lines as they are
     for other in (b"1\tHello there\n2\tSee you\n3\tBye now\n", b"ham\tok\nno tab on this line\n"):
         assert handlers.read_upload("plain.txt", other, limit=10).columns == []
     headed = handlers.read_upload("msgs.tsv", b"id\tmessage\n7\tHello there\n", limit=10)
     assert (headed.texts, headed.columns, headed.values) == (["Hello there"], ["id"], [["7"]])
+    # the data set's own first line names the columns: it had been read as a message labelled "Label"
+    named = handlers.read_upload("head.tsv", b"Label\tSMS\n" + data * 3, limit=20)
+    assert named.texts[0] == "URGENT! Your account is suspended, verify now" and len(named.texts) == 9
+    assert named.rows[0] == 2 and "line 1 names them" in named.notes[0]
+    wide = handlers.read_upload("wide.tsv", b"label\ttext\tid\nham\tHello\t5\n", limit=10)  # three fields
+    assert (wide.texts, wide.columns) == (["Hello"], ["label", "id"])
 
 
 def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_each_row():
