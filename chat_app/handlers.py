@@ -659,8 +659,9 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
     text = text_read(text, result)  # a word past the cut did not back the value
     rows = [[f"`{name}`", cell(result["fields"].get(name)), _support_note(result["fields"].get(name), text)]
             for name in fields]
-    parts = [extraction_flag(result),
-             *_unbacked_warning([v for v in result["fields"].values() if v is not None], text),
+    # the warning first: under "✅ Valid JSON" it read as a detail of an answer already passed
+    parts = [*_unbacked_warning([v for v in result["fields"].values() if v is not None], text),
+             extraction_flag(result),
              table(["field", "value", "in your text"], rows),
              "JSON (copy with the button on the block):",
              code_block(json.dumps(result["fields"], ensure_ascii=False, indent=2), "json")]
@@ -844,7 +845,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
             parts.append(agreement_markdown(agreement, labels))
         md_rows = [[_row_number(n, r, header), cell(_short(r[0])), f"**{cell(r[1])}**",
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
-        parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels]], md_rows))
+        parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels],
+                            *_reference_header(agreement)], _with_reference_cells(md_rows, agreement)))
     else:
         is_valid, is_repaired, is_cut = header.index("valid"), header.index("repaired"), header.index("cut_at_tokens")
         fields = header[1:is_valid]
@@ -863,7 +865,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                                                                                      else "❌ invalid"))]
                    for i, (n, r) in enumerate(zip(upload.rows, shown))]
         # "JSON", not a green check: a well-formed answer can still hold invented values
-        parts.append(table([upload.row_name, "text", *fields, "JSON"], md_rows))
+        parts.append(table([upload.row_name, "text", *fields, "JSON", *_reference_header(agreement)],
+                           _with_reference_cells(md_rows, agreement)))
         parts.append(f"{COMPARE_SUPPORT['none']} no word of the value is in the text (inferred, or invented; "
                      f"the CSV's `not_in_text` lists those fields); {COMPARE_SUPPORT['some']} only some words are.")
     if len(rows) > PREVIEW_ROWS:
@@ -893,6 +896,7 @@ class Agreement:
     row_name: str = "row"  # the upload's: "line" for a .jsonl
     per_row: list = field(default_factory=list)  # classify: True/False; extract: the share of fields that match; None: not compared
     differing: list[list[str]] = field(default_factory=list)  # extract: each row's fields that differ from its reference
+    references: list[str] = field(default_factory=list)  # classify: each row's reference as the file gives it
     compared: int = 0  # rows with a usable reference
     agreed: int = 0  # classify: rows whose answer is their reference; extract: field values that match
     score: float = 0.0  # classify: accuracy; extract: micro field accuracy, as the evaluation measures it
@@ -913,6 +917,7 @@ def reference_agreement(task: str, upload: Upload, results: Sequence[dict], labe
     references = [values[index] if index < len(values) else "" for values in upload.values]
     agreement = Agreement(task, source, upload.row_name)
     if task == "classify":
+        agreement.references = [reference.strip() for reference in references]
         return _label_agreement(agreement, upload.rows, references, results, labels)
     return _field_agreement(agreement, upload.rows, references, results, fields)
 
@@ -990,6 +995,29 @@ def reference_fields(value: str, fields: Sequence[str]) -> tuple[dict | None, st
 def _json_kind(value) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
             float: "number"}.get(type(value), type(value).__name__)
+
+
+def _reference_header(agreement: Agreement | None) -> list[str]:
+    """The preview table's column of agreement with the file's references (none without them)."""
+    return [] if agreement is None else ["reference" if agreement.task == "classify" else "vs reference"]
+
+
+def _with_reference_cells(md_rows: list[list[str]], agreement: Agreement | None) -> list[list[str]]:
+    """The preview rows with each one's agreement with its reference: the reference label with ✓ or
+    ✗, or the fields that differ; "—" where the row was not compared. The CSV has the same columns;
+    the chat had shown the answers only, so which rows disagreed was not to be seen there."""
+    if agreement is None:
+        return md_rows
+    cells = []
+    for i, agrees in enumerate(agreement.per_row[:len(md_rows)]):
+        if agrees is None:
+            cells.append("—")
+        elif agreement.task == "classify":
+            cells.append(f"{cell(agreement.references[i])} {'✓' if agrees else '✗'}")
+        else:
+            differing = agreement.differing[i]
+            cells.append("✓ every field" if not differing else "✗ " + cell(", ".join(differing)))
+    return [[*row, c] for row, c in zip(md_rows, cells)]
 
 
 def with_agreement(header: Sequence[str], rows: Sequence[Sequence], agreement: Agreement | None

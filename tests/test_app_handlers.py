@@ -685,6 +685,8 @@ def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_eac
     assert "🎯 **Accuracy against the file's `label` column: 66.7%** (2 of 3 rows agree" in md
     assert "| reference ↓ · answer → | ham | spam |" in md
     assert "| **ham** | 1 | 0 |" in md and "| **spam** | 1 | 1 |" in md  # SPAM read as spam, any case
+    # each row's reference beside its answer (the chat had shown the answers only)
+    assert "| p(spam) | reference |" in md and "| SPAM ✓ |" in md and "| spam ✗ |" in md and "| maybe ✗" not in md
     assert ("⚠️ 1 row(s) not compared, with a label that is not one of ham, spam (`maybe`) in the `label` column: "
             "row 5.") in md
     assert "ℹ️ 1 row(s) not compared, with nothing in the `label` column: row 6." in md
@@ -745,6 +747,7 @@ def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluatio
     assert ("🎯 **Micro field accuracy against the file's `output` key: 85.7%** (12 of 14 values in 2 rows match, "
             "compared as the evaluation compares them") in md
     assert "stage 50%" in md and "treatment 50%" in md and "cancer\\_type 100%" in md
+    assert "| JSON | vs reference |" in md and "| ✗ stage |" in md and "| ✗ treatment |" in md and "| — |" in md
     assert ("⚠️ 2 row(s) not compared, with a reference that is not a JSON object with every field (line 3: a JSON "
             "list, not an object) in the `output` key: lines 3, 4.") in md
     assert "ℹ️ 1 row(s) not compared, with nothing in the `output` key: line 5." in md
@@ -845,7 +848,7 @@ def test_most_values_with_no_word_in_the_text_get_a_warning_too():
     md = handlers.extraction_markdown(extraction(cancer_type="lung adenocarcinoma", stage="IV",
                                                  biomarker="Troponin elevated", treatment="doxorubicin",
                                                  response="stable disease"), FIELDS, "v", note)
-    assert "⚠️ **4 of 5 values have no word in your text** (○)" in md and handlers.NOTHING_BACKED not in md
+    assert md.startswith("⚠️ **4 of 5 values have no word in your text** (○)") and handlers.NOTHING_BACKED not in md
 
 
 def test_an_invented_item_of_a_list_value_is_named():
