@@ -41,14 +41,6 @@ UPLOAD_HELP = ("upload a `.txt` file (one text a line), a `.csv` or `.tsv` file 
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
                          "not. Send it on its own to run it.")
 
-
-def files_not_read(typed: bool) -> str:
-    """What a profile without batch uploads says of files sent to it: the typed text is answered."""
-    then = "your message is answered below." if typed else "type your message instead."
-    return ("📎 Batch uploads work in the **Spam check** and **Oncology extraction** profiles; here the "
-            f"file was not read, and {then}")
-
-
 PREVIEW_ROWS = 20  # rows of a batch shown in the chat message; the CSV holds all of them
 FILES_KEY = "files"  # a user message's metadata key naming the files sent with it
 
@@ -407,6 +399,13 @@ def _decoded(name: str, suffix: str, data: bytes) -> tuple[str, list[str]]:
     return content, [f"The file is not UTF-8 ({where}), so it was read as Windows-1252, the encoding Excel "
                      "on Windows saves. If accented letters or symbols look wrong below, save it as UTF-8 "
                      "and upload it again."]
+
+
+def files_not_read(typed: bool) -> str:
+    """What a profile without batch uploads says of files sent to it: the typed text is answered."""
+    then = "your message is answered below." if typed else "type your message instead."
+    return ("📎 Batch uploads work in the **Spam check** and **Oncology extraction** profiles; here the "
+            f"file was not read, and {then}")
 
 
 def attached_files_text(names: Sequence[str]) -> str:
@@ -917,7 +916,6 @@ def reference_agreement(task: str, upload: Upload, results: Sequence[dict], labe
     references = [values[index] if index < len(values) else "" for values in upload.values]
     agreement = Agreement(task, source, upload.row_name)
     if task == "classify":
-        agreement.references = [reference.strip() for reference in references]
         return _label_agreement(agreement, upload.rows, references, results, labels)
     return _field_agreement(agreement, upload.rows, references, results, fields)
 
@@ -927,9 +925,9 @@ def _label_agreement(agreement: Agreement, rows: Sequence[int], references: Sequ
     """``agreement`` filled: accuracy and counts of the answers against reference labels among
     ``labels`` (any case)."""
     known = {label.lower(): label for label in labels}
+    agreement.references = [reference.strip() for reference in references]
     for row, reference, result in zip(rows, references, results, strict=True):
         label = known.get(reference.strip().lower())
-        agreement.differing.append([])
         if label is None:
             agreement.per_row.append(None)
             if reference.strip():

@@ -878,9 +878,8 @@ def stored_answer(database: Path, text: str, timeout: float = 15, thread_of: str
 def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalog):
     """A second app on the tiny model: login from environment variables, and a conversation that is
     stored in SQLite and comes back from the history sidebar."""
-    srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
-                            "ADAPTERLAB_APP_USER": "ana", "ADAPTERLAB_APP_PASSWORD": "s3cret-pw",
-                            "CHAINLIT_AUTH_SECRET": "x" * 64}, name="server-login", own_root=True)
+    srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog), **LOGIN},
+                 name="server-login", own_root=True)
     try:
         srv.wait_healthy()
         page = new_page(browser, srv)
@@ -976,7 +975,8 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         srv.stop()
 
 
-def sign_in(page, server, user: str = "ana", password: str = "s3cret-pw") -> None:
+def sign_in(page, server, user: str = LOGIN["ADAPTERLAB_APP_USER"],
+            password: str = LOGIN["ADAPTERLAB_APP_PASSWORD"]) -> None:
     page.goto(server.url)
     page.get_by_label("User name", exact=True).fill(user)
     page.fill("#password", password)
@@ -989,9 +989,8 @@ def test_a_deleted_chats_address_says_so_and_opens_a_new_chat(tmp_path, browser,
     exists (Chainlit showed a blank chat, with a toast for four seconds), and the chat it opens is a
     new one: its first message is answered and stored under a new id (it was refused as sent in the
     deleted chat)."""
-    srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
-                            "ADAPTERLAB_APP_USER": "ana", "ADAPTERLAB_APP_PASSWORD": "s3cret-pw",
-                            "CHAINLIT_AUTH_SECRET": "x" * 64}, name="server-deleted-chat", own_root=True)
+    srv = Server(tmp_path, {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog), **LOGIN},
+                 name="server-deleted-chat", own_root=True)
     try:
         srv.wait_healthy()
         page = new_page(browser, srv)
