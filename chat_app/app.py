@@ -52,7 +52,6 @@ class _ExpectedChainlitWarnings(logging.Filter):
 
 
 logging.getLogger("chainlit").addFilter(_ExpectedChainlitWarnings())
-chains.quiet_abandoned_langchain_generators()
 
 CONFIG = load_config(app_root=chainlit_config.root)
 SPECS = load_catalog(CONFIG.catalog)
@@ -940,12 +939,16 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
         chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
                                       temperature=0.0, max_new_tokens=settings.max_new_tokens, info=info)
         heading, shown = (progress.content if progress else ""), time.perf_counter()
-        async for piece in chain.astream({"history": [], "text": text}, config=config):
+
+        async def collect(piece: str) -> None:
+            nonlocal shown
             pieces.append(piece)
             if progress is not None and time.perf_counter() - shown > COMPARE_REFRESH_S:
                 progress.content = heading + "\n\n" + handlers.with_fences_closed("".join(pieces)) + " ▌"
                 await progress.update()
                 shown = time.perf_counter()
+
+        await chains.stream_pieces(chain, {"history": [], "text": text}, config, collect)
         result = "".join(pieces)
         output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at, limit)
         cut_at = info.cut_at

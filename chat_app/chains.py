@@ -18,16 +18,14 @@ Every chain takes a dict and returns plain data (dicts, strings), so the steps d
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, HumanMessagePromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from adapters import Runtime
 from adapters.prompts import Message, chat_messages, few_shot_turns, task_messages
@@ -35,6 +33,7 @@ from adapters.spec import AdapterSpec
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 LC_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+STOP_DRAIN_S = 5.0  # a stopped chain ends within this (milliseconds, as a rule), or is cancelled
 
 
 class PromptMismatchError(RuntimeError):
@@ -199,10 +198,10 @@ def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
         finally:
             finish(generation)
 
-    async def arun(inputs: dict) -> AsyncIterator[str]:
+    async def arun(inputs: dict, config: RunnableConfig) -> AsyncIterator[str]:
         generation = await asyncio.to_thread(start, inputs)
         try:
-            async for piece in _iterate_in_thread(iter(generation)):
+            async for piece in _iterate_in_thread(iter(generation), _stop_event(config)):
                 yield piece
         finally:
             finish(generation)
@@ -247,26 +246,42 @@ def _check_task_prompts(spec: AdapterSpec, inputs: dict, system, examples) -> No
             raise PromptMismatchError("the LangChain prompt differs from adapters.prompts.task_messages")
 
 
+class StoppedByUser(Exception):
+    """Raised inside a streaming chain when its consumer asked it to stop (``stream_pieces``), so that
+    the run ends the way a failed run does: the error passes through each of LangChain's generators
+    in turn, and none is left for the garbage collector to close."""
+
+
+# the ``configurable`` key under which ``stream_pieces`` hands a chain its stop request
+STOP_KEY = "adapterlab_stop"
+
+
 def stopped_by_user(error: BaseException) -> bool:
     """Whether a chain run ended because its consumer stopped it (the Stop button, a closed page),
-    not because it failed. Mostly that is the task's ``CancelledError``; but LangChain pulls each step
-    of a chain in a task of its own, and when the stop lands just as a step has handed over its piece,
-    that step is left waiting at its ``yield`` and is ended by closing it: ``GeneratorExit`` (37 of
-    200 stops at random moments of a fast stream; ``tests/test_app_handlers.py`` makes 50)."""
-    return isinstance(error, (asyncio.CancelledError, GeneratorExit))
+    not because it failed: ``StoppedByUser`` where the stop reached the chain's source, else the
+    task's ``CancelledError``; or ``GeneratorExit`` for a LangChain step left waiting at its
+    ``yield`` by a cancellation and closed later (LangChain pulls each step in a task of its own;
+    that was 37 of 200 cancellations at random moments of a fast stream)."""
+    return isinstance(error, (StoppedByUser, asyncio.CancelledError, GeneratorExit))
 
 
 async def stream_pieces(chain: Runnable, inputs: dict, config: dict | None,
                         on_piece: Callable[[str], Awaitable[None]]) -> None:
     """Stream ``chain`` and hand each piece to ``on_piece`` (which may await: sending it to the page).
 
-    The chain runs in a task of its own whose only wait is inside the chain, so when this call is
-    cancelled (the Stop button, a closed page) the chain is cancelled where it runs: its LangChain
-    generators and its run (the steps the UI shows) end there and then. Cancelled while
-    ``on_piece`` awaited, a plain ``async for`` over ``chain.astream`` would leave them suspended
-    until the garbage collector closed them (which printed "async generator ignored GeneratorExit"
-    into the server log). Errors of the chain are raised here.
+    When this call is cancelled (the Stop button, a closed page), the chain is stopped at its source:
+    a generate chain's runtime step (which finds the request in its config under ``STOP_KEY``) raises
+    ``StoppedByUser`` at once, that error ends each of LangChain's generators and the run (the steps
+    the UI shows) in order, and then the cancellation goes on. Cancelling the chain instead, or a plain
+    ``async for`` over ``chain.astream`` cancelled while ``on_piece`` awaited, left some of those
+    generators suspended at a ``yield``; the garbage collector closed them later, and twice that
+    printed a traceback into the server log ("async generator ignored GeneratorExit"; then, once,
+    "no running event loop" from a generator closed outside the event loop). A chain that does not
+    stop within ``STOP_DRAIN_S`` is cancelled. Errors of the chain are raised here.
     """
+    stop = asyncio.Event()
+    configurable = {**(config or {}).get("configurable", {}), STOP_KEY: stop}
+    config = {**(config or {}), "configurable": configurable}
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
 
@@ -282,59 +297,58 @@ async def stream_pieces(chain: Runnable, inputs: dict, config: dict | None,
         while (piece := await queue.get()) is not end:
             await on_piece(piece)
         await task  # the chain's error, if it failed
+    except asyncio.CancelledError:
+        if not task.done():
+            stop.set()
+            await asyncio.wait([task], timeout=STOP_DRAIN_S)
+        raise
     finally:
         if not task.done():
             task.cancel()
             await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # seen: a stop's StoppedByUser, or the error raised above
 
 
-def quiet_abandoned_langchain_generators() -> None:
-    """Route one known message of LangChain's streaming to a debug log line, leaving every other
-    unraisable exception to Python's hook.
-
-    A stopped answer's run ends in its task (``stream_pieces``), but the nested async generators a
-    LangChain stream is made of that were waiting at a ``yield`` are closed later, by the
-    interpreter's finalizer; under load one of them was seen (once in the browser suite, on a busy
-    2-core CI machine) to yield while closing, and Python printed "Exception ignored in:
-    <async_generator object Runnable._atransform_stream_with_config>: RuntimeError: async generator
-    ignored GeneratorExit" with a traceback into the server log. By then the answer has stopped and
-    its steps are marked stopped: nothing is lost but the log's readability.
-    """
-    default = sys.unraisablehook
-
-    def hook(unraisable) -> None:
-        code = getattr(unraisable.object, "ag_code", None)
-        if (isinstance(unraisable.exc_value, RuntimeError) and "ignored GeneratorExit" in str(unraisable.exc_value)
-                and code is not None and "langchain_core" in code.co_filename):
-            logging.getLogger("adapterlab.chat_app").debug("a stopped run's LangChain generator %s ignored "
-                                                          "GeneratorExit while being finalized", code.co_name)
-            return
-        default(unraisable)
-
-    sys.unraisablehook = hook
+def _stop_event(config: RunnableConfig | None) -> asyncio.Event | None:
+    return ((config or {}).get("configurable") or {}).get(STOP_KEY)
 
 
-async def _iterate_in_thread(iterator: Iterator[str]) -> AsyncIterator[str]:
-    """Pull a blocking iterator from a worker thread; if the consumer stops (Stop button, a closed
-    page), close it once the pending pull returns, which stops the model's generation."""
+async def _iterate_in_thread(iterator: Iterator[str], stop: asyncio.Event | None = None) -> AsyncIterator[str]:
+    """Pull a blocking iterator from a worker thread. When ``stop`` is set, raise ``StoppedByUser``
+    without waiting for the pull; if the consumer stops or is cancelled, likewise. Either way the
+    iterator is closed once the pending pull returns, which stops the model's generation."""
     loop = asyncio.get_running_loop()
     done = object()
     pending = None
+    stop = stop or asyncio.Event()
+    stopped = asyncio.ensure_future(stop.wait())
     try:
         while True:
+            if stop.is_set():  # also when asked while the last piece was on its way
+                raise StoppedByUser()
             pending = loop.run_in_executor(None, next, iterator, done)
-            piece = await asyncio.shield(pending)
-            pending = None
+            await asyncio.wait([pending, stopped], return_when=asyncio.FIRST_COMPLETED)  # cancels neither
+            if stop.is_set():
+                raise StoppedByUser()
+            piece, pending = pending.result(), None
             if piece is done:
                 return
             yield piece
     finally:
+        stopped.cancel()
         # closed in a worker thread too: closing waits for the model to stop at its next token, or
         # for the model lock, which another request may hold, and the event loop serves every page
-        if pending is not None and not pending.done():
-            pending.add_done_callback(lambda _: loop.run_in_executor(None, _close, iterator))
-        else:
+        if pending is None:
             loop.run_in_executor(None, _close, iterator)
+        else:  # a pull nobody waits for: closed once it returns (at once if it has)
+            pending.add_done_callback(lambda pull: _close_after(pull, iterator))
+
+
+def _close_after(pull: asyncio.Future, iterator) -> None:
+    if not pull.cancelled():
+        pull.exception()  # its error, if it failed, is not news: the answer has stopped
+    asyncio.get_running_loop().run_in_executor(None, _close, iterator)
 
 
 def _close(iterator) -> None:
