@@ -488,6 +488,10 @@ def _csv_upload(name: str, content: str) -> Upload:
         raise InputProblem(f"📎 `{_safe_name(name)}` is not a valid CSV file ({exc}).") from None
     if not rows:
         raise InputProblem(f"📎 `{_safe_name(name)}` is empty.")
+    if unclosed := _unclosed_quote(content, delimiter):
+        raise InputProblem(f"📎 `{_safe_name(name)}`: row {unclosed[0]:,} (line {unclosed[1]:,}) opens a double "
+                           "quote that is never closed, so every line after it would be read into one text. "
+                           "Close the quote, or remove it, and upload the file again.")
     column = _text_column(rows[0])
     if column is None and all(len(row) <= 1 for row in rows):  # one column, and no header naming it
         numbered = [(number, row[0].strip()) for number, row in enumerate(rows, start=1) if row and row[0].strip()]
@@ -527,6 +531,21 @@ def _csv_upload(name: str, content: str) -> Upload:
         upload.notes.append(f"Row(s) {_rows_text(empty)} have no text in column `{_safe_name(upload.source)}` "
                             "and were skipped.")
     return upload
+
+
+def _unclosed_quote(content: str, delimiter: str) -> tuple[int, int] | None:
+    """The row and line where a field opens a double quote that nothing closes, or None: Python's
+    ``csv`` reads such a field to the end of the file (only its strict mode says so, and that mode
+    refuses quoting that the lenient reading accepts, so it only looks for this)."""
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
+    row = line = 0
+    try:
+        for _ in reader:
+            row, line = row + 1, reader.line_num
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return row + 1, line + 1
+    return None
 
 
 def _first_row(content: str, delimiter: str) -> list[str]:

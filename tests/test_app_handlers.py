@@ -452,6 +452,18 @@ def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas()
         handlers.read_upload("commas.csv", b"text,label\nhello,ham\nWIN, now,spam\n", limit=100)
 
 
+def test_a_csv_quote_that_never_closes_is_refused_naming_its_row_and_line():
+    # Python's csv reads everything after such a quote as one text: rows 3 to 5 became one message
+    data = b'text,label\n"a text\nover two lines",ham\nhello,ham\n"WIN now,spam\nsee you,ham\nok,ham\n'
+    with pytest.raises(handlers.InputProblem, match=r"row 4 \(line 5\) opens a double quote that is never closed"):
+        handlers.read_upload("quote.csv", data, limit=100)
+    closed = handlers.read_upload("quote.csv", data.replace(b'"WIN now', b'"WIN now"'), limit=100)
+    assert closed.texts == ["a text\nover two lines", "hello", "WIN now", "see you", "ok"]
+    # quotes inside an unquoted text, which strict reading would refuse, are still read as they were
+    assert handlers.read_upload("q.csv", b'text\nhe said "hi" there\n"a"b\n', limit=10).texts == [
+        'he said "hi" there', 'ab']
+
+
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
 def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
     data = f"id{delimiter}text\n1{delimiter}Are we meeting today, at 6?\n2{delimiter}WIN now\n".encode()
