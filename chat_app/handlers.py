@@ -849,12 +849,12 @@ def text_read(text: str, result: dict) -> str:
 def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], rows: Sequence[Sequence],
                    variant: str, seconds: float, texts_read: Sequence[str] | None = None,
                    agreement: Agreement | None = None) -> str:
-    """The batch's message: counts, the agreement with the file's references when it has some, a
-    table of its first rows and notes. ``texts_read``: each text as the model read it (cut to fit),
+    """The batch's message: how the file was read, counts, the agreement with the file's references
+    when it has some, a table of its first rows, then notes on the answers. ``texts_read``: each text as the model read it (cut to fit),
     for the marks of values with no word in it; else the texts."""
     shown = rows[:PREVIEW_ROWS]
     summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({upload.source_name})"
-    parts = [summary]
+    parts = [summary, *(f"ℹ️ {note}" for note in upload.notes)]  # how the file was read, before what came of it
     if task == "classify":
         labels = [h[2:] for h in header if h.startswith("p_")]
         counts = {label: sum(1 for r in rows if r[1] == label) for label in labels}
@@ -890,7 +890,6 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
     if len(rows) > PREVIEW_ROWS:
         parts.append(f"First {PREVIEW_ROWS} rows shown; the CSV below holds all {len(rows):,}.")
     parts.append(RESULTS_FILE_NOTE)
-    parts.extend(f"ℹ️ {note}" for note in upload.notes)
     truncated = sum(1 for r in rows if r[header.index("truncated")])
     if truncated:
         parts.append(f"✂️ {truncated} text(s) were longer than the adapter reads; only their start and end were read "
@@ -1066,12 +1065,13 @@ def agreement_markdown(agreement: Agreement, labels: Sequence[str] = ()) -> str:
                        [[f"**{cell(ref)}**", *[f"{agreement.counts.get((ref, answer), 0):,}" for answer in labels]]
                         for ref in labels])]
     else:
-        per_field = " · ".join(f"{cell(f)} {v:.0%}" for f, v in agreement.counts.items())
         parts = [f"🎯 **Micro field accuracy against the file's {agreement.source}: {agreement.score:.1%}** "
                  f"({agreement.agreed:,} of {agreement.compared * len(agreement.counts):,} values in "
                  f"{agreement.compared:,} rows match, compared as the evaluation compares them: case, spaces, "
                  "separators and wordings of null aside; the CSV's `field_agreement` and `fields_differing` say "
-                 f"which) · {per_field}"]
+                 "which)",
+                 table(["field", "matches the reference"],
+                       [[cell(f), f"{v:.0%}"] for f, v in agreement.counts.items()])]
     if agreement.unusable:
         if agreement.task == "classify":
             values = list(dict.fromkeys(v for _, v in agreement.unusable))

@@ -643,6 +643,7 @@ def test_batch_rows_table_and_csv(catalog):
     assert "**ham**: 1 · **spam**: 1" in md and "| 1 | a | **ham** |" in md
     assert "| 2 ✂️ | b, with comma | **spam** | 20.0% | 80.0% |" in md  # its text was cut: marked by its row
     assert "ℹ️ only the first 2" in md and "✂️ 1 text(s)" in md and md.startswith("### 2 texts from `in.csv`")
+    assert md.index("ℹ️ only the first 2") < md.index("| 1 | a |")  # how the file was read comes first
     one = handlers.batch_markdown("classify", "one.csv", handlers.Upload(["a"], "text", 1), header, rows[:1],
                                   "base", 0.5)
     assert one.startswith("### 1 text from `one.csv`")
@@ -761,7 +762,8 @@ def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluatio
     md = handlers.batch_markdown("extract", "onco.jsonl", upload, header, rows, "v", 1.0, agreement=agreement)
     assert ("🎯 **Micro field accuracy against the file's `output` key: 85.7%** (12 of 14 values in 2 rows match, "
             "compared as the evaluation compares them") in md
-    assert "stage 50%" in md and "treatment 50%" in md and "cancer\\_type 100%" in md
+    assert "| field | matches the reference |" in md
+    assert "| stage | 50% |" in md and "| treatment | 50% |" in md and "| cancer\\_type | 100% |" in md
     assert "| JSON | vs reference |" in md and "| ✗ stage |" in md and "| ✗ treatment |" in md and "| — |" in md
     assert ("⚠️ 2 row(s) not compared, with a reference that is not a JSON object with every field (line 3: a JSON "
             "list, not an object) in the `output` key: lines 3, 4.") in md
