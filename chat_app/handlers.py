@@ -1079,8 +1079,12 @@ def agreement_markdown(agreement: Agreement, labels: Sequence[str] = ()) -> str:
                     + ", ".join(f"`{_safe_name(_short(v, 30))}`" for v in values[:5]) + (" …" if len(values) > 5 else "")
                     + ")")
         else:
-            first, problem = agreement.unusable[0]
-            what = f"a reference that is not {usable} ({agreement.row_name} {first:,}: {problem})"
+            firsts = {}  # each problem with the first row that has it
+            for number, problem in agreement.unusable:
+                firsts.setdefault(problem, number)
+            what = (f"a reference that is not {usable} ("
+                    + "; ".join(f"{agreement.row_name} {n:,}: {p}" for p, n in list(firsts.items())[:3])
+                    + (" …" if len(firsts) > 3 else "") + ")")
         parts.append(f"⚠️ {len(agreement.unusable):,} row(s) not compared, with {what} in the "
                      f"{agreement.source}: {_rows_named([n for n, _ in agreement.unusable], agreement.row_name)}.")
     if agreement.missing:

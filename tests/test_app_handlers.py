@@ -653,6 +653,15 @@ def test_batch_rows_table_and_csv(catalog):
     assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
 
 
+def test_unusable_references_are_explained_by_each_kind_once():
+    unusable = [(2, "not JSON"), (3, "a JSON list, not an object"), (4, "not JSON"), (5, "a number"), (6, "a string")]
+    agreement = handlers.Agreement("extract", "`output` key", row_name="line", compared=1, score=1.0,
+                                   counts={"stage": 1.0}, unusable=unusable)
+    md = handlers.agreement_markdown(agreement)
+    assert ("⚠️ 5 row(s) not compared, with a reference that is not a JSON object with every field (line 2: not "
+            "JSON; line 3: a JSON list, not an object; line 5: a number …) in the `output` key: lines 2, 3, 4, 5, 6.") in md
+
+
 def spam_result(label: str) -> dict:
     return {"label": label, "probs": {"ham": 0.9, "spam": 0.1} if label == "ham" else {"ham": 0.2, "spam": 0.8},
             "truncated": False}
@@ -766,7 +775,8 @@ def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluatio
     assert "| stage | 50% |" in md and "| treatment | 50% |" in md and "| cancer\\_type | 100% |" in md
     assert "| JSON | vs reference |" in md and "| ✗ stage |" in md and "| ✗ treatment |" in md and "| — |" in md
     assert ("⚠️ 2 row(s) not compared, with a reference that is not a JSON object with every field (line 3: a JSON "
-            "list, not an object) in the `output` key: lines 3, 4.") in md
+            "list, not an object; line 4: an object without `cancer_type`, `gene_mutation`, `biomarker` …) in the "
+            "`output` key: lines 3, 4.") in md  # each problem, not only the first
     assert "ℹ️ 1 row(s) not compared, with nothing in the `output` key: line 5." in md
     parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
     assert parsed[0][:4] == ["line", "instruction", "output", "text"]  # the file's columns as before
