@@ -850,8 +850,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                    variant: str, seconds: float, texts_read: Sequence[str] | None = None,
                    agreement: Agreement | None = None) -> str:
     """The batch's message: how the file was read, counts, the agreement with the file's references
-    when it has some, a table of its first rows, then notes on the answers. ``texts_read``: each text as the model read it (cut to fit),
-    for the marks of values with no word in it; else the texts."""
+    when it has some, a table of its first rows, then notes on the answers. ``texts_read``: each text
+    as the model read it (cut to fit), for the marks of values with no word in it; else the texts."""
     shown = rows[:PREVIEW_ROWS]
     summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({upload.source_name})"
     parts = [summary, *(f"ℹ️ {note}" for note in upload.notes)]  # how the file was read, before what came of it
