@@ -385,9 +385,10 @@ STOP_REASONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message
 STOP_SAID: weakref.WeakSet = weakref.WeakSet()  # message tasks whose stop a message has already told
 
 
-def _stop_reason() -> str:
-    """Why the current message's task was cancelled: the Stop button, unless the app stopped it."""
-    task = asyncio.current_task()
+def _stop_reason(task: asyncio.Task | None = None) -> str:
+    """Why a message's task (default: the current one) was cancelled: the Stop button, unless the app
+    stopped it."""
+    task = task or asyncio.current_task()
     return STOP_REASONS.get(task, "stopped by you") if task is not None else "stopped by you"
 
 
@@ -652,14 +653,19 @@ async def _ready_runtime() -> Runtime:
 class StepsTracer(cl.LangchainCallbackHandler):
     """Chainlit's LangChain steps, except that a run the user stopped (the Stop button cancels the
     task; ``chains.stopped_by_user``) ends as "stopped by you" rather than as a failed step with an
-    error mark."""
+    error mark, or with the app's reason (a closed page, a chat left)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the message's task, whose stop reason the steps give: LangChain calls handlers in tasks of its own
+        self.message_task = asyncio.current_task()
 
     async def _on_error(self, error: BaseException, *, run_id, **kwargs):
         step = self.steps.get(str(run_id))
         if not chains.stopped_by_user(error) or step is None:
             return await super()._on_error(error, run_id=run_id, **kwargs)
         context_var.set(self.context)
-        step.output, step.end = _stop_reason(), utc_now()
+        step.output, step.end = _stop_reason(self.message_task), utc_now()
         await step.update()
 
     on_chain_error = on_llm_error = on_tool_error = on_retriever_error = _on_error

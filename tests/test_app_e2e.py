@@ -360,6 +360,8 @@ def test_closing_the_page_stops_its_answer(server, browser):
     # the answer ends as stopped, once the page has not come back, in its thread; not "by you"
     stored_answer(server.database, "stopped: the page was closed", RECONNECT_GRACE_S + 15,
                   thread_of="%(page closed)%")
+    # and so do its steps: they had said "stopped by you" (LangChain calls the tracer in tasks of its own)
+    assert stored_step_outputs(server.database, "runtime.generate", "%(page closed)%") == ["stopped: the page was closed"]
 
 
 def test_leaving_a_chat_stops_its_answer_and_says_why(server, browser):
@@ -370,6 +372,7 @@ def test_leaving_a_chat_stops_its_answer_and_says_why(server, browser):
     ask_and_wait_for_words(page, "What causes cataracts? (chat left)")
     choose_profile(page, "Chat")  # another profile: a new chat, and the answer's own is left
     stored_answer(server.database, "stopped: the chat was left", 30, thread_of="%(chat left)%")
+    assert stored_step_outputs(server.database, "runtime.generate", "%(chat left)%") == ["stopped: the chat was left"]
     page.context.close()
 
 
@@ -857,6 +860,20 @@ def test_nothing_left_this_machine_and_no_message_text_in_the_log(server):
     assert SECRET not in log and "glaucoma" not in log.lower()
     assert "Traceback" not in log, log[-3000:]
     assert "WARNING" not in log, log[-3000:]  # Chainlit's expected-state warnings are filtered out
+
+
+def stored_step_outputs(database: Path, name: str, thread_of: str, timeout: float = 15) -> list[str]:
+    """The outputs of the steps called ``name`` in the chat with a message ``LIKE thread_of``, once
+    there is one (waits for the write)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(database) as db:
+            outputs = [row[0] for row in db.execute(
+                'SELECT "output" FROM steps WHERE "name" = ? AND "output" != \'\' AND "threadId" IN '
+                '(SELECT "threadId" FROM steps WHERE "output" LIKE ?)', (name, thread_of))]
+        if outputs or time.monotonic() > deadline:
+            return outputs
+        time.sleep(0.25)
 
 
 def stored_answer(database: Path, text: str, timeout: float = 15, thread_of: str = "%") -> str:
