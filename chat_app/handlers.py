@@ -433,8 +433,10 @@ def _jsonl_upload(name: str, content: str) -> Upload:
         objects.append((number, obj))
     if bad:
         first, why = bad[0]
-        raise InputProblem(f"📎 `{_safe_name(name)}`: line(s) {_rows_text([n for n, _ in bad])} are not JSON "
-                           f"objects (line {first}: {why}). A `.jsonl` file holds one object a line, "
+        numbers = [n for n, _ in bad]
+        raise InputProblem(f"📎 `{_safe_name(name)}`: {_rows_named(numbers, 'line')} "
+                           f"{'is not a JSON object' if len(numbers) == 1 else 'are not JSON objects'} "
+                           f"(line {first}: {why}). A `.jsonl` file holds one object a line, "
                            'such as `{"text": "…"}`.')
     keys = list(dict.fromkeys(key for _, obj in objects for key in obj))
     column = _text_column(keys)
@@ -455,8 +457,8 @@ def _jsonl_upload(name: str, content: str) -> Upload:
         upload.values.append([_jsonl_value(obj.get(k)) for k in others])
     upload.total = len(upload.texts)
     if empty:
-        upload.notes.append(f"Line(s) {_rows_text(empty)} have no text (a non-empty string) under "
-                            f"`{_safe_name(key)}` and were skipped.")
+        upload.notes.append(f"{_rows_were(empty, 'line', ('has', 'have'))} no text (a non-empty string) under "
+                            f"`{_safe_name(key)}` and {'was' if len(empty) == 1 else 'were'} skipped.")
     return upload
 
 
@@ -507,7 +509,8 @@ def _csv_upload(name: str, content: str) -> Upload:
     sign = CSV_DELIMITERS.get(delimiter, repr(delimiter))
     long_rows = [number for number, row in enumerate(rows[1:], start=2) if len(row) > width]
     if long_rows and not last:
-        raise InputProblem(f"📎 `{_safe_name(name)}`: row(s) {_rows_text(long_rows)} have more fields than "
+        raise InputProblem(f"📎 `{_safe_name(name)}`: {_rows_named(long_rows, 'row')} "
+                           f"{'has' if len(long_rows) == 1 else 'have'} more fields than "
                            f"the header ({width}): a text holds an unquoted {sign}. Put such texts in double "
                            "quotes (spreadsheet programs do when they save as CSV).")
     others = [i for i in range(width) if i != column]
@@ -525,11 +528,13 @@ def _csv_upload(name: str, content: str) -> Upload:
         upload.values.append([row[i] if i < len(row) else "" for i in others])
     upload.total = len(upload.texts)
     if long_rows:
-        upload.notes.append(f"Row(s) {_rows_text(long_rows)} have more fields than the header: their texts "
-                            f"hold an unquoted {sign}, so the rest of each row was read as its text.")
+        one = len(long_rows) == 1
+        upload.notes.append(f"{_rows_were(long_rows, verb=('has', 'have'))} more fields than the header: "
+                            f"{'its text holds' if one else 'their texts hold'} an unquoted {sign}, so the rest of "
+                            f"{'the' if one else 'each'} row was read as its text.")
     if empty:
-        upload.notes.append(f"Row(s) {_rows_text(empty)} have no text in column `{_safe_name(upload.source)}` "
-                            "and were skipped.")
+        upload.notes.append(f"{_rows_were(empty, verb=('has', 'have'))} no text in column `{_safe_name(upload.source)}` "
+                            f"and {'was' if len(empty) == 1 else 'were'} skipped.")
     return upload
 
 
@@ -863,7 +868,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
             parts.append(agreement_markdown(agreement, labels))
         md_rows = [[_row_number(n, r, header), cell(_short(r[0])), f"**{cell(r[1])}**",
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
-        parts.append(table([upload.row_name, "text", "label", *[f"p({cell(l)})" for l in labels],
+        # "answer", not "label": a file's own `label` column is the reference beside it
+        parts.append(table([upload.row_name, "text", "answer", *[f"p({cell(l)})" for l in labels],
                             *_reference_header(agreement)], _with_reference_cells(md_rows, agreement)))
     else:
         is_valid, is_repaired, is_cut = header.index("valid"), header.index("repaired"), header.index("cut_at_tokens")
@@ -1071,7 +1077,8 @@ def agreement_markdown(agreement: Agreement, labels: Sequence[str] = ()) -> str:
                  "separators and wordings of null aside; the CSV's `field_agreement` and `fields_differing` say "
                  "which)",
                  table(["field", "matches the reference"],
-                       [[cell(f), f"{v:.0%}"] for f, v in agreement.counts.items()])]
+                       [[cell(f), f"{round(v * agreement.compared):,} of {agreement.compared:,} ({v:.0%})"]
+                        for f, v in agreement.counts.items()])]
     if agreement.unusable:
         if agreement.task == "classify":
             values = list(dict.fromkeys(v for _, v in agreement.unusable))
@@ -1085,17 +1092,24 @@ def agreement_markdown(agreement: Agreement, labels: Sequence[str] = ()) -> str:
             what = (f"a reference that is not {usable} ("
                     + "; ".join(f"{agreement.row_name} {n:,}: {p}" for p, n in list(firsts.items())[:3])
                     + (" …" if len(firsts) > 3 else "") + ")")
-        parts.append(f"⚠️ {len(agreement.unusable):,} row(s) not compared, with {what} in the "
-                     f"{agreement.source}: {_rows_named([n for n, _ in agreement.unusable], agreement.row_name)}.")
+        numbers = [n for n, _ in agreement.unusable]
+        parts.append(f"⚠️ {_rows_were(numbers, agreement.row_name)} not compared: "
+                     f"{'its' if len(numbers) == 1 else 'their'} {agreement.source} holds {what}.")
     if agreement.missing:
-        parts.append(f"ℹ️ {len(agreement.missing):,} row(s) not compared, with nothing in the {agreement.source}: "
-                     f"{_rows_named(agreement.missing, agreement.row_name)}.")
+        parts.append(f"ℹ️ {_rows_were(agreement.missing, agreement.row_name)} not compared: "
+                     f"{'its' if len(agreement.missing) == 1 else 'their'} {agreement.source} is empty.")
     return "\n\n".join(parts)
 
 
 def _rows_named(numbers: Sequence[int], row_name: str) -> str:
     """"row 4", "lines 2, 7": numbers in a file with what they number."""
     return f"{row_name}{'' if len(numbers) == 1 else 's'} {_rows_text(numbers)}"
+
+
+def _rows_were(numbers: Sequence[int], row_name: str = "row", verb: tuple[str, str] = ("was", "were")) -> str:
+    """"Row 4 was", "Lines 2, 7 were": the start of a sentence about some rows of a file."""
+    named = _rows_named(numbers, row_name)
+    return f"{named[0].upper()}{named[1:]} {verb[0] if len(numbers) == 1 else verb[1]}"
 
 
 def _short(text: str, width: int = 80) -> str:

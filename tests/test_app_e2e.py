@@ -337,7 +337,7 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     summary.wait_for(timeout=ANSWER_TIMEOUT * 1000)
     text = summary.inner_text()
     assert re.search(r"Accuracy against the file's label column: \d+\.\d%\s+\([0-2] of 2 rows agree", text), text
-    assert "not one of ham, spam (maybe) in the label column: row 4" in text, text
+    assert "Row 4 was not compared: its label column holds a label that is not one of ham, spam (maybe)" in text, text
     link = page.locator('a.inline-file[download="gold-spam-results.csv"]')
     rows = list(csv.reader(io.StringIO(page.request.get(link.get_attribute("href")).body().decode("utf-8-sig"))))
     assert rows[0] == ["row", "id", "file_label", "text", "label", "p_ham", "p_spam", "truncated",

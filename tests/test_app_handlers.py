@@ -385,7 +385,7 @@ def test_a_csv_text_with_unquoted_commas_is_read_whole_and_said_so():
     data = b"id,text\n1,Hi, are you free tonight? Call me, love\n2,See you at 6\n3,WINNER, claim your prize\n"
     upload = handlers.read_upload("commas.csv", data, limit=100)
     assert upload.texts == ["Hi, are you free tonight? Call me, love", "See you at 6", "WINNER, claim your prize"]
-    assert "Row(s) 2, 4 have more fields than the header: their texts hold an unquoted comma," in upload.notes[0]
+    assert "Rows 2, 4 have more fields than the header: their texts hold an unquoted comma," in upload.notes[0]
 
 
 def test_a_batch_names_each_text_by_its_row_in_the_file_and_keeps_the_file_s_columns():
@@ -397,13 +397,13 @@ def test_a_batch_names_each_text_by_its_row_in_the_file_and_keeps_the_file_s_col
     assert upload.texts == ["Stage IV melanoma", "Lung, EGFR", "Colon cancer, KRAS G12D"]
     assert upload.rows == [2, 3, 5] and upload.columns == ["patient_id"]
     assert upload.values == [["P1"], ["P2"], ["P4"]]
-    assert upload.notes == ["Row(s) 5 have more fields than the header: their texts hold an unquoted comma, "
-                            "so the rest of each row was read as its text.",
-                            "Row(s) 4 have no text in column `narrative` and were skipped."]
+    assert upload.notes == ["Row 5 has more fields than the header: its text holds an unquoted comma, "
+                            "so the rest of the row was read as its text.",
+                            "Row 4 has no text in column `narrative` and was skipped."]
     results = [{"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}] * 3
     header, rows = handlers.batch_rows("classify", upload.texts, results, labels=("ham", "spam"))
     md = handlers.batch_markdown("classify", "onco.csv", upload, header, rows, "base", 0.5)
-    assert "| row | text | label |" in md and "| 5 | Colon cancer, KRAS G12D | **ham** |" in md
+    assert "| row | text | answer |" in md and "| 5 | Colon cancer, KRAS G12D | **ham** |" in md
     assert "a chat reopened from the history keeps this message, not the file" in md  # said before it is lost
     parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
     assert parsed[0][:3] == ["row", "patient_id", "text"] and [r[:2] for r in parsed[1:]] == [
@@ -448,7 +448,7 @@ def test_a_file_column_named_like_a_result_is_kept_under_another_name():
 
 
 def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas():
-    with pytest.raises(handlers.InputProblem, match=r"row\(s\) 3 have more fields than the header \(2\)"):
+    with pytest.raises(handlers.InputProblem, match=r"row 3 has more fields than the header \(2\)"):
         handlers.read_upload("commas.csv", b"text,label\nhello,ham\nWIN, now,spam\n", limit=100)
 
 
@@ -479,7 +479,8 @@ def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
     ("mixed.txt", b"caf\xc3\xa9 and \x81\x8d", r"not UTF-8 text \(byte 0x81 on line 1\)"),
     ("half.txt", b"\xff\xfeh\x00i\x00\x00", "starts as UTF-16 text but is not"),
     ("notes.jsonl", b'{"text": "ok"}\n{"text": "a", "text": "b"}\n[1]\n',
-     r"line\(s\) 2, 3 are not JSON objects \(line 2: key \"text\" appears twice in one object\)"),
+     r"lines 2, 3 are not JSON objects \(line 2: key \"text\" appears twice in one object\)"),
+    ("one.jsonl", b'{"text": "ok"}\n[1]\n', r"line 2 is not a JSON object \(line 2: a JSON list"),
     ("keys.jsonl", b'{"id": 1, "label": "ham"}\n', r"no text key \(keys found: `id`, `label`\)"),
     ("photo.png", b"\x89PNG", r"upload a `\.txt` file"),
     ("notes.xlsx", b"PK\x03\x04", r"a spreadsheet workbook, .* Save the sheet as CSV \(in Excel: File → Save As"),
@@ -522,7 +523,7 @@ def test_a_jsonl_upload_reads_the_text_key_and_keeps_the_other_keys():
     assert upload.source == "input" and upload.rows == [1, 3] and upload.row_name == "line"
     assert upload.columns == ["id", "output", "extra"]
     assert upload.values == [["n1", '{"stage": "IV"}', ""], ["n3", "", ""]]
-    assert upload.notes == ["Line(s) 2 have no text (a non-empty string) under `input` and were skipped."]
+    assert upload.notes == ["Line 2 has no text (a non-empty string) under `input` and was skipped."]
     header, rows = handlers.batch_rows("classify", upload.texts, [
         {"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}] * 2, labels=("ham", "spam"))
     assert "from `onco.JSONL` (key `input`)" in handlers.batch_markdown(
@@ -658,8 +659,8 @@ def test_unusable_references_are_explained_by_each_kind_once():
     agreement = handlers.Agreement("extract", "`output` key", row_name="line", compared=1, score=1.0,
                                    counts={"stage": 1.0}, unusable=unusable)
     md = handlers.agreement_markdown(agreement)
-    assert ("⚠️ 5 row(s) not compared, with a reference that is not a JSON object with every field (line 2: not "
-            "JSON; line 3: a JSON list, not an object; line 5: a number …) in the `output` key: lines 2, 3, 4, 5, 6.") in md
+    assert ("⚠️ Lines 2, 3, 4, 5, 6 were not compared: their `output` key holds a reference that is not a JSON "
+            "object with every field (line 2: not JSON; line 3: a JSON list, not an object; line 5: a number …).") in md
 
 
 def spam_result(label: str) -> dict:
@@ -712,9 +713,8 @@ def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_eac
     assert "| **ham** | 1 | 0 |" in md and "| **spam** | 1 | 1 |" in md  # SPAM read as spam, any case
     # each row's reference beside its answer (the chat had shown the answers only)
     assert "| p(spam) | reference |" in md and "| SPAM ✓ |" in md and "| spam ✗ |" in md and "| maybe ✗" not in md
-    assert ("⚠️ 1 row(s) not compared, with a label that is not one of ham, spam (`maybe`) in the `label` column: "
-            "row 5.") in md
-    assert "ℹ️ 1 row(s) not compared, with nothing in the `label` column: row 6." in md
+    assert "⚠️ Row 5 was not compared: its `label` column holds a label that is not one of ham, spam (`maybe`)." in md
+    assert "ℹ️ Row 6 was not compared: its `label` column is empty." in md
     assert "| 4 | Free prize | **ham** |" in md  # the preview table as before
     parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
     assert parsed[0] == ["row", "id", "file_label", "text", "label", "p_ham", "p_spam", "truncated",
@@ -772,12 +772,12 @@ def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluatio
     assert ("🎯 **Micro field accuracy against the file's `output` key: 85.7%** (12 of 14 values in 2 rows match, "
             "compared as the evaluation compares them") in md
     assert "| field | matches the reference |" in md
-    assert "| stage | 50% |" in md and "| treatment | 50% |" in md and "| cancer\\_type | 100% |" in md
+    assert "| stage | 1 of 2 (50%) |" in md and "| treatment | 1 of 2 (50%) |" in md and "| cancer\\_type | 2 of 2 (100%) |" in md
     assert "| JSON | vs reference |" in md and "| ✗ stage |" in md and "| ✗ treatment |" in md and "| — |" in md
-    assert ("⚠️ 2 row(s) not compared, with a reference that is not a JSON object with every field (line 3: a JSON "
-            "list, not an object; line 4: an object without `cancer_type`, `gene_mutation`, `biomarker` …) in the "
-            "`output` key: lines 3, 4.") in md  # each problem, not only the first
-    assert "ℹ️ 1 row(s) not compared, with nothing in the `output` key: line 5." in md
+    assert ("⚠️ Lines 3, 4 were not compared: their `output` key holds a reference that is not a JSON object with "
+            "every field (line 3: a JSON list, not an object; line 4: an object without `cancer_type`, "
+            "`gene_mutation`, `biomarker` …).") in md  # each problem, not only the first
+    assert "ℹ️ Line 5 was not compared: its `output` key is empty." in md
     parsed = list(csv.reader(io.StringIO(handlers.results_csv(header, rows, upload).decode("utf-8-sig"))))
     assert parsed[0][:4] == ["line", "instruction", "output", "text"]  # the file's columns as before
     assert parsed[1][-2:] == ["0.857143", "stage"] and parsed[3][-2:] == ["", ""]
