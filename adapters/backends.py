@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from .batching import MAX_STREAM_BATCH, RowAdapters, StreamQueue
 from .model_lock import ModelLock
 from .base_models import DEFAULT_BASE, LoadOptions, cache_keyword, canonical_name, load_base, cudnn_attention
+from .fused_llama import FusedLlama, additive_mask
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class LocalBackend:
         self._adapters: list[str] = []
         self._active: str | None | object = _UNKNOWN  # adapter name, None (disabled) or _UNKNOWN
         self._prefix_cache: OrderedDict[tuple, Any] = OrderedDict()  # (adapter, token ids) -> KV
-        self._fused: _FusedLlama | None | object = _UNKNOWN  # the fast scoring path; None: unsupported
+        self._fused: FusedLlama | None | object = _UNKNOWN  # the fast scoring path; None: unsupported
         self._static_decoder: Any = None  # adapters.decoding.StaticDecoder, made on first CUDA use
         self._rows: Any = None  # adapters.row_decoding.RowDecoder, made on the first stream
         self._switch_layers: list | None = None  # LoRA layers switched directly (None: not looked yet)
@@ -184,7 +185,7 @@ class LocalBackend:
         # generate took 190 ms a step for 7 rows, 6.8x slower in all than graph-replayed streams in
         # turn (benchmarks/results/serve-cuda-h200.json of 2026-11-30, before row decoding)
         on_gpu = next(model.parameters()).device.type == "cuda"
-        self._rows_apply = _FusedLlama.applies(model)  # whether row decoding covers this model
+        self._rows_apply = FusedLlama.applies(model)  # whether row decoding covers this model
         self._streams = StreamQueue(max_batch=1 if on_gpu and not self._rows_apply else MAX_STREAM_BATCH)
         self._row_adapters = RowAdapters()  # the adapter of each row of a mixed batch
 
@@ -250,7 +251,7 @@ class LocalBackend:
             self._fused = _UNKNOWN  # the model object and its LoRA layers changed
             self._switch_layers = None
             self._static_decoder = None  # it holds the model object, graphs and merged weights of before
-            self._rows_apply = _FusedLlama.applies(self.model)  # not with an adapter it cannot run (DoRA)
+            self._rows_apply = FusedLlama.applies(self.model)  # not with an adapter it cannot run (DoRA)
 
     # --- text helpers ----------------------------------------------------------------------
 
@@ -497,14 +498,14 @@ class LocalBackend:
                 if token.special and not token.rstrip and token.content and token.content in text]
         return text[:max(ends)] if ends else ""
 
-    def _fused_path(self) -> "_FusedLlama | None":
+    def _fused_path(self) -> "FusedLlama | None":
         """The fused scoring forward for this model, or None where it does not apply (lock held)."""
         if self.model.training:  # dropout on: only the transformers path does what training mode means
             return None
         if self._fused is _UNKNOWN or (self._fused is not None and not self._fused.intact()):
             if self._fused is not _UNKNOWN:  # weights were re-bound, maybe changed: keys/values too
                 self._prefix_cache.clear()
-            self._fused = _FusedLlama.build(self.model)
+            self._fused = FusedLlama.build(self.model)
             if self._fused is not None and self._static_decoder is not None:
                 self._static_decoder.forget_graphs()  # fusing moved the base weights (same values)
         return self._fused
@@ -919,15 +920,6 @@ def token_logprobs(hidden, weight, tokens):
     return token_logit - top_logit - rest
 
 
-def additive_mask(allowed, dtype):
-    """The additive attention mask for a boolean one: 0 where attending is allowed, the dtype's
-    lowest value elsewhere."""
-    import torch
-
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)
-
-
 def _packed_rows(rows, pad_id, offset: int = 0):
     """Token ids, position ids, boolean attention mask [batch, q, offset + q], and the scored
     tokens as three flat lists: (row, column of the logit that predicts it, token id), plus the
@@ -973,222 +965,3 @@ def _packed_rows(rows, pad_id, offset: int = 0):
     allowed = causal & ((segments[:, :, None] == segments[:, None, :]) | (segments[:, None, :] == 0))
     mask = torch.cat([torch.ones((len(rows), width, offset), dtype=torch.bool), allowed], dim=2)
     return ids, positions, mask, (scored_rows, scored_columns, scored_tokens, owners)
-
-
-class _FusedLlama:
-    """Scoring forward pass for a Llama-architecture model with unmerged LoRA adapters: the same
-    arithmetic as transformers + PEFT, in fewer, larger operations.
-
-    Why: on a 2-core CPU one ``Runtime.classify`` call (SmolLM2-135M, 50 new tokens) is almost
-    all forward pass: 173 ms p50, of which ~20 ms is PEFT's per-layer LoRA path (210 LoRA
-    layers, each a Python call plus A, dropout, B, scale and add) and much of the rest is
-    small-operation overhead around 210 separate projections. Here, per decoder layer:
-
-    * q/k/v and gate/up are one matmul each (their base weights concatenated), four
-      projections per layer instead of seven;
-    * an adapter's LoRA is one extra matmul pair per projection group: its A matrices stacked,
-      its B matrices (times the LoRA scaling) block-diagonal, added with ``addmm``;
-    * attention is SDPA with ``enable_gqa`` (no repeated key/value heads) and the prefix
-      keys/values are plain tensors that are read, never copied (the transformers path deep-copies
-      a DynamicCache per call).
-
-    Nothing is merged: the base weights stay the base (``adapter=None`` skips the LoRA terms),
-    so adapter switching is unchanged, and scores equal the transformers path's (max |diff| of
-    log-probabilities 0.0 on the spam prompt; the classify probability is the same float). Measured
-    on the 2-core CPU while another job loaded it (so noisy): forward alone, interleaved in one
-    process, min 169 -> 149 ms and p25 187 -> 160 ms; whole ``Runtime.classify``, interleaved, min
-    173 -> 158 ms; ``bench serve`` p50, runs alternated with the old code, 216/207 -> 154/200 ms.
-    Merging each adapter into a copy of the weights measured ~13 ms faster still, but costs 425 MB
-    per adapter and a rebuild on every switch, and changes log-probabilities by ~3e-5: not done.
-
-    Memory: the fused weights are not a copy. The base layers' weight parameters are re-pointed
-    at row slices of the fused tensor (same values), so the model keeps its size; ``intact``
-    notices if something re-binds a parameter later (``.to()``, a reload), and the path is rebuilt.
-    Used for float32 and bfloat16 base weights (float16, 4-bit layers, biases, DoRA or other LoRA
-    variants, other architectures: the transformers path). Under bf16 base weights PEFT keeps the
-    LoRA weights in float32 and adds their term in float32; the fused path does the same, so its
-    scores equal PEFT's there too (max |diff| 0.0 on the tiny model; the real spam adapter's
-    probabilities agree to 5 decimals). bf16 is what a GPU and a CPU with bf16 instructions serve
-    in: on this 2-core CPU, interleaved in one process, one spam classification p50 115 -> 94 ms,
-    a batch of 32 1811 -> 1743 ms.
-    """
-
-    GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
-              ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
-
-    def __init__(self, llama, layers: list, dtype):
-        self.llama = llama  # the *ForCausalLM inside the PEFT wrapper
-        self.layers = layers  # per decoder layer: four (fused weight, [modules], [(param, data_ptr)])
-        self.dtype = dtype
-        self._lora: dict[str, list] = {}  # adapter -> per layer, per group: (A stacked, B^T block) or None
-        config = llama.config
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-    @classmethod
-    def build(cls, model) -> "_FusedLlama | None":
-        planned = cls._plan(model)
-        if planned is None:
-            return None
-        llama, plan, dtype = planned
-        return cls._fuse(llama, plan, dtype)
-
-    @classmethod
-    def applies(cls, model) -> bool:
-        """Whether ``build`` would give a fused forward for ``model`` (it checks; nothing is fused)."""
-        return cls._plan(model) is not None
-
-    @classmethod
-    def _plan(cls, model):
-        """(the *ForCausalLM, per layer and group its (modules, base linears), the weights' dtype), or
-        None where the model is not one this forward covers."""
-        import torch
-
-        try:
-            from peft import PeftModel
-            from peft.tuners.lora import Linear as LoraLinear
-        except ImportError:  # pragma: no cover - peft is a dependency
-            return None
-        llama = model.base_model.model if isinstance(model, PeftModel) else model
-        config = getattr(llama, "config", None)
-        if (getattr(config, "model_type", None) != "llama" or getattr(config, "attention_bias", True)
-                or getattr(config, "mlp_bias", True) or getattr(config, "hidden_act", None) != "silu"
-                or getattr(config, "pretraining_tp", 1) != 1):
-            return None
-        try:
-            decoder = llama.model.layers
-        except AttributeError:
-            return None
-        dtype = None
-        plan = []
-        for layer in decoder:
-            groups = []
-            for parent, names in cls.GROUPS:
-                modules = [getattr(getattr(layer, parent), name) for name in names]
-                bases = []
-                for module in modules:
-                    if isinstance(module, LoraLinear):
-                        if (module.fan_in_fan_out or module.lora_variant or any(module.lora_bias.values())
-                                or module.merged):
-                            return None
-                        base = module.base_layer
-                    else:
-                        base = module
-                    if type(base) is not torch.nn.Linear or base.bias is not None:
-                        return None
-                    if base.weight.dtype not in (torch.float32, torch.bfloat16):
-                        return None
-                    dtype = base.weight.dtype
-                    bases.append(base)
-                groups.append((modules, bases))
-            plan.append(groups)
-        return llama, plan, dtype
-
-    @classmethod
-    def _fuse(cls, llama, plan, dtype) -> "_FusedLlama":
-        import torch
-
-        layers = []
-        with torch.no_grad():
-            for groups in plan:
-                fused_layer = []
-                for modules, bases in groups:
-                    if len(bases) == 1:
-                        weight = bases[0].weight
-                    else:
-                        weight = torch.cat([b.weight.detach() for b in bases]).contiguous()
-                        at = 0
-                        for b in bases:  # the parameter becomes a view of its rows: one copy in memory
-                            rows = b.weight.shape[0]
-                            b.weight.data = weight[at:at + rows]
-                            at += rows
-                    fused_layer.append((weight.detach(), modules,
-                                        [(b.weight, b.weight.data_ptr()) for b in bases]))
-                layers.append(fused_layer)
-        return cls(llama, layers, dtype)
-
-    def intact(self) -> bool:
-        """Whether every base weight still lives where the fused tensors expect it."""
-        return all(param.data_ptr() == ptr for layer in self.layers for _, _, params in layer
-                   for param, ptr in params)
-
-    def _lora_terms(self, adapter: str):
-        """Per layer and projection group: (stacked A [sum r, in], (scaling * B) block-diagonal,
-        transposed [sum r, out]), or None where no projection of the group has ``adapter``."""
-        import torch
-
-        if adapter not in self._lora:
-            terms = []
-            with torch.no_grad():
-                for layer in self.layers:
-                    per_group = []
-                    for weight, modules, _ in layer:
-                        a_parts, b_parts = [], []
-                        for module in modules:
-                            if hasattr(module, "lora_A") and adapter in module.lora_A:
-                                a_parts.append(module.lora_A[adapter].weight)
-                                b_parts.append(module.lora_B[adapter].weight * module.scaling[adapter])
-                            else:  # no LoRA here: no rows of A, an empty column block of B
-                                out_features = module.weight.shape[0] if not hasattr(module, "base_layer") \
-                                    else module.base_layer.weight.shape[0]
-                                a_parts.append(weight.new_zeros((0, weight.shape[1])))
-                                b_parts.append(weight.new_zeros((out_features, 0)))
-                        if all(a.shape[0] == 0 for a in a_parts):
-                            per_group.append(None)
-                        else:
-                            per_group.append((torch.cat(a_parts).contiguous(),
-                                              torch.block_diag(*b_parts).t().contiguous()))
-                    terms.append(per_group)
-            self._lora[adapter] = terms
-        return self._lora[adapter]
-
-    def forward(self, adapter: str | None, input_ids, position_ids, mask, past, keep):
-        """Final (normed) hidden states at the ``keep`` positions (None when ``keep`` is None) and each layer's
-        (key, value) over ``past`` + these tokens. ``mask``: additive [batch, 1, q, past + q]."""
-        import torch
-        import torch.nn.functional as F
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        def project(x, weight, lora):
-            y = F.linear(x, weight)
-            if lora is None:
-                return y
-            a, b_t = lora  # same as PEFT's base(x) + B(A(x)) * scaling, dropout being off in eval
-            flat = y.view(-1, y.shape[-1])
-            if a.dtype == y.dtype:
-                return torch.addmm(flat, F.linear(x, a).view(-1, a.shape[0]), b_t).view(y.shape)
-            # PEFT keeps LoRA weights in float32 under bf16 base weights, computes the LoRA term and
-            # the sum in float32, and rounds once to the base's dtype: so does this
-            low_rank = F.linear(x.to(a.dtype), a).view(-1, a.shape[0])
-            return torch.addmm(flat.to(a.dtype), low_rank, b_t).to(y.dtype).view(y.shape)
-
-        inner = self.llama.model
-        lora = self._lora_terms(adapter) if adapter is not None else [(None,) * 4] * len(self.layers)
-        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        hidden = inner.embed_tokens(input_ids)
-        cos, sin = inner.rotary_emb(hidden, position_ids)
-        batch, length = input_ids.shape
-        kv = []
-        for i, (decoder, fused, terms) in enumerate(zip(inner.layers, self.layers, lora)):
-            (w_qkv, _, _), (w_o, _, _), (w_gate_up, _, _), (w_down, _, _) = fused
-            x = decoder.input_layernorm(hidden)
-            q, k, v = project(x, w_qkv, terms[0]).split(
-                [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-            q = q.view(batch, length, heads, head_dim).transpose(1, 2)
-            k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)
-            v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            if past is not None:
-                k = torch.cat([past[i][0], k], dim=2)
-                v = torch.cat([past[i][1], v], dim=2)
-            kv.append((k, v))
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=decoder.self_attn.scaling,
-                                                      enable_gqa=kv_heads != heads)
-            hidden = hidden + project(attended.transpose(1, 2).reshape(batch, length, heads * head_dim),
-                                      w_o, terms[1])
-            gate, up = project(decoder.post_attention_layernorm(hidden), w_gate_up, terms[2]).chunk(2, dim=-1)
-            hidden = hidden + project(F.silu(gate) * up, w_down, terms[3])
-        if keep is None:
-            return None, kv
-        return inner.norm(hidden[:, keep]), kv

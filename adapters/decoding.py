@@ -294,7 +294,7 @@ class _Slot:
         n = len(prompt_ids)
         device, dtype = self.decoder.device, self.decoder.dtype
         self.cache.reset()
-        from .backends import additive_mask
+        from .fused_llama import additive_mask
 
         allowed = torch.zeros((n, self.length), dtype=torch.bool, device=device)
         allowed[:, :n] = torch.ones((n, n), dtype=torch.bool, device=device).tril()

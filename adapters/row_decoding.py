@@ -11,8 +11,9 @@ join then) and a finished one removed;
 and each LoRA projection is one gathered batched matmul over the rows, whatever their adapters:
 an adapter's stacked A and scaled B are rows of a table whose entry 0 is zero (the base).
 
-The arithmetic is ``adapters.backends._FusedLlama``'s (Llama architectures, float32/bfloat16, plain
-LoRA; others keep ``generate``): fused q/k/v and gate/up weights, SDPA with grouped key/value heads.
+The layer arithmetic is scoring's own, ``adapters.fused_llama.FusedLlama.hidden_states`` (Llama
+architectures, float32/bfloat16, plain LoRA; others keep ``generate``): fused q/k/v and gate/up
+weights, SDPA with grouped key/value heads; this module adds the cache rows and the gathered LoRA.
 On a GPU one decode step over ``slots`` rows (a power of two) is captured as a CUDA graph per cache
 length, so a batch of streams runs at graph speed; on a CPU it runs eagerly over the rows there are,
 attending only as far as the longest row.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .decoding import cache_length
+from .fused_llama import additive_mask
 
 
 def lora_tables(fused, adapters: list[str]) -> list[list[Any]]:
@@ -167,9 +169,7 @@ class RowDecoder:
         import torch
 
         column = torch.arange(upto, device=self.device)
-        allowed = column[None, :] <= positions[:, None]
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill(
-            ~allowed, torch.finfo(self.dtype).min)[:, None, None, :]
+        mask = additive_mask(column[None, :] <= positions[:, None], self.dtype)[:, None, None, :]
         hidden = self._layers(ids, positions[:, None], adapters, write=("step", rows), upto=upto, mask=mask)
         logits = self.head(hidden[:, -1])
         return logits, logits.argmax(-1)
@@ -223,44 +223,26 @@ class RowDecoder:
         prompts' keys/values at positions 0..n-1 of those slots (causal attention within each);
         ("step", n) puts the n rows' single tokens at their positions and attends over the first
         ``upto`` positions of their slots under ``mask``."""
-        import torch.nn.functional as F
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         fused = self.fused
-        inner = fused.llama.model
-        heads, kv_heads, head_dim = fused.heads, fused.kv_heads, fused.head_dim
-        hidden = inner.embed_tokens(ids)
-        cos, sin = inner.rotary_emb(hidden, positions)
         batch, length = ids.shape
         mode, where = write
         if mode == "step":
-            scatter_at = positions[:, :, None, None].expand(batch, kv_heads, 1, head_dim)  # positions [batch, 1]
-        for i, (decoder, layer, terms) in enumerate(zip(inner.layers, fused.layers, self.tables)):
-            (w_qkv, _, _), (w_o, _, _), (w_gate_up, _, _), (w_down, _, _) = layer
-            x = decoder.input_layernorm(hidden)
-            q, k, v = _project(x, w_qkv, terms[0], rows).split(
-                [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-            q = q.view(batch, length, heads, head_dim).transpose(1, 2)
-            k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)
-            v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            scatter_at = positions[:, :, None, None].expand(batch, fused.kv_heads, 1, fused.head_dim)  # positions [batch, 1]
+
+        def project(x, layer, group):
+            return _project(x, fused.weight(layer, group), self.tables[layer][group], rows)
+
+        def attend(layer, q, k, v, scale):
             if mode == "prompt":
-                self.keys[i][where, :, :length] = k
-                self.values[i][where, :, :length] = v
-                attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=decoder.self_attn.scaling,
-                                                          enable_gqa=kv_heads != heads)
-            else:
-                keys, values = self.keys[i][:where], self.values[i][:where]
-                keys.scatter_(2, scatter_at, k)
-                values.scatter_(2, scatter_at, v)
-                attended = F.scaled_dot_product_attention(
-                    q, keys[:, :, :upto], values[:, :, :upto], attn_mask=mask, scale=decoder.self_attn.scaling,
-                    enable_gqa=kv_heads != heads)
-            hidden = hidden + _project(attended.transpose(1, 2).reshape(batch, length, heads * head_dim),
-                                       w_o, terms[1], rows)
-            gate, up = _project(decoder.post_attention_layernorm(hidden), w_gate_up, terms[2], rows).chunk(2, dim=-1)
-            hidden = hidden + _project(F.silu(gate) * up, w_down, terms[3], rows)
-        return inner.norm(hidden)
+                self.keys[layer][where, :, :length] = k
+                self.values[layer][where, :, :length] = v
+                return fused.attention(q, k, v, scale, is_causal=True)
+            keys, values = self.keys[layer][:where], self.values[layer][:where]
+            keys.scatter_(2, scatter_at, k)
+            values.scatter_(2, scatter_at, v)
+            return fused.attention(q, keys[:, :, :upto], values[:, :, :upto], scale, mask=mask)
+
+        return fused.llama.model.norm(fused.hidden_states(ids, positions, project, attend))
 
 
 def _adapter_rows(adapters: list[int], device):

@@ -1,4 +1,4 @@
-"""The fused scoring path of LocalBackend (adapters.backends._FusedLlama) against the plain
+"""The fused scoring path of LocalBackend (adapters.fused_llama.FusedLlama) against the plain
 transformers + PEFT forward: same scores, no weight copies, and a fall back where it does not apply."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 
-from adapters.backends import GenerationParams, _FusedLlama
+from adapters.backends import GenerationParams
+from adapters.fused_llama import FusedLlama
 from test_bench_serve import HAMMY, SPAMMY, flat, runtime, spam_prompts, trained_weights, two_adapters  # noqa: F401
 
 
@@ -30,7 +31,7 @@ def test_fused_scores_equal_transformers_scores(tiny_base, two_adapters, adapter
     prompts, options, prefix = spam_prompts(fast, [*SPAMMY, *HAMMY, "x"])
     prefix = prefix if cached else ""
     got = fast.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
-    assert isinstance(fast.backend._fused, _FusedLlama)  # the tiny Llama takes the fused path
+    assert isinstance(fast.backend._fused, FusedLlama)  # the tiny Llama takes the fused path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         want = plain.backend.score(adapter, prompts, options, batch_size=batch_size, shared_prefix=prefix)
@@ -56,7 +57,7 @@ def test_fused_scores_equal_transformers_scores_in_bfloat16(tiny_base, two_adapt
     prompts, options, prefix = spam_prompts(fast, [*SPAMMY, *HAMMY, "x"])
     got = fast.backend.score(adapter, prompts, options, batch_size=4, shared_prefix=prefix)
     fused = fast.backend._fused
-    assert isinstance(fused, _FusedLlama) and fused.dtype == torch.bfloat16
+    assert isinstance(fused, FusedLlama) and fused.dtype == torch.bfloat16
     if adapter:
         assert fused._lora_terms(adapter)[0][0][0].dtype == torch.float32
     want = plain.backend.score(adapter, prompts, options, batch_size=4, shared_prefix=prefix)
@@ -145,11 +146,11 @@ def test_training_mode_and_unsupported_models_use_the_transformers_path(tiny_bas
     rt.backend.model.train()
     assert rt.backend._fused_path() is None
     rt.backend.model.eval()
-    assert isinstance(rt.backend._fused_path(), _FusedLlama)
+    assert isinstance(rt.backend._fused_path(), FusedLlama)
     llama = rt.backend.model.base_model.model
     llama.config.mlp_bias = True  # as if the MLP had biases: not what the fused forward computes
     try:
-        assert _FusedLlama.build(rt.backend.model) is None
+        assert FusedLlama.build(rt.backend.model) is None
     finally:
         llama.config.mlp_bias = False
 

@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from adapters.backends import GenerationParams, _FusedLlama
+from adapters.backends import GenerationParams
+from adapters.fused_llama import FusedLlama
 from adapters.batching import StreamRequest
 from adapters.decoding import adapters_disabled
 from adapters.row_decoding import RowDecoder, decode_streams
@@ -53,7 +54,7 @@ def expected(model, tokenizer, req: StreamRequest, prompt: str) -> list[int]:
 
 def test_rows_that_join_and_leave_each_get_what_generate_gives_them_alone(base_and_lora):
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     asked = [(PROMPTS[0], "default", 12, {}), (PROMPTS[1], None, 5, {}), (PROMPTS[2], "default", 20, {}),
              (PROMPTS[1], "default", 9, {"no_repeat_ngram_size": 2})]
     first = [request(tokenizer, p, a, n, **o) for p, a, n, o in asked[:2]]
@@ -75,7 +76,7 @@ def test_rows_that_join_and_leave_each_get_what_generate_gives_them_alone(base_a
 
 def test_a_joining_row_longer_than_the_cache_grows_it_and_the_running_rows_go_on(base_and_lora):
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     short = request(tokenizer, PROMPTS[1], "default", 30)
     long_prompt = PROMPTS[2] * 3
     long = request(tokenizer, long_prompt, None, 20)
@@ -94,7 +95,7 @@ def test_a_padded_whole_cache_step_gives_the_live_rows_the_same_logits(base_and_
     import torch
 
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     decoder.reserve(4, max(len(p) for p in prompts) + 4)
     adapters = [1, 0, 1]
@@ -115,7 +116,7 @@ def test_capturing_a_graph_mid_batch_leaves_the_live_rows_keys_and_values(base_a
     import torch
 
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
     decoder.reserve(2, max(len(p) for p in prompts) + 4)
     decoder.prefill(0, ["default"] * len(prompts), prompts)
@@ -129,7 +130,7 @@ def test_capturing_a_graph_mid_batch_leaves_the_live_rows_keys_and_values(base_a
 
 def test_a_caller_gone_mid_batch_is_dropped_and_the_others_finish(base_and_lora):
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     leaving, staying = request(tokenizer, PROMPTS[1], None, 40), request(tokenizer, PROMPTS[0], "default", 15)
     steps = []
 
@@ -151,7 +152,7 @@ def test_a_caller_gone_mid_batch_is_dropped_and_the_others_finish(base_and_lora)
 @pytest.mark.parametrize("where", ["prefill", "step"])
 def test_a_failure_reaches_every_caller_of_the_batch_and_releases_them(base_and_lora, monkeypatch, where):
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     reqs = [request(tokenizer, PROMPTS[1], None, 10), request(tokenizer, PROMPTS[0], "default", 10)]
 
     def broken(*args, **kwargs):
@@ -168,7 +169,7 @@ def test_prompts_run_together_padded_give_each_the_logits_it_gets_alone(base_and
     import torch
 
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     assert len({len(p) for p in prompts}) == 3
     decoder.reserve(6, max(len(p) for p in prompts) + 1)
@@ -194,7 +195,7 @@ def test_a_stream_handed_over_is_released_with_the_failure_when_taking_it_over_f
     from adapters.row_decoding import Resumed
 
     model, tokenizer = base_and_lora
-    decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+    decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
     handed = request(tokenizer, PROMPTS[1], None, 10)
 
     def broken(*args, **kwargs):
@@ -218,7 +219,7 @@ def test_rows_that_share_one_adapter_skip_the_gather_and_get_the_same_logits(bas
     prompt = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
 
     def logits(adapter: str | None) -> tuple:
-        decoder = RowDecoder(_FusedLlama.build(model), ["default"], context_length=1024)
+        decoder = RowDecoder(FusedLlama.build(model), ["default"], context_length=1024)
         decoder.reserve(2, len(prompt) + 2)
         first = decoder.prefill(0, [adapter, adapter], [prompt, prompt])
         index = decoder.adapter_index(adapter)
