@@ -101,8 +101,27 @@ class Backend(Protocol):
     def stream(self, adapter: str | None, prompt: str, params: GenerationParams,
                on_finish: Callable[[str], None] | None = None) -> Iterator[str]:
         """Text pieces as they are decoded. When the generation ends by itself, ``on_finish`` gets
-        why: "stop" (an end-of-sequence token) or "length" (``max_new_tokens`` reached)."""
+        why: "stop" (an end-of-sequence token) or "length" (``max_new_tokens`` reached). The
+        iterator may have a ``cancel()``, callable from any thread, which ends it at once, also while
+        it waits for the model (``close()`` can only stop it between two pieces)."""
         ...
+
+
+class CancellableStream(Iterator[str]):
+    """A stream's text pieces, plus ``cancel()``: the app's Stop button runs it from the event loop
+    while a worker thread waits in ``next`` (for the model, which another request may hold for a
+    while), and that pull returns at once; ``close()``, like a generator's, can only run between two
+    pulls."""
+
+    def __init__(self, pieces: Iterator[str], cancel: Callable[[], None]):
+        self._pieces = pieces
+        self.cancel = cancel
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
 
 
 _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)
@@ -675,12 +694,26 @@ class LocalBackend:
             raise KeyError(f"adapter {adapter!r} is not loaded (loaded: {self._adapters})")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         request = StreamRequest(adapter, self.encode(prompt)["input_ids"], params, streamer, on_finish)
+        return CancellableStream(self._pieces(request), lambda: self._cancel(request))
+
+    def _cancel(self, request) -> None:
+        """The caller has gone: a stream still waiting for the model leaves the queue and its text
+        ends now; one being decoded is dropped at its next token (its batch ends its text)."""
+        request.cancelled.set()
+        self._streams.withdraw(request)
+
+    def _pieces(self, request) -> Iterator[str]:
+        """``request``'s text; it asks for the model at the first pull (a stream never read decodes nothing)."""
+        if request.cancelled.is_set():
+            return
         self._streams.add(request)
+        if request.cancelled.is_set():  # cancelled as it was added: not left in the queue
+            self._streams.withdraw(request)
         worker = threading.Thread(target=self._decode_when_free, args=(request,), daemon=True,
                                   name=DECODING_THREAD)
         worker.start()
         try:
-            for piece in streamer:
+            for piece in request.streamer:
                 if piece:
                     yield piece
             request.released.wait()

@@ -68,10 +68,12 @@ class StreamQueue:
             return len(self._waiting)
 
     def withdraw(self, request: StreamRequest) -> None:
-        """Take ``request`` out of the queue if no batch has claimed it yet (its caller has gone)."""
+        """Take ``request`` out of the queue if no batch has claimed it yet (its caller has gone),
+        and end its text, which no batch will."""
         with self._lock:
             if request in self._waiting:
                 self._waiting.remove(request)
+                request.streamer.end()
                 request.released.set()
 
     def take(self, limit: int) -> list[StreamRequest]:

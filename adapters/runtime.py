@@ -111,6 +111,13 @@ class Generation:
         if close is not None:
             close()
 
+    def cancel(self) -> None:
+        """Stop the generation from any thread, also while another thread waits for its next piece:
+        that wait ends at once where the backend's stream can be cancelled, else at the next piece."""
+        cancel = getattr(self.pieces, "cancel", None)
+        if cancel is not None:
+            cancel()
+
     def read(self) -> str:
         """Consume the whole stream and return the full text."""
         for _ in self:

@@ -201,7 +201,7 @@ def generate_chain(runtime: Runtime, adapter: str | None, *, base: bool = False,
     async def arun(inputs: dict, config: RunnableConfig) -> AsyncIterator[str]:
         generation = await asyncio.to_thread(start, inputs)
         try:
-            async for piece in _iterate_in_thread(iter(generation), _stop_event(config)):
+            async for piece in _iterate_in_thread(iter(generation), _stop_event(config), cancel=generation.cancel):
                 yield piece
         finally:
             finish(generation)
@@ -314,10 +314,13 @@ def _stop_event(config: RunnableConfig | None) -> asyncio.Event | None:
     return ((config or {}).get("configurable") or {}).get(STOP_KEY)
 
 
-async def _iterate_in_thread(iterator: Iterator[str], stop: asyncio.Event | None = None) -> AsyncIterator[str]:
+async def _iterate_in_thread(iterator: Iterator[str], stop: asyncio.Event | None = None,
+                             cancel: Callable[[], None] | None = None) -> AsyncIterator[str]:
     """Pull a blocking iterator from a worker thread. When ``stop`` is set, raise ``StoppedByUser``
     without waiting for the pull; if the consumer stops or is cancelled, likewise. Either way the
-    iterator is closed once the pending pull returns, which stops the model's generation."""
+    iterator is closed once the pending pull returns, which stops the model's generation; ``cancel``
+    (the generation's) makes a pull that waits for the model return at once, so a stopped answer
+    leaves the queue then, not after its first token."""
     loop = asyncio.get_running_loop()
     done = object()
     pending = None
@@ -337,6 +340,8 @@ async def _iterate_in_thread(iterator: Iterator[str], stop: asyncio.Event | None
             yield piece
     finally:
         stopped.cancel()
+        if pending is not None and cancel is not None:
+            cancel()
         # closed in a worker thread too: closing waits for the model to stop at its next token, or
         # for the model lock, which another request may hold, and the event loop serves every page
         if pending is None:

@@ -237,6 +237,35 @@ def test_a_stop_while_a_piece_is_being_sent_ends_the_chains_run_at_once(tiny_bas
     assert info.seconds is not None and info.text.startswith("".join(sent))
 
 
+def test_a_stop_while_the_answer_waits_for_the_model_drops_its_request_at_once(tiny_base, catalog):
+    """Another request holds the model (a batch, another user's answer): a stopped answer leaves the
+    model's queue at once. Before, its request stayed queued, was decoded once the model was free,
+    and was dropped only after its first token."""
+    rt = runtime(tiny_base, catalog)
+    queue = rt.backend._streams
+
+    async def scenario():
+        chain = chains.generate_chain(rt, None, temperature=0, max_new_tokens=50)
+
+        async def send(piece):
+            pass
+
+        with rt.backend._lock.hold():
+            task = asyncio.create_task(chains.stream_pieces(chain, {"history": [], "text": "hi"}, {}, send))
+            while queue.waiting() < 1:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                if not queue.waiting():
+                    break
+                await asyncio.sleep(0.02)
+            return queue.waiting()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == 0, "the stopped request waited for the model"
+
+
 def test_a_stop_ends_every_step_at_the_source_wherever_it_lands(tiny_base, catalog, monkeypatch):
     """The app marks a step failed unless ``chains.stopped_by_user`` says its error was a stop. A stop
     reaches the chain's source and ends every step with ``StoppedByUser``, wherever it lands.

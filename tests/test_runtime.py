@@ -208,6 +208,33 @@ def test_closing_a_stream_early_frees_the_model(stream_path, tiny_base, catalog)
     assert rt.classify("spam", ["hello"], base=True)[0].label in ("ham", "spam")
 
 
+def test_a_stream_cancelled_while_it_waits_for_the_model_ends_at_once_and_leaves_the_queue(stream_path, tiny_base,
+                                                                                             catalog):
+    """The Stop button cancels from the event loop while a worker thread waits in ``next`` for the
+    model, which another request holds. That pull returns at once and the request leaves the queue;
+    before, it waited for the model and was dropped only after its first token."""
+    rt = runtime(tiny_base, catalog)
+    backend = rt.backend
+    generation = rt.generate(None, [{"role": "user", "content": "hello"}], max_new_tokens=50)
+    pulled: list[str] = []
+    with backend._lock.hold():  # another request holds the model
+        reader = threading.Thread(target=lambda: pulled.extend(generation))
+        reader.start()
+        while backend._streams.waiting() < 1:
+            time.sleep(0.01)
+        generation.cancel()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "the pull waited for the model"
+        assert backend._streams.waiting() == 0 and pulled == [] and generation.finish_reason is None
+    never_read = rt.generate(None, [{"role": "user", "content": "hello"}], max_new_tokens=50)
+    never_read.cancel()  # cancelled before its first pull: it never asks for the model
+    assert never_read.read() == "" and backend._streams.waiting() == 0
+    deadline = time.monotonic() + 10
+    while [t for t in threading.enumerate() if t.name == DECODING_THREAD] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == DECODING_THREAD]
+
+
 def test_an_abandoned_stream_collected_in_its_own_worker_thread_closes_cleanly(stream_path, tiny_base, catalog, monkeypatch):
     """The cyclic garbage collector runs in whichever thread allocates: it can close an abandoned
     stream from that stream's own generation thread, which must not wait for itself (seen once in
