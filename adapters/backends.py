@@ -124,6 +124,22 @@ class CancellableStream(Iterator[str]):
         self._pieces.close()
 
 
+def text_streamer(tokenizer, **kwargs):
+    """transformers' ``TextIteratorStreamer``, except that a symbol such as an emoji is handed on as
+    soon as it is decoded. transformers holds symbols back until the next space (one might start
+    markup or be half a character), so an answer of emoji alone showed only at its end. Half a
+    character decodes to U+FFFD, which is still held (and ``Generation`` holds it too)."""
+    import unicodedata
+
+    from transformers import TextIteratorStreamer
+
+    class _SymbolStreamer(TextIteratorStreamer):
+        def _is_chinese_char(self, cp: int) -> bool:  # the streamer's "print now" test for a text's last character
+            return super()._is_chinese_char(cp) or (cp != 0xFFFD and unicodedata.category(chr(cp)) == "So")
+
+    return _SymbolStreamer(tokenizer, **kwargs)
+
+
 _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)
 PREFIX_CACHE_ENTRIES = 8  # (adapter, prompt prefix) key/value caches kept for scoring
 MIN_CACHED_PREFIX = 8  # tokens; a shorter shared prefix is recomputed with each row
@@ -686,13 +702,11 @@ class LocalBackend:
         Streams requested while the model is busy are decoded together once it is free, as rows of
         one batch (``adapters.batching``); a stream alone runs the single-stream path.
         """
-        from transformers import TextIteratorStreamer
-
         from .batching import StreamRequest
 
         if adapter is not None and adapter not in self._adapters:
             raise KeyError(f"adapter {adapter!r} is not loaded (loaded: {self._adapters})")
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = text_streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         request = StreamRequest(adapter, self.encode(prompt)["input_ids"], params, streamer, on_finish)
         return CancellableStream(self._pieces(request), lambda: self._cancel(request))
 

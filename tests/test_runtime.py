@@ -208,6 +208,31 @@ def test_closing_a_stream_early_frees_the_model(stream_path, tiny_base, catalog)
     assert rt.classify("spam", ["hello"], base=True)[0].label in ("ham", "spam")
 
 
+def test_emoji_are_streamed_as_they_are_decoded_not_at_the_next_space(tiny_base):
+    """transformers' streamer holds symbols back until a space, so an answer of emoji alone showed
+    only at its end; half a character (U+FFFD) is still held."""
+    import queue
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from adapters.backends import text_streamer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    streamer = text_streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer.put(torch.tensor([0]))  # the prompt
+    shown = ""
+    for token in tokenizer.encode("🎉🎉🎉", add_special_tokens=False):
+        streamer.put(torch.tensor([token]))
+        while True:
+            try:
+                shown += streamer.text_queue.get_nowait()
+            except queue.Empty:
+                break
+        assert "\ufffd" not in shown
+    assert shown == "🎉🎉🎉"  # all of it before the stream ends
+
+
 def test_a_stream_cancelled_while_it_waits_for_the_model_ends_at_once_and_leaves_the_queue(stream_path, tiny_base,
                                                                                              catalog):
     """The Stop button cancels from the event loop while a worker thread waits in ``next`` for the
