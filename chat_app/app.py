@@ -25,13 +25,12 @@ from pathlib import Path
 import chainlit as cl
 import chainlit.data as cl_data
 from chainlit.config import config as chainlit_config
-from chainlit.context import context_var
 from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
 from adapters.runtime import train_command
-from chat_app import chains, handlers, offline, page_text, welcome
+from chat_app import chains, handlers, offline, page_text, steps, welcome
 from chat_app.config import load_config
 from chat_app.persistence import NOT_KEPT, HistoryDataLayer
 from chat_app.state import RuntimeHolder
@@ -69,9 +68,6 @@ page_text.install()
 welcome.serve(welcome.render_chainlit_md(SPECS, BASE_MODEL))
 log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)
 
-LANGCHAIN_IGNORE = ["RunnableSequence", "RunnableParallel", "RunnableAssign", "RunnableLambda", "<lambda>",
-                    "prompt template", "history"]
-LANGCHAIN_KEEP = ["retriever", "llm", "agent", "chain", "tool", "prompt"]
 UPLOAD_TASKS = ("classify", "extract")
 COMPARE_REFRESH_S = 0.5  # how often Compare's progress message shows the answer being generated
 CHUNK = {"classify": 32, "extract": 8}  # texts per model call in a batch upload (progress in between)
@@ -650,29 +646,8 @@ async def _ready_runtime() -> Runtime:
     return HOLDER.runtime
 
 
-class StepsTracer(cl.LangchainCallbackHandler):
-    """Chainlit's LangChain steps, except that a run the user stopped (the Stop button cancels the
-    task; ``chains.stopped_by_user``) ends as "stopped by you" rather than as a failed step with an
-    error mark, or with the app's reason (a closed page, a chat left)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # the message's task, whose stop reason the steps give: LangChain calls handlers in tasks of its own
-        self.message_task = asyncio.current_task()
-
-    async def _on_error(self, error: BaseException, *, run_id, **kwargs):
-        step = self.steps.get(str(run_id))
-        if not chains.stopped_by_user(error) or step is None:
-            return await super()._on_error(error, run_id=run_id, **kwargs)
-        context_var.set(self.context)
-        step.output, step.end = _stop_reason(self.message_task), utc_now()
-        await step.update()
-
-    on_chain_error = on_llm_error = on_tool_error = on_retriever_error = _on_error
-
-
 def _callbacks() -> dict:
-    return {"callbacks": [StepsTracer(to_ignore=LANGCHAIN_IGNORE, to_keep=LANGCHAIN_KEEP)]}
+    return {"callbacks": [steps.StepsTracer(stop_reason=_stop_reason)]}
 
 
 def _variant(runtime: Runtime, profile: handlers.Profile, settings: handlers.Settings) -> handlers.Variant:

@@ -373,6 +373,9 @@ def test_leaving_a_chat_stops_its_answer_and_says_why(server, browser):
     choose_profile(page, "Chat")  # another profile: a new chat, and the answer's own is left
     stored_answer(server.database, "stopped: the chat was left", 30, thread_of="%(chat left)%")
     assert stored_step_outputs(server.database, "runtime.generate", "%(chat left)%") == ["stopped: the chat was left"]
+    # the steps show what the chain received: a streamed run's input had shown as {"input": ""}
+    (shown,) = stored_step_values(server.database, "input", "medquad - generate - fine-tuned", "%(chat left)%")
+    assert json.loads(shown) == {"history": [], "text": "What causes cataracts? (chat left)"}, shown
     page.context.close()
 
 
@@ -865,14 +868,21 @@ def test_nothing_left_this_machine_and_no_message_text_in_the_log(server):
 def stored_step_outputs(database: Path, name: str, thread_of: str, timeout: float = 15) -> list[str]:
     """The outputs of the steps called ``name`` in the chat with a message ``LIKE thread_of``, once
     there is one (waits for the write)."""
+    return stored_step_values(database, "output", name, thread_of, timeout)
+
+
+def stored_step_values(database: Path, column: str, name: str, thread_of: str, timeout: float = 15) -> list[str]:
+    """``column`` ("input", "output") of the steps called ``name`` in the chat with a message ``LIKE
+    thread_of``, once there is one (waits for the write)."""
+    assert column in ("input", "output"), column
     deadline = time.monotonic() + timeout
     while True:
         with sqlite3.connect(database) as db:
-            outputs = [row[0] for row in db.execute(
-                'SELECT "output" FROM steps WHERE "name" = ? AND "output" != \'\' AND "threadId" IN '
+            values = [row[0] for row in db.execute(
+                f'SELECT "{column}" FROM steps WHERE "name" = ? AND "{column}" != \'\' AND "threadId" IN '
                 '(SELECT "threadId" FROM steps WHERE "output" LIKE ?)', (name, thread_of))]
-        if outputs or time.monotonic() > deadline:
-            return outputs
+        if values or time.monotonic() > deadline:
+            return values
         time.sleep(0.25)
 
 

@@ -378,6 +378,57 @@ def test_the_stop_button_cancelling_the_task_closes_the_models_stream(tiny_base,
     assert "stopped by you" in footer and "cut at" not in footer
 
 
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_streamed_answer_s_steps_show_the_input_the_chain_received(tiny_base, catalog, stopped):
+    """LangChain starts a run it streams before the run's input has arrived, reporting it as
+    ``{"input": ""}``, and hands the input over when the run ends. Chainlit's tracer set a step's
+    input at the start only, so the steps of every generated answer showed ``{"input": ""}``; the
+    app's ``StepsTracer`` fills it in at the end, also for a stopped answer."""
+    from chainlit.context import init_http_context
+
+    from chat_app import steps
+
+    rt = runtime(tiny_base, catalog)
+    history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+    question = "What causes glaucoma?"
+
+    async def shown_steps() -> dict[str, dict]:
+        """Each step as the page last got it, by name."""
+        context, shown, pieces = init_http_context(), {}, []
+
+        async def update_step(step_dict):
+            shown[step_dict["name"]] = step_dict
+
+        async def send(piece):
+            pieces.append(piece)
+            await asyncio.sleep(0)
+
+        context.emitter.update_step = update_step
+        chain = chains.generate_chain(rt, "medquad", base=True, temperature=0, max_new_tokens=400 if stopped else 6)
+        tracer = steps.StepsTracer(stop_reason=lambda task: "stopped: the page was closed")
+        task = asyncio.create_task(chains.stream_pieces(chain, {"history": history, "text": question},
+                                                        {"callbacks": [tracer]}, send))
+        if stopped:
+            while len(pieces) < 2:
+                await asyncio.sleep(0.01)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return shown
+
+    shown = asyncio.run(asyncio.wait_for(shown_steps(), 60))
+    answer = shown[chains.run_name("medquad", "generate", "base")]  # the step the page shows first
+    runtime_step = shown["runtime.generate"]  # the model call, within it
+    assert json.loads(answer["input"]) == {"history": history, "text": question}, answer["input"]
+    assert json.loads(runtime_step["input"])["text"] == question, runtime_step["input"]
+    assert question in json.dumps(json.loads(runtime_step["input"])["prompt"])  # the rendered prompt
+    assert answer["showInput"] == runtime_step["showInput"] == "json"
+    if stopped:
+        assert answer["output"] == runtime_step["output"] == "stopped: the page was closed"
+    else:
+        assert json.loads(runtime_step["output"])["output"]  # the answer, as before
+
+
 # --- input checks and uploads -------------------------------------------------------------------
 
 @pytest.mark.parametrize("text", ["", "   \n\t", None])
