@@ -879,12 +879,16 @@ async def _compare(runtime: Runtime, text: str, adapter: str, chosen_by: str | N
             outcomes.append(await _compare_column(runtime, spec, text, settings, name, base, shots, config, pieces,
                                                   progress))
     except asyncio.CancelledError:  # the Stop button: the columns that ran are kept, as other profiles keep theirs
-        running, reason = columns[len(outcomes)][0], _stop_reason()
-        for name, *_ in columns[len(outcomes):]:
+        running, reason, seconds = columns[len(outcomes)][0], _stop_reason(), time.perf_counter() - started
+        for name, _, shots, _ in columns[len(outcomes):]:
             partial = "".join(pieces) if name == running else ""
-            outcomes.append(handlers.Outcome(name, partial, time.perf_counter() - started, stopped=reason,
-                                             output_tokens=runtime.backend.count_tokens(partial))
-                            if partial else handlers.Outcome(name, unavailable=f"{reason} before it ran", stopped=reason))
+            if not partial:
+                outcomes.append(handlers.Outcome(name, unavailable=f"{reason} before it ran", stopped=reason))
+                continue
+            # its prompt counted as a column that ran counts it ("52 in / 74 out", not "74 out")
+            prompt_tokens = await _prompt_tokens(runtime, adapter, text, settings, shots)
+            outcomes.append(handlers.Outcome(name, partial, seconds, prompt_tokens,
+                                             runtime.backend.count_tokens(partial), stopped=reason))
     content = handlers.compare_markdown(spec, text, outcomes, chosen_by)
     if spec.task == "generate":
         ban = spec.generation.no_repeat_ngram_size
@@ -934,6 +938,12 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
         output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at, limit)
         cut_at = info.cut_at
     seconds = time.perf_counter() - started
+    prompt_tokens = await _prompt_tokens(runtime, adapter, text, settings, shots)
+    return handlers.Outcome(name, result, seconds, prompt_tokens, output_tokens, cut_at=cut_at)
+
+
+async def _prompt_tokens(runtime: Runtime, adapter: str, text: str, settings, shots) -> int:
+    """The tokens of a Compare column's prompt as the model reads it (cut to fit, for a long text)."""
     prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
                                      system=settings.system, examples=shots, max_new_tokens=settings.max_new_tokens)
-    return handlers.Outcome(name, result, seconds, runtime.backend.count_tokens(prompt), output_tokens, cut_at=cut_at)
+    return runtime.backend.count_tokens(prompt)

@@ -1203,7 +1203,7 @@ def _one_line(markdown: str) -> str:
 
 
 def _tokens(o: Outcome) -> str:
-    """"N in / M out"; a column stopped while generating knows only what it wrote: "M out"."""
+    """"N in / M out" (a column stopped while generating too: the answer so far); "—" when unknown."""
     if o.prompt_tokens is None and o.output_tokens is None:
         return "—"
     cut = f" (cut at the {o.cut_at}-token limit)" if o.cut_at is not None else ""

@@ -740,6 +740,9 @@ def test_stopping_a_comparison_keeps_the_columns_that_ran(server, browser):
     rows = {r.locator("td").first.inner_text(): r for r in table.locator("tbody tr").all()}
     status = [c.inner_text() for c in rows["status"].locator("td").all()[1:]]
     assert status[0] == "ran" and "stopped by you" in status[2], status
+    # the stopped column counts its prompt as the column that ran does (it had said only "61 out")
+    tokens = [c.inner_text() for c in rows["tokens"].locator("td").all()[1:]]
+    assert all(re.match(r"\d+ in / \d+ out", t) for t in tokens[:2]), tokens
     assert rows["answer"].locator("td").nth(1).inner_text().strip() not in ("", "—", "(empty)")
     shot(page, "11b-compare-stopped")
     # the settings panel names the adapter the command picked, not the one it said before

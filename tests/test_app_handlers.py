@@ -704,8 +704,8 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     cut = handlers.compare_markdown(specs["medquad"], "q", [handlers.Outcome("base", "a", 2.0, 50, 64, cut_at=64)])
     assert "50 in / 64 out (cut at the 64-token limit)" in cut
     stopped = handlers.compare_markdown(specs["medquad"], "q", [
-        handlers.Outcome("base", "so far", 2.0, output_tokens=7, stopped="stopped by you")])
-    assert "| tokens | 7 out |" in stopped  # a stopped column shows what it wrote, not "—"
+        handlers.Outcome("base", "so far", 2.0, 52, 7, stopped="stopped by you")])
+    assert "| tokens | 52 in / 7 out |" in stopped  # a stopped column: its prompt and what it wrote, not "—"
     assert "| output | valid | valid | ⚠️ repaired |" in md  # no green check: valid JSON can hold invented values
 
 
