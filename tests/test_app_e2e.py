@@ -743,6 +743,8 @@ def test_stopping_a_comparison_keeps_the_columns_that_ran(server, browser):
     # the stopped column counts its prompt as the column that ran does (it had said only "61 out")
     tokens = [c.inner_text() for c in rows["tokens"].locator("td").all()[1:]]
     assert all(re.match(r"\d+ in / \d+ out", t) for t in tokens[:2]), tokens
+    # the columns' names each on one line: "fine-tuned", squeezed beside two answers, had broken at its hyphen
+    assert [lines_of(th) for th in table.locator("thead th").all()[1:]] == [1, 1, 1]
     assert rows["answer"].locator("td").nth(1).inner_text().strip() not in ("", "—", "(empty)")
     shot(page, "11b-compare-stopped")
     # the settings panel names the adapter the command picked, not the one it said before
@@ -750,6 +752,12 @@ def test_stopping_a_comparison_keeps_the_columns_that_ran(server, browser):
     assert "medquad" in page.locator("#compare_adapter").inner_text()
     page.keyboard.press("Escape")
     page.context.close()
+
+
+def lines_of(element) -> int:
+    """How many lines the element's text takes on the page."""
+    return element.evaluate("e => { const r = document.createRange(); r.selectNodeContents(e); "
+                            "return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }")
 
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
