@@ -17,7 +17,8 @@ from adapters.spec import FORMAT_TASKS, AdapterSpec, DataSpec, PromptSpec, Split
 from training.data import (DATA_DIR_ENV, DataError, DataNotFoundError, Example, cap_words, data_candidates,
                            deduplicate, few_shot_examples, label_counts, load_examples, load_splits,
                            near_duplicate_pairs, normalise_text, oversample_minority, portable_source,
-                           read_medquad_csv, read_oncology_jsonl, read_sms_spam, split_examples)
+                           read_medquad_csv, read_oncology_jsonl, read_sms_spam, split_examples,
+                           with_test_file)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -525,6 +526,42 @@ def test_near_duplicates_set_in_the_spec_never_straddle_splits():
 
     assert any(len(splits_of(plain, k)) > 1 for k in range(3))  # by exact text alone, a campaign is spread
     assert all(len(splits_of(linked, k)) == 1 for k in range(3))  # linked, each stays in one split
+
+
+def test_a_test_file_replaces_the_test_split_without_the_texts_training_has_seen(tmp_path):
+    """``eval --test-data``: a held-out file is measured on its own examples, never on one whose text
+    (or, where the spec links them, a near duplicate of it) is in the training or validation split."""
+    import dataclasses
+
+    spec = make_spec("classify")
+    spec = dataclasses.replace(spec, data=dataclasses.replace(
+        spec.data, split=dataclasses.replace(spec.data.split, near_duplicates=0.5)))
+    rng = random.Random(1)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(400)]
+    lines = [f"{'spam' if i % 4 == 0 else 'ham'}\t{' '.join(rng.sample(words, 8))}" for i in range(60)]
+    splits = load_splits(spec, write(tmp_path / "SMSSpamCollection", "\n".join(lines) + "\n"))
+    trained = splits.train[0]
+    seen = splits.validation[0].input
+    held_out = write(tmp_path / "held-out.tsv", "\n".join([
+        f"{trained.target}\t  {trained.input.upper()} ",  # a training text, in other case and spacing
+        f"ham\t{seen} please",  # a validation text with a word added: a near duplicate
+        "ham\tAre we still meeting for lunch today? I can bring the notes",
+        "spam\tFREE entry to a weekly draw, text WIN to 80086 to claim your prize",
+        "ham\tAre we still meeting for lunch today? I can bring the notes",  # a repeat within the file
+        "maybe\tan unknown label",
+    ]) + "\n")
+    result = with_test_file(spec, splits, held_out)
+    assert [ex.input for ex in result.test] == ["Are we still meeting for lunch today? I can bring the notes",
+                                                "FREE entry to a weekly draw, text WIN to 80086 to claim your prize"]
+    assert result.train == splits.train and result.validation == splits.validation
+    t = result.report.test_data
+    assert t["rows"] == 6 and t["duplicates_removed"] == 1 and t["examples"] == 2
+    assert t["in_training_or_validation"] == {"same_text": 1, "near_duplicates": 1}
+    assert sum(t["skipped"].values()) == 1  # the unknown label, counted as the training data's would be
+    assert result.report.test == 2 and result.report.label_counts["test"] == {"ham": 1, "spam": 1}
+    assert splits.report.test_data is None and len(splits.test) > 2  # the splits given are left as they were
+    with pytest.raises(DataNotFoundError, match="test data file not found: .*missing.tsv"):
+        with_test_file(spec, splits, tmp_path / "missing.tsv")
 
 
 def _no_overlap(splits, key):

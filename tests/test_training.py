@@ -678,6 +678,43 @@ def test_eval_measures_without_losing_what_the_catalogue_holds(trained, tiny_bas
     assert "has no trained weights" in capsys.readouterr().err and not (tmp_path / "q3").exists()
 
 
+def test_eval_on_a_held_out_file_writes_its_own_metrics_and_card(trained, tiny_base, tmp_path, capsys):
+    """`adapterlab eval spam --test-data FILE --output DIR`: the shipped adapter measured on someone's
+    held-out file, its texts that training saw left out, the catalogue's own metrics untouched."""
+    import shutil
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(trained.parent, catalog)
+    data = trained.parent.parent / "SMSSpamCollection"
+    kept = {name: (catalog / "spam" / name).read_text() for name in ("metrics.json", "README.md")}
+    from training.data import load_splits
+
+    splits = load_splits(load_catalog(catalog)["spam"], data)
+    seen = [f"{ex.target}\t{ex.input}" for ex in (*splits.train, *splits.validation)]
+    held_out = tmp_path / "held-out.tsv"
+    held_out.write_text(f"{seen[0]}\nham\tare we still on for lunch\nspam\tclaim your free ringtone now\n")
+    command = ["eval", "spam", "--catalog", str(catalog), "--base-model", str(tiny_base), "--data", str(data),
+               "--device", "cpu", "--test-data", str(held_out)]
+    capsys.readouterr()
+    assert main(command) == 2  # no --output: the catalogue's metrics would be replaced by another test set's
+    assert "--test-data: give --output DIR" in capsys.readouterr().err
+    out = tmp_path / "held-out-eval"
+    assert main([*command, "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_data = metrics["split"]["test_data"]
+    assert test_data["in_training_or_validation"] == {"same_text": 1, "near_duplicates": 0}
+    assert metrics["test_examples"] == 2 == test_data["examples"]
+    assert f"test data: {held_out}: 3 rows, 2 evaluated (0 duplicates, 1 also in the training" in err
+    card = (out / "README.md").read_text()
+    assert "Test file `.../" in card and f"--test-data .../{held_out.parent.name}/held-out.tsv" in card
+    assert {name: (catalog / "spam" / name).read_text() for name in kept} == kept
+    everything_seen = tmp_path / "seen.tsv"
+    everything_seen.write_text("\n".join(seen) + "\n")
+    assert main([*command[:-1], str(everything_seen), "--output", str(tmp_path / "none")]) == 2
+    assert "no example left to evaluate" in capsys.readouterr().err
+
+
 def test_the_loss_plot_of_a_run_that_logged_no_loss_says_so_without_a_warning(tmp_path):
     import warnings
 

@@ -93,7 +93,7 @@ def _rows_text(split: dict) -> str:
 def _details_text(split: dict) -> str:
     shown = {k: v for k, v in split.items() if k not in ("train", "validation", "test", "source", "source_sha256",
                                                          "rows", "skipped", "skipped_lines", "notes",
-                                                         "duplicates_removed")}
+                                                         "duplicates_removed", "test_data")}
     text = json.dumps(shown, default=str)
     return text if len(text) <= 600 else text[:600] + " …"  # metrics.json holds it all
 
@@ -274,7 +274,7 @@ def _results_section(spec: AdapterSpec, metrics: dict, out_dir: Path) -> str:
     plots = [p for p in (*PLOT_FILES, "loss.png") if (out_dir / p).is_file()]
     targets = "\n".join(f"- {'✅' if t['met'] else '❌'} {t['metric']} {t['target']}: measured {shown_value(t['value'])}"
                         for t in check_targets(spec, variants))
-    return f"""Held-out test split, {metrics.get('test_examples')} examples{'' if metrics.get('test_examples') == metrics.get('test_split_size') else f" (the first {metrics.get('test_examples')} of {metrics.get('test_split_size')}, in the split's seeded order)"}; the same examples for every column.
+    return f"""{_test_set_text(metrics)}; the same examples for every column.
 *base* is the base model with this prompt, *few-shot* adds {metrics.get('few_shot_k')} training examples to the prompt{_few_shot_text(metrics)},
 *fine-tuned* is this adapter.{f' BERTScore encoder: `{encoder}`.' if encoder else ''}{_references_text(spec)}{_extract_text(spec)}{_evaluated_on(metrics)}
 
@@ -303,12 +303,37 @@ def _metric_tables(spec: AdapterSpec, metrics: dict) -> str:
     return table
 
 
+def _test_set_text(metrics: dict) -> str:
+    """Which examples the results are of: the split's test part, or a test file given to ``eval --test-data``."""
+    shown, total = metrics.get("test_examples"), metrics.get("test_split_size")
+    first = "" if shown == total else f" (the first {shown} of {total}, in the file's order)"
+    test_data = (metrics.get("split") or {}).get("test_data")
+    if test_data:
+        return (f"Test file `{test_data['source']}` (sha256 `{test_data['sha256']}`), {shown} examples{first}: "
+                "its usable examples that are not in the training or validation split, instead of the split's test part")
+    first = first.replace("the file's order", "the split's seeded order")
+    return f"Held-out test split, {shown} examples{first}"
+
+
+def _test_data_text(split: dict) -> str:
+    """The data section's line on a test file that replaced the test split; "" when none did."""
+    t = split.get("test_data")
+    if not t:
+        return ""
+    overlap = t.get("in_training_or_validation") or {}
+    skipped = ", ".join(f"{n} {reason}" for reason, n in (t.get("skipped") or {}).items()) or "none"
+    return (f"\n- Test file: `{t['source']}`: {t.get('rows')} rows read, {t.get('duplicates_removed', 0)} duplicates "
+            f"removed, {overlap.get('same_text', 0)} with a text in the training or validation split and "
+            f"{overlap.get('near_duplicates', 0)} near duplicates of one left out, skipped: {skipped}; "
+            f"{t.get('examples')} examples evaluated")
+
+
 def _data_section(spec: AdapterSpec, split: dict) -> str:
     """Where the examples came from and how they were split (``split``: metrics.json's record)."""
     data_source = spec.data.hub_id or spec.data.local_path
     return f"""- Source: `{data_source}`{'' if data_source == spec.data.local_path else f" (local copy `{spec.data.local_path}` when present)"}{_read_from(split)}
 - Split: seed {split.get('seed', spec.data.split.seed)}; train {split.get('train', '—')}, validation {split.get('validation', '—')}, test {split.get('test', '—')} examples; duplicates removed before splitting{', grouped by `' + spec.data.split.group_by + '`' if spec.data.split.group_by else ''}{_near_duplicates_text(split)}
-- Rows: {_rows_text(split)}
+- Rows: {_rows_text(split)}{_test_data_text(split)}
 - Details: `{_details_text(split)}`"""
 
 
@@ -350,6 +375,9 @@ def _reproduce_section(spec: AdapterSpec, metrics: dict) -> str:
     """The commands that retrain and re-evaluate this adapter as it was."""
     options = f"{catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))}"
     limit = '' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"
+    test_data = (metrics.get("split") or {}).get("test_data")
+    if test_data:
+        limit += f" --test-data {test_data['source']} --output DIR"
     trained_on = (metrics.get("training") or {}).get("device", "—")
     return f"""```bash
 adapterlab train {spec.name}{options} --no-eval    # trained on: {trained_on}

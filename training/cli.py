@@ -34,6 +34,9 @@ def register(sub, bench_sub) -> None:
                          "a decision threshold is part of the weights, so one tuned now is stored beside them")
     ev.add_argument("--replace", action="store_true",
                     help="let a smaller evaluation (fewer examples or variants) replace the adapter's metrics.json")
+    ev.add_argument("--test-data", default=None, metavar="FILE",
+                    help="evaluate on every usable example of FILE (in the spec's data format) instead of the "
+                         "test split; examples also in the training or validation split are left out (needs --output)")
     ev.set_defaults(func=cmd_eval)
 
     card = sub.add_parser("card", help="rewrite an adapter's model card from its metrics.json and spec "
@@ -117,6 +120,9 @@ def cmd_eval(args) -> int:
     if unknown or not variants:
         raise UsageError(f"--variants: {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(VARIANTS)}")
     out_dir = Path(args.output) if args.output else spec.directory
+    if args.test_data and out_dir.resolve() == spec.directory.resolve():
+        raise UsageError("--test-data: give --output DIR for its results; the adapter's folder keeps the "
+                         "metrics of its own test split, which its card and the app show")
     check_output_folder(out_dir, "--output")
     if "fine_tuned" in variants:
         if variants == ("fine_tuned",) and not spec.has_weights:  # nothing would be measured
@@ -127,7 +133,9 @@ def cmd_eval(args) -> int:
         needs["validation"] = "tuning the decision threshold"
     if "few_shot" in variants and FEW_SHOT_DRAWS > 1:
         needs["validation"] = "choosing the few-shot examples"
-    splits = _splits(spec, args, needs)
+    splits = _splits(spec, args, {k: v for k, v in needs.items() if not (k == "test" and args.test_data)})
+    if args.test_data:
+        splits = _test_file_splits(spec, splits, args.test_data)
     if out_dir.resolve() == spec.directory.resolve() and not args.replace:
         examples = min(args.eval_limit or len(splits.test), len(splits.test))
         loss = measurements_lost(spec.directory / "metrics.json", variants, examples)
@@ -183,6 +191,22 @@ def cmd_card(args) -> int:
     metrics = read_metrics_file(metrics_file)
     return refresh_generated(spec.directory / "README.md", card_text(spec, metrics, spec.directory),
                              "model card", f"adapterlab card {spec.name}", args.check)
+
+
+def _test_file_splits(spec, splits, path: str):
+    """``splits`` with the test file's examples as the test split (``data.with_test_file``); says
+    what was read and left out, and refuses a file with nothing left to evaluate."""
+    from .data import with_test_file
+
+    splits = with_test_file(spec, splits, path)
+    t = splits.report.test_data
+    overlap = t["in_training_or_validation"]
+    print(f"test data: {t['source']}: {t['rows']} rows, {t['examples']} evaluated ({t['duplicates_removed']} "
+          f"duplicates, {overlap['same_text']} also in the training or validation split, {overlap['near_duplicates']} "
+          f"near duplicates of those left out; skipped {t['skipped'] or 'none'})", file=sys.stderr)
+    if not splits.test:
+        raise UsageError(f"--test-data {path}: no example left to evaluate ({t['rows']} rows read; see above)")
+    return splits
 
 
 def _evaluate(name: str, args, splits, train_result, variants=None, out_dir: Path | None = None) -> None:

@@ -142,11 +142,15 @@ class SplitReport:
     notes: list[str] = field(default_factory=list)
     skipped_lines: dict[str, list[int]] = field(default_factory=dict)
     source_sha256: str | None = None  # of a local file: shows two runs read the same data
+    test_data: dict[str, Any] | None = None  # a test file that replaced the test split (``with_test_file``)
 
     def as_record(self) -> dict[str, Any]:
-        """This report as metrics.json and the model card keep it: ``source`` without this
+        """This report as metrics.json and the model card keep it: sources without this
         machine's folders (see ``portable_source``), since those files are committed and shared."""
-        return {**dataclasses.asdict(self), "source": portable_source(self.source)}
+        record = {**dataclasses.asdict(self), "source": portable_source(self.source)}
+        if self.test_data is not None:
+            record["test_data"] = {**self.test_data, "source": portable_source(self.test_data["source"])}
+        return record
 
 
 @dataclass
@@ -780,6 +784,15 @@ def few_shot_examples(train: Sequence[Example], k: int, seed: int, *,
 
 # --- the whole thing --------------------------------------------------------------------------
 
+def capped_targets(spec: AdapterSpec, examples: list[Example]) -> tuple[list[Example], int]:
+    """``examples`` with a generate spec's answers capped at ``data.max_target_words`` (what is
+    trained on and scored against), and how many were cut."""
+    if spec.task != "generate" or spec.data.max_target_words is None:
+        return examples, 0
+    capped = [dataclasses.replace(ex, target=cap_words(ex.target, spec.data.max_target_words)) for ex in examples]
+    return capped, sum(c.target != ex.target for c, ex in zip(capped, examples))
+
+
 def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: str | Path | None = None,
                 root: str | Path | None = None, hub: bool = True, seed: int | None = None,
                 oversample: bool | float | None = None) -> Splits:
@@ -796,14 +809,7 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
     seed = split.seed if seed is None else seed
     kept, removed, conflicts = deduplicate(examples, spec.task)
     notes = list(loaded.notes)
-    capped = 0
-    if spec.task == "generate" and spec.data.max_target_words is not None:
-        capped_examples = []
-        for example in kept:
-            target = cap_words(example.target, spec.data.max_target_words)
-            capped += target != example.target
-            capped_examples.append(dataclasses.replace(example, target=target))
-        kept = capped_examples
+    kept, capped = capped_targets(spec, kept)
     stratify = spec.task == "classify"
     links = near_duplicate_pairs([ex.input for ex in kept], split.near_duplicates) if split.near_duplicates else []
     train, validation, test = split_examples(kept, validation=split.validation, test=split.test, seed=seed,
@@ -836,3 +842,36 @@ def load_splits(spec: AdapterSpec, path: str | Path | None = None, *, data_dir: 
         if missing:
             report.notes.append("no training example of " + ", ".join(map(repr, missing)))
     return splits
+
+
+def with_test_file(spec: AdapterSpec, splits: Splits, path: str | Path) -> Splits:
+    """``splits`` with its test split replaced by the usable examples of ``path``, a file in the
+    spec's format (another portion of the data set, held out by someone else): de-duplicated, and
+    without any whose text is also in the training or validation split (exactly after
+    normalisation, or, when the spec links near duplicates, as a near duplicate). The few-shot
+    examples and the decision threshold still come from ``splits``' own training and validation
+    splits, so the measurement is of the shipped adapter on data it has not seen."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"adapter {spec.name!r}: test data file not found: {path.resolve()}")
+    examples, loaded = read_file(spec, path.resolve())
+    kept, removed, _ = deduplicate(examples, spec.task)
+    seen = [ex.input for ex in (*splits.train, *splits.validation)]
+    known = {normalise_text(text) for text in seen}
+    fresh = [ex for ex in kept if normalise_text(ex.input) not in known]
+    exact = len(kept) - len(fresh)
+    threshold = spec.data.split.near_duplicates
+    near: set[int] = set()
+    if threshold and fresh:
+        pairs = near_duplicate_pairs([*seen, *(ex.input for ex in fresh)], threshold)
+        near = {j - len(seen) for i, j in pairs if i < len(seen) <= j}  # i < j in every pair
+    test, capped = capped_targets(spec, [ex for i, ex in enumerate(fresh) if i not in near])
+    record = {"source": loaded.source, "sha256": sha256_of(Path(loaded.source), progress=False), "rows": loaded.rows,
+              "skipped": loaded.skipped, "skipped_lines": loaded.skipped_lines, "duplicates_removed": removed,
+              "in_training_or_validation": {"same_text": exact, "near_duplicates": len(near)},
+              "examples": len(test), "targets_capped": capped, "notes": list(loaded.notes)}
+    report = dataclasses.replace(splits.report, test=len(test), test_data=record)
+    result = Splits(train=splits.train, validation=splits.validation, test=test, report=report)
+    if report.label_counts is not None:
+        report.label_counts = label_counts(result)
+    return result
