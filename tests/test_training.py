@@ -459,6 +459,18 @@ def test_a_max_seq_length_that_leaves_no_answer_token_is_refused(catalog, tiny_b
     assert not (catalog / "spam" / "adapter_model.safetensors").exists()
 
 
+def test_a_target_module_the_base_lacks_is_refused_with_the_spec_and_the_names_it_has(catalog, tiny_base, tmp_path,
+                                                                                     capsys):
+    """PEFT refuses target_modules only when none matches: a typo beside valid names trained without it."""
+    spec = catalog / "spam" / "adapter.yaml"
+    spec.write_text(spec.read_text().replace("target_modules: [q_proj,", "target_modules: [q_prj,"))
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    assert main(train_args(catalog, tiny_base, data, tmp_path / "runs", "--max-steps", "2", "--no-eval")) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}: lora.target_modules: 'q_prj' names no module of" in err and "q_proj" in err
+    assert not (catalog / "spam" / "adapter_model.safetensors").exists()
+
+
 def test_answers_cut_by_max_seq_length_are_counted(tiny_base):
     from transformers import AutoTokenizer
 

@@ -237,6 +237,7 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
     # no bf16 autocast there, so bf16 weights would also mean bf16 activations and gradients
     options = LoadOptions(device=device, load_in_4bit=qlora, dtype="bfloat16" if on_cuda else "float32")
     model, tokenizer = load_base(base, options, progress=progress)
+    check_target_modules(spec, model, canonical_name(base))
     if t.batching == "packed":
         use_packed_attention(model)  # attention within each packed example, without a block mask
     if qlora:
@@ -270,6 +271,19 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
         # their evaluation
         clear_run_folder(run_dir)
     return result
+
+
+def check_target_modules(spec: AdapterSpec, model, base: str) -> None:
+    """Refuse ``lora.target_modules`` names that match no module of the base (a typo such as
+    ``q_prj``): PEFT complains only when none matches, and trains the others without a word."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in spec.lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        import torch
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"{spec.directory / 'adapter.yaml'}: lora.target_modules: {', '.join(map(repr, missing))} "
+                         f"names no module of {base} (its linear layers: {', '.join(linear)})")
 
 
 def sft_trainer(spec: AdapterSpec, model, tokenizer, args, train_rows: list[dict], eval_rows: list[dict],
