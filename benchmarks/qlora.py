@@ -22,6 +22,7 @@ from pathlib import Path
 
 from adapters.environment import environment
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
+from adapters.cli import check_output_path
 
 from .serve import RESULTS_DIR
 from .train import write_json_atomic
@@ -84,6 +85,8 @@ def cmd_bench_qlora(args) -> int:
         raise ValueError(f"--shape {args.shape!r}: use one of {', '.join(SHAPES)}")
     if args.seq_len < 16 or args.steps < 2:
         raise ValueError("--seq-len must be >= 16 and --steps >= 2")
+    if args.output:  # named before the run, not when its result is written
+        check_output_path(Path(args.output))
     device = LoadOptions(device=args.device).torch_device()
     on_cuda = device.startswith("cuda")
     spec = get_spec(load_catalog(args.catalog), args.adapter)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, load_catalog
-from adapters.cli import positive_int
+from adapters.cli import check_output_path, positive_int
 from adapters.environment import environment
 from adapters.files import write_text_atomic
 from adapters.runtime import Runtime
@@ -336,6 +336,8 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 def run_serve(args) -> int:
     from adapters.base_models import LoadOptions
 
+    if args.output:  # named before minutes of measuring, not when the result is written
+        check_output_path(Path(args.output))
     options = LoadOptions(dtype=args.dtype, device=args.device)
     if "spam" not in load_catalog(args.catalog):  # the benchmark times the spam check: refused before loading
         raise ValueError(f"bench serve times the `spam` adapter's checks, and the catalogue {args.catalog} "

@@ -33,6 +33,7 @@ from typing import Any
 
 from adapters.environment import environment
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
+from adapters.cli import check_output_path
 from adapters.files import write_text_atomic
 
 from .serve import RESULTS_DIR
@@ -366,6 +367,8 @@ def cmd_bench_train(args) -> int:
         raise ValueError("--examples, --val-examples and --repeat must be >= 1")
     if args.warmup_examples < 0:
         raise ValueError("--warmup-examples must be >= 0")
+    if args.output:  # named before the runs, not when their result is written
+        check_output_path(Path(args.output))
     spec = get_spec(load_catalog(args.catalog), args.adapter)
     base = args.base_model or spec.base_model
     device = LoadOptions(device=args.device).torch_device()

@@ -456,6 +456,21 @@ def test_bench_serve_on_a_catalogue_without_spam_is_refused_before_loading(tmp_p
     assert "has no adapter called spam" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["serve"], ["train"], ["qlora", "--shape", "tiny"]])
+def test_a_bench_output_that_cannot_be_written_is_refused_before_running(command, tmp_path, capsys, monkeypatch):
+    """`bench serve --output FILE/x.json` measured for minutes, then ended with "[Errno 17] File exists"."""
+    from adapters.base_models import LoadOptions
+    from adapters.cli import main
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(LoadOptions, "torch_device", lambda self: pytest.fail("the benchmark went on"))
+    (tmp_path / "a-file").write_text("")
+    output = tmp_path / "a-file" / "result.json"
+    assert main(["bench", *command, "--device", "cpu", "--output", str(output)]) == 2
+    assert f"--output {output}: {tmp_path / 'a-file'} is a file, not a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option", ["--calls", "--batch", "--runs", "--tokens", "--switch-rounds"])
 def test_bench_serve_refuses_a_count_below_one_before_loading(option, capsys, monkeypatch):
     """`--batch 0` ran until after the model loaded, then ended with "range() arg 3 must not be zero"."""
