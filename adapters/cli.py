@@ -269,9 +269,10 @@ def read_jsonl_texts(path: Path, reserved: tuple[str, ...] = ()) -> list[dict]:
     data = _input_bytes(Path(path))
     if data.startswith(codecs.BOM_UTF8):  # files saved by Excel or Notepad start with one
         data = data[len(codecs.BOM_UTF8):]
+    name = "standard input" if Path(path) == STANDARD_STREAM else path  # not "-:3"
     rows, problems = [], []
     for number, raw in enumerate(data.splitlines(), start=1):
-        where = f"{path}:{number}"
+        where = f"{name}:{number}"
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -305,7 +306,7 @@ def read_jsonl_texts(path: Path, reserved: tuple[str, ...] = ()) -> list[dict]:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UsageError(f"{len(problems)} bad line(s) in the input, nothing was run:\n  {shown}{more}")
     if not rows:
-        raise UsageError(f"{path}: no input lines")
+        raise UsageError(f"{name}: no input lines")
     return rows
 
 

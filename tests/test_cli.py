@@ -314,6 +314,17 @@ def test_standard_input_and_output_with_a_dash_and_a_byte_order_mark(cli, tmp_pa
     assert "wrote 2 lines to standard output" in err and not (tmp_path / "-").exists()
 
 
+@pytest.mark.parametrize("data, problem", [(b'{"text": "hello"}\nnot json\n', "standard input:2: not valid JSON"),
+                                           (b"\n", "standard input: no input lines")])
+def test_bad_standard_input_is_named_as_such_not_as_a_dash(cli, monkeypatch, data, problem):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    err = assert_refused(cli("predict", "spam", "--base", "--input", "-", "--output", "-"), problem)
+    assert "-:" not in err
+
+
 @pytest.mark.parametrize("where", ["folder", "under a file"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(cli, tmp_path, monkeypatch, where):
     from adapters.runtime import Runtime
