@@ -215,13 +215,8 @@ class LocalBackend:
         self._static_decoder: Any = None  # adapters.decoding.StaticDecoder, made on first CUDA use
         self._rows: Any = None  # adapters.row_decoding.RowDecoder, made on the first stream
         self._switch_layers: list | None = None  # LoRA layers switched directly (None: not looked yet)
-        # streams waiting for the model, decoded together as rows (adapters.row_decoding) where the fused
-        # forward applies. Else on a GPU one at a time: there an eager batch through PEFT's mixed-adapter
-        # generate took 190 ms a step for 7 rows, 6.8x slower in all than graph-replayed streams in
-        # turn (benchmarks/results/serve-cuda-h200.json of 2026-11-30, before row decoding)
-        on_gpu = next(model.parameters()).device.type == "cuda"
         self._rows_apply = FusedLlama.applies(model)  # whether row decoding covers this model
-        self._streams = StreamQueue(max_batch=1 if on_gpu and not self._rows_apply else MAX_STREAM_BATCH)
+        self._streams = StreamQueue(max_batch=self._default_stream_batch())  # streams waiting for the model
         self._row_adapters = RowAdapters()  # the adapter of each row of a mixed batch
 
     @classmethod
@@ -239,6 +234,17 @@ class LocalBackend:
 
     def adapter_names(self) -> list[str]:
         return list(self._adapters)
+
+    def _on_gpu(self) -> bool:
+        return next(self.model.parameters()).device.type == "cuda"
+
+    def _default_stream_batch(self) -> int:
+        """How many waiting streams are decoded together: rows of the row decoder
+        (``adapters.row_decoding``) where the fused forward applies; else on a GPU one at a time,
+        since there an eager batch through PEFT's mixed-adapter generate took 190 ms a step for 7
+        rows, 6.8x slower in all than graph-replayed streams in turn
+        (benchmarks/results/serve-cuda-h200.json of 2026-11-30, before row decoding)."""
+        return 1 if self._on_gpu() and not self._rows_apply else MAX_STREAM_BATCH
 
     @property
     def max_stream_batch(self) -> int:
@@ -287,6 +293,7 @@ class LocalBackend:
             self._switch_layers = None
             self._static_decoder = None  # it holds the model object, graphs and merged weights of before
             self._rows_apply = FusedLlama.applies(self.model)  # not with an adapter it cannot run (DoRA)
+            self._streams.max_batch = min(self._streams.max_batch, self._default_stream_batch())
 
     # --- text helpers ----------------------------------------------------------------------
 

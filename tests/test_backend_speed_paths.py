@@ -180,3 +180,24 @@ def test_switching_adapters_directly_leaves_peft_as_its_own_switch_would(tiny_ba
         base = fast.backend.model(input_ids=ids).logits
         fast.backend.activate("spam")
         assert not torch.equal(fast.backend.model(input_ids=ids).logits, base)  # the switch did something
+
+
+def test_an_adapter_row_decoding_cannot_run_makes_a_gpu_decode_streams_one_at_a_time(tiny_base, tmp_path,
+                                                                                     monkeypatch):
+    """Without row decoding, a GPU batches streams through PEFT's mixed-adapter ``generate``, far
+    slower than graph-replayed streams in turn. Adding a DoRA adapter (which the fused forward does
+    not cover) had left the stream batch at its default."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapters.backends import LocalBackend
+    from adapters.batching import MAX_STREAM_BATCH
+
+    dora = tmp_path / "dora"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                   LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)).save_pretrained(dora)
+    monkeypatch.setattr(LocalBackend, "_on_gpu", lambda self: True)  # as if the model were on a GPU
+    backend = LocalBackend.load(str(tiny_base), progress=False)
+    assert backend.max_stream_batch == MAX_STREAM_BATCH  # the tiny Llama is one row decoding covers
+    backend.add_adapter("dora", dora)
+    assert backend.max_stream_batch == 1
