@@ -11,6 +11,7 @@ implement the same protocol without changing any caller.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import threading
 import time
@@ -128,16 +129,24 @@ def text_streamer(tokenizer, **kwargs):
     """transformers' ``TextIteratorStreamer``, except that a symbol such as an emoji is handed on as
     soon as it is decoded. transformers holds symbols back until the next space (one might start
     markup or be half a character), so an answer of emoji alone showed only at its end. Half a
-    character decodes to U+FFFD, which is still held (and ``Generation`` holds it too)."""
+    character decodes to U+FFFD, which is still held (and ``Generation`` holds it too).
+
+    It extends ``TextStreamer._is_chinese_char``, the private test (transformers 5.x) by which
+    ``put`` hands on a text ending in a CJK character at once; a test streams emoji through it."""
+    return _symbol_streamer_class()(tokenizer, **kwargs)
+
+
+@functools.cache
+def _symbol_streamer_class():
     import unicodedata
 
     from transformers import TextIteratorStreamer
 
-    class _SymbolStreamer(TextIteratorStreamer):
-        def _is_chinese_char(self, cp: int) -> bool:  # the streamer's "print now" test for a text's last character
+    class SymbolStreamer(TextIteratorStreamer):
+        def _is_chinese_char(self, cp: int) -> bool:
             return super()._is_chinese_char(cp) or (cp != 0xFFFD and unicodedata.category(chr(cp)) == "So")
 
-    return _SymbolStreamer(tokenizer, **kwargs)
+    return SymbolStreamer
 
 
 _UNKNOWN = object()  # the adapter state PEFT is in is not known (after loading)

@@ -21,8 +21,10 @@ def additive_mask(allowed, dtype):
 
 
 class FusedLlama:
-    """Scoring forward pass for a Llama-architecture model with unmerged LoRA adapters: the same
-    arithmetic as transformers + PEFT, in fewer, larger operations.
+    """The forward pass of a Llama-architecture model with unmerged LoRA adapters: the same
+    arithmetic as transformers + PEFT, in fewer, larger operations. Scoring runs it through
+    ``forward``, the row decoder through ``hidden_states``; it was written for scoring, whose
+    measurements follow.
 
     Why: on a 2-core CPU one ``Runtime.classify`` call (SmolLM2-135M, 50 new tokens) is almost
     all forward pass: 173 ms p50, of which ~20 ms is PEFT's per-layer LoRA path (210 LoRA

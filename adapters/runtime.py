@@ -112,8 +112,9 @@ class Generation:
             close()
 
     def cancel(self) -> None:
-        """Stop the generation from any thread, also while another thread waits for its next piece:
-        that wait ends at once where the backend's stream can be cancelled, else at the next piece."""
+        """Stop the generation from any thread, also while another thread waits for its next piece.
+        Where the backend's stream can be cancelled, a request still waiting for the model ends at
+        once and one being decoded at its next token; elsewhere nothing happens until ``close``."""
         cancel = getattr(self.pieces, "cancel", None)
         if cancel is not None:
             cancel()

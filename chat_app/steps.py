@@ -9,6 +9,11 @@ when imported) so that tests can drive it.
   steps showed ``{"input": ""}``; here the input is filled in when the run ends.
 - A stopped run (``chains.stopped_by_user``) ends with the app's reason ("stopped by you", "stopped:
   the page was closed") rather than as a failed step with an error mark.
+
+Both lean on internals, as read in Chainlit 2.12 and langchain-core 1.8: the tracer's
+``_on_run_update`` (a run ended), ``_get_chain_inputs`` and ``process_content``. The tests in
+tests/test_app_handlers.py drive this class through a real chain, so an upgrade that moves them
+fails there.
 """
 
 from __future__ import annotations
