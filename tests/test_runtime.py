@@ -267,19 +267,20 @@ def test_an_abandoned_stream_collected_in_its_own_worker_thread_closes_cleanly(s
     import gc
     import sys
 
-    import transformers
+    from adapters.backends import _symbol_streamer_class
 
     rt = runtime(tiny_base, catalog)
     collect_in_worker = threading.Event()
+    streamer_class = _symbol_streamer_class()  # the class of every stream's streamer
+    put = streamer_class.put
 
-    class CollectingStreamer(transformers.TextIteratorStreamer):
-        def put(self, value):  # called by generate, in the generation thread
-            super().put(value)
-            if collect_in_worker.is_set():
-                collect_in_worker.clear()
-                gc.collect()
+    def collecting_put(self, value):  # called by the decoding, in the generation thread
+        put(self, value)
+        if collect_in_worker.is_set():
+            collect_in_worker.clear()
+            gc.collect()
 
-    monkeypatch.setattr(transformers, "TextIteratorStreamer", CollectingStreamer)
+    monkeypatch.setattr(streamer_class, "put", collecting_put)
     problems = []
     monkeypatch.setattr(sys, "unraisablehook", problems.append)
     gc.disable()  # only the worker's collection may close it
