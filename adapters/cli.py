@@ -137,12 +137,21 @@ def add_plugin_commands(sub, bench_sub, registrars=()) -> None:
 
 def positive_int(value: str) -> int:
     """argparse type: an integer of at least 1."""
+    return _whole_number(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer of at least 0."""
+    return _whole_number(value, 0)
+
+
+def _whole_number(value: str, least: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {value!r}") from None
+    if number < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
     return number
 
 

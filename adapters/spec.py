@@ -257,6 +257,8 @@ def load_spec(path: str | Path) -> AdapterSpec:
         raise SpecError(f"{path}: {_yaml_error(exc, text)}") from None
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: {_where_undecodable(path.read_bytes(), exc)}") from None
+    if raw is None:
+        raise SpecError(f"{path}: the file is empty (a spec needs at least task, base_model, prompt and data)")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     if "directory" in raw:
@@ -286,6 +288,19 @@ def _targets(raw: Any, where: str) -> tuple[TargetSpec, ...]:
     return tuple(targets)
 
 
+def _misspelt_base(name: str) -> str | None:
+    """The known base model ``name`` is a near miss of ("smollm2-135m-instrct"), or None. Such a
+    name would be tried as a Hub id, and the adapter then reported as trained on another base."""
+    import difflib
+
+    from .base_models import KNOWN_BASES
+
+    if name in KNOWN_BASES or "/" in name or Path(name).exists():
+        return None
+    close = difflib.get_close_matches(name.casefold(), list(KNOWN_BASES), n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
 def _check_semantics(spec: AdapterSpec, where: str) -> None:
     def fail(field_name: str, message: str) -> None:
         raise SpecError(f"{where}: {field_name}: {message}")
@@ -294,6 +309,10 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
         fail("name", f"{spec.name!r}: letters, digits, '_', '.' and '-' only (it is typed in commands "
                      "such as `adapterlab train <name>`)")
     _check_template(spec.prompt.user_template, lambda message: fail("prompt.user_template", message))
+    misspelt = _misspelt_base(spec.base_model)
+    if misspelt:
+        fail("base_model", f"{spec.base_model!r} is not a known base model; did you mean {misspelt!r}? (a Hub id "
+                           "or a model folder is taken as it is written)")
     if spec.task == "classify" and len(spec.labels) < 2:
         fail("labels", "a classify adapter needs at least two labels")
     if spec.task == "classify" and len({label.casefold() for label in spec.labels}) != len(spec.labels):

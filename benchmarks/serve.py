@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from adapters.catalog import CATALOG_DIR, load_catalog
-from adapters.cli import check_output_path, positive_int
+from adapters.cli import check_output_path, non_negative_int, positive_int
 from adapters.environment import environment
 from adapters.files import write_text_atomic
 from adapters.runtime import Runtime
@@ -391,7 +391,7 @@ def add_parser(bench_sub) -> None:
     serve.add_argument("--tokens", type=positive_int, default=64, help="max new tokens per generation run")
     serve.add_argument("--switch-rounds", type=positive_int, default=20,
                        help="times through the cycle of adapters + base when timing adapter switches")
-    serve.add_argument("--streams", type=int, default=8,
+    serve.add_argument("--streams", type=non_negative_int, default=8,
                        help="concurrent generation streams, cycling through the adapters and the base (0: skip)")
     serve.add_argument("--skip-generate", action="store_true", help="no generation benchmarks")
     serve.add_argument("--profile", action="store_true",

@@ -494,3 +494,11 @@ def test_the_decoder_check_row_names_what_the_graph_decoder_was_compared_with():
     assert row("... static decoder vs. the row decoder (LoRA unmerged) ...") == \
         "CUDA-graph decoder vs the row decoder, greedy text"
     assert row("... static decoder vs. model.generate on a batch ...") == "CUDA-graph decoder vs `generate`, greedy text"
+
+
+def test_bench_serve_refuses_a_negative_stream_count_before_it_runs(capsys):
+    from adapters.cli import main
+
+    with pytest.raises(SystemExit) as exited:  # it had been taken as 0: no stream benchmark, no word
+        main(["bench", "serve", "--streams", "-1"])
+    assert exited.value.code == 2 and "--streams: must be >= 0, got -1" in capsys.readouterr().err

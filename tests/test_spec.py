@@ -179,6 +179,23 @@ def test_unknown_top_level_field_is_a_typo_not_ignored(tmp_path):
     assert "unknown field" in message and "labels" in message  # the known names help spot the typo
 
 
+def test_a_misspelt_base_model_is_named_not_tried_as_a_hub_id(tmp_path):
+    """A near miss of a known base had been taken as a Hub id, and the trained adapter then reported
+    as trained on another base ("adapterlab train spam"), which suggested retraining."""
+    raw = real_spec("spam")
+    raw["base_model"] = "smollm2-135m-instrct"
+    assert "did you mean 'smollm2-135m-instruct'?" in refused(write_spec(tmp_path, raw), "base_model")
+    raw["base_model"] = "HuggingFaceTB/SmolLM2-360M-Instruct"  # a Hub id: taken as written
+    assert load_spec(write_spec(tmp_path, raw, name="hub")).base_model == raw["base_model"]
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n"])
+def test_an_empty_spec_file_says_it_is_empty(tmp_path, content):
+    path = write_spec(tmp_path, content)
+    with pytest.raises(SpecError, match=re.escape(f"{path}: the file is empty")):
+        load_spec(path)
+
+
 def test_unknown_nested_field(tmp_path):
     raw = real_spec("spam")
     raw["training"]["learnig_rate"] = 1e-4
@@ -373,7 +390,7 @@ def test_a_key_that_is_not_text_is_refused_with_its_line(tmp_path, extra, key):
     assert str(caught.value) == f"{path}: line {line}: a key must be text, got {key} (quote it)"
 
 
-@pytest.mark.parametrize("content", ["- a\n- list\n", "just a string\n", "42\n", ""])
+@pytest.mark.parametrize("content", ["- a\n- list\n", "just a string\n", "42\n"])
 def test_top_level_must_be_a_mapping(tmp_path, content):
     path = write_spec(tmp_path, content)
     with pytest.raises(SpecError, match="expected a mapping at the top level") as caught:
