@@ -587,12 +587,20 @@ def _safe_name(name: str) -> str:
 
 # --- markdown helpers ----------------------------------------------------------------------------
 
+NO_LINK = "\u2060"  # WORD JOINER: invisible, and no letter, digit or punctuation that a link pattern reads
+
+
 def cell(value) -> str:
     """A value as one markdown table cell: escaped, on one line; None as *null*."""
     if value is None:
         return "*null*"
     text = str(value).replace("\r", " ").replace("\n", " ").strip()
     text = re.sub(r"([\\`*_|<>\[\]#~])", r"\\\1", text)
+    # a bare address stays text: the page's markdown made "http://…", "www.…" and "a@b.c" links that open
+    # in a new tab (a spam upload's phishing link, one click from the label that calls it spam; its
+    # shortened text "…" went into the link's address too). A backslash escape does not stop it (the
+    # page links the parsed text again): an invisible word joiner breaks each pattern
+    text = re.sub(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", NO_LINK, text)
     return text or "*empty*"
 
 

@@ -734,6 +734,29 @@ def test_batch_rows_table_and_csv(catalog):
     assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
 
 
+def test_an_address_in_an_uploaded_text_is_not_made_a_link():
+    """A spam upload's table showed a phishing text's address as a link that opened in a new tab
+    (the page's markdown links bare "http://…", "www.…" and e-mail addresses, also when written with
+    a backslash escape, since it links the parsed text), and the shortened text's "…" was part of
+    the link's address."""
+    from markdown_it import MarkdownIt
+
+    texts = ["Your parcel could not be delivered. Pay the £1.99 fee at http://parcel-redeliver.info/pay?id=1",
+             "Claim at WWW.prize-now.com or mail claims@prize-now.com, https://bit.ly/x"]
+    results = [{"label": "spam", "probs": {"ham": 0.1, "spam": 0.9}, "truncated": False}] * 2
+    header, rows = handlers.batch_rows("classify", texts, results, labels=("ham", "spam"))
+    md = handlers.batch_markdown("classify", "sms.csv", handlers.Upload(texts, "text", 2), header, rows,
+                                 "fine-tuned", 0.5)
+    shown = re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").enable("table").render(md))
+    # the patterns GitHub-flavoured markdown (the page's) links in a text (JavaScript's \w is ASCII)
+    gfm_links = r"(?i)https?://|www(?=\.)|[-.A-Za-z0-9_+]+@[-A-Za-z0-9_]+(?:\.[-A-Za-z0-9_]+)+"
+    assert not re.search(gfm_links, shown), shown
+    # and the page shows the text as it was, less the invisible word joiners
+    shown = shown.replace(handlers.NO_LINK, "")
+    assert "fee at http://parcel-redelive" in shown
+    assert "WWW.prize-now.com or mail claims@prize-now.com, https://bit.ly/x" in shown
+
+
 def test_unusable_references_are_explained_by_each_kind_once():
     unusable = [(2, "not JSON"), (3, "a JSON list, not an object"), (4, "not JSON"), (5, "a number"), (6, "a string")]
     agreement = handlers.Agreement("extract", "`output` key", row_name="line", compared=1, score=1.0,
