@@ -574,7 +574,8 @@ async def _compare_adapter_for(message: cl.Message, profile: handlers.Profile) -
     cl.user_session.set("compare_adapter", adapter)
     if message.command and _settings().compare_adapter != adapter:  # the panel names what runs
         await _send_settings(profile, {**(cl.user_session.get("settings") or {}), "compare_adapter": adapter})
-    return adapter, None if message.command else ("the last command picked" if last else "the settings panel")
+    return adapter, None if message.command else ("the one the last command picked" if last
+                                                    else "the settings panel's")
 
 
 def _chat_deleted() -> bool:

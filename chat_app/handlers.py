@@ -1185,8 +1185,10 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
     intro = f"### Compare · `{spec.name}` ({spec.task})"
     parts = [intro, table(header, rows)]
     if chosen_by:
-        parts.insert(1, f"*`{spec.name}`: {chosen_by} (to compare another adapter, pick it with the buttons "
-                        f"under the message box: {COMMAND_BUTTONS}).*")
+        # it had said "`spam`: the settings panel (…)", and a medical question typed with no button
+        # picked got a spam table with nothing that said why
+        parts.insert(1, f"*No adapter was picked with this message, so this compares `{spec.name}`, {chosen_by}. "
+                        f"To compare another, pick it with the buttons under the message box: {COMMAND_BUTTONS}.*")
     if spec.task == "extract" and any("≠" in r[0] for r in rows):
         parts.append("≠ marks fields where the variants disagree (shown in bold).")
     if spec.task == "extract" and any(COMPARE_SUPPORT["none"] in c or COMPARE_SUPPORT["some"] in c

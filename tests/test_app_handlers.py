@@ -689,8 +689,12 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| p(spam) | 40.0%" in md and "| latency | 0.12 s | — | 0.20 s |" in md
     assert "| tokens | 90 in | — | 90 in |" in md and "no few-shot examples yet" in md
     assert "last command" not in md  # picked with this message: nothing to explain
-    again = handlers.compare_markdown(specs["spam"], "x", outcomes, "the last command picked")
-    assert "*`spam`: the last command picked (to compare another adapter, pick it with the buttons" in again
+    again = handlers.compare_markdown(specs["spam"], "x", outcomes, "the one the last command picked")
+    assert ("*No adapter was picked with this message, so this compares `spam`, the one the last command "
+            "picked. To compare another, pick it with the buttons under the message box" in again)
+    # a question typed with no button picked: it had said only "`spam`: the settings panel (…)"
+    default = handlers.compare_markdown(specs["spam"], "x", outcomes, "the settings panel's")
+    assert "No adapter was picked with this message, so this compares `spam`, the settings panel's." in default
     assert "🛡️ spam, 🩺 medquad, 🔬 oncology" in again  # a phone shows the buttons' icons without names
     onc = [handlers.Outcome("base", extraction(stage="IV"), 1.0, 100, 20),
            handlers.Outcome("few-shot (k=3)", extraction(stage="IV"), 1.0, 300, 20),
