@@ -1245,16 +1245,20 @@ def shown_prompt(prompt: str) -> str:
 
 def add_turn(history: list[dict], question: str, answer: str, max_messages: int = 40) -> list[dict]:
     """The conversation with one more exchange; the oldest exchanges are dropped past ``max_messages``
-    (the runtime also drops turns that do not fit the context)."""
+    (the runtime also drops turns that do not fit the context). An exchange without answer text (one
+    stopped before its first word) is left out: it had gone into every later prompt as an empty
+    assistant turn."""
+    if not answer.strip():
+        return history
     history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return history[-max_messages:]
 
 
 def history_from_steps(steps: Sequence[dict]) -> list[dict]:
     """Rebuild a conversation from a persisted thread's steps (on resume): user messages and the
-    assistant answers the app marked with ``metadata.answer``. A message that sent files (marked
-    with ``metadata.files``) is not a turn: its files were processed, not its text, as in the chat
-    it came from."""
+    assistant answers the app marked with ``metadata.answer``, as ``add_turn`` built it live. A
+    message that sent files (marked with ``metadata.files``) is not a turn: its files were
+    processed, not its text, as in the chat it came from; nor is one without answer text."""
     history: list[dict] = []
     for step in sorted(steps, key=lambda s: s.get("createdAt") or ""):
         metadata = step.get("metadata") or {}
@@ -1263,12 +1267,17 @@ def history_from_steps(steps: Sequence[dict]) -> list[dict]:
                 metadata = json.loads(metadata)
             except json.JSONDecodeError:
                 metadata = {}
+        unanswered = bool(history) and history[-1]["role"] == "user"
         if (step.get("type") == "user_message" and (step.get("output") or "").strip()
                 and not metadata.get(FILES_KEY)):
+            if unanswered:
+                history.pop()
             history.append({"role": "user", "content": step["output"]})
-        elif step.get("type") == "assistant_message" and isinstance(metadata.get("answer"), str):
-            if history and history[-1]["role"] == "user":
+        elif step.get("type") == "assistant_message" and isinstance(metadata.get("answer"), str) and unanswered:
+            if metadata["answer"].strip():
                 history.append({"role": "assistant", "content": metadata["answer"]})
+            else:
+                history.pop()
     if history and history[-1]["role"] == "user":
         history.pop()
     return history

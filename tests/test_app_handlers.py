@@ -1097,6 +1097,24 @@ def test_history_keeps_turns_and_is_rebuilt_from_a_saved_thread():
                                                   {"role": "assistant", "content": "a1"}]
 
 
+def test_an_exchange_without_answer_text_is_no_turn_live_or_resumed():
+    """An answer stopped before its first word had stayed in the conversation as an empty assistant
+    turn, sent with every later prompt."""
+    history = handlers.add_turn([], "q1", "a1")
+    assert handlers.add_turn(history, "stopped at once", "") == history
+    assert handlers.add_turn(history, "stopped at once", "  \n") == history
+    steps = [{"type": "user_message", "output": "q1", "createdAt": "1"},
+             {"type": "assistant_message", "output": "a1", "createdAt": "2", "metadata": {"answer": "a1"}},
+             {"type": "user_message", "output": "stopped at once", "createdAt": "3"},
+             {"type": "assistant_message", "output": "*(the model produced no text)*", "createdAt": "4",
+              "metadata": {"answer": ""}},
+             {"type": "user_message", "output": "never answered", "createdAt": "5"},
+             {"type": "user_message", "output": "q2", "createdAt": "6"},
+             {"type": "assistant_message", "output": "a2", "createdAt": "7", "metadata": {"answer": "a2"}}]
+    assert handlers.history_from_steps(steps) == [*history, {"role": "user", "content": "q2"},
+                                                  {"role": "assistant", "content": "a2"}]
+
+
 def test_a_message_that_sent_files_names_them_and_is_no_turn_of_the_conversation():
     assert handlers.attached_files_text(["notes.csv", "a`b|c.txt"]) == "📎 `notes.csv`, `a_b_c.txt`"
     steps = [{"type": "user_message", "output": handlers.attached_files_text(["notes.csv"]), "createdAt": "1",
