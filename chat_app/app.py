@@ -757,8 +757,11 @@ async def _classify(runtime: Runtime, profile: handlers.Profile, text: str) -> N
         return
     spec = runtime.spec(profile.adapter)
     chain = chains.classify_chain(runtime, profile.adapter, base=variant.base, system=settings.system)
+    started = time.perf_counter()
     (result,) = await chain.ainvoke({"texts": [text]}, config=_callbacks())
-    content = handlers.classification_markdown(result, spec.labels, variant.label)
+    facts = handlers.run_facts(time.perf_counter() - started,
+                               await _prompt_tokens(runtime, profile.adapter, text, settings, ()))
+    content = handlers.classification_markdown(result, spec.labels, variant.label, facts)
     if result["truncated"]:
         content += "\n\n" + handlers.truncation_note(spec, text)
     if note := handlers.one_message_note(text):
@@ -776,8 +779,14 @@ async def _extract(runtime: Runtime, profile: handlers.Profile, text: str) -> No
     spec = runtime.spec(profile.adapter)
     chain = chains.extract_chain(runtime, profile.adapter, base=variant.base, system=settings.system,
                                  max_new_tokens=settings.max_new_tokens)
+    started = time.perf_counter()
     (result,) = await chain.ainvoke({"texts": [text]}, config=_callbacks())
-    content = handlers.extraction_markdown(result, spec.fields, variant.label, text)
+    limit = runtime.generation_params(profile.adapter, max_new_tokens=settings.max_new_tokens).max_new_tokens
+    facts = handlers.run_facts(time.perf_counter() - started,
+                               await _prompt_tokens(runtime, profile.adapter, text, settings, ()),
+                               handlers.generated_tokens(runtime.backend.count_tokens, result["raw"],
+                                                         result["cut_at"], limit))
+    content = handlers.extraction_markdown(result, spec.fields, variant.label, text, facts)
     if result["truncated"]:
         content += "\n\n" + handlers.truncation_note(spec, text)
     if handlers.is_medical(spec):
@@ -944,7 +953,7 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
 
 
 async def _prompt_tokens(runtime: Runtime, adapter: str, text: str, settings, shots) -> int:
-    """The tokens of a Compare column's prompt as the model reads it (cut to fit, for a long text)."""
+    """The tokens of a one-message task's prompt as the model reads it (cut to fit, for a long text)."""
     prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
                                      system=settings.system, examples=shots, max_new_tokens=settings.max_new_tokens)
     return runtime.backend.count_tokens(prompt)

@@ -648,7 +648,15 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 # --- answers -------------------------------------------------------------------------------------
 
-def classification_markdown(result: dict, labels: Sequence[str], variant: str) -> str:
+def run_facts(seconds: float, prompt_tokens: int, output_tokens: int | None = None) -> str:
+    """How long a classification or extraction took and the tokens it read (and wrote), as the
+    footer of a streamed answer says them: "total 0.21 s · 52 prompt tokens, 74 generated"."""
+    total = f"total {seconds:.2f} s" if seconds < 10 else f"total {seconds:.1f} s"
+    return f"{total} · {prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else "")
+
+
+def classification_markdown(result: dict, labels: Sequence[str], variant: str, facts: str = "") -> str:
+    """``facts``: ``run_facts`` of the call, put after the variant's name."""
     probs = result["probs"]
     label = result["label"]
     rows = [[f"**{cell(name)}**" if name == label else cell(name), percent(probs[name]), f"`{bar(probs[name])}`"]
@@ -656,7 +664,7 @@ def classification_markdown(result: dict, labels: Sequence[str], variant: str) -
     threshold = result.get("threshold")
     lines = [f"### {cell(label).upper()} · {decision_text(probs, labels, threshold)}",
              table(["label", "probability", ""], rows),
-             f"*{variant}*"]
+             f"*{variant}{' · ' + facts if facts else ''}*"]
     if threshold is not None:  # the adapter's threshold tuned on validation data, not 50%
         lines.insert(2, f"Decided with this adapter's tuned threshold: **{cell(labels[-1])}** when "
                         f"p({cell(labels[-1])}) ≥ {percent(threshold)}.")
@@ -684,9 +692,10 @@ NOTHING_BACKED = ("⚠️ **No value has a word in your text.** The model filled
                   "most likely invented. Is this the kind of text the adapter was made for?")
 
 
-def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str) -> str:
+def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text: str, facts: str = "") -> str:
     """The fields as a table, with how far each value's words occur in ``text`` (the input; the part
-    the model read, when it was cut), then as JSON; the model's raw output when it needed repair."""
+    the model read, when it was cut), then as JSON; the model's raw output when it needed repair.
+    ``facts``: ``run_facts`` of the call, put after the variant's name."""
     text = text_read(text, result)  # a word past the cut did not back the value
     rows = [[f"`{name}`", cell(result["fields"].get(name)), _support_note(result["fields"].get(name), text)]
             for name in fields]
@@ -699,7 +708,7 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
     if not result["valid"] or result["repaired"]:
         parts.append("The model's output as it came:")
         parts.append(code_block(result["raw"] or "(empty)", "text"))
-    parts.append(f"*{variant}*")
+    parts.append(f"*{variant}{' · ' + facts if facts else ''}*")
     return "\n\n".join(parts)
 
 

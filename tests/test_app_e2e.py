@@ -273,6 +273,7 @@ def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser
     assert "ham" in cells[0] and "spam" in cells[3]
     probs = [float(c.strip("<>%")) for c in cells if re.fullmatch(r"[<>]?\d+\.\d%", c)]
     assert len(probs) == 2 and abs(sum(probs) - 100) < 0.2
+    assert re.search(r"total \d+\.\d+ s · \d+ prompt tokens", text), text  # as a streamed answer's footer says
     assert page.locator("text=/Used spam - classify/").count() == 1  # the LangChain chain step is shown
     assert refused == []
     shot(page, "04-spam-check")
@@ -683,6 +684,7 @@ def test_oncology_extraction_shows_the_seven_fields_and_a_batch(server, browser,
         "field", "value", "in your text"]
     text = message.inner_text()
     assert re.search(r"Valid JSON|Repaired output|Invalid output", text)
+    assert re.search(r"total \d+\.\d+ s · \d+ prompt tokens, \d+ generated", text), text
     assert '"cancer_type"' in text and "Not for clinical decisions" in text
     shot(page, "09-oncology")
     # a batch: two narratives in a .txt file, one a line (64 new tokens each, to keep the test short)

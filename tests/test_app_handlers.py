@@ -635,6 +635,12 @@ def test_classification_shows_the_label_and_each_probability():
     assert "| ham | 25.0% |" in md and "| **spam** | 75.0% |" in md
     assert "█" * 15 + "░" * 5 in md and "fine-tuned `spam` adapter" in md
     assert "threshold" not in md  # argmax: nothing to explain
+    facts = handlers.run_facts(0.214, 52)
+    assert facts == "total 0.21 s · 52 prompt tokens" and handlers.run_facts(12.34, 300, 74) == (
+        "total 12.3 s · 300 prompt tokens, 74 generated")
+    md = handlers.classification_markdown({"label": "spam", "probs": {"ham": 0.25, "spam": 0.75}},
+                                          ["ham", "spam"], "fine-tuned `spam` adapter", facts)
+    assert md.endswith("*fine-tuned `spam` adapter · total 0.21 s · 52 prompt tokens*")
 
 
 def test_a_tuned_threshold_is_explained_where_it_decided():
