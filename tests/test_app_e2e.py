@@ -374,8 +374,14 @@ def test_leaving_a_chat_stops_its_answer_and_says_why(server, browser):
     choose_profile(page, "Chat")  # another profile: a new chat, and the answer's own is left
     stored_answer(server.database, "stopped: the chat was left", 30, thread_of="%(chat left)%")
     assert stored_step_outputs(server.database, "runtime.generate", "%(chat left)%") == ["stopped: the chat was left"]
-    # the steps show what the chain received: a streamed run's input had shown as {"input": ""}
-    (shown,) = stored_step_values(server.database, "input", "medquad - generate - fine-tuned", "%(chat left)%")
+    # the steps show what the chain received: a streamed run's input had shown as {"input": ""}. The
+    # step is stored with that placeholder when it starts; its update (the run's end) is written later
+    deadline = time.monotonic() + 15
+    while True:
+        (shown,) = stored_step_values(server.database, "input", "medquad - generate - fine-tuned", "%(chat left)%")
+        if json.loads(shown) != {"input": ""} or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     assert json.loads(shown) == {"history": [], "text": "What causes cataracts? (chat left)"}, shown
     page.context.close()
 
