@@ -103,16 +103,17 @@ class Backend(Protocol):
                on_finish: Callable[[str], None] | None = None) -> Iterator[str]:
         """Text pieces as they are decoded. When the generation ends by itself, ``on_finish`` gets
         why: "stop" (an end-of-sequence token) or "length" (``max_new_tokens`` reached). The
-        iterator may have a ``cancel()``, callable from any thread, which ends it at once, also while
-        it waits for the model (``close()`` can only stop it between two pieces)."""
+        iterator may have a ``cancel()``, callable from any thread, which ends it also while another
+        thread waits for its next piece: at once while it waits for the model, else at the next token
+        (``close()`` can only stop it between two pieces)."""
         ...
 
 
 class CancellableStream(Iterator[str]):
     """A stream's text pieces, plus ``cancel()``: the app's Stop button runs it from the event loop
-    while a worker thread waits in ``next`` (for the model, which another request may hold for a
-    while), and that pull returns at once; ``close()``, like a generator's, can only run between two
-    pulls."""
+    while a worker thread waits in ``next``. A pull that waits for the model (which another request
+    may hold for a while) returns at once, one that waits for a token after that token; ``close()``,
+    like a generator's, can only run between two pulls."""
 
     def __init__(self, pieces: Iterator[str], cancel: Callable[[], None]):
         self._pieces = pieces
