@@ -153,6 +153,7 @@ def refresh_generated(path: Path, text: str, what: str, command: str, check: boo
         if current != text:
             print(f"{path}: the {what} is stale; run `{command}`", file=sys.stderr)
             return 1
+        print(f"{path}: the {what} is up to date", file=sys.stderr)  # silence read as "nothing checked"
         return 0
     if current != text:
         write_text_atomic(path, text)

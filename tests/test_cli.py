@@ -655,3 +655,18 @@ def test_a_binary_write_that_fails_half_way_keeps_the_old_file(tmp_path):
         _write_atomic(plot, "wb", killed)
     assert plot.read_bytes() == b"\x89PNG old"
     assert [p.name for p in tmp_path.iterdir()] == ["fields.png"]  # no temporary left
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_train_and_eval_refuse_a_device_that_is_not_there_before_reading_the_data(catalog, tmp_path, capsys,
+                                                                                  monkeypatch, command):
+    import torch
+
+    import training.data
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    monkeypatch.setattr(training.data, "load_splits", lambda *a, **k: pytest.fail("the data was read"))
+    assert main([command, "spam", "--catalog", str(catalog), "--device", "cuda:7",
+                 "--run-dir" if command == "train" else "--output", str(tmp_path / "out")]) == 2
+    assert "adapterlab: error: device 'cuda:7': no such CUDA GPU here" in capsys.readouterr().err

@@ -60,6 +60,13 @@ def _common(p) -> None:
     p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
 
 
+def _check_device(args) -> None:
+    """Refuse a ``--device`` that is not here before the data is read (the model loader checks it again)."""
+    from adapters.base_models import LoadOptions
+
+    LoadOptions(device=args.device).torch_device()
+
+
 def _splits(spec, args, needs: dict[str, str]):
     """The spec's data split; ``needs`` maps each split that must not be empty to what needs it."""
     from .data import load_splits
@@ -87,6 +94,7 @@ def cmd_train(args) -> int:
     from .train import check_run_folder, default_run_dir, end_process_group, is_main_process, train_adapter
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
+    _check_device(args)
     if args.run_dir:
         check_output_folder(Path(args.run_dir), "--run-dir")
     check_run_folder(Path(args.run_dir or default_run_dir(spec)))
@@ -115,6 +123,7 @@ def cmd_eval(args) -> int:
     from .evaluate import FEW_SHOT_DRAWS
 
     spec = get_spec(load_catalog(args.catalog), args.adapter)
+    _check_device(args)
     variants = tuple(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
