@@ -666,15 +666,27 @@ async def _usable_variant(runtime: Runtime, profile: handlers.Profile,
     return variant
 
 
-async def _prompt_element(runtime: Runtime, adapter: str | None, messages: list[dict], settings,
-                          examples=()) -> list:
+async def _rendered_prompt(runtime: Runtime, adapter: str | None, messages: list[dict], settings,
+                           examples=()) -> str:
+    """The exact text the model is sent for ``messages`` under these settings (cut to fit)."""
+    return await asyncio.to_thread(runtime.rendered_prompt, adapter, messages, system=settings.system,
+                                   examples=examples, max_new_tokens=settings.max_new_tokens)
+
+
+def _shown_prompt(prompt: str, tokens: int, settings) -> list:
+    """The rendered prompt as an element of the answer, when the settings ask for it."""
     if not settings.show_prompt:
         return []
-    prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, messages, system=settings.system,
-                                     examples=examples, max_new_tokens=settings.max_new_tokens)
-    tokens = runtime.backend.count_tokens(prompt)
     return [cl.Text(name=handlers.rendered_prompt_title(tokens), content=handlers.shown_prompt(prompt),
                     display="inline", language="text")]
+
+
+async def _prompt_element(runtime: Runtime, adapter: str | None, messages: list[dict], settings) -> list:
+    """``_shown_prompt`` for ``messages``, rendered only when it is shown."""
+    if not settings.show_prompt:
+        return []
+    prompt = await _rendered_prompt(runtime, adapter, messages, settings)
+    return _shown_prompt(prompt, runtime.backend.count_tokens(prompt), settings)
 
 
 async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> None:
@@ -759,14 +771,15 @@ async def _classify(runtime: Runtime, profile: handlers.Profile, text: str) -> N
     chain = chains.classify_chain(runtime, profile.adapter, base=variant.base, system=settings.system)
     started = time.perf_counter()
     (result,) = await chain.ainvoke({"texts": [text]}, config=_callbacks())
-    facts = handlers.run_facts(time.perf_counter() - started,
-                               await _prompt_tokens(runtime, profile.adapter, text, settings, ()))
-    content = handlers.classification_markdown(result, spec.labels, variant.label, facts)
+    seconds = time.perf_counter() - started
+    prompt = await _rendered_prompt(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
+    tokens = runtime.backend.count_tokens(prompt)
+    content = handlers.classification_markdown(result, spec.labels, variant.label, handlers.run_facts(seconds, tokens))
     if result["truncated"]:
         content += "\n\n" + handlers.truncation_note(spec, text)
     if note := handlers.one_message_note(text):
         content += "\n\n" + note
-    elements = await _prompt_element(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
+    elements = _shown_prompt(prompt, tokens, settings)
     await cl.Message(content=content, elements=elements,
                      metadata={"answer": result["label"], "probs": result["probs"]}).send()
 
@@ -781,17 +794,18 @@ async def _extract(runtime: Runtime, profile: handlers.Profile, text: str) -> No
                                  max_new_tokens=settings.max_new_tokens)
     started = time.perf_counter()
     (result,) = await chain.ainvoke({"texts": [text]}, config=_callbacks())
+    seconds = time.perf_counter() - started
+    prompt = await _rendered_prompt(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
+    tokens = runtime.backend.count_tokens(prompt)
     limit = runtime.generation_params(profile.adapter, max_new_tokens=settings.max_new_tokens).max_new_tokens
-    facts = handlers.run_facts(time.perf_counter() - started,
-                               await _prompt_tokens(runtime, profile.adapter, text, settings, ()),
-                               handlers.generated_tokens(runtime.backend.count_tokens, result["raw"],
-                                                         result["cut_at"], limit))
+    facts = handlers.run_facts(seconds, tokens, handlers.generated_tokens(runtime.backend.count_tokens, result["raw"],
+                                                                          result["cut_at"], limit))
     content = handlers.extraction_markdown(result, spec.fields, variant.label, text, facts)
     if result["truncated"]:
         content += "\n\n" + handlers.truncation_note(spec, text)
     if handlers.is_medical(spec):
         content += "\n\n" + handlers.NOT_CLINICAL
-    elements = await _prompt_element(runtime, profile.adapter, [{"role": "user", "content": text}], settings)
+    elements = _shown_prompt(prompt, tokens, settings)
     await cl.Message(content=content, elements=elements, metadata={"answer": result["fields"]}).send()
 
 
@@ -953,7 +967,6 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
 
 
 async def _prompt_tokens(runtime: Runtime, adapter: str, text: str, settings, shots) -> int:
-    """The tokens of a one-message task's prompt as the model reads it (cut to fit, for a long text)."""
-    prompt = await asyncio.to_thread(runtime.rendered_prompt, adapter, [{"role": "user", "content": text}],
-                                     system=settings.system, examples=shots, max_new_tokens=settings.max_new_tokens)
+    """The tokens of a Compare column's prompt as the model reads it (cut to fit, for a long text)."""
+    prompt = await _rendered_prompt(runtime, adapter, [{"role": "user", "content": text}], settings, shots)
     return runtime.backend.count_tokens(prompt)

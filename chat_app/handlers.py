@@ -651,8 +651,16 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def run_facts(seconds: float, prompt_tokens: int, output_tokens: int | None = None) -> str:
     """How long a classification or extraction took and the tokens it read (and wrote), as the
     footer of a streamed answer says them: "total 0.21 s · 52 prompt tokens, 74 generated"."""
-    total = f"total {seconds:.2f} s" if seconds < 10 else f"total {seconds:.1f} s"
-    return f"{total} · {prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else "")
+    return f"{_total_text(seconds)} · {_tokens_text(prompt_tokens, output_tokens)}"
+
+
+def _total_text(seconds: float) -> str:
+    # under 10 s with the first token's precision: "first 0.54 s · total 0.5 s" read odd
+    return f"total {seconds:.2f} s" if seconds < 10 else f"total {seconds:.1f} s"
+
+
+def _tokens_text(prompt_tokens: int, output_tokens: int | None) -> str:
+    return f"{prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else "")
 
 
 def classification_markdown(result: dict, labels: Sequence[str], variant: str, facts: str = "") -> str:
@@ -783,9 +791,9 @@ def generation_footer(variant: str, seconds: float | None, first: float | None, 
         bits.append("greedy" if temperature == 0 else f"temperature {temperature:g}, top-p {top_p:g}")
     if first is not None:
         bits.append(f"first token {first:.2f} s")
-    if seconds is not None:  # under 10 s with the first token's precision: "first 0.54 s · total 0.5 s" read odd
-        bits.append(f"total {seconds:.2f} s" if seconds < 10 else f"total {seconds:.1f} s")
-    bits.append(f"{prompt_tokens} prompt tokens" + (f", {output_tokens} generated" if output_tokens is not None else ""))
+    if seconds is not None:
+        bits.append(_total_text(seconds))
+    bits.append(_tokens_text(prompt_tokens, output_tokens))
     if message_cut_to is not None:
         bits.append(f"only {message_cut_to:,} tokens of your message were read, its start and its end "
                     "(the middle was left out)")
