@@ -60,7 +60,18 @@ HOLDER = RuntimeHolder(lambda: Runtime.local(CONFIG.catalog, base=CONFIG.base_mo
                                              skip_other_bases=True),
                        on_done=lambda holder: log.info("adapterlab: model %s after %.1f s%s", holder.state,
                                                        holder.load_seconds or 0.0,
-                                                       f": {holder.error}" if holder.error else "")).start()
+                                                       f": {holder.error}" if holder.error else ""))
+
+
+@cl.on_app_startup
+def start_loading_the_model() -> None:
+    """Load the model in the background once Chainlit has imported this module, not during the import:
+    Chainlit puts this file's folder first on ``sys.path`` while it imports it and takes it off at
+    the end, and a loader thread started during the import was once searching ``sys.path`` at that
+    moment, skipped the site-packages entry and failed with "No module named 'transformers'" (CI)."""
+    HOLDER.start()
+
+
 if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` writes every thread's stack to the log (a stuck load)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 offline.install()

@@ -1597,3 +1597,26 @@ def test_a_waiting_answer_says_the_model_is_busy_and_counts_only_when_others_wai
     alone = handlers.waiting_message(1)
     assert "busy with other requests" in alone and "waiting" not in alone
     assert "(3 answers waiting, yours included)" in handlers.waiting_message(3)
+
+
+def test_the_model_starts_loading_once_chainlit_has_imported_the_app(tiny_base, catalog, tmp_path):
+    """Chainlit takes the app's folder off ``sys.path`` as the last step of importing it; a loader
+    thread started during the import was once searching ``sys.path`` then, and the model failed to
+    load with "No module named 'transformers'". The load starts at the app's startup instead."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    probe = ("import sys\n"
+             "from chainlit.config import config, load_module\n"
+             "load_module('chat_app/app.py')\n"
+             "app = sys.modules['chat_app/app.py']\n"
+             "print(app.HOLDER.state, config.code.on_app_startup is not None)\n")
+    env = {**os.environ, "ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
+           "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'history.sqlite3'}"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["idle", "True"], done.stdout  # loading waits for the startup hook
