@@ -285,8 +285,7 @@ async def on_chat_end():
         if session in pages[1:]:
             pages.remove(session)
         if not _open_pages(task):
-            STOP_REASONS[task] = "stopped: the chat was left"
-            task.cancel()
+            _stop(task, "stopped: the chat was left")
         return
     log.info("adapterlab: a page's connection closed during an answer; stopping it unless a page "
              "shows it within %d s", RECONNECT_GRACE_S)
@@ -295,9 +294,8 @@ async def on_chat_end():
 
 async def _stop_unless_shown(task: asyncio.Task) -> None:
     await asyncio.sleep(RECONNECT_GRACE_S)
-    if not task.done() and not _open_pages(task):
-        STOP_REASONS[task] = "stopped: the page was closed"
-        task.cancel()
+    if not _open_pages(task):
+        _stop(task, "stopped: the page was closed")
 
 
 ANSWER_PAGES: dict[asyncio.Task, list] = {}  # running message task -> sessions showing its answer, its own first
@@ -392,6 +390,17 @@ STOP_REASONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message
 STOP_SAID: weakref.WeakSet = weakref.WeakSet()  # message tasks whose stop a message has already told
 
 
+def _stop(task: asyncio.Task | None, reason: str | None = None) -> None:
+    """Cancel a message's task, once: a second Stop (from another page showing the answer, or a page
+    closed meanwhile) would cancel the handler that keeps what the first one stopped while it sends
+    it, and lose the answer. ``reason`` is the app's, when the Stop button did not stop it."""
+    if task is None or task.done() or task.cancelling():
+        return
+    if reason:
+        STOP_REASONS[task] = reason
+    task.cancel()
+
+
 def _stop_reason(task: asyncio.Task | None = None) -> str:
     """Why a message's task (default: the current one) was cancelled: the Stop button, unless the app
     stopped it."""
@@ -459,8 +468,7 @@ def _stop_without_a_second_message() -> None:
     async def stop(sid):
         if session := WebsocketSession.get(sid):
             init_ws_context(session)
-            if session.current_task:
-                session.current_task.cancel()
+            _stop(session.current_task)
             if config.code.on_stop:
                 await config.code.on_stop()
 

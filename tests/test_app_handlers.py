@@ -1620,3 +1620,47 @@ def test_the_model_starts_loading_once_chainlit_has_imported_the_app(tiny_base, 
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["idle", "True"], done.stdout  # loading waits for the startup hook
+
+
+def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tiny_base, catalog, tmp_path):
+    """A stopped answer keeps what was said (it counts its tokens and sends the message, both awaited);
+    a second Stop meanwhile (another page showing the answer, or a page closed) cancelled that too,
+    and the answer was lost. The Stop button, a closed page and a left chat stop a task once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    probe = ("import asyncio, sys\n"
+             "from chainlit.config import load_module\n"
+             "load_module('chat_app/app.py')\n"
+             "app = sys.modules['chat_app/app.py']\n"
+             "from chainlit.server import sio\n"
+             "from chainlit.session import WebsocketSession\n"
+             "stop_button = sio.handlers['/']['stop']\n"
+             "async def nothing(*args, **kwargs): pass\n"
+             "async def main():\n"
+             "    session = WebsocketSession(id='s', socket_id='sid', emit=nothing, emit_call=nothing,\n"
+             "                               user_env={}, client_type='webapp')\n"
+             "    kept = []\n"
+             "    async def answer():\n"
+             "        try:\n"
+             "            await asyncio.sleep(60)\n"
+             "        except asyncio.CancelledError:\n"
+             "            await asyncio.sleep(0.3)  # keeping what was said: counting, sending\n"
+             "            kept.append(app._stop_reason())\n"
+             "    session.current_task = task = asyncio.create_task(answer())\n"
+             "    await asyncio.sleep(0.05)\n"
+             "    await stop_button('sid')\n"
+             "    await asyncio.sleep(0.05)\n"
+             "    await stop_button('sid')  # another page's Stop\n"
+             "    await asyncio.gather(task, return_exceptions=True)\n"
+             "    print(task.cancelled(), kept)\n"
+             "asyncio.run(main())\n")
+    env = {**os.environ, "ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
+           "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'history.sqlite3'}"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False ['stopped by you']", done.stdout
