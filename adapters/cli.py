@@ -216,6 +216,7 @@ def cmd_predict(args) -> int:
     runtime = Runtime.local(args.catalog, base=args.base_model or spec.base_model, options=options,
                             only=[] if args.base else [spec.name])
     predictions = _predictions(runtime, spec.name, spec.task, rows, args)
+    made = None if args.output == STANDARD_STREAM else _missing_folder(args.output)
     if args.output == STANDARD_STREAM:
         for row in predictions:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -223,7 +224,8 @@ def cmd_predict(args) -> int:
     else:
         write_jsonl_atomic(args.output, predictions)
     where = "standard output" if args.output == STANDARD_STREAM else args.output
-    print(f"wrote {len(rows)} line{'s' if len(rows) != 1 else ''} to {where}", file=sys.stderr)
+    print(f"wrote {len(rows)} line{'s' if len(rows) != 1 else ''} to {where}"
+          + (f" (made the folder {made})" if made else ""), file=sys.stderr)
     return 0
 
 
@@ -348,6 +350,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.samefile(b)
     except OSError:  # the output does not exist yet
         return False
+
+
+def _missing_folder(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (writing it makes it), or None."""
+    missing = None
+    for folder in Path(path).absolute().parents:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 def check_output_path(path: Path) -> None:

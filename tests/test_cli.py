@@ -91,7 +91,7 @@ def test_predict_spam_with_the_base_labels_every_line_and_keeps_its_keys(cli, tm
     inp, out = write_lines(tmp_path / "in.jsonl", rows), tmp_path / "out" / "pred.jsonl"
     status, _, err = cli("predict", "spam", "--base", "--input", inp, "--output", out, "--batch-size", 2)
     assert status == 0, err
-    assert f"wrote 3 lines to {out}" in err
+    assert f"wrote 3 lines to {out} (made the folder {out.parent})" in err  # it did not exist
     got = read_lines(out)
     assert len(got) == 3
     for row, pred in zip(rows, got):
