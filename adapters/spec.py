@@ -71,7 +71,7 @@ class DataSpec:
     """Where the examples come from: a local file (a relative path is read from the project root, then
     from the spec's own folder; see ``training.data.data_candidates``) or the Hub."""
 
-    format: Literal["sms_spam_tsv", "medquad_csv", "oncology_jsonl"]
+    format: Literal[tuple(FORMAT_TASKS)]  # one of FORMAT_TASKS' names; training.data.FORMATS reads each
     local_path: str | None = None
     hub_id: str | None = None
     split: SplitSpec = field(default_factory=SplitSpec)

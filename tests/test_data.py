@@ -266,6 +266,15 @@ def test_a_missing_explicit_path_is_an_error_not_a_fallback(tmp_path):
         load_examples(spec, tmp_path / "nope.tsv", root=tmp_path)
 
 
+def test_every_data_format_a_spec_accepts_has_a_file_a_reader_and_a_hub_reader():
+    """A format is named once for specs (``FORMAT_TASKS``) and read once (``FORMATS``): a spec that
+    accepted a format no reader knew failed only when training read its data."""
+    from training.data import FORMATS
+
+    assert set(FORMATS) == set(FORMAT_TASKS)
+    assert all(f.default_file and callable(f.read_file) and callable(f.read_hub_rows) for f in FORMATS.values())
+
+
 def test_no_local_file_and_no_hub_says_what_was_looked_for_and_how_to_provide_it(tmp_path, monkeypatch):
     import datasets
 

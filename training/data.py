@@ -49,7 +49,7 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +64,6 @@ from adapters.strict_json import RepeatedKey, loads_strict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder holding adapters/
 DATA_DIR_ENV = "ADAPTERLAB_DATA_DIR"
 SPLIT_NAMES = ("train", "validation", "test")
-# Where each format's file lies inside a datasets folder (used when a spec has no local_path).
-DEFAULT_FILES = {
-    "sms_spam_tsv": "sms_spam/SMSSpamCollection",
-    "medquad_csv": "medquad/medquad.csv",
-    "oncology_jsonl": "oncology/train.jsonl",
-}
 SMS_HEADER_NAMES = frozenset({"label", "labels", "class", "category", "type", "v1"})
 HUB_SMS_LABELS = ("ham", "spam")  # ucirvine/sms_spam: label 0 = ham, 1 = spam
 MAX_LINES_KEPT = 10  # line numbers kept per skip reason in a report
@@ -425,25 +419,74 @@ def read_oncology_jsonl(path: str | Path, fields: Sequence[str],
     return out.finish(str(path))
 
 
+def _sms_hub_rows(spec: AdapterSpec, ds, out: _Collector, column: Callable[..., str | None]) -> None:
+    """``ucirvine/sms_spam``: columns ``sms`` and ``label`` (0 = ham, 1 = spam)."""
+    text_col, label_col = column("sms", "text", "message"), column("label")
+    feature = ds.features.get(label_col)
+    names = list(getattr(feature, "names", None) or HUB_SMS_LABELS)
+    labels = {label.casefold(): label for label in (spec.labels or HUB_SMS_LABELS)}
+    for number, row in enumerate(ds, 1):
+        out.row()
+        label = row[label_col]
+        if isinstance(label, int) and not isinstance(label, bool):
+            label = names[label] if 0 <= label < len(names) else None
+        _sms_record(out, number, label, row[text_col], labels)
+
+
+def _medquad_hub_rows(spec: AdapterSpec, ds, out: _Collector, column: Callable[..., str | None]) -> None:
+    """``keivalya/MedQuad-MedicalQnADataset``: ``qtype``, ``Question``, ``Answer`` (no ``focus``: each
+    question is its own group)."""
+    q_col, a_col = column("Question"), column("Answer")
+    group_by = spec.data.split.group_by
+    g_col = column(group_by, required=False) if group_by else None
+    if group_by and g_col is None:
+        out.report.notes.append(f"no '{group_by}' column: grouped by the normalised question")
+    extra = {name: column(name, required=False) for name in MEDQUAD_EXTRA}
+    for number, row in enumerate(ds, 1):
+        out.row()
+        record = {"question": row[q_col], "answer": row[a_col]}
+        record.update({name: row[col] for name, col in extra.items() if col})
+        if g_col:
+            record[group_by.casefold()] = row[g_col]
+        _medquad_record(out, number, record, group_by if g_col else None, MEDQUAD_EXTRA)
+
+
+def _oncology_hub_rows(spec: AdapterSpec, ds, out: _Collector, column: Callable[..., str | None]) -> None:
+    """Columns ``input`` and ``output`` (an object, or the object as JSON text)."""
+    column("input"), column("output")
+    for number, row in enumerate(ds, 1):
+        out.row()
+        _oncology_record(out, number, dict(row), spec.fields, spec.data.split.group_by)
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """How one ``data.format`` (``adapters.spec.FORMAT_TASKS`` says which task's examples it holds) is read."""
+
+    default_file: str  # where its file lies inside a datasets folder (when a spec has no local_path)
+    read_file: Callable[[AdapterSpec, Path], tuple[list[Example], LoadReport]]
+    read_hub_rows: Callable[[AdapterSpec, Any, _Collector, Callable[..., str | None]], None]
+
+
+FORMATS = {
+    "sms_spam_tsv": DataFormat("sms_spam/SMSSpamCollection",
+                               lambda spec, path: read_sms_spam(path, spec.labels or ("ham", "spam")), _sms_hub_rows),
+    "medquad_csv": DataFormat("medquad/medquad.csv",
+                              lambda spec, path: read_medquad_csv(path, spec.data.split.group_by), _medquad_hub_rows),
+    "oncology_jsonl": DataFormat("oncology/train.jsonl",
+                                 lambda spec, path: read_oncology_jsonl(path, spec.fields, spec.data.split.group_by),
+                                 _oncology_hub_rows),
+}
+
+
 def read_file(spec: AdapterSpec, path: str | Path) -> tuple[list[Example], LoadReport]:
     """Read ``path`` in the spec's ``data.format``."""
-    fmt = spec.data.format
-    if fmt == "sms_spam_tsv":
-        return read_sms_spam(path, spec.labels or ("ham", "spam"))
-    if fmt == "medquad_csv":
-        return read_medquad_csv(path, spec.data.split.group_by)
-    if fmt == "oncology_jsonl":
-        return read_oncology_jsonl(path, spec.fields, spec.data.split.group_by)
-    raise DataError(f"unknown data format {fmt!r}")
+    return FORMATS[spec.data.format].read_file(spec, Path(path))
 
 
 def read_hub(spec: AdapterSpec, hub_id: str | None = None) -> tuple[list[Example], LoadReport]:
-    """The spec's Hub data set (all of its ``train`` split), converted like the local formats.
-
-    ``ucirvine/sms_spam``: columns ``sms`` and ``label`` (0 = ham, 1 = spam);
-    ``keivalya/MedQuad-MedicalQnADataset``: ``qtype``, ``Question``, ``Answer`` (no ``focus``: each
-    question is its own group). Rows are numbered from 1 in the report.
-    """
+    """The spec's Hub data set (all of its ``train`` split), converted like the local formats (each
+    format's ``read_hub_rows`` says which columns it reads). Rows are numbered from 1 in the report."""
     import datasets
 
     hub_id = hub_id or spec.data.hub_id
@@ -469,39 +512,7 @@ def read_hub(spec: AdapterSpec, hub_id: str | None = None) -> tuple[list[Example
             raise DataError(f"{where}: missing column '{names[0]}' (found: {', '.join(ds.column_names)})")
         return None
 
-    fmt = spec.data.format
-    if fmt == "sms_spam_tsv":
-        text_col, label_col = column("sms", "text", "message"), column("label")
-        feature = ds.features.get(label_col)
-        names = list(getattr(feature, "names", None) or HUB_SMS_LABELS)
-        labels = {label.casefold(): label for label in (spec.labels or HUB_SMS_LABELS)}
-        for number, row in enumerate(ds, 1):
-            out.row()
-            label = row[label_col]
-            if isinstance(label, int) and not isinstance(label, bool):
-                label = names[label] if 0 <= label < len(names) else None
-            _sms_record(out, number, label, row[text_col], labels)
-    elif fmt == "medquad_csv":
-        q_col, a_col = column("Question"), column("Answer")
-        group_by = spec.data.split.group_by
-        g_col = column(group_by, required=False) if group_by else None
-        if group_by and g_col is None:
-            out.report.notes.append(f"no '{group_by}' column: grouped by the normalised question")
-        extra = {name: column(name, required=False) for name in MEDQUAD_EXTRA}
-        for number, row in enumerate(ds, 1):
-            out.row()
-            record = {"question": row[q_col], "answer": row[a_col]}
-            record.update({name: row[col] for name, col in extra.items() if col})
-            if g_col:
-                record[group_by.casefold()] = row[g_col]
-            _medquad_record(out, number, record, group_by if g_col else None, MEDQUAD_EXTRA)
-    elif fmt == "oncology_jsonl":
-        column("input"), column("output")
-        for number, row in enumerate(ds, 1):
-            out.row()
-            _oncology_record(out, number, dict(row), spec.fields, spec.data.split.group_by)
-    else:
-        raise DataError(f"unknown data format {fmt!r}")
+    FORMATS[spec.data.format].read_hub_rows(spec, ds, out, column)
     return out.finish(where)
 
 
@@ -532,7 +543,7 @@ def _tails(spec: AdapterSpec) -> list[Path]:
     if spec.data.local_path:
         parts = [p for p in Path(spec.data.local_path).parts if p not in ("..", ".", "/")]
         return list(dict.fromkeys([Path(*parts[-2:]), Path(parts[-1])])) if parts else []
-    default = Path(DEFAULT_FILES.get(spec.data.format, ""))
+    default = Path(FORMATS[spec.data.format].default_file)
     return list(dict.fromkeys([default, Path(default.name)])) if default.name else []
 
 
