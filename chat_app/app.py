@@ -30,7 +30,7 @@ from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
 from adapters.runtime import train_command
-from chat_app import chains, handlers, offline, page_text, steps, welcome
+from chat_app import chains, handlers, offline, page_text, steps, upload_session, welcome
 from chat_app.config import load_config
 from chat_app.persistence import NOT_KEPT, HistoryDataLayer
 from chat_app.state import RuntimeHolder
@@ -76,6 +76,7 @@ if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` writes every thread's stack
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 offline.install()
 page_text.install()
+upload_session.install()
 welcome.serve(welcome.render_chainlit_md(SPECS, BASE_MODEL))
 log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)
 

@@ -286,6 +286,27 @@ def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser
     page.context.close()
 
 
+def test_a_file_attached_as_the_profile_changes_is_kept(server, browser, tmp_path):
+    """Another profile is a new Chainlit session, created when the page's socket reconnects; a file
+    attached the moment the header shows the new profile was uploaded for a session the server did
+    not know yet ("Failed to upload …: Session not found") and lost."""
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    notes = tmp_path / "two-texts.txt"
+    notes.write_text("Are we still on for lunch?\nWIN a FREE cruise, reply YES now\n", encoding="utf-8")
+    page.click("#chat-profiles")
+    page.click('[data-test="select-item:Spam check"]')
+    page.wait_for_selector("#chat-profiles:has-text('Spam check')")
+    with page.expect_response(lambda r: r.request.method == "POST" and "/project/file" in r.url) as upload:
+        page.set_input_files("#upload-button-input", str(notes))  # at once: the new session may not exist yet
+    assert upload.value.status == 200, upload.value.text()
+    page.wait_for_selector("#attachments :text('two-texts.txt')")
+    page.click("#chat-submit")
+    page.wait_for_selector("h3:has-text('2 texts from')", timeout=ANSWER_TIMEOUT * 1000)
+    page.context.close()
+
+
 def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(server, browser, tmp_path):
     page = new_page(browser, server)
     open_app(page, server)

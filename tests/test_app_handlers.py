@@ -1664,3 +1664,34 @@ def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tin
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False ['stopped by you']", done.stdout
+
+
+def test_an_upload_for_a_session_the_server_does_not_know_yet_waits_for_it():
+    """A file attached as a new chat starts is uploaded for a session Chainlit creates a moment later
+    (Chainlit answered 404 and the file was lost): the upload waits for it, and only the upload."""
+    import time
+
+    from chat_app.upload_session import WaitForTheUploadsSession
+
+    known: set[str] = set()
+    reached: list[tuple[str, bool, float]] = []
+
+    async def chainlit(scope, receive, send):
+        reached.append((scope["method"], "new" in known, time.monotonic()))
+
+    async def scenario():
+        middleware = WaitForTheUploadsSession(chainlit, session_exists=known.__contains__, wait_s=1.0)
+        asyncio.get_running_loop().call_later(0.3, known.add, "new")
+        upload = {"type": "http", "method": "POST", "path": "/project/file", "query_string": b"session_id=new&"}
+        started = time.monotonic()
+        await middleware(upload, None, None)
+        await middleware({**upload, "query_string": b"session_id=never"}, None, None)  # then Chainlit says 404
+        await middleware({"type": "http", "method": "GET", "path": "/project/file/f1",
+                          "query_string": b"session_id=other"}, None, None)
+        return started
+
+    started = asyncio.run(scenario())
+    (post, post_known, post_at), (_, _, never_at), (get, _, get_at) = reached
+    assert post == "POST" and post_known and 0.25 < post_at - started < 0.9  # it waited for its session
+    assert 0.9 < never_at - post_at < 1.5  # at most wait_s
+    assert get == "GET" and get_at - never_at < 0.1  # other requests do not wait
