@@ -1,4 +1,8 @@
-"""The ``adapterlab`` command line: list and prepare base models, list adapters, run predictions.
+"""The ``adapterlab`` command line: base models, the adapter catalogue, predictions and the results table.
+
+This module defines ``models``, ``adapters``, ``predict`` and ``results``; ``train``, ``eval`` and ``card``
+(``training``), ``serve`` (``chat_app``) and ``bench`` (``benchmarks``) are added by those packages
+through the ``adapterlab.commands`` entry point, so ``adapters`` imports none of them.
 
 Every expected failure (bad input, unknown adapter, untrained adapter, wrong base) ends with a
 one-line ``adapterlab: error: ...`` and exit status 2, never a traceback.
@@ -32,6 +36,21 @@ from .strict_json import NotStrictJSON, loads_strict
 EXPECTED_ERRORS = (SpecError, InputError, AdapterNotTrainedError, BaseMismatchError,
                    BaseModelError, ValueError, OSError)
 TRACEBACK_VARIABLE = "ADAPTERLAB_TRACEBACK"
+
+DESCRIPTION = """\
+Train LoRA adapters for one small base model, measure them, and run them from the command line or
+the chat app. The adapters are the folders of adapters/ (each with its adapter.yaml)."""
+EXAMPLES = """\
+examples:
+  adapterlab adapters              which adapters there are, and which are trained
+  adapterlab predict spam --input in.jsonl --output -
+                                   one {"text": ...} a line in; the answers to standard output
+  adapterlab eval spam --eval-limit 50 --output /tmp/quick
+                                   a quick measurement, written outside the adapter's folder
+  adapterlab serve                 the chat app on http://127.0.0.1:8000
+
+Each command's --help lists its options. A refused command prints one "adapterlab: error: ..." line
+and exits with status 2 (ADAPTERLAB_TRACEBACK=1 prints the traceback instead)."""
 
 
 class UsageError(Exception):
@@ -80,7 +99,8 @@ def _raise_on_sigterm():
 
 
 def build_parser(registrars=()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adapterlab", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = argparse.ArgumentParser(prog="adapterlab", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     models = sub.add_parser("models", help="list base models; prepare the embedded default")
@@ -118,12 +138,23 @@ def build_parser(registrars=()) -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (JSON results in benchmarks/results/)")
     bench_sub = bench.add_subparsers(required=True, metavar="BENCHMARK")  # filled by the benchmarks package
     add_plugin_commands(sub, bench_sub, registrars)
+    _describe_commands(sub)
+    _describe_commands(bench_sub)
     return parser
 
 
+def _describe_commands(subparsers) -> None:
+    """Give each command's own ``--help`` the one-line summary the command list shows, where the
+    command sets no description of its own (``adapterlab serve --help`` said nothing of what it does)."""
+    summaries = {action.dest: action.help for action in subparsers._choices_actions}
+    for name, command in subparsers.choices.items():
+        if command.description is None and summaries.get(name):
+            command.description = summaries[name][:1].upper() + summaries[name][1:] + "."
+
+
 def add_plugin_commands(sub, bench_sub, registrars=()) -> None:
-    """Commands other packages register (``training`` adds train/eval, ``benchmarks`` the ``bench``
-    commands) without adapters importing them.
+    """Commands other packages register (``training`` adds train, eval and card, ``chat_app`` serve,
+    ``benchmarks`` the ``bench`` commands) without adapters importing them.
 
     A package lists ``register(subparsers, bench_subparsers)`` under the entry-point group
     ``adapterlab.commands`` in pyproject.toml.

@@ -153,8 +153,9 @@ def add_parser(bench_sub) -> None:
     p.add_argument("--adapter", default="spam", help="adapter whose training texts are used")
     p.add_argument("--tokenizer", default="smollm2-135m-instruct", help="tokenizer source (base name or folder)")
     p.add_argument("--data", default=None, help="data file (default: the spec's local_path)")
-    p.add_argument("--catalog", default=str(CATALOG_DIR))
+    p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
+    p.add_argument("--output", default=None,
+                   help="JSON path (default: benchmarks/results/train-qlora-<shape>-<cpu|cuda>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_qlora)

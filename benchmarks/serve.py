@@ -398,7 +398,8 @@ def add_parser(bench_sub) -> None:
                        help="also profile one batched classify call by Python function (*-profile.txt)")
     serve.add_argument("--base-model", default=None, help="base model name, Hub id or folder (default: the specs')")
     serve.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--dtype", default="auto")
-    serve.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    serve.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    serve.add_argument("--output", default=None,
+                       help="JSON path (default: benchmarks/results/serve-<device>.json)")
     serve.set_defaults(func=run_serve)

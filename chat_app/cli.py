@@ -14,7 +14,8 @@ PROJECT_ROOT = APP.parent.parent  # holds .chainlit/config.toml, public/ and the
 
 
 def register(sub, bench_sub) -> None:
-    serve = sub.add_parser("serve", help="start the web app (Chainlit) on the embedded default model")
+    serve = sub.add_parser("serve", help="start the chat app (Chainlit) on the adapter catalogue "
+                                          "(env ADAPTERLAB_CATALOG, default adapters/) and its base model")
     serve.add_argument("--host", default=os.environ.get("CHAINLIT_HOST", "127.0.0.1"),
                        help="address to listen on (default: %(default)s; env CHAINLIT_HOST)")
     serve.add_argument("--port", type=port_number, default=os.environ.get("CHAINLIT_PORT") or "8000",

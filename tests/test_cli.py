@@ -670,3 +670,18 @@ def test_train_and_eval_refuse_a_device_that_is_not_there_before_reading_the_dat
     assert main([command, "spam", "--catalog", str(catalog), "--device", "cuda:7",
                  "--run-dir" if command == "train" else "--output", str(tmp_path / "out")]) == 2
     assert "adapterlab: error: device 'cuda:7': no such CUDA GPU here" in capsys.readouterr().err
+
+
+def test_every_command_help_says_what_the_command_does(capsys):
+    """``adapterlab COMMAND --help`` starts with the summary the command list gives, for the commands
+    other packages register too (they had only their options)."""
+    from adapters.cli import build_parser
+
+    parser = build_parser()
+    commands = [[name] for name in parser._subparsers._group_actions[0].choices]
+    commands += [["bench", name] for name in ("serve", "train", "qlora", "table")]
+    for argv in commands:
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--help"])
+        usage, _, rest = capsys.readouterr().out.partition("\n\n")
+        assert not rest.startswith(("positional arguments", "options")), f"{' '.join(argv)} --help: no description"

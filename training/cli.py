@@ -49,14 +49,14 @@ def register(sub, bench_sub) -> None:
 
 def _common(p) -> None:
     p.add_argument("adapter", help="adapter name (see `adapterlab adapters`)")
-    p.add_argument("--base-model", default=None, help="base model name, Hub id or folder")
+    p.add_argument("--base-model", default=None, help="base model name, Hub id or folder (default: the spec's)")
     p.add_argument("--data", default=None,
                    help="data file, or a folder laid out like ../shared/datasets (default: $ADAPTERLAB_DATA_DIR, "
                         "then the spec's local_path, else the Hub)")
     p.add_argument("--device", default="auto", help="auto (env ADAPTERLAB_DEVICE, else CUDA when there is a GPU), "
                                                   "cpu, cuda, cuda:1 ...")
     p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate on the first N test examples")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size (default: 64 on a GPU, 8 on the CPU)")
     p.add_argument("--catalog", default=str(CATALOG_DIR), help="adapter catalogue folder")
 
 
