@@ -1,8 +1,9 @@
 """The README's benchmark table, generated from the JSON results in ``benchmarks/results/``.
 
 ``adapterlab bench table`` (or ``python -m benchmarks.table``) reads every result file, turns
-``serve`` results (``adapterlab bench serve``) and ``train`` results (``adapterlab bench train``) into
-table rows with the issue's targets marked ✅/❌ where they apply to the device, and rewrites the
+``serve``, ``train`` and ``train-qlora`` results (``adapterlab bench serve|train|qlora``) into table
+rows with the project's speed targets (``TARGETS``: serving, training and QLoRA on the H100, one
+classification on the 2-core CPU) marked ✅/❌ where they apply to the device, and rewrites the
 README between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` (atomically, and only
 when the text changes). Files of another benchmark kind are listed under the table as not tabulated.
 """

@@ -1,8 +1,9 @@
 """The adapterlab web app: ``chainlit run chat_app/app.py`` (or ``adapterlab serve``).
 
 Profiles: Chat (base model), Spam check, Medical Q&A, Oncology extraction and Compare. The base model
-and the trained adapters load once per process, in a background thread started at import, so the
-page is usable at once (the status panel shows the loading state). Every model call goes through
+and the trained adapters load once per process, in a background thread started when Chainlit starts
+the app (``on_app_startup``; not during the import, see ``start_loading_the_model``), so the page is
+usable at once (the status panel shows the loading state). Every model call goes through
 ``adapters.Runtime``, wrapped as LangChain chains (``chains.py``); what to show is decided by the
 plain functions in ``handlers.py``. Settings come from environment variables (``config.py``).
 """

@@ -1,6 +1,6 @@
 """The chain steps the page shows under an answer ("Used medquad - generate - fine-tuned"): Chainlit's
-LangChain callback handler, with two corrections, kept apart from ``app.py`` (which loads the model
-when imported) so that tests can drive it.
+LangChain callback handler, with two corrections, kept apart from ``app.py`` (which reads the catalogue and
+installs its Chainlit hooks when imported) so that tests can drive it.
 
 - A streamed run's input. LangChain starts a run that it streams (``astream``: every answer the
   model writes as it goes) before its input has arrived, reporting the input as ``{"input": ""}``,

@@ -4,9 +4,10 @@ TRL's ``SFTTrainer`` does the work: prompt/completion examples rendered by the r
 prompt renderer (so training sees exactly the inference prompt), loss on the completion only,
 padding-free packing or length-grouped batches (``training.batching``, see ``batching_args``),
 evaluation loss every ``eval_steps``, the best checkpoint kept, early stopping, and resumption from
-the last checkpoint after a kill. Two exact speed-ups for the GPU, each tested against the library's
-own path: packed examples are attended one at a time (``packed_attention``) and PEFT's LoRA
-projections that read the same input run as one (``fused_lora``). LoRA runs in bf16 on CUDA (fp32
+the last checkpoint after a kill. Three speed-ups for the GPU, each tested against the library's
+own path: packed examples are attended one at a time (``packed_attention``), PEFT's LoRA
+projections that read the same input run as one (``fused_lora``), and with ``training.compile``
+the decoder layers run compiled on CUDA (``compile_decoder_layers``; evaluation runs them eagerly). LoRA runs in bf16 on CUDA (fp32
 on CPU); QLoRA loads the base in 4-bit NF4 with double quantization, recomputes activations
 (gradient checkpointing) and uses paged 8-bit AdamW on CUDA. ``accelerate launch -m training.cli
 train <name>`` runs the same code with DDP on several GPUs.
