@@ -252,6 +252,22 @@ def test_the_card_says_evaluation_decodes_greedily_whatever_the_specs_temperatur
         "a sequence of 6 tokens.")
 
 
+def test_the_cards_one_go_command_evaluates_the_examples_the_card_reports():
+    """MedQuAD's card reports 200 of 1,476 test pairs and said `adapterlab train medquad` alone
+    reproduces it, which evaluates all 1,476."""
+    from training.card import card_text
+
+    spec = load_catalog()["medquad"]
+    metrics = json.loads((spec.directory / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["test_examples"] < metrics["test_split_size"]
+    card = card_text(spec, metrics, spec.directory)
+    limit = f"--eval-limit {metrics['test_examples']}"
+    assert f"adapterlab eval medquad {limit}\n" in card
+    assert f"`adapterlab train medquad {limit}` alone trains and evaluates in one go" in card
+    whole = card_text(spec, {**metrics, "test_examples": metrics["test_split_size"]}, spec.directory)
+    assert "`adapterlab train medquad` alone trains and evaluates in one go" in whole and "--eval-limit" not in whole
+
+
 @pytest.mark.parametrize("adapter", ["spam", "medquad", "oncology"])
 def test_the_shipped_model_cards_are_generated_from_their_spec_and_metrics(adapter):
     from adapters.catalog import get_spec

@@ -376,6 +376,10 @@ def _reproduce_section(spec: AdapterSpec, metrics: dict) -> str:
     options = f"{catalog_option(spec)}{_base_option(spec, metrics.get('base_model'))}"
     limit = '' if metrics.get('test_examples') == metrics.get('test_split_size') else f" --eval-limit {metrics.get('test_examples')}"
     test_data = (metrics.get("split") or {}).get("test_data")
+    # `train` evaluates the test split as `eval` does, with the same --eval-limit (never a --test-data file)
+    in_one_go = (f"`adapterlab train {spec.name}{options}{limit}` alone trains and evaluates in one go"
+                 if not test_data else
+                 f"`adapterlab train {spec.name}{options}` alone trains, then evaluates on the test split, not that file")
     if test_data:
         limit += f" --test-data {test_data['source']} --output DIR"
     trained_on = (metrics.get("training") or {}).get("device", "—")
@@ -384,5 +388,5 @@ adapterlab train {spec.name}{options} --no-eval    # trained on: {trained_on}
 adapterlab eval {spec.name}{options}{limit}
 ```
 
-`adapterlab train {spec.name}` alone trains and evaluates in one go; either way the configuration is
+{in_one_go}; either way the configuration is
 `adapter.yaml` as committed, with the data split recorded above."""
