@@ -352,7 +352,7 @@ class Runtime:
         return max(self.backend.count_tokens(self._label_continuation(spec, label)) for label in spec.labels)
 
     def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], int | None, int]:
-        """The conversation with the spec's system message, the last message cut to the input budget
+        """The conversation with the spec's system message, each user message cut to the input budget
         and the oldest turns dropped to fit the context: (messages, tokens the last message was cut
         to or None, how many turns were dropped)."""
         turns = [dict(m) for m in messages]
@@ -365,9 +365,13 @@ class Runtime:
             _check_encodable(m["content"])
         budget = self._input_budget(spec, max_new_tokens)
         cut_to, dropped = None, 0
-        if self.backend.over_budget([turns[-1]["content"]], budget)[0]:
-            turns[-1]["content"] = self._cut_text(turns[-1]["content"], budget)
-            cut_to = budget
+        # every user message as it was read when it was answered: an earlier one over the budget,
+        # sent whole with the history, made the prompt many times what the adapter reads
+        asked = [i for i, m in enumerate(turns) if m["role"] == "user"]
+        for i, over in zip(asked, self.backend.over_budget([turns[i]["content"] for i in asked], budget)):
+            if over:
+                turns[i]["content"] = self._cut_text(turns[i]["content"], budget)
+                cut_to = budget if i == len(turns) - 1 else cut_to
         full = chat_messages(spec, turns, system=system)
         limit = self.backend.context_length - max_new_tokens
         while self.backend.count_tokens(self.backend.render(full)) > limit:

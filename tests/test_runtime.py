@@ -1154,6 +1154,33 @@ def test_a_long_chat_message_keeps_its_start_and_its_end(tiny_base, catalog):
     assert g.message_cut_to == budget and g.prompt_tokens <= rt.backend.context_length
 
 
+def test_an_earlier_message_stays_cut_as_when_it_was_answered(tiny_base, catalog):
+    """A Medical Q&A question over the adapter's input budget is read cut to it, but it went back
+    to the model whole in the next question's history: after a 5,000-word paste (read as 512 tokens)
+    the next question, "🎉", ran with a 6,005-token prompt (28 s to the first token on the 2-core
+    CPU), far past what the adapter reads, with nothing said. Each earlier message is cut as it was."""
+    rt = runtime(tiny_base, catalog)
+    budget = rt.spec("medquad").max_input_tokens
+    filler = "filler words about nothing "
+    text = ("Report begins here. " + filler * (budget // rt.backend.count_tokens(filler) + 4)
+            + "What does angina mean?")
+    assert budget < rt.backend.count_tokens(text) < rt.backend.context_length - 200  # over the budget, in the context
+    first = rt.generate("medquad", [{"role": "user", "content": text}], base=True, max_new_tokens=2)
+    first.read()
+    assert first.message_cut_to == budget
+    conversation = [{"role": "user", "content": text}, {"role": "assistant", "content": "It is chest pain."},
+                    {"role": "user", "content": "And how is it treated?"}]
+    g = rt.generate("medquad", conversation, base=True, max_new_tokens=2)
+    g.read()
+    assert g.message_cut_to is None and g.turns_dropped == 0
+    read = rt.rendered_prompt("medquad", conversation[:1], max_new_tokens=2).split("<|im_start|>user\n")[1]
+    read = read.split("<|im_end|>")[0]
+    assert "[…]" in read and "What does angina mean?" in read
+    prompt = rt.rendered_prompt("medquad", conversation, max_new_tokens=2)
+    assert read in prompt and text not in prompt  # the first question as it was read, not whole
+    assert rt.backend.count_tokens(prompt) == g.prompt_tokens
+
+
 def test_a_broken_few_shot_file_is_named_with_its_line(catalog):
     """A line without `target` raised a bare KeyError 'target', which named no file."""
     from adapters.runtime import read_few_shot
