@@ -959,11 +959,13 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
     if spec.task == "classify":
         chain = chains.classify_chain(runtime, adapter, base=base, system=settings.system, examples=shots)
         (result,) = await chain.ainvoke({"texts": [text]}, config=config)
+        truncated = result["truncated"]
     elif spec.task == "extract":
         chain = chains.extract_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
                                      max_new_tokens=settings.max_new_tokens)
         (result,) = await chain.ainvoke({"texts": [text]}, config=config)
         output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result["raw"], result["cut_at"], limit)
+        truncated = result["truncated"]
     else:
         info = chains.GenerationInfo()
         chain = chains.generate_chain(runtime, adapter, base=base, system=settings.system, examples=shots,
@@ -981,10 +983,10 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
         await chains.stream_pieces(chain, {"history": [], "text": text}, config, collect)
         result = "".join(pieces)
         output_tokens = handlers.generated_tokens(runtime.backend.count_tokens, result, info.cut_at, limit)
-        cut_at = info.cut_at
+        cut_at, truncated = info.cut_at, info.message_cut_to is not None
     seconds = time.perf_counter() - started
     prompt_tokens = await _prompt_tokens(runtime, adapter, text, settings, shots)
-    return handlers.Outcome(name, result, seconds, prompt_tokens, output_tokens, cut_at=cut_at)
+    return handlers.Outcome(name, result, seconds, prompt_tokens, output_tokens, cut_at=cut_at, truncated=truncated)
 
 
 async def _prompt_tokens(runtime: Runtime, adapter: str, text: str, settings, shots) -> int:

@@ -1156,6 +1156,7 @@ class Outcome:
     unavailable: str | None = None  # why this column has no result
     cut_at: int | None = None  # the max-new-tokens limit a generated answer was cut at
     stopped: str | None = None  # why it was stopped ("stopped by you"): ``result`` is the answer so far
+    truncated: bool = False  # the text was cut to fit this column's prompt (its start and its end read)
 
 
 def compare_progress(adapter: str, variant: str, number: int, total: int) -> str:
@@ -1187,8 +1188,9 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
         for name in spec.fields:
             values = {json.dumps(o.result["fields"].get(name)) for o in ran}
             differs = len(values) > 1
-            rows.append([f"`{name}`" + (" ≠" if differs else ""),
-                         *per(lambda o, n=name, d=differs: _compared_value(o.result["fields"].get(n), d, text))])
+            rows.append([f"`{name}`" + (" ≠" if differs else ""),  # marked by the part each column read
+                         *per(lambda o, n=name, d=differs: _compared_value(o.result["fields"].get(n), d,
+                                                                           text_read(text, o.result)))])
         rows.append(["output", *per(lambda o: f"⌛ cut at the {o.result['cut_at']}-token limit"
                                     if o.result.get("cut_at") else ("❌ invalid" if not o.result["valid"]
                                     else ("⚠️ repaired" if o.result["repaired"] else "valid")))])
@@ -1206,6 +1208,8 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
         # picked got a spam table with nothing that said why
         parts.insert(1, f"*No adapter was picked with this message, so this compares `{spec.name}`, {chosen_by}. "
                         f"To compare another, pick it with the buttons under the message box: {COMMAND_BUTTONS}.*")
+    if any(o.truncated for o in ran):  # the rendered prompt showed the `[…]`, and nothing else said so
+        parts.append(truncation_note(spec, text))
     if spec.task == "extract" and any("≠" in r[0] for r in rows):
         parts.append("≠ marks fields where the variants disagree (shown in bold).")
     if spec.task == "extract" and any(COMPARE_SUPPORT["none"] in c or COMPARE_SUPPORT["some"] in c

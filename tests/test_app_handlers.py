@@ -719,6 +719,30 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| output | valid | valid | ⚠️ repaired |" in md  # no green check: valid JSON can hold invented values
 
 
+def test_compare_says_when_the_text_was_cut_and_marks_values_by_the_part_read(catalog):
+    """Compare read a long note cut to the adapter's 512 tokens (its rendered prompt showed the
+    `[…]`) and said nothing of it, where the profiles of each task say so; and it marked a value found
+    only in the part left out as in the text."""
+    specs = load_catalog(catalog)
+    text = "Stage IV lung cancer. " + "Unrelated history. " * 400 + "Started osimertinib."
+    read = "Stage IV lung cancer. […] Started osimertinib."
+    cut = extraction(stage="IV") | {"truncated": True, "text_read": read}
+    cut["fields"] = {**cut["fields"], "gene_mutation": "Unrelated"}
+    onc = [handlers.Outcome("base", cut, 1.0, 531, 20, truncated=True),
+           handlers.Outcome("fine-tuned", cut, 1.0, 531, 20, truncated=True)]
+    md = handlers.compare_markdown(specs["oncology"], text, onc)
+    assert handlers.truncation_note(specs["oncology"], text) in md
+    assert "| `gene_mutation` | Unrelated ○ | Unrelated ○ |" in md  # a word of the part left out backs nothing
+    whole = handlers.compare_markdown(specs["oncology"], "Stage IV lung cancer",
+                                      [handlers.Outcome("base", extraction(stage="IV"), 1.0, 60, 20)])
+    assert "✂️" not in whole
+    spam = handlers.compare_markdown(specs["spam"], text, [handlers.Outcome(
+        "base", {"label": "ham", "probs": {"ham": 0.6, "spam": 0.4}}, 0.1, 300, truncated=True)])
+    assert handlers.truncation_note(specs["spam"], text) in spam
+    gen = handlers.compare_markdown(specs["medquad"], text, [handlers.Outcome("base", "a", 2.0, 560, 9, truncated=True)])
+    assert handlers.truncation_note(specs["medquad"], text) in gen
+
+
 def test_batch_rows_table_and_csv(catalog):
     texts = ["a", "b, with comma"]
     results = [{"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False},
