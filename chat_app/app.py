@@ -534,6 +534,7 @@ async def on_message(message: cl.Message):
             cl.user_session.set("thread_named", True)
             if files and not typed:
                 await _name_thread(", ".join(f.name for f in files))
+            asyncio.create_task(_give_the_chat_its_address(cl.context.session, cl.context.emitter))
         runtime = await _ready_runtime()
         if files and profile.task in UPLOAD_TASKS:
             if typed:
@@ -632,6 +633,20 @@ async def _name_thread(name: str) -> None:
     if layer := cl_data.get_data_layer():
         await layer.update_thread(thread_id=session.thread_id, name=name,
                                   tags=[session.chat_profile] if session.chat_profile else None)
+
+
+async def _give_the_chat_its_address(session, emitter) -> None:
+    """Signed in, a chat's first message moves the page to the chat's address (``/thread/<id>``), so
+    that a reload reopens it. Chainlit 2.12 does it from its history sidebar, which a phone (or a
+    window under 768 px) mounts only when its sheet is opened: there the address stayed "/" and a
+    reload opened a blank chat. Once Chainlit has written the thread, the page is told its id, and
+    ``public/adapterlab.js`` moves to its address if Chainlit has not."""
+    if session.user is None or not session.thread_id:
+        return
+    chainlit_init = [task for task in asyncio.all_tasks() if _runs(task, type(emitter).init_thread, emitter)]
+    if chainlit_init:
+        await asyncio.wait(chainlit_init, timeout=10)
+    await emitter.send_window_message({"adapterlab_thread": session.thread_id})
 
 
 def _runs(task: asyncio.Task, method, instance) -> bool:

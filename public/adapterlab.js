@@ -16,6 +16,10 @@
 //    the page opens says it in a message that stays (chat_app/app.py, on_chat_start).
 // 4. Enter in the history's rename dialog did nothing; it confirms, as in any one-field form.
 // 5. The settings' sliders had no name ("slider"); each gets its label's text.
+// 6. Signed in, Chainlit moves a chat to its address (/thread/<id>) at its first message from the
+//    history sidebar, which a phone mounts only when its sheet is opened: the address stayed "/",
+//    and a reload opened a blank chat. The app sends the chat's id (a window message,
+//    chat_app/app.py _give_the_chat_its_address); the address changes if Chainlit's has not.
 (() => {
   const NAMES = {
     "new-chat-button": "New chat",
@@ -109,6 +113,17 @@
     }
   }
 
+  function moveToTheChatsAddress(event) {
+    const id = event.data && event.data.adapterlab_thread;
+    if (event.origin !== window.location.origin || typeof id !== "string" || !/^[0-9a-f-]+$/.test(id)) return;
+    // Chainlit's sidebar, where it is shown, moves first (through its router); this only fills in
+    // where it did not
+    setTimeout(() => {
+      if (window.location.pathname === "/") window.history.replaceState(window.history.state, "", `/thread/${id}`);
+    }, 1500);
+  }
+
+  window.addEventListener("message", moveToTheChatsAddress);
   document.addEventListener("keydown", confirmRenameOnEnter, true);
   document.addEventListener("focusin", (event) => { focused = event.target; });
   new MutationObserver(() => {

@@ -485,6 +485,26 @@ def test_signed_in_the_status_panel_stays_at_a_chats_address_and_when_resumed(lo
     page.context.close()
 
 
+def test_signed_in_on_a_phone_a_chat_moves_to_its_address_and_a_reload_reopens_it(login_server, browser):
+    """Chainlit moves a signed-in chat to /thread/<id> from its history sidebar, which a phone mounts
+    only when its sheet is opened: on a phone the address stayed "/" and a reload opened a blank chat."""
+    context = browser.new_context(**PHONE)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, login_server)  # (a phone shows no "Model ready" once the model is loaded: the answer waits)
+    choose_profile(page, "Spam check")
+    send(page, "Shall we meet at the station at six?")
+    answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    page.wait_for_url(re.compile(r"/thread/[0-9a-f-]+$"), timeout=10_000)
+    page.reload()
+    page.get_by_text("Shall we meet at the station at six?").first.wait_for(timeout=30_000)
+    answers(page).filter(has_text="probability").first.wait_for(timeout=30_000)
+    page.wait_for_selector("#chat-profiles:has-text('Spam')")
+    send(page, "And bring the tickets")  # the reopened chat goes on, in its profile
+    answers(page).filter(has_text="probability").nth(1).wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    context.close()
+
+
 def test_signed_in_a_reload_while_an_answer_streams_shows_it_and_keeps_it(login_server, browser):
     """A reload is a new session that resumes the chat: it showed the question and no answer, no
     Stop button, while the old session went on writing the answer for a page that was gone (and
