@@ -436,7 +436,8 @@ def _jsonl_upload(name: str, content: str) -> Upload:
         numbers = [n for n, _ in bad]
         raise InputProblem(f"📎 `{_safe_name(name)}`: {_rows_named(numbers, 'line')} "
                            f"{'is not a JSON object' if len(numbers) == 1 else 'are not JSON objects'} "
-                           f"(line {first}: {why}). A `.jsonl` file holds one object a line, "
+                           f"({why if len(numbers) == 1 else f'line {first}: {why}'}). A `.jsonl` file holds one "
+                           "object a line, "
                            'such as `{"text": "…"}`.')
     keys = list(dict.fromkeys(key for _, obj in objects for key in obj))
     column = _text_column(keys)

@@ -560,7 +560,7 @@ def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
     ("half.txt", b"\xff\xfeh\x00i\x00\x00", "starts as UTF-16 text but is not"),
     ("notes.jsonl", b'{"text": "ok"}\n{"text": "a", "text": "b"}\n[1]\n',
      r"lines 2, 3 are not JSON objects \(line 2: key \"text\" appears twice in one object\)"),
-    ("one.jsonl", b'{"text": "ok"}\n[1]\n', r"line 2 is not a JSON object \(line 2: a JSON list"),
+    ("one.jsonl", b'{"text": "ok"}\n[1]\n', r"line 2 is not a JSON object \(a JSON list"),  # its line named once
     ("keys.jsonl", b'{"id": 1, "label": "ham"}\n', r"no text key \(keys found: `id`, `label`\)"),
     ("photo.png", b"\x89PNG", r"upload a `\.txt` file"),
     ("notes.xlsx", b"PK\x03\x04", r"a spreadsheet workbook, .* Save the sheet as CSV \(in Excel: File → Save As"),
