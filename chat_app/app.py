@@ -545,7 +545,7 @@ async def on_message(message: cl.Message):
             await cl.Message(content=handlers.files_not_read(typed)).send()
             if not typed:
                 return
-        text, notes = handlers.check_text(message.content)
+        text, notes = handlers.text_to_send(message.content)
         for note in notes:
             await cl.Message(content=f"ℹ️ {note}").send()
         if profile.task == "compare":

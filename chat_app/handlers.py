@@ -230,8 +230,9 @@ EMPTY_MESSAGE = ("✏️ The message is empty. Type some text, or attach a .txt 
                  ".csv (with a `text` column) or .jsonl (a `text` key) file.")
 
 
-def check_text(text: str | None) -> tuple[str, list[str]]:
-    """The text to send and notes for the user; refuses empty text."""
+def text_to_send(text: str | None) -> tuple[str, list[str]]:
+    """The message as the model gets it (cut to MAX_MESSAGE_CHARS) and notes for the user; refuses
+    empty text."""
     text = text or ""
     if not text.strip():
         raise InputProblem(EMPTY_MESSAGE)

@@ -434,17 +434,17 @@ def test_a_streamed_answer_s_steps_show_the_input_the_chain_received(tiny_base, 
 @pytest.mark.parametrize("text", ["", "   \n\t", None])
 def test_an_empty_message_gets_a_clear_answer(text):
     with pytest.raises(handlers.InputProblem, match="empty"):
-        handlers.check_text(text)
+        handlers.text_to_send(text)
 
 
 def test_a_100kb_message_is_truncated_by_the_runtime_and_the_user_is_told(tiny_base, catalog):
-    text, notes = handlers.check_text("win a free prize call now " * 4000)  # ~100 kB
+    text, notes = handlers.text_to_send("win a free prize call now " * 4000)  # ~100 kB
     assert len(text) > 100_000 and notes == []
     rt = runtime(tiny_base, catalog)
     (result,) = chains.classify_chain(rt, "spam", base=True).invoke({"texts": [text]})
     assert result["truncated"]
     assert "only its start and its end were read" in handlers.truncation_note(rt.spec("spam"), text)
-    huge, notes = handlers.check_text("x" * 300_000)
+    huge, notes = handlers.text_to_send("x" * 300_000)
     assert len(huge) == handlers.MAX_MESSAGE_CHARS and "only the first" in notes[0]
 
 
