@@ -392,14 +392,23 @@ STOP_REASONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message
 STOP_SAID: weakref.WeakSet = weakref.WeakSet()  # message tasks whose stop a message has already told
 
 
+STOPPED_AT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # message task -> when _stop cancelled it
+STOP_SETTLE_S = 3.0  # a stopped answer is kept (counted, sent) well within this
+
+
 def _stop(task: asyncio.Task | None, reason: str | None = None) -> None:
-    """Cancel a message's task, once: a second Stop (from another page showing the answer, or a page
-    closed meanwhile) would cancel the handler that keeps what the first one stopped while it sends
-    it, and lose the answer. ``reason`` is the app's, when the Stop button did not stop it."""
-    if task is None or task.done() or task.cancelling():
+    """Cancel a message's task, once: a second Stop soon after (from another page showing the
+    answer, or a page closed meanwhile) would cancel the handler that keeps what the first one
+    stopped while it sends it, and lose the answer. A Stop after ``STOP_SETTLE_S`` cancels again,
+    in case the first was lost on its way. ``reason`` is the app's, when the Stop button did not
+    stop it."""
+    if task is None or task.done():
         return
+    if time.monotonic() - STOPPED_AT.get(task, -STOP_SETTLE_S) < STOP_SETTLE_S:
+        return
+    STOPPED_AT[task] = time.monotonic()
     if reason:
-        STOP_REASONS[task] = reason
+        STOP_REASONS.setdefault(task, reason)
     task.cancel()
 
 

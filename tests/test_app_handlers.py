@@ -1649,7 +1649,8 @@ def test_the_model_starts_loading_once_chainlit_has_imported_the_app(tiny_base, 
 def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tiny_base, catalog, tmp_path):
     """A stopped answer keeps what was said (it counts its tokens and sends the message, both awaited);
     a second Stop meanwhile (another page showing the answer, or a page closed) cancelled that too,
-    and the answer was lost. The Stop button, a closed page and a left chat stop a task once."""
+    and the answer was lost. The Stop button, a closed page and a left chat stop a task once, unless
+    the first Stop did not take: pressed again after ``STOP_SETTLE_S``, it cancels again."""
     import os
     import subprocess
     import sys
@@ -1681,13 +1682,28 @@ def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tin
              "    await stop_button('sid')  # another page's Stop\n"
              "    await asyncio.gather(task, return_exceptions=True)\n"
              "    print(task.cancelled(), kept)\n"
+             "    # a Stop that did not take (lost on its way) can be pressed again once the first has settled\n"
+             "    app.STOP_SETTLE_S = 0.2\n"
+             "    async def deaf():\n"
+             "        try:\n"
+             "            await asyncio.sleep(60)\n"
+             "        except asyncio.CancelledError:\n"
+             "            pass\n"
+             "        await asyncio.sleep(60)\n"
+             "    session.current_task = task = asyncio.create_task(deaf())\n"
+             "    await asyncio.sleep(0.05)\n"
+             "    await stop_button('sid')\n"
+             "    await asyncio.sleep(0.3)\n"
+             "    await stop_button('sid')\n"
+             "    await asyncio.sleep(0.05)\n"
+             "    print(task.cancelled())\n"
              "asyncio.run(main())\n")
     env = {**os.environ, "ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
            "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'history.sqlite3'}"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "False ['stopped by you']", done.stdout
+    assert done.stdout.strip().splitlines()[-2:] == ["False ['stopped by you']", "True"], done.stdout
 
 
 def test_an_upload_for_a_session_the_server_does_not_know_yet_waits_for_it():
