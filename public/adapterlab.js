@@ -117,9 +117,15 @@
     const id = event.data && event.data.adapterlab_thread;
     if (event.origin !== window.location.origin || typeof id !== "string" || !/^[0-9a-f-]+$/.test(id)) return;
     // Chainlit's sidebar, where it is shown, moves first (through its router); this only fills in
-    // where it did not
+    // where it did not. Only if the page is still where the message found it: its router gives every
+    // move a new history key, and "New chat" (or another profile) meanwhile is a new chat at "/" too,
+    // which this moved to the address of the chat it had left
+    const entry = window.history.state && window.history.state.key;
     setTimeout(() => {
-      if (window.location.pathname === "/") window.history.replaceState(window.history.state, "", `/thread/${id}`);
+      const still = (window.history.state && window.history.state.key) === entry;
+      if (still && window.location.pathname === "/") {
+        window.history.replaceState(window.history.state, "", `/thread/${id}`);
+      }
     }, 1500);
   }
 

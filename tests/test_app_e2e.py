@@ -1170,3 +1170,32 @@ def test_another_catalogue_is_served_with_a_profile_per_adapter(tmp_path, browse
         page.context.close()
     finally:
         srv.stop()
+
+
+def test_signed_in_on_a_phone_a_new_chat_started_at_once_is_not_moved_to_the_chat_it_left(login_server, browser):
+    """public/adapterlab.js fills in a chat's address 1.5 s after Chainlit has written its thread,
+    if the page is still at "/": a new chat started meanwhile (a spam check answers in well under a
+    second) is at "/" too, and was moved to /thread/<the chat it left>; a reload opened that chat."""
+    context = browser.new_context(**PHONE)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, login_server)
+    choose_profile(page, "Spam check")
+    send(page, "Warm-up: the model loads")  # (a phone shows no "Model ready")
+    answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    page.get_by_role("button", name="New chat", exact=True).first.click()
+    page.get_by_role("button", name="Confirm").click()
+    page.wait_for_selector("#starters")
+    page.evaluate("window.__told = false; window.addEventListener('message', "
+                  "(e) => { if (e.data && e.data.adapterlab_thread) window.__told = true; })")
+    send(page, "Shall we meet at the station at six?")
+    page.wait_for_function("window.__told")
+    wait_idle(page)
+    page.get_by_role("button", name="New chat", exact=True).first.click()  # at once
+    page.get_by_role("button", name="Confirm").click()
+    page.wait_for_selector("#starters")
+    page.wait_for_timeout(2500)
+    path = page.evaluate("window.location.pathname")
+    context.close()
+    assert path == "/", f"the new chat was moved to {path}"
