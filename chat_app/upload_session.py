@@ -50,5 +50,8 @@ def install() -> None:
     """Put the middleware in front of Chainlit's server (before it starts: at the app's import)."""
     import chainlit.server as server
 
-    if not any(m.cls is WaitForTheUploadsSession for m in server.app.user_middleware):  # imported once more
+    # by name, not identity: `chainlit run -w` imports every module of chat_app/ afresh on a change,
+    # after the server has started (Starlette then refuses a middleware, and app.py stopped there)
+    if not any(getattr(m.cls, "__qualname__", None) == WaitForTheUploadsSession.__qualname__
+               and getattr(m.cls, "__module__", None) == __name__ for m in server.app.user_middleware):
         server.app.add_middleware(WaitForTheUploadsSession)

@@ -1735,3 +1735,33 @@ def test_an_upload_for_a_session_the_server_does_not_know_yet_waits_for_it():
     assert post == "POST" and post_known and 0.25 < post_at - started < 0.9  # it waited for its session
     assert 0.9 < never_at - post_at < 1.5  # at most wait_s
     assert get == "GET" and get_at - never_at < 0.1  # other requests do not wait
+
+
+def test_the_upload_middleware_is_installed_once_when_watch_mode_imports_the_app_again():
+    """`chainlit run -w` reloads the app on a change by dropping every module under chat_app/ and
+    importing app.py again, after the server has started: the middleware class is then a new object,
+    so install() added it again, Starlette refused ("Cannot add middleware after an application has
+    started") and app.py stopped there, its hooks unregistered."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    probe = ("import importlib, os, sys\n"
+             "import chainlit.server as server\n"
+             "from chat_app import upload_session\n"
+             "upload_session.install()\n"
+             "server.app.middleware_stack = server.app.build_middleware_stack()  # the server has started\n"
+             "folder = os.path.abspath('chat_app')\n"
+             "for name, module in list(sys.modules.items()):  # as chainlit.config.load_module(force_refresh=True)\n"
+             "    if (getattr(module, '__file__', None) or '').startswith(folder):\n"
+             "        sys.modules.pop(name)\n"
+             "again = importlib.import_module('chat_app.upload_session')\n"
+             "assert again.WaitForTheUploadsSession is not upload_session.WaitForTheUploadsSession\n"
+             "again.install()\n"
+             "print(sum(m.cls.__name__ == 'WaitForTheUploadsSession' for m in server.app.user_middleware))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=dict(os.environ), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "1"
