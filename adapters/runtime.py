@@ -197,8 +197,7 @@ class Runtime:
         spec = self.spec(adapter) if adapter is not None else None
         target = self._target(spec, base) if spec else None
         params = self._params(spec, temperature, top_p, max_new_tokens)
-        messages, cut_to, dropped = self._fit_conversation(spec, [*few_shot_turns(examples), *messages], system,
-                                                           params.max_new_tokens)
+        messages, cut_to, dropped = self._fit_conversation(spec, messages, system, params.max_new_tokens, examples)
         prompt = self.backend.render(messages)
         generation = Generation(truncated=cut_to is not None or dropped > 0, message_cut_to=cut_to,
                                 turns_dropped=dropped, prompt_tokens=self.backend.count_tokens(prompt),
@@ -271,7 +270,7 @@ class Runtime:
             room = self._label_room(spec) if spec.task == "classify" else max_new
             [(text, _)] = self._fit(spec, [messages[-1]["content"]], system, examples, room)
             return self.backend.render(task_messages(spec, text, system=system, examples=examples))
-        full, _, _ = self._fit_conversation(spec, [*few_shot_turns(examples), *messages], system, max_new)
+        full, _, _ = self._fit_conversation(spec, messages, system, max_new, examples)
         return self.backend.render(full)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -351,11 +350,14 @@ class Runtime:
         """Tokens a classifier's answer takes: its longest label as trained (label + end of turn)."""
         return max(self.backend.count_tokens(self._label_continuation(spec, label)) for label in spec.labels)
 
-    def _fit_conversation(self, spec, messages, system, max_new_tokens) -> tuple[list[Message], int | None, int]:
-        """The conversation with the spec's system message, each user message cut to the input budget
-        and the oldest turns dropped to fit the context: (messages, tokens the last message was cut
-        to or None, how many turns were dropped)."""
-        turns = [dict(m) for m in messages]
+    def _fit_conversation(self, spec, messages, system, max_new_tokens,
+                          examples: Sequence[tuple[str, str]] = ()) -> tuple[list[Message], int | None, int]:
+        """The conversation after the few-shot ``examples`` (kept whole, as the tasks keep theirs),
+        with the spec's system message, each user message cut to the input budget and the oldest
+        turns dropped to fit the context: (messages, tokens the last message was cut to or None, how
+        many turns were dropped)."""
+        shots = few_shot_turns(examples)
+        turns = [*shots, *(dict(m) for m in messages)]
         for i, m in enumerate(turns):
             if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
                 raise InputError(f"message {i}: needs role system/user/assistant and text content")
@@ -365,9 +367,9 @@ class Runtime:
             _check_encodable(m["content"])
         budget = self._input_budget(spec, max_new_tokens)
         cut_to, dropped = None, 0
-        # every user message as it was read when it was answered: an earlier one over the budget,
-        # sent whole with the history, made the prompt many times what the adapter reads
-        asked = [i for i, m in enumerate(turns) if m["role"] == "user"]
+        # every message of the user's cut as the last one is: an earlier one over the budget, sent
+        # whole with the history, made the prompt many times what the adapter reads
+        asked = [i for i, m in enumerate(turns) if m["role"] == "user" and i >= len(shots)]
         for i, over in zip(asked, self.backend.over_budget([turns[i]["content"] for i in asked], budget)):
             if over:
                 turns[i]["content"] = self._cut_text(turns[i]["content"], budget)

@@ -1179,6 +1179,10 @@ def test_an_earlier_message_stays_cut_as_when_it_was_answered(tiny_base, catalog
     prompt = rt.rendered_prompt("medquad", conversation, max_new_tokens=2)
     assert read in prompt and text not in prompt  # the first question as it was read, not whole
     assert rt.backend.count_tokens(prompt) == g.prompt_tokens
+    # few-shot examples are not the user's messages: kept whole, as classify and extract keep theirs
+    example = ("A long worked example. " + filler * (budget // rt.backend.count_tokens(filler) + 4), "An answer.")
+    shown = rt.rendered_prompt("medquad", conversation[2:], max_new_tokens=2, examples=[example])
+    assert example[0] in shown
 
 
 def test_a_broken_few_shot_file_is_named_with_its_line(catalog):
