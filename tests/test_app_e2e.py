@@ -459,6 +459,7 @@ LOGIN = {"ADAPTERLAB_APP_USER": "ana", "ADAPTERLAB_APP_PASSWORD": "s3cret-pw", "
 def login_server(tmp_path_factory):
     """The real model with password login (so with the history): a chat moves to its own address
     at its first message, and a reload resumes it as another session."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # (run alone with -k, no other fixture made it)
     srv = Server(tmp_path_factory.mktemp("e2e-login"), LOGIN, name="server-login-real-model")
     srv.wait_healthy()
     yield srv
@@ -500,6 +501,10 @@ def test_signed_in_on_a_phone_a_chat_moves_to_its_address_and_a_reload_reopens_i
     page.get_by_text("Shall we meet at the station at six?").first.wait_for(timeout=30_000)
     answers(page).filter(has_text="probability").first.wait_for(timeout=30_000)
     page.wait_for_selector("#chat-profiles:has-text('Spam')")
+    # Chainlit's page connects twice as it opens, and a reloaded page's first Stop was once lost
+    # between them (CI); this message got no answer in 2 of 13 runs made beside a CI run (0 of 6
+    # alone, sent at once): let the page settle first
+    page.wait_for_timeout(2000)
     send(page, "And bring the tickets")  # the reopened chat goes on, in its profile
     answers(page).filter(has_text="probability").nth(1).wait_for(timeout=ANSWER_TIMEOUT * 1000)
     context.close()
