@@ -1138,6 +1138,18 @@ def test_a_deleted_chats_address_says_so_and_opens_a_new_chat(tmp_path, browser,
         assert notices == (0,)  # the notice belongs to no chat: shown, not stored
         page.wait_for_url(re.compile(rf"/thread/{threads[0][0]}$"))
         page.context.close()
+        # on a phone too, where Chainlit's history sidebar (which moves a chat to its address) is not
+        # mounted: the address kept the deleted id, and a reload said "no longer exists" again
+        phone = browser.new_context(**PHONE).new_page()
+        phone.set_default_timeout(30_000)
+        sign_in(phone, srv)
+        phone.goto(address)
+        phone.get_by_text("The chat at this address no longer exists").wait_for()
+        send(phone, "Buy bread")
+        answers(phone).filter(has_text="prompt tokens").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+        phone.wait_for_url(re.compile(r"/thread/(?!" + deleted + r")[0-9a-f-]+$"), timeout=10_000)
+        stored_answer(srv.database, "prompt tokens", thread_of="Buy bread")
+        phone.context.close()
     finally:
         srv.stop()
 
