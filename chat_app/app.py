@@ -635,9 +635,7 @@ async def _name_thread(name: str) -> None:
     ``first_interaction`` event); for a file alone it is "", so a long upload could not be stopped.
     Chainlit sends its "" from a task of its own, after writing the thread: ours goes after it."""
     session, emitter = cl.context.session, cl.context.emitter
-    chainlit_init = [task for task in asyncio.all_tasks() if _runs(task, type(emitter).init_thread, emitter)]
-    if chainlit_init:
-        await asyncio.wait(chainlit_init, timeout=10)
+    await _once_chainlit_has_written_the_thread(emitter)
     await emitter.emit("first_interaction", {"interaction": name, "thread_id": session.thread_id})
     if layer := cl_data.get_data_layer():
         await layer.update_thread(thread_id=session.thread_id, name=name,
@@ -652,10 +650,15 @@ async def _give_the_chat_its_address(session, emitter) -> None:
     ``public/adapterlab.js`` moves to its address if Chainlit has not."""
     if session.user is None or not session.thread_id:
         return
+    await _once_chainlit_has_written_the_thread(emitter)
+    await emitter.send_window_message({"adapterlab_thread": session.thread_id})
+
+
+async def _once_chainlit_has_written_the_thread(emitter) -> None:
+    """Wait (10 s at most) for the task in which Chainlit writes a new chat's thread, if one runs."""
     chainlit_init = [task for task in asyncio.all_tasks() if _runs(task, type(emitter).init_thread, emitter)]
     if chainlit_init:
         await asyncio.wait(chainlit_init, timeout=10)
-    await emitter.send_window_message({"adapterlab_thread": session.thread_id})
 
 
 def _runs(task: asyncio.Task, method, instance) -> bool:

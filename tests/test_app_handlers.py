@@ -1623,27 +1623,37 @@ def test_a_waiting_answer_says_the_model_is_busy_and_counts_only_when_others_wai
     assert "(3 answers waiting, yours included)" in handlers.waiting_message(3)
 
 
-def test_the_model_starts_loading_once_chainlit_has_imported_the_app(tiny_base, catalog, tmp_path):
-    """Chainlit takes the app's folder off ``sys.path`` as the last step of importing it; a loader
-    thread started during the import was once searching ``sys.path`` then, and the model failed to
-    load with "No module named 'transformers'". The load starts at the app's startup instead."""
+def output_of(probe: str, env: dict[str, str] | None = None) -> str:
+    """What ``python -c probe`` prints, run from the project root in a process of its own (importing
+    chat_app/app.py installs Chainlit hooks for good)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def app_env(tiny_base, catalog, tmp_path) -> dict[str, str]:
+    """The app's settings for a probe that imports it: the tiny base and catalogue, a history in ``tmp_path``."""
+    return {"ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
+            "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'history.sqlite3'}"}
+
+
+def test_the_model_starts_loading_once_chainlit_has_imported_the_app(tiny_base, catalog, tmp_path):
+    """Chainlit takes the app's folder off ``sys.path`` as the last step of importing it; a loader
+    thread started during the import was once searching ``sys.path`` then, and the model failed to
+    load with "No module named 'transformers'". The load starts at the app's startup instead."""
     probe = ("import sys\n"
              "from chainlit.config import config, load_module\n"
              "load_module('chat_app/app.py')\n"
              "app = sys.modules['chat_app/app.py']\n"
              "print(app.HOLDER.state, config.code.on_app_startup is not None)\n")
-    env = {**os.environ, "ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
-           "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'history.sqlite3'}"}
-    done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["idle", "True"], done.stdout  # loading waits for the startup hook
+    printed = output_of(probe, app_env(tiny_base, catalog, tmp_path))
+    assert printed.split()[-2:] == ["idle", "True"], printed  # loading waits for the startup hook
 
 
 def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tiny_base, catalog, tmp_path):
@@ -1651,12 +1661,6 @@ def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tin
     a second Stop meanwhile (another page showing the answer, or a page closed) cancelled that too,
     and the answer was lost. The Stop button, a closed page and a left chat stop a task once, unless
     the first Stop did not take: pressed again after ``STOP_SETTLE_S``, it cancels again."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     probe = ("import asyncio, sys\n"
              "from chainlit.config import load_module\n"
              "load_module('chat_app/app.py')\n"
@@ -1698,12 +1702,8 @@ def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tin
              "    await asyncio.sleep(0.05)\n"
              "    print(task.cancelled())\n"
              "asyncio.run(main())\n")
-    env = {**os.environ, "ADAPTERLAB_BASE_MODEL": str(tiny_base), "ADAPTERLAB_CATALOG": str(catalog),
-           "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'history.sqlite3'}"}
-    done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-2:] == ["False ['stopped by you']", "True"], done.stdout
+    printed = output_of(probe, app_env(tiny_base, catalog, tmp_path))
+    assert printed.strip().splitlines()[-2:] == ["False ['stopped by you']", "True"], printed
 
 
 def test_an_upload_for_a_session_the_server_does_not_know_yet_waits_for_it():
@@ -1742,12 +1742,6 @@ def test_the_upload_middleware_is_installed_once_when_watch_mode_imports_the_app
     importing app.py again, after the server has started: the middleware class is then a new object,
     so install() added it again, Starlette refused ("Cannot add middleware after an application has
     started") and app.py stopped there, its hooks unregistered."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     probe = ("import importlib, os, sys\n"
              "import chainlit.server as server\n"
              "from chat_app import upload_session\n"
@@ -1761,7 +1755,4 @@ def test_the_upload_middleware_is_installed_once_when_watch_mode_imports_the_app
              "assert again.WaitForTheUploadsSession is not upload_session.WaitForTheUploadsSession\n"
              "again.install()\n"
              "print(sum(m.cls.__name__ == 'WaitForTheUploadsSession' for m in server.app.user_middleware))\n")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=dict(os.environ), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "1"
+    assert output_of(probe).strip().splitlines()[-1] == "1"
