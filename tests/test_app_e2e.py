@@ -1104,6 +1104,7 @@ def test_a_deleted_chats_address_says_so_and_opens_a_new_chat(tmp_path, browser,
         srv.wait_healthy()
         page = new_page(browser, srv)
         sign_in(page, srv)
+        wait_model_ready(page, srv)  # (its first answer, sent at once, did not come once in six runs)
         send(page, "Buy eggs")
         answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
         wait_idle(page)
@@ -1178,6 +1179,9 @@ def test_another_catalogue_is_served_with_a_profile_per_adapter(tmp_path, browse
             "select-item:Chat", "select-item:Mood check"]  # no Spam check, Medical Q&A, Oncology or Compare
         page.click('[data-test="select-item:Mood check"]')
         page.wait_for_selector("#chat-profiles:has-text('Mood check')")
+        # the new profile's session says so in its status panel: a message sent before it (the
+        # page still reconnecting, the model loading) once got no answer in CI
+        wait_model_ready(page, srv)
         send(page, "What a lovely sunny day")
         answer = answers(page).filter(has_text="probability").first
         answer.wait_for(timeout=ANSWER_TIMEOUT * 1000)
