@@ -266,7 +266,7 @@ async def on_chat_resume(thread):
     # one saved by the last page to close lacked the turns another page had added
     cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
     await _setup_session(cl.user_session.get("settings"), show_status=False)
-    RESUMED_AT_CONNECTION.add(cl.context.session)
+    RESUMED_AT_CONNECTION[cl.context.session] = _messages_of(thread)
 
 
 @cl.on_chat_end
@@ -419,7 +419,13 @@ def _stop_reason(task: asyncio.Task | None = None) -> str:
     return STOP_REASONS.get(task, "stopped by you") if task is not None else "stopped by you"
 
 
-RESUMED_AT_CONNECTION: weakref.WeakSet = weakref.WeakSet()  # sessions whose connection resumed a chat
+# session whose connection resumed a chat -> the messages of the thread Chainlit sends its page
+RESUMED_AT_CONNECTION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _messages_of(thread: dict) -> list[tuple]:
+    """What a page shows of a stored chat's messages: each one's id and text."""
+    return [(step.get("id"), step.get("output")) for step in thread.get("steps") or []]
 
 
 def _after_connection() -> None:
@@ -430,7 +436,8 @@ def _after_connection() -> None:
       session with an answer still running gets its Stop button back;
     - it sends a resumed chat's thread after ``on_chat_resume``, and the page then replaces its
       elements with the thread's, the status panel's among them, and its messages with the stored
-      ones: the panel, and an answer still being written in the chat, are shown after that.
+      ones: the panel, and an answer still being written in the chat, are shown after that; and
+      the chat is sent again if an answer in it ended meanwhile (``_send_the_chat_again_if_it_changed``).
     """
     from chainlit.context import init_ws_context
     from chainlit.server import sio
@@ -441,8 +448,9 @@ def _after_connection() -> None:
         return
 
     async def connection_successful(sid):
-        await original(sid)
         session = WebsocketSession.get(sid)
+        answering = _answer_being_written(session.thread_id) if session and session.thread_id else None
+        await original(sid)
         if session is None:
             return
         init_ws_context(session)
@@ -451,8 +459,9 @@ def _after_connection() -> None:
             await cl.context.emitter.task_start()
             if len(ANSWER_PAGES.get(task, ())) > 1 and ANSWER_PAGES[task][0] is session:
                 _send_events_to_every_page(session, task)  # Chainlit gave it a new emit
-        if session in RESUMED_AT_CONNECTION:
-            RESUMED_AT_CONNECTION.discard(session)
+        if (sent := RESUMED_AT_CONNECTION.pop(session, None)) is not None:
+            if answering is not None and answering.done():
+                await _send_the_chat_again_if_it_changed(session, sent)
             await _show_status(_profile())
             await _show_the_answer_being_written(session)
 
@@ -461,6 +470,20 @@ def _after_connection() -> None:
 
 
 _after_connection()
+
+
+async def _send_the_chat_again_if_it_changed(session, sent: list[tuple]) -> None:
+    """Chainlit sends a resumed chat as it read it when the page connected, and the page replaces
+    its messages with it. An answer that ended meanwhile was not stored then (a Stop pressed on a
+    page that had just been reloaded, which connects twice): the page lost the answer, and the
+    chat's conversation lacked it (once in CI, and 1 in 11 runs of its browser test here). Read
+    again once the answer's writes have landed, the chat is sent again if it changed."""
+    layer = cl_data.get_data_layer()
+    thread = await layer.get_thread(session.thread_id) if layer else None
+    if thread is None or _messages_of(thread) == sent:
+        return
+    cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
+    await cl.context.emitter.resume_thread(thread)
 
 
 def _stop_without_a_second_message() -> None:

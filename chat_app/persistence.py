@@ -16,6 +16,8 @@ SQLite by default (a local file whose tables are created on first use), PostgreS
   from the same text in two profiles looked the same. A name the user gives a chat stays as given;
 - a message removed stays removed: Chainlit writes a message's last update and its removal in
   tasks it does not wait for, and the update could land last and put the row back;
+- a chat is read once the writes of its messages under way have landed (the same unawaited
+  tasks): a page reloaded as an answer ended was sent the chat without it;
 - a deleted chat stays deleted: Chainlit saves a session's state when its page disconnects, and
   that save re-created a chat deleted while open (ownerless, hidden, its conversation in the
   metadata), as did a message sent in it afterwards; writes for a deleted chat are dropped;
@@ -104,6 +106,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         # were asked for, and a removed message is not written again.
         self._step_locks = [asyncio.Lock() for _ in range(STEP_LOCK_STRIPES)]
         self._deleted_steps: dict[str, None] = {}  # the latest removed messages, oldest first
+        self._writing: dict[str, set[asyncio.Task]] = {}  # chat -> the tasks writing its messages now
 
     async def ensure_schema(self) -> None:
         if self._schema_ready:
@@ -168,11 +171,31 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         return self._step_locks[hash(step_id) % STEP_LOCK_STRIPES]
 
     async def create_step(self, step_dict):  # update_step writes through it too
-        step_id = step_dict.get("id")
-        async with self._step_lock(step_id):
-            if step_dict.get("threadId") in self._deleted or step_id in self._deleted_steps or _not_kept(step_dict):
-                return None
-            return await super().create_step(step_dict)
+        step_id, thread_id = step_dict.get("id"), step_dict.get("threadId")
+        writing, task = self._writing.setdefault(thread_id, set()), asyncio.current_task()
+        writing.add(task)
+        try:
+            async with self._step_lock(step_id):
+                if thread_id in self._deleted or step_id in self._deleted_steps or _not_kept(step_dict):
+                    return None
+                return await super().create_step(step_dict)
+        finally:
+            writing.discard(task)
+            if not writing and self._writing.get(thread_id) is writing:
+                del self._writing[thread_id]
+
+    async def get_thread(self, thread_id: str):
+        """The chat as it will be once the writes of its messages under way have landed: Chainlit
+        writes a message in a task it does not wait for, so a chat read as its answer ended (a page
+        reloaded then) lacked the answer."""
+        await self.messages_written(thread_id)
+        return await super().get_thread(thread_id)
+
+    async def messages_written(self, thread_id: str, timeout: float = 10.0) -> None:
+        """Wait until the message writes of chat ``thread_id`` asked for so far have landed."""
+        await asyncio.sleep(0)  # a write asked for just now starts (and is counted) first
+        if pending := self._writing.get(thread_id, set()) - {asyncio.current_task()}:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def delete_step(self, step_id: str):
         async with self._step_lock(step_id):
