@@ -460,10 +460,10 @@ def _after_connection() -> None:
             if len(ANSWER_PAGES.get(task, ())) > 1 and ANSWER_PAGES[task][0] is session:
                 _send_events_to_every_page(session, task)  # Chainlit gave it a new emit
         if (sent := RESUMED_AT_CONNECTION.pop(session, None)) is not None:
-            if answering is not None and answering.done():
-                await _send_the_chat_again_if_it_changed(session, sent)
             await _show_status(_profile())
             await _show_the_answer_being_written(session)
+            if answering is not None and answering.done() and await _send_the_chat_again_if_it_changed(session, sent):
+                await _show_status(_profile())  # the thread brings its elements, without the panel
 
     connection_successful._adapterlab = True
     sio.on("connection_successful", connection_successful)
@@ -472,18 +472,20 @@ def _after_connection() -> None:
 _after_connection()
 
 
-async def _send_the_chat_again_if_it_changed(session, sent: list[tuple]) -> None:
+async def _send_the_chat_again_if_it_changed(session, sent: list[tuple]) -> bool:
     """Chainlit sends a resumed chat as it read it when the page connected, and the page replaces
     its messages with it. An answer that ended meanwhile was not stored then (a Stop pressed on a
     page that had just been reloaded, which connects twice): the page lost the answer, and the
     chat's conversation lacked it (once in CI, and 1 in 11 runs of its browser test here). Read
-    again once the answer's writes have landed, the chat is sent again if it changed."""
+    again once the answer's writes have landed, the chat is sent again if it changed (whether it
+    was is returned)."""
     layer = cl_data.get_data_layer()
     thread = await layer.get_thread(session.thread_id) if layer else None
     if thread is None or _messages_of(thread) == sent:
-        return
+        return False
     cl.user_session.set("history", handlers.history_from_steps(thread.get("steps") or []))
     await cl.context.emitter.resume_thread(thread)
+    return True
 
 
 def _stop_without_a_second_message() -> None:

@@ -1789,10 +1789,13 @@ def test_a_page_that_resumes_a_chat_as_its_answer_ends_shows_the_answer(tiny_bas
              "    await connected('p1')\n"
              "    print([[step['id'] for step in data['steps']] for event, data in sent if event == 'resume_thread'])\n"
              "    print(user_sessions['page']['history'])\n"
+             "    last = max(i for i, (event, _) in enumerate(sent) if event == 'resume_thread')\n"
+             "    print([event for event, _ in sent[last:]])\n"
              "asyncio.run(main())\n")
     printed = output_of(probe, app_env(tiny_base, catalog, tmp_path)).strip().splitlines()
-    assert printed[-2] == "[['q1'], ['q1', 'a1']]", printed  # as read, then again with the answer
-    assert printed[-1] == ("[{'role': 'user', 'content': 'What are the symptoms of asthma?'}, "
+    assert printed[-3] == "[['q1'], ['q1', 'a1']]", printed  # as read, then again with the answer
+    assert "set_sidebar_elements" in printed[-1], printed  # the status panel, which the thread replaced
+    assert printed[-2] == ("[{'role': 'user', 'content': 'What are the symptoms of asthma?'}, "
                            "{'role': 'assistant', 'content': 'Wheezing.'}]"), printed
 
 
