@@ -897,10 +897,13 @@ async def _uploads(runtime: Runtime, profile: handlers.Profile, files: list) -> 
         except handlers.InputProblem as exc:
             await cl.Message(content=str(exc)).send()
             continue
-        await _run_batch(runtime, profile, spec, variant, settings, file.name, upload)
+        download = handlers.results_file_name(file.name, spec.name, [f.name for f in files])
+        await _run_batch(runtime, profile, spec, variant, settings, file.name, upload, download)
 
 
-async def _run_batch(runtime, profile, spec, variant, settings, name: str, upload: handlers.Upload) -> None:
+async def _run_batch(runtime, profile, spec, variant, settings, name: str, upload: handlers.Upload,
+                     download: str) -> None:
+    """Run an upload's texts in chunks, with a progress line, then send its table and ``download``."""
     if profile.task == "classify":
         chain = chains.classify_chain(runtime, spec.name, base=variant.base, system=settings.system)
     else:
@@ -930,11 +933,10 @@ async def _run_batch(runtime, profile, spec, variant, settings, name: str, uploa
     header, rows = handlers.batch_rows(profile.task, upload.texts, results, spec.labels, spec.fields)
     agreement = handlers.reference_agreement(profile.task, upload, results, spec.labels, spec.fields)
     header, rows = handlers.with_agreement(header, rows, agreement)
-    stem = Path(name).stem or "upload"
     # one table (the message's preview) and the CSV: Chainlit's cl.Dataframe repeated the preview in
     # another format, and its pager, one link per 10 rows, pushed Previous/Next off the page past
     # about 250 rows
-    elements = [cl.File(name=f"{stem}-{spec.name}-results.csv", content=handlers.results_csv(header, rows, upload),
+    elements = [cl.File(name=download, content=handlers.results_csv(header, rows, upload),
                         mime="text/csv", display="inline")]
     content = handlers.batch_markdown(profile.task, name, upload, header, rows, variant.label, seconds,
                                       [handlers.text_read(t, r) for t, r in zip(upload.texts, results)], agreement)

@@ -830,6 +830,17 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
     return header, rows
 
 
+def results_file_name(file_name: str, adapter: str, names_sent_together: Sequence[str] = ()) -> str:
+    """The download name of an upload's results: ``notes-oncology-results.csv`` for ``notes.jsonl``,
+    with the file's extension kept when another file sent with it has the same stem (``notes.jsonl``
+    and ``notes.csv`` had both given ``notes-oncology-results.csv``)."""
+    path = PurePath(file_name)
+    stem = path.stem or "upload"
+    if sum(PurePath(other).stem == path.stem for other in names_sent_together) > 1 and path.suffix:
+        stem = f"{stem}-{path.suffix.lstrip('.')}"
+    return f"{stem}-{adapter}-results.csv"
+
+
 def results_csv(header: Sequence[str], rows: Sequence[Sequence], upload: Upload | None = None) -> bytes:
     """CSV bytes (UTF-8 with BOM so spreadsheet programs read it right); None becomes empty. With the
     ``upload``, each row starts with its line or row number in the file and the file's other

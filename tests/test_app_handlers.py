@@ -1630,6 +1630,15 @@ def test_percentages_never_round_a_possible_outcome_to_zero_or_certainty():
         ["0.0%", "<0.1%", "0.1%", "25.0%", "99.9%", ">99.9%", "100.0%"]
 
 
+def test_uploads_sent_together_with_one_stem_get_downloads_of_their_own():
+    assert handlers.results_file_name("notes.jsonl", "oncology") == "notes-oncology-results.csv"
+    together = ["notes.jsonl", "notes.csv", "other.txt"]  # both had given notes-oncology-results.csv
+    assert [handlers.results_file_name(n, "oncology", together) for n in together] == \
+        ["notes-jsonl-oncology-results.csv", "notes-csv-oncology-results.csv", "other-oncology-results.csv"]
+    assert handlers.results_file_name(".csv", "spam") == ".csv-spam-results.csv"  # a dot-file's stem is its name
+    assert handlers.results_file_name("", "spam") == "upload-spam-results.csv"
+
+
 def test_a_typed_special_token_string_is_visibly_broken_in_the_shown_prompt():
     plain = "<|im_start|>user\nhello<|im_end|>\n"
     assert handlers.shown_prompt(plain) == plain
