@@ -5,7 +5,8 @@ and the trained adapters load once per process, in a background thread started w
 the app (``on_app_startup``; not during the import, see ``start_loading_the_model``), so the page is
 usable at once (the status panel shows the loading state). Every model call goes through
 ``adapters.Runtime``, wrapped as LangChain chains (``chains.py``); what to show is decided by the
-plain functions in ``handlers.py``. Settings come from environment variables (``config.py``).
+plain functions in ``handlers.py``, and an attached file is read into texts by ``uploads.py``. Settings
+come from environment variables (``config.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from chainlit.utils import utc_now
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
 from adapters.runtime import train_command
-from chat_app import chains, handlers, offline, page_text, steps, upload_session, welcome
+from chat_app import chains, handlers, offline, page_text, problems, steps, upload_session, uploads, welcome
 from chat_app.config import load_config
 from chat_app.persistence import NOT_KEPT, HistoryDataLayer
 from chat_app.state import RuntimeHolder
@@ -591,7 +592,7 @@ async def on_message(message: cl.Message):
             await _classify(runtime, profile, text)
         else:
             await _extract(runtime, profile, text)
-    except handlers.InputProblem as exc:
+    except problems.InputProblem as exc:
         await cl.Message(content=str(exc)).send()
     except InputError as exc:  # the runtime's messages start in lower case, to follow "error: "
         await cl.Message(content=f"✏️ {str(exc)[:1].upper()}{str(exc)[1:]}").send()
@@ -698,7 +699,7 @@ async def _ready_runtime() -> Runtime:
     if HOLDER.state == "ready":
         return HOLDER.runtime
     if HOLDER.state == "failed":
-        raise handlers.InputProblem(handlers.load_failed_message(HOLDER.error or "unknown error"))
+        raise problems.InputProblem(handlers.load_failed_message(HOLDER.error or "unknown error"))
     waiting = cl.Message(content=handlers.loading_message(HOLDER.elapsed()))
     await waiting.send()
     try:
@@ -714,7 +715,7 @@ async def _ready_runtime() -> Runtime:
     if HOLDER.state == "failed":
         waiting.content = handlers.load_failed_message(HOLDER.error or "unknown error")
         await waiting.update()
-        raise handlers.InputProblem("The model is not available.")
+        raise problems.InputProblem("The model is not available.")
     waiting.content = handlers.ready_message(HOLDER.load_seconds, HOLDER.runtime.backend.adapter_names())
     await waiting.update()
     return HOLDER.runtime
@@ -892,16 +893,16 @@ async def _uploads(runtime: Runtime, profile: handlers.Profile, files: list) -> 
     for file in files:
         try:
             path = Path(file.path)
-            handlers.check_upload_size(file.name, path.stat().st_size)
-            upload = handlers.read_upload(file.name, await asyncio.to_thread(path.read_bytes), limit)
-        except handlers.InputProblem as exc:
+            uploads.check_upload_size(file.name, path.stat().st_size)
+            upload = uploads.read_upload(file.name, await asyncio.to_thread(path.read_bytes), limit)
+        except problems.InputProblem as exc:
             await cl.Message(content=str(exc)).send()
             continue
         download = handlers.results_file_name(file.name, spec.name, [f.name for f in files])
         await _run_batch(runtime, profile, spec, variant, settings, file.name, upload, download)
 
 
-async def _run_batch(runtime, profile, spec, variant, settings, name: str, upload: handlers.Upload,
+async def _run_batch(runtime, profile, spec, variant, settings, name: str, upload: uploads.Upload,
                      download: str) -> None:
     """Run an upload's texts in chunks, with a progress line, then send its table and ``download``."""
     if profile.task == "classify":

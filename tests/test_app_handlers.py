@@ -15,7 +15,7 @@ import pytest
 from adapters import AdapterNotTrainedError, Runtime
 from adapters.catalog import load_catalog
 from adapters.prompts import chat_messages, few_shot_turns, task_messages
-from chat_app import chains, handlers, offline, welcome
+from chat_app import chains, handlers, offline, problems, uploads, welcome
 from chat_app.config import load_config
 
 EXAMPLES = [("win {cash} now", "spam"), ("dinner at 7?", '{"cancer_type": null, "stage": "IV"}')]
@@ -433,7 +433,7 @@ def test_a_streamed_answer_s_steps_show_the_input_the_chain_received(tiny_base, 
 
 @pytest.mark.parametrize("text", ["", "   \n\t", None])
 def test_an_empty_message_gets_a_clear_answer(text):
-    with pytest.raises(handlers.InputProblem, match="empty"):
+    with pytest.raises(problems.InputProblem, match="empty"):
         handlers.text_to_send(text)
 
 
@@ -449,21 +449,21 @@ def test_a_100kb_message_is_truncated_by_the_runtime_and_the_user_is_told(tiny_b
 
 
 def test_txt_upload_is_one_text_a_line():
-    upload = handlers.read_upload("sms.txt", "first\n\n  second  \r\nthird\n".encode(), limit=100)
+    upload = uploads.read_upload("sms.txt", "first\n\n  second  \r\nthird\n".encode(), limit=100)
     assert upload.texts == ["first", "second", "third"] and upload.source == "lines" and not upload.notes
 
 
 def test_csv_upload_uses_the_text_column_whatever_its_case():
     data = 'id,Message,label\n1,"Hello, there",ham\n2,"WIN ""now""",spam\n3,,ham\n'.encode()
-    upload = handlers.read_upload("batch.CSV", data, limit=100)
+    upload = uploads.read_upload("batch.CSV", data, limit=100)
     assert upload.texts == ["Hello, there", 'WIN "now"'] and upload.source == "Message"
     bom = "\ufefftext\nnoted\n".encode()
-    assert handlers.read_upload("x.csv", bom, limit=5).texts == ["noted"]
+    assert uploads.read_upload("x.csv", bom, limit=5).texts == ["noted"]
 
 
 def test_a_csv_text_with_unquoted_commas_is_read_whole_and_said_so():
     data = b"id,text\n1,Hi, are you free tonight? Call me, love\n2,See you at 6\n3,WINNER, claim your prize\n"
-    upload = handlers.read_upload("commas.csv", data, limit=100)
+    upload = uploads.read_upload("commas.csv", data, limit=100)
     assert upload.texts == ["Hi, are you free tonight? Call me, love", "See you at 6", "WINNER, claim your prize"]
     assert "Rows 2, 4 have more fields than the header: their texts hold an unquoted comma," in upload.notes[0]
 
@@ -473,7 +473,7 @@ def test_a_batch_names_each_text_by_its_row_in_the_file_and_keeps_the_file_s_col
     the results file dropped the upload's ids, so results could not be joined back to patients."""
     data = (b"patient_id,narrative\nP1,Stage IV melanoma\nP2,\"Lung, EGFR\"\nP3,\n"
             b"P4,Colon cancer, KRAS G12D\n")
-    upload = handlers.read_upload("onco.csv", data, limit=100)
+    upload = uploads.read_upload("onco.csv", data, limit=100)
     assert upload.texts == ["Stage IV melanoma", "Lung, EGFR", "Colon cancer, KRAS G12D"]
     assert upload.rows == [2, 3, 5] and upload.columns == ["patient_id"]
     assert upload.values == [["P1"], ["P2"], ["P4"]]
@@ -489,16 +489,16 @@ def test_a_batch_names_each_text_by_its_row_in_the_file_and_keeps_the_file_s_col
     assert parsed[0][:3] == ["row", "patient_id", "text"] and [r[:2] for r in parsed[1:]] == [
         ["2", "P1"], ["3", "P2"], ["5", "P4"]]
 
-    lines = handlers.read_upload("sms.txt", b"first\n\nsecond\n", limit=1)
+    lines = uploads.read_upload("sms.txt", b"first\n\nsecond\n", limit=1)
     assert lines.rows == [1] and lines.row_name == "line" and "up to line 1" in lines.notes[0]
 
 
 def test_a_csv_text_column_is_found_by_a_word_of_its_name_and_a_headerless_column_is_read_whole():
     """"Clinical Note" was not a text column, and a one-column file without a header said "no text
     column (columns found: <its first message>)"."""
-    upload = handlers.read_upload("notes.csv", b"Patient ID,Clinical Notes\nP1,Stage II melanoma\n", limit=10)
+    upload = uploads.read_upload("notes.csv", b"Patient ID,Clinical Notes\nP1,Stage II melanoma\n", limit=10)
     assert upload.texts == ["Stage II melanoma"] and upload.source == "Clinical Notes" and upload.columns == ["Patient ID"]
-    plain = handlers.read_upload("sms.csv", b"Are you free tonight?\n\nWIN a prize now\n", limit=10)
+    plain = uploads.read_upload("sms.csv", b"Are you free tonight?\n\nWIN a prize now\n", limit=10)
     assert plain.texts == ["Are you free tonight?", "WIN a prize now"] and plain.rows == [1, 3]
     assert plain.notes == ["Row 1 (`Are you free tonight?`) names no text column, so the file was read as one "
                            "text a row, row 1 included."]
@@ -508,46 +508,46 @@ def test_a_first_text_that_has_a_column_word_in_it_is_not_taken_for_a_header():
     """"Text me when you get home" was read as a header naming its text column (it holds "text"):
     that first message was dropped without a word."""
     data = b"Text me when you get home\nWINNER!! Claim your free prize now, call 09061701461\nOk lar\n"
-    with pytest.raises(handlers.InputProblem, match=r"no text column \(its first row: `Text me when you get home`"):
-        handlers.read_upload("sms.csv", data, limit=10)
-    quoted = handlers.read_upload("sms.csv", b"Text me when you get home\nOk lar\n", limit=10)
+    with pytest.raises(problems.InputProblem, match=r"no text column \(its first row: `Text me when you get home`"):
+        uploads.read_upload("sms.csv", data, limit=10)
+    quoted = uploads.read_upload("sms.csv", b"Text me when you get home\nOk lar\n", limit=10)
     assert quoted.texts == ["Text me when you get home", "Ok lar"]
 
 
 def test_a_file_column_named_like_a_result_is_kept_under_another_name():
     """A spam CSV with its gold `label` gave a results CSV with two `label` columns."""
-    upload = handlers.read_upload("gold.csv", b"id,label,text\n1,spam,WIN now\n", limit=10)
+    upload = uploads.read_upload("gold.csv", b"id,label,text\n1,spam,WIN now\n", limit=10)
     header, rows = handlers.batch_rows("classify", upload.texts, [
         {"label": "ham", "probs": {"ham": 0.9, "spam": 0.1}, "truncated": False}], labels=("ham", "spam"))
     first = handlers.results_csv(header, rows, upload).decode("utf-8-sig").splitlines()[0]
     assert first == "row,id,file_label,text,label,p_ham,p_spam,truncated"
     # a `row` of its own had given `row,row,...`; a `Label` differs from `label` only in case
-    upload = handlers.read_upload("own-row.csv", b"row,Label,P_spam,text\n7,spam,0.5,WIN now\n", limit=10)
+    upload = uploads.read_upload("own-row.csv", b"row,Label,P_spam,text\n7,spam,0.5,WIN now\n", limit=10)
     first = handlers.results_csv(header, rows, upload).decode("utf-8-sig").splitlines()[0]
     assert first == "row,file_row,file_Label,file_P_spam,text,label,p_ham,p_spam,truncated"
 
 
 def test_a_csv_whose_text_column_is_not_last_refuses_rows_with_unquoted_commas():
-    with pytest.raises(handlers.InputProblem, match=r"row 3 has more fields than the header \(2\)"):
-        handlers.read_upload("commas.csv", b"text,label\nhello,ham\nWIN, now,spam\n", limit=100)
+    with pytest.raises(problems.InputProblem, match=r"row 3 has more fields than the header \(2\)"):
+        uploads.read_upload("commas.csv", b"text,label\nhello,ham\nWIN, now,spam\n", limit=100)
 
 
 def test_a_csv_quote_that_never_closes_is_refused_naming_its_row_and_line():
     # Python's csv reads everything after such a quote as one text: rows 3 to 5 became one message
     data = b'text,label\n"a text\nover two lines",ham\nhello,ham\n"WIN now,spam\nsee you,ham\nok,ham\n'
-    with pytest.raises(handlers.InputProblem, match=r"row 4 \(line 5\) opens a double quote that is never closed"):
-        handlers.read_upload("quote.csv", data, limit=100)
-    closed = handlers.read_upload("quote.csv", data.replace(b'"WIN now', b'"WIN now"'), limit=100)
+    with pytest.raises(problems.InputProblem, match=r"row 4 \(line 5\) opens a double quote that is never closed"):
+        uploads.read_upload("quote.csv", data, limit=100)
+    closed = uploads.read_upload("quote.csv", data.replace(b'"WIN now', b'"WIN now"'), limit=100)
     assert closed.texts == ["a text\nover two lines", "hello", "WIN now", "see you", "ok"]
     # quotes inside an unquoted text, which strict reading would refuse, are still read as they were
-    assert handlers.read_upload("q.csv", b'text\nhe said "hi" there\n"a"b\n', limit=10).texts == [
+    assert uploads.read_upload("q.csv", b'text\nhe said "hi" there\n"a"b\n', limit=10).texts == [
         'he said "hi" there', 'ab']
 
 
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
 def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
     data = f"id{delimiter}text\n1{delimiter}Are we meeting today, at 6?\n2{delimiter}WIN now\n".encode()
-    upload = handlers.read_upload("semi.csv", data, limit=100)
+    upload = uploads.read_upload("semi.csv", data, limit=100)
     assert upload.texts == ["Are we meeting today, at 6?", "WIN now"] and not upload.notes
 
 
@@ -568,15 +568,15 @@ def test_a_csv_with_another_delimiter_is_read_by_its_header(delimiter):
     ("empty.csv", b"", "empty"),
 ])
 def test_bad_uploads_get_a_clear_message(name, data, message):
-    with pytest.raises(handlers.InputProblem, match=message):
-        handlers.read_upload(name, data, limit=10)
+    with pytest.raises(problems.InputProblem, match=message):
+        uploads.read_upload(name, data, limit=10)
 
 
 def test_an_excel_csv_in_windows_1252_with_semicolons_is_read_and_its_results_keep_the_semicolons():
     """Excel on Windows saves "CSV" in Windows-1252, with semicolons where the list separator is one:
     such a file was refused as not UTF-8, and a results file in commas opened as one column there."""
     data = "id;text\r\nP1;Dose 5 µg, 38,5 °C fever – café\r\nP2;WIN £100 now\r\n".encode("cp1252")
-    upload = handlers.read_upload("export.csv", data, limit=10)
+    upload = uploads.read_upload("export.csv", data, limit=10)
     assert upload.texts == ["Dose 5 µg, 38,5 °C fever – café", "WIN £100 now"]
     assert upload.notes[0].startswith("The file is not UTF-8 (byte 0xb5 on line 2), so it was read "
                                       "as Windows-1252")
@@ -587,7 +587,7 @@ def test_an_excel_csv_in_windows_1252_with_semicolons_is_read_and_its_results_ke
 
 
 def test_an_excel_unicode_text_file_in_utf_16_is_read():
-    upload = handlers.read_upload("notes.txt", "Stage II — ER+\r\nKRAS G12D\r\n".encode("utf-16"), limit=10)
+    upload = uploads.read_upload("notes.txt", "Stage II — ER+\r\nKRAS G12D\r\n".encode("utf-16"), limit=10)
     assert upload.texts == ["Stage II — ER+", "KRAS G12D"]
     assert upload.notes == ['The file is UTF-16 text (as Excel saves "Unicode text") and was read as such.']
 
@@ -598,7 +598,7 @@ def test_a_jsonl_upload_reads_the_text_key_and_keeps_the_other_keys():
              {"id": "n2", "input": "  "},
              {"id": "n3", "input": "Lung adenocarcinoma", "extra": None}]
     data = ("\n".join(json.dumps(line) for line in lines) + "\n\n").encode()
-    upload = handlers.read_upload("onco.JSONL", data, limit=10)
+    upload = uploads.read_upload("onco.JSONL", data, limit=10)
     assert upload.texts == ["Stage IV melanoma, BRAF V600E.", "Lung adenocarcinoma"]
     assert upload.source == "input" and upload.rows == [1, 3] and upload.row_name == "line"
     assert upload.columns == ["id", "output", "extra"]
@@ -612,7 +612,7 @@ def test_a_jsonl_upload_reads_the_text_key_and_keeps_the_other_keys():
 
 def test_a_10000_line_upload_is_cut_to_the_limit_and_says_so():
     data = "\n".join(f"message number {i}" for i in range(10_000)).encode()
-    upload = handlers.read_upload("big.txt", data, limit=1000)
+    upload = uploads.read_upload("big.txt", data, limit=1000)
     assert len(upload.texts) == 1000 and upload.total == 10_000
     assert "10,000 texts; only the first 1,000" in upload.notes[0]
     assert handlers.batch_start_message("big.txt", upload) == ("⏳ Processing the first 1,000 of the 10,000 texts in "
@@ -622,8 +622,8 @@ def test_a_10000_line_upload_is_cut_to_the_limit_and_says_so():
 
 
 def test_an_upload_over_the_size_limit_is_refused():
-    with pytest.raises(handlers.InputProblem, match="limit is 5 MB"):
-        handlers.read_upload("big.txt", b"x\n" * (3 * 1024 * 1024), limit=10)
+    with pytest.raises(problems.InputProblem, match="limit is 5 MB"):
+        uploads.read_upload("big.txt", b"x\n" * (3 * 1024 * 1024), limit=10)
 
 
 # --- what is rendered --------------------------------------------------------------------------
@@ -753,13 +753,13 @@ def test_batch_rows_table_and_csv(catalog):
     parsed = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
     assert parsed == [["text", "label", "p_ham", "p_spam", "truncated"],
                       ["a", "ham", "0.9", "0.1", "False"], ["b, with comma", "spam", "0.2", "0.8", "True"]]
-    upload = handlers.Upload(texts, "text", 2, ["only the first 2"])
+    upload = uploads.Upload(texts, "text", 2, ["only the first 2"])
     md = handlers.batch_markdown("classify", "in.csv", upload, header, rows, "base", 0.5)
     assert "**ham**: 1 · **spam**: 1" in md and "| 1 | a | **ham** |" in md
     assert "| 2 ✂️ | b, with comma | **spam** | 20.0% | 80.0% |" in md  # its text was cut: marked by its row
     assert "ℹ️ only the first 2" in md and "✂️ 1 text(s)" in md and md.startswith("### 2 texts from `in.csv`")
     assert md.index("ℹ️ only the first 2") < md.index("| 1 | a |")  # how the file was read comes first
-    one = handlers.batch_markdown("classify", "one.csv", handlers.Upload(["a"], "text", 1), header, rows[:1],
+    one = handlers.batch_markdown("classify", "one.csv", uploads.Upload(["a"], "text", 1), header, rows[:1],
                                   "base", 0.5)
     assert one.startswith("### 1 text from `one.csv`")
     header, rows = handlers.batch_rows("extract", ["n"], [extraction(stage="IV")], fields=FIELDS)
@@ -779,7 +779,7 @@ def test_an_address_in_an_uploaded_text_is_not_made_a_link():
              "Claim at WWW.prize-now.com or mail claims@prize-now.com, https://bit.ly/x"]
     results = [{"label": "spam", "probs": {"ham": 0.1, "spam": 0.9}, "truncated": False}] * 2
     header, rows = handlers.batch_rows("classify", texts, results, labels=("ham", "spam"))
-    md = handlers.batch_markdown("classify", "sms.csv", handlers.Upload(texts, "text", 2), header, rows,
+    md = handlers.batch_markdown("classify", "sms.csv", uploads.Upload(texts, "text", 2), header, rows,
                                  "fine-tuned", 0.5)
     shown = re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").enable("table").render(md))
     # the patterns GitHub-flavoured markdown (the page's) links in a text (JavaScript's \w is ASCII)
@@ -811,7 +811,7 @@ def test_sms_spam_collection_lines_are_read_as_label_and_text():
     `label` column, which the answers are compared with."""
     data = b"ham\tURGENT! Your account is suspended, verify now\nspam\tWIN a prize\n\nham\tLunch at 1?\n"
     for name in ("SMSSpamCollection.txt", "sms.tsv"):
-        upload = handlers.read_upload(name, data, limit=10)
+        upload = uploads.read_upload(name, data, limit=10)
         assert upload.texts == ["URGENT! Your account is suspended, verify now", "WIN a prize", "Lunch at 1?"]
         assert (upload.columns, upload.values, upload.rows) == (["label"], [["ham"], ["spam"], ["ham"]], [1, 2, 4])
         assert "`label<TAB>text`" in upload.notes[0]
@@ -821,14 +821,14 @@ def test_sms_spam_collection_lines_are_read_as_label_and_text():
         assert "the file's `label` column" in handlers.agreement_markdown(agreement, ("ham", "spam"))  # not "key"
     # tabs inside texts, an id first (ids do not repeat), or some lines without a tab: lines as they are
     for other in (b"1\tHello there\n2\tSee you\n3\tBye now\n", b"ham\tok\nno tab on this line\n"):
-        assert handlers.read_upload("plain.txt", other, limit=10).columns == []
-    headed = handlers.read_upload("msgs.tsv", b"id\tmessage\n7\tHello there\n", limit=10)
+        assert uploads.read_upload("plain.txt", other, limit=10).columns == []
+    headed = uploads.read_upload("msgs.tsv", b"id\tmessage\n7\tHello there\n", limit=10)
     assert (headed.texts, headed.columns, headed.values) == (["Hello there"], ["id"], [["7"]])
     # the data set's own first line names the columns: it had been read as a message labelled "Label"
-    named = handlers.read_upload("head.tsv", b"Label\tSMS\n" + data * 3, limit=20)
+    named = uploads.read_upload("head.tsv", b"Label\tSMS\n" + data * 3, limit=20)
     assert named.texts[0] == "URGENT! Your account is suspended, verify now" and len(named.texts) == 9
     assert named.rows[0] == 2 and "line 1 names them" in named.notes[0]
-    wide = handlers.read_upload("wide.tsv", b"label\ttext\tid\nham\tHello\t5\n", limit=10)  # three fields
+    wide = uploads.read_upload("wide.tsv", b"label\ttext\tid\nham\tHello\t5\n", limit=10)  # three fields
     assert (wide.texts, wide.columns) == (["Hello"], ["label", "id"])
 
 
@@ -836,7 +836,7 @@ def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_eac
     """A spam CSV's `label` column of ham/spam was kept as `file_label` and nothing more: the
     answers were never compared with it."""
     data = b"id,label,text\n1,ham,Lunch at 1?\n2,SPAM,WIN cash now\n3,spam,Free prize\n4,maybe,Hello\n5,,Call me\n"
-    upload = handlers.read_upload("gold.csv", data, limit=10)
+    upload = uploads.read_upload("gold.csv", data, limit=10)
     results = [spam_result(label) for label in ("ham", "spam", "ham", "ham", "spam")]
     agreement = handlers.reference_agreement("classify", upload, results, labels=("ham", "spam"))
     assert agreement.per_row == [True, True, False, None, None]
@@ -859,12 +859,12 @@ def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_eac
     assert [(r[2], r[4], r[-1]) for r in parsed[1:]] == [("ham", "ham", "True"), ("SPAM", "spam", "True"),
                                                          ("spam", "ham", "False"), ("maybe", "ham", ""), ("", "spam", "")]
 
-    plain = handlers.read_upload("plain.csv", b"id,text\n1,Lunch at 1?\n", limit=10)
+    plain = uploads.read_upload("plain.csv", b"id,text\n1,Lunch at 1?\n", limit=10)
     assert handlers.reference_agreement("classify", plain, results[:1], labels=("ham", "spam")) is None
     header, rows = handlers.batch_rows("classify", plain.texts, results[:1], labels=("ham", "spam"))
     assert handlers.with_agreement(header, rows, None) == (header, rows)
     assert "🎯" not in handlers.batch_markdown("classify", "plain.csv", plain, header, rows, "v", 1.0)
-    nothing = handlers.read_upload("odd.csv", b"label,text\nyes,Lunch at 1?\n", limit=10)
+    nothing = uploads.read_upload("odd.csv", b"label,text\nyes,Lunch at 1?\n", limit=10)
     odd = handlers.reference_agreement("classify", nothing, results[:1], labels=("ham", "spam"))
     assert handlers.agreement_markdown(odd, ("ham", "spam")).startswith(
         "🎯 The file's `label` column holds no usable reference (a label among ham, spam), so nothing was compared.")
@@ -885,7 +885,7 @@ def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluatio
              {"input": "Lung ...", "output": ["not", "an", "object"]},
              {"input": "Colon ...", "output": {"stage": "II"}},
              {"input": "Prostate ..."}]
-    upload = handlers.read_upload("onco.jsonl", "\n".join(json.dumps(line) for line in lines).encode(), limit=10)
+    upload = uploads.read_upload("onco.jsonl", "\n".join(json.dumps(line) for line in lines).encode(), limit=10)
     results = [extraction(cancer_type="Breast Cancer", stage="IIB", biomarker="HER2 amplification, ER negative",
                           treatment="trastuzumab"),
                extraction(cancer_type="melanoma", stage="IV", treatment="pembrolizumab"),
@@ -958,13 +958,13 @@ def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
                extraction(cancer_type="melanoma", stage="IV", gene_mutation="BRAF V600E")]
     header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
     assert [r[-1] for r in rows] == ["cancer_type; stage", ""]
-    md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 2), header, rows, "v", 1.0)
+    md = handlers.batch_markdown("extract", "notes.csv", uploads.Upload(texts, "text", 2), header, rows, "v", 1.0)
     assert "| 1 | 34-year-old man with a sprained ankle, given ibuprofen. | bacteria (fever-resistant) ○ | II ○ |" in md
     assert "| 2 | Stage IV melanoma, BRAF V600E. | melanoma | IV | BRAF V600E |" in md
     assert "| valid |" in md and "✅" not in md and "not_in_text" in md
     results[1] = extraction(repaired=True, cancer_type="melanoma") | {"cut_at": 16}
     header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
-    md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 2), header, rows, "v", 1.0)
+    md = handlers.batch_markdown("extract", "notes.csv", uploads.Upload(texts, "text", 2), header, rows, "v", 1.0)
     assert "⌛ cut at the 16-token limit: **1**" in md and "| ⌛ cut |" in md
     assert rows[1][header.index("cut_at_tokens")] == 16
 
@@ -984,7 +984,7 @@ def test_a_batch_checks_each_cut_text_against_the_part_the_model_read():
     header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
     assert rows[0][header.index("not_in_text")] == "cancer_type"
     read = [handlers.text_read(t, r) for t, r in zip(texts, results)]
-    md = handlers.batch_markdown("extract", "notes.csv", handlers.Upload(texts, "text", 1), header, rows, "v", 1.0, read)
+    md = handlers.batch_markdown("extract", "notes.csv", uploads.Upload(texts, "text", 1), header, rows, "v", 1.0, read)
     assert "| melanoma ○ |" in md
 
 
