@@ -23,7 +23,7 @@ from adapters.runtime import CHAT_DEFAULTS, FEW_SHOT_FILE, eval_command, read_fe
 from adapters.spec import AdapterSpec
 from adapters.strict_json import loads_strict
 from chat_app.problems import InputProblem
-from chat_app.uploads import Upload, _rows_were, _safe_name, _short
+from chat_app.uploads import Upload, rows_were, safe_name, shortened
 
 NOT_MEDICAL_ADVICE = ("⚕️ **Not medical advice.** Answers come from a 135M-parameter demo model that can "
                       "be wrong or invent facts. Ask a health professional about your own situation.")
@@ -267,7 +267,7 @@ def files_not_read(typed: bool) -> str:
 
 def attached_files_text(names: Sequence[str]) -> str:
     """What a message of files sent without text says in its bubble: the files' names."""
-    return "📎 " + ", ".join(f"`{_safe_name(name)}`" for name in names)
+    return "📎 " + ", ".join(f"`{safe_name(name)}`" for name in names)
 
 
 # --- markdown helpers ----------------------------------------------------------------------------
@@ -557,14 +557,14 @@ def batch_start_message(name: str, upload: Upload) -> str:
     the first ones are done (said at the end only, a 300-row file looked processed whole)."""
     count = len(upload.texts)
     if upload.total > count:
-        return (f"⏳ Processing the first {count:,} of the {upload.total:,} texts in `{_safe_name(name)}` (the "
+        return (f"⏳ Processing the first {count:,} of the {upload.total:,} texts in `{safe_name(name)}` (the "
                 "limit for one upload on this server)…")
-    return f"⏳ Processing {count:,} text{'' if count == 1 else 's'} from `{_safe_name(name)}`…"
+    return f"⏳ Processing {count:,} text{'' if count == 1 else 's'} from `{safe_name(name)}`…"
 
 
 def batch_progress_message(name: str, upload: Upload, done: int) -> str:
     of_file = f" (the first {len(upload.texts):,} of {upload.total:,})" if upload.total > len(upload.texts) else ""
-    return f"⏳ Processed {done:,} of {len(upload.texts):,} texts{of_file} from `{_safe_name(name)}`…"
+    return f"⏳ Processed {done:,} of {len(upload.texts):,} texts{of_file} from `{safe_name(name)}`…"
 
 
 def text_read(text: str, result: dict) -> str:
@@ -579,7 +579,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
     when it has some, a table of its first rows, then notes on the answers. ``texts_read``: each text
     as the model read it (cut to fit), for the marks of values with no word in it; else the texts."""
     shown = rows[:PREVIEW_ROWS]
-    summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{_safe_name(name)}` ({upload.source_name})"
+    summary = f"### {len(rows):,} text{'' if len(rows) == 1 else 's'} from `{safe_name(name)}` ({upload.source_name})"
     parts = [summary, *(f"ℹ️ {note}" for note in upload.notes)]  # how the file was read, before what came of it
     if task == "classify":
         labels = [h[2:] for h in header if h.startswith("p_")]
@@ -587,7 +587,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         parts.append(" · ".join(f"**{cell(k)}**: {v:,}" for k, v in counts.items()))
         if agreement is not None:
             parts.append(agreement_markdown(agreement, labels))
-        md_rows = [[_row_number(n, r, header), cell(_short(r[0])), f"**{cell(r[1])}**",
+        md_rows = [[_row_number(n, r, header), cell(shortened(r[0])), f"**{cell(r[1])}**",
                     *[percent(p) for p in r[2:2 + len(labels)]]] for n, r in zip(upload.rows, shown)]
         # "answer", not "label": a file's own `label` column is the reference beside it
         parts.append(table([upload.row_name, "text", "answer", *[f"p({cell(l)})" for l in labels],
@@ -604,7 +604,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
         if agreement is not None:
             parts.append(agreement_markdown(agreement))
         read = texts_read or [r[0] for r in rows]
-        md_rows = [[_row_number(n, r, header), cell(_short(r[0], 60)),
+        md_rows = [[_row_number(n, r, header), cell(shortened(r[0], 60)),
                     *[_compared_value(v, False, read[i]) for v in r[1:is_valid]],
                     "⌛ cut" if r[is_cut] else ("⚠️ repaired" if r[is_repaired] else ("valid" if r[is_valid]
                                                                                      else "❌ invalid"))]
@@ -657,7 +657,7 @@ def reference_agreement(task: str, upload: Upload, results: Sequence[dict], labe
     index = next((i for i, c in enumerate(upload.columns) if wanted and c.strip().lower() == wanted), None)
     if index is None:
         return None
-    source = f"`{_safe_name(upload.columns[index])}` {upload.field_word}"
+    source = f"`{safe_name(upload.columns[index])}` {upload.field_word}"
     references = [values[index] if index < len(values) else "" for values in upload.values]
     agreement = Agreement(task, source, upload.row_name)
     if task == "classify":
@@ -727,11 +727,11 @@ def reference_fields(value: str, fields: Sequence[str]) -> tuple[dict | None, st
         return None, f"a JSON {_json_kind(obj)}, not an object"
     missing = [f for f in fields if f not in obj]
     if missing:
-        return None, (f"an object without {', '.join(f'`{_safe_name(f)}`' for f in missing[:3])}"
+        return None, (f"an object without {', '.join(f'`{safe_name(f)}`' for f in missing[:3])}"
                       + (" …" if len(missing) > 3 else ""))
     wrong = [f for f in fields if obj[f] is not None and not isinstance(obj[f], str)]
     if wrong:
-        return None, f"an object whose `{_safe_name(wrong[0])}` is a {_json_kind(obj[wrong[0]])}, not a string or null"
+        return None, f"an object whose `{safe_name(wrong[0])}` is a {_json_kind(obj[wrong[0]])}, not a string or null"
     return {f: obj[f] for f in fields}, None
 
 
@@ -804,7 +804,7 @@ def agreement_markdown(agreement: Agreement, labels: Sequence[str] = ()) -> str:
         if agreement.task == "classify":
             values = list(dict.fromkeys(v for _, v in agreement.unusable))
             what = (f"a label that is not one of {', '.join(labels)} ("
-                    + ", ".join(f"`{_safe_name(_short(v, 30))}`" for v in values[:5]) + (" …" if len(values) > 5 else "")
+                    + ", ".join(f"`{safe_name(shortened(v, 30))}`" for v in values[:5]) + (" …" if len(values) > 5 else "")
                     + ")")
         else:
             firsts = {}  # each problem with the first row that has it
@@ -814,10 +814,10 @@ def agreement_markdown(agreement: Agreement, labels: Sequence[str] = ()) -> str:
                     + "; ".join(f"{agreement.row_name} {n:,}: {p}" for p, n in list(firsts.items())[:3])
                     + (" …" if len(firsts) > 3 else "") + ")")
         numbers = [n for n, _ in agreement.unusable]
-        parts.append(f"⚠️ {_rows_were(numbers, agreement.row_name)} not compared: "
+        parts.append(f"⚠️ {rows_were(numbers, agreement.row_name)} not compared: "
                      f"{'its' if len(numbers) == 1 else 'their'} {agreement.source} holds {what}.")
     if agreement.missing:
-        parts.append(f"ℹ️ {_rows_were(agreement.missing, agreement.row_name)} not compared: "
+        parts.append(f"ℹ️ {rows_were(agreement.missing, agreement.row_name)} not compared: "
                      f"{'its' if len(agreement.missing) == 1 else 'their'} {agreement.source} is empty.")
     return "\n\n".join(parts)
 # --- compare -------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class Upload:
         """Where the texts came from, for a summary: "lines", "column `text`" or "key `input`"."""
         if self.source == "lines":
             return "lines"
-        return f"{self.field_word} `{_safe_name(self.source)}`"
+        return f"{self.field_word} `{safe_name(self.source)}`"
 
     def first(self, n: int, note: str) -> "Upload":
         """The first ``n`` texts, as a batch stopped after them reports them, with ``note``."""
@@ -69,10 +69,10 @@ def read_upload(name: str, data: bytes, limit: int) -> Upload:
     """
     suffix = PurePath(name or "").suffix.lower()
     if suffix in WORKBOOK_SUFFIXES:
-        raise InputProblem(f"📎 `{_safe_name(name)}` is a spreadsheet workbook, which the app cannot read. Save "
+        raise InputProblem(f"📎 `{safe_name(name)}` is a spreadsheet workbook, which the app cannot read. Save "
                            "the sheet as CSV (in Excel: File → Save As → CSV UTF-8) and upload that file.")
     if suffix not in UPLOAD_SUFFIXES:
-        raise InputProblem(f"📎 `{_safe_name(name)}` cannot be read: {UPLOAD_HELP}")
+        raise InputProblem(f"📎 `{safe_name(name)}` cannot be read: {UPLOAD_HELP}")
     check_upload_size(name, len(data))
     content, notes = _decoded(name, suffix, data)
     labelled = _labelled_lines(content) if suffix in (".txt", ".tsv") else None
@@ -89,7 +89,7 @@ def read_upload(name: str, data: bytes, limit: int) -> Upload:
         upload = _csv_upload(name, content)
     upload.notes[:0] = notes
     if not upload.texts:
-        raise InputProblem(f"📎 `{_safe_name(name)}` holds no text to process.")
+        raise InputProblem(f"📎 `{safe_name(name)}` holds no text to process.")
     if upload.total > limit:
         upload.texts, upload.rows, upload.values = upload.texts[:limit], upload.rows[:limit], upload.values[:limit]
         upload.notes.append(f"The file has {upload.total:,} texts; only the first {limit:,} were processed "
@@ -129,7 +129,7 @@ def _labelled_lines(content: str) -> Upload | None:
 def check_upload_size(name: str, size: int) -> None:
     """Refuse a file over ``MAX_UPLOAD_BYTES`` (before it is read, where its size is known)."""
     if size > MAX_UPLOAD_BYTES:
-        raise InputProblem(f"📎 `{_safe_name(name)}` is {size / 2**20:.1f} MB; the limit is "
+        raise InputProblem(f"📎 `{safe_name(name)}` is {size / 2**20:.1f} MB; the limit is "
                            f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB. Split it into smaller files.")
 
 
@@ -145,10 +145,10 @@ def _decoded(name: str, suffix: str, data: bytes) -> tuple[str, list[str]]:
             return data.decode("utf-16"), ["The file is UTF-16 text (as Excel saves \"Unicode text\") and was read "
                                            "as such."]
         except UnicodeDecodeError:
-            raise InputProblem(f"📎 `{_safe_name(name)}` starts as UTF-16 text but is not. Save it as UTF-8 "
+            raise InputProblem(f"📎 `{safe_name(name)}` starts as UTF-16 text but is not. Save it as UTF-8 "
                                "and upload it again.") from None
     if b"\x00" in data[:65536]:
-        raise InputProblem(f"📎 `{_safe_name(name)}` looks like a binary file, not text. Upload a UTF-8 "
+        raise InputProblem(f"📎 `{safe_name(name)}` looks like a binary file, not text. Upload a UTF-8 "
                            f"`{suffix}` file.")
     try:
         return data.decode("utf-8-sig"), []
@@ -158,7 +158,7 @@ def _decoded(name: str, suffix: str, data: bytes) -> tuple[str, list[str]]:
     try:
         content = data.decode("cp1252")
     except UnicodeDecodeError:
-        raise InputProblem(f"📎 `{_safe_name(name)}` is not UTF-8 text ({where}). Save it as UTF-8 and upload "
+        raise InputProblem(f"📎 `{safe_name(name)}` is not UTF-8 text ({where}). Save it as UTF-8 and upload "
                            "it again.") from None
     return content, [f"The file is not UTF-8 ({where}), so it was read as Windows-1252, the encoding Excel "
                      "on Windows saves. If accented letters or symbols look wrong below, save it as UTF-8 "
@@ -186,7 +186,7 @@ def _jsonl_upload(name: str, content: str) -> Upload:
     if bad:
         first, why = bad[0]
         numbers = [n for n, _ in bad]
-        raise InputProblem(f"📎 `{_safe_name(name)}`: {_rows_named(numbers, 'line')} "
+        raise InputProblem(f"📎 `{safe_name(name)}`: {_rows_named(numbers, 'line')} "
                            f"{'is not a JSON object' if len(numbers) == 1 else 'are not JSON objects'} "
                            f"({why if len(numbers) == 1 else f'line {first}: {why}'}). A `.jsonl` file holds one "
                            "object a line, "
@@ -194,8 +194,8 @@ def _jsonl_upload(name: str, content: str) -> Upload:
     keys = list(dict.fromkeys(key for _, obj in objects for key in obj))
     column = _text_column(keys)
     if column is None:
-        found = ", ".join(f"`{_safe_name(k)}`" for k in keys[:12]) or "none"
-        raise InputProblem(f"📎 `{_safe_name(name)}` has no text key (keys found: {found}). Name the key "
+        found = ", ".join(f"`{safe_name(k)}`" for k in keys[:12]) or "none"
+        raise InputProblem(f"📎 `{safe_name(name)}` has no text key (keys found: {found}). Name the key "
                            f"with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
     key, others = keys[column], [k for k in keys if k != keys[column]]
     upload = Upload([], key, 0, columns=others, field_word="key")
@@ -210,8 +210,8 @@ def _jsonl_upload(name: str, content: str) -> Upload:
         upload.values.append([_jsonl_value(obj.get(k)) for k in others])
     upload.total = len(upload.texts)
     if empty:
-        upload.notes.append(f"{_rows_were(empty, 'line', ('has', 'have'))} no text (a non-empty string) under "
-                            f"`{_safe_name(key)}` and {'was' if len(empty) == 1 else 'were'} skipped.")
+        upload.notes.append(f"{rows_were(empty, 'line', ('has', 'have'))} no text (a non-empty string) under "
+                            f"`{safe_name(key)}` and {'was' if len(empty) == 1 else 'were'} skipped.")
     return upload
 
 
@@ -240,29 +240,29 @@ def _csv_upload(name: str, content: str) -> Upload:
     try:
         rows = list(csv.reader(io.StringIO(content, newline=""), delimiter=delimiter))
     except csv.Error as exc:
-        raise InputProblem(f"📎 `{_safe_name(name)}` is not a valid CSV file ({exc}).") from None
+        raise InputProblem(f"📎 `{safe_name(name)}` is not a valid CSV file ({exc}).") from None
     if not rows:
-        raise InputProblem(f"📎 `{_safe_name(name)}` is empty.")
+        raise InputProblem(f"📎 `{safe_name(name)}` is empty.")
     if unclosed := _unclosed_quote(content, delimiter):
-        raise InputProblem(f"📎 `{_safe_name(name)}`: row {unclosed[0]:,} (line {unclosed[1]:,}) opens a double "
+        raise InputProblem(f"📎 `{safe_name(name)}`: row {unclosed[0]:,} (line {unclosed[1]:,}) opens a double "
                            "quote that is never closed, so every line after it would be read into one text. "
                            "Close the quote, or remove it, and upload the file again.")
     column = _text_column(rows[0])
     if column is None and all(len(row) <= 1 for row in rows):  # one column, and no header naming it
         numbered = [(number, row[0].strip()) for number, row in enumerate(rows, start=1) if row and row[0].strip()]
         return Upload([t for _, t in numbered], "lines", len(numbered), rows=[n for n, _ in numbered], row_name="row",
-                      notes=[f"Row 1 (`{_safe_name(_short(rows[0][0] if rows[0] else '', 40))}`) names no text column, "
+                      notes=[f"Row 1 (`{safe_name(shortened(rows[0][0] if rows[0] else '', 40))}`) names no text column, "
                              "so the file was read as one text a row, row 1 included."])
     if column is None:
-        found = ", ".join(f"`{_safe_name(_short(h, 40))}`" for h in rows[0][:12]) or "none"
-        raise InputProblem(f"📎 `{_safe_name(name)}` has no text column (its first row: {found}). Name the "
+        found = ", ".join(f"`{safe_name(shortened(h, 40))}`" for h in rows[0][:12]) or "none"
+        raise InputProblem(f"📎 `{safe_name(name)}` has no text column (its first row: {found}). Name the "
                            f"column with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}) in a "
                            "first row; a file of one text a line with no such row can be uploaded as a `.txt`.")
     header, width, last = rows[0], len(rows[0]), column == len(rows[0]) - 1
     sign = CSV_DELIMITERS.get(delimiter, repr(delimiter))
     long_rows = [number for number, row in enumerate(rows[1:], start=2) if len(row) > width]
     if long_rows and not last:
-        raise InputProblem(f"📎 `{_safe_name(name)}`: {_rows_named(long_rows, 'row')} "
+        raise InputProblem(f"📎 `{safe_name(name)}`: {_rows_named(long_rows, 'row')} "
                            f"{'has' if len(long_rows) == 1 else 'have'} more fields than "
                            f"the header ({width}): a text holds an unquoted {sign}. Put such texts in double "
                            "quotes (spreadsheet programs do when they save as CSV).")
@@ -282,11 +282,11 @@ def _csv_upload(name: str, content: str) -> Upload:
     upload.total = len(upload.texts)
     if long_rows:
         one = len(long_rows) == 1
-        upload.notes.append(f"{_rows_were(long_rows, verb=('has', 'have'))} more fields than the header: "
+        upload.notes.append(f"{rows_were(long_rows, verb=('has', 'have'))} more fields than the header: "
                             f"{'its text holds' if one else 'their texts hold'} an unquoted {sign}, so the rest of "
                             f"{'the' if one else 'each'} row was read as its text.")
     if empty:
-        upload.notes.append(f"{_rows_were(empty, verb=('has', 'have'))} no text in column `{_safe_name(upload.source)}` "
+        upload.notes.append(f"{rows_were(empty, verb=('has', 'have'))} no text in column `{safe_name(upload.source)}` "
                             f"and {'was' if len(empty) == 1 else 'were'} skipped.")
     return upload
 
@@ -334,7 +334,8 @@ def _name_words(name: str) -> set[str]:
     return words if len(found) <= HEADER_WORDS and not words & NOT_TEXT_WORDS else set()
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A file or column name as it can stand between backticks on one line of markdown."""
     return re.sub(r"[`\r\n|]", "_", str(name))[:120]
 
 
@@ -343,12 +344,13 @@ def _rows_named(numbers: Sequence[int], row_name: str) -> str:
     return f"{row_name}{'' if len(numbers) == 1 else 's'} {_rows_text(numbers)}"
 
 
-def _rows_were(numbers: Sequence[int], row_name: str = "row", verb: tuple[str, str] = ("was", "were")) -> str:
+def rows_were(numbers: Sequence[int], row_name: str = "row", verb: tuple[str, str] = ("was", "were")) -> str:
     """"Row 4 was", "Lines 2, 7 were": the start of a sentence about some rows of a file."""
     named = _rows_named(numbers, row_name)
     return f"{named[0].upper()}{named[1:]} {verb[0] if len(numbers) == 1 else verb[1]}"
 
 
-def _short(text: str, width: int = 80) -> str:
+def shortened(text: str, width: int = 80) -> str:
+    """``text`` on one line, cut to ``width`` characters with "…"."""
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
