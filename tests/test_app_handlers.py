@@ -1681,6 +1681,16 @@ def app_env(tiny_base, catalog, tmp_path) -> dict[str, str]:
             "ADAPTERLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'history.sqlite3'}"}
 
 
+# the start of a probe that drives the app's socket handlers as Chainlit's server calls them
+SOCKET_PROBE = ("import asyncio, sys, uuid\n"
+                "from chainlit.config import load_module\n"
+                "load_module('chat_app/app.py')\n"
+                "app = sys.modules['chat_app/app.py']\n"
+                "from chainlit.server import sio\n"
+                "from chainlit.session import WebsocketSession\n"
+                "async def nothing(*args, **kwargs): pass\n")
+
+
 def test_the_model_starts_loading_once_chainlit_has_imported_the_app(tiny_base, catalog, tmp_path):
     """Chainlit takes the app's folder off ``sys.path`` as the last step of importing it; a loader
     thread started during the import was once searching ``sys.path`` then, and the model failed to
@@ -1699,14 +1709,8 @@ def test_a_second_stop_does_not_cancel_the_keeping_of_what_the_first_stopped(tin
     a second Stop meanwhile (another page showing the answer, or a page closed) cancelled that too,
     and the answer was lost. The Stop button, a closed page and a left chat stop a task once, unless
     the first Stop did not take: pressed again after ``STOP_SETTLE_S``, it cancels again."""
-    probe = ("import asyncio, sys\n"
-             "from chainlit.config import load_module\n"
-             "load_module('chat_app/app.py')\n"
-             "app = sys.modules['chat_app/app.py']\n"
-             "from chainlit.server import sio\n"
-             "from chainlit.session import WebsocketSession\n"
+    probe = (SOCKET_PROBE +
              "stop_button = sio.handlers['/']['stop']\n"
-             "async def nothing(*args, **kwargs): pass\n"
              "async def main():\n"
              "    session = WebsocketSession(id='s', socket_id='sid', emit=nothing, emit_call=nothing,\n"
              "                               user_env={}, client_type='webapp')\n"
@@ -1749,14 +1753,9 @@ def test_a_page_that_resumes_a_chat_as_its_answer_ends_shows_the_answer(tiny_bas
     messages with it. An answer that ended meanwhile (a Stop pressed on a just-reloaded page) was not
     stored yet: the page lost the answer and the conversation lacked it (the browser test of a
     reload, once in CI and 1 in 11 runs here). The chat is sent again once the answer is stored."""
-    probe = ("import asyncio, sys, uuid\n"
-             "from chainlit.config import load_module\n"
-             "load_module('chat_app/app.py')\n"
-             "app = sys.modules['chat_app/app.py']\n"
+    probe = (SOCKET_PROBE +
              "import chainlit.data as cl_data\n"
              "from chainlit.context import init_ws_context\n"
-             "from chainlit.server import sio\n"
-             "from chainlit.session import WebsocketSession\n"
              "from chainlit.user import User\n"
              "from chainlit.user_session import user_sessions\n"
              "connected = sio.handlers['/']['connection_successful']\n"
