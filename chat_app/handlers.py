@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from adapters.field_match import field_hits, micro_field_accuracy, per_field_accuracy
-from adapters.fields import parts_not_in_text, support_in_text
+from adapters.fields import parts_not_in_text, parts_the_text_negates, support_in_text
 from adapters.catalog import shown_path
 from adapters.runtime import CHAT_DEFAULTS, FEW_SHOT_FILE, eval_command, read_few_shot, train_command
 from adapters.spec import AdapterSpec
@@ -394,6 +394,7 @@ def extraction_markdown(result: dict, fields: Sequence[str], variant: str, text:
             for name in fields]
     # the warning first: under "✅ Valid JSON" it read as a detail of an answer already passed
     parts = [*_unbacked_warning([v for v in result["fields"].values() if v is not None], text),
+             *_negated_warning(result["fields"], text),
              extraction_flag(result),
              table(["field", "value", "in your text"], rows),
              "JSON (copy with the button on the block):",
@@ -418,10 +419,29 @@ def _unbacked_warning(values: Sequence[str], text: str) -> list[str]:
     return []
 
 
+def _negated_warning(fields: Mapping[str, str | None], text: str) -> list[str]:
+    """A warning naming the fields whose value the text says is absent (``parts_the_text_negates``):
+    "no EGFR or ALK alterations" read as the biomarker "EGFR/ALK alterations", marked ✓ every word."""
+    negated = [f"`{name}`" for name, value in fields.items() if parts_the_text_negates(value, text)]
+    if not negated:
+        return []
+    return [f"⚠️ **Your text says {' and '.join(negated)} {'is' if len(negated) == 1 else 'are'} absent** "
+            f"({NEGATED_MARK} in the table): the model may have copied a finding the text rules out. Check "
+            f"{'it' if len(negated) == 1 else 'them'} against the quoted words."]
+
+
 def _support_note(value: str | None, text: str) -> str:
     note = SUPPORT[support_in_text(value, text)]
     missing = parts_not_in_text(value, text)
-    return note + (f" (no word in the text: {cell(', '.join(missing))})" if missing else "")
+    negated = "; ".join(_negated_note(part, phrase, value) for part, phrase in parts_the_text_negates(value, text))
+    return (note + (f" (no word in the text: {cell(', '.join(missing))})" if missing else "")
+            + (f" · {NEGATED_MARK} {negated}" if negated else ""))
+
+
+def _negated_note(part: str, phrase: str, value: str | None) -> str:
+    """"the text says “no EGFR or ALK alterations”", naming the item when the value has several."""
+    said = f"the text says “{cell(shortened(phrase, 80))}”"
+    return said if part == (value or "").strip() else f"{cell(part)}: {said}"
 
 
 def _not_in_text(fields: Sequence[str], values: Mapping, text: str) -> str:
@@ -433,6 +453,13 @@ def _not_in_text(fields: Sequence[str], values: Mapping, text: str) -> str:
         elif missing := parts_not_in_text(values.get(f), text):
             notes.append(f"{f}: {', '.join(missing)}")
     return "; ".join(notes)
+
+
+def _negated_in_text(fields: Sequence[str], values: Mapping, text: str) -> str:
+    """The CSV's ``negated_in_text``: fields whose value (or item of it) the text says is absent, with
+    the text's words that say so: "biomarker: EGFR/ALK alterations (no EGFR or ALK alterations)"."""
+    return "; ".join(f"{f}: {part} ({phrase})" for f in fields
+                     for part, phrase in parts_the_text_negates(values.get(f), text))
 
 
 def extraction_flag(result: dict) -> str:
@@ -506,9 +533,9 @@ def batch_rows(task: str, texts: Sequence[str], results: Sequence[dict], labels:
         rows = [[t, r["label"], *[round(r["probs"][label], 6) for label in labels], r["truncated"]]
                 for t, r in zip(texts, results, strict=True)]
     else:
-        header = ["text", *fields, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text"]
+        header = ["text", *fields, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text", "negated_in_text"]
         rows = [[t, *[r["fields"].get(f) for f in fields], r["valid"], r["repaired"], r["truncated"], r.get("cut_at"),
-                 _not_in_text(fields, r["fields"], text_read(t, r))]
+                 _not_in_text(fields, r["fields"], text_read(t, r)), _negated_in_text(fields, r["fields"], text_read(t, r))]
                 for t, r in zip(texts, results, strict=True)]
     return header, rows
 
@@ -614,6 +641,8 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                            _with_reference_cells(md_rows, agreement)))
         parts.append(f"{COMPARE_SUPPORT['none']} no word of the value is in the text (inferred, or invented; "
                      f"the CSV's `not_in_text` lists those fields); {COMPARE_SUPPORT['some']} only some words are.")
+        if any(c.endswith(NEGATED_MARK) for r in md_rows for c in r):
+            parts.append(f"{NEGATED_LEGEND} The CSV's `negated_in_text` quotes the words that say so.")
     if len(rows) > PREVIEW_ROWS:
         parts.append(f"First {PREVIEW_ROWS} rows shown; the CSV below holds all {len(rows):,}.")
     parts.append(RESULTS_FILE_NOTE)
@@ -894,16 +923,21 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
                                       for r in rows for c in r[1:]):
         parts.append(f"{COMPARE_SUPPORT['none']} no word of the value is in your text (inferred, or invented); "
                      f"{COMPARE_SUPPORT['some']} only some words are.")
+    if spec.task == "extract" and any(c.endswith(NEGATED_MARK) for r in rows for c in r[1:]):
+        parts.append(NEGATED_LEGEND)
     return "\n\n".join(parts)
 
 
 COMPARE_SUPPORT = {"none": "○", "some": "◐"}  # the "in your text" column of the extraction view, as marks
+NEGATED_MARK = "⊘"  # the text says the finding is absent
+NEGATED_LEGEND = f"{NEGATED_MARK} your text says the finding is absent (“no …”, “… negative”): check it."
 
 
 def _compared_value(value, differs: bool, text: str) -> str:
     shown = f"**{cell(value)}**" if differs else cell(value)
-    mark = COMPARE_SUPPORT.get(support_in_text(value, text) or "")
-    return f"{shown} {mark}" if mark else shown
+    marks = [m for m in (COMPARE_SUPPORT.get(support_in_text(value, text) or ""),
+                         NEGATED_MARK if parts_the_text_negates(value, text) else None) if m]
+    return " ".join([shown, *marks])
 
 
 def _one_line(markdown: str) -> str:

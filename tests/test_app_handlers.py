@@ -763,7 +763,8 @@ def test_batch_rows_table_and_csv(catalog):
                                   "base", 0.5)
     assert one.startswith("### 1 text from `one.csv`")
     header, rows = handlers.batch_rows("extract", ["n"], [extraction(stage="IV")], fields=FIELDS)
-    assert header == ["text", *FIELDS, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text"]
+    assert header == ["text", *FIELDS, "valid", "repaired", "truncated", "cut_at_tokens", "not_in_text",
+                      "negated_in_text"]
     assert rows[0][2] == "IV"
     assert list(csv.reader(io.StringIO(handlers.results_csv(header, rows).decode("utf-8-sig"))))[1][1] == ""
 
@@ -902,7 +903,7 @@ def test_an_oncology_jsonl_upload_is_scored_against_its_outputs_as_the_evaluatio
                                   (4, "an object without `cancer_type`, `gene_mutation`, `biomarker` …")]
     header, rows = handlers.batch_rows("extract", upload.texts, results, fields=FIELDS)
     header, rows = handlers.with_agreement(header, rows, agreement)
-    assert header[-3:] == ["not_in_text", "field_agreement", "fields_differing"]
+    assert header[-4:] == ["not_in_text", "negated_in_text", "field_agreement", "fields_differing"]
     assert [r[-2:] for r in rows] == [[0.857143, "stage"], [0.857143, "treatment"], [None, None], [None, None],
                                       [None, None]]
     md = handlers.batch_markdown("extract", "onco.jsonl", upload, header, rows, "v", 1.0, agreement=agreement)
@@ -957,7 +958,7 @@ def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
     results = [extraction(cancer_type="bacteria (fever-resistant)", stage="II", treatment="ibuprofen"),
                extraction(cancer_type="melanoma", stage="IV", gene_mutation="BRAF V600E")]
     header, rows = handlers.batch_rows("extract", texts, results, fields=FIELDS)
-    assert [r[-1] for r in rows] == ["cancer_type; stage", ""]
+    assert [r[header.index("not_in_text")] for r in rows] == ["cancer_type; stage", ""]
     md = handlers.batch_markdown("extract", "notes.csv", uploads.Upload(texts, "text", 2), header, rows, "v", 1.0)
     assert "| 1 | 34-year-old man with a sprained ankle, given ibuprofen. | bacteria (fever-resistant) ○ | II ○ |" in md
     assert "| 2 | Stage IV melanoma, BRAF V600E. | melanoma | IV | BRAF V600E |" in md
@@ -967,6 +968,35 @@ def test_an_extraction_batch_marks_values_whose_words_are_not_in_the_text():
     md = handlers.batch_markdown("extract", "notes.csv", uploads.Upload(texts, "text", 2), header, rows, "v", 1.0)
     assert "⌛ cut at the 16-token limit: **1**" in md and "| ⌛ cut |" in md
     assert rows[1][header.index("cut_at_tokens")] == 16
+
+
+def test_a_finding_the_text_says_is_absent_is_flagged_in_every_view(catalog):
+    """"no EGFR or ALK alterations" came back as the biomarker "PD-L1 80%; EGFR/ALK alterations",
+    marked "✓ every word" in the text: the view that says where to look pointed away from the
+    worst error in the answer."""
+    text = "Lung adenocarcinoma. PD-L1 80%, no EGFR or ALK alterations. Started pembrolizumab."
+    result = extraction(cancer_type="lung adenocarcinoma", biomarker="PD-L1 80%; EGFR/ALK alterations",
+                        treatment="pembrolizumab")
+    md = handlers.extraction_markdown(result, FIELDS, "v", text)
+    assert md.startswith("⚠️ **Your text says `biomarker` is absent** (⊘ in the table)")
+    assert ("| `biomarker` | PD-L1 80%; EGFR/ALK alterations | ✓ every word · ⊘ EGFR/ALK alterations: the text "
+            "says “no EGFR or ALK alterations” |") in md
+    assert "| `treatment` | pembrolizumab | ✓ every word |" in md
+    assert not handlers.extraction_markdown(extraction(biomarker="PD-L1 80%"), FIELDS, "v", text).startswith("⚠️")
+    header, rows = handlers.batch_rows("extract", [text, "Stage IV melanoma."], [result, extraction(stage="IV")],
+                                       fields=FIELDS)
+    assert [r[header.index("negated_in_text")] for r in rows] == [
+        "biomarker: EGFR/ALK alterations (no EGFR or ALK alterations)", ""]
+    batch = handlers.batch_markdown("extract", "notes.csv", uploads.Upload([text, "Stage IV melanoma."], "text", 2),
+                                    header, rows, "v", 1.0)
+    assert "| PD-L1 80%; EGFR/ALK alterations ⊘ |" in batch and "`negated_in_text` quotes the words" in batch
+    specs = load_catalog(catalog)
+    onc = [handlers.Outcome("base", extraction(biomarker="PD-L1 80%"), 1.0, 100, 20),
+           handlers.Outcome("fine-tuned", result, 1.0, 100, 20)]
+    compared = handlers.compare_markdown(specs["oncology"], text, onc)
+    assert "| **PD-L1 80%** | **PD-L1 80%; EGFR/ALK alterations** ⊘ |" in compared
+    assert handlers.NEGATED_LEGEND in compared
+    assert handlers.NEGATED_LEGEND not in handlers.compare_markdown(specs["oncology"], text, onc[:1])
 
 
 def test_a_cut_input_is_checked_against_the_part_the_model_read():
@@ -1022,7 +1052,7 @@ def test_an_invented_item_of_a_list_value_is_named():
     md = handlers.extraction_markdown(result, FIELDS, "v", text)
     assert "| `metastasis_site` | bone, liver, lung | ◐ some words (no word in the text: lung) |" in md
     header, rows = handlers.batch_rows("extract", [text], [result], fields=FIELDS)
-    assert rows[0][-1] == "metastasis_site: lung"
+    assert rows[0][header.index("not_in_text")] == "metastasis_site: lung"
 
 
 def test_profiles_have_realistic_starters_and_compare_uses_commands():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from adapters.fields import Extraction, parse_fields, support_in_text
+from adapters.fields import Extraction, parse_fields, parts_the_text_negates, support_in_text
 
 FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
           "metastasis_site")
@@ -227,3 +227,35 @@ def test_support_in_text_says_how_many_words_of_a_value_the_text_holds(value, su
 ])
 def test_support_in_text_reads_chinese_and_japanese_character_by_character(value, support):
     assert support_in_text(value, "乳腺癌II期，雌激素受体阳性，使用他莫昔芬治疗。") == support
+
+
+@pytest.mark.parametrize("value, text, negated", [
+    # a walkthrough's case: the negation lost, every word in the text
+    ("PD-L1 80%; EGFR/ALK alterations", "PD-L1 80%, no EGFR or ALK alterations.",
+     [("EGFR/ALK alterations", "no EGFR or ALK alterations")]),
+    ("liver", "CT: no liver metastases; two lung nodules.", [("liver", "no liver metastases")]),
+    ("BRAF", "BRAF testing was not performed prior to treatment.", [("BRAF", "BRAF testing was not performed")]),
+    ("KRAS", "Colon cancer, KRAS wild-type.", [("KRAS", "KRAS wild-type")]),
+    ("adjuvant immunotherapy", "No adjuvant immunotherapy was given.",
+     [("adjuvant immunotherapy", "No adjuvant immunotherapy was given")]),
+])
+def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(value, text, negated):
+    assert parts_the_text_negates(value, text) == negated
+
+
+@pytest.mark.parametrize("value, text", [
+    ("ER positive", "ER positive, PR negative, HER2 negative."),  # the negation is another finding's
+    ("ER positive", "ER positive and PR negative."),
+    ("KRAS wild-type", "KRAS wild-type."),  # the value itself says absent
+    ("PR-", "ER positive, PR negative."),
+    ("no evidence of disease", "Now no evidence of disease."),
+    ("lumpectomy", "She underwent lumpectomy with negative margins."),  # "negative" describes the margins
+    ("stable disease", "No new lesions \u2014 overall stable disease."),  # a dash ends the negation
+    ("lung", "No interval growth of lung nodules."),  # "no growth" says the nodules are there
+    ("liver", "No liver lesions at first; liver metastases by March."),  # said present once
+    ("EGFR mutation", "No EGFR alterations."),  # "mutation" is not in the text: not a copy
+    ("PD-L1 80%", "PD-L1 80%, no EGFR or ALK alterations."),
+    (None, "No EGFR alterations."),
+])
+def test_a_value_the_text_does_not_negate_is_not_flagged(value, text):
+    assert parts_the_text_negates(value, text) == []
