@@ -431,17 +431,14 @@ def _negated_warning(fields: Mapping[str, str | None], text: str) -> list[str]:
 
 
 def _support_note(value: str | None, text: str) -> str:
+    negated = parts_the_text_negates(value, text)
+    if negated and negated[0][0] == (value or "").strip():  # the whole value: a ✓ beside it would read as "backed"
+        return f"{NEGATED_MARK} every word, but the text says “{cell(shortened(negated[0][1], 80))}”"
     note = SUPPORT[support_in_text(value, text)]
     missing = parts_not_in_text(value, text)
-    negated = "; ".join(_negated_note(part, phrase, value) for part, phrase in parts_the_text_negates(value, text))
+    said = "; ".join(f"{cell(part)}: the text says “{cell(shortened(phrase, 80))}”" for part, phrase in negated)
     return (note + (f" (no word in the text: {cell(', '.join(missing))})" if missing else "")
-            + (f" · {NEGATED_MARK} {negated}" if negated else ""))
-
-
-def _negated_note(part: str, phrase: str, value: str | None) -> str:
-    """"the text says “no EGFR or ALK alterations”", naming the item when the value has several."""
-    said = f"the text says “{cell(shortened(phrase, 80))}”"
-    return said if part == (value or "").strip() else f"{cell(part)}: {said}"
+            + (f" · {NEGATED_MARK} {said}" if said else ""))
 
 
 def _not_in_text(fields: Sequence[str], values: Mapping, text: str) -> str:

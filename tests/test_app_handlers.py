@@ -983,6 +983,10 @@ def test_a_finding_the_text_says_is_absent_is_flagged_in_every_view(catalog):
             "says “no EGFR or ALK alterations” |") in md
     assert "| `treatment` | pembrolizumab | ✓ every word |" in md
     assert not handlers.extraction_markdown(extraction(biomarker="PD-L1 80%"), FIELDS, "v", text).startswith("⚠️")
+    brain = handlers.extraction_markdown(extraction(metastasis_site="brain"), FIELDS, "v", "Brain MRI negative.")
+    # the whole value: no ✓ beside it, which would read as "backed by the text"
+    assert "| `metastasis_site` | brain | ⊘ every word, but the text says “Brain MRI negative” |" in brain
+    assert brain.startswith("⚠️ **Your text says `metastasis_site` is absent**")
     header, rows = handlers.batch_rows("extract", [text, "Stage IV melanoma."], [result, extraction(stage="IV")],
                                        fields=FIELDS)
     assert [r[header.index("negated_in_text")] for r in rows] == [
