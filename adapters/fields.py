@@ -152,18 +152,23 @@ def parts_not_in_text(value: str | None, text: str) -> list[str]:
 _NEGATION_TOKEN = re.compile(rf"\d+(?:\.\d+)?%?|[{_CJK}]|[^\W{_CJK}]+|[.;:!?()\[\],\u2013\u2014]")
 _CLAUSE_BREAKS = frozenset(".;:!?()[],\u2013\u2014")  # en and em dashes too: "no new lesions — stable disease"
 _REACH_AFTER = 5  # words a cue before a finding governs: "no EGFR or ALK alterations"
-_NEGATES_AFTER = ["negative for", "absence of", "free of", "no", "not", "without", "absent", "denies", "denied",
+# not "not": it mostly negates a verb ("did not respond to nivolumab" says nothing against nivolumab)
+_NEGATES_AFTER = ["negative for", "absence of", "free of", "no", "without", "absent", "denies", "denied",
                   "neither", "nor", "never", "declined"]
-# cue after a finding -> the words before it that it governs: "BRAF testing was not performed"
+# cue after a finding -> the words before it that it governs: "BRAF testing was not performed"; a
+# cue's own last word is negated too when "not" comes before it ("HER2 not amplified")
 _NEGATES_BEFORE = {"not detected": 4, "not identified": 4, "not seen": 4, "not found": 4, "not present": 4,
                    "not performed": 4, "not done": 4, "not given": 4, "not received": 4, "not administered": 4,
+                   "not amplified": 4, "not expressed": 4, "not mutated": 4, "not tested": 4,
                    "was not": 4, "were not": 4, "negative": 4, "absent": 4, "excluded": 4, "ruled out": 4,
                    "wild type": 1, "wildtype": 1}
 # "no change in the liver lesions", "no interval growth of lung nodules": the finding is there
 _NOT_A_NEGATION = {"no change", "no interval", "no further", "no increase", "no growth", "no significant", "not only"}
-# a cue's reach ends at these: "no nodal disease and ER positive" says nothing of ER
+# a cue's reach ends at these: "no nodal disease and ER positive" says nothing of ER, nor "no smoking
+# history has EGFR L858R" of EGFR
 _ENDS_A_NEGATION = frozenset("but however although though except apart yet whereas while which who and "
-                             "with plus then".split())
+                             "with plus then is was are were has had have shows showed revealed demonstrated "
+                             "received underwent started began".split())
 _STARTS_A_FINDING = frozenset("positive amplified amplification overexpressed overexpression high elevated "
                               "present mutated detected and or".split())
 # a value that itself says absent ("KRAS wild-type", "ER-", "no evidence of disease") is not contradicted
@@ -205,7 +210,9 @@ def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
             if cue == "negative" and following not in _CLAUSE_BREAKS | {"and", "or"}:
                 continue  # "with negative margins": it describes what follows
             if cue.endswith(" not") and following not in _CLAUSE_BREAKS:
-                last += 1  # quoted as "was not tested", not "was not"
+                last += 1  # "was not tested", negated and quoted with "tested"
+            if words[last - 1] == "not":
+                negated.setdefault(last, (i, last))  # "HER2 not amplified": "amplified" too
             start = i
             while (start > 0 and i - start < _NEGATES_BEFORE[cue] and words[start - 1] not in _CLAUSE_BREAKS
                    and words[start - 1] not in _STARTS_A_FINDING):

@@ -237,7 +237,8 @@ def test_support_in_text_reads_chinese_and_japanese_character_by_character(value
     ("BRAF", "BRAF testing was not performed prior to treatment.", [("BRAF", "BRAF testing was not performed")]),
     ("KRAS", "Colon cancer, KRAS wild-type.", [("KRAS", "KRAS wild-type")]),
     ("adjuvant immunotherapy", "No adjuvant immunotherapy was given.",
-     [("adjuvant immunotherapy", "No adjuvant immunotherapy was given")]),
+     [("adjuvant immunotherapy", "No adjuvant immunotherapy")]),
+    ("HER2 amplified", "ER positive, HER2 not amplified by FISH.", [("HER2 amplified", "HER2 not amplified")]),
 ])
 def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(value, text, negated):
     assert parts_the_text_negates(value, text) == negated
@@ -255,6 +256,9 @@ def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(val
     ("liver", "No liver lesions at first; liver metastases by March."),  # said present once
     ("EGFR mutation", "No EGFR alterations."),  # "mutation" is not in the text: not a copy
     ("PD-L1 80%", "PD-L1 80%, no EGFR or ALK alterations."),
+    ("EGFR L858R", "A patient with no smoking history has EGFR L858R."),  # the verb ends what "no" governs
+    ("nivolumab", "She did not respond to nivolumab."),  # "not" negates the verb, not the drug
+    ("cisplatin", "He could not tolerate cisplatin, so carboplatin was given."),
     (None, "No EGFR alterations."),
 ])
 def test_a_value_the_text_does_not_negate_is_not_flagged(value, text):
