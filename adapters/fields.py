@@ -149,8 +149,8 @@ def parts_not_in_text(value: str | None, text: str) -> list[str]:
 # negation cue, and the words it governs up to a comma, a clause break or a word that starts another
 # finding. Measured on the 4,500 synthetic narratives' own references (true findings): tools/negations.py.
 
-_NEGATION_TOKEN = re.compile(rf"\d+(?:\.\d+)?%?|[{_CJK}]|[^\W{_CJK}]+|[.;:!?()\[\],\u2013\u2014]")
 _CLAUSE_BREAKS = frozenset(".;:!?()[],\u2013\u2014")  # en and em dashes too: "no new lesions — stable disease"
+_NEGATION_TOKEN = re.compile(_WORD.pattern + "|[" + re.escape("".join(sorted(_CLAUSE_BREAKS))) + "]")
 _REACH_AFTER = 5  # words a cue before a finding governs: "no EGFR or ALK alterations"
 # not "not": it mostly negates a verb ("did not respond to nivolumab" says nothing against nivolumab)
 _NEGATES_AFTER = ["negative for", "absence of", "free of", "no", "without", "absent", "denies", "denied",
@@ -169,8 +169,10 @@ _NOT_A_NEGATION = {"no change", "no interval", "no further", "no increase", "no 
 _ENDS_A_NEGATION = frozenset("but however although though except apart yet whereas while which who and "
                              "with plus then is was are were has had have shows showed revealed demonstrated "
                              "received underwent started began".split())
-_STARTS_A_FINDING = frozenset("positive amplified amplification overexpressed overexpression high elevated "
-                              "present mutated detected and or".split())
+# going back from a cue after a finding, its reach ends at these: "ER positive and PR negative" says
+# nothing of ER (nor, to be safe, "EGFR and ALK were negative" of EGFR)
+_ENDS_A_NEGATION_BEFORE = frozenset("positive amplified amplification overexpressed overexpression high elevated "
+                                    "present mutated detected and or".split())
 # a value that itself says absent ("KRAS wild-type", "ER-", "no evidence of disease") is not contradicted
 _NEGATIVE_WORDS = frozenset("no not without negative absent absence free wild wildtype denies denied never "
                             "neither nor ruled excluded declined undetectable none".split())
@@ -215,7 +217,7 @@ def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
                 negated.setdefault(last, (i, last))  # "HER2 not amplified": "amplified" too
             start = i
             while (start > 0 and i - start < _NEGATES_BEFORE[cue] and words[start - 1] not in _CLAUSE_BREAKS
-                   and words[start - 1] not in _STARTS_A_FINDING):
+                   and words[start - 1] not in _ENDS_A_NEGATION_BEFORE):
                 start -= 1
             for k in range(start, i):
                 negated.setdefault(k, (start, last))

@@ -425,9 +425,10 @@ def _negated_warning(fields: Mapping[str, str | None], text: str) -> list[str]:
     negated = [f"`{name}`" for name, value in fields.items() if parts_the_text_negates(value, text)]
     if not negated:
         return []
-    return [f"⚠️ **Your text says {' and '.join(negated)} {'is' if len(negated) == 1 else 'are'} absent** "
-            f"({NEGATED_MARK} in the table): the model may have copied a finding the text rules out. Check "
-            f"{'it' if len(negated) == 1 else 'them'} against the quoted words."]
+    one = len(negated) == 1
+    return [f"⚠️ **{' and '.join(negated)} {'holds a finding' if one else 'hold findings'} your text says "
+            f"{'is' if one else 'are'} absent** ({NEGATED_MARK} in the table): the model may have copied what "
+            f"the text rules out. Check {'it' if one else 'them'} against the quoted words."]
 
 
 def _support_note(value: str | None, text: str) -> str:

@@ -978,7 +978,7 @@ def test_a_finding_the_text_says_is_absent_is_flagged_in_every_view(catalog):
     result = extraction(cancer_type="lung adenocarcinoma", biomarker="PD-L1 80%; EGFR/ALK alterations",
                         treatment="pembrolizumab")
     md = handlers.extraction_markdown(result, FIELDS, "v", text)
-    assert md.startswith("⚠️ **Your text says `biomarker` is absent** (⊘ in the table)")
+    assert md.startswith("⚠️ **`biomarker` holds a finding your text says is absent** (⊘ in the table)")
     assert ("| `biomarker` | PD-L1 80%; EGFR/ALK alterations | ✓ every word · ⊘ EGFR/ALK alterations: the text "
             "says “no EGFR or ALK alterations” |") in md
     assert "| `treatment` | pembrolizumab | ✓ every word |" in md
@@ -986,7 +986,10 @@ def test_a_finding_the_text_says_is_absent_is_flagged_in_every_view(catalog):
     brain = handlers.extraction_markdown(extraction(metastasis_site="brain"), FIELDS, "v", "Brain MRI negative.")
     # the whole value: no ✓ beside it, which would read as "backed by the text"
     assert "| `metastasis_site` | brain | ⊘ every word, but the text says “Brain MRI negative” |" in brain
-    assert brain.startswith("⚠️ **Your text says `metastasis_site` is absent**")
+    assert brain.startswith("⚠️ **`metastasis_site` holds a finding your text says is absent**")
+    two = handlers.extraction_markdown(extraction(metastasis_site="brain", biomarker="EGFR mutation"), FIELDS, "v",
+                                       "Brain MRI negative; without EGFR mutation.")
+    assert two.startswith("⚠️ **`biomarker` and `metastasis_site` hold findings your text says are absent**")
     header, rows = handlers.batch_rows("extract", [text, "Stage IV melanoma."], [result, extraction(stage="IV")],
                                        fields=FIELDS)
     assert [r[header.index("negated_in_text")] for r in rows] == [
