@@ -626,6 +626,17 @@ def test_an_upload_over_the_size_limit_is_refused():
         uploads.read_upload("big.txt", b"x\n" * (3 * 1024 * 1024), limit=10)
 
 
+def test_the_page_refuses_files_over_the_apps_own_size_limit():
+    """The page's limit (Chainlit's ``max_size_mb``) had been 20 MB against the app's 5 MB: a user told
+    "File is larger than 20 MB" split a file into halves the app then refused."""
+    import tomllib
+
+    from chat_app import cli
+
+    config = tomllib.loads((cli.PROJECT_ROOT / ".chainlit" / "config.toml").read_text())
+    assert config["features"]["spontaneous_file_upload"]["max_size_mb"] * 2**20 == uploads.MAX_UPLOAD_BYTES
+
+
 # --- what is rendered --------------------------------------------------------------------------
 
 def test_classification_shows_the_label_and_each_probability():
