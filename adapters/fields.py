@@ -147,11 +147,13 @@ def parts_not_in_text(value: str | None, text: str) -> list[str]:
 # "no EGFR or ALK alterations" came back as the biomarker "EGFR/ALK alterations", every word in the
 # text and so marked as backed by it. A NegEx-style check (Chapman et al., 2001), English only: a
 # negation cue, and the words it governs up to a comma, a clause break or a word that starts another
-# finding. Measured on the 4,500 synthetic narratives' own references (true findings): tools/negations.py.
+# finding. Measured on the 4,500 synthetic narratives' own references (true findings; tools/negations.py)
+# and on 40 hand-labelled notes written before this code was read (tests/test_negation_cases.py).
 
 _CLAUSE_BREAKS = frozenset(".;:!?()[],\u2013\u2014")  # en and em dashes too: "no new lesions — stable disease"
 _NEGATION_TOKEN = re.compile(_WORD.pattern + "|[" + re.escape("".join(sorted(_CLAUSE_BREAKS))) + "]")
 _REACH_AFTER = 5  # words a cue before a finding governs: "no EGFR or ALK alterations"
+_LIST_REACH = 12  # words a list it governs may run on past a comma: "no EGFR, ALK, or ROS1 alterations"
 # not "not": it mostly negates a verb ("did not respond to nivolumab" says nothing against nivolumab)
 _NEGATES_AFTER = ["negative for", "absence of", "free of", "no", "without", "absent", "denies", "denied",
                   "neither", "nor", "never", "declined"]
@@ -160,8 +162,14 @@ _NEGATES_AFTER = ["negative for", "absence of", "free of", "no", "without", "abs
 _NEGATES_BEFORE = {"not detected": 4, "not identified": 4, "not seen": 4, "not found": 4, "not present": 4,
                    "not performed": 4, "not done": 4, "not given": 4, "not received": 4, "not administered": 4,
                    "not amplified": 4, "not expressed": 4, "not mutated": 4, "not tested": 4,
-                   "was not": 4, "were not": 4, "negative": 4, "absent": 4, "excluded": 4, "ruled out": 4,
-                   "wild type": 1, "wildtype": 1}
+                   "not involved": 4, "not recommended": 4, "not indicated": 4, "none detected": 4,
+                   "none identified": 4, "was not": 4, "were not": 4, "negative": 4, "absent": 4, "excluded": 4,
+                   "ruled out": 4, "wild type": 1, "wildtype": 1,
+                   # "Brain MRI negative for metastases" (the words after "negative for" are negated too)
+                   **{f"negative for {what}": 4 for what in ("metastases", "metastasis", "metastatic", "malignancy",
+                                                              "tumor", "tumour", "disease", "lesions", "involvement")}}
+# a result said of a procedure does not say the procedure was not done: "Sentinel node biopsy negative"
+_PROCEDURES = frozenset("biopsy biopsies aspirate aspiration cytology dissection resection excision sampling".split())
 # "no change in the liver lesions", "no interval growth of lung nodules": the finding is there
 _NOT_A_NEGATION = {"no change", "no interval", "no further", "no increase", "no growth", "no significant", "not only"}
 # a cue's reach ends at these: "no nodal disease and ER positive" says nothing of ER, nor "no smoking
@@ -172,7 +180,7 @@ _ENDS_A_NEGATION = frozenset("but however although though except apart yet where
 # going back from a cue after a finding, its reach ends at these: "ER positive and PR negative" says
 # nothing of ER (nor, to be safe, "EGFR and ALK were negative" of EGFR)
 _ENDS_A_NEGATION_BEFORE = frozenset("positive amplified amplification overexpressed overexpression high elevated "
-                                    "present mutated detected and or".split())
+                                    "present mutated detected and or margin margins".split())
 # a value that itself says absent ("KRAS wild-type", "ER-", "no evidence of disease") is not contradicted
 _NEGATIVE_WORDS = frozenset("no not without negative absent absence free wild wildtype denies denied never "
                             "neither nor ruled excluded declined undetectable none".split())
@@ -182,6 +190,8 @@ _MINUS_SIGN = re.compile(r"\u2212|-\s*(?:$|[/;,)\s])")
 def _negation_tokens(text: str) -> list[tuple[str, int, int]]:
     """``text``'s words and clause breaks, each folded as ``_words`` folds them, with where it is."""
     spaced = re.sub(r"[-\u2010-\u2012/]", " ", text)  # hyphens as spaces, one for one: positions hold
+    # brackets inside a word ("del(17p)", "t(11;14)") are not clause breaks
+    spaced = re.sub(r"(?<=\w)\(([^()\s]*)\)", lambda m: f" {m.group(1)} ", spaced)
     return [(unicodedata.normalize("NFKC", m.group()).casefold(), m.start(), m.end())
             for m in _NEGATION_TOKEN.finditer(spaced)]
 
@@ -189,6 +199,23 @@ def _negation_tokens(text: str) -> list[tuple[str, int, int]]:
 def _cue_at(words: Sequence[str], i: int, cues) -> str | None:
     """The cue of ``cues`` (phrases, the longest first) that starts at word ``i``."""
     return next((c for c in cues if " ".join(words[i:i + c.count(" ") + 1]) == c), None)
+
+
+def _list_end(words: Sequence[str], comma: int) -> int | None:
+    """Where a list that a cue governs ends, when its reach stopped at the comma at ``comma``: "no
+    EGFR, ALK, or ROS1 alterations" runs on as it closes with "and"/"or" and a last item, up to a
+    clause break or the next comma. None when the words are no such list ("negative for EGFR,
+    PD-L1 50%": no "and"/"or"; a word that starts another finding or clause)."""
+    closed = False
+    for j in range(comma, min(len(words), comma + _LIST_REACH)):
+        if words[j] in ("and", "or"):
+            closed = True
+        elif words[j] in _CLAUSE_BREAKS:
+            if closed or words[j] != ",":
+                return j if closed else None
+        elif words[j] in _ENDS_A_NEGATION or words[j] in _ENDS_A_NEGATION_BEFORE:
+            return None
+    return len(words) if closed and comma + _LIST_REACH >= len(words) else None
 
 
 def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
@@ -203,6 +230,8 @@ def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
             while (end < len(words) and end - first < _REACH_AFTER and words[end] not in _CLAUSE_BREAKS
                    and words[end] not in _ENDS_A_NEGATION):
                 end += 1
+            if end < len(words) and words[end] == ",":
+                end = _list_end(words, end) or end
             for k in range(first, end):
                 negated.setdefault(k, (i, end - 1))
         cue = _cue_at(words, i, before)
@@ -215,12 +244,17 @@ def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
                 last += 1  # "was not tested", negated and quoted with "tested"
             if words[last - 1] == "not":
                 negated.setdefault(last, (i, last))  # "HER2 not amplified": "amplified" too
-            start = i
-            while (start > 0 and i - start < _NEGATES_BEFORE[cue] and words[start - 1] not in _CLAUSE_BREAKS
+            end = i - 1 if cue.startswith("none") and i > 0 and words[i - 1] == ":" else i  # "FGFR3: none detected"
+            start = end
+            while (start > 0 and end - start < _NEGATES_BEFORE[cue] and words[start - 1] not in _CLAUSE_BREAKS
                    and words[start - 1] not in _ENDS_A_NEGATION_BEFORE):
                 start -= 1
-            for k in range(start, i):
-                negated.setdefault(k, (start, last))
+            if cue in ("wild type", "wildtype") and start >= 2 and words[start - 1] == "and" and (
+                    start == 2 or words[start - 3] in _CLAUSE_BREAKS):
+                start -= 2  # "KRAS and NRAS wild-type", the first gene alone after a clause break
+            for k in range(start, end):
+                if not (cue == "negative" and words[k] in _PROCEDURES):
+                    negated.setdefault(k, (start, last))
     return negated
 
 

@@ -239,6 +239,13 @@ def test_support_in_text_reads_chinese_and_japanese_character_by_character(value
     ("adjuvant immunotherapy", "No adjuvant immunotherapy was given.",
      [("adjuvant immunotherapy", "No adjuvant immunotherapy")]),
     ("HER2 amplified", "ER positive, HER2 not amplified by FISH.", [("HER2 amplified", "HER2 not amplified")]),
+    # a list runs past its commas when it closes with "and"/"or"
+    ("ROS1 alterations", "NGS negative for EGFR, ALK, and ROS1 alterations; KRAS G12C detected.",
+     [("ROS1 alterations", "negative for EGFR, ALK, and ROS1 alterations")]),
+    ("KRAS", "Colon adenocarcinoma. KRAS and NRAS wild-type.", [("KRAS", "KRAS and NRAS wild-type")]),
+    ("brain", "Brain MRI negative for metastases.", [("brain", "Brain MRI negative for metastases")]),
+    ("FGFR3 alterations", "FGFR3 alterations: none detected.", [("FGFR3 alterations", "FGFR3 alterations: none detected")]),
+    ("del(17p)", "FISH: del(17p) not detected.", [("del(17p)", "del(17p) not detected")]),
 ])
 def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(value, text, negated):
     assert parts_the_text_negates(value, text) == negated
@@ -259,6 +266,11 @@ def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(val
     ("EGFR L858R", "A patient with no smoking history has EGFR L858R."),  # the verb ends what "no" governs
     ("nivolumab", "She did not respond to nivolumab."),  # "not" negates the verb, not the drug
     ("cisplatin", "He could not tolerate cisplatin, so carboplatin was given."),
+    ("sentinel node biopsy", "Sentinel node biopsy negative (0/3)."),  # the biopsy was done; its result is negative
+    ("lumpectomy", "Lumpectomy margins negative."),
+    ("lung", "No liver, bone, or brain metastases, lung nodules stable."),  # the list ended at "brain metastases"
+    ("PD-L1 50%", "Negative for EGFR, PD-L1 50%."),  # no "and"/"or": not a list
+    ("L858R", "EGFR L858R and KRAS wild-type."),
     (None, "No EGFR alterations."),
 ])
 def test_a_value_the_text_does_not_negate_is_not_flagged(value, text):

@@ -12,16 +12,16 @@ not share their blind spots. Run with ``-rP`` to see the misses.
 import json
 from pathlib import Path
 
-import pytest
 
 from adapters.fields import parts_the_text_negates
 
 CASES = [json.loads(line) for line in
          (Path(__file__).parent / "data" / "negation_cases.jsonl").read_text(encoding="utf-8").splitlines()
          if line.strip()]
-# share of "absent" values flagged: 48 of 63 when the set was written; a little below, so that a
-# change to the cues that loses some shows up
-MIN_ABSENT_FLAGGED = 0.75
+# share of "absent" values flagged: 48 of 63 when the set was written, 57 of 63 once its findings
+# were taken into the cues (lists, "KRAS and NRAS wild-type", "none detected", "del(17p)"); a little
+# below, so that a change to the cues that loses some shows up
+MIN_ABSENT_FLAGGED = 0.88
 
 
 def test_the_set_is_as_described():
