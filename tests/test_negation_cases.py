@@ -12,7 +12,6 @@ not share their blind spots. Run with ``-rP`` to see the misses.
 import json
 from pathlib import Path
 
-
 from adapters.fields import parts_the_text_negates
 
 CASES = [json.loads(line) for line in
