@@ -185,6 +185,8 @@ _ENDS_A_NEGATION_BEFORE = frozenset("positive amplified amplification overexpres
 _NEGATIVE_WORDS = frozenset("no not without negative absent absence free wild wildtype denies denied never "
                             "neither nor ruled excluded declined undetectable none".split())
 _MINUS_SIGN = re.compile(r"\u2212|-\s*(?:$|[/;,)\s])")
+_CUES_AFTER = sorted(_NEGATES_AFTER, key=len, reverse=True)  # the longest first: "negative for" before "no"
+_CUES_BEFORE = sorted(_NEGATES_BEFORE, key=len, reverse=True)
 
 
 def _negation_tokens(text: str) -> list[tuple[str, int, int]]:
@@ -205,56 +207,72 @@ def _list_end(words: Sequence[str], comma: int) -> int | None:
     """Where a list that a cue governs ends, when its reach stopped at the comma at ``comma``: "no
     EGFR, ALK, or ROS1 alterations" runs on as it closes with "and"/"or" and a last item, up to a
     clause break or the next comma. None when the words are no such list ("negative for EGFR,
-    PD-L1 50%": no "and"/"or"; a word that starts another finding or clause)."""
+    PD-L1 50%": no "and"/"or"; a word that starts another finding or clause; longer than
+    ``_LIST_REACH``)."""
     closed = False
     for j in range(comma, min(len(words), comma + _LIST_REACH)):
         if words[j] in ("and", "or"):
             closed = True
-        elif words[j] in _CLAUSE_BREAKS:
-            if closed or words[j] != ",":
-                return j if closed else None
+        elif words[j] in _CLAUSE_BREAKS and (closed or words[j] != ","):
+            return j if closed else None
         elif words[j] in _ENDS_A_NEGATION or words[j] in _ENDS_A_NEGATION_BEFORE:
             return None
-    return len(words) if closed and comma + _LIST_REACH >= len(words) else None
+    text_ended = comma + _LIST_REACH >= len(words)
+    return len(words) if closed and text_ended else None
+
+
+def _governed_after(words: Sequence[str], i: int) -> tuple[list[int], int] | None:
+    """For a cue starting at word ``i`` that negates what follows ("no EGFR or ALK alterations"): the
+    words it negates and the last word of the phrase; None when no such cue starts there."""
+    cue = _cue_at(words, i, _CUES_AFTER)
+    if cue is None or " ".join(words[i:i + 2]) in _NOT_A_NEGATION:
+        return None
+    first = end = i + cue.count(" ") + 1
+    while (end < len(words) and end - first < _REACH_AFTER and words[end] not in _CLAUSE_BREAKS
+           and words[end] not in _ENDS_A_NEGATION):
+        end += 1
+    if end < len(words) and words[end] == ",":
+        end = _list_end(words, end) or end
+    return list(range(first, end)), end - 1
+
+
+def _governed_before(words: Sequence[str], i: int) -> tuple[list[int], int, int] | None:
+    """For a cue starting at word ``i`` that negates what comes before it ("BRAF testing was not
+    performed"): the words it negates, and the first and last word of the phrase; None when no such
+    cue starts there."""
+    cue = _cue_at(words, i, _CUES_BEFORE)
+    if cue is None:
+        return None
+    last = i + cue.count(" ")
+    following = words[last + 1] if last + 1 < len(words) else "."
+    if cue == "negative" and following not in _CLAUSE_BREAKS | {"and", "or"}:
+        return None  # "with negative margins": it describes what follows
+    if cue.endswith(" not") and following not in _CLAUSE_BREAKS:
+        last += 1  # "was not tested": quoted with "tested"
+    end = i - 1 if cue.startswith("none") and i > 0 and words[i - 1] == ":" else i  # "FGFR3: none detected"
+    start = end
+    while (start > 0 and end - start < _NEGATES_BEFORE[cue] and words[start - 1] not in _CLAUSE_BREAKS
+           and words[start - 1] not in _ENDS_A_NEGATION_BEFORE):
+        start -= 1
+    if cue in ("wild type", "wildtype") and start >= 2 and words[start - 1] == "and" and (
+            start == 2 or words[start - 3] in _CLAUSE_BREAKS):
+        start -= 2  # "KRAS and NRAS wild-type", the first gene alone after a clause break
+    negated = [k for k in range(start, end) if not (cue == "negative" and words[k] in _PROCEDURES)]
+    if words[last - 1] == "not":
+        negated.append(last)  # "HER2 not amplified", "was not tested": the word after "not" too
+    return negated, start, last
 
 
 def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
     """Each negated word's index -> the first and last index of the phrase that negates it."""
     negated: dict[int, tuple[int, int]] = {}
-    after = sorted(_NEGATES_AFTER, key=len, reverse=True)
-    before = sorted(_NEGATES_BEFORE, key=len, reverse=True)
     for i in range(len(words)):
-        cue = _cue_at(words, i, after)
-        if cue and " ".join(words[i:i + 2]) not in _NOT_A_NEGATION:
-            first = end = i + cue.count(" ") + 1
-            while (end < len(words) and end - first < _REACH_AFTER and words[end] not in _CLAUSE_BREAKS
-                   and words[end] not in _ENDS_A_NEGATION):
-                end += 1
-            if end < len(words) and words[end] == ",":
-                end = _list_end(words, end) or end
-            for k in range(first, end):
-                negated.setdefault(k, (i, end - 1))
-        cue = _cue_at(words, i, before)
-        if cue:
-            last = i + cue.count(" ")
-            following = words[last + 1] if last + 1 < len(words) else "."
-            if cue == "negative" and following not in _CLAUSE_BREAKS | {"and", "or"}:
-                continue  # "with negative margins": it describes what follows
-            if cue.endswith(" not") and following not in _CLAUSE_BREAKS:
-                last += 1  # "was not tested", negated and quoted with "tested"
-            if words[last - 1] == "not":
-                negated.setdefault(last, (i, last))  # "HER2 not amplified": "amplified" too
-            end = i - 1 if cue.startswith("none") and i > 0 and words[i - 1] == ":" else i  # "FGFR3: none detected"
-            start = end
-            while (start > 0 and end - start < _NEGATES_BEFORE[cue] and words[start - 1] not in _CLAUSE_BREAKS
-                   and words[start - 1] not in _ENDS_A_NEGATION_BEFORE):
-                start -= 1
-            if cue in ("wild type", "wildtype") and start >= 2 and words[start - 1] == "and" and (
-                    start == 2 or words[start - 3] in _CLAUSE_BREAKS):
-                start -= 2  # "KRAS and NRAS wild-type", the first gene alone after a clause break
-            for k in range(start, end):
-                if not (cue == "negative" and words[k] in _PROCEDURES):
-                    negated.setdefault(k, (start, last))
+        if after := _governed_after(words, i):
+            for k in after[0]:
+                negated.setdefault(k, (i, after[1]))
+        if before := _governed_before(words, i):
+            for k in before[0]:
+                negated.setdefault(k, (before[1], before[2]))
     return negated
 
 
