@@ -135,7 +135,7 @@ TASK_METRICS = {
     "classify_multi": ("accuracy", "macro_precision", "macro_recall", "macro_f1"),  # three labels or more
     "generate": ("rouge1", "rouge2", "rougeL", "bleu", "bertscore_f1", "perplexity", "length_ratio"),
     "extract": ("json_valid", "micro_field_accuracy", "micro_field_token_f1", "exact_match_all_fields",
-                "repaired_rate"),
+                "repaired_rate", "negated_value_rate"),
 }
 
 

@@ -10,9 +10,10 @@ from test_training import write_sms_collection
 from adapters import Runtime
 from adapters.runtime import Classification
 from adapters.catalog import load_catalog
+from adapters.fields import parse_fields
 from adapters.spec import TASK_METRICS
 from training.data import load_splits
-from training.evaluate import _with_progress, choose_few_shot, evaluate_adapter, few_shot_pairs
+from training.evaluate import _with_progress, choose_few_shot, evaluate_adapter, few_shot_pairs, negated_value_rate
 
 
 def oncology_jsonl(path, n=40):
@@ -44,6 +45,21 @@ def test_extract_evaluation_reports_exact_match_and_token_f1_per_variant(catalog
     scores = [d["score"] for d in chosen["scores"]]
     assert chosen["seed"] == chosen["scores"][scores.index(max(scores))]["seed"]
     assert all(d["score"] == d["micro_field_accuracy"] for d in chosen["scores"])
+
+
+def test_the_negated_value_rate_counts_values_the_text_rules_out_among_the_values_extracted():
+    """The card's *negated_value_rate*: the app's ⊘ over the test split. Nulls and invalid outputs
+    hold no value; a value with one negated item counts once."""
+    fields = ["biomarker", "metastasis_site", "treatment"]
+    texts = ["PD-L1 80%, no EGFR or ALK alterations. Brain MRI negative. Pembrolizumab.",
+             "Liver metastases. Pembrolizumab.", "No liver metastases."]
+    outputs = [parse_fields('{"biomarker": "PD-L1 80%; EGFR/ALK alterations", "metastasis_site": "brain", '
+                            '"treatment": "pembrolizumab"}', fields),
+               parse_fields('{"metastasis_site": "liver", "treatment": "pembrolizumab", "biomarker": null}', fields),
+               parse_fields("liver", fields)]  # not JSON: no values, whatever its text says
+    assert negated_value_rate(outputs, texts) == 2 / 5
+    assert negated_value_rate(outputs[1:], texts[1:]) == 0.0
+    assert negated_value_rate([], []) == 0.0
 
 
 def test_a_generators_few_shot_examples_are_the_draw_with_the_best_validation_rouge(catalog, tmp_path):

@@ -116,7 +116,10 @@ def _extract_text(spec: AdapterSpec) -> str:
         return ""
     return ("\n*micro_field_accuracy* is exact match after the normalisation documented in "
             "`adapters/field_match.py` (case, whitespace, separators, null; the measure of the target); "
-            "*micro_field_token_f1* is the lenient word-overlap F1 of the same values, for reading the errors.")
+            "*micro_field_token_f1* is the lenient word-overlap F1 of the same values, for reading the errors; "
+            "*negated_value_rate* is the share of extracted values that hold a finding the text says is absent "
+            "(\"no EGFR or ALK alterations\" read as \"EGFR/ALK alterations\"; the app marks them ⊘, "
+            "`adapters.fields.parts_the_text_negates`).")
 
 
 # what an evaluation writes about the weights it measured (besides the card): new weights make them

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.environment import environment
+from adapters.fields import parts_the_text_negates
 from adapters.prompts import target_text
 from adapters.files import write_bytes_atomic, write_lines_atomic, write_text_atomic
 from adapters.metrics_file import VARIANTS
@@ -273,7 +274,17 @@ def _extract(runtime, spec, test, kwargs, in_batches):
         references=[json.dumps({f: ex.target.get(f) for f in spec.fields}) for ex in test],
         fields=list(spec.fields), valid=[r.valid for r in out])
     result["repaired_rate"] = sum(r.repaired for r in out) / max(1, len(out))
+    result["negated_value_rate"] = negated_value_rate(out, [ex.input for ex in test])
     return result, out
+
+
+def negated_value_rate(extractions, texts: Sequence[str]) -> float:
+    """The share of extracted values (non-null, of valid outputs) that hold a finding their text says
+    is absent: the app's ⊘ (``adapters.fields.parts_the_text_negates``). "no EGFR or ALK alterations"
+    read as the biomarker "EGFR/ALK alterations" is the worst kind of wrong."""
+    values = [(value, text) for r, text in zip(extractions, texts, strict=True) if r.valid
+              for value in r.fields.values() if value is not None]
+    return sum(bool(parts_the_text_negates(value, text)) for value, text in values) / max(1, len(values))
 
 
 def _with_progress(desc: str, batch_size: int, progress: bool):
