@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .backends import BaseMismatchError, other_base
@@ -247,7 +247,7 @@ def cmd_predict(args) -> int:
     runtime = Runtime.local(args.catalog, base=args.base_model or spec.base_model, options=options,
                             only=[] if args.base else [spec.name])
     predictions = _predictions(runtime, spec.name, spec.task, rows, args)
-    made = None if args.output == STANDARD_STREAM else _missing_folder(args.output)
+    made = [] if args.output == STANDARD_STREAM else _missing_folders(args.output)
     if args.output == STANDARD_STREAM:
         for row in predictions:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -255,8 +255,8 @@ def cmd_predict(args) -> int:
     else:
         write_jsonl_atomic(args.output, predictions)
     where = "standard output" if args.output == STANDARD_STREAM else args.output
-    print(f"wrote {len(rows)} line{'s' if len(rows) != 1 else ''} to {where}"
-          + (f" (made the folder {made})" if made else ""), file=sys.stderr)
+    print(f"wrote {len(rows)} line{'s' if len(rows) != 1 else ''} to {where}{_folders_made_note(made)}",
+          file=sys.stderr)
     return 0
 
 
@@ -383,14 +383,24 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _missing_folder(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (writing it makes it), or None."""
-    missing = None
-    for folder in Path(path).absolute().parents:
-        if folder.exists():
-            break
-        missing = folder
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet (writing it makes them), outermost first, as
+    they will be once made: ``out/../x/p.jsonl`` makes ``out`` and ``x``."""
+    missing: list[Path] = []
+    for folder in reversed(Path(path).absolute().parents):
+        made = Path(os.path.normpath(folder))
+        if not made.exists() and made not in missing:
+            missing.append(made)
     return missing
+
+
+def _folders_made_note(folders: Sequence[Path]) -> str:
+    """" (made the folder out)", " (made the folders out and x)", or "" for none."""
+    if not folders:
+        return ""
+    names = [str(f) for f in folders]
+    return (f" (made the folder {names[0]})" if len(names) == 1
+            else f" (made the folders {', '.join(names[:-1])} and {names[-1]})")
 
 
 def check_output_path(path: Path) -> None:

@@ -84,6 +84,18 @@ def test_a_refusal_is_one_line_and_adapterlab_traceback_shows_where_it_came_from
 
 # --- predictions -------------------------------------------------------------------------------
 
+def test_predict_names_every_folder_its_output_path_makes(tmp_path):
+    """``--output out/../x/p.jsonl`` made ``out`` and ``x`` and named only ``out``."""
+    from adapters.cli import _folders_made_note, _missing_folders
+
+    made = _missing_folders(tmp_path / "out" / ".." / "x" / "p.jsonl")
+    assert made == [tmp_path / "out", tmp_path / "x"]
+    (tmp_path / "x").mkdir()
+    assert _missing_folders(tmp_path / "x" / "p.jsonl") == []
+    assert _folders_made_note(made) == f" (made the folders {tmp_path / 'out'} and {tmp_path / 'x'})"
+    assert _folders_made_note(made[:1]) == f" (made the folder {tmp_path / 'out'})"
+
+
 def test_predict_spam_with_the_base_labels_every_line_and_keeps_its_keys(cli, tmp_path):
     rows = [{"id": 1, "text": "win a free prize call now"},
             {"id": "b", "text": "meet for dinner tonight", "source": "phone"},
