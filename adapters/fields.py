@@ -134,12 +134,17 @@ def support_in_text(value: str | None, text: str) -> str | None:
     return "all" if hits == len(words) else ("some" if hits else "none")
 
 
+def value_items(value: str | None) -> list[str]:
+    """The items of a list value, as the app names them: "bone; liver, lung" -> bone, liver, lung."""
+    return [p.strip() for p in re.split(r"[;,]", value) if p.strip()] if value else []
+
+
 def parts_not_in_text(value: str | None, text: str) -> list[str]:
     """The items of a list value ("bone; liver; lung") with no word in the text: one invented item
     hides behind the others' words, and the value as a whole reads "some words"."""
     if value is None:
         return []
-    parts = [p.strip() for p in re.split(r"[;,]", value) if p.strip()]
+    parts = value_items(value)
     return [p for p in parts if len(parts) > 1 and support_in_text(p, text) == "none"]
 
 
@@ -292,7 +297,7 @@ def parts_the_text_negates(value: str | None, text: str) -> list[tuple[str, str]
     tokens, negated = _negation_scopes(text)
     words = [word for word, _, _ in tokens]
     found = []
-    for part in (p.strip() for p in re.split(r"[;,]", value)):
+    for part in value_items(value):
         part_words = {w for w in _words(part) if w not in _FILLER}
         if not part_words or part_words & _NEGATIVE_WORDS or _MINUS_SIGN.search(part):
             continue

@@ -5,7 +5,7 @@ The mark is ``adapters.fields.parts_the_text_negates``. Three questions:
 - On the references (true findings), how often does it fire where it should not? Every flag there
   is a false alarm, or a reference that copied a negated phrase:
       python tools/negations.py --references
-  On 2026-12-01: 1 of 38,799 items ("liver" from "no measurable disease in the liver").
+  On 2026-12-01: 1 of 34,595 items ("liver" from "no measurable disease in the liver").
 - On an adapter's predictions for the test split, how often does it fire, and how often is the
   flagged field wrong? Write the narratives and predict as ``tools/extraction_misses.py`` says, then:
       python tools/negations.py /tmp/pred.jsonl --test
@@ -32,12 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.catalog import get_spec, load_catalog  # noqa: E402
 from adapters.field_match import SEPARATORS, normalise  # noqa: E402
-from adapters.fields import parts_the_text_negates  # noqa: E402
+from adapters.fields import parts_the_text_negates, value_items  # noqa: E402
 from training.data import load_splits  # noqa: E402
-
-
-def item_count(value) -> int:
-    return len([p for p in SEPARATORS.split(str(value)) if p.strip()]) if value is not None else 0
 
 
 def flags_on_references(spec, data) -> int:
@@ -47,7 +43,7 @@ def flags_on_references(spec, data) -> int:
     for ex in examples:
         for field in spec.fields:
             value = ex.target.get(field)
-            items += item_count(value)
+            items += len(value_items(value))
             flagged += [(field, part, phrase) for part, phrase in parts_the_text_negates(value, ex.input)]
     print(f"references: {len(flagged)} of {items:,} items flagged ({len(flagged) / items:.3%}) "
           f"in {len(examples):,} narratives; by field {dict(Counter(f for f, _, _ in flagged))}")
