@@ -33,7 +33,7 @@ from chainlit.utils import utc_now
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
 from adapters.runtime import train_command
 from chat_app import chains, handlers, offline, page_text, problems, steps, upload_session, uploads, welcome
-from chat_app.config import load_config
+from chat_app.config import lasting_auth_secret, load_config
 from chat_app.persistence import NOT_KEPT, HistoryDataLayer
 from chat_app.state import RuntimeHolder
 
@@ -97,9 +97,14 @@ def data_layer():
 
 if CONFIG.login_required:
     if not os.environ.get("CHAINLIT_AUTH_SECRET"):
-        os.environ["CHAINLIT_AUTH_SECRET"] = secrets.token_urlsafe(48)
-        log.warning("adapterlab: CHAINLIT_AUTH_SECRET is not set; using a random one, so logins end "
-                    "when the app restarts (`chainlit create-secret` makes a lasting one)")
+        if lasting := lasting_auth_secret(CONFIG.app_root):
+            os.environ["CHAINLIT_AUTH_SECRET"] = lasting[0]
+            log.info("adapterlab: logins are signed with the secret in %s (CHAINLIT_AUTH_SECRET unset)", lasting[1])
+        else:
+            os.environ["CHAINLIT_AUTH_SECRET"] = secrets.token_urlsafe(48)
+            log.warning("adapterlab: CHAINLIT_AUTH_SECRET is not set and %s cannot be written; using a random "
+                        "secret, so logins end when the app restarts (`chainlit create-secret` makes a lasting "
+                        "one)", CONFIG.app_root / ".chainlit")
 
     @cl.password_auth_callback
     async def password_login(username: str, password: str):

@@ -1379,6 +1379,25 @@ def test_config_from_environment(tmp_path):
         load_config({"ADAPTERLAB_BATCH_LIMIT": "0"}, app_root=tmp_path)
 
 
+def test_logins_are_signed_with_a_secret_made_once_beside_the_history(tmp_path):
+    """With no CHAINLIT_AUTH_SECRET the app had made a random secret at each start: a restart signed
+    everyone out, and a page left open logged Chainlit's "Invalid authentication token" tracebacks."""
+    import stat
+
+    from chat_app.config import lasting_auth_secret
+
+    secret, path = lasting_auth_secret(tmp_path)
+    assert path == tmp_path / ".chainlit" / "adapterlab-auth-secret" and len(secret) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # readable by this user only
+    assert lasting_auth_secret(tmp_path) == (secret, path)  # the next start signs with the same one
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    path.write_text("cut\n")  # not one this made: replaced
+    again, _ = lasting_auth_secret(tmp_path)
+    assert again != secret and len(again) >= 32 and lasting_auth_secret(tmp_path)[0] == again
+    (tmp_path / "file").write_text("")
+    assert lasting_auth_secret(tmp_path / "file") is None  # no folder to write in: one per start
+
+
 # --- persistence ---------------------------------------------------------------------------------
 
 def test_history_and_feedback_are_stored_in_a_sqlite_file_created_on_first_use(tmp_path, caplog):
