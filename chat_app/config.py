@@ -87,7 +87,9 @@ def lasting_auth_secret(app_root: str | Path) -> tuple[str, Path] | None:
                 os.link(tmp, path)  # atomic, and a second app starting at once keeps the first one's
             except FileExistsError:
                 pass
-            finally:
+            except OSError:  # a file system without hard links
+                os.replace(tmp, path)
+            if os.path.exists(tmp):
                 os.unlink(tmp)
         return path.read_text(encoding="utf-8").strip(), path
     except OSError:
