@@ -336,7 +336,7 @@ def _answer_being_written(thread_id: str) -> asyncio.Task | None:
     return None
 
 
-async def _show_the_answer_being_written(session) -> None:
+async def _show_the_answer_being_written(session) -> bool:
     """A chat resumed while an answer in it is still written (signed in: a reload is a new session,
     as is the chat opened in another tab) showed the stored messages only: the answer went on for
     the old page, gone after a reload, and was stopped as "the page was closed". This page now shows
@@ -345,10 +345,12 @@ async def _show_the_answer_being_written(session) -> None:
     Nothing is stored twice: the answering session stores the answer, as before.
 
     Chainlit resumes the chat again at each reconnection of the page (its page connects twice as
-    it opens), and the thread it sends replaces the page's messages: the answer is sent again."""
+    it opens), and the thread it sends replaces the page's messages: the answer is sent again.
+    Whether it was is returned: not when no answer runs, nor when its stream has ended (a stopped
+    answer being kept, whose task has not ended yet)."""
     task = _answer_being_written(session.thread_id)
     if task is None:
-        return
+        return False
     pages = ANSWER_PAGES[task]
     if session not in pages:
         pages.append(session)
@@ -358,9 +360,11 @@ async def _show_the_answer_being_written(session) -> None:
     emitter = cl.context.emitter
     await emitter.task_start()
     answer = STREAMED_ANSWERS.get(task)
-    if answer is not None and answer.streaming:
-        await emitter.stream_start(answer.to_dict())
-        await emitter.send_token(answer.id, answer.content, is_sequence=True)  # what came meanwhile
+    if answer is None or not answer.streaming:
+        return False
+    await emitter.stream_start(answer.to_dict())
+    await emitter.send_token(answer.id, answer.content, is_sequence=True)  # what came meanwhile
+    return True
 
 
 def _send_events_to_every_page(owner, task: asyncio.Task) -> None:
@@ -443,7 +447,8 @@ def _after_connection() -> None:
     - it sends a resumed chat's thread after ``on_chat_resume``, and the page then replaces its
       elements with the thread's, the status panel's among them, and its messages with the stored
       ones: the panel, and an answer still being written in the chat, are shown after that; and
-      the chat is sent again if an answer in it ended meanwhile (``_send_the_chat_again_if_it_changed``).
+      the chat is sent again if an answer in it ended meanwhile, or is ending (a stopped answer
+      being kept), once it has ended (``_send_the_chat_again_if_it_changed``).
     """
     from chainlit.context import init_ws_context
     from chainlit.server import sio
@@ -467,9 +472,13 @@ def _after_connection() -> None:
                 _send_events_to_every_page(session, task)  # Chainlit gave it a new emit
         if (sent := RESUMED_AT_CONNECTION.pop(session, None)) is not None:
             await _show_status(_profile())
-            await _show_the_answer_being_written(session)
-            if answering is not None and answering.done() and await _send_the_chat_again_if_it_changed(session, sent):
-                await _show_status(_profile())  # the thread brings its elements, without the panel
+            shown = await _show_the_answer_being_written(session)
+            if answering is not None and not shown:
+                # it ended, or is ending (a Stop on the page's first connection: its stream has
+                # ended and its task keeps the answer), while the chat was read without it
+                await asyncio.wait({answering}, timeout=STOP_SETTLE_S)
+                if answering.done() and await _send_the_chat_again_if_it_changed(session, sent):
+                    await _show_status(_profile())  # the thread brings its elements, without the panel
 
     connection_successful._adapterlab = True
     sio.on("connection_successful", connection_successful)
