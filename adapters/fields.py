@@ -282,9 +282,11 @@ def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=64)  # a text's seven fields are checked against it one by one
-def _negation_scopes(text: str) -> tuple[list[tuple[str, int, int]], dict[int, tuple[int, int]]]:
+def _negation_scopes(text: str) -> tuple[list[tuple[str, int, int]], list[str], dict[int, tuple[int, int]]]:
+    """``text``'s tokens, their words, and which of them are negated (``_negated_words``)."""
     tokens = _negation_tokens(text)
-    return tokens, _negated_words([word for word, _, _ in tokens])
+    words = [word for word, _, _ in tokens]
+    return tokens, words, _negated_words(words)
 
 
 def parts_the_text_negates(value: str | None, text: str) -> list[tuple[str, str]]:
@@ -294,8 +296,7 @@ def parts_the_text_negates(value: str | None, text: str) -> list[tuple[str, str]
     negated phrase is the worst kind of wrong, and reads as "every word in the text" otherwise."""
     if value is None:
         return []
-    tokens, negated = _negation_scopes(text)
-    words = [word for word, _, _ in tokens]
+    tokens, words, negated = _negation_scopes(text)
     found = []
     for part in value_items(value):
         part_words = {w for w in _words(part) if w not in _FILLER}

@@ -639,7 +639,7 @@ def batch_markdown(task: str, name: str, upload: Upload, header: Sequence[str], 
                            _with_reference_cells(md_rows, agreement)))
         parts.append(f"{COMPARE_SUPPORT['none']} no word of the value is in the text (inferred, or invented; "
                      f"the CSV's `not_in_text` lists those fields); {COMPARE_SUPPORT['some']} only some words are.")
-        if any(c.endswith(NEGATED_MARK) for r in md_rows for c in r):
+        if any(r[header.index("negated_in_text")] for r in shown):  # the rows the table marks
             parts.append(f"{NEGATED_LEGEND} The CSV's `negated_in_text` quotes the words that say so.")
     if len(rows) > PREVIEW_ROWS:
         parts.append(f"First {PREVIEW_ROWS} rows shown; the CSV below holds all {len(rows):,}.")
