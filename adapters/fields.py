@@ -160,19 +160,23 @@ _NEGATION_TOKEN = re.compile(_WORD.pattern + "|[" + re.escape("".join(sorted(_CL
 _REACH_AFTER = 5  # words a cue before a finding governs: "no EGFR or ALK alterations"
 _LIST_REACH = 12  # words a list it governs may run on past a comma: "no EGFR, ALK, or ROS1 alterations"
 # not "not": it mostly negates a verb ("did not respond to nivolumab" says nothing against nivolumab)
-_NEGATES_AFTER = ["negative for", "absence of", "free of", "no", "without", "absent", "denies", "denied",
-                  "neither", "nor", "never", "declined"]
+_NEGATES_AFTER = ["negative for", "absence of", "free of", "no", "without", "w o", "absent", "denies", "denied",
+                  "neither", "nor", "never", "declined"]  # "w o": "w/o", its slash read as a space
 # cue after a finding -> the words before it that it governs: "BRAF testing was not performed"; a
 # cue's own last word is negated too when "not" comes before it ("HER2 not amplified")
 _NEGATES_BEFORE = {"not detected": 4, "not identified": 4, "not seen": 4, "not found": 4, "not present": 4,
                    "not performed": 4, "not done": 4, "not given": 4, "not received": 4, "not administered": 4,
                    "not amplified": 4, "not expressed": 4, "not mutated": 4, "not tested": 4,
                    "not involved": 4, "not recommended": 4, "not indicated": 4, "none detected": 4,
-                   "none identified": 4, "was not": 4, "were not": 4, "negative": 4, "absent": 4, "excluded": 4,
+                   "none identified": 4, "not enlarged": 4, "was not": 4, "were not": 4, "negative": 4, "neg": 4,
+                   "unremarkable": 4, "absent": 4, "excluded": 4,
                    "ruled out": 4, "wild type": 1, "wildtype": 1,
                    # "Brain MRI negative for metastases" (the words after "negative for" are negated too)
                    **{f"negative for {what}": 4 for what in ("metastases", "metastasis", "metastatic", "malignancy",
                                                               "tumor", "tumour", "disease", "lesions", "involvement")}}
+# like "negative", these say what comes before them only at a clause's end: "with negative margins",
+# "an unremarkable course" describe what follows
+_RESULT_CUES = frozenset({"negative", "neg", "unremarkable"})
 # a result said of a procedure does not say the procedure was not done: "Sentinel node biopsy negative"
 _PROCEDURES = frozenset("biopsy biopsies aspirate aspiration cytology dissection resection excision sampling".split())
 # "no change in the liver lesions", "no interval growth of lung nodules": the finding is there
@@ -189,6 +193,16 @@ _ENDS_A_NEGATION_BEFORE = frozenset("positive amplified amplification overexpres
 # a value that itself says absent ("KRAS wild-type", "ER-", "no evidence of disease") is not contradicted
 _NEGATIVE_WORDS = frozenset("no not without negative absent absence free wild wildtype denies denied never "
                             "neither nor ruled excluded declined undetectable none".split())
+# an imaging study named by what it looks at ("Bone scan", "MRI brain", "CT chest, abdomen and pelvis"),
+# read back from its ":" up to a sentence break
+_IMAGING = frozenset("scan scans mri ct pet ultrasound us imaging scintigraphy radiograph radiographs x ray "
+                     "xray mammogram mammography".split())
+_STUDY_REACH = 8
+_STUDY_BREAKS = frozenset(".;:!?()[]\u2013\u2014")
+_NEGATIVE_RESULTS = frozenset("negative neg unremarkable normal clear".split())  # "Bone scan: negative."
+# "MRI brain: no new lesions", "no evidence of progression": said of disease that is there
+_CHANGE = frozenset("new progression progressive change changes growth interval increase enlargement "
+                    "recurrence recurrent worsening".split())
 _MINUS_SIGN = re.compile(r"\u2212|-\s*(?:$|[/;,)\s])")
 _CUES_AFTER = sorted(_NEGATES_AFTER, key=len, reverse=True)  # the longest first: "negative for" before "no"
 _CUES_BEFORE = sorted(_NEGATES_BEFORE, key=len, reverse=True)
@@ -250,7 +264,7 @@ def _governed_before(words: Sequence[str], i: int) -> tuple[list[int], int, int]
         return None
     last = i + cue.count(" ")
     following = words[last + 1] if last + 1 < len(words) else "."
-    if cue == "negative" and following not in _CLAUSE_BREAKS | {"and", "or"}:
+    if cue in _RESULT_CUES and following not in _CLAUSE_BREAKS | {"and", "or"}:
         return None  # "with negative margins": it describes what follows
     if cue.endswith(" not") and following not in _CLAUSE_BREAKS:
         last += 1  # "was not tested": quoted with "tested"
@@ -262,22 +276,47 @@ def _governed_before(words: Sequence[str], i: int) -> tuple[list[int], int, int]
     if cue in ("wild type", "wildtype") and start >= 2 and words[start - 1] == "and" and (
             start == 2 or words[start - 3] in _CLAUSE_BREAKS):
         start -= 2  # "KRAS and NRAS wild-type", the first gene alone after a clause break
-    negated = [k for k in range(start, end) if not (cue == "negative" and words[k] in _PROCEDURES)]
+    negated = [k for k in range(start, end) if not (cue in _RESULT_CUES and words[k] in _PROCEDURES)]
     if words[last - 1] == "not":
         negated.append(last)  # "HER2 not amplified", "was not tested": the word after "not" too
     return negated, start, last
+
+
+def _study_ruled_out(words: Sequence[str], i: int) -> tuple[list[int], int, int] | None:
+    """For a ":" at word ``i`` between an imaging study named by a body part and a negative result
+    ("Bone scan: no osseous metastases", "MRI brain: negative"): the study's words other than the
+    imaging ones, and the first and last word of the phrase; None otherwise. The body part is the
+    finding ruled out, though the result names it otherwise ("osseous") or not at all."""
+    if words[i] != ":" or i + 1 == len(words):
+        return None
+    start = i
+    while start > 0 and i - start < _STUDY_REACH and words[start - 1] not in _STUDY_BREAKS:
+        start -= 1
+    study = range(start, i)
+    if not any(words[k] in _IMAGING for k in study):
+        return None
+    if after := _governed_after(words, i + 1):
+        if any(words[k] in _CHANGE for k in after[0]):
+            return None  # "MRI brain: no new lesions" is said of known disease
+        last = after[1]
+    elif words[i + 1] in _NEGATIVE_RESULTS and (i + 2 == len(words) or words[i + 2] in _CLAUSE_BREAKS):
+        last = i + 1
+    else:
+        return None
+    return [k for k in study if words[k] not in _IMAGING and words[k] not in _CLAUSE_BREAKS], start, last
 
 
 def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
     """Each negated word's index -> the first and last index of the phrase that negates it."""
     negated: dict[int, tuple[int, int]] = {}
     for i in range(len(words)):
+        for found in (_governed_before(words, i), _study_ruled_out(words, i)):
+            if found:
+                for k in found[0]:
+                    negated.setdefault(k, (found[1], found[2]))
         if after := _governed_after(words, i):
             for k in after[0]:
                 negated.setdefault(k, (i, after[1]))
-        if before := _governed_before(words, i):
-            for k in before[0]:
-                negated.setdefault(k, (before[1], before[2]))
     return negated
 
 

@@ -246,6 +246,13 @@ def test_support_in_text_reads_chinese_and_japanese_character_by_character(value
     ("brain", "Brain MRI negative for metastases.", [("brain", "Brain MRI negative for metastases")]),
     ("FGFR3 alterations", "FGFR3 alterations: none detected.", [("FGFR3 alterations", "FGFR3 alterations: none detected")]),
     ("del(17p)", "FISH: del(17p) not detected.", [("del(17p)", "del(17p) not detected")]),
+    # an imaging study named by a body part, and a negative result: the body part is ruled out
+    ("bone", "Bone scan: no osseous metastases.", [("bone", "Bone scan: no osseous metastases")]),
+    ("brain", "MRI brain: negative.", [("brain", "MRI brain: negative")]),
+    ("liver", "Liver ultrasound unremarkable.", [("liver", "Liver ultrasound unremarkable")]),
+    ("para-aortic nodes", "Para-aortic nodes not enlarged.", [("para-aortic nodes", "Para-aortic nodes not enlarged")]),
+    ("EGFR", "EGFR neg., ALK neg.", [("EGFR", "EGFR neg")]),
+    ("EGFR mutation", "Adenocarcinoma w/o EGFR mutation.", [("EGFR mutation", "w/o EGFR mutation")]),
 ])
 def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(value, text, negated):
     assert parts_the_text_negates(value, text) == negated
@@ -271,6 +278,11 @@ def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(val
     ("lung", "No liver, bone, or brain metastases, lung nodules stable."),  # the list ended at "brain metastases"
     ("PD-L1 50%", "Negative for EGFR, PD-L1 50%."),  # no "and"/"or": not a list
     ("L858R", "EGFR L858R and KRAS wild-type."),
+    ("bone", "Bone scan: osseous metastases in the spine."),  # the study found them
+    ("brain", "Brain MRI: no new lesions; known brain metastases stable."),  # said of disease that is there
+    ("brain", "MRI brain: no evidence of progression."),
+    ("liver", "Labs: no liver dysfunction. CT: liver metastases."),  # no imaging study before the ":"
+    ("lumpectomy", "An unremarkable recovery after lumpectomy."),  # "unremarkable" describes what follows
     (None, "No EGFR alterations."),
 ])
 def test_a_value_the_text_does_not_negate_is_not_flagged(value, text):

@@ -1,43 +1,57 @@
 """The ⊘ check (``adapters.fields.parts_the_text_negates``) on hand-labelled oncology notes.
 
-``tests/data/negation_cases.jsonl`` holds 40 notes written for this test, in the styles of clinic
-notes, pathology reports, radiology impressions and tumour-board summaries. Each note lists values
-an extraction could copy from it: "present" ones the text affirms (the check must never flag them:
-a false alarm on a real finding teaches users to ignore the mark), and "absent" ones the text rules
-out ("EGFR" from "negative for EGFR", "liver" from "no liver metastases"; the check should flag most).
-The notes and labels were written before the check's code or its tests were read, so the set does
-not share their blind spots. Run with ``-rP`` to see the misses.
+Two sets of 40 notes written for this test, in the styles of clinic letters, pathology reports,
+radiology impressions and tumour-board summaries. Each note lists values an extraction could copy
+from it: "present" ones the text affirms (the check must never flag them: a false alarm on a real
+finding teaches users to ignore the mark), and "absent" ones the text rules out ("EGFR" from
+"negative for EGFR", "liver" from "no liver metastases"; the check should flag most). Each set was
+written by someone who had not read the check's code or its tests, so it did not share their blind
+spots when it was written: ``negation_cases.jsonl`` on 2026-12-01 before the check existed,
+``negation_cases_later.jsonl`` on 2026-12-01 after (hedged findings, family history and planned
+treatments are in neither list). Run with ``-rP`` to see the misses.
 """
 
 import json
 from pathlib import Path
 
+import pytest
+
 from adapters.fields import parts_the_text_negates
 
-CASES = [json.loads(line) for line in
-         (Path(__file__).parent / "data" / "negation_cases.jsonl").read_text(encoding="utf-8").splitlines()
-         if line.strip()]
-# share of "absent" values flagged: 48 of 63 when the set was written, 57 of 63 once its findings
-# were taken into the cues (lists, "KRAS and NRAS wild-type", "none detected", "del(17p)"); a little
-# below, so that a change to the cues that loses some shows up
-MIN_ABSENT_FLAGGED = 0.88
+
+def read_cases(name: str) -> list[dict]:
+    lines = (Path(__file__).parent / "data" / name).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
-def test_the_set_is_as_described():
-    assert len(CASES) == 40
-    assert all(case["present"] and {"text", "present", "absent"} == set(case) for case in CASES)
+SETS = {"negation_cases.jsonl": read_cases("negation_cases.jsonl"),
+        "negation_cases_later.jsonl": read_cases("negation_cases_later.jsonl")}
+# share of "absent" values flagged, a little below the share measured, so that a change to the cues
+# that loses some shows up. The first set: 48 of 63 when it was written, 57 of 63 once its findings
+# were taken into the cues (lists, "KRAS and NRAS wild-type", "none detected", "del(17p)"), 60 with
+# imaging studies ("Bone scan: no osseous metastases"). The later set: 41 of 77 when it was written,
+# 45 with imaging studies, before its misses were read.
+MIN_ABSENT_FLAGGED = {"negation_cases.jsonl": 0.92, "negation_cases_later.jsonl": 0.56}
 
 
-def test_no_value_the_text_affirms_is_flagged():
-    false_flags = [(value, phrase, case["text"]) for case in CASES for value in case["present"]
+@pytest.mark.parametrize("name", SETS)
+def test_the_set_is_as_described(name):
+    assert len(SETS[name]) == 40
+    assert all(case["present"] and {"text", "present", "absent"} == set(case) for case in SETS[name])
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_no_value_the_text_affirms_is_flagged(name):
+    false_flags = [(value, phrase, case["text"]) for case in SETS[name] for value in case["present"]
                    for _, phrase in parts_the_text_negates(value, case["text"])]
     assert not false_flags, "\n".join(f"{v!r} <- {p!r} in: {t}" for v, p, t in false_flags)
 
 
-def test_most_values_the_text_rules_out_are_flagged():
-    absent = [(value, case["text"]) for case in CASES for value in case["absent"]]
+@pytest.mark.parametrize("name", SETS)
+def test_most_values_the_text_rules_out_are_flagged(name):
+    absent = [(value, case["text"]) for case in SETS[name] for value in case["absent"]]
     misses = [(value, text) for value, text in absent if not parts_the_text_negates(value, text)]
     share = 1 - len(misses) / len(absent)
-    print(f"{len(absent) - len(misses)} of {len(absent)} absent values flagged ({share:.0%}); missed:")
+    print(f"{name}: {len(absent) - len(misses)} of {len(absent)} absent values flagged ({share:.0%}); missed:")
     print("\n".join(f"  {v!r} in: {t}" for v, t in misses))
-    assert share >= MIN_ABSENT_FLAGGED, f"only {share:.0%} flagged; missed {[v for v, _ in misses]}"
+    assert share >= MIN_ABSENT_FLAGGED[name], f"only {share:.0%} flagged; missed {[v for v, _ in misses]}"
