@@ -152,11 +152,15 @@ def parts_not_in_text(value: str | None, text: str) -> list[str]:
 # "no EGFR or ALK alterations" came back as the biomarker "EGFR/ALK alterations", every word in the
 # text and so marked as backed by it. A NegEx-style check (Chapman et al., 2001), English only: a
 # negation cue, and the words it governs up to a comma, a clause break or a word that starts another
-# finding. Measured on the 4,500 synthetic narratives' own references (true findings; tools/negations.py)
-# and on 40 hand-labelled notes written before this code was read (tests/test_negation_cases.py).
+# finding; a heading and its result ("LVSI: none", "Bone scan: no osseous metastases"). Measured on
+# the 4,500 synthetic narratives' own references (true findings; tools/negations.py) and on two sets
+# of 40 hand-labelled notes, each written by someone who had not read this code (tests/test_negation_cases.py).
 
 _CLAUSE_BREAKS = frozenset(".;:!?()[],\u2013\u2014")  # en and em dashes too: "no new lesions — stable disease"
-_NEGATION_TOKEN = re.compile(_WORD.pattern + "|[" + re.escape("".join(sorted(_CLAUSE_BREAKS))) + "]")
+# a marker's sign is a token of its own: "ER-/PR-" and "MUM1-." say ER, PR and MUM1 are negative, "ER+" ends a
+# negation read back from a later cue ("ER+ and PR negative" says nothing of ER)
+_NEGATION_TOKEN = re.compile(_WORD.pattern + "|[+\u2212" + re.escape("".join(sorted(_CLAUSE_BREAKS))) + "]")
+_TRAILING_MINUS = re.compile(r"(?<=\w)[-\u2212](?=\s*(?:[/,;.)]|$))")  # not "ER- and PR-positive" (ER-positive)
 _REACH_AFTER = 5  # words a cue before a finding governs: "no EGFR or ALK alterations"
 _LIST_REACH = 12  # words a list it governs may run on past a comma: "no EGFR, ALK, or ROS1 alterations"
 # not "not": it mostly negates a verb ("did not respond to nivolumab" says nothing against nivolumab)
@@ -170,13 +174,14 @@ _NEGATES_BEFORE = {"not detected": 4, "not identified": 4, "not seen": 4, "not f
                    "not involved": 4, "not recommended": 4, "not indicated": 4, "none detected": 4,
                    "none identified": 4, "not enlarged": 4, "was not": 4, "were not": 4, "negative": 4, "neg": 4,
                    "unremarkable": 4, "absent": 4, "excluded": 4,
-                   "ruled out": 4, "wild type": 1, "wildtype": 1,
+                   "non amplified": 4, "ruled out": 4, "wild type": 1, "wildtype": 1, "\u2212": 1,
                    # "Brain MRI negative for metastases" (the words after "negative for" are negated too)
                    **{f"negative for {what}": 4 for what in ("metastases", "metastasis", "metastatic", "malignancy",
                                                               "tumor", "tumour", "disease", "lesions", "involvement")}}
-# like "negative", these say what comes before them only at a clause's end: "with negative margins",
-# "an unremarkable course" describe what follows
+# like "negative", these say what comes before them only at a clause's end or before how it was
+# found ("MRD negative by flow"): "with negative margins", "an unremarkable course" describe what follows
 _RESULT_CUES = frozenset({"negative", "neg", "unremarkable"})
+_AFTER_A_RESULT = _CLAUSE_BREAKS | {"and", "or", "by", "on", "at", "per", "via"}
 # a result said of a procedure does not say the procedure was not done: "Sentinel node biopsy negative"
 _PROCEDURES = frozenset("biopsy biopsies aspirate aspiration cytology dissection resection excision sampling".split())
 # "no change in the liver lesions", "no interval growth of lung nodules": the finding is there
@@ -187,19 +192,24 @@ _ENDS_A_NEGATION = frozenset("but however although though except apart yet where
                              "with plus then is was are were has had have shows showed revealed demonstrated "
                              "received underwent started began".split())
 # going back from a cue after a finding, its reach ends at these: "ER positive and PR negative" says
-# nothing of ER (nor, to be safe, "EGFR and ALK were negative" of EGFR)
+# nothing of ER (but "; BCL2 and BCL6 rearrangements absent" says BCL2 is, see ``_governed_before``)
 _ENDS_A_NEGATION_BEFORE = frozenset("positive amplified amplification overexpressed overexpression high elevated "
-                                    "present mutated detected and or margin margins".split())
+                                    "present mutated detected and or margin margins +".split())
 # a value that itself says absent ("KRAS wild-type", "ER-", "no evidence of disease") is not contradicted
 _NEGATIVE_WORDS = frozenset("no not without negative absent absence free wild wildtype denies denied never "
                             "neither nor ruled excluded declined undetectable none".split())
-# an imaging study named by what it looks at ("Bone scan", "MRI brain", "CT chest, abdomen and pelvis"),
-# read back from its ":" up to a sentence break
-_IMAGING = frozenset("scan scans mri ct pet ultrasound us imaging scintigraphy radiograph radiographs x ray "
-                     "xray mammogram mammography".split())
-_STUDY_REACH = 8
+# a heading and its result: "LVSI: none", "Liver: no focal lesion", "Extrathyroidal extension — none";
+# an imaging study named by what it looks at ("Bone scan", "MRI brain", "CT chest, abdomen and pelvis")
+# may also run into its result ("MRI brain showed no evidence of metastatic disease")
+_IMAGING = frozenset("scan scans mri ct pet ultrasound imaging scintigraphy radiograph radiographs ray xray "
+                     "mammogram mammography".split())
+_HEADING_REACH = 5  # words of a heading before ":" or a dash, when its result is a word ("LVSI: none")
+_HEADING_REACH_AFTER = 2  # and when it is a phrase: "Liver: no focal lesion", not "Pathology after mastectomy: no residual …"
+_STUDY_REACH = 8  # words of an imaging study's heading, read back to a sentence break
 _STUDY_BREAKS = frozenset(".;:!?()[]\u2013\u2014")
-_NEGATIVE_RESULTS = frozenset("negative neg unremarkable normal clear".split())  # "Bone scan: negative."
+_HEADING_ENDS = frozenset(":\u2013\u2014")
+_STUDY_VERBS = frozenset("showed shows revealed demonstrated was is with".split())
+_NEGATIVE_RESULTS = frozenset("negative neg unremarkable normal clear none absent nil".split())  # "Bone scan: negative."
 # "MRI brain: no new lesions", "no evidence of progression": said of disease that is there
 _CHANGE = frozenset("new progression progressive change changes growth interval increase enlargement "
                     "recurrence recurrent worsening".split())
@@ -210,7 +220,8 @@ _CUES_BEFORE = sorted(_NEGATES_BEFORE, key=len, reverse=True)
 
 def _negation_tokens(text: str) -> list[tuple[str, int, int]]:
     """``text``'s words and clause breaks, each folded as ``_words`` folds them, with where it is."""
-    spaced = re.sub(r"[-\u2010-\u2012/]", " ", text)  # hyphens as spaces, one for one: positions hold
+    spaced = _TRAILING_MINUS.sub("\u2212", text)  # one for one, as below: positions hold
+    spaced = re.sub(r"[-\u2010-\u2012/]", " ", spaced)  # hyphens as spaces
     # brackets inside a word ("del(17p)", "t(11;14)") are not clause breaks
     spaced = re.sub(r"(?<=\w)\(([^()\s]*)\)", lambda m: f" {m.group(1)} ", spaced)
     return [(unicodedata.normalize("NFKC", m.group()).casefold(), m.start(), m.end())
@@ -240,6 +251,14 @@ def _list_end(words: Sequence[str], comma: int) -> int | None:
     return len(words) if closed and text_ended else None
 
 
+def _one_more_item(words: Sequence[str], k: int) -> bool:
+    """Whether word ``k`` is an "and" that adds one last word to a list, closing its clause: "negative
+    for BRCA1 and BRCA2." (but not "no nodal disease and ER positive")."""
+    return (k + 1 < len(words) and words[k] == "and" and words[k + 1].isalnum()
+            and words[k + 1] not in _ENDS_A_NEGATION_BEFORE and words[k + 1] not in _ENDS_A_NEGATION
+            and (k + 2 == len(words) or words[k + 2] in _CLAUSE_BREAKS))
+
+
 def _governed_after(words: Sequence[str], i: int) -> tuple[list[int], int] | None:
     """For a cue starting at word ``i`` that negates what follows ("no EGFR or ALK alterations"): the
     words it negates and the last word of the phrase; None when no such cue starts there."""
@@ -250,6 +269,8 @@ def _governed_after(words: Sequence[str], i: int) -> tuple[list[int], int] | Non
     while (end < len(words) and end - first < _REACH_AFTER and words[end] not in _CLAUSE_BREAKS
            and words[end] not in _ENDS_A_NEGATION):
         end += 1
+    if _one_more_item(words, end):
+        end += 2  # "negative for BRCA1 and BRCA2."
     if end < len(words) and words[end] == ",":
         end = _list_end(words, end) or end
     return list(range(first, end)), end - 1
@@ -264,53 +285,63 @@ def _governed_before(words: Sequence[str], i: int) -> tuple[list[int], int, int]
         return None
     last = i + cue.count(" ")
     following = words[last + 1] if last + 1 < len(words) else "."
-    if cue in _RESULT_CUES and following not in _CLAUSE_BREAKS | {"and", "or"}:
+    if cue in _RESULT_CUES and following not in _AFTER_A_RESULT:
         return None  # "with negative margins": it describes what follows
     if cue.endswith(" not") and following not in _CLAUSE_BREAKS:
         last += 1  # "was not tested": quoted with "tested"
-    end = i - 1 if cue.startswith("none") and i > 0 and words[i - 1] == ":" else i  # "FGFR3: none detected"
+    end = i - 1 if i > 0 and words[i - 1] in _HEADING_ENDS else i  # "Perineural invasion: not identified"
     start = end
     while (start > 0 and end - start < _NEGATES_BEFORE[cue] and words[start - 1] not in _CLAUSE_BREAKS
            and words[start - 1] not in _ENDS_A_NEGATION_BEFORE):
         start -= 1
-    if cue in ("wild type", "wildtype") and start >= 2 and words[start - 1] == "and" and (
-            start == 2 or words[start - 3] in _CLAUSE_BREAKS):
-        start -= 2  # "KRAS and NRAS wild-type", the first gene alone after a clause break
+    if start >= 2 and words[start - 1] == "and" and words[start - 2].isalnum() and (
+            words[start - 2] not in _ENDS_A_NEGATION_BEFORE) and (start == 2 or words[start - 3] in _CLAUSE_BREAKS):
+        start -= 2  # "KRAS and NRAS wild-type", the first word alone after a clause break
     negated = [k for k in range(start, end) if not (cue in _RESULT_CUES and words[k] in _PROCEDURES)]
     if words[last - 1] == "not":
         negated.append(last)  # "HER2 not amplified", "was not tested": the word after "not" too
     return negated, start, last
 
 
-def _study_ruled_out(words: Sequence[str], i: int) -> tuple[list[int], int, int] | None:
-    """For a ":" at word ``i`` between an imaging study named by a body part and a negative result
-    ("Bone scan: no osseous metastases", "MRI brain: negative"): the study's words other than the
-    imaging ones, and the first and last word of the phrase; None otherwise. The body part is the
-    finding ruled out, though the result names it otherwise ("osseous") or not at all."""
-    if words[i] != ":" or i + 1 == len(words):
+def _heading_ruled_out(words: Sequence[str], i: int) -> tuple[list[int], int, int] | None:
+    """For a heading whose result, starting at word ``i``, is negative: its words, and the first and
+    last word of the phrase; None otherwise. A heading is a few words before ":" or a dash ("LVSI:
+    none", "Liver: no focal lesion"), or an imaging study named by a body part, which may run into
+    its result ("Bone scan: no osseous metastases", "MRI brain showed no evidence of metastatic
+    disease"): the body part is ruled out, though the result names it otherwise or not at all."""
+    if i == 0:
         return None
-    start = i
-    while start > 0 and i - start < _STUDY_REACH and words[start - 1] not in _STUDY_BREAKS:
+    heading_end = i - 1 if words[i - 1] in _HEADING_ENDS | _STUDY_VERBS else i
+    start = heading_end
+    breaks = _STUDY_BREAKS if words[heading_end] == ":" else _CLAUSE_BREAKS | _ENDS_A_NEGATION
+    while start > 0 and heading_end - start < _STUDY_REACH and words[start - 1] not in breaks:
         start -= 1
-    study = range(start, i)
-    if not any(words[k] in _IMAGING for k in study):
+    heading = range(start, heading_end)
+    if words[heading_end] == ":":
+        is_study = any(words[k] in _IMAGING for k in heading)  # "CT chest, abdomen and pelvis: …"
+    else:  # the study's name just before its result: "MRI brain showed no …", "Brain MRI negative for …"
+        is_study = any(words[k] in _IMAGING for k in heading[-2:])
+    is_heading = words[heading_end] in _HEADING_ENDS and all(words[k] not in _CLAUSE_BREAKS for k in heading)
+    if not heading or not (is_study or is_heading and len(heading) <= _HEADING_REACH):
         return None
-    if after := _governed_after(words, i + 1):
+    if after := _governed_after(words, i):
         if any(words[k] in _CHANGE for k in after[0]):
             return None  # "MRI brain: no new lesions" is said of known disease
+        if not is_study and len(heading) > _HEADING_REACH_AFTER:
+            return None
         last = after[1]
-    elif words[i + 1] in _NEGATIVE_RESULTS and (i + 2 == len(words) or words[i + 2] in _CLAUSE_BREAKS):
-        last = i + 1
+    elif words[i] in _NEGATIVE_RESULTS and heading_end < i and (i + 1 == len(words) or words[i + 1] in _CLAUSE_BREAKS):
+        last = i  # "Bone scan: negative."
     else:
         return None
-    return [k for k in study if words[k] not in _IMAGING and words[k] not in _CLAUSE_BREAKS], start, last
+    return [k for k in heading if words[k] not in _IMAGING and words[k] not in _CLAUSE_BREAKS], start, last
 
 
 def _negated_words(words: Sequence[str]) -> dict[int, tuple[int, int]]:
     """Each negated word's index -> the first and last index of the phrase that negates it."""
     negated: dict[int, tuple[int, int]] = {}
     for i in range(len(words)):
-        for found in (_governed_before(words, i), _study_ruled_out(words, i)):
+        for found in (_governed_before(words, i), _heading_ruled_out(words, i)):
             if found:
                 for k in found[0]:
                     negated.setdefault(k, (found[1], found[2]))
@@ -341,9 +372,20 @@ def parts_the_text_negates(value: str | None, text: str) -> list[tuple[str, str]
         part_words = {w for w in _words(part) if w not in _FILLER}
         if not part_words or part_words & _NEGATIVE_WORDS or _MINUS_SIGN.search(part):
             continue
-        places = [[k for k, word in enumerate(words) if word == w] for w in part_words]
-        if all(places) and all(k in negated for ks in places for k in ks):
-            first = min(negated[k][0] for ks in places for k in ks)
-            last = max(negated[k][1] for ks in places for k in ks)
+        places = _phrase_places(part, words) or [k for w in part_words for k, word in enumerate(words) if word == w]
+        if {words[k] for k in places} == part_words and all(k in negated for k in places):
+            first = min(negated[k][0] for k in places)
+            last = max(negated[k][1] for k in places)
             found.append((part, text[tokens[first][1]:tokens[last][2]]))
     return found
+
+
+def _phrase_places(part: str, words: Sequence[str]) -> list[int]:
+    """Where the text says ``part`` as a phrase (its words in order, fillers aside), word by word;
+    empty when it never does. "lymphovascular invasion absent" rules out lymphovascular invasion
+    though "perineural invasion present" affirms another invasion."""
+    phrase = [w for w in _words(part) if w not in _FILLER]
+    said = [k for k, word in enumerate(words) if word not in _FILLER]  # clause breaks kept: a phrase ends there
+    n = len(phrase)
+    return [k for j in range(len(said) - n + 1) if [words[m] for m in said[j:j + n]] == phrase
+            for k in said[j:j + n]]

@@ -253,6 +253,26 @@ def test_support_in_text_reads_chinese_and_japanese_character_by_character(value
     ("para-aortic nodes", "Para-aortic nodes not enlarged.", [("para-aortic nodes", "Para-aortic nodes not enlarged")]),
     ("EGFR", "EGFR neg., ALK neg.", [("EGFR", "EGFR neg")]),
     ("EGFR mutation", "Adenocarcinoma w/o EGFR mutation.", [("EGFR mutation", "w/o EGFR mutation")]),
+    ("brain", "MRI brain showed no evidence of metastatic disease.",
+     [("brain", "MRI brain showed no evidence of metastatic disease")]),
+    # a heading and its result
+    ("ulceration", "Ulceration: absent.", [("ulceration", "Ulceration: absent")]),
+    ("LVSI", "LVSI: none.", [("LVSI", "LVSI: none")]),
+    ("liver", "Liver: no focal lesion.", [("liver", "Liver: no focal lesion")]),
+    ("perineural invasion", "Perineural invasion: not identified.",
+     [("perineural invasion", "Perineural invasion: not identified")]),
+    # a phrase said once, negated, though another finding shares a word with it
+    ("lymphovascular invasion", "Perineural invasion present; lymphovascular invasion absent.",
+     [("lymphovascular invasion", "lymphovascular invasion absent")]),
+    # a marker's minus sign, "non-amplified", a result and how it was found
+    ("MUM1", "IHC: CD20+, CD10+, MUM1-.", [("MUM1", "MUM1-")]),
+    ("ER", "ER-/PR-/HER2 3+.", [("ER", "ER-")]),
+    ("HER2", "HER2 non-amplified on FISH.", [("HER2", "HER2 non-amplified")]),
+    ("MRD", "MRD negative by flow at day 29.", [("MRD", "MRD negative")]),
+    # "and" adding a last item
+    ("BCL2", "MYC not detected; BCL2 and BCL6 rearrangements absent.",
+     [("BCL2", "BCL2 and BCL6 rearrangements absent")]),
+    ("BRCA2", "Germline testing negative for BRCA1 and BRCA2.", [("BRCA2", "negative for BRCA1 and BRCA2")]),
 ])
 def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(value, text, negated):
     assert parts_the_text_negates(value, text) == negated
@@ -283,6 +303,16 @@ def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(val
     ("brain", "MRI brain: no evidence of progression."),
     ("liver", "Labs: no liver dysfunction. CT: liver metastases."),  # no imaging study before the ":"
     ("lumpectomy", "An unremarkable recovery after lumpectomy."),  # "unremarkable" describes what follows
+    ("ER", "ER+ and PR negative."),
+    ("ER", "ER- and PR-positive."),  # ER-positive and PR-positive
+    ("HER2", "ER-/PR-/HER2 3+."),
+    ("CD20", "IHC: CD20+, CD10+, MUM1-."),
+    ("perineural invasion", "Perineural invasion present; lymphovascular invasion absent."),
+    ("mastectomy", "Pathology after mastectomy: no residual invasive carcinoma."),  # a heading, not a finding
+    ("adjuvant FOLFOX", "She completed adjuvant FOLFOX x 12 cycles without major complications."),
+    ("liver", "Liver: no new lesions; known liver metastases stable."),
+    ("stable disease", "Interval imaging demonstrates stable disease without distant metastases."),
+    ("lung", "No nodal disease and lung metastases present."),
     (None, "No EGFR alterations."),
 ])
 def test_a_value_the_text_does_not_negate_is_not_flagged(value, text):

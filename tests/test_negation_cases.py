@@ -27,11 +27,12 @@ def read_cases(name: str) -> list[dict]:
 SETS = {"negation_cases.jsonl": read_cases("negation_cases.jsonl"),
         "negation_cases_later.jsonl": read_cases("negation_cases_later.jsonl")}
 # share of "absent" values flagged, a little below the share measured, so that a change to the cues
-# that loses some shows up. The first set: 48 of 63 when it was written, 57 of 63 once its findings
-# were taken into the cues (lists, "KRAS and NRAS wild-type", "none detected", "del(17p)"), 60 with
-# imaging studies ("Bone scan: no osseous metastases"). The later set: 41 of 77 when it was written,
-# 45 with imaging studies, before its misses were read.
-MIN_ABSENT_FLAGGED = {"negation_cases.jsonl": 0.92, "negation_cases_later.jsonl": 0.56}
+# that loses some shows up. The first set: 48 of 63 when it was written, 57 once its misses were read
+# and taken into the cues (lists, "KRAS and NRAS wild-type", "none detected", "del(17p)"), 60 with
+# imaging studies ("Bone scan: no osseous metastases"), 61 with the later set's misses. The later
+# set: 41 of 77 when it was written, 45 with imaging studies (before its misses were read), 63 once
+# they were (headings, "MUM1-", "BCL2 and BCL6 … absent", a phrase said once).
+MIN_ABSENT_FLAGGED = {"negation_cases.jsonl": 0.95, "negation_cases_later.jsonl": 0.80}
 
 
 @pytest.mark.parametrize("name", SETS)
