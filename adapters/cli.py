@@ -203,20 +203,27 @@ def cmd_models(args) -> int:
 
 
 def cmd_adapters(args) -> int:
-    """Every adapter of the catalogue, and every spec it cannot load with the reason (status 1 then)."""
+    """Every adapter of the catalogue, and every spec or adapter config it cannot load with the reason
+    (status 1 then)."""
     found = scan_catalog(args.catalog)
     if not found:
         print(f"{args.catalog}: no adapters (each is a folder holding an {SPEC_FILE})", file=sys.stderr)
+    unreadable = False
     for spec_file, spec in found:
         if isinstance(spec, SpecError):
             print(f"{spec_file.parent.name:10} {'-':9} not loaded: {spec}")
             continue
         state = "trained" if spec.has_weights else f"not trained ({train_command(spec)})"
-        trained_on = other_base(spec.directory, spec.base_model) if spec.has_weights else None
+        try:
+            trained_on = other_base(spec.directory, spec.base_model) if spec.has_weights else None
+        except (ValueError, OSError) as exc:  # one adapter's broken config must not hide the others
+            unreadable = True
+            print(f"{spec.name:10} {spec.task:9} {spec.title} — weights not loadable: {exc} ({train_command(spec)})")
+            continue
         if trained_on is not None:
             state = f"trained on {canonical_name(trained_on)}, not its spec's base {spec.base_model} ({train_command(spec)})"
         print(f"{spec.name:10} {spec.task:9} {spec.title} — {state}")
-    return 1 if any(isinstance(spec, SpecError) for _, spec in found) else 0
+    return 1 if unreadable or any(isinstance(spec, SpecError) for _, spec in found) else 0
 
 
 PREDICTION_KEYS = {"classify": ("label", "probs", "truncated"),

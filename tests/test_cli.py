@@ -516,6 +516,17 @@ def test_adapters_shows_a_trained_adapter_as_trained(cli, catalog):
     assert "not trained" in lines["medquad"] and "not trained" in lines["oncology"]
 
 
+def test_adapters_lists_every_adapter_when_one_has_a_broken_config(cli, catalog):
+    (catalog / "medquad" / "adapter_config.json").write_text('{"r": ')  # cut short, e.g. by a copy
+    (catalog / "medquad" / "adapter_model.safetensors").write_bytes(b"")
+    status, out, _ = cli("adapters")
+    assert status == 1
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert sorted(lines) == ["medquad", "oncology", "spam"]
+    assert f"weights not loadable: {catalog / 'medquad' / 'adapter_config.json'}: not valid JSON" in lines["medquad"]
+    assert "not trained" in lines["oncology"] and "not trained" in lines["spam"]
+
+
 def python_in_a_fresh_interpreter(script: str):
     """stdout and stderr of ``python -c script`` (warnings and logging as a user's process sets them)."""
     import subprocess
