@@ -212,6 +212,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1, which PyYAML reads, takes 5e-4 and 1.0e5 for text (an exponent needs a dot before it and a
+# sign): `learning_rate: 2e-4`, as Hugging Face's documentation writes it, was refused as "expected a
+# number, got '2e-4'". Such an exponent is read as a number here, as YAML 1.2 reads it.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def _yaml_error(exc: yaml.YAMLError, text: str) -> str:
     """A YAML syntax error as one line: ``line 7, column 1: not valid YAML: <problem>``."""
     if isinstance(exc, yaml.reader.ReaderError):  # a control character; it has a position only

@@ -135,6 +135,21 @@ def test_more_wrong_types(tmp_path, section, key, value, expected):
     assert expected in refused(write_spec(tmp_path, raw), f"{section}.{key}")
 
 
+@pytest.mark.parametrize(("written", "value"), [("2e-4", 2e-4), ("5.0e4", 5.0e4), ("1E-3", 1e-3), ("+3e-4", 3e-4)])
+def test_a_number_with_an_exponent_but_no_dot_or_sign_is_a_number(tmp_path, written, value):
+    # YAML 1.1 (PyYAML) reads 2e-4 as text; a spec reads it as YAML 1.2 and people do
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    text, n = re.subn(r"learning_rate: [^,}]+", f"learning_rate: {written}", text)
+    assert n == 1
+    assert load_spec(write_spec(tmp_path, text)).training.learning_rate == value
+
+
+def test_a_quoted_exponent_is_still_text(tmp_path):
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"learning_rate: [^,}]+", "learning_rate: '2e-4'", text)
+    assert "expected a number, got '2e-4'" in refused(write_spec(tmp_path, text), "training.learning_rate")
+
+
 def test_compiled_layers_are_refused_for_qlora(tmp_path):
     raw = real_spec("spam")
     raw["training"].update(method="qlora", compile=True)
