@@ -458,6 +458,23 @@ def test_another_data_file_does_not_resume_the_checkpoints_of_the_first(catalog,
     assert run_fingerprint(spec, "base", {}, first) != run_fingerprint(spec, "base", {}, second)
 
 
+def test_editing_what_training_never_reads_keeps_the_checkpoints_of_a_killed_run(catalog):
+    from training.train import run_fingerprint
+
+    spec_file = catalog / "spam" / "adapter.yaml"
+    original = spec_file.read_text()
+    before = run_fingerprint(load_catalog(catalog)["spam"], "base", {"max_steps": 30})
+    for old, new in (("title: Spam check", "title: Spam filter"), ("A high probability", "A high score"),
+                     ("targets: {accuracy: 0.985,", "targets: {accuracy: 0.99,"), ("max_input_tokens: 256", "")):
+        assert old in original
+        spec_file.write_text(original.replace(old, new))
+        assert run_fingerprint(load_catalog(catalog)["spam"], "base", {"max_steps": 30}) == before, old
+    for old, new in (("r: 16", "r: 8"), ("Message: {text}", "SMS: {text}"), ("labels: [ham, spam]", "labels: [spam, ham]")):
+        assert old in original
+        spec_file.write_text(original.replace(old, new))
+        assert run_fingerprint(load_catalog(catalog)["spam"], "base", {"max_steps": 30}) != before, old
+
+
 def test_training_data_of_one_label_is_refused_before_the_model_loads(catalog, tiny_base, tmp_path, capsys):
     data = tmp_path / "SMSSpamCollection"
     data.write_text("".join(f"ham\tsee you at dinner {i}\n" for i in range(60)))

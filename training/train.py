@@ -203,11 +203,20 @@ def activation_checkpointing(on: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
+# spec fields that never reach training (its prose, and what only evaluation and inference read):
+# editing them while a killed run waits must not discard its checkpoints, as fixing a typo in the
+# title or limitations did when the fingerprint was the spec file's text
+UNTRAINED_SPEC_FIELDS = ("title", "description", "limitations", "tags", "metrics", "targets", "generation",
+                         "decision", "max_input_tokens", "directory")
+
+
 def run_fingerprint(spec: AdapterSpec, base: str, overrides: dict, splits=None) -> str:
-    """Checkpoints are resumed only by a run with the same spec, base, overrides and data (the
-    training and validation examples themselves, so another --data file starts afresh)."""
+    """Checkpoints are resumed only by a run with the same trained spec fields (all but
+    ``UNTRAINED_SPEC_FIELDS``), base, overrides and data (the training and validation examples
+    themselves, so another --data file starts afresh)."""
+    trained = {k: v for k, v in asdict(spec).items() if k not in UNTRAINED_SPEC_FIELDS}
     digest = hashlib.sha256()
-    for part in ((spec.directory / "adapter.yaml").read_text(), base, json.dumps(overrides, sort_keys=True)):
+    for part in (json.dumps(trained, sort_keys=True), base, json.dumps(overrides, sort_keys=True)):
         digest.update(part.encode())
     for examples in ((splits.train, splits.validation) if splits is not None else ()):
         for ex in examples:
