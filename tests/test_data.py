@@ -160,6 +160,22 @@ def test_medquad_missing_header_column_is_an_error_naming_file_and_line(tmp_path
         read_medquad_csv(path)
 
 
+@pytest.mark.parametrize("header", ["Question,Answer,Answer", "Question,Answer,answer ", "Question,Answer,focus,Focus"])
+def test_medquad_column_given_twice_is_an_error_not_a_guess(tmp_path, header):
+    extra = "," * header.count(",")
+    path = tmp_path / "qa.csv"
+    path.write_text(header + "\n" + "".join(f"Q{i}?,A{i}{extra[2:]}\n" for i in range(5)), encoding="utf-8")
+    with pytest.raises(DataError, match=r"qa\.csv: line 1: column '(answer|Answer|Focus)' is given twice"):
+        read_medquad_csv(path)
+
+
+def test_medquad_unused_column_given_twice_is_read(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("Question,Answer,notes,notes\nQ?,A,x,y\n", encoding="utf-8")
+    examples, _ = read_medquad_csv(path)
+    assert [(ex.input, ex.target) for ex in examples] == [("Q?", "A")]
+
+
 def test_medquad_unclosed_quote_is_an_error_naming_the_line_where_the_row_starts(tmp_path):
     path = write(tmp_path / "broken.csv", 'Question,Answer\nOne?,"fine"\nTwo?,"never closed\nmore\n')
     with pytest.raises(DataError, match=r"broken\.csv: line 3: CSV error"):

@@ -334,6 +334,10 @@ def read_medquad_csv(path: str | Path, group_by: str | None = "focus") -> tuple[
         if required.casefold() not in names:
             raise DataError(f"{path}: line 1: missing column '{required}' in the header "
                             f"(found: {', '.join(header) or 'nothing'})")
+    read = {"question", "answer", *MEDQUAD_EXTRA, *([group_by.casefold()] if group_by else [])}
+    twice = next((h.strip() for i, h in enumerate(header) if names[i] in read and names.index(names[i]) < i), None)
+    if twice is not None:  # a row would silently keep the last of the two columns
+        raise DataError(f"{path}: line 1: column '{twice}' is given twice in the header; rename or remove one")
     out.report.header = True
     if group_by and group_by.casefold() not in names:
         out.report.notes.append(f"no '{group_by}' column: grouped by the normalised question")
