@@ -319,13 +319,17 @@ def read_jsonl_texts(path: Path, reserved: tuple[str, ...] = ()) -> list[dict]:
     if data.startswith(codecs.BOM_UTF8):  # files saved by Excel or Notepad start with one
         data = data[len(codecs.BOM_UTF8):]
     name = "standard input" if Path(path) == STANDARD_STREAM else path  # not "-:3"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # each line would be "not UTF-8"
+        raise UsageError(f"{name}: UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8; "
+                         "convert it, e.g. `iconv -f utf-16 -t utf-8`")
     rows, problems = [], []
     for number, raw in enumerate(data.splitlines(), start=1):
         where = f"{name}:{number}"
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(f"{where}: not valid UTF-8 (byte {exc.start})")
+            column = len(raw[:exc.start].decode("utf-8", errors="replace")) + 1
+            problems.append(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column})")
             continue
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; skipping them loses nothing

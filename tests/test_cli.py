@@ -218,10 +218,21 @@ def test_an_unknown_adapter_lists_the_known_ones(cli, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_a_utf16_input_is_named_as_such_not_as_bad_lines(cli, tmp_path, encoding):
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(("\ufeff" if encoding == "utf-16-be" else "").encode(encoding)
+                    + '{"text": "hello"}\n{"text": "bye"}\n'.encode(encoding))
+    out = tmp_path / "o.jsonl"
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", out),
+                   f"{inp}: UTF-16 text", "iconv -f utf-16 -t utf-8")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("bad_line", "problem"), [
     ('{"text": "unterminated', "not valid JSON"),
     ("not json at all", "not valid JSON"),
-    (b'{"text": "caf\xe9"}', "not valid UTF-8"),
+    (b'{"text": "caf\xe9"}', "not valid UTF-8 (byte 0xe9 at column 14)"),
     ('{"body": "no text key"}', 'expected an object with a string field "text"'),
     ('{"text": 42}', 'expected an object with a string field "text"'),
     ('["text", "in a list"]', 'expected an object with a string field "text"'),

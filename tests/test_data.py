@@ -125,6 +125,12 @@ def test_a_file_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
         read_sms_spam(path)
 
 
+def test_a_utf16_file_is_named_as_utf16_with_a_conversion_that_fits(tmp_path):
+    path = write(tmp_path / "unicode.tsv", "ham\tfine\nspam\tWin £5\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"unicode\.tsv: line 1: UTF-16 text .* `iconv -f utf-16 -t utf-8`"):
+        read_sms_spam(path)
+
+
 def test_a_file_with_no_usable_row_is_an_error(tmp_path):
     path = write(tmp_path / "wrong.tsv", "qtype,Question,Answer\ninformation,What?,That.\n")
     with pytest.raises(DataError, match=r"wrong\.tsv: no usable rows.*malformed_row"):

@@ -237,6 +237,9 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's and Notepad's "Unicode"
+        raise DataError(f"{path}: line 1: UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8; "
+                        "convert the file to UTF-8, e.g. `iconv -f utf-16 -t utf-8`")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
