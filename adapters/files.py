@@ -91,16 +91,19 @@ def _umask() -> int:
 
 STAGING_PREFIX = ".staging-"  # a folder of files being written, beside where they go
 STAGED_MARKER = ".complete"  # in a staging folder: every file is written; moving them in may start
+REMOVED_MARK = "-"  # a line of the marker that starts so names a file of the parent folder to remove
 
 
-def move_staged_files(staging: Path, names: Iterable[str]) -> None:
-    """Move the files ``names`` of a finished ``staging`` folder into its parent folder, as one change.
+def move_staged_files(staging: Path, names: Iterable[str], remove: Iterable[str] = ()) -> None:
+    """Move the files ``names`` of a finished ``staging`` folder into its parent folder, and remove the
+    parent's files ``remove`` (those that described what is replaced), as one change.
 
     Each ``os.replace`` is atomic, but a set of them is not: a run killed between the weights and
     their config would pair new weights with the old config. So the staging folder is marked
     complete first, and ``finish_staged_writes`` (called whenever the catalogue is read) moves what a
     kill left there; a folder never marked complete is discarded, leaving the previous files."""
-    write_text_atomic(staging / STAGED_MARKER, "\n".join(names) + "\n")  # a half-written list would move half
+    lines = [*(REMOVED_MARK + name for name in remove), *names]
+    write_text_atomic(staging / STAGED_MARKER, "\n".join(lines) + "\n")  # a half-written list would move half
     _move_marked(staging)
 
 
@@ -121,7 +124,9 @@ def finish_staged_writes(folder: Path) -> None:
 
 def _move_marked(staging: Path) -> None:
     for name in (staging / STAGED_MARKER).read_text().split():
-        if (staging / name).exists():  # not moved yet
+        if name.startswith(REMOVED_MARK):
+            (staging.parent / name.removeprefix(REMOVED_MARK)).unlink(missing_ok=True)
+        elif (staging / name).exists():  # not moved yet
             os.replace(staging / name, staging.parent / name)
     shutil.rmtree(staging, ignore_errors=True)
 

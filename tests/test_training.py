@@ -564,6 +564,42 @@ def test_a_save_killed_half_way_leaves_the_previous_adapter_loadable(trained, ti
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
 
 
+def test_a_save_killed_just_before_its_files_move_in_leaves_the_old_adapter_whole(trained, tiny_base, tmp_path,
+                                                                                 monkeypatch):
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import adapters.files as files
+    import training.train as train_module
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(trained.parent, catalog)
+    out = catalog / "spam"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"threshold.json", "metrics.json", "README.md"} <= set(before)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out, is_trainable=True)
+    real_write = files.write_text_atomic
+
+    def killed_at_the_marker(path, text):
+        if Path(path).name == files.STAGED_MARKER:
+            raise KeyboardInterrupt("killed before the staging folder was marked complete")
+        return real_write(path, text)
+
+    monkeypatch.setattr(files, "write_text_atomic", killed_at_the_marker)
+    spec = load_catalog(catalog)["spam"]
+    result = train_module.TrainResult(**json.loads((trained / "train_result.json").read_text()))
+    with pytest.raises(KeyboardInterrupt):
+        train_module.write_adapter(model, spec, out, str(tiny_base), [], dataclasses.replace(result, steps=999))
+    monkeypatch.undo()
+
+    load_catalog(catalog)  # discards the staging folder, never completed
+    assert not list(out.glob(".staging-*"))
+    # the old weights keep their decision threshold, metrics and card: nothing of the new run landed
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_a_kill_between_weights_and_config_is_finished_by_the_next_catalogue_read(trained, tiny_base, tmp_path,
                                                                                    monkeypatch):
     import shutil

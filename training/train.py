@@ -558,14 +558,12 @@ def write_adapter(model, spec: AdapterSpec, out: Path, base_name: str, log_histo
     write_training_log(staging / "training_log.csv", log_history)
     plot_loss(staging / "loss.png", log_history, spec.name)
     (staging / "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    # a decision threshold, the metrics, their plots and the card's numbers measured the weights being
-    # replaced: gone before the new weights land (a kill in between leaves old weights unmeasured,
-    # never new ones with old numbers); the next evaluation writes them anew
-    for name in (THRESHOLD_FILE, *EVALUATION_FILES):
-        (out / name).unlink(missing_ok=True)
-    write_text_atomic(out / "README.md", unevaluated_card_text(spec, asdict(result)))
+    (staging / "README.md").write_text(unevaluated_card_text(spec, asdict(result)), encoding="utf-8")
+    # a decision threshold, the metrics and their plots measured the weights being replaced: removed in
+    # the same change that moves the new weights in (never new weights with old numbers, and a kill
+    # before it leaves the old weights with their own threshold and card); the next evaluation writes them
     move_staged_files(staging, ("adapter_model.safetensors", "training_log.csv", "loss.png", "train_result.json",
-                                "adapter_config.json"))
+                                "README.md", "adapter_config.json"), remove=(THRESHOLD_FILE, *EVALUATION_FILES))
 
 
 def write_training_log(path: Path, log_history: list[dict]) -> None:
