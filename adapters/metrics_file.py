@@ -19,10 +19,11 @@ VARIANTS = ("base", "few_shot", "fine_tuned")
 VARIANT_TITLES = {"base": "base", "few_shot": "few-shot", "fine_tuned": "fine-tuned"}
 
 
-def read_metrics_file(path: Path) -> dict:
+def read_metrics_file(path: Path, spec: AdapterSpec | None = None) -> dict:
     """An adapter's ``metrics.json``, checked for the shape evaluation writes (an object whose
-    ``variants`` maps each variant to its metrics, and ``targets`` a list of checked targets); every
-    problem names the file."""
+    ``variants`` maps each variant to its metrics, and ``targets`` a list of checked targets) and,
+    given the ``spec`` it is shown for, that it measured an adapter of that task; every problem
+    names the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -37,6 +38,9 @@ def read_metrics_file(path: Path) -> dict:
     if not isinstance(targets, list) or not all(isinstance(t, dict) and {"metric", "target", "met"} <= t.keys()
                                                 for t in targets):
         raise ValueError(f'{path}: "targets" must be a list of {{"metric", "target", "met", ...}} objects')
+    if spec is not None and data.get("task", spec.task) != spec.task:  # e.g. written by `eval other --output`
+        raise ValueError(f"{path}: holds the metrics of {data.get('adapter')!r}, a {data['task']} adapter, not of "
+                         f"{spec.name!r} ({spec.task}); run `adapterlab eval {spec.name}` or remove the file")
     return data
 
 
@@ -44,7 +48,7 @@ def adapter_metrics(spec: AdapterSpec) -> dict | None:
     """The adapter's checked ``metrics.json``, or None when it has none (not evaluated yet); a broken
     one is a ValueError naming it."""
     path = spec.directory / "metrics.json"
-    return read_metrics_file(path) if path.exists() else None
+    return read_metrics_file(path, spec) if path.exists() else None
 
 
 def shown_value(value: Any) -> str:

@@ -399,6 +399,18 @@ def test_an_adapter_trained_on_another_base_is_refused_before_loading_naming_the
     assert "add --base-model /models/tiny" in capsys.readouterr().err
 
 
+def test_eval_refuses_to_write_into_another_adapters_folder(catalog, monkeypatch, capsys):
+    from adapters.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "local", lambda *a, **k: pytest.fail("the model was loaded"))
+    before = {p.name: p.read_bytes() for p in (catalog / "oncology").iterdir()}
+    assert main(["eval", "spam", "--catalog", str(catalog), "--variants", "base",
+                 "--output", str(catalog / "oncology")]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {catalog / 'oncology'}: is another adapter's folder" in err and "data:" not in err
+    assert {p.name: p.read_bytes() for p in (catalog / "oncology").iterdir()} == before
+
+
 def test_an_input_that_is_a_folder_is_named(cli, tmp_path):
     assert_refused(cli("predict", "spam", "--base", "--input", tmp_path, "--output", tmp_path / "o.jsonl"),
                    f"{tmp_path}: is a folder; --input takes a JSONL file")

@@ -54,3 +54,21 @@ def test_eval_keeps_a_fuller_measurement_read_through_the_checked_reader(tmp_pat
     assert measurements_lost(path, ("fine_tuned",), 50) == (
         f"{path} holds base, fine_tuned on 50 test examples; this evaluation (fine_tuned on 50) would replace it")
     assert "holds base, fine_tuned on 50" in measurements_lost(path, ("base", "fine_tuned"), 20)
+
+
+def test_metrics_of_an_adapter_of_another_task_are_refused_naming_the_file(tmp_path):
+    """`eval spam --output adapters/oncology` had left spam's metrics there: the results table showed
+    them as oncology's, and `adapterlab card oncology` failed with a KeyError traceback."""
+    import json
+
+    import pytest
+
+    from adapters.metrics_file import adapter_metrics, read_metrics_file
+
+    spec = dataclasses.replace(load_catalog()["oncology"], directory=tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"adapter": "spam", "task": "classify", "test_examples": 4, "variants": {"base": {"accuracy": 1.0}}}))
+    with pytest.raises(ValueError, match=r"metrics\.json: holds the metrics of 'spam', a classify adapter, "
+                                         r"not of 'oncology' \(extract\)"):
+        adapter_metrics(spec)
+    assert read_metrics_file(tmp_path / "metrics.json")["adapter"] == "spam"  # without a spec: its shape only

@@ -14,6 +14,7 @@ from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 from adapters.cli import UsageError, check_output_folder, check_trained_base, positive_int
 from adapters.metrics_file import VARIANTS, measured_variants, read_metrics_file
 from adapters.runtime import AdapterNotTrainedError, read_threshold_record
+from adapters.spec import SPEC_FILE
 
 
 def register(sub, bench_sub) -> None:
@@ -132,6 +133,9 @@ def cmd_eval(args) -> int:
     if args.test_data and out_dir.resolve() == spec.directory.resolve():
         raise UsageError("--test-data: give --output DIR for its results; the adapter's folder keeps the "
                          "metrics of its own test split, which its card and the app show")
+    if out_dir.resolve() != spec.directory.resolve() and (out_dir / SPEC_FILE).is_file():
+        raise UsageError(f"--output {out_dir}: is another adapter's folder (it holds an {SPEC_FILE}); its "
+                         f"metrics.json and model card would be replaced by {spec.name}'s: give another folder")
     check_output_folder(out_dir, "--output")
     if "fine_tuned" in variants:
         if variants == ("fine_tuned",) and not spec.has_weights:  # nothing would be measured
@@ -197,7 +201,7 @@ def cmd_card(args) -> int:
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: not found; the card is written from the measured "
                                 f"results: run `adapterlab eval {spec.name}` first")
-    metrics = read_metrics_file(metrics_file)
+    metrics = read_metrics_file(metrics_file, spec)
     return refresh_generated(spec.directory / "README.md", card_text(spec, metrics, spec.directory),
                              "model card", f"adapterlab card {spec.name}", args.check)
 
