@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .catalog import catalog_option
 from .spec import AdapterSpec, TargetSpec
 
 # the variants evaluation measures, in the order every table shows them, and what the tables call them
@@ -40,7 +41,7 @@ def read_metrics_file(path: Path, spec: AdapterSpec | None = None) -> dict:
         raise ValueError(f'{path}: "targets" must be a list of {{"metric", "target", "met", ...}} objects')
     if spec is not None and data.get("task", spec.task) != spec.task:  # e.g. written by `eval other --output`
         raise ValueError(f"{path}: holds the metrics of {data.get('adapter')!r}, a {data['task']} adapter, not of "
-                         f"{spec.name!r} ({spec.task}); run `adapterlab eval {spec.name}` or remove the file")
+                         f"{spec.name!r} ({spec.task}); run `adapterlab eval {spec.name}{catalog_option(spec)}` or remove the file")
     return data
 
 

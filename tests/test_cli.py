@@ -411,6 +411,11 @@ def test_eval_refuses_to_write_into_another_adapters_folder(catalog, monkeypatch
     assert {p.name: p.read_bytes() for p in (catalog / "oncology").iterdir()} == before
 
 
+def test_card_without_metrics_names_the_eval_command_of_its_own_catalogue(catalog, capsys):
+    assert main(["card", "spam", "--catalog", str(catalog)]) == 2
+    assert f"run `adapterlab eval spam --catalog {catalog}` first" in capsys.readouterr().err
+
+
 def test_an_input_that_is_a_folder_is_named(cli, tmp_path):
     assert_refused(cli("predict", "spam", "--base", "--input", tmp_path, "--output", tmp_path / "o.jsonl"),
                    f"{tmp_path}: is a folder; --input takes a JSONL file")

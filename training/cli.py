@@ -13,7 +13,7 @@ from pathlib import Path
 from adapters.catalog import CATALOG_DIR, get_spec, load_catalog
 from adapters.cli import UsageError, check_output_folder, check_trained_base, positive_int
 from adapters.metrics_file import VARIANTS, measured_variants, read_metrics_file
-from adapters.runtime import AdapterNotTrainedError, read_threshold_record
+from adapters.runtime import AdapterNotTrainedError, eval_command, read_threshold_record
 from adapters.spec import SPEC_FILE
 
 
@@ -200,7 +200,7 @@ def cmd_card(args) -> int:
     metrics_file = spec.directory / "metrics.json"
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: not found; the card is written from the measured "
-                                f"results: run `adapterlab eval {spec.name}` first")
+                                f"results: run `{eval_command(spec)}` first")
     metrics = read_metrics_file(metrics_file, spec)
     return refresh_generated(spec.directory / "README.md", card_text(spec, metrics, spec.directory),
                              "model card", f"adapterlab card {spec.name}", args.check)
