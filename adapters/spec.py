@@ -321,6 +321,10 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
     if misspelt:
         fail("base_model", f"{spec.base_model!r} is not a known base model; did you mean {misspelt!r}? (a Hub id "
                            "or a model folder is taken as it is written)")
+    for name, values in (("labels", spec.labels), ("fields", spec.fields)):
+        for i, value in enumerate(values):
+            if value != value.strip():  # data files are matched stripped: ' ham' would match no row
+                fail(f"{name}[{i}]", f"{value!r} starts or ends with a space; write {value.strip()!r}")
     if spec.task == "classify" and len(spec.labels) < 2:
         fail("labels", "a classify adapter needs at least two labels")
     if spec.task == "classify" and len({label.casefold() for label in spec.labels}) != len(spec.labels):

@@ -269,6 +269,15 @@ def test_classify_without_labels_at_all(tmp_path):
     assert "at least two labels" in refused(write_spec(tmp_path, raw), "labels")
 
 
+@pytest.mark.parametrize(("adapter", "key", "index", "value"), [("spam", "labels", 0, " ham"),
+                                                              ("oncology", "fields", 1, "stage ")])
+def test_a_label_or_field_with_a_space_around_it_is_refused(tmp_path, adapter, key, index, value):
+    raw = real_spec(adapter)
+    raw[key][index] = value
+    message = refused(write_spec(tmp_path, raw), f"{key}[{index}]")
+    assert f"{value!r} starts or ends with a space; write {value.strip()!r}" in message
+
+
 def test_classify_labels_must_be_distinct(tmp_path):
     raw = real_spec("spam")
     raw["labels"] = ["ham", "spam", "ham"]
