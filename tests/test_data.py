@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -234,6 +235,16 @@ def test_env_var_and_path_argument_override_the_spec(tmp_path, monkeypatch):
     assert load_examples(spec, override, root=root, hub=False)[0][0].input == "from the argument"
     assert load_examples(spec, tmp_path / "elsewhere", root=root, hub=False)[0][0].input == "from the env"
     assert data_candidates(spec, root=root)[0] == tmp_path / "elsewhere" / "sms_spam" / "SMSSpamCollection"
+
+
+@pytest.mark.parametrize(("where", "said"), [("missing", "no such folder"), ("file.tsv", "a file, not a folder")])
+def test_a_data_dir_variable_that_names_no_folder_is_an_error_not_a_fall_back(tmp_path, monkeypatch, where, said):
+    spec = make_spec("classify", local_path="../shared/datasets/sms_spam/SMSSpamCollection")
+    write(tmp_path / "root" / "../shared/datasets/sms_spam/SMSSpamCollection", "ham\tfrom the spec\n")
+    write(tmp_path / "file.tsv", "ham\tfrom a file\n")
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / where))
+    with pytest.raises(DataNotFoundError, match=rf"\${DATA_DIR_ENV} '{re.escape(str(tmp_path / where))}': {said}"):
+        load_examples(spec, root=tmp_path / "root", hub=False)
 
 
 def test_another_adapter_of_a_format_never_reads_the_shipped_adapters_data(tmp_path, monkeypatch):

@@ -564,8 +564,13 @@ def data_candidates(spec: AdapterSpec, path: str | Path | None = None, *, data_d
         path = Path(path).expanduser()
         return [path / tail for tail in _tails(spec)] if path.is_dir() else [path]
     candidates = []
+    named = "data_dir" if data_dir is not None else f"${DATA_DIR_ENV}"
     data_dir = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     if data_dir:
+        if not Path(data_dir).expanduser().is_dir():  # a typo would silently read the spec's default data
+            what = "a file, not a folder" if Path(data_dir).expanduser().exists() else "no such folder"
+            raise DataNotFoundError(f"{named} {str(data_dir)!r}: {what}; it names a datasets folder laid out like "
+                                    f"../shared/datasets (pass a single file with --data FILE)")
         candidates += [Path(data_dir).expanduser() / tail for tail in _tails(spec)]
     if spec.data.local_path:
         candidates.append(Path(root or PROJECT_ROOT) / spec.data.local_path)
