@@ -202,6 +202,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, merged by the constructor
+                continue
             key = self.construct_object(key_node, deep=True)  # deep: a list key is filled now
             line = key_node.start_mark.line + 1
             if not isinstance(key, str):

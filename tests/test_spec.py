@@ -403,6 +403,15 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
         load_spec(nested)
 
 
+def test_a_yaml_merge_key_is_read_as_safe_load_reads_it(tmp_path):
+    # "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'" had called it invalid YAML
+    text = (CATALOG_DIR / "spam" / "adapter.yaml").read_text(encoding="utf-8")
+    text, n = re.subn(r"^lora: \{r: 16,", "lora: {<<: {r: 4, alpha: 8}, r: 16,", text, flags=re.M)
+    assert n == 1
+    spec = load_spec(write_spec(tmp_path, text))
+    assert (spec.lora.r, spec.lora.alpha) == (16, 32)  # the mapping's own keys win, as in yaml.safe_load
+
+
 @pytest.mark.parametrize(("extra", "key"), [("1: x\nfoo: y\n", "1"), ("? [a, b]\n: c\n", "['a', 'b']"),
                                            ("generation: {2: 4}\n", "2")])
 def test_a_key_that_is_not_text_is_refused_with_its_line(tmp_path, extra, key):
