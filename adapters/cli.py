@@ -244,6 +244,10 @@ def cmd_predict(args) -> int:
     if STANDARD_STREAM not in (args.input, args.output) and _same_file(args.input, args.output):
         raise UsageError(f"--output {args.output}: is the --input file; write the predictions to another file "
                          "(they would replace the texts)")
+    owner = _adapter_owning(specs, args.output)
+    if owner is not None:
+        raise UsageError(f"--output {args.output}: is a file of adapter {owner.name!r} ({owner.directory}); write "
+                         "the predictions to another file (they would replace it)")
     options = LoadOptions(dtype=args.dtype, device=args.device, load_in_4bit=args.load_in_4bit)
     options.torch_device(), options.torch_dtype()  # a bad --device or --dtype is named before loading
     if args.load_in_4bit and not args.base and (record := read_threshold_record(spec)) is not None:
@@ -385,6 +389,14 @@ def check_trained_base(spec, base_model: str | None) -> None:
         raise BaseMismatchError(f"adapter {spec.name!r} was trained on base model {trained_on!r}, not "
                                 f"{canonical_name(base)!r}; add --base-model {trained_on} (or --base for the "
                                 "base model alone)")
+
+
+def _adapter_owning(specs: dict, output: Path):
+    """The adapter whose folder holds ``output`` as an existing file (its spec, weights, card...), or None."""
+    if output == STANDARD_STREAM or not output.is_file():
+        return None
+    folder = output.resolve().parent
+    return next((spec for spec in specs.values() if spec.directory.resolve() == folder), None)
 
 
 def _same_file(a: Path, b: Path) -> bool:

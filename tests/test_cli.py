@@ -416,6 +416,16 @@ def test_card_without_metrics_names_the_eval_command_of_its_own_catalogue(catalo
     assert f"run `adapterlab eval spam --catalog {catalog}` first" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["adapter.yaml", "README.md"])
+def test_an_output_that_is_a_file_of_an_adapter_is_refused(cli, catalog, tmp_path, name):
+    (catalog / "spam" / "README.md").write_text("the model card")
+    before = (catalog / "spam" / name).read_bytes()
+    inp = write_lines(tmp_path / "in.jsonl", [{"text": "hello"}])
+    assert_refused(cli("predict", "spam", "--base", "--input", inp, "--output", catalog / "spam" / name),
+                   f"is a file of adapter 'spam' ({catalog / 'spam'})")
+    assert (catalog / "spam" / name).read_bytes() == before
+
+
 def test_an_input_that_is_a_folder_is_named(cli, tmp_path):
     assert_refused(cli("predict", "spam", "--base", "--input", tmp_path, "--output", tmp_path / "o.jsonl"),
                    f"{tmp_path}: is a folder; --input takes a JSONL file")
