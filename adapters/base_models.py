@@ -94,6 +94,8 @@ def canonical_name(name_or_path: str) -> str:
     marker = path / MARKER_FILE
     if marker.is_file():
         return json.loads(marker.read_text())["name"]
+    if path.is_dir():  # a local model folder: one name however it is written ("tiny", "./tiny", "/models/tiny")
+        return str(path.resolve())
     return name_or_path
 
 

@@ -426,6 +426,23 @@ def test_an_output_that_is_a_file_of_an_adapter_is_refused(cli, catalog, tmp_pat
     assert (catalog / "spam" / name).read_bytes() == before
 
 
+def test_a_base_folder_is_one_base_however_its_path_is_written(tiny_base, tmp_path, monkeypatch):
+    """Trained with --base-model tiny (relative), the adapter had recorded "tiny": the same folder given
+    as ./tiny or by its absolute path was refused as another base, and from another folder "tiny" was none."""
+    from adapters.backends import other_base
+    from adapters.base_models import canonical_name
+
+    monkeypatch.chdir(tiny_base.parent)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": canonical_name(tiny_base.name)}))
+    for spelling in (tiny_base.name, f"./{tiny_base.name}", str(tiny_base), f"{tiny_base}/"):
+        assert other_base(adapter, spelling) is None, spelling
+    monkeypatch.chdir(tmp_path)
+    assert other_base(adapter, str(tiny_base)) is None
+    assert canonical_name("smollm2-135m-instruct") == "smollm2-135m-instruct"
+
+
 def test_an_input_that_is_a_folder_is_named(cli, tmp_path):
     assert_refused(cli("predict", "spam", "--base", "--input", tmp_path, "--output", tmp_path / "o.jsonl"),
                    f"{tmp_path}: is a folder; --input takes a JSONL file")
