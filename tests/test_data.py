@@ -342,6 +342,9 @@ def test_hub_sms_spam_through_load_dataset(tmp_path, monkeypatch):
     assert calls == [("ucirvine/sms_spam", "train")]
     report = splits.report
     assert report.source == "hf://datasets/ucirvine/sms_spam"
+    (note,) = report.notes  # the data: line says the local file was missing, not only the Hub address
+    assert note.startswith(f"no local file at data.local_path (looked for: {tmp_path / 'absent' / 'file'}")
+    assert note.endswith("): read from the Hub")
     assert report.rows == 42 and report.skipped == {"empty_text": 1} and report.duplicates_removed == 1
     everything = splits.train + splits.validation + splits.test
     assert len(everything) == 40 and {e.input for e in everything} == {f"message {i}" for i in range(40)}

@@ -599,7 +599,10 @@ def load_examples(spec: AdapterSpec, path: str | Path | None = None, *, data_dir
         raise DataNotFoundError(f"adapter {spec.name!r}: data file not found: {tried}; {hint}")
     if hub and spec.data.hub_id:
         try:
-            return read_hub(spec)
+            examples, report = read_hub(spec)
+            if spec.data.local_path:  # a misspelt local_path reads the whole Hub set, held-out rows included
+                report.notes.append(f"no local file at data.local_path (looked for: {tried}): read from the Hub")
+            return examples, report
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - offline, no `datasets`, unknown id: all mean "not reachable"
