@@ -376,6 +376,8 @@ def _check_semantics(spec: AdapterSpec, where: str) -> None:
                         ("lora.alpha", spec.lora.alpha)):
         if not value > 0:
             fail(name, f"must be > 0, got {value}")
+    if not 0 <= t.seed < 2**32:  # numpy's seed range: refused by the Trainer only once the model had loaded
+        fail("training.seed", f"must be in [0, 2**32 - 1], got {t.seed}")
     if t.max_seq_length < 16:
         fail("training.max_seq_length", f"must be >= 16 tokens, got {t.max_seq_length}")
     if not 0 <= t.warmup_ratio < 1:

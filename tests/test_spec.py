@@ -150,6 +150,13 @@ def test_a_quoted_exponent_is_still_text(tmp_path):
     assert "expected a number, got '2e-4'" in refused(write_spec(tmp_path, text), "training.learning_rate")
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_training_seed_numpy_cannot_take_is_refused(tmp_path, seed):
+    raw = real_spec("spam")
+    raw["training"]["seed"] = seed
+    assert f"must be in [0, 2**32 - 1], got {seed}" in refused(write_spec(tmp_path, raw), "training.seed")
+
+
 def test_compiled_layers_are_refused_for_qlora(tmp_path):
     raw = real_spec("spam")
     raw["training"].update(method="qlora", compile=True)
