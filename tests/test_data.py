@@ -196,6 +196,19 @@ def test_medquad_without_focus_column_groups_by_the_normalised_question(tmp_path
     assert any("no 'focus' column" in note for note in report.notes)
 
 
+def test_oncology_group_by_key_that_no_line_has_is_noted_not_silent(tmp_path):
+    output = {f: None for f in FIELDS}
+    lines = [json.dumps({"input": f"note {i}", "output": output, "patient": f"p{i // 2}"}) for i in range(6)]
+    path = write(tmp_path / "onc.jsonl", "\n".join(lines) + "\n")
+    assert read_oncology_jsonl(path, FIELDS, group_by="patient")[1].notes == []
+    assert read_oncology_jsonl(path, FIELDS, group_by="patient_id")[1].notes == [
+        "no 'patient_id' key: grouped by the normalised input"]
+    lines[0] = json.dumps({"input": "note 0", "output": output})
+    path = write(tmp_path / "onc.jsonl", "\n".join(lines) + "\n")
+    assert read_oncology_jsonl(path, FIELDS, group_by="patient")[1].notes == [
+        "1 rows without a 'patient': each grouped by its input"]
+
+
 def test_oncology_reader_counts_every_kind_of_bad_line(tmp_path):
     good = oncology_line("Melanoma stage IV.", cancer_type="melanoma", stage="IV")
     no_field = json.dumps({"input": "Lung cancer.", "output": {"cancer_type": "lung"}})

@@ -202,6 +202,7 @@ class _Collector:
         self._skipped: Counter[str] = Counter()
         self._lines: dict[str, list[int]] = defaultdict(list)
         self.unknown_labels: dict[str, None] = {}  # the first few labels not in the spec, in order
+        self.ungrouped = 0  # examples kept without a value of split.group_by (each is its own group)
 
     def row(self) -> None:
         self.report.rows += 1
@@ -399,6 +400,7 @@ def _oncology_record(out: _Collector, line: int, obj: Any, fields: Sequence[str]
     text = text.strip()
     group = normalise_text(str(obj.get(group_by) or "")) if group_by else ""
     meta = {"instruction": obj["instruction"]} if isinstance(obj.get("instruction"), str) else {}
+    out.ungrouped += bool(group_by) and not group
     out.add(Example(input=text, target={f: output[f] for f in fields}, group=group or normalise_text(text),
                     line=line, meta=meta))
 
@@ -423,7 +425,20 @@ def read_oncology_jsonl(path: str | Path, fields: Sequence[str],
             out.skip("invalid_json", number)
             continue
         _oncology_record(out, number, obj, fields, group_by)
+    _note_ungrouped(out, group_by)
     return out.finish(str(path))
+
+
+def _note_ungrouped(out: _Collector, group_by: str | None) -> None:
+    """Say, as the MedQuAD reader does, when ``group_by`` (a key of the JSON lines) was not there to
+    group by: a misspelt key had silently grouped every example by its own text."""
+    if not group_by or not out.examples:
+        return
+    missing = out.ungrouped
+    if missing == len(out.examples):
+        out.report.notes.append(f"no '{group_by}' key: grouped by the normalised input")
+    elif missing:
+        out.report.notes.append(f"{missing} rows without a '{group_by}': each grouped by its input")
 
 
 def _sms_hub_rows(spec: AdapterSpec, ds, out: _Collector, column: Callable[..., str | None]) -> None:
@@ -464,6 +479,7 @@ def _oncology_hub_rows(spec: AdapterSpec, ds, out: _Collector, column: Callable[
     for number, row in enumerate(ds, 1):
         out.row()
         _oncology_record(out, number, dict(row), spec.fields, spec.data.split.group_by)
+    _note_ungrouped(out, spec.data.split.group_by)
 
 
 @dataclass(frozen=True)
