@@ -120,6 +120,15 @@ def test_sms_file_without_header(tmp_path):
     assert report.header is False and [e.input for e in examples] == ["first", "second"]
 
 
+def test_a_file_with_classic_mac_line_ends_is_read_line_by_line(tmp_path):
+    examples, report = read_sms_spam(write(tmp_path / "mac.tsv", "ham\tfirst\rspam\tsecond\r\rham\tthird\r"))
+    assert [(e.input, e.target, e.line) for e in examples] == [("first", "ham", 1), ("second", "spam", 2),
+                                                               ("third", "ham", 4)]
+    assert report.skipped == {"empty_row": 1}
+    examples, _ = read_sms_spam(write(tmp_path / "unix.tsv", "ham\ta\rb\nspam\tc\n"))  # a \r inside a line stays
+    assert [e.input for e in examples] == ["a\rb", "c"]
+
+
 def test_a_file_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
     path = write(tmp_path / "latin1.tsv", "ham\tfine\nspam\tWin £5\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1\.tsv: line 2: not valid UTF-8"):

@@ -251,8 +251,10 @@ def _read_text(path: Path) -> str:
 
 
 def _lines(text: str) -> Iterable[tuple[int, str]]:
-    # split on "\n" only: str.splitlines would also split on \u2028, \x0b... inside a message
-    lines = text.split("\n")
+    # split on "\n" only: str.splitlines would also split on \u2028, \x0b... inside a message; a file
+    # of classic Mac line ends (\r alone, as old Excel for Mac saves text) has no "\n" at all, and was
+    # read as one row holding every line
+    lines = text.split("\n" if "\n" in text or "\r" not in text.rstrip("\r") else "\r")
     if lines and lines[-1] == "":
         lines.pop()
     for number, line in enumerate(lines, 1):
