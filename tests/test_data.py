@@ -629,6 +629,8 @@ def test_a_test_file_replaces_the_test_split_without_the_texts_training_has_seen
     assert splits.report.test_data is None and len(splits.test) > 2  # the splits given are left as they were
     with pytest.raises(DataNotFoundError, match="test data file not found: .*missing.tsv"):
         with_test_file(spec, splits, tmp_path / "missing.tsv")
+    with pytest.raises(DataNotFoundError, match=f"is a folder; --test-data takes a file: {re.escape(str(tmp_path))}$"):
+        with_test_file(spec, splits, tmp_path)  # it was "test data file not found" for a folder that is there
 
 
 def _no_overlap(splits, key):

@@ -897,7 +897,8 @@ def with_test_file(spec: AdapterSpec, splits: Splits, path: str | Path) -> Split
     splits, so the measurement is of the shipped adapter on data it has not seen."""
     path = Path(path)
     if not path.is_file():
-        raise DataNotFoundError(f"adapter {spec.name!r}: test data file not found: {path.resolve()}")
+        what = "is a folder; --test-data takes a file" if path.is_dir() else "test data file not found"
+        raise DataNotFoundError(f"adapter {spec.name!r}: {what}: {path.resolve()}")
     examples, loaded = read_file(spec, path.resolve())
     kept, removed, _ = deduplicate(examples, spec.task)
     seen = [ex.input for ex in (*splits.train, *splits.validation)]
