@@ -118,9 +118,15 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(re.sub(r"[-\u2010-\u2015/]", " ", text))
 
 
+def _singular(word: str) -> str:
+    """``word`` without a plural "s", for matching a value's words with the text's: a site is named
+    "lung" where the note says "Lungs clear." ("metastasis" and "status" keep theirs)."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")) else word
+
+
 def support_in_text(value: str | None, text: str) -> str | None:
-    """How far an extracted value is backed by the text it came from, word by word (case, hyphens
-    and word order ignored): "all" when every word of it occurs in the text, "some", "none" (the
+    """How far an extracted value is backed by the text it came from, word by word (case, hyphens,
+    a plural "s" and word order ignored): "all" when every word of it occurs in the text, "some", "none" (the
     model inferred it, e.g. stage IV from "widely metastatic", or invented it), or None for a null
     value. Neither "all" nor "none" says the value is right: it says where to look."""
     if value is None:
@@ -129,8 +135,8 @@ def support_in_text(value: str | None, text: str) -> str | None:
     words = [w for w in words if w not in _FILLER] or words
     if not words:
         return None
-    found = set(_words(text))
-    hits = sum(w in found for w in words)
+    found = {_singular(w) for w in _words(text)}
+    hits = sum(_singular(w) in found for w in words)
     return "all" if hits == len(words) else ("some" if hits else "none")
 
 
@@ -372,8 +378,9 @@ def parts_the_text_negates(value: str | None, text: str) -> list[tuple[str, str]
         part_words = {w for w in _words(part) if w not in _FILLER}
         if not part_words or part_words & _NEGATIVE_WORDS or _MINUS_SIGN.search(part):
             continue
-        places = _phrase_places(part, words) or [k for w in part_words for k, word in enumerate(words) if word == w]
-        if {words[k] for k in places} == part_words and all(k in negated for k in places):
+        wanted = {_singular(w) for w in part_words}
+        places = _phrase_places(part, words) or [k for k, word in enumerate(words) if _singular(word) in wanted]
+        if {_singular(words[k]) for k in places} == wanted and all(k in negated for k in places):
             first = min(negated[k][0] for k in places)
             last = max(negated[k][1] for k in places)
             found.append((part, text[tokens[first][1]:tokens[last][2]]))
@@ -384,8 +391,8 @@ def _phrase_places(part: str, words: Sequence[str]) -> list[int]:
     """Where the text says ``part`` as a phrase (its words in order, fillers aside), word by word;
     empty when it never does. "lymphovascular invasion absent" rules out lymphovascular invasion
     though "perineural invasion present" affirms another invasion."""
-    phrase = [w for w in _words(part) if w not in _FILLER]
+    phrase = [_singular(w) for w in _words(part) if w not in _FILLER]
     said = [k for k, word in enumerate(words) if word not in _FILLER]  # clause breaks kept: a phrase ends there
     n = len(phrase)
-    return [k for j in range(len(said) - n + 1) if [words[m] for m in said[j:j + n]] == phrase
+    return [k for j in range(len(said) - n + 1) if [_singular(words[m]) for m in said[j:j + n]] == phrase
             for k in said[j:j + n]]

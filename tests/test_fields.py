@@ -229,6 +229,17 @@ def test_support_in_text_reads_chinese_and_japanese_character_by_character(value
     assert support_in_text(value, "乳腺癌II期，雌激素受体阳性，使用他莫昔芬治疗。") == support
 
 
+@pytest.mark.parametrize("value, text, support", [
+    ("lung", "Lungs clear.", "all"),  # a walkthrough's note: "lung" had been marked ○, inferred or invented
+    ("bone", "Multiple bones involved.", "all"),
+    ("lymph node", "Enlarged lymph nodes.", "all"),
+    ("liver, lung", "Mets to liver and lungs.", "all"),
+    ("metastasis", "Liver metastases.", "none"),  # not a plural "s"
+])
+def test_support_in_text_reads_a_plural_as_its_singular(value, support, text):
+    assert support_in_text(value, text) == support
+
+
 @pytest.mark.parametrize("value, text, negated", [
     # a walkthrough's case: the negation lost, every word in the text
     ("PD-L1 80%; EGFR/ALK alterations", "PD-L1 80%, no EGFR or ALK alterations.",
@@ -273,6 +284,8 @@ def test_support_in_text_reads_chinese_and_japanese_character_by_character(value
     ("BCL2", "MYC not detected; BCL2 and BCL6 rearrangements absent.",
      [("BCL2", "BCL2 and BCL6 rearrangements absent")]),
     ("BRCA2", "Germline testing negative for BRCA1 and BRCA2.", [("BRCA2", "negative for BRCA1 and BRCA2")]),
+    ("lymph node", "No lymph nodes involved.", [("lymph node", "No lymph nodes involved")]),  # a plural
+    ("EGFR mutation", "Molecular: EGFR mutation: negative. ALK: negative.", [("EGFR mutation", "EGFR mutation: negative")]),
 ])
 def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(value, text, negated):
     assert parts_the_text_negates(value, text) == negated
