@@ -76,13 +76,13 @@ def read_upload(name: str, data: bytes, limit: int) -> Upload:
     check_upload_size(name, len(data))
     content, notes = _decoded(name, suffix, data)
     labelled = _labelled_lines(content) if suffix in (".txt", ".tsv") else None
-    if labelled is not None:
+    if isinstance(labelled, Upload):
         upload = labelled
     elif suffix == ".txt":
         numbered = [(number, line.strip()) for number, line in enumerate(content.splitlines(), start=1)
                     if line.strip()]
         upload = Upload([text for _, text in numbered], "lines", len(numbered),
-                        rows=[number for number, _ in numbered])
+                        rows=[number for number, _ in numbered], notes=[labelled] if labelled else [])
     elif suffix == ".jsonl":
         upload = _jsonl_upload(name, content)
     else:
@@ -102,11 +102,13 @@ LABEL_WORD = re.compile(r"[A-Za-z][\w-]{0,19}")  # a label before a tab: one sho
 LABEL_HEADERS = {"label", "labels", "class", "category", "target", "type", "v1"}  # a first line naming the column
 
 
-def _labelled_lines(content: str) -> Upload | None:
+def _labelled_lines(content: str) -> Upload | str | None:
     """The texts of a file of ``label<TAB>text`` lines (the SMS Spam Collection's own layout, a
-    first line such as ``Label<TAB>SMS`` naming them or not), the labels kept as its `label` column;
-    None when it is not one. Read as lines, each label had been classified with its text, and
-    swayed it ("ham<TAB>URGENT! ..." came out ham)."""
+    first line such as ``Label<TAB>SMS`` naming them or not), the labels kept as its `label` column
+    (a line may have none: "<TAB>text"). Read as lines, each label had been classified with its
+    text, and swayed it ("ham<TAB>URGENT! ..." came out ham). None when it is not such a file; a
+    note saying why when each line has one tab but what comes before the tabs does not read as
+    labels (then each whole line is a text)."""
     numbered = [(number, line.strip("\r\n")) for number, line in enumerate(content.splitlines(), start=1)
                 if line.strip()]
     if not numbered or any(line.count("\t") != 1 for _, line in numbered):  # more fields: a CSV's
@@ -114,10 +116,14 @@ def _labelled_lines(content: str) -> Upload | None:
     pairs = [(number, *(part.strip() for part in line.split("\t"))) for number, line in numbered]
     header = pairs[0] if pairs[0][1].lower() in LABEL_HEADERS else None  # "Label<TAB>SMS": not a message
     pairs = pairs[1:] if header else pairs
-    if not pairs or not all(LABEL_WORD.fullmatch(label) for _, label, _ in pairs):
-        return None
-    if len({label for _, label, _ in pairs}) > max(2, len(pairs) // 2):  # labels repeat; ids do not
-        return None
+    not_labels = [(number, label) for number, label, _ in pairs if label and not LABEL_WORD.fullmatch(label)]
+    labels = {label.casefold() for _, label, _ in pairs if label}  # "ham", "HAM": one label
+    if not_labels or not labels or len(labels) > max(2, len(pairs) // 2):  # labels repeat; ids do not
+        why = (f"line {not_labels[0][0]} has `{safe_name(shortened(not_labels[0][1], 40))}` before its tab, not "
+               "a one-word label" if not_labels else f"{len(labels)} different words come before the tabs in "
+               f"{len(pairs)} lines, which labels would repeat")
+        return (f"Each line has one tab, as in `label<TAB>text` (the SMS Spam Collection's layout), but {why}: "
+                "each whole line was processed as one text.")
     kept = [(number, label, text) for number, label, text in pairs if text]
     named = f"; line {header[0]} names them" if header else ""
     return Upload([text for _, _, text in kept], "lines", len(kept), rows=[number for number, _, _ in kept],

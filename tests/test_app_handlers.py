@@ -844,6 +844,25 @@ def test_sms_spam_collection_lines_are_read_as_label_and_text():
     assert (wide.texts, wide.columns) == (["Hello"], ["label", "id"])
 
 
+def test_labelled_lines_in_any_case_with_an_odd_or_missing_label_keep_their_labels():
+    """A walkthrough's `.txt` of `ham`/`spam`/`HAM` lines, one `unknown` and one with no label was
+    read as whole lines, each label classified with its text, and no word said why."""
+    data = b"ham\tHey are you coming tonight?\nspam\tWIN a free prize\nHAM\tLunch at 1?\nunknown\tSee you\n" \
+           b"\tCall me back\nspam\tClaim your reward now\n"
+    upload = uploads.read_upload("sms.txt", data, limit=10)
+    assert upload.texts[0] == "Hey are you coming tonight?" and len(upload.texts) == 6
+    assert upload.values == [["ham"], ["spam"], ["HAM"], ["unknown"], [""], ["spam"]]
+    agreement = handlers.reference_agreement("classify", upload, [spam_result(label) for label in
+                                             ("ham", "spam", "ham", "ham", "ham", "spam")], labels=("ham", "spam"))
+    assert agreement.missing == [5] and [row for row, _ in agreement.unusable] == [4]
+    # what comes before the tabs is no label: each whole line is a text, and a note says why
+    for data, why in ((b"a1\tHello there\nb2\tSee you\nc3\tBye now\n", "3 different words"),
+                      (b"ham\tok\nnot one word\tfine\n", "line 2 has `not one word`"),
+                      (b"1\tHello there\n2\tSee you\n", "line 1 has `1` before its tab, not a one-word label")):
+        plain = uploads.read_upload("plain.txt", data, limit=10)
+        assert plain.columns == [] and why in plain.notes[0] and "each whole line" in plain.notes[0]
+
+
 def test_a_spam_upload_with_gold_labels_says_how_the_answers_agree_and_marks_each_row():
     """A spam CSV's `label` column of ham/spam was kept as `file_label` and nothing more: the
     answers were never compared with it."""
