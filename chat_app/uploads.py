@@ -198,12 +198,12 @@ def _jsonl_upload(name: str, content: str) -> Upload:
                            "object a line, "
                            'such as `{"text": "…"}`.')
     keys = list(dict.fromkeys(key for _, obj in objects for key in obj))
-    column = _text_column(keys)
-    if column is None:
+    key = _jsonl_text_key(keys, [obj for _, obj in objects])
+    if key is None:
         found = ", ".join(f"`{safe_name(k)}`" for k in keys[:12]) or "none"
         raise InputProblem(f"📎 `{safe_name(name)}` has no text key (keys found: {found}). Name the key "
                            f"with the texts `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
-    key, others = keys[column], [k for k in keys if k != keys[column]]
+    others = [k for k in keys if k != key]
     upload = Upload([], key, 0, columns=others, field_word="key")
     empty = []
     for number, obj in objects:
@@ -219,6 +219,20 @@ def _jsonl_upload(name: str, content: str) -> Upload:
         upload.notes.append(f"{rows_were(empty, 'line', ('has', 'have'))} no text (a non-empty string) under "
                             f"`{safe_name(key)}` and {'was' if len(empty) == 1 else 'were'} skipped.")
     return upload
+
+
+def _jsonl_text_key(keys: list[str], objects: Sequence[dict]) -> str | None:
+    """Of the keys that could name the texts (``_text_column``'s), the one that holds the most: lines
+    may differ in their keys, and a file of `note`s with one empty `text` line had been read by `text`
+    alone ("holds no text to process")."""
+    candidates, left = [], list(keys)
+    while (column := _text_column(left)) is not None:
+        candidates.append(left.pop(column))
+    if not candidates:
+        return None
+    def texts_under(key: str) -> int:
+        return sum(isinstance(obj.get(key), str) and bool(obj[key].strip()) for obj in objects)
+    return max(candidates, key=texts_under)  # the first of the most, in _text_column's order
 
 
 def _jsonl_value(value) -> str:

@@ -610,6 +610,17 @@ def test_a_jsonl_upload_reads_the_text_key_and_keeps_the_other_keys():
         "classify", "onco.JSONL", upload, header, rows, "base", 1.0)
 
 
+def test_a_jsonl_upload_whose_lines_differ_in_keys_reads_the_key_that_holds_the_texts():
+    """A walkthrough's file of two `note` lines and one `{"text": ""}` was refused as holding no text:
+    `text` comes first among the text keys, and it held none."""
+    data = b'{"id": 1, "note": "Stage IV NSCLC, EGFR negative."}\n{"id": 2, "note": "ER+ IDC."}\n{"text": ""}\n'
+    upload = uploads.read_upload("notes.jsonl", data, limit=10)
+    assert upload.source == "note" and upload.texts == ["Stage IV NSCLC, EGFR negative.", "ER+ IDC."]
+    assert upload.notes == ["Line 3 has no text (a non-empty string) under `note` and was skipped."]
+    tied = uploads.read_upload("tied.jsonl", b'{"note": "a note"}\n{"text": "a text"}\n', limit=10)
+    assert tied.source == "text"  # as many under each: the first text key, as before
+
+
 def test_a_10000_line_upload_is_cut_to_the_limit_and_says_so():
     data = "\n".join(f"message number {i}" for i in range(10_000)).encode()
     upload = uploads.read_upload("big.txt", data, limit=1000)
