@@ -642,7 +642,8 @@ async def _compare_adapter_for(message: cl.Message, profile: handlers.Profile) -
     command picked with this message, else the last one picked, else the settings panel's."""
     last = cl.user_session.get("compare_adapter")
     adapter = message.command or last or _settings().compare_adapter
-    cl.user_session.set("compare_adapter", adapter)
+    if message.command:  # the panel's choice is not stored as a command's: it read "the last command picked"
+        cl.user_session.set("compare_adapter", adapter)
     if message.command and _settings().compare_adapter != adapter:  # the panel names what runs
         await _send_settings(profile, {**(cl.user_session.get("settings") or {}), "compare_adapter": adapter})
     return adapter, None if message.command else ("the one the last command picked" if last

@@ -1912,6 +1912,26 @@ def test_a_page_that_resumes_a_chat_as_its_answer_ends_shows_the_answer(tiny_bas
                            "{'role': 'assistant', 'content': 'Wheezing.'}]"), printed
 
 
+def test_compare_says_the_settings_panel_chose_its_adapter_until_a_command_does(tiny_base, catalog, tmp_path):
+    """The panel's choice was stored as if a command had picked it: from the second message on,
+    Compare said it ran "the one the last command picked", though no command had been."""
+    probe = (SOCKET_PROBE +
+             "from chainlit.context import init_ws_context\n"
+             "class Message:\n"
+             "    def __init__(self, command): self.command = command\n"
+             "async def main():\n"
+             "    init_ws_context(WebsocketSession(id='s', socket_id='s1', emit=nothing, emit_call=nothing,\n"
+             "                                     user_env={}, client_type='webapp', chat_profile='Compare'))\n"
+             "    async def settings_sent(*args, **kwargs): pass\n"
+             "    app._send_settings = settings_sent\n"
+             "    for command in (None, None, 'medquad', None):\n"
+             "        print(await app._compare_adapter_for(Message(command), None))\n"
+             "asyncio.run(main())\n")
+    printed = output_of(probe, app_env(tiny_base, catalog, tmp_path)).strip().splitlines()[-4:]
+    assert printed == ["('spam', \"the settings panel's\")", "('spam', \"the settings panel's\")",
+                       "('medquad', None)", "('medquad', 'the one the last command picked')"], printed
+
+
 def test_an_upload_for_a_session_the_server_does_not_know_yet_waits_for_it():
     """A file attached as a new chat starts is uploaded for a session Chainlit creates a moment later
     (Chainlit answered 404 and the file was lost): the upload waits for it, and only the upload."""
