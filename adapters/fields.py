@@ -141,8 +141,17 @@ def support_in_text(value: str | None, text: str) -> str | None:
 
 
 def value_items(value: str | None) -> list[str]:
-    """The items of a list value, as the app names them: "bone; liver, lung" -> bone, liver, lung."""
-    return [p.strip() for p in re.split(r"[;,]", value) if p.strip()] if value else []
+    """The items of a list value, as the app names them: "bone; liver, lung" -> bone, liver, lung; a
+    comma or semicolon in brackets does not split ("neoplasms (cutaneous, occlusion)" is one item)."""
+    if not value:
+        return []
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(value):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
+        if char in ";," and depth <= 0:
+            items.append(value[start:i])
+            start, depth = i + 1, 0
+    return [item.strip() for item in [*items, value[start:]] if item.strip()]
 
 
 def parts_not_in_text(value: str | None, text: str) -> list[str]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from adapters.fields import Extraction, parse_fields, parts_the_text_negates, support_in_text
+from adapters.fields import Extraction, parse_fields, parts_the_text_negates, support_in_text, value_items
 
 FIELDS = ("cancer_type", "stage", "gene_mutation", "biomarker", "treatment", "response",
           "metastasis_site")
@@ -330,3 +330,15 @@ def test_a_value_the_text_says_is_absent_is_found_with_the_words_that_say_so(val
 ])
 def test_a_value_the_text_does_not_negate_is_not_flagged(value, text):
     assert parts_the_text_negates(value, text) == []
+
+
+@pytest.mark.parametrize("value, items", [
+    ("bone; liver, lung", ["bone", "liver", "lung"]),
+    # a walkthrough's value: split at the comma in brackets, its "no word in the text" list read
+    # "neoplasms (cutaneous, occlusion)" as two odd halves
+    ("neoplasms (cutaneous, occlusion)", ["neoplasms (cutaneous, occlusion)"]),
+    ("t(11;14); del(17p), MYC", ["t(11;14)", "del(17p)", "MYC"]),
+    (None, []),
+])
+def test_a_list_value_splits_into_items_outside_brackets(value, items):
+    assert value_items(value) == items

@@ -5,7 +5,8 @@ The mark is ``adapters.fields.parts_the_text_negates``. Three questions:
 - On the references (true findings), how often does it fire where it should not? Every flag there
   is a false alarm, or a reference that copied a negated phrase:
       python tools/negations.py --references
-  On 2026-12-01: 1 of 34,595 items ("liver" from "no measurable disease in the liver").
+  On 2026-12-01: 1 of 34,474 items ("liver" from "no measurable disease in the liver"; 34,595 items
+  before a comma in brackets stopped splitting a value).
 - On an adapter's predictions for the test split, how often does it fire, and how often is the
   flagged field wrong? Write the narratives and predict as ``tools/extraction_misses.py`` says, then:
       python tools/negations.py /tmp/pred.jsonl --test
