@@ -923,7 +923,30 @@ def compare_markdown(spec: AdapterSpec, text: str, outcomes: Sequence[Outcome], 
                      f"{COMPARE_SUPPORT['some']} only some words are.")
     if spec.task == "extract" and any(c.endswith(NEGATED_MARK) for r in rows for c in r[1:]):
         parts.append(NEGATED_LEGEND)
+    parts.append(_columns_legend(outcomes))
+    if spec.task == "extract":  # a column of nulls read as "found nothing" where the model never wrote JSON
+        parts += [f"**{o.name}**'s output as it came ({_why_not_read(o.result)}):\n\n"
+                  + code_block(shortened(o.result["raw"] or "(empty)", COMPARE_RAW_CHARS), "text")
+                  for o in ran if o.result.get("cut_at") or not o.result["valid"]]
     return "\n\n".join(parts)
+
+
+COMPARE_RAW_CHARS = 600  # of an unread output shown under the table
+
+
+def _columns_legend(outcomes: Sequence[Outcome]) -> str:
+    """What each column is: students asked what "few-shot" meant beside "base"."""
+    said = {"base": "**base**: the base model alone, with the adapter's prompt",
+            "fine-tuned": "**fine-tuned**: the base model with the trained adapter, the same prompt"}
+    parts = [said.get(o.name) or (f"**{o.name}**: the base model, with worked examples from the adapter's "
+                                  "training data before your text (in-context learning, no training)")
+             for o in outcomes]
+    return "*Columns: " + "; ".join(parts) + ".*"
+
+
+def _why_not_read(result: dict) -> str:
+    return (f"cut at the {result['cut_at']}-token limit, so its fields are null" if result.get("cut_at")
+            else "not a JSON object, so every field is null")
 
 
 COMPARE_SUPPORT = {"none": "○", "some": "◐"}  # the "in your text" column of the extraction view, as marks

@@ -741,6 +741,24 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| output | valid | valid | ⚠️ repaired |" in md  # no green check: valid JSON can hold invented values
 
 
+def test_compare_says_what_each_column_is_and_shows_an_unread_output(catalog):
+    """A walkthrough: students could not tell what "few-shot (k=4)" was beside "base", and an
+    oncology base column of nulls, cut at the token limit, read as "found nothing": its output,
+    which the single extraction view shows, was not shown."""
+    specs = load_catalog(catalog)
+    onc = [handlers.Outcome("base", extraction(valid=False) | {"raw": "The patient has a long story",
+                                                               "cut_at": 256}, 9.0, 100, 256),
+           handlers.Outcome("few-shot (k=3)", extraction(valid=False) | {"raw": "I cannot"}, 1.0, 300, 5),
+           handlers.Outcome("fine-tuned", extraction(stage="IV"), 1.0, 100, 20)]
+    md = handlers.compare_markdown(specs["oncology"], "Stage IV lung cancer", onc)
+    assert "**few-shot (k=3)**: the base model, with worked examples from the adapter's training data" in md
+    assert "**base**: the base model alone" in md and "**fine-tuned**: the base model with the trained adapter" in md
+    assert ("**base**'s output as it came (cut at the 256-token limit, so its fields are null):\n\n```text\n"
+            "The patient has a long story\n```") in md
+    assert "**few-shot (k=3)**'s output as it came (not a JSON object, so every field is null)" in md
+    assert "**fine-tuned**'s output" not in md  # read: its fields are in the table
+
+
 def test_compare_says_when_the_text_was_cut_and_marks_values_by_the_part_read(catalog):
     """Compare read a long note cut to the adapter's 512 tokens (its rendered prompt showed the
     `[…]`) and said nothing of it, where the profiles of each task say so; and it marked a value found
