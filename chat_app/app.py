@@ -842,6 +842,8 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
                                         cut_at=info.cut_at, stopped=info.stopped,
                                         message_cut_to=info.message_cut_to, turns_dropped=info.turns_dropped,
                                         sampling=(params.temperature, params.top_p))
+    if handlers.is_medical(spec) and (risk := handlers.medical_risk_notice(text)):
+        footer += "\n\n" + risk
     shown = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
     answer.content = shown + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}

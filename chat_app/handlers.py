@@ -31,6 +31,13 @@ NOT_CLINICAL_COMPARE = ("🧪 **Not for clinical decisions.** Three answers from
                         "side: compare them, do not rely on them.")
 NOT_CLINICAL = ("🧪 **Not for clinical decisions.** A demo on synthetic narratives: check every field "
                 "against the source text.")
+# a walkthrough asked for a metformin dose ("usually 100 to 200 mg daily") and whether lisinopril is safe
+# in pregnancy ("Yes, levalopril is generally safe"; it is contraindicated), and got the general notice only
+DOSE_OR_PREGNANCY = re.compile(r"\b(dos(e|es|age|ing)|how (much|many|often)|mg|milligrams?|mcg|overdose|pregnan\w*|"
+                               r"breast ?feed\w*|nursing|trimester)\b", re.IGNORECASE)
+DOSE_OR_PREGNANCY_NOTICE = ("⚠️ **Doses, and safety in pregnancy or breastfeeding, are where this model is most "
+                            "dangerous:** it states them confidently and wrongly (asked whether lisinopril is safe in "
+                            "pregnancy, it said yes; it is not). Take them from a pharmacist or doctor, never from here.")
 MAX_MESSAGE_CHARS = 200_000  # beyond this a message is cut before tokenizing (the model reads far less)
 TYPED_TEXT_WITH_FILES = ("ℹ️ With a file attached, the file is what is processed; the text you typed was "
                          "not. Send it on its own to run it.")
@@ -485,6 +492,11 @@ def generated_tokens(count_tokens: Callable[[str], int], answer: str, cut_at: in
         return cut_at
     count = count_tokens(answer) if answer else 0
     return min(count, limit) if limit else count
+
+
+def medical_risk_notice(question: str) -> str | None:
+    """A stronger notice under a medical answer to a question about a dose or about pregnancy."""
+    return DOSE_OR_PREGNANCY_NOTICE if DOSE_OR_PREGNANCY.search(question) else None
 
 
 def generation_footer(variant: str, seconds: float | None, first: float | None, prompt_tokens: int,

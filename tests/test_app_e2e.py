@@ -646,6 +646,7 @@ def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, 
     wait_idle(page)
     text = message.inner_text()
     assert "Not medical advice" in text and "first token" in text
+    assert "most dangerous" not in text  # the dose and pregnancy notice is for such questions only
     TIMINGS["medical_first_token_server_s"] = float(re.search(r"first token (\d+\.\d+) s", text).group(1))
     assert re.search(r"\d+ prompt tokens, \d+ generated", text)
     assert "cut at the 64-token limit" in text  # MedQuAD answers run longer than 64 tokens
@@ -882,7 +883,7 @@ def test_two_sessions_with_different_adapters_get_their_own_answers(server, brow
         choose_profile(page, profile)
     set_max_new_tokens(medical, 96)
     medical.get_by_role("button", name="Confirm").click()
-    send(medical, "What causes high blood pressure?")
+    send(medical, "What causes high blood pressure in pregnancy?")
     send(spam, "Hi mum, I'll be home late tonight, keep some dinner for me")
     for page in (spam, medical):
         answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
@@ -891,6 +892,7 @@ def test_two_sessions_with_different_adapters_get_their_own_answers(server, brow
     spam_text, medical_text = answers(spam).first.inner_text(), answers(medical).first.inner_text()
     assert "probability" in spam_text and "Not medical advice" not in spam_text
     assert "Not medical advice" in medical_text and "probability" not in medical_text
+    assert "Doses, and safety in pregnancy or breastfeeding, are where this model is most dangerous" in medical_text
     shot(spam, "12-two-sessions-spam")
     shot(medical, "13-two-sessions-medical")
     for page in (spam, medical):

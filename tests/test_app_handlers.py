@@ -741,6 +741,19 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     assert "| output | valid | valid | ⚠️ repaired |" in md  # no green check: valid JSON can hold invented values
 
 
+@pytest.mark.parametrize("question, warned", [
+    ("What dose of metformin should I take? I'm 70kg", True),
+    ("Is it safe in pregnancy?", True),  # a follow-up: the drug is in an earlier turn
+    ("How much ibuprofen can I take a day?", True),
+    ("Can I take 500 mg twice a day?", True),
+    ("Is it safe while breastfeeding?", True),
+    ("What are the symptoms of glaucoma?", False),
+    ("Is it hereditary?", False),
+])
+def test_a_medical_question_about_a_dose_or_pregnancy_gets_a_stronger_notice(question, warned):
+    assert (handlers.medical_risk_notice(question) == handlers.DOSE_OR_PREGNANCY_NOTICE) is warned
+
+
 def test_compare_says_what_each_column_is_and_shows_an_unread_output(catalog):
     """A walkthrough: students could not tell what "few-shot (k=4)" was beside "base", and an
     oncology base column of nulls, cut at the token limit, read as "found nothing": its output,
