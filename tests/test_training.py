@@ -385,6 +385,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(catalog, tiny_base, tmp_p
     assert min(logged) <= 2 and max(logged) == 30  # the log before the kill was kept
 
 
+def test_a_second_run_of_a_run_folder_in_use_is_refused_and_deletes_nothing(catalog, tiny_base, tmp_path, capsys):
+    """An audit started a second `train spam` while the first ran: it took the first's live
+    checkpoints for another run's and deleted them, and the two runs' weights overwrote each other."""
+    from filelock import FileLock
+
+    data = write_sms_collection(tmp_path / "SMSSpamCollection")
+    runs = tmp_path / "runs"
+    (runs / "checkpoint-4").mkdir(parents=True)
+    (runs / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (runs / "fingerprint").write_text("the first run's")
+    with FileLock(str(runs) + ".lock"):  # as the first run holds it
+        assert main(train_args(catalog, tiny_base, data, runs, "--max-steps", "2", "--no-eval")) == 2
+    assert f"another `adapterlab train` is using {runs}" in capsys.readouterr().err
+    assert (runs / "checkpoint-4" / "trainer_state.json").is_file()
+    assert not (catalog / "spam" / "adapter_model.safetensors").exists()
+    assert main(train_args(catalog, tiny_base, data, runs, "--max-steps", "2", "--no-eval")) == 0  # once it ended
+
+
 def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     from training.train import _checkpoint_to_resume
 

@@ -15,6 +15,7 @@ train <name>`` runs the same code with DDP on several GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import inspect
@@ -230,13 +231,43 @@ def train_adapter(spec: AdapterSpec, splits, *, base: str | None = None, output_
                   callbacks: list | None = None) -> TrainResult:
     """Train ``spec`` on ``splits.train`` (early-stopped on ``splits.validation``) and write the
     adapter into ``output_dir`` (default: the spec's folder), replacing any previous one atomically."""
+    run_dir = Path(run_dir or default_run_dir(spec))
+    with _only_run_in(run_dir, spec):
+        return _train(spec, splits, base, output_dir, run_dir, max_steps, device, restart, progress,
+                      extra_args, callbacks)
+
+
+@contextlib.contextmanager
+def _only_run_in(run_dir: Path, spec: AdapterSpec):
+    """Hold ``run_dir`` for this run: a second `train` of the same adapter started meanwhile took the
+    first's live checkpoints for another run's, deleted them, and the two runs' weights overwrote
+    each other. Data-parallel processes of one run share it: only the main process locks."""
+    if not is_main_process():
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{spec.name}: another `adapterlab train` is using {run_dir} (its lock: {lock.lock_file}); "
+                         "wait for it to end, or give this run another --run-dir") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(spec: AdapterSpec, splits, base, output_dir, run_dir: Path, max_steps, device, restart, progress,
+           extra_args, callbacks) -> TrainResult:
     from peft import prepare_model_for_kbit_training
     from trl import SFTConfig
 
     base = base or spec.base_model
     t = spec.training
     overrides = {"max_steps": max_steps, **(extra_args or {})}
-    run_dir = Path(run_dir or default_run_dir(spec))
     fingerprint = run_fingerprint(spec, canonical_name(base), overrides, splits)
     resume_from = _checkpoint_to_resume(run_dir, fingerprint, restart, progress and is_main_process())
 
