@@ -803,8 +803,9 @@ async def _generate(runtime: Runtime, profile: handlers.Profile, text: str) -> N
         if first:  # a resumed thread shows the answer where it began, not where it ended
             answer.created_at = utc_now()
             notice.cancel()
+        shown = page_text.shown_piece("".join(streamed[-1:]), piece)  # "Note:this" showed as "Note"
         streamed.append(piece)
-        await answer.stream_token(piece, is_sequence=first)  # the first piece replaces a waiting notice
+        await answer.stream_token(shown, is_sequence=first)  # the first piece replaces a waiting notice
 
     try:
         await chains.stream_pieces(chain, {"history": history, "text": text}, _callbacks(), show)
@@ -844,7 +845,8 @@ async def _send_answer(runtime: Runtime, profile: handlers.Profile, settings, hi
                                         sampling=(params.temperature, params.top_p))
     if handlers.is_medical(spec) and (risk := handlers.medical_risk_notice(text)):
         footer += "\n\n" + risk
-    shown = handlers.with_fences_closed(info.text) if info.text.strip() else "*(the model produced no text)*"
+    shown = (page_text.shown(handlers.with_fences_closed(info.text)) if info.text.strip()
+             else "*(the model produced no text)*")
     answer.content = shown + "\n\n---\n" + footer
     answer.metadata = {"answer": info.text, "adapter": profile.adapter, "variant": label}
     answer.elements = await _prompt_element(runtime, profile.adapter, [*history, {"role": "user", "content": text}],
@@ -1048,7 +1050,8 @@ async def _compare_column(runtime: Runtime, spec, text: str, settings, name: str
             nonlocal shown
             pieces.append(piece)
             if progress is not None and time.perf_counter() - shown > COMPARE_REFRESH_S:
-                progress.content = heading + "\n\n" + handlers.with_fences_closed("".join(pieces)) + " ▌"
+                so_far = page_text.shown(handlers.with_fences_closed("".join(pieces)))
+                progress.content = heading + "\n\n" + so_far + " ▌"
                 await progress.update()
                 shown = time.perf_counter()
 

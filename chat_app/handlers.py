@@ -22,6 +22,7 @@ from adapters.catalog import shown_path
 from adapters.runtime import CHAT_DEFAULTS, FEW_SHOT_FILE, eval_command, read_few_shot, train_command
 from adapters.spec import AdapterSpec
 from adapters.strict_json import loads_strict
+from chat_app.page_text import shown as directives_kept
 from chat_app.problems import InputProblem
 from chat_app.uploads import Upload, rows_were, safe_name, shortened
 
@@ -273,8 +274,9 @@ def files_not_read(typed: bool) -> str:
 
 
 def attached_files_text(names: Sequence[str]) -> str:
-    """What a message of files sent without text says in its bubble: the files' names."""
-    return "📎 " + ", ".join(f"`{safe_name(name)}`" for name in names)
+    """What a message of files sent without text says in its bubble: the files' names (as plain text:
+    the bubble is not markdown, .chainlit/config.toml's ``user_message_markdown``)."""
+    return "📎 " + ", ".join(safe_name(name) for name in names)
 
 
 # --- markdown helpers ----------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def cell(value) -> str:
     # shortened text "…" went into the link's address too). A backslash escape does not stop it (the
     # page links the parsed text again): an invisible word joiner breaks each pattern
     text = re.sub(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", NO_LINK, text)
-    return text or "*empty*"
+    return directives_kept(text) or "*empty*"  # "EGFR:negative" showed as "EGFR" (page_text.shown)
 
 
 def with_fences_closed(text: str) -> str:

@@ -7,6 +7,10 @@
   public/adapterlab.js hides the raw "Unauthorized: credentialssignin" toast shown beside it.
 - History: Chainlit's English says "thread" ("Rename Thread", "No threads found"); the app, its
   README and Chainlit's own sidebar buttons ("Search chats") say "chat".
+- Colons: the page's markdown (remark-directive, always on in Chainlit 2.12, issue #1930) reads
+  ``word:word`` as a "text directive" and drops it: ``EGFR:negative`` showed as "EGFR". ``shown``
+  keeps such text in the app's messages; the user's own bubble is not markdown at all
+  (``user_message_markdown = false`` in .chainlit/config.toml), so it shows the text as typed.
 
 The translations are changed as they are served, so the keys a Chainlit upgrade adds are kept.
 """
@@ -19,6 +23,57 @@ import re
 ENGLISH_USER_FIELD = {"label": "User name", "placeholder": "", "required": "Enter your user name"}
 ENGLISH_WRONG_LOGIN = "Wrong user name or password."
 _THREAD = re.compile(r"\b([Tt])hread(s?)\b")
+
+# WORD JOINER: invisible, and not the name (an ASCII letter first) that a directive needs after its
+# colon. Not U+200B (ZERO WIDTH SPACE): Chainlit's page shows that as a blinking cursor.
+NO_DIRECTIVE = "\u2060"
+_DIRECTIVE = re.compile(r":(?=[A-Za-z])")
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+# parsed as code or as a link's address, never as a directive: an inline code span, a link's
+# destination "](…)", an autolink "<scheme:…>"
+_NOT_TEXT = re.compile(r"(?<![\\`])(`+)(?!`).+?(?<!`)\1(?!`)"
+                       r"|(?<!\\)\]\([^()\s]*"
+                       r"|<[A-Za-z][A-Za-z0-9+.-]{1,31}:[^\s<>]*>", re.DOTALL)
+
+
+def shown(markdown: str) -> str:
+    """``markdown`` as the page shows it as written: a word joiner after each colon that would start
+    a directive (``Note:this``, ``::name``). Code blocks, code spans and link addresses are left as
+    they are (the page reads no directive there, and a code block's copy button copies its text)."""
+    if ":" not in markdown:
+        return markdown
+    out, prose, fence = [], [], None
+    for line in markdown.splitlines(keepends=True):
+        found = _FENCE.match(line)
+        if fence is None and found:
+            out.append(_prose_shown("".join(prose)))
+            prose, fence = [], found.group(1)
+            out.append(line)
+        elif fence is not None:
+            out.append(line)
+            if found and found.group(1)[0] == fence[0] and len(found.group(1)) >= len(fence) \
+                    and not line.strip()[len(found.group(1)):]:
+                fence = None
+        else:
+            prose.append(line)
+    out.append(_prose_shown("".join(prose)))
+    return "".join(out)
+
+
+def _prose_shown(text: str) -> str:
+    parts, start = [], 0
+    for kept in _NOT_TEXT.finditer(text):
+        parts += [_DIRECTIVE.sub(":" + NO_DIRECTIVE, text[start:kept.start()]), kept.group()]
+        start = kept.end()
+    parts.append(_DIRECTIVE.sub(":" + NO_DIRECTIVE, text[start:]))
+    return "".join(parts)
+
+
+def shown_piece(before: str, piece: str) -> str:
+    """``piece`` of a streamed answer, after ``before``, with ``shown``'s word joiners (code is not
+    told apart while it streams: the finished answer is sent whole, through ``shown``)."""
+    piece = _DIRECTIVE.sub(":" + NO_DIRECTIVE, piece)
+    return NO_DIRECTIVE + piece if before.endswith(":") and piece[:1].isascii() and piece[:1].isalpha() else piece
 
 
 def adapt(translation: dict, language: str) -> dict:

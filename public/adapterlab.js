@@ -20,6 +20,10 @@
 //    history sidebar, which a phone mounts only when its sheet is opened: the address stayed "/",
 //    and a reload opened a blank chat. The app sends the chat's id (a window message,
 //    chat_app/app.py _give_the_chat_its_address); the address changes if Chainlit's has not.
+// 7. The app's messages hold invisible word joiners (U+2060) where the page's markdown would
+//    otherwise make a link of an address or drop "EGFR:negative" as a directive (chat_app/page_text.py
+//    ``shown``, handlers.py ``cell``). Text copied from the page, or with an answer's Copy button,
+//    comes without them, as typed.
 (() => {
   const NAMES = {
     "new-chat-button": "New chat",
@@ -129,6 +133,47 @@
     }, 1500);
   }
 
+  const JOINER = "\u2060";
+
+  function copyWithoutJoiners(event) {
+    const selection = window.getSelection();
+    const text = String(selection || "");
+    if (!text.includes(JOINER) || !event.clipboardData) {
+      return;  // a selection in the message box is not the page's text: copied as it is
+    }
+    const html = document.createElement("div");
+    for (let i = 0; i < selection.rangeCount; i += 1) {
+      html.appendChild(selection.getRangeAt(i).cloneContents());
+    }
+    event.clipboardData.setData("text/plain", text.replaceAll(JOINER, ""));
+    event.clipboardData.setData("text/html", html.innerHTML.replaceAll(JOINER, ""));
+    event.preventDefault();
+  }
+
+  function withoutJoiners(item) {  // a ClipboardItem; its parts stay promises (Safari's user gesture)
+    return new ClipboardItem(Object.fromEntries(item.types.map((type) => [type, item.getType(type).then(
+      async (blob) => (type.startsWith("text/")
+        ? new Blob([(await blob.text()).replaceAll(JOINER, "")], { type }) : blob))])));
+  }
+
+  const clipboard = navigator.clipboard;  // Chainlit's Copy buttons write through it
+  if (clipboard && clipboard.write && window.ClipboardItem) {
+    const write = clipboard.write.bind(clipboard);
+    clipboard.write = (items) => {
+      let cleaned;
+      try {
+        cleaned = Array.from(items, withoutJoiners);
+      } catch (error) {
+        cleaned = items;  // copied as it is rather than not at all
+      }
+      return write(cleaned);
+    };
+  }
+  if (clipboard && clipboard.writeText) {
+    const writeText = clipboard.writeText.bind(clipboard);
+    clipboard.writeText = (text) => writeText(String(text).replaceAll(JOINER, ""));
+  }
+  document.addEventListener("copy", copyWithoutJoiners);
   window.addEventListener("message", moveToTheChatsAddress);
   document.addEventListener("keydown", confirmRenameOnEnter, true);
   document.addEventListener("focusin", (event) => { focused = event.target; });

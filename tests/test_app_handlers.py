@@ -845,6 +845,24 @@ def test_an_address_in_an_uploaded_text_is_not_made_a_link():
     assert "WWW.prize-now.com or mail claims@prize-now.com, https://bit.ly/x" in shown
 
 
+def test_a_word_after_a_colon_in_a_table_is_not_read_as_a_directive():
+    """The page's markdown (remark-directive) read "note:urgent" as a directive and dropped it: a batch
+    cell "Click [here](javascript:alert(1))" showed as "Click [here](javascript" and "(1))"."""
+    texts = ["Reminder:call the clinic today, note:urgent", "Click [here](javascript:alert(1))"]
+    results = [{"label": "spam", "probs": {"ham": 0.1, "spam": 0.9}, "truncated": False}] * 2
+    header, rows = handlers.batch_rows("classify", texts, results, labels=("ham", "spam"))
+    md = handlers.batch_markdown("classify", "sms.csv", uploads.Upload(texts, "text", 2), header, rows,
+                                 "fine-tuned", 0.5)
+    assert not re.search(r":[A-Za-z]", md), md
+    assert "Reminder:call the clinic today, note:urgent" in md.replace(handlers.NO_LINK, "")
+    assert "javascript:alert(1)" in md.replace(handlers.NO_LINK, "")
+    fields = {"diagnosis": "NSCLC adenocarcinoma", "biomarkers": "EGFR:negative"}
+    result = {"fields": fields, "valid": True, "repaired": False, "raw": json.dumps(fields), "truncated": False}
+    md = handlers.extraction_markdown(result, list(fields), "fine-tuned", "Dx:NSCLC adenocarcinoma. EGFR:negative.")
+    assert f"EGFR:{handlers.NO_LINK}negative" in md
+    assert json.dumps(fields, ensure_ascii=False, indent=2) in md  # the JSON block (and its copy button) as it was
+
+
 def test_unusable_references_are_explained_by_each_kind_once():
     unusable = [(2, "not JSON"), (3, "a JSON list, not an object"), (4, "not JSON"), (5, "a number"), (6, "a string")]
     agreement = handlers.Agreement("extract", "`output` key", row_name="line", compared=1, score=1.0,
@@ -1255,7 +1273,7 @@ def test_an_exchange_without_answer_text_is_no_turn_live_or_resumed():
 
 
 def test_a_message_that_sent_files_names_them_and_is_no_turn_of_the_conversation():
-    assert handlers.attached_files_text(["notes.csv", "a`b|c.txt"]) == "📎 `notes.csv`, `a_b_c.txt`"
+    assert handlers.attached_files_text(["notes.csv", "a`b|c.txt"]) == "📎 notes.csv, a_b_c.txt"
     steps = [{"type": "user_message", "output": handlers.attached_files_text(["notes.csv"]), "createdAt": "1",
               "metadata": json.dumps({handlers.FILES_KEY: ["notes.csv"]})},
              {"type": "assistant_message", "output": "### 3 texts from notes.csv", "createdAt": "2"},

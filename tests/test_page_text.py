@@ -2,12 +2,19 @@
 chats, not threads."""
 
 import json
+import re
 from pathlib import Path
 
 import chainlit
 import pytest
 
-from chat_app.page_text import ENGLISH_WRONG_LOGIN, adapt
+from chat_app.page_text import (
+    ENGLISH_WRONG_LOGIN,
+    NO_DIRECTIVE,
+    adapt,
+    shown,
+    shown_piece,
+)
 
 TRANSLATIONS = Path(chainlit.__file__).parent / "translations"
 
@@ -49,3 +56,28 @@ def test_english_calls_a_thread_a_chat():
 
 def test_a_translation_without_login_texts_is_served_as_it_is():
     assert adapt({"common": {"ok": "OK"}}, "en-US") == {"common": {"ok": "OK"}}
+
+
+# --- colons the page's markdown read as directives ---------------------------------------------
+
+def test_a_word_after_a_colon_is_kept_from_the_pages_directives():
+    """remark-directive read "EGFR:negative" as a directive named "negative" and dropped it."""
+    typed = "Dx:NSCLC, stage IV. EGFR:negative. Plan:pembrolizumab. Mets:bone, liver. ::leaf"
+    out = shown(typed)
+    assert out.replace(NO_DIRECTIVE, "") == typed
+    assert "EGFR:" + NO_DIRECTIVE + "negative" in out and "::" + NO_DIRECTIVE + "leaf" in out
+    assert not re.search(r":[A-Za-z]", out)  # no colon left before a directive's name
+
+
+def test_colons_that_start_no_directive_and_code_are_left_as_they_are():
+    for text in ["10:30, http://example.com, a: b, x:1", "[mail](mailto:me@example.com) <mailto:me@example.com>",
+                 "in code `key:value` too", "```json\n{\"Dx\": \"a:b\"}\n```", "~~~\nNote:this\n~~~"]:
+        assert shown(text) == text, text
+    assert shown("```\nkey:value\n```\nNote:this") == "```\nkey:value\n```\nNote:" + NO_DIRECTIVE + "this"
+    assert shown("\\`EGFR:neg\\`") == "\\`EGFR:" + NO_DIRECTIVE + "neg\\`"  # escaped backticks: no code span
+
+
+def test_a_streamed_piece_after_a_colon_is_kept_too():
+    assert shown_piece("Note:", "this") == NO_DIRECTIVE + "this"
+    assert shown_piece("Note", ":this x:y") == ":" + NO_DIRECTIVE + "this x:" + NO_DIRECTIVE + "y"
+    assert shown_piece("at 10:", "30") == "30"
