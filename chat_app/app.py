@@ -28,11 +28,12 @@ import chainlit as cl
 import chainlit.data as cl_data
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select, Slider, Switch, TextInput
-from chainlit.utils import utc_now
+from chainlit.utils import utc_now, wrap_user_function
 
 from adapters import DEFAULT_BASE, AdapterNotTrainedError, InputError, Runtime, load_catalog
 from adapters.runtime import train_command
-from chat_app import chains, handlers, offline, page_text, problems, steps, upload_session, uploads, welcome
+from chat_app import (chains, dialog_text, handlers, offline, page_text, problems, steps, upload_session, uploads,
+                      welcome)
 from chat_app.config import lasting_auth_secret, load_config
 from chat_app.persistence import NOT_KEPT, HistoryDataLayer
 from chat_app.state import RuntimeHolder
@@ -78,6 +79,7 @@ if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` writes every thread's stack
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 offline.install()
 page_text.install()
+dialog_text.install()
 upload_session.install()
 welcome.serve(welcome.render_chainlit_md(SPECS, BASE_MODEL))
 log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)
@@ -164,12 +166,19 @@ def _settings() -> handlers.Settings:
     return handlers.read_settings(cl.user_session.get("settings"), _setting_items(_profile()))
 
 
-async def _send_settings(profile: handlers.Profile, restored: dict | None = None) -> None:
-    """The settings panel with the profile's items, at their defaults or the ``restored`` values."""
+def _settings_panel(profile: handlers.Profile, restored: dict | None = None) -> cl.ChatSettings:
+    """The settings panel with the profile's items, at their defaults or the ``restored`` values, and
+    the switch that restores the defaults (always off)."""
     items = _setting_items(profile)
     values = {i.id: i.initial for i in items} | {k: v for k, v in (restored or {}).items()
                                                   if k in {i.id for i in items}}
-    cl.user_session.set("settings", await cl.ChatSettings([_widget(i, values[i.id]) for i in items]).send())
+    return cl.ChatSettings([_widget(i, values[i.id]) for i in items]
+                           + [_widget(handlers.RESTORE_DEFAULTS, False)])
+
+
+async def _send_settings(profile: handlers.Profile, restored: dict | None = None) -> None:
+    """The settings panel with the profile's items, at their defaults or the ``restored`` values."""
+    cl.user_session.set("settings", await _settings_panel(profile, restored).send())
 
 
 async def _setup_session(restored: dict | None = None, show_status: bool = True) -> None:
@@ -560,8 +569,26 @@ _accept_empty_uploads()
 
 @cl.on_settings_update
 async def on_settings_update(settings):
-    cl.user_session.set("settings", settings)
+    if settings.get(handlers.RESTORE_DEFAULTS.id):  # confirmed before the panel at its defaults came
+        await _send_settings(_profile())
+    else:
+        cl.user_session.set("settings", settings)
     cl.user_session.set("compare_adapter", None)  # the panel's adapter applies until a command is picked
+
+
+async def on_settings_edit(settings):
+    """A change in the open settings dialog, before Confirm: "Restore the profile's defaults" turned on
+    sends the panel again at the defaults, which the page puts in the open dialog (Chainlit resets the
+    dialog's values to the inputs' ``initial`` when it gets inputs). Nothing is saved until Confirm,
+    and Cancel (or "Undo changes") goes back to the values the dialog opened with."""
+    if settings.get(handlers.RESTORE_DEFAULTS.id):
+        await _settings_panel(_profile()).refresh()
+
+
+# Registered without Chainlit's task_start / task_end, which ``@cl.on_settings_edit`` sends around
+# every edit (a keystroke in the system prompt too): the page shows them as an answer starting and
+# ending (Stop in place of Send, behind the dialog), for a handler that answers nothing
+chainlit_config.code.on_settings_edit = wrap_user_function(on_settings_edit)
 
 
 # --- messages --------------------------------------------------------------------------------------

@@ -1110,6 +1110,17 @@ def settings_for(profile: Profile, spec: AdapterSpec | None, trained: bool) -> l
     return items
 
 
+# The settings dialog's own "Reset" button (Chainlit's) puts back the values the dialog had when it
+# opened, not the defaults: it only undoes unsaved edits (the page calls it "Undo changes",
+# chat_app/dialog_text.py). This switch, last in the panel, is the way back to the defaults: turned on,
+# the app sends the panel again at the profile's defaults, which the open dialog shows at once (and
+# the switch off again); Confirm keeps them, Cancel keeps the settings as they were.
+RESTORE_DEFAULTS = Setting(
+    "switch", "restore_defaults", "Restore the profile's defaults", False,
+    "Puts every setting above back to this profile's default. Confirm keeps them; Cancel keeps the "
+    "settings as they were. (\"Undo changes\" only undoes edits made since the dialog opened.)")
+
+
 def system_default_text(profile: Profile, spec: AdapterSpec | None) -> str:
     """What an empty system prompt override means in ``profile``."""
     if profile.task == "compare":

@@ -562,7 +562,7 @@ def test_signed_in_a_reload_while_an_answer_streams_shows_it_and_keeps_it(login_
     said = json.loads(stored[0][1])["answer"]
     # the next question's prompt holds that answer: this page's conversation has it
     set_max_new_tokens(page, 16)
-    page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
+    page.get_by_role("dialog").get_by_role("switch", name="Show the rendered prompt").click()
     page.get_by_role("button", name="Confirm").click()
     send(page, "What was the dragon's name?")
     page.wait_for_selector("text=/Rendered prompt · \\d+ tokens/", timeout=ANSWER_TIMEOUT * 1000)
@@ -642,7 +642,7 @@ def test_medical_qa_streams_keeps_history_and_shows_the_rendered_prompt(server, 
     choose_profile(page, "Medical Q&A")
     # settings panel: 64 new tokens and the rendered prompt switched on
     set_max_new_tokens(page, 64)
-    page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
+    page.get_by_role("dialog").get_by_role("switch", name="Show the rendered prompt").click()
     page.get_by_role("button", name="Confirm").click()
     clicked = time.perf_counter()
     send(page, f"What are the symptoms of glaucoma? ({SECRET})")
@@ -713,13 +713,64 @@ def test_icon_buttons_have_names_and_the_keyboard_returns_to_the_message_box(ser
     page.context.close()
 
 
+def test_the_settings_go_back_to_the_profiles_defaults(server, browser):
+    """Chainlit's "Reset" in the settings dialog put back the values the dialog opened with: a
+    confirmed pirate system prompt and temperature 1.5 stayed after Reset and Confirm, and answers
+    went on using them. The button is called "Undo changes", and "Restore the profile's defaults"
+    shows the defaults in the dialog at once; Confirm keeps them, Cancel does not."""
+    page = new_page(browser, server)
+    open_app(page, server)
+    wait_model_ready(page, server)
+    dialog = page.get_by_role("dialog")
+
+    def shown():
+        return (dialog.locator("textarea").input_value(),
+                page.get_by_role("slider", name="Temperature", exact=True).get_attribute("aria-valuenow"))
+
+    page.click("#chat-settings-open-modal")
+    default = shown()
+    dialog.locator("textarea").fill("Answer like a pirate.")
+    temperature = page.get_by_role("slider", name="Temperature", exact=True)
+    temperature.focus()
+    temperature.press("End")
+    dialog.get_by_role("button", name="Confirm").click()
+    dialog.wait_for(state="detached")
+    page.click("#chat-settings-open-modal")
+    assert shown() == ("Answer like a pirate.", "1.5")
+    assert dialog.get_by_role("button", name="Reset").count() == 0  # it only ever undid unsaved edits
+    restore = dialog.get_by_role("switch", name="Restore the profile's defaults")
+    restore.click()
+    page.wait_for_function("() => document.querySelector('#chat-settings textarea').value === ''")
+    assert shown() == default and restore.get_attribute("aria-checked") == "false"
+    dialog.get_by_role("button", name="Cancel").click()  # keeps the settings as they were
+    dialog.wait_for(state="detached")
+    page.click("#chat-settings-open-modal")
+    assert shown() == ("Answer like a pirate.", "1.5")
+    restore.click()
+    page.wait_for_function("() => document.querySelector('#chat-settings textarea').value === ''")
+    dialog.get_by_role("switch", name="Show the rendered prompt").click()
+    dialog.get_by_role("button", name="Confirm").click()
+    dialog.wait_for(state="detached")
+    page.click("#chat-settings-open-modal")
+    assert shown() == default
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="detached")
+    send(page, "Say hi")  # the answer uses the defaults: no pirate in the prompt it was given
+    page.locator("text=/Rendered prompt · \\d+ tokens/").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    page.locator("text=/Rendered prompt · \\d+ tokens/").first.click()
+    page.get_by_text("<|im_start|>user", exact=False).first.wait_for()
+    assert "pirate" not in page.inner_text("body")
+    page.context.close()
+
+
 def test_stop_keeps_the_partial_answer_in_the_chat_and_the_history(server, browser):
     page = new_page(browser, server)
     open_app(page, server)
     wait_model_ready(page, server)
     choose_profile(page, "Medical Q&A")
     page.click("#chat-settings-open-modal")
-    page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
+    page.get_by_role("dialog").get_by_role("switch", name="Show the rendered prompt").click()
     page.get_by_role("button", name="Confirm").click()
     message = ask_and_wait_for_words(page, "What are the symptoms of glaucoma?")  # still streaming when stopped
     page.click("#stop-button")
@@ -875,7 +926,7 @@ def test_on_a_phone_the_chat_stays_uncovered_and_tables_and_prompts_stay_readabl
     shot(page, "15-phone-compare")
     # the rendered prompt wraps: its <|im_end|> markers at the line ends are in view
     page.click("#chat-settings-open-modal")
-    page.get_by_role("dialog").get_by_role("switch").last.click()  # "Show the rendered prompt"
+    page.get_by_role("dialog").get_by_role("switch", name="Show the rendered prompt").click()
     page.get_by_role("button", name="Confirm").click()
     send(page, "Hi, it's Sam. Are we still on for the study group at the library tomorrow at six?")
     page.wait_for_selector("text=/Rendered prompt · \\d+ tokens/", timeout=ANSWER_TIMEOUT * 1000)
