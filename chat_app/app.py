@@ -79,7 +79,7 @@ if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` writes every thread's stack
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 offline.install()
 page_text.install()
-dialog_text.install()
+dialog_text.install(history=CONFIG.login_required)
 upload_session.install()
 welcome.serve(welcome.render_chainlit_md(SPECS, BASE_MODEL))
 log.info("adapterlab: loading %s in the background; chat history in %s", BASE_MODEL, CONFIG.database_kind)

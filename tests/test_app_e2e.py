@@ -497,6 +497,27 @@ def test_signed_in_the_status_panel_stays_at_a_chats_address_and_when_resumed(lo
     page.context.close()
 
 
+def test_signed_in_new_chat_says_the_chat_stays_in_the_history(login_server, browser):
+    """Chainlit's "New chat" asked "This will clear your current chat history. Are you sure?", but
+    signed in the chat stays in the history (only a running answer is stopped)."""
+    page = new_page(browser, login_server)
+    sign_in(page, login_server)
+    choose_profile(page, "Spam check")
+    send(page, "Is the bakery open on Sunday? (new chat)")
+    page.wait_for_url(re.compile(r"/thread/[0-9a-f-]+$"))
+    answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    page.get_by_role("button", name="New chat", exact=True).last.click()  # the header's
+    dialog = page.get_by_role("dialog")
+    assert "The current one stays in your chat history" in dialog.inner_text()
+    assert "clear" not in dialog.inner_text()
+    dialog.get_by_role("button", name="Confirm").click()
+    page.wait_for_url(login_server.url + "/")
+    page.get_by_role("button", name="Show or hide the chat history").last.click()
+    page.locator("#thread-history a").filter(has_text="Is the bakery open on Sunday?").first.wait_for()
+    page.context.close()
+
+
 def test_signed_in_on_a_phone_a_chat_moves_to_its_address_and_a_reload_reopens_it(login_server, browser):
     """Chainlit moves a signed-in chat to /thread/<id> from its history sidebar, which a phone mounts
     only when its sheet is opened: on a phone the address stayed "/" and a reload opened a blank chat."""
@@ -706,8 +727,10 @@ def test_icon_buttons_have_names_and_the_keyboard_returns_to_the_message_box(ser
     page.wait_for_selector("text=/stopped by you/", timeout=ANSWER_TIMEOUT * 1000)
     page.wait_for_function(f"({focused})() === 'chat-input'", timeout=5000)
     assert page.get_by_role("button", name="Send message", exact=True).is_visible()  # the name follows the id
-    # "New chat" asks first: without login nothing else keeps the conversation
+    # "New chat" asks first: without login nothing else keeps the conversation, and it says so
     page.get_by_role("button", name="New chat", exact=True).first.click()
+    page.get_by_role("dialog").get_by_text(
+        "The current conversation is not kept (without signing in there is no chat history)").wait_for()
     page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
     assert answers(page).count() >= 1
     page.context.close()
