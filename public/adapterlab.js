@@ -24,6 +24,11 @@
 //    otherwise make a link of an address or drop "EGFR:negative" as a directive (chat_app/page_text.py
 //    ``shown``, handlers.py ``cell``). Text copied from the page, or with an answer's Copy button,
 //    comes without them, as typed.
+// 8. A history entry's "Chat options" (rename, delete) is a <div> that Tab never reached, so a chat
+//    could not be renamed or deleted from the keyboard. It is made focusable (role button); Radix's
+//    menu trigger already opens on Enter, Space and ArrowDown. public/adapterlab.css shows it while
+//    it or its entry has focus (it showed on hover only) and hides the closed history sidebar, which
+//    stayed in the Tab order off the left edge of the screen.
 (() => {
   const NAMES = {
     "new-chat-button": "New chat",
@@ -82,6 +87,13 @@
     if (element.getAttribute("aria-label") === name) return;
     element.setAttribute("aria-label", name);
     element.dataset.adapterlabNamed = "";
+  }
+
+  function makeChatOptionsFocusable() {
+    for (const options of document.querySelectorAll('[id="thread-options"]:not([tabindex])')) {
+      options.tabIndex = 0;
+      options.setAttribute("role", "button");
+    }
   }
 
   function refocusIfFocusWasRemoved() {
@@ -180,6 +192,7 @@
   new MutationObserver(() => {
     nameButtons();
     nameSliders();
+    makeChatOptionsFocusable();
     refocusIfFocusWasRemoved();
     hideToastsSaidOtherwise();
   }).observe(document.documentElement,

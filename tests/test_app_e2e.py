@@ -518,6 +518,66 @@ def test_signed_in_new_chat_says_the_chat_stays_in_the_history(login_server, bro
     page.context.close()
 
 
+def test_signed_in_the_history_works_from_the_keyboard(login_server, browser):
+    """A history entry's "Chat options" (rename, delete) was a <div> that Tab never reached, shown on
+    hover only; and the closed history sidebar, off the left edge, stayed in the Tab order."""
+    page = new_page(browser, login_server)
+    sign_in(page, login_server)
+    choose_profile(page, "Spam check")
+    send(page, "Can you pick up the parcel? (keyboard)")
+    page.wait_for_url(re.compile(r"/thread/[0-9a-f-]+$"))
+    answers(page).filter(has_text="probability").first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
+    wait_idle(page)
+    focused = ("() => { const e = document.activeElement, r = e.getBoundingClientRect();"
+               " return {id: e.id, name: e.getAttribute('aria-label') || e.textContent.trim().slice(0, 40),"
+               " right: r.right, opacity: getComputedStyle(e).opacity}; }")
+    history = page.locator("#thread-history")
+    if history.evaluate("e => e.getBoundingClientRect().right > 0"):  # open: closed for the first check
+        page.get_by_role("button", name="Show or hide the chat history").first.click()
+    page.wait_for_function("() => document.querySelector('#thread-history').getBoundingClientRect().right <= 0")
+    page.wait_for_timeout(400)  # the slide (200 ms) has ended
+    page.focus("#chat-input")
+    for _ in range(15):  # around the whole page: nothing focused off the left edge
+        page.keyboard.press("Tab")
+        where = page.evaluate(focused)
+        assert where["right"] > 0, f"Tab focused {where} in the closed history sidebar"
+
+    page.get_by_role("button", name="Show or hide the chat history").last.click()
+    history.locator("a").filter(has_text="Can you pick up the parcel?").first.wait_for()
+    page.get_by_role("button", name="Show or hide the chat history").first.focus()
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        where = page.evaluate(focused)
+        if where["id"] == "thread-options":
+            break
+    assert where["id"] == "thread-options" and where["name"] == "Chat options", where
+    assert where["opacity"] == "1"  # shown while focused (it showed on hover only)
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.activeElement.id === 'rename-thread'")  # the menu's first item
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Rename Chat", exact=True).wait_for()
+    page.wait_for_function("() => document.activeElement.id === 'name'")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("Errand")
+    page.keyboard.press("Enter")
+    dialog.wait_for(state="detached")
+    history.locator("a").filter(has_text="Errand").first.wait_for()
+    # and Delete, opened with Space
+    entry = history.locator("li").filter(has_text="Errand").first
+    entry.locator("a").focus()
+    assert entry.locator("#thread-options").evaluate("e => getComputedStyle(e).opacity") == "1"  # its entry has focus
+    entry.locator("#thread-options").focus()
+    page.keyboard.press(" ")
+    page.wait_for_function("() => document.activeElement.id === 'rename-thread'")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("() => document.activeElement.id === 'delete-thread'")
+    page.keyboard.press("Enter")
+    page.get_by_role("alertdialog").get_by_role("button", name="Confirm").click()
+    entry.wait_for(state="detached")
+    page.context.close()
+
+
 def test_signed_in_on_a_phone_a_chat_moves_to_its_address_and_a_reload_reopens_it(login_server, browser):
     """Chainlit moves a signed-in chat to /thread/<id> from its history sidebar, which a phone mounts
     only when its sheet is opened: on a phone the address stayed "/" and a reload opened a blank chat."""
@@ -1103,7 +1163,10 @@ def test_password_login_and_resumed_history(tmp_path, browser, tiny_base, catalo
         send(page, "Remember the milk")
         answers(page).first.wait_for(timeout=ANSWER_TIMEOUT * 1000)
         wait_idle(page)
-        # the icon buttons a signed-in page adds have names too (public/adapterlab.js)
+        # the icon buttons a signed-in page adds have names too (public/adapterlab.js); the closed
+        # history sidebar's are hidden (public/adapterlab.css), so it is opened first
+        if page.locator("#thread-history").evaluate("e => e.getBoundingClientRect().right <= 0"):  # closed
+            page.get_by_role("button", name="Show or hide the chat history").last.click()
         for name in ("Copy", "Helpful", "Not helpful", "Show or hide the chat history", "Search chats", "New chat"):
             assert page.get_by_role("button", name=name, exact=True).count() >= 1, name
         # thumbs up with a comment: stored through Chainlit's data layer
