@@ -34,7 +34,8 @@ NOT_CLINICAL = ("🧪 **Not for clinical decisions.** A demo on synthetic narrat
                 "against the source text.")
 # a walkthrough asked for a metformin dose ("usually 100 to 200 mg daily") and whether lisinopril is safe
 # in pregnancy ("Yes, levalopril is generally safe"; it is contraindicated), and got the general notice only
-DOSE_OR_PREGNANCY = re.compile(r"\b(dos(e|es|age|ing)|how (much|many|often)|mg|milligrams?|mcg|overdose|pregnan\w*|"
+# (not "how many": "How many people are affected by …?" is one of MedQuAD's own question types)
+DOSE_OR_PREGNANCY = re.compile(r"\b(dos(e|es|age|ing)|how much|mg|milligrams?|mcg|overdose|pregnan\w*|"
                                r"breast ?feed\w*|nursing|trimester)\b", re.IGNORECASE)
 DOSE_OR_PREGNANCY_NOTICE = ("⚠️ **Doses, and safety in pregnancy or breastfeeding, are where this model is most "
                             "dangerous:** it states them confidently and wrongly (asked whether lisinopril is safe in "
@@ -959,7 +960,8 @@ def _columns_legend(outcomes: Sequence[Outcome]) -> str:
 
 
 def _why_not_read(result: dict) -> str:
-    return (f"cut at the {result['cut_at']}-token limit, so its fields are null" if result.get("cut_at")
+    return (f"cut at the {result['cut_at']}-token limit: the fields after the cut were never written"
+            if result.get("cut_at")
             else "not a JSON object, so every field is null")
 
 

@@ -749,6 +749,7 @@ def test_compare_has_three_labelled_columns_with_latency_and_tokens(catalog):
     ("Is it safe while breastfeeding?", True),
     ("What are the symptoms of glaucoma?", False),
     ("Is it hereditary?", False),
+    ("How many people are affected by glaucoma?", False),  # a MedQuAD question type
 ])
 def test_a_medical_question_about_a_dose_or_pregnancy_gets_a_stronger_notice(question, warned):
     assert (handlers.medical_risk_notice(question) == handlers.DOSE_OR_PREGNANCY_NOTICE) is warned
@@ -766,7 +767,8 @@ def test_compare_says_what_each_column_is_and_shows_an_unread_output(catalog):
     md = handlers.compare_markdown(specs["oncology"], "Stage IV lung cancer", onc)
     assert "**few-shot (k=3)**: the base model, with worked examples from the adapter's training data" in md
     assert "**base**: the base model alone" in md and "**fine-tuned**: the base model with the trained adapter" in md
-    assert ("**base**'s output as it came (cut at the 256-token limit, so its fields are null):\n\n```text\n"
+    assert ("**base**'s output as it came (cut at the 256-token limit: the fields after the cut were never "
+            "written):\n\n```text\n"
             "The patient has a long story\n```") in md
     assert "**few-shot (k=3)**'s output as it came (not a JSON object, so every field is null)" in md
     assert "**fine-tuned**'s output" not in md  # read: its fields are in the table
