@@ -227,6 +227,18 @@ def test_the_card_shows_the_settings_the_weights_were_trained_with_and_a_spec_ch
     assert "has changed since" not in same and f"| optimisation | lr {spec.training.learning_rate}, cosine" in same
 
 
+def test_the_card_says_a_resumed_runs_time_is_the_resumed_part_only():
+    """An audit's killed and resumed 40-step run read "2.47 s" in its card: the last process's time."""
+    from training.card import card_text
+
+    spec = load_catalog()["spam"]
+    metrics = json.loads((spec.directory / "metrics.json").read_text())
+    metrics["training"] = {**metrics["training"], "resumed_from": "runs/spam/checkpoint-30"}
+    assert "the time of the run resumed from checkpoint-30 only)" in card_text(spec, metrics, spec.directory)
+    metrics["training"]["resumed_from"] = None
+    assert "resumed from" not in card_text(spec, metrics, spec.directory)
+
+
 def test_the_card_says_evaluation_decodes_greedily_whatever_the_specs_temperature():
     """The card said evaluation sampled at the spec's temperature; Runtime.answer/extract are greedy."""
     from adapters.runtime import Runtime

@@ -99,7 +99,10 @@ def _details_text(split: dict) -> str:
 
 
 def _compile_note(training: dict) -> str:
-    return " (includes compiling the decoder layers)" if training.get("compiled_layers") else ""
+    notes = ["includes compiling the decoder layers"] if training.get("compiled_layers") else []
+    if training.get("resumed_from"):  # an audit's 40-step run read "2.47 s": the last 10 steps' time
+        notes.append(f"the time of the run resumed from {str(training['resumed_from']).rsplit('/', 1)[-1]} only")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _references_text(spec: AdapterSpec) -> str:
